@@ -1,0 +1,611 @@
+"""The two CustomResourceDefinitions, built from the same constants as the models.
+
+This module is the source of the YAML in ``crds/`` (``make crds`` writes it; a unit test
+fails when the files are stale), so a rule and its message live in one place.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import GROUP, VERSION
+from . import network
+from . import realserverpool as rsp
+from . import virtualserver as vs
+from .common import LABEL_SELECTOR_OPERATORS, MSG_SELECTOR_VALUES
+
+Schema = dict[str, Any]
+
+# Kubernetes' CEL needs bounded strings and lists to estimate rule cost.
+MAX_KEY_LENGTH = 317  # label key: 253 prefix + '/' + 63 name
+MAX_LABEL_VALUE = 63
+MAX_SELECTOR_TERMS = 16
+
+PORT_NAME_RULE = (
+    f"self.matches('{network.PORT_NAME_PATTERN}') && !self.contains('--') && self.matches('[a-z]')"
+)
+
+
+def _int(minimum: int, maximum: int, description: str, default: int | None = None) -> Schema:
+    out: Schema = {
+        "type": "integer",
+        "minimum": minimum,
+        "maximum": maximum,
+        "description": description,
+    }
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
+    out: Schema = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _unicast_address(description: str, invalid: str, not_unicast: str) -> Schema:
+    return {
+        "type": "string",
+        "maxLength": 45,
+        "description": description,
+        "x-kubernetes-validations": (
+            [
+                _rule("isIP(self)", invalid),
+                _rule("!isIP(self) || ip(self).isGlobalUnicast()", not_unicast),
+            ]
+            if invalid != not_unicast
+            else [_rule("isIP(self) && ip(self).isGlobalUnicast()", invalid)]
+        ),
+    }
+
+
+def _conditions() -> Schema:
+    return {
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string", "maxLength": 1024},
+                "message": {"type": "string", "maxLength": 32768},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "observedGeneration": {"type": "integer", "minimum": 0},
+            },
+        },
+    }
+
+
+def _label_selector() -> Schema:
+    return {
+        "type": "object",
+        "description": "Pods in the pool's namespace whose labels match become members.",
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "maxProperties": MAX_SELECTOR_TERMS,
+                "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+            },
+            "matchExpressions": {
+                "type": "array",
+                "maxItems": MAX_SELECTOR_TERMS,
+                "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "maxLength": MAX_KEY_LENGTH},
+                        "operator": {"type": "string", "enum": list(LABEL_SELECTOR_OPERATORS)},
+                        "values": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "x-kubernetes-list-type": "atomic",
+                            "items": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                        },
+                    },
+                    "x-kubernetes-validations": [
+                        _rule(
+                            "!(self.operator in ['In', 'NotIn']) || "
+                            "(has(self.values) && size(self.values) > 0)",
+                            MSG_SELECTOR_VALUES,
+                        ),
+                        _rule(
+                            "!(self.operator in ['Exists', 'DoesNotExist']) || "
+                            "!has(self.values) || size(self.values) == 0",
+                            MSG_SELECTOR_VALUES,
+                        ),
+                    ],
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
+                "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                rsp.MSG_SELECTOR_EMPTY,
+            )
+        ],
+    }
+
+
+# --- VirtualServer ---------------------------------------------------------------------------
+
+
+def virtualserver_spec_schema() -> Schema:
+    port: Schema = {
+        "type": "object",
+        "required": ["port"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "maxLength": 15,
+                "description": "Optional port name.",
+                "x-kubernetes-validations": [
+                    _rule(
+                        PORT_NAME_RULE, "name must be an IANA service name (1-15 of a-z, 0-9, '-')"
+                    )
+                ],
+            },
+            "port": _int(network.PORT_MIN, network.PORT_MAX, "The port clients connect to."),
+            "protocol": {
+                "type": "string",
+                "enum": [str(p) for p in vs.Protocol],
+                "default": str(vs.DEFAULT_PROTOCOL),
+            },
+            "targetPort": {
+                "x-kubernetes-int-or-string": True,
+                "description": "Port on the real servers: a number, or a named container "
+                "port resolved per pod. Defaults to port.",
+                "x-kubernetes-validations": [
+                    _rule(
+                        "type(self) == int ? (self >= 1 && self <= 65535) : "
+                        f"(size(self) <= 15 && {PORT_NAME_RULE})",
+                        vs.MSG_TARGET_PORT,
+                    )
+                ],
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["vip", "ports", "poolRef"],
+        "properties": {
+            "vip": _unicast_address(
+                "The virtual IP (IPv4 or IPv6) clients connect to.",
+                vs.MSG_VIP_INVALID,
+                vs.MSG_VIP_NOT_UNICAST,
+            ),
+            "ports": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": vs.MAX_PORTS,
+                "x-kubernetes-list-type": "atomic",
+                "items": port,
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.all(p, has(p.port) ? self.exists_one(q, has(q.port) ? "
+                        "(q.port == p.port && q.protocol == p.protocol) : false) : true)",
+                        vs.MSG_PORTS_UNIQUE,
+                    ),
+                    _rule(
+                        "self.all(p, has(p.name) ? self.exists_one(q, has(q.name) ? "
+                        "q.name == p.name : false) : true)",
+                        vs.MSG_PORT_NAMES_UNIQUE,
+                    ),
+                ],
+            },
+            "poolRef": {
+                "type": "object",
+                "required": ["name"],
+                "description": "The RealServerPool (same namespace) whose members serve.",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": network.DNS_SUBDOMAIN_MAX,
+                        "pattern": network.DNS_SUBDOMAIN_PATTERN,
+                    }
+                },
+            },
+            "scheduler": {
+                "type": "string",
+                "enum": [str(s) for s in vs.Scheduler],
+                "default": str(vs.DEFAULT_SCHEDULER),
+                "description": "IPVS scheduler.",
+            },
+            "schedulerFlags": {
+                "type": "array",
+                "maxItems": len(vs.SCHEDULER_FLAGS),
+                "x-kubernetes-list-type": "set",
+                "items": {"type": "string", "enum": list(vs.SCHEDULER_FLAGS)},
+                "description": "sh-fallback, sh-port (scheduler sh); mh-fallback, mh-port (mh).",
+            },
+            "forwarding": {
+                "type": "string",
+                "enum": [str(f) for f in vs.Forwarding],
+                "default": str(vs.DEFAULT_FORWARDING),
+                "description": "masquerade (NAT), direct (gatewaying) or tunnel (IPIP).",
+            },
+            "persistence": {
+                "type": "object",
+                "description": "Sticky sessions: a client stays on one real server.",
+                "properties": {
+                    "timeoutSeconds": _int(
+                        1,
+                        network.PERSISTENCE_TIMEOUT_MAX,
+                        "Idle time after which stickiness ends.",
+                        vs.DEFAULT_PERSISTENCE_TIMEOUT,
+                    ),
+                    "netmask": {
+                        "type": "string",
+                        "enum": list(network.IPV4_NETMASKS),
+                        "description": "IPv4 VIPs: clients in one netmask share a server.",
+                    },
+                    "prefixLength": _int(
+                        1, 128, "IPv6 VIPs: clients in one prefix share a server."
+                    ),
+                },
+            },
+            "directors": {
+                "type": "object",
+                "default": {},
+                "description": "Which nodes direct traffic for this VIP.",
+                "properties": {
+                    "nodeSelector": {
+                        "type": "object",
+                        "maxProperties": MAX_SELECTOR_TERMS,
+                        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                        "default": dict(vs.DEFAULT_DIRECTOR_NODE_SELECTOR),
+                        "x-kubernetes-validations": [
+                            _rule("size(self) > 0", vs.MSG_NODE_SELECTOR_EMPTY)
+                        ],
+                    },
+                    "interface": {
+                        "type": "string",
+                        "maxLength": 15,
+                        "pattern": network.INTERFACE_PATTERN,
+                        "description": "Interface for the VIP (default: the one "
+                        "routing to the VIP's subnet).",
+                    },
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "!has(self.schedulerFlags) || "
+                "self.schedulerFlags.all(f, f.startsWith(self.scheduler + '-'))",
+                vs.MSG_FLAGS_MATCH,
+                ".schedulerFlags",
+            ),
+            _rule(
+                "!(self.forwarding in ['direct', 'tunnel']) || self.ports.all(p, "
+                "!has(p.targetPort) || !has(p.port) || "
+                "(type(p.targetPort) == int && p.targetPort == p.port))",
+                vs.MSG_PORT_REMAP,
+                ".ports",
+            ),
+            _rule(
+                "!has(self.persistence) || !has(self.persistence.netmask) || "
+                "!isIP(self.vip) || ip(self.vip).family() == 4",
+                vs.MSG_NETMASK_FAMILY,
+                ".persistence",
+            ),
+            _rule(
+                "!has(self.persistence) || !has(self.persistence.prefixLength) || "
+                "!isIP(self.vip) || ip(self.vip).family() == 6",
+                vs.MSG_PREFIX_FAMILY,
+                ".persistence",
+            ),
+        ],
+    }
+
+
+def virtualserver_status_schema() -> Schema:
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "minimum": 0},
+            "directorGroup": {"type": "string", "maxLength": 63},
+            "activeDirector": {"type": "string", "maxLength": 253},
+            "directors": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "node": {"type": "string", "maxLength": 253},
+                        "role": {"type": "string", "enum": ["active", "standby"]},
+                    },
+                },
+            },
+            "readyRealServers": {"type": "integer", "minimum": 0},
+            "totalRealServers": {"type": "integer", "minimum": 0},
+            "readyOfTotal": {"type": "string", "maxLength": 32},
+            "conditions": _conditions(),
+        },
+    }
+
+
+# --- RealServerPool --------------------------------------------------------------------------
+
+
+def realserverpool_spec_schema() -> Schema:
+    server: Schema = {
+        "type": "object",
+        "required": ["address"],
+        "properties": {
+            "address": _unicast_address(
+                "A real server outside the cluster.", rsp.MSG_SERVER_ADDRESS, rsp.MSG_SERVER_ADDRESS
+            ),
+            "port": _int(
+                network.PORT_MIN,
+                network.PORT_MAX,
+                "Its port (default: the VirtualServer's targetPort).",
+            ),
+            "weight": _int(
+                network.WEIGHT_MIN,
+                network.WEIGHT_MAX,
+                "IPVS weight (0 drains).",
+                rsp.DEFAULT_WEIGHT,
+            ),
+            "name": {"type": "string", "maxLength": 63},
+        },
+    }
+    health: Schema = {
+        "type": "object",
+        "description": "Director-side health check; failing members are drained (weight 0).",
+        "properties": {
+            "type": {
+                "type": "string",
+                "enum": [str(t) for t in rsp.HealthCheckType],
+                "default": str(rsp.HealthCheckType.TCP),
+            },
+            "port": _int(
+                network.PORT_MIN,
+                network.PORT_MAX,
+                "Port to check (default: the member's target port).",
+            ),
+            "path": {
+                "type": "string",
+                "maxLength": 1024,
+                "pattern": "^/",
+                "description": "http: the path to GET (default /).",
+            },
+            "expectedStatus": _int(100, 599, "http: the status that means healthy (default 200)."),
+            "host": {
+                "type": "string",
+                "maxLength": 253,
+                "description": "http: the Host header to send.",
+            },
+            "intervalSeconds": _int(1, 3600, "Time between checks.", rsp.DEFAULT_HEALTH_INTERVAL),
+            "timeoutSeconds": _int(1, 3600, "Time a check may take.", rsp.DEFAULT_HEALTH_TIMEOUT),
+            "riseThreshold": _int(1, 100, "Passes in a row to become healthy.", rsp.DEFAULT_RISE),
+            "fallThreshold": _int(
+                1, 100, "Failures in a row to become unhealthy.", rsp.DEFAULT_FALL
+            ),
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "self.type == 'http' || "
+                "(!has(self.path) && !has(self.expectedStatus) && !has(self.host))",
+                rsp.MSG_HTTP_ONLY,
+            ),
+            _rule("self.timeoutSeconds <= self.intervalSeconds", rsp.MSG_TIMEOUT_INTERVAL),
+        ],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "selector": _label_selector(),
+            "weight": _int(
+                network.WEIGHT_MIN,
+                network.WEIGHT_MAX,
+                "IPVS weight of selected pods (a pod's lvs.io/weight annotation overrides it).",
+                rsp.DEFAULT_WEIGHT,
+            ),
+            "servers": {
+                "type": "array",
+                "maxItems": rsp.MAX_SERVERS,
+                "x-kubernetes-list-type": "atomic",
+                "items": server,
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.all(s, has(s.address) ? self.exists_one(t, has(t.address) ? "
+                        "(t.address == s.address && "
+                        "(has(t.port) ? t.port : 0) == (has(s.port) ? s.port : 0)) : false) "
+                        ": true)",
+                        rsp.MSG_SERVERS_UNIQUE,
+                    )
+                ],
+            },
+            "healthCheck": health,
+        },
+        "x-kubernetes-validations": [
+            _rule(
+                "has(self.selector) || (has(self.servers) && size(self.servers) > 0)",
+                rsp.MSG_POOL_EMPTY,
+            ),
+        ],
+    }
+
+
+def realserverpool_status_schema() -> Schema:
+    member: Schema = {
+        "type": "object",
+        "properties": {
+            "address": {"type": "string", "maxLength": 45},
+            "port": {"type": "integer"},
+            "ports": {
+                "type": "array",
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 15},
+                        "port": {"type": "integer"},
+                    },
+                },
+            },
+            "weight": {"type": "integer"},
+            "ready": {"type": "boolean"},
+            "serving": {"type": "boolean"},
+            "terminating": {"type": "boolean"},
+            "pod": {"type": "string", "maxLength": 253},
+            "node": {"type": "string", "maxLength": 253},
+            "source": {"type": "string", "enum": ["pod", "static"]},
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "minimum": 0},
+            "members": {"type": "array", "maxItems": 4096, "items": member},
+            "readyMembers": {"type": "integer", "minimum": 0},
+            "totalMembers": {"type": "integer", "minimum": 0},
+            "readyOfTotal": {"type": "string", "maxLength": 32},
+            "conditions": _conditions(),
+        },
+    }
+
+
+# --- the CRDs --------------------------------------------------------------------------------
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short: str,
+    spec: Schema,
+    status: Schema,
+    columns: list[Schema],
+    description: str,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "lvs-operator"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["lvs"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def virtualserver_crd() -> dict[str, Any]:
+    return _crd(
+        vs.KIND,
+        vs.PLURAL,
+        "lvs",
+        virtualserver_spec_schema(),
+        virtualserver_status_schema(),
+        [
+            {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
+            {"name": "Ports", "type": "string", "jsonPath": ".spec.ports[*].port"},
+            {"name": "Scheduler", "type": "string", "jsonPath": ".spec.scheduler", "priority": 1},
+            {"name": "Forwarding", "type": "string", "jsonPath": ".spec.forwarding", "priority": 1},
+            {"name": "Active", "type": "string", "jsonPath": ".status.activeDirector"},
+            {"name": "Ready", "type": "string", "jsonPath": ".status.readyOfTotal"},
+            {
+                "name": "Status",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                "priority": 1,
+            },
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        "A virtual service: clients reach VIP:port on the active director, IPVS forwards "
+        "them to the members of a RealServerPool.",
+    )
+
+
+def realserverpool_crd() -> dict[str, Any]:
+    return _crd(
+        rsp.KIND,
+        rsp.PLURAL,
+        "rsp",
+        realserverpool_spec_schema(),
+        realserverpool_status_schema(),
+        [
+            {"name": "Ready", "type": "string", "jsonPath": ".status.readyOfTotal"},
+            {"name": "Weight", "type": "integer", "jsonPath": ".spec.weight", "priority": 1},
+            {
+                "name": "Status",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                "priority": 1,
+            },
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        "Real servers: pods selected by labels and/or static addresses, with weights and an "
+        "optional health check.",
+    )
+
+
+CRD_FILES = {
+    "lvs.io_virtualservers.yaml": virtualserver_crd,
+    "lvs.io_realserverpools.yaml": realserverpool_crd,
+}
+
+HEADER = "# Generated by `make crds` (python -m lvs_operator.api.crd crds/) - do not edit.\n"
+
+
+def render(builder: Any) -> str:
+    return HEADER + yaml.safe_dump(builder(), sort_keys=False, width=100)
+
+
+def write(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, builder in CRD_FILES.items():
+        path = directory / filename
+        path.write_text(render(builder))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised by `make crds`
+    for path in write(Path(sys.argv[1] if len(sys.argv) > 1 else "crds")):
+        print(f"wrote {path}")
