@@ -1,0 +1,54 @@
+"""The ``lvs-operator`` command: controller | director | realserver | demo.
+
+Each subcommand's options live with its code (``run(argv)`` in its module), so this file
+only dispatches and imports lazily: the director agent must not pay kopf's memory cost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS = {
+    "controller": ("lvs_operator.controller.app", "reconcile VirtualServers and pools (kopf)"),
+    "director": ("lvs_operator.director.agent", "director agent: IPVS, VIP, Lease election"),
+    "realserver": ("lvs_operator.realserver.setup", "configure a real server for direct/tunnel"),
+    "demo": ("lvs_operator.demo", "local control plane + VM demo of the whole system"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: lvs-operator COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `lvs-operator COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] in ("--version", "version"):
+        from lvs_operator import __version__
+
+        print(__version__)
+        return 0
+    entry = SUBCOMMANDS.get(args[0])
+    if entry is None:
+        print(f"lvs-operator: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(entry[0])
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(entry[0]):
+            print(f"lvs-operator: {args[0]} is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    result: int = module.run(args[1:])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
