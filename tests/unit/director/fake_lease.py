@@ -1,0 +1,82 @@
+"""An in-memory Lease API that behaves like the API server where the election depends on it:
+every write bumps resourceVersion, and a write carrying a stale one is rejected (409)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from lvs_operator.director.election import LeaseConflict, LeaseRecord
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def now(self) -> dt.datetime:
+        return self.base + dt.timedelta(seconds=self.t)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class FakeLeaseStore:
+    """The server side: one Lease, shared by several FakeLeaseApi clients."""
+
+    def __init__(self) -> None:
+        self.record: LeaseRecord | None = None
+        self.version = 0
+        self.writes: list[LeaseRecord] = []
+        self.events: asyncio.Queue[None] = asyncio.Queue()
+
+    def _store(self, record: LeaseRecord) -> LeaseRecord:
+        self.version += 1
+        self.record = replace(record, resource_version=str(self.version))
+        self.writes.append(self.record)
+        self.events.put_nowait(None)
+        return self.record
+
+
+class FakeLeaseApi:
+    """One client (one director) of the store; ``down`` simulates an unreachable API."""
+
+    def __init__(self, store: FakeLeaseStore) -> None:
+        self.store = store
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("API server unreachable")
+
+    async def get(self) -> LeaseRecord | None:
+        self._check()
+        return self.store.record
+
+    async def create(self, record: LeaseRecord) -> LeaseRecord:
+        self._check()
+        if self.store.record is not None:
+            raise LeaseConflict("leases.coordination.k8s.io already exists")
+        return self.store._store(record)
+
+    async def update(self, record: LeaseRecord) -> LeaseRecord:
+        self._check()
+        current = self.store.record
+        if current is None:
+            raise LeaseConflict("not found")
+        if record.resource_version != current.resource_version:
+            raise LeaseConflict(
+                f"the object has been modified (rv {record.resource_version} != "
+                f"{current.resource_version})"
+            )
+        return self.store._store(record)
+
+    async def changes(self) -> AsyncIterator[None]:
+        while True:
+            await self.store.events.get()
+            yield None

@@ -1,0 +1,225 @@
+"""Lease election: acquire, renew, conflicts, step-down before expiry, release, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from lvs_operator.director.election import (
+    PROGRAMMED_ANNOTATION,
+    ElectionConfig,
+    Elector,
+    LeaseConflict,
+    LeaseRecord,
+)
+from tests.unit.director.fake_lease import FakeClock, FakeLeaseApi, FakeLeaseStore
+
+
+class Director:
+    def __init__(self, name: str, store: FakeLeaseStore, clock: FakeClock) -> None:
+        self.api = FakeLeaseApi(store)
+        self.changes: list[tuple[float, bool]] = []
+        self.clock = clock
+
+        async def on_change(leader: bool) -> None:
+            self.changes.append((clock.monotonic(), leader))
+
+        self.elector = Elector(ElectionConfig(identity=name), self.api, on_change, clock)
+
+    @property
+    def leader(self) -> bool:
+        return self.elector.is_leader
+
+
+@pytest.fixture
+def env() -> tuple[FakeLeaseStore, FakeClock, Director, Director]:
+    store, clock = FakeLeaseStore(), FakeClock()
+    return store, clock, Director("node-a", store, clock), Director("node-b", store, clock)
+
+
+async def test_first_director_creates_and_holds_the_lease(env) -> None:
+    store, _clock, a, b = env
+    await a.elector.tick()
+    assert a.leader
+    assert store.record is not None and store.record.holder == "node-a"
+    assert store.record.duration_seconds == 2
+    await b.elector.tick()
+    assert not b.leader
+    assert b.elector.holder == "node-a"
+
+
+async def test_leader_renews_and_standby_stays_standby(env) -> None:
+    store, clock, a, b = env
+    await a.elector.tick()
+    first_renew = store.record.renew_time
+    for _ in range(20):  # 8 s of renewals every 0.4 s: never expires for the standby
+        clock.advance(0.4)
+        await a.elector.tick()
+        await b.elector.tick()
+    assert a.leader and not b.leader
+    assert store.record.renew_time > first_renew
+    assert store.record.holder == "node-a"
+
+
+async def test_update_with_stale_resource_version_is_rejected(env) -> None:
+    store, clock, a, _ = env
+    await a.elector.tick()
+    stale = store.record
+    clock.advance(0.4)
+    await a.elector.tick()
+    with pytest.raises(LeaseConflict):
+        await FakeLeaseApi(store).update(replace(stale, holder="intruder"))
+    assert store.record.holder == "node-a"
+
+
+async def test_racing_standbys_only_one_wins(env) -> None:
+    store, _clock, a, b = env
+    store._store(LeaseRecord(holder=""))  # released Lease: both see it free
+    rec = store.record
+    # b reads, then a acquires, then b's write (carrying the rv it read) must fail.
+    original_get = b.api.get
+
+    async def get_then_a_wins() -> LeaseRecord | None:
+        got = await original_get()
+        await a.elector.tick()
+        return got
+
+    b.api.get = get_then_a_wins  # type: ignore[method-assign]
+    await b.elector.tick()
+    assert a.leader and not b.leader
+    assert store.record.holder == "node-a"
+    assert rec is not None
+
+
+async def test_leader_steps_down_before_lease_can_expire(env) -> None:
+    store, clock, a, b = env
+    await a.elector.tick()
+    await b.elector.tick()
+    last_sent = clock.monotonic()
+    a.api.down = True
+    stepped_down_at = None
+    for _ in range(20):
+        clock.advance(0.1)
+        await a.elector.tick()
+        if not a.leader:
+            stepped_down_at = clock.monotonic()
+            break
+    assert stepped_down_at is not None
+    assert stepped_down_at - last_sent <= 1.5 + 1e-9  # renew deadline
+    # the standby may only take over once the duration (2 s) has passed since it saw a renewal
+    took_over_at = None
+    for _ in range(40):
+        await b.elector.tick()
+        if b.leader:
+            took_over_at = clock.monotonic()
+            break
+        clock.advance(0.1)
+    assert took_over_at is not None
+    assert took_over_at - last_sent >= 2.0 - 1e-9
+    assert stepped_down_at < took_over_at
+    assert a.changes == [(a.changes[0][0], True), (stepped_down_at, False)]
+    assert store.record.holder == "node-b"
+    assert store.record.transitions == 1
+
+
+async def test_lost_lease_is_noticed_on_conflict(env) -> None:
+    store, clock, a, _ = env
+    await a.elector.tick()
+    # someone else takes it (e.g. after a network partition healed)
+    store._store(replace(store.record, holder="node-c"))
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert not a.leader
+    assert a.elector.holder == "node-c"
+
+
+async def test_conflict_on_own_record_is_retried(env) -> None:
+    store, clock, a, _ = env
+    await a.elector.tick()
+    # an unrelated write (e.g. a label) bumps the resourceVersion, holder unchanged
+    store._store(replace(store.record, labels={"x": "y"}))
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert a.leader
+    assert store.record.labels == {"x": "y"}
+
+
+async def test_release_frees_the_lease_for_immediate_takeover(env) -> None:
+    store, _clock, a, b = env
+    await a.elector.tick()
+    await b.elector.tick()
+    assert await a.elector.release()
+    assert not a.leader
+    assert a.changes[-1][1] is False
+    assert store.record.holder == ""
+    await b.elector.tick()  # no clock advance: free at once
+    assert b.leader
+    assert store.record.holder == "node-b"
+
+
+async def test_standby_takes_over_after_expiry(env) -> None:
+    store, clock, a, b = env
+    await a.elector.tick()
+    await b.elector.tick()
+    # a crashes: no more ticks
+    clock.advance(1.9)
+    await b.elector.tick()
+    assert not b.leader
+    clock.advance(0.2)
+    await b.elector.tick()
+    assert b.leader
+    assert store.record.holder == "node-b"
+    assert store.record.transitions == 1
+
+
+async def test_restarted_agent_takes_back_its_own_lease(env) -> None:
+    store, clock, a, _ = env
+    await a.elector.tick()
+    restarted = Director("node-a", store, clock)
+    await restarted.elector.tick()  # no waiting for expiry
+    assert restarted.leader
+    assert store.record.transitions == 0
+
+
+async def test_programmed_annotation_written_with_renewal(env) -> None:
+    store, clock, a, _ = env
+    await a.elector.tick()
+    a.elector.set_annotation(PROGRAMMED_ANNOTATION, '{"ns/web": 3}')
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert store.record.annotations[PROGRAMMED_ANNOTATION] == '{"ns/web": 3}'
+
+
+async def test_run_wakes_on_release_through_the_watch() -> None:
+    store = FakeLeaseStore()
+    a = Elector(ElectionConfig("node-a", retry_period=0.4), FakeLeaseApi(store))
+    b = Elector(ElectionConfig("node-b", retry_period=0.4), FakeLeaseApi(store))
+    await a.tick()
+    task = asyncio.create_task(b.run())
+    await asyncio.sleep(0.05)
+    assert not b.is_leader
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await a.release()
+    while not b.is_leader and loop.time() - t0 < 2:
+        await asyncio.sleep(0.01)
+    assert b.is_leader
+    assert loop.time() - t0 < 0.3  # woken by the watch, not the 0.4 s retry
+    await b.release()
+    await asyncio.wait_for(task, 2)
+    assert store.record.holder == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"identity": ""}, "NODE_NAME"),
+        ({"identity": "a", "lease_duration": 2, "renew_deadline": 2}, "shorter than the lease"),
+        ({"identity": "a", "retry_period": 1.5}, "shorter than the renew"),
+    ],
+)
+def test_config_rejects_unsafe_timings(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ElectionConfig(**kwargs)
