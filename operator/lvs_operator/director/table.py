@@ -1,0 +1,438 @@
+"""A pure model of an IPVS table and the diff that converges the kernel to a desired one.
+
+No kernel, no Kubernetes here: ``director/desired.py`` builds the desired table from the API
+models, ``director/ipvs.py`` reads the kernel's table and applies the changes computed here.
+
+The diff never flushes and only touches services this agent owns: every service in the
+desired table, plus those the caller says it owns (e.g. every service on the director group's
+VIPs, so a restarted agent adopts what its predecessor programmed and removes what is no longer
+wanted, while a service someone else added by hand on another address stays untouched).
+Changes of a service's scheduler, flags or persistence, and of a destination's weight or
+forwarding method, are edits in place ("set"): a delete and re-add would drop the
+connections and persistence templates of everybody using it.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+
+class Protocol(enum.StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+    @property
+    def number(self) -> int:
+        return _PROTO_NUMBERS[self]
+
+    @classmethod
+    def from_number(cls, number: int) -> Protocol:
+        for proto, n in _PROTO_NUMBERS.items():
+            if n == number:
+                return proto
+        raise ValueError(f"unsupported IP protocol number {number}")
+
+
+_PROTO_NUMBERS: Final = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+
+
+class Forwarding(enum.StrEnum):
+    """How IPVS forwards to a destination (IP_VS_CONN_F_* in the kernel)."""
+
+    MASQUERADE = "masquerade"  # NAT
+    DIRECT = "direct"  # gatewaying / direct routing
+    TUNNEL = "tunnel"  # IPIP
+
+    @property
+    def kernel_value(self) -> int:
+        return _FWD_VALUES[self]
+
+    @classmethod
+    def from_kernel(cls, value: int) -> Forwarding:
+        for fwd, v in _FWD_VALUES.items():
+            if v == value & IP_VS_CONN_F_FWD_MASK:
+                return fwd
+        raise ValueError(f"unsupported IPVS forwarding method {value}")
+
+
+IP_VS_CONN_F_FWD_MASK: Final = 0x7
+_FWD_VALUES: Final = {Forwarding.MASQUERADE: 0, Forwarding.TUNNEL: 2, Forwarding.DIRECT: 3}
+
+# Service flags (include/uapi/linux/ip_vs.h). HASHED is kernel-internal and reported on read.
+IP_VS_SVC_F_PERSISTENT: Final = 0x0001
+IP_VS_SVC_F_HASHED: Final = 0x0002
+IP_VS_SVC_F_ONEPACKET: Final = 0x0004
+IP_VS_SVC_F_SCHED1: Final = 0x0008
+IP_VS_SVC_F_SCHED2: Final = 0x0010
+IP_VS_SVC_F_SCHED3: Final = 0x0020
+# The flags a service's settings carry (persistence is its own field: timeout > 0).
+SETTABLE_FLAGS: Final = (
+    IP_VS_SVC_F_ONEPACKET | IP_VS_SVC_F_SCHED1 | IP_VS_SVC_F_SCHED2 | IP_VS_SVC_F_SCHED3
+)
+
+# Flag names as ipvsadm spells them (-b sh-fallback,sh-port); sched1..3 mean something only to
+# the scheduler, so a name is scheduler-specific, and flag-N is the generic spelling.
+FLAG_BITS: Final[dict[str, int]] = {
+    "sh-fallback": IP_VS_SVC_F_SCHED1,
+    "sh-port": IP_VS_SVC_F_SCHED2,
+    "mh-fallback": IP_VS_SVC_F_SCHED1,
+    "mh-port": IP_VS_SVC_F_SCHED2,
+    "flag-1": IP_VS_SVC_F_SCHED1,
+    "flag-2": IP_VS_SVC_F_SCHED2,
+    "flag-3": IP_VS_SVC_F_SCHED3,
+    "ops": IP_VS_SVC_F_ONEPACKET,  # one-packet scheduling (UDP)
+}
+
+
+def flags_to_bits(flags: Iterable[str]) -> int:
+    bits = 0
+    for name in flags:
+        try:
+            bits |= FLAG_BITS[name]
+        except KeyError:
+            raise ValueError(f"unknown IPVS service flag {name!r}") from None
+    return bits
+
+
+def bits_to_flags(bits: int, scheduler: str) -> frozenset[str]:
+    """Names for the settable flags in ``bits``, spelled for ``scheduler``."""
+    names = set()
+    for bit, n in ((IP_VS_SVC_F_SCHED1, 1), (IP_VS_SVC_F_SCHED2, 2), (IP_VS_SVC_F_SCHED3, 3)):
+        if bits & bit:
+            if scheduler in ("sh", "mh") and n < 3:
+                names.add(f"{scheduler}-{'fallback' if n == 1 else 'port'}")
+            else:
+                names.add(f"flag-{n}")
+    if bits & IP_VS_SVC_F_ONEPACKET:
+        names.add("ops")
+    return frozenset(names)
+
+
+def _canonical_ip(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def _fmt_endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """What identifies a virtual service in the kernel: protocol, VIP and port."""
+
+    protocol: Protocol
+    address: str
+    port: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protocol", Protocol(self.protocol))
+        object.__setattr__(self, "address", _canonical_ip(self.address))
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def family(self) -> int:
+        """4 or 6."""
+        return _family(self.address)
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{_fmt_endpoint(self.address, self.port)}"
+
+
+@dataclass(frozen=True, order=True)
+class DestKey:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return _fmt_endpoint(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class IpvsService:
+    """A virtual service. ``persistence_timeout`` 0 means no persistence; ``netmask`` is the
+    persistence granularity as a prefix length (IPv4: 32 = per client address; IPv6: 128)."""
+
+    address: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+    scheduler: str = "wlc"
+    flags: frozenset[str] = frozenset()
+    persistence_timeout: int = 0
+    netmask: int | None = None  # None: the family's full length
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _canonical_ip(self.address))
+        object.__setattr__(self, "protocol", Protocol(self.protocol))
+        object.__setattr__(self, "flags", frozenset(self.flags))
+        flags_to_bits(self.flags)  # validates the names
+        full = 32 if self.family == 4 else 128
+        netmask = full if self.netmask is None else self.netmask
+        if not 0 <= netmask <= full:
+            raise ValueError(f"netmask /{netmask} out of range for IPv{self.family}")
+        object.__setattr__(self, "netmask", netmask)
+        if self.persistence_timeout < 0:
+            raise ValueError("persistence_timeout must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def key(self) -> ServiceKey:
+        return ServiceKey(self.protocol, self.address, self.port)
+
+    @property
+    def family(self) -> int:
+        return _family(self.address)
+
+    @property
+    def flag_bits(self) -> int:
+        """The kernel's flags for this service (persistence included)."""
+        bits = flags_to_bits(self.flags)
+        if self.persistence_timeout:
+            bits |= IP_VS_SVC_F_PERSISTENT
+        return bits
+
+    def settings(self) -> tuple[str, int, int, int | None]:
+        """What an edit ("set") can change; two services with the same key and settings are
+        the same service to the kernel (flag names may be spelled differently)."""
+        return (self.scheduler, self.flag_bits, self.persistence_timeout, self.netmask)
+
+    def __str__(self) -> str:
+        extra = f" persistent {self.persistence_timeout}s/{self.netmask}" * bool(
+            self.persistence_timeout
+        )
+        flags = f" flags {','.join(sorted(self.flags))}" if self.flags else ""
+        return f"{self.key} {self.scheduler}{flags}{extra}"
+
+
+@dataclass(frozen=True)
+class IpvsDestination:
+    """A real server of a service. Weight 0 quiesces it: no new connections, existing ones
+    continue. Thresholds 0 mean no limit."""
+
+    address: str
+    port: int
+    weight: int = 1
+    forwarding: Forwarding = Forwarding.MASQUERADE
+    upper_threshold: int = 0
+    lower_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _canonical_ip(self.address))
+        object.__setattr__(self, "forwarding", Forwarding(self.forwarding))
+        if not 0 <= self.weight <= 0x7FFFFFFF:
+            raise ValueError(f"weight out of range: {self.weight}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+
+    @property
+    def key(self) -> DestKey:
+        return DestKey(self.address, self.port)
+
+    def __str__(self) -> str:
+        return f"-> {self.key} {self.forwarding} w{self.weight}"
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A service and its destinations (kept sorted, so equal entries compare equal)."""
+
+    service: IpvsService
+    destinations: tuple[IpvsDestination, ...] = ()
+
+    def __post_init__(self) -> None:
+        dests = tuple(sorted(self.destinations, key=lambda d: d.key))
+        for a, b in itertools.pairwise(dests):
+            if a.key == b.key:
+                raise ValueError(f"duplicate destination {a.key} in {self.service.key}")
+        object.__setattr__(self, "destinations", dests)
+
+    @property
+    def key(self) -> ServiceKey:
+        return self.service.key
+
+    def dest_map(self) -> dict[DestKey, IpvsDestination]:
+        return {d.key: d for d in self.destinations}
+
+
+@dataclass(frozen=True)
+class IpvsTable(Mapping[ServiceKey, ServiceEntry]):
+    """Service key -> (service, destinations). Immutable; build with ``IpvsTable.of``."""
+
+    entries: Mapping[ServiceKey, ServiceEntry] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, items: Iterable[ServiceEntry | tuple[IpvsService, Iterable[IpvsDestination]]]
+    ) -> IpvsTable:
+        entries: dict[ServiceKey, ServiceEntry] = {}
+        for item in items:
+            entry = (
+                item if isinstance(item, ServiceEntry) else ServiceEntry(item[0], tuple(item[1]))
+            )
+            if entry.key in entries:
+                raise ValueError(f"duplicate service {entry.key}")
+            entries[entry.key] = entry
+        return cls(dict(sorted(entries.items())))
+
+    def __getitem__(self, key: ServiceKey) -> ServiceEntry:
+        return self.entries[key]
+
+    def __iter__(self) -> Iterator[ServiceKey]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IpvsTable):
+            return dict(self.entries) == dict(other.entries)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.entries.items()))
+
+    def only(self, keys: Callable[[ServiceKey], bool]) -> IpvsTable:
+        """The sub-table of the services ``keys`` accepts."""
+        return IpvsTable({k: v for k, v in self.entries.items() if keys(k)})
+
+    def dest_count(self) -> int:
+        return sum(len(e.destinations) for e in self.entries.values())
+
+    def describe(self) -> str:
+        lines = []
+        for entry in self.entries.values():
+            lines.append(str(entry.service))
+            lines.extend(f"  {d}" for d in entry.destinations)
+        return "\n".join(lines)
+
+
+class Op(enum.StrEnum):
+    ADD_SERVICE = "add-service"
+    EDIT_SERVICE = "edit-service"
+    ADD_DEST = "add-dest"
+    EDIT_DEST = "edit-dest"
+    DEL_DEST = "del-dest"
+    DEL_SERVICE = "del-service"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kernel operation. ``service`` is the desired service (the actual one for deletes);
+    ``dest`` is set for destination operations."""
+
+    op: Op
+    service: IpvsService
+    dest: IpvsDestination | None = None
+
+    def __str__(self) -> str:
+        what = f"{self.service.key} {self.dest}" if self.dest else str(self.service)
+        return f"{self.op} {what}"
+
+
+Ownership = Callable[[ServiceKey], bool] | Collection[ServiceKey] | None
+
+
+def owned_by_addresses(addresses: Iterable[str]) -> Callable[[ServiceKey], bool]:
+    """Ownership for adoption: every service on one of these addresses (the director group's
+    VIPs) belongs to the agent, whoever programmed it."""
+    vips = frozenset(_canonical_ip(a) for a in addresses)
+    return lambda key: key.address in vips
+
+
+def _owns(owned: Ownership) -> Callable[[ServiceKey], bool]:
+    if owned is None:
+        return lambda key: False
+    if callable(owned):
+        return owned
+    keys = frozenset(owned)
+    return lambda key: key in keys
+
+
+def diff(desired: IpvsTable, actual: IpvsTable, owned: Ownership = None) -> list[Change]:
+    """The operations that turn ``actual`` into ``desired`` for the services this agent owns.
+
+    Owned = every service in ``desired`` plus those ``owned`` accepts (a predicate such as
+    ``owned_by_addresses(vips)``, or a collection of keys, e.g. what was programmed before).
+    Services in ``actual`` that are neither are never touched.
+
+    Order: first new services, each followed by its destinations (the kernel needs the service
+    first); then per existing service: its edit, new destinations, edited ones, removed ones
+    (adds before removals, so a service being re-pointed never has zero destinations); last the
+    services to remove, each after its destinations.
+    """
+    owns = _owns(owned)
+    changes: list[Change] = []
+    new = [e for k, e in desired.items() if k not in actual]
+    kept = [(e, actual[k]) for k, e in desired.items() if k in actual]
+    gone = [e for k, e in actual.items() if k not in desired and owns(k)]
+
+    for entry in new:
+        changes.append(Change(Op.ADD_SERVICE, entry.service))
+        changes.extend(Change(Op.ADD_DEST, entry.service, d) for d in entry.destinations)
+
+    for want, have in kept:
+        svc = want.service
+        if svc.settings() != have.service.settings():
+            changes.append(Change(Op.EDIT_SERVICE, svc))
+        want_d, have_d = want.dest_map(), have.dest_map()
+        changes.extend(Change(Op.ADD_DEST, svc, d) for k, d in want_d.items() if k not in have_d)
+        changes.extend(
+            Change(Op.EDIT_DEST, svc, d)
+            for k, d in want_d.items()
+            if k in have_d and have_d[k] != d
+        )
+        changes.extend(
+            Change(Op.DEL_DEST, have.service, d) for k, d in have_d.items() if k not in want_d
+        )
+
+    for entry in gone:
+        changes.extend(Change(Op.DEL_DEST, entry.service, d) for d in entry.destinations)
+        changes.append(Change(Op.DEL_SERVICE, entry.service))
+    return changes
+
+
+def apply_to_table(table: IpvsTable, changes: Iterable[Change]) -> IpvsTable:
+    """What ``changes`` do to ``table``, in memory: a model of the kernel for tests, and a way
+    to keep a cached copy of the kernel's table without reading it back."""
+    entries: dict[ServiceKey, tuple[IpvsService, dict[DestKey, IpvsDestination]]] = {
+        k: (e.service, e.dest_map()) for k, e in table.items()
+    }
+    for ch in changes:
+        key = ch.service.key
+        if ch.op is Op.ADD_SERVICE:
+            if key in entries:
+                raise ValueError(f"{ch}: service exists")
+            entries[key] = (ch.service, {})
+            continue
+        if key not in entries:
+            raise ValueError(f"{ch}: no such service")
+        _, dests = entries[key]
+        if ch.op is Op.EDIT_SERVICE:
+            entries[key] = (ch.service, dests)
+        elif ch.op is Op.DEL_SERVICE:
+            del entries[key]
+        else:
+            assert ch.dest is not None
+            dk = ch.dest.key
+            if ch.op is Op.ADD_DEST:
+                if dk in dests:
+                    raise ValueError(f"{ch}: destination exists")
+                dests[dk] = ch.dest
+            elif dk not in dests:
+                raise ValueError(f"{ch}: no such destination")
+            elif ch.op is Op.EDIT_DEST:
+                dests[dk] = ch.dest
+            else:
+                del dests[dk]
+    return IpvsTable.of(ServiceEntry(s, tuple(d.values())) for s, d in entries.values())

@@ -1,0 +1,250 @@
+"""The IPVS table model and its diff, without a kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvs_operator.director.table import (
+    IP_VS_SVC_F_PERSISTENT,
+    IP_VS_SVC_F_SCHED1,
+    Change,
+    DestKey,
+    Forwarding,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    Op,
+    Ownership,
+    Protocol,
+    ServiceEntry,
+    ServiceKey,
+    apply_to_table,
+    bits_to_flags,
+    diff,
+    flags_to_bits,
+    owned_by_addresses,
+)
+
+VIP = "10.10.0.100"
+WEB = IpvsService(VIP, 80, scheduler="rr")
+RS = [IpvsDestination(f"10.20.0.{21 + i}", 8080) for i in range(3)]
+
+
+def table(*entries: tuple[IpvsService, list[IpvsDestination]]) -> IpvsTable:
+    return IpvsTable.of(entries)
+
+
+def ops(changes: list[Change]) -> list[tuple[str, str, str | None]]:
+    return [(c.op.value, str(c.service.key), str(c.dest.key) if c.dest else None) for c in changes]
+
+
+def converge(desired: IpvsTable, actual: IpvsTable, owned: Ownership = None) -> list[Change]:
+    """diff, plus the check that applying it really reaches desired (for the owned part)."""
+    changes = diff(desired, actual, owned)
+    after = apply_to_table(actual, changes)
+    for key, entry in desired.items():
+        assert after[key] == entry
+    assert diff(desired, after, owned) == []
+    return changes
+
+
+# -- model ------------------------------------------------------------------------------------
+
+
+def test_addresses_are_canonical_and_keys_compare() -> None:
+    a = IpvsService("2001:db8:0::0001", 443, Protocol.TCP)
+    assert a.address == "2001:db8::1"
+    assert a.key == ServiceKey(Protocol.TCP, "2001:db8::1", 443)
+    assert str(a.key) == "TCP/[2001:db8::1]:443"
+    assert a.netmask == 128 and WEB.netmask == 32
+    assert IpvsDestination("10.0.0.1", 80).key == DestKey("10.0.0.1", 80)
+
+
+def test_entries_sort_destinations_and_reject_duplicates() -> None:
+    assert ServiceEntry(WEB, tuple(reversed(RS))) == ServiceEntry(WEB, tuple(RS))
+    with pytest.raises(ValueError, match="duplicate destination"):
+        ServiceEntry(WEB, (RS[0], IpvsDestination(RS[0].address, RS[0].port, weight=5)))
+    with pytest.raises(ValueError, match="duplicate service"):
+        table((WEB, []), (IpvsService(VIP, 80, scheduler="wlc"), []))
+
+
+def test_flags_names_and_bits() -> None:
+    sh = IpvsService(VIP, 80, scheduler="sh", flags=frozenset({"sh-fallback", "sh-port"}))
+    assert flags_to_bits(sh.flags) == 0x18
+    assert bits_to_flags(0x18 | 0x2, "sh") == {"sh-fallback", "sh-port"}  # HASHED ignored
+    assert bits_to_flags(0x08, "mh") == {"mh-fallback"}
+    assert bits_to_flags(0x08, "rr") == {"flag-1"}
+    assert IpvsService(VIP, 80, persistence_timeout=300).flag_bits == IP_VS_SVC_F_PERSISTENT
+    with pytest.raises(ValueError, match="unknown IPVS service flag"):
+        IpvsService(VIP, 80, flags=frozenset({"sticky"}))
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        IpvsService("10.0.0.300", 80)
+    with pytest.raises(ValueError):
+        IpvsService(VIP, 80, netmask=33)
+    with pytest.raises(ValueError):
+        IpvsDestination("10.0.0.1", 70000)
+    with pytest.raises(ValueError):
+        IpvsDestination("10.0.0.1", 80, weight=-1)
+
+
+# -- diff ---------------------------------------------------------------------------------------
+
+
+def test_equal_tables_need_nothing() -> None:
+    t = table((WEB, RS))
+    assert diff(t, t, owned_by_addresses([VIP])) == []
+
+
+def test_add_service_comes_before_its_destinations() -> None:
+    changes = converge(table((WEB, RS)), IpvsTable())
+    assert ops(changes) == [
+        ("add-service", "TCP/10.10.0.100:80", None),
+        ("add-dest", "TCP/10.10.0.100:80", "10.20.0.21:8080"),
+        ("add-dest", "TCP/10.10.0.100:80", "10.20.0.22:8080"),
+        ("add-dest", "TCP/10.10.0.100:80", "10.20.0.23:8080"),
+    ]
+
+
+def test_remove_owned_service_removes_destinations_first() -> None:
+    actual = table((WEB, RS), (IpvsService(VIP, 443), RS[:1]))
+    desired = table((WEB, RS))
+    changes = converge(desired, actual, owned_by_addresses([VIP]))
+    assert ops(changes) == [
+        ("del-dest", "TCP/10.10.0.100:443", "10.20.0.21:8080"),
+        ("del-service", "TCP/10.10.0.100:443", None),
+    ]
+
+
+def test_foreign_services_are_left_alone() -> None:
+    foreign = IpvsService("192.0.2.1", 80)
+    actual = table((WEB, RS), (foreign, [IpvsDestination("192.0.2.9", 80)]))
+    # desired no longer has WEB: only WEB (on our VIP) goes; the foreign one stays
+    changes = converge(IpvsTable(), actual, owned_by_addresses([VIP]))
+    assert {c.service.key for c in changes} == {WEB.key}
+    assert apply_to_table(actual, changes) == table((foreign, [IpvsDestination("192.0.2.9", 80)]))
+    # without ownership information nothing outside desired is touched
+    assert diff(IpvsTable(), actual) == []
+    # ownership as a collection of keys (what the agent programmed before)
+    assert {c.service.key for c in diff(IpvsTable(), actual, {WEB.key})} == {WEB.key}
+
+
+def test_desired_service_is_adopted_when_present() -> None:
+    # same key programmed by someone (e.g. a previous agent) with other settings: edited
+    actual = table((IpvsService(VIP, 80, scheduler="wlc"), RS))
+    assert ops(converge(table((WEB, RS)), actual)) == [("edit-service", "TCP/10.10.0.100:80", None)]
+
+
+def test_weight_change_is_one_edit() -> None:
+    changed = [RS[0], IpvsDestination(RS[1].address, 8080, weight=3), RS[2]]
+    changes = converge(table((WEB, changed)), table((WEB, RS)))
+    assert ops(changes) == [("edit-dest", "TCP/10.10.0.100:80", "10.20.0.22:8080")]
+    assert changes[0].dest is not None and changes[0].dest.weight == 3
+
+
+def test_quiesce_is_weight_zero_not_removal() -> None:
+    quiesced = [RS[0], RS[1], IpvsDestination(RS[2].address, 8080, weight=0)]
+    changes = converge(table((WEB, quiesced)), table((WEB, RS)))
+    assert [c.op for c in changes] == [Op.EDIT_DEST]
+
+
+def test_forwarding_change_is_an_edit() -> None:
+    direct = [IpvsDestination(d.address, 80, forwarding=Forwarding.DIRECT) for d in RS]
+    masq = [IpvsDestination(d.address, 80) for d in RS]
+    changes = converge(table((WEB, direct)), table((WEB, masq)))
+    assert [c.op for c in changes] == [Op.EDIT_DEST] * 3
+
+
+def test_scheduler_change_is_a_service_edit() -> None:
+    changes = converge(table((IpvsService(VIP, 80, scheduler="wrr"), RS)), table((WEB, RS)))
+    assert ops(changes) == [("edit-service", "TCP/10.10.0.100:80", None)]
+
+
+def test_flags_change_is_a_service_edit() -> None:
+    sh = IpvsService(VIP, 80, scheduler="sh")
+    sh_fb = IpvsService(VIP, 80, scheduler="sh", flags=frozenset({"sh-fallback"}))
+    changes = converge(table((sh_fb, RS)), table((sh, RS)))
+    assert [c.op for c in changes] == [Op.EDIT_SERVICE]
+    assert changes[0].service.flag_bits == IP_VS_SVC_F_SCHED1
+    # the same bits under another spelling are no change
+    generic = IpvsService(VIP, 80, scheduler="sh", flags=frozenset({"flag-1"}))
+    assert diff(table((generic, RS)), table((sh_fb, RS))) == []
+
+
+def test_persistence_change_is_a_service_edit() -> None:
+    sticky = IpvsService(VIP, 80, scheduler="rr", persistence_timeout=300)
+    assert [c.op for c in converge(table((sticky, RS)), table((WEB, RS)))] == [Op.EDIT_SERVICE]
+    longer = IpvsService(VIP, 80, scheduler="rr", persistence_timeout=600)
+    assert [c.op for c in converge(table((longer, RS)), table((sticky, RS)))] == [Op.EDIT_SERVICE]
+    masked = IpvsService(VIP, 80, scheduler="rr", persistence_timeout=600, netmask=24)
+    assert [c.op for c in converge(table((masked, RS)), table((longer, RS)))] == [Op.EDIT_SERVICE]
+    # and off again
+    assert [c.op for c in converge(table((WEB, RS)), table((masked, RS)))] == [Op.EDIT_SERVICE]
+
+
+def test_destination_adds_come_before_removals() -> None:
+    new = [IpvsDestination("10.20.0.31", 8080), IpvsDestination("10.20.0.32", 8080)]
+    changes = converge(table((WEB, new)), table((WEB, RS)))
+    kinds = [c.op for c in changes]
+    assert kinds == [Op.ADD_DEST] * 2 + [Op.DEL_DEST] * 3
+
+
+def test_port_change_of_a_destination_is_add_and_remove() -> None:
+    # a destination's key is address:port; another port is another destination
+    moved = [IpvsDestination(RS[0].address, 9090)]
+    changes = converge(table((WEB, moved)), table((WEB, RS[:1])))
+    assert ops(changes) == [
+        ("add-dest", "TCP/10.10.0.100:80", "10.20.0.21:9090"),
+        ("del-dest", "TCP/10.10.0.100:80", "10.20.0.21:8080"),
+    ]
+
+
+def test_mixed_changes_are_ordered_and_converge() -> None:
+    dns = IpvsService(VIP, 53, Protocol.UDP, scheduler="rr")
+    old = IpvsService(VIP, 8443)
+    v6 = IpvsService("2001:db8::100", 80, scheduler="mh", flags=frozenset({"mh-port"}))
+    actual = table(
+        (WEB, RS),
+        (old, RS),
+        (IpvsService("192.0.2.1", 80), [IpvsDestination("192.0.2.2", 80)]),
+    )
+    desired = table(
+        (IpvsService(VIP, 80, scheduler="wrr"), [RS[0], IpvsDestination(RS[1].address, 8080, 5)]),
+        (dns, [IpvsDestination("10.20.0.21", 53)]),
+        (v6, [IpvsDestination("2001:db8::21", 8080)]),
+    )
+    changes = converge(desired, actual, owned_by_addresses([VIP, "2001:db8::100"]))
+    kinds = [c.op for c in changes]
+    # new services (with their dests) first, then edits, then removals
+    assert kinds == [
+        Op.ADD_SERVICE, Op.ADD_DEST,  # dns
+        Op.ADD_SERVICE, Op.ADD_DEST,  # v6
+        Op.EDIT_SERVICE, Op.EDIT_DEST, Op.DEL_DEST,  # web
+        Op.DEL_DEST, Op.DEL_DEST, Op.DEL_DEST, Op.DEL_SERVICE,  # old
+    ]  # fmt: skip
+    assert "192.0.2.1" in {k.address for k in apply_to_table(actual, changes)}
+
+
+def test_apply_to_table_rejects_impossible_changes() -> None:
+    with pytest.raises(ValueError, match="no such service"):
+        apply_to_table(IpvsTable(), [Change(Op.ADD_DEST, WEB, RS[0])])
+    with pytest.raises(ValueError, match="service exists"):
+        apply_to_table(table((WEB, [])), [Change(Op.ADD_SERVICE, WEB)])
+
+
+def test_diff_scales_linearly() -> None:
+    # 1,000 services x 10 destinations: diffing must stay cheap (it runs on every event)
+    import time
+
+    big = IpvsTable.of(
+        (IpvsService(f"10.{i // 250}.{i % 250}.1", 80), [
+            IpvsDestination(f"10.200.{j}.{i % 250}", 8080) for j in range(10)
+        ])
+        for i in range(1000)
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    assert diff(big, big) == []
+    assert len(diff(big, IpvsTable())) == 11_000
+    assert time.perf_counter() - t0 < 2.0
