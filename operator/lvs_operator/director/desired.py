@@ -1,0 +1,195 @@
+"""Pure: (VirtualServers, their pools' members) -> the desired IPVS table.
+
+One IPVS service per VirtualServer port (VIP, port, protocol, scheduler and flags,
+persistence timeout and netmask), one destination per pool member:
+
+- **port**: a static server's own ``port``; else ``member.ports[key]`` where ``key`` is the
+  targetPort's name, or the decimal string of a numeric targetPort (pod members carry their
+  container ports under both); else a numeric targetPort itself. A member whose port cannot
+  be resolved (a named targetPort the pod does not declare) is left out and reported.
+- **weight**: the member's weight when it is ready and not terminating; otherwise 0
+  (*quiesced*: no new connections, established ones continue). Quiesced destinations are
+  listed in ``Desired.quiesced``; ``drain()`` drops those without connections, so they leave
+  the kernel once idle (and at once when they leave the pool's status).
+- **forwarding**: the VirtualServer's method for every destination.
+
+A VirtualServer whose pool is missing or has no members still gets its services (clients get
+a reset instead of a timeout, and adding members later is a small change). Members of another
+address family than the VIP are left out (IPVS cannot NAT between families). Two
+VirtualServers claiming one VIP:port/protocol (the controller prevents it): the first by
+namespace/name keeps it, the other is reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from lvs_operator.api.realserverpool import PoolMember
+from lvs_operator.api.virtualserver import VirtualPort, VirtualServer
+
+from .table import (
+    DestKey,
+    Forwarding,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    Protocol,
+    ServiceEntry,
+    ServiceKey,
+)
+
+PoolKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something left out of the table, with the object it concerns (for logs and Events)."""
+
+    namespace: str
+    name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    table: IpvsTable
+    quiesced: frozenset[tuple[ServiceKey, DestKey]] = frozenset()
+    # "<ns>/<name>" -> metadata.generation of each VirtualServer in the table
+    generations: Mapping[str, int] = field(default_factory=dict)
+    vips: Mapping[str, str | None] = field(default_factory=dict)  # vip -> interface override
+    problems: tuple[Problem, ...] = ()
+
+
+def resolve_port(member: PoolMember, vport: VirtualPort) -> int | None:
+    """The destination port of ``member`` for ``vport`` (None: cannot be resolved)."""
+    if member.port is not None:
+        return int(member.port)
+    target = vport.effective_target_port
+    key = target if isinstance(target, str) else str(target)
+    if key in member.ports:
+        return int(member.ports[key])
+    if isinstance(target, int):
+        return target
+    return None
+
+
+def member_weight(member: PoolMember) -> int:
+    return member.weight if member.ready and not member.terminating else 0
+
+
+def _family(address: str) -> int | None:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None
+
+
+def build(
+    virtual_servers: Iterable[VirtualServer], pools: Mapping[PoolKey, Iterable[PoolMember]]
+) -> Desired:
+    entries: dict[ServiceKey, ServiceEntry] = {}
+    owner: dict[ServiceKey, str] = {}
+    quiesced: set[tuple[ServiceKey, DestKey]] = set()
+    generations: dict[str, int] = {}
+    vips: dict[str, str | None] = {}
+    problems: list[Problem] = []
+
+    for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
+        spec = vs.spec
+        ref = f"{vs.namespace}/{vs.name}"
+        family = spec.family
+        members = list(pools.get((vs.namespace, spec.pool_name), ()))
+        fwd = Forwarding(str(spec.forwarding))
+        persistence = spec.persistence
+        added = False
+
+        def report(message: str, vs: VirtualServer = vs) -> None:
+            problems.append(Problem(vs.namespace, vs.name, message))
+
+        for vport in spec.ports:
+            service = IpvsService(
+                address=spec.vip,
+                port=vport.port,
+                protocol=Protocol(str(vport.protocol)),
+                scheduler=str(spec.scheduler),
+                flags=frozenset(spec.scheduler_flags),
+                persistence_timeout=persistence.timeout_seconds if persistence else 0,
+                netmask=persistence.mask_bits(family) if persistence else None,
+            )
+            if service.key in entries:
+                report(f"{service.key} is already served by {owner[service.key]}; not programmed")
+                continue
+            dests: dict[DestKey, IpvsDestination] = {}
+            for member in members:
+                if _family(member.address) != family:
+                    report(f"member {member.address} is not IPv{family} like the VIP; left out")
+                    continue
+                port = resolve_port(member, vport)
+                if port is None:
+                    report(
+                        f"member {member.address} ({member.pod or member.source}) has no port "
+                        f"named {vport.effective_target_port!r}; left out"
+                    )
+                    continue
+                dest = IpvsDestination(
+                    address=member.address, port=port, weight=member_weight(member), forwarding=fwd
+                )
+                # the same endpoint twice: keep the larger weight
+                if dest.key in dests and dests[dest.key].weight >= dest.weight:
+                    continue
+                dests[dest.key] = dest
+            for key, dest in dests.items():
+                if dest.weight == 0 and not _ready(members, dest):
+                    quiesced.add((service.key, key))
+            entries[service.key] = ServiceEntry(service, tuple(dests.values()))
+            owner[service.key] = ref
+            added = True
+        if added:
+            generations[ref] = vs.meta.generation or 0
+            vips.setdefault(str(ipaddress.ip_address(spec.vip)), spec.directors.interface)
+    return Desired(
+        table=IpvsTable.of(entries.values()),
+        quiesced=frozenset(quiesced),
+        generations=generations,
+        vips=vips,
+        problems=tuple(problems),
+    )
+
+
+def _ready(members: list[PoolMember], dest: IpvsDestination) -> bool:
+    """True if a ready, non-terminating member maps to ``dest`` (weight 0 by configuration)."""
+    return any(
+        m.ready and not m.terminating and str(ipaddress.ip_address(m.address)) == dest.address
+        for m in members
+    )
+
+
+def drain(
+    desired: Desired,
+    actual: IpvsTable,
+    connections: Mapping[tuple[ServiceKey, DestKey], int] | None,
+) -> IpvsTable:
+    """The table to program: ``desired.table`` minus quiesced destinations that are idle.
+
+    A quiesced destination stays while the kernel has it with connections (so established
+    ones finish); it is never added (a member that was never programmed needs no draining).
+    ``connections`` (active + inactive per destination) None means unknown: keep every
+    quiesced destination the kernel still has."""
+    if not desired.quiesced:
+        return desired.table
+    entries = []
+    for key, entry in desired.table.items():
+        have = actual.get(key)
+        have_dests = have.dest_map() if have is not None else {}
+        kept = []
+        for dest in entry.destinations:
+            if (key, dest.key) in desired.quiesced:
+                if dest.key not in have_dests:
+                    continue
+                if connections is not None and connections.get((key, dest.key), 0) <= 0:
+                    continue
+            kept.append(dest)
+        entries.append(ServiceEntry(entry.service, tuple(kept)))
+    return IpvsTable.of(entries)

@@ -1,0 +1,217 @@
+"""The desired IPVS table from VirtualServers and pool members (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lvs_operator.api.realserverpool import PoolMember
+from lvs_operator.api.virtualserver import VirtualServer
+from lvs_operator.director.desired import build, drain, resolve_port
+from lvs_operator.director.table import (
+    DestKey,
+    Forwarding,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    Protocol,
+    ServiceKey,
+    diff,
+)
+
+
+def vs(name: str = "web", ns: str = "demo", generation: int = 1, **spec: Any) -> VirtualServer:
+    body: dict[str, Any] = {
+        "vip": "10.10.0.100",
+        "ports": [{"port": 80, "targetPort": 8080}],
+        "poolRef": {"name": "pool"},
+    }
+    body.update(spec)
+    return VirtualServer.from_object(
+        {"metadata": {"name": name, "namespace": ns, "generation": generation}, "spec": body}
+    )
+
+
+def member(address: str, weight: int = 1, **kw: Any) -> PoolMember:
+    kw.setdefault("ready", True)
+    return PoolMember(address=address, weight=weight, **kw)
+
+
+def pods(*addresses: str, **kw: Any) -> list[PoolMember]:
+    return [member(a, ports={"http": 8080, "8080": 8080}, **kw) for a in addresses]
+
+
+POOL = ("demo", "pool")
+K80 = ServiceKey(Protocol.TCP, "10.10.0.100", 80)
+
+
+def test_service_and_destinations_masquerade_by_default() -> None:
+    d = build([vs(scheduler="rr")], {POOL: pods("10.20.0.21", "10.20.0.22")})
+    entry = d.table[K80]
+    assert entry.service == IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    assert entry.destinations == (
+        IpvsDestination("10.20.0.21", 8080, 1, Forwarding.MASQUERADE),
+        IpvsDestination("10.20.0.22", 8080, 1, Forwarding.MASQUERADE),
+    )
+    assert d.generations == {"demo/web": 1}
+    assert d.vips == {"10.10.0.100": None}
+    assert d.quiesced == frozenset() and d.problems == ()
+
+
+def test_default_scheduler_is_wlc_and_weights_carry_over() -> None:
+    d = build([vs()], {POOL: [member("10.20.0.21", 3, ports={"8080": 8080}),
+                              member("10.20.0.22", 1, ports={"8080": 8080})]})  # fmt: skip
+    entry = d.table[K80]
+    assert entry.service.scheduler == "wlc"
+    assert [x.weight for x in entry.destinations] == [3, 1]
+
+
+def test_persistence_timeout_and_netmask() -> None:
+    d = build(
+        [vs(persistence={"timeoutSeconds": 600, "netmask": "255.255.255.0"})],
+        {POOL: pods("10.20.0.21")},
+    )
+    svc = d.table[K80].service
+    assert svc.persistence_timeout == 600
+    assert svc.netmask == 24
+    d2 = build([vs(persistence={})], {POOL: []})
+    assert d2.table[K80].service.persistence_timeout == 300  # ipvsadm's default
+    assert d2.table[K80].service.netmask == 32
+
+
+def test_ipv6_vip_with_prefix_length_persistence() -> None:
+    d = build(
+        [vs(vip="2001:db8::100", persistence={"timeoutSeconds": 60, "prefixLength": 64})],
+        {POOL: pods("2001:db8:1::21", "10.20.0.22")},
+    )
+    key = ServiceKey(Protocol.TCP, "2001:db8::100", 80)
+    assert d.table[key].service.netmask == 64
+    assert [x.address for x in d.table[key].destinations] == ["2001:db8:1::21"]
+    assert any("not IPv6" in p.message for p in d.problems)  # the IPv4 member is left out
+
+
+def test_named_target_port_resolves_per_member() -> None:
+    members = [
+        member("10.20.0.21", ports={"http": 8080}),
+        member("10.20.0.22", ports={"http": 9090}),
+        member("10.20.0.23", ports={"metrics": 9100}),  # no "http": left out, reported
+    ]
+    d = build([vs(ports=[{"port": 80, "targetPort": "http"}])], {POOL: members})
+    dests = d.table[K80].destinations
+    assert [(x.address, x.port) for x in dests] == [("10.20.0.21", 8080), ("10.20.0.22", 9090)]
+    assert [p.message for p in d.problems] == [
+        "member 10.20.0.23 (pod) has no port named 'http'; left out"
+    ]
+
+
+def test_numeric_target_port_uses_member_mapping_then_the_number() -> None:
+    vport = vs(ports=[{"port": 80, "targetPort": 8080}]).spec.ports[0]
+    assert resolve_port(member("10.0.0.1", ports={"8080": 18080}), vport) == 18080
+    assert resolve_port(member("10.0.0.1"), vport) == 8080
+    same = vs(ports=[{"port": 80}]).spec.ports[0]  # targetPort defaults to port
+    assert resolve_port(member("10.0.0.1"), same) == 80
+
+
+def test_static_servers_use_their_own_port() -> None:
+    static = [
+        member("192.0.2.10", port=8443, source="static"),
+        member("192.0.2.11", source="static"),  # no port: the targetPort
+    ]
+    d = build([vs()], {POOL: static})
+    assert [(x.address, x.port) for x in d.table[K80].destinations] == [
+        ("192.0.2.10", 8443),
+        ("192.0.2.11", 8080),
+    ]
+
+
+def test_forwarding_methods() -> None:
+    for method, expected in (
+        ("direct", Forwarding.DIRECT),
+        ("tunnel", Forwarding.TUNNEL),
+        ("masquerade", Forwarding.MASQUERADE),
+    ):
+        d = build([vs(forwarding=method, ports=[{"port": 80}])], {POOL: pods("10.20.0.21")})
+        (dest,) = d.table[K80].destinations
+        assert dest.forwarding is expected
+        assert dest.port == 80
+
+
+def test_not_ready_and_terminating_members_are_quiesced() -> None:
+    members = [
+        member("10.20.0.21", ports={"8080": 8080}),
+        member("10.20.0.22", ready=False, ports={"8080": 8080}),
+        member("10.20.0.23", 5, terminating=True, ports={"8080": 8080}),
+    ]
+    d = build([vs()], {POOL: members})
+    assert {x.address: x.weight for x in d.table[K80].destinations} == {
+        "10.20.0.21": 1,
+        "10.20.0.22": 0,
+        "10.20.0.23": 0,
+    }
+    assert d.quiesced == {
+        (K80, DestKey("10.20.0.22", 8080)),
+        (K80, DestKey("10.20.0.23", 8080)),
+    }
+
+
+def test_drain_keeps_quiesced_destinations_only_while_they_have_connections() -> None:
+    members = [member("10.20.0.21"), member("10.20.0.22", ready=False)]
+    d = build([vs()], {POOL: members})
+    svc = d.table[K80].service
+    actual = IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080),
+                                  IpvsDestination("10.20.0.22", 8080)])])  # fmt: skip
+    busy = drain(d, actual, {(K80, DestKey("10.20.0.22", 8080)): 2})
+    assert {x.address: x.weight for x in busy[K80].destinations} == {
+        "10.20.0.21": 1,
+        "10.20.0.22": 0,
+    }
+    # the change is a weight edit, not a removal: established connections continue
+    assert [str(c.op) for c in diff(busy, actual)] == ["edit-dest"]
+    idle = drain(d, actual, {})
+    assert [x.address for x in idle[K80].destinations] == ["10.20.0.21"]
+    # a quiesced member never programmed is not added
+    fresh = drain(d, IpvsTable.of([(svc, [])]), None)
+    assert [x.address for x in fresh[K80].destinations] == ["10.20.0.21"]
+
+
+def test_pool_without_members_still_gets_its_service() -> None:
+    d = build([vs(ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}])], {})
+    assert set(d.table) == {K80, ServiceKey(Protocol.UDP, "10.10.0.100", 53)}
+    assert all(e.destinations == () for e in d.table.values())
+
+
+def test_scheduler_flags_and_multiple_ports() -> None:
+    d = build(
+        [vs(scheduler="sh", schedulerFlags=["sh-port"],
+            ports=[{"port": 80, "targetPort": 8080}, {"port": 443, "targetPort": 8443}])],
+        {POOL: pods("10.20.0.21")},
+    )  # fmt: skip
+    k443 = ServiceKey(Protocol.TCP, "10.10.0.100", 443)
+    assert d.table[K80].service.flags == {"sh-port"}
+    assert d.table[k443].destinations[0].port == 8443
+
+
+def test_conflicting_virtual_servers_first_wins() -> None:
+    d = build([vs("b", generation=4), vs("a", generation=2)], {POOL: pods("10.20.0.21")})
+    assert d.generations == {"demo/a": 2}
+    assert d.problems[0].name == "b"
+    assert "already served by demo/a" in d.problems[0].message
+
+
+def test_pools_are_looked_up_in_the_virtual_servers_namespace() -> None:
+    d = build([vs(ns="other")], {POOL: pods("10.20.0.21")})
+    assert d.table[K80].destinations == ()
+
+
+def test_duplicate_member_endpoints_collapse() -> None:
+    d = build([vs()], {POOL: [member("10.20.0.21", 1), member("10.20.0.21", 4)]})
+    assert [(x.address, x.weight) for x in d.table[K80].destinations] == [("10.20.0.21", 4)]
+
+
+def test_changes_in_the_desired_table_diff_in_place() -> None:
+    before = build([vs(scheduler="rr")], {POOL: pods("10.20.0.21", "10.20.0.22")}).table
+    after = build(
+        [vs(scheduler="wrr", persistence={"timeoutSeconds": 60})],
+        {POOL: [*pods("10.20.0.21"), member("10.20.0.23", 2, ports={"8080": 8080})]},
+    ).table
+    ops = [(str(c.op), c.dest.address if c.dest else None) for c in diff(after, before)]
+    assert ops == [("edit-service", None), ("add-dest", "10.20.0.23"), ("del-dest", "10.20.0.22")]
