@@ -1,0 +1,1 @@
+"""Integration tier: tests against a real control plane (hack/test-cluster)."""
