@@ -1,0 +1,760 @@
+"""``lvs-operator director``: the director agent (one per director node, a DaemonSet pod).
+
+    watches (VirtualServers of the group, RealServerPools' status.members)
+        -> desired table (desired.py) -> diff against the kernel (table.py) -> ipvs.py
+    Lease election (election.py) -> VIPs on the interface + announcements (vip.py)
+
+Every director of a group programs IPVS (so a standby is ready to forward the moment it
+takes the VIP); only the Lease holder holds the VIPs. The kernel is converged by diff, never
+flushed: a restarted agent adopts the services on its group's VIPs. The first converge waits
+for both initial lists, so a restart never removes anything because of a partial view.
+
+Start-up order: read the kernel, take one election step (bounded to one second); if this
+agent is not the leader, drop every VIP it knows of (its IPVS services' addresses): a restarted
+agent that lost its Lease while it was down never answers for a VIP the new leader holds.
+
+Endpoints: ``:LVS_HEALTH_PORT`` ``/healthz`` (liveness: the event loop answers) and
+``/readyz`` (readiness: initial lists done and the kernel converged once);
+``:LVS_METRICS_PORT`` ``/metrics`` (Prometheus).
+
+SIGTERM / SIGINT: drop the VIPs, release the Lease (holderIdentity ""), exit 0. IPVS
+services stay (the standby has its own; a restart adopts them).
+
+Logs are JSON lines naming the objects concerned (vs, pool, vip, lease, identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lvs_operator.api.directorgroup import GROUP_LABEL, lease_name
+from lvs_operator.api.realserverpool import PoolMember, RealServerPoolStatus
+from lvs_operator.api.validation import ValidationError
+from lvs_operator.api.virtualserver import VirtualServer
+
+from . import desired as desired_mod
+from .election import (
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_RENEW_DEADLINE,
+    DEFAULT_RETRY_PERIOD,
+    PROGRAMMED_ANNOTATION,
+    ElectionConfig,
+    Elector,
+    KubeLeaseApi,
+)
+from .table import Change, DestKey, IpvsTable, ServiceKey, diff, owned_by_addresses
+
+log = logging.getLogger("lvs_operator.director.agent")
+
+DEFAULT_HEALTH_PORT = 9641
+DEFAULT_METRICS_PORT = 9642
+DEFAULT_VIP_REFRESH = 10.0
+DEFAULT_RESYNC = 30.0
+DRAIN_RECHECK = 2.0  # seconds between looks at quiesced destinations' connection counts
+
+Connections = Mapping[tuple[ServiceKey, DestKey], int]
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    namespace: str
+    group: str
+    lease_name: str
+    pod_name: str = ""
+    health_port: int = DEFAULT_HEALTH_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    lease_duration: int = DEFAULT_LEASE_DURATION
+    renew_deadline: float = DEFAULT_RENEW_DEADLINE
+    retry_period: float = DEFAULT_RETRY_PERIOD
+    vip_refresh: float = DEFAULT_VIP_REFRESH  # 0: no periodic re-announcement
+    announce_count: int = 3
+    announce_interval: float = 0.2
+    resync: float = DEFAULT_RESYNC
+    masquerade_snat: bool = True
+    kubeconfig: str | None = None
+    log_level: str = "INFO"
+
+    def election(self) -> ElectionConfig:
+        return ElectionConfig(
+            identity=self.node_name,
+            lease_duration=self.lease_duration,
+            renew_deadline=self.renew_deadline,
+            retry_period=self.retry_period,
+        )
+
+
+def _env(env: Mapping[str, str], key: str, default: Any = None) -> Any:
+    value = env.get(key)
+    return default if value in (None, "") else value
+
+
+def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentConfig:
+    env = os.environ if env is None else env
+    p = argparse.ArgumentParser(
+        prog="lvs-operator director",
+        description="Director agent: programs IPVS for its director group and, when it holds "
+        "the group's Lease, owns the VIPs. Every option defaults to the environment variable "
+        "named in its help.",
+    )
+    p.add_argument("--node-name", default=_env(env, "NODE_NAME"), help="NODE_NAME (identity)")
+    p.add_argument("--pod-name", default=_env(env, "POD_NAME", ""), help="POD_NAME")
+    p.add_argument(
+        "--namespace", default=_env(env, "POD_NAMESPACE"), help="POD_NAMESPACE (the Lease's)"
+    )
+    p.add_argument("--group", default=_env(env, "LVS_DIRECTOR_GROUP"), help="LVS_DIRECTOR_GROUP")
+    p.add_argument("--lease-name", default=_env(env, "LVS_LEASE_NAME"), help="LVS_LEASE_NAME")
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(_env(env, "LVS_HEALTH_PORT", DEFAULT_HEALTH_PORT)),
+        help="LVS_HEALTH_PORT: /healthz, /readyz (0: off)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env(env, "LVS_METRICS_PORT", DEFAULT_METRICS_PORT)),
+        help="LVS_METRICS_PORT: /metrics (0: off)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=int,
+        default=int(_env(env, "LVS_LEASE_DURATION_SECONDS", DEFAULT_LEASE_DURATION)),
+        help="LVS_LEASE_DURATION_SECONDS (integer >= 1)",
+    )
+    p.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=float(_env(env, "LVS_RENEW_DEADLINE_SECONDS", DEFAULT_RENEW_DEADLINE)),
+        help="LVS_RENEW_DEADLINE_SECONDS (< lease duration)",
+    )
+    p.add_argument(
+        "--retry-period",
+        type=float,
+        default=float(_env(env, "LVS_RETRY_PERIOD_SECONDS", DEFAULT_RETRY_PERIOD)),
+        help="LVS_RETRY_PERIOD_SECONDS (< renew deadline)",
+    )
+    p.add_argument(
+        "--vip-refresh-interval",
+        type=float,
+        default=float(_env(env, "LVS_VIP_REFRESH_SECONDS", DEFAULT_VIP_REFRESH)),
+        help="LVS_VIP_REFRESH_SECONDS: re-check and re-announce held VIPs (0: off)",
+    )
+    p.add_argument(
+        "--announce-count",
+        type=int,
+        default=int(_env(env, "LVS_ANNOUNCE_COUNT", 3)),
+        help="LVS_ANNOUNCE_COUNT: gratuitous ARPs / NAs sent on takeover",
+    )
+    p.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(_env(env, "LVS_RESYNC_SECONDS", DEFAULT_RESYNC)),
+        help="LVS_RESYNC_SECONDS: re-read the kernel and repair drift",
+    )
+    p.add_argument(
+        "--no-masquerade-snat",
+        action="store_true",
+        default=_env(env, "LVS_MASQUERADE_SNAT", "true").lower() in ("0", "false", "no"),
+        help="LVS_MASQUERADE_SNAT=false: no nftables masquerade for masquerade-mode services "
+        "(the real servers route back through the director)",
+    )
+    p.add_argument("--kubeconfig", default=_env(env, "KUBECONFIG"), help="KUBECONFIG")
+    p.add_argument("--log-level", default=_env(env, "LVS_LOG_LEVEL", "INFO"), help="LVS_LOG_LEVEL")
+    a = p.parse_args(argv)
+    missing = [
+        f"{flag} ({var})"
+        for flag, var, value in (
+            ("--node-name", "NODE_NAME", a.node_name),
+            ("--namespace", "POD_NAMESPACE", a.namespace),
+            ("--group", "LVS_DIRECTOR_GROUP", a.group),
+        )
+        if not value
+    ]
+    if missing:
+        p.error("missing " + ", ".join(missing) + ": the DaemonSet sets them from the downward API")
+    cfg = AgentConfig(
+        node_name=a.node_name,
+        pod_name=a.pod_name,
+        namespace=a.namespace,
+        group=a.group,
+        lease_name=a.lease_name or lease_name(a.group),
+        health_port=a.health_port,
+        metrics_port=a.metrics_port,
+        lease_duration=a.lease_duration,
+        renew_deadline=a.renew_deadline,
+        retry_period=a.retry_period,
+        vip_refresh=a.vip_refresh_interval,
+        announce_count=a.announce_count,
+        resync=a.resync_interval,
+        masquerade_snat=not a.no_masquerade_snat,
+        kubeconfig=a.kubeconfig,
+        log_level=a.log_level,
+    )
+    try:
+        cfg.election()
+    except ValueError as exc:
+        p.error(str(exc))
+    return cfg
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name.removeprefix("lvs_operator."),
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpx2", "httpcore", "pyroute2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- the kernel --------------------------------------------------------------------------------
+
+
+class Kernel(Protocol):
+    """What the agent needs from the kernel side (ipvs.py); blocking calls, run in a thread."""
+
+    def read(self) -> tuple[IpvsTable, Connections | None]: ...
+
+    def apply(self, changes: list[Change]) -> None: ...
+
+    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
+        """Sysctls and the nftables masquerade rule the table's forwarding methods need."""
+        ...
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+class Metrics:
+    def __init__(self, group: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = {"group": group}
+        self.leader = Gauge(
+            "lvs_director_leader", "1 if this director holds the group's Lease", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.services = Gauge(
+            "lvs_director_ipvs_services", "IPVS services programmed for the group", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.destinations = Gauge(
+            "lvs_director_ipvs_destinations", "IPVS destinations programmed", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.quiesced = Gauge(
+            "lvs_director_quiesced_destinations", "destinations at weight 0 draining",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.vips = Gauge(
+            "lvs_director_vips", "VIPs held on this node", ["group"], registry=self.registry
+        ).labels(**labels)
+        self.converge_seconds = Histogram(
+            "lvs_director_converge_seconds", "time to read, diff and apply the IPVS table",
+            ["group"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        ).labels(**labels)  # fmt: skip
+        self.converge_errors = Counter(
+            "lvs_director_converge_errors", "failed converges", ["group"], registry=self.registry
+        ).labels(**labels)
+        self.changes = Counter(
+            "lvs_director_ipvs_changes", "IPVS operations applied", ["group", "op"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.transitions = Counter(
+            "lvs_director_election_transitions", "leader/standby transitions", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.group = group
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))
+
+
+# -- watches -----------------------------------------------------------------------------------
+
+
+async def informer(
+    client: Any,
+    resource: Any,
+    labels: Mapping[str, str] | None,
+    apply: Callable[[str, dict[str, Any]], None],
+    reset: Callable[[list[dict[str, Any]]], None],
+    what: str,
+    server_timeout: int = 240,
+) -> None:
+    """List then watch, for ever; any watch error (410 Gone included) relists."""
+    from lightkube import ALL_NS
+
+    backoff = 0.2
+    while True:
+        try:
+            listing = client.list(resource, namespace=ALL_NS, labels=dict(labels or {}) or None)
+            items = [obj.to_dict() async for obj in listing]
+            reset(items)
+            version = listing.resourceVersion
+            backoff = 0.2
+            async for kind, obj in client.watch(
+                resource,
+                namespace=ALL_NS,
+                labels=dict(labels or {}) or None,
+                resource_version=version,
+                server_timeout=server_timeout,
+            ):
+                apply(kind, obj.to_dict())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("watch of %s failed, relisting: %s", what, exc or type(exc).__name__)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+def _ref(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        client: Any,
+        kernel: Kernel,
+        vips: Any,
+        lease_api: Any = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.kernel = kernel
+        self.vipman = vips
+        self.metrics = metrics or Metrics(cfg.group)
+        self.virtual_servers: dict[tuple[str, str], VirtualServer] = {}
+        self.pools: dict[tuple[str, str], tuple[PoolMember, ...]] = {}
+        self.vs_synced = asyncio.Event()
+        self.pools_synced = asyncio.Event()
+        self.dirty = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self.desired: desired_mod.Desired | None = None
+        self.kernel_vips: set[str] = set()  # addresses of the kernel's services we own
+        self.known_vips: set[str] = set()  # every VIP of this group seen while running
+        self.held: dict[str, str] = {}  # vip -> interface, while leader
+        self._vip_lock = asyncio.Lock()
+        self._announcing: set[asyncio.Task[None]] = set()
+        api = lease_api or KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
+        self.elector = Elector(cfg.election(), api, self._on_leader_change)
+        self._reported: set[tuple[str, str, str]] = set()
+
+    # -- watches -------------------------------------------------------------------------------
+
+    def _parse_vs(self, obj: dict[str, Any]) -> VirtualServer | None:
+        try:
+            return VirtualServer.from_object(obj)
+        except ValidationError as exc:
+            ns, name = _ref(obj)
+            log.warning(
+                "VirtualServer ignored: %s", exc, extra={"vs": f"{ns}/{name}"}
+            )  # the controller only labels valid ones; an old controller or a hand edit
+            return None
+
+    def _reset_vs(self, items: list[dict[str, Any]]) -> None:
+        self.virtual_servers = {}
+        for obj in items:
+            vs = self._parse_vs(obj)
+            if vs is not None:
+                self.virtual_servers[_ref(obj)] = vs
+        self.vs_synced.set()
+        self.dirty.set()
+
+    def _apply_vs(self, kind: str, obj: dict[str, Any]) -> None:
+        key = _ref(obj)
+        if kind == "DELETED":
+            self.virtual_servers.pop(key, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            vs = self._parse_vs(obj)
+            if vs is None:
+                self.virtual_servers.pop(key, None)
+            else:
+                self.virtual_servers[key] = vs
+        else:
+            return
+        log.debug("VirtualServer %s", kind.lower(), extra={"vs": "/".join(key)})
+        self.dirty.set()
+
+    @staticmethod
+    def _members(obj: Mapping[str, Any]) -> tuple[PoolMember, ...]:
+        try:
+            return RealServerPoolStatus.from_object(obj.get("status")).members
+        except (TypeError, ValueError, KeyError) as exc:
+            ns, name = _ref(obj)
+            log.warning("pool status unreadable: %s", exc, extra={"pool": f"{ns}/{name}"})
+            return ()
+
+    def _reset_pools(self, items: list[dict[str, Any]]) -> None:
+        self.pools = {_ref(obj): self._members(obj) for obj in items}
+        self.pools_synced.set()
+        self.dirty.set()
+
+    def _apply_pool(self, kind: str, obj: dict[str, Any]) -> None:
+        key = _ref(obj)
+        if kind == "DELETED":
+            self.pools.pop(key, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            members = self._members(obj)
+            if self.pools.get(key) == members:
+                return  # spec or metadata change only
+            self.pools[key] = members
+        else:
+            return
+        if any((vs.namespace, vs.spec.pool_name) == key for vs in self.virtual_servers.values()):
+            self.dirty.set()
+
+    # -- IPVS ----------------------------------------------------------------------------------
+
+    def _owned(self) -> Callable[[ServiceKey], bool]:
+        return owned_by_addresses(self.known_vips | self.kernel_vips)
+
+    async def converge(self) -> None:
+        t0 = time.monotonic()
+        want = desired_mod.build(self.virtual_servers.values(), self.pools)
+        for problem in want.problems:
+            key = (problem.namespace, problem.name, problem.message)
+            if key not in self._reported:
+                self._reported.add(key)
+                log.warning(problem.message, extra={"vs": f"{problem.namespace}/{problem.name}"})
+        self.known_vips |= set(want.vips)
+        actual, connections = await asyncio.to_thread(self.kernel.read)
+        table = desired_mod.drain(want, actual, connections)
+        changes = diff(table, actual, self._owned())
+        await asyncio.to_thread(self.kernel.prepare, table, self.cfg.masquerade_snat)
+        if changes:
+            await asyncio.to_thread(self.kernel.apply, changes)
+            for change in changes:
+                self.metrics.changes.labels(group=self.cfg.group, op=str(change.op)).inc()
+            log.info(
+                "IPVS converged: %d change(s)",
+                len(changes),
+                extra={"changes": [str(c) for c in changes[:50]], "group": self.cfg.group},
+            )
+        self.desired = want
+        self.metrics.services.set(len(table))
+        self.metrics.destinations.set(table.dest_count())
+        self.metrics.quiesced.set(
+            sum(1 for k, e in table.items() for d in e.destinations if (k, d.key) in want.quiesced)
+        )
+        self.metrics.converge_seconds.observe(time.monotonic() - t0)
+        self.elector.set_annotation(
+            PROGRAMMED_ANNOTATION, json.dumps(dict(sorted(want.generations.items())))
+        )
+        if not self.ready:
+            self.ready = True
+            log.info(
+                "ready: kernel converged",
+                extra={"services": len(table), "destinations": table.dest_count()},
+            )
+
+    async def _reconcile_loop(self) -> None:
+        await self.vs_synced.wait()
+        await self.pools_synced.wait()
+        while True:
+            drain_pending = bool(self.desired and self.desired.quiesced)
+            timeout = DRAIN_RECHECK if drain_pending else self.cfg.resync
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dirty.wait(), timeout)
+            self.dirty.clear()
+            await asyncio.sleep(0.02)  # coalesce bursts of watch events
+            try:
+                await self.converge()
+            except Exception:
+                self.metrics.converge_errors.inc()
+                log.exception("converging IPVS failed; retrying", extra={"group": self.cfg.group})
+                await asyncio.sleep(1.0)
+                self.dirty.set()
+                continue
+            await self.reconcile_vips()
+
+    # -- VIPs ----------------------------------------------------------------------------------
+
+    def _wanted_vips(self) -> dict[str, str]:
+        if not self.elector.is_leader or self.desired is None:
+            return {}
+        wanted: dict[str, str] = {}
+        for vip, override in self.desired.vips.items():
+            try:
+                wanted[vip] = self.vipman.interface_for(vip, override)
+            except LookupError as exc:
+                log.error("VIP cannot be placed: %s", exc, extra={"vip": vip})
+        return wanted
+
+    async def reconcile_vips(self, announce: bool = False) -> None:
+        """Make the node hold exactly the VIPs it should; announce new ones (or all)."""
+        from .vip import plan_vips
+
+        async with self._vip_lock:
+            wanted = await asyncio.to_thread(self._wanted_vips)
+            present = await asyncio.to_thread(self.vipman.present)
+            candidates = self.known_vips | self.kernel_vips | set(wanted)
+            plan = plan_vips(wanted, present, candidates)
+            for vip, ifname in plan.remove.items():
+                await asyncio.to_thread(self.vipman.remove, vip, ifname)
+                log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
+            for vip, ifname in plan.add.items():
+                await asyncio.to_thread(self.vipman.add, vip, ifname)
+            self.held = dict(wanted)
+            self.metrics.vips.set(len(wanted))
+            to_announce = wanted if announce else plan.add
+            for vip, ifname in to_announce.items():
+                self._announce(vip, ifname, None if plan.add.get(vip) else 1)
+
+    def _announce(self, vip: str, ifname: str, count: int | None) -> None:
+        task = asyncio.create_task(asyncio.to_thread(self.vipman.announce, vip, ifname, count))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _on_leader_change(self, leader: bool) -> None:
+        self.metrics.leader.set(1 if leader else 0)
+        self.metrics.transitions.inc()
+        if leader:
+            log.info(
+                "leader: taking the VIPs",
+                extra={"lease": f"{self.cfg.namespace}/{self.cfg.lease_name}"},
+            )
+            await self.reconcile_vips()
+        else:
+            log.info(
+                "standby: dropping the VIPs",
+                extra={"lease": f"{self.cfg.namespace}/{self.cfg.lease_name}"},
+            )
+            await self.reconcile_vips()
+
+    async def _vip_refresh_loop(self) -> None:
+        if self.cfg.vip_refresh <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.cfg.vip_refresh)
+            try:
+                await self.reconcile_vips(announce=True)
+            except Exception:
+                log.exception("VIP refresh failed")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Adopt the kernel, take one election step, drop stale VIPs if not the leader."""
+        actual, _ = await asyncio.to_thread(self.kernel.read)
+        self.kernel_vips = {k.address for k in actual}
+        log.info(
+            "kernel read",
+            extra={"services": len(actual), "addresses": sorted(self.kernel_vips)},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.elector.tick(), 1.0)
+        if not self.elector.is_leader:
+            await self.reconcile_vips()
+
+    async def run(self) -> int:
+        from lightkube.generic_resource import create_namespaced_resource
+
+        vs_res = create_namespaced_resource("lvs.io", "v1alpha1", "VirtualServer", "virtualservers")
+        pool_res = create_namespaced_resource(
+            "lvs.io", "v1alpha1", "RealServerPool", "realserverpools"
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        servers = await self._serve_http()
+        log.info(
+            "director agent starting",
+            extra={
+                "identity": self.cfg.node_name,
+                "group": self.cfg.group,
+                "lease": f"{self.cfg.namespace}/{self.cfg.lease_name}",
+            },
+        )
+        await self.startup()
+        tasks = [
+            asyncio.create_task(
+                informer(
+                    self.client,
+                    vs_res,
+                    {GROUP_LABEL: self.cfg.group},
+                    self._apply_vs,
+                    self._reset_vs,
+                    "VirtualServers",
+                ),
+                name="watch-vs",
+            ),
+            asyncio.create_task(
+                informer(
+                    self.client,
+                    pool_res,
+                    None,
+                    self._apply_pool,
+                    self._reset_pools,
+                    "RealServerPools",
+                ),
+                name="watch-pools",
+            ),
+            asyncio.create_task(self.elector.run(), name="election"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self._vip_refresh_loop(), name="vip-refresh"),
+        ]
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is not stop and task.exception() is not None:
+                log.error("task %s died: %s", task.get_name(), task.exception())
+                code = 1
+        log.info("stopping: releasing the Lease", extra={"identity": self.cfg.node_name})
+        for task in tasks:
+            if task.get_name() != "election":
+                task.cancel()
+        await self.elector.release()  # drops the VIPs (on_change) before freeing the Lease
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._announcing, return_exceptions=True)
+        for server in servers:
+            server.close()
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        log.info("stopped", extra={"identity": self.cfg.node_name})
+        return code
+
+    # -- HTTP: health and metrics --------------------------------------------------------------
+
+    async def _serve_http(self) -> list[asyncio.Server]:
+        servers = []
+        routes: dict[int, dict[str, Callable[[], tuple[int, bytes, str]]]] = {}
+        if self.cfg.health_port:
+            routes.setdefault(self.cfg.health_port, {}).update(
+                {"/healthz": self._healthz, "/readyz": self._readyz}
+            )
+        if self.cfg.metrics_port:
+            routes.setdefault(self.cfg.metrics_port, {})["/metrics"] = self._metrics
+        for port, table in routes.items():
+            servers.append(await asyncio.start_server(_http_handler(table), None, port))
+        return servers
+
+    def _healthz(self) -> tuple[int, bytes, str]:
+        return 200, b"ok\n", "text/plain"
+
+    def _readyz(self) -> tuple[int, bytes, str]:
+        if self.ready:
+            return 200, b"ok\n", "text/plain"
+        body = b"not ready: waiting for the initial lists and the first converge\n"
+        return 503, body, "text/plain"
+
+    def _metrics(self) -> tuple[int, bytes, str]:
+        return 200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _http_handler(
+    routes: Mapping[str, Callable[[], tuple[int, bytes, str]]],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    """A tiny HTTP/1.0 GET server: no web framework in the agent's memory budget."""
+    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable", 400: "Bad Request"}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            parts = line.decode("latin-1").split()
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            if len(parts) < 2:
+                status, body, ctype = 400, b"bad request\n", "text/plain"
+            else:
+                handler = routes.get(parts[1].split("?", 1)[0])
+                status, body, ctype = handler() if handler else (404, b"not found\n", "text/plain")
+            head = (
+                f"HTTP/1.0 {status} {reasons.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _kube_client(cfg: AgentConfig) -> Any:
+    from lightkube import AsyncClient, KubeConfig
+
+    config = KubeConfig.from_file(cfg.kubeconfig) if cfg.kubeconfig else KubeConfig.from_env()
+    return AsyncClient(config, field_manager="lvs-director")
+
+
+def _default_kernel() -> Kernel:
+    from .kernel import IpvsKernel
+
+    return IpvsKernel()
+
+
+def run(argv: list[str]) -> int:
+    cfg = parse_args(argv)
+    setup_logging(cfg.log_level)
+    from .vip import VipManager
+
+    async def main() -> int:
+        agent = Agent(
+            cfg,
+            _kube_client(cfg),
+            _default_kernel(),
+            VipManager(announce_count=cfg.announce_count, announce_interval=cfg.announce_interval),
+        )
+        return await agent.run()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
