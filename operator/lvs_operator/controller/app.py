@@ -1,0 +1,302 @@
+"""``lvs-operator controller``: flags, kopf settings and start-up only.
+
+kopf runs the watches (cluster-wide: VirtualServers, RealServerPools, the pools'
+EndpointSlices and Services, pods) and keeps them in indexes; its event handlers only wake
+the reconciler (reconciler.py), which computes and writes. kopf itself writes nothing on
+the watched objects: no finalizers, no progress or diff-base annotations (only index and
+event handlers are used), and it posts no Events of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lvs_operator.api.network import parse_ranges
+
+from .config import (
+    DEFAULT_DIRECTOR_IMAGE,
+    DEFAULT_DIRECTOR_RESOURCES,
+    DEFAULT_DIRECTOR_SERVICE_ACCOUNT,
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_NAMESPACE,
+    ControllerConfig,
+    DirectorTimings,
+)
+
+log = logging.getLogger("lvs_operator.controller")
+
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvs-operator controller",
+        description="Reconcile VirtualServers and RealServerPools: pool members, director "
+        "groups (a DaemonSet of agents each), status and Events.",
+    )
+    p.add_argument(
+        "--namespace",
+        default=_env("POD_NAMESPACE", DEFAULT_NAMESPACE),
+        help="the operator's namespace: director DaemonSets and Leases live here "
+        "(env POD_NAMESPACE; default %(default)s)",
+    )
+    p.add_argument(
+        "--vip-ranges",
+        default=_env("LVS_VIP_RANGES"),
+        help="comma-separated CIDRs a VIP must lie in (env LVS_VIP_RANGES); empty refuses "
+        "every VIP",
+    )
+    p.add_argument(
+        "--director-image",
+        default=_env("LVS_DIRECTOR_IMAGE", DEFAULT_DIRECTOR_IMAGE),
+        help="image of the director agents (env LVS_DIRECTOR_IMAGE; default %(default)s)",
+    )
+    p.add_argument(
+        "--director-image-pull-policy",
+        default=_env("LVS_DIRECTOR_IMAGE_PULL_POLICY", "IfNotPresent"),
+        choices=["Always", "IfNotPresent", "Never"],
+    )
+    p.add_argument(
+        "--director-service-account",
+        default=_env("LVS_DIRECTOR_SERVICE_ACCOUNT", DEFAULT_DIRECTOR_SERVICE_ACCOUNT),
+        help="ServiceAccount of the agents (shipped with its RBAC; default %(default)s)",
+    )
+    p.add_argument(
+        "--director-tolerations",
+        default=_env("LVS_DIRECTOR_TOLERATIONS", "[]"),
+        help='JSON list of tolerations for the agents, e.g. \'[{"operator": "Exists"}]\'',
+    )
+    p.add_argument(
+        "--director-resources",
+        default=_env("LVS_DIRECTOR_RESOURCES", json.dumps(DEFAULT_DIRECTOR_RESOURCES)),
+        help="JSON resources of the agent container (default %(default)s)",
+    )
+    p.add_argument(
+        "--director-priority-class",
+        default=_env("LVS_DIRECTOR_PRIORITY_CLASS") or None,
+        help="priorityClassName of the agents (default none)",
+    )
+    p.add_argument(
+        "--director-health-port",
+        type=int,
+        default=_env_int("LVS_HEALTH_PORT") or DEFAULT_HEALTH_PORT,
+        help="the agents' /healthz + /readyz port on the node (default %(default)s)",
+    )
+    p.add_argument(
+        "--director-metrics-port",
+        type=int,
+        default=_env_int("LVS_METRICS_PORT") or DEFAULT_METRICS_PORT,
+        help="the agents' metrics port on the node (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-duration-seconds",
+        type=int,
+        default=_env_int("LVS_LEASE_DURATION_SECONDS"),
+        help="passed to the agents as LVS_LEASE_DURATION_SECONDS (default: theirs)",
+    )
+    p.add_argument(
+        "--renew-deadline-seconds",
+        type=int,
+        default=_env_int("LVS_RENEW_DEADLINE_SECONDS"),
+        help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
+    )
+    p.add_argument(
+        "--retry-period-seconds",
+        type=int,
+        default=_env_int("LVS_RETRY_PERIOD_SECONDS"),
+        help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
+    )
+    p.add_argument(
+        "--liveness",
+        default=_env("LVS_CONTROLLER_LIVENESS", DEFAULT_LIVENESS),
+        help="kopf's liveness endpoint URL, or 'none' (default %(default)s)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LVS_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    return p
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _json(flag: str, text: str, want: type) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: not valid JSON ({exc}): {text!r}") from exc
+    if not isinstance(value, want):
+        raise ConfigError(f"{flag}: expected a JSON {want.__name__}, got {text!r}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> ControllerConfig:
+    try:
+        ranges = tuple(parse_ranges(args.vip_ranges.split(",")))
+    except ValueError as exc:
+        raise ConfigError(f"--vip-ranges: {exc}") from exc
+    tolerations = _json("--director-tolerations", args.director_tolerations, list)
+    if not all(isinstance(t, dict) for t in tolerations):
+        raise ConfigError("--director-tolerations: each toleration must be a JSON object")
+    resources = _json("--director-resources", args.director_resources, dict)
+    for flag, port in (
+        ("--director-health-port", args.director_health_port),
+        ("--director-metrics-port", args.director_metrics_port),
+    ):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{flag}: {port} is not a port number 1-65535")
+    return ControllerConfig(
+        namespace=args.namespace,
+        vip_ranges=ranges,
+        director_image=args.director_image,
+        director_image_pull_policy=args.director_image_pull_policy,
+        director_service_account=args.director_service_account,
+        director_tolerations=tuple(tolerations),
+        director_resources=resources,
+        director_priority_class=args.director_priority_class,
+        health_port=args.director_health_port,
+        metrics_port=args.director_metrics_port,
+        timings=DirectorTimings(
+            lease_duration_seconds=args.lease_duration_seconds,
+            renew_deadline_seconds=args.renew_deadline_seconds,
+            retry_period_seconds=args.retry_period_seconds,
+        ),
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # kopf is chatty at INFO about every watch stream.
+    if level != "debug":
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+
+
+def build_settings() -> Any:
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False  # the reconciler posts its own Events
+    settings.scanning.disabled = True  # no CRD/namespace watching: less RBAC
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    return settings
+
+
+def build_registry(reconciler: Any, config: ControllerConfig) -> Any:
+    import kopf
+
+    from . import groups, pools, virtualservers
+
+    registry = kopf.OperatorRegistry()
+    virtualservers.register(registry, reconciler.kick)
+    pools.register(registry, reconciler.kick)
+    groups.register(registry, config)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        if os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs)
+
+    return registry
+
+
+async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str | None) -> int:
+    import kopf
+    from lightkube import AsyncClient, KubeConfig
+
+    from .manifests import FIELD_MANAGER
+    from .reconciler import Reconciler
+
+    kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    client = AsyncClient(kc, field_manager=FIELD_MANAGER)
+    reconciler = Reconciler(config, client)
+    registry = build_registry(reconciler, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    log.info(
+        "starting: namespace=%s vip-ranges=%s director-image=%s",
+        config.namespace,
+        ",".join(str(r) for r in config.vip_ranges) or "(none: every VIP is refused)",
+        config.director_image,
+    )
+    worker = asyncio.create_task(reconciler.run(), name="reconciler")
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=build_settings(),
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        ),
+        name="kopf",
+    )
+    done, _ = await asyncio.wait({worker, operator}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    worker.cancel()
+    for t in (worker, operator):
+        try:
+            await asyncio.wait_for(t, timeout=10)
+        except (asyncio.CancelledError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("%s failed", t.get_name())
+    await client.close()
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            return 1
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"lvs-operator controller: {exc}", file=sys.stderr)
+        return 2
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # for kopf's login as well
+    if not config.vip_ranges:
+        log.warning(
+            "no VIP ranges: every VirtualServer is refused until --vip-ranges (env "
+            "LVS_VIP_RANGES) lists the CIDRs its VIPs may use"
+        )
+    liveness = None if args.liveness in ("", "none") else args.liveness
+    return asyncio.run(main(config, args.kubeconfig, liveness))

@@ -1,0 +1,48 @@
+"""The controller's configuration: what its flags and environment decide."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lvs_operator import __version__
+from lvs_operator.api.network import IPNetwork
+
+DEFAULT_NAMESPACE = "lvs-system"
+DEFAULT_DIRECTOR_IMAGE = f"lvs-operator:{__version__}"
+DEFAULT_DIRECTOR_SERVICE_ACCOUNT = "lvs-director"
+DEFAULT_HEALTH_PORT = 9641
+DEFAULT_METRICS_PORT = 9642
+DEFAULT_DIRECTOR_RESOURCES: Mapping[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+# The director agents must run on their nodes even when those are tainted for it.
+DEFAULT_DIRECTOR_TOLERATIONS: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class DirectorTimings:
+    """Lease timings handed to the agents (None: the agent's own default)."""
+
+    lease_duration_seconds: int | None = None
+    renew_deadline_seconds: int | None = None
+    retry_period_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    namespace: str = DEFAULT_NAMESPACE
+    vip_ranges: tuple[IPNetwork, ...] = ()
+    director_image: str = DEFAULT_DIRECTOR_IMAGE
+    director_image_pull_policy: str = "IfNotPresent"
+    director_service_account: str = DEFAULT_DIRECTOR_SERVICE_ACCOUNT
+    director_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_DIRECTOR_TOLERATIONS
+    director_resources: Mapping[str, Any] = field(
+        default_factory=lambda: dict(DEFAULT_DIRECTOR_RESOURCES)
+    )
+    director_priority_class: str | None = None
+    health_port: int = DEFAULT_HEALTH_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    timings: DirectorTimings = field(default_factory=DirectorTimings)

@@ -1,0 +1,199 @@
+"""Director groups: which VirtualServers share a DaemonSet and a Lease, who holds the Lease,
+which agents are ready, and which DaemonSets to create, update or delete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import kopf
+
+from lvs_operator.api.directorgroup import (
+    COMPONENT_LABEL,
+    GROUP_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    daemonset_name,
+    lease_name,
+)
+
+from .conditions import parse_timestamp
+from .config import ControllerConfig
+from .manifests import DIRECTOR_COMPONENT, build_daemonset, is_subset
+from .virtualservers import DirectorView, VSDecision
+
+log = logging.getLogger(__name__)
+
+# On the group's Lease, written by the agent holding it: {"<ns>/<name>": generation}.
+PROGRAMMED_ANNOTATION = "lvs.io/programmed"
+
+
+def parse_programmed(text: str | None) -> dict[str, int]:
+    """The agent's programmed map; anything malformed counts as nothing programmed."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.warning("ignoring malformed %s annotation: %.200s", PROGRAMMED_ANNOTATION, text)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[str(k)] = v
+    return out
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    name: str
+    holder: str = ""
+    renew_time: datetime | None = None
+    duration_seconds: int | None = None
+    programmed: Mapping[str, int] = field(default_factory=dict)
+
+    def expires_at(self) -> datetime | None:
+        if not self.holder or self.renew_time is None or not self.duration_seconds:
+            return None
+        return self.renew_time + timedelta(seconds=self.duration_seconds)
+
+    def active_holder(self, now: datetime) -> str | None:
+        """The holder while the Lease is valid (renewTime + leaseDurationSeconds ahead)."""
+        expiry = self.expires_at()
+        return self.holder if expiry is not None and expiry > now else None
+
+
+def parse_lease(obj: Mapping[str, Any]) -> LeaseInfo:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    duration = spec.get("leaseDurationSeconds")
+    return LeaseInfo(
+        name=str(meta.get("name", "")),
+        holder=str(spec.get("holderIdentity") or ""),
+        renew_time=parse_timestamp(spec.get("renewTime") or spec.get("acquireTime")),
+        duration_seconds=int(duration) if isinstance(duration, int) else None,
+        programmed=parse_programmed((meta.get("annotations") or {}).get(PROGRAMMED_ANNOTATION)),
+    )
+
+
+@dataclass(frozen=True)
+class DirectorPod:
+    name: str
+    group: str
+    node: str
+    ready: bool
+
+
+def director_pod(body: Mapping[str, Any]) -> DirectorPod | None:
+    meta = body.get("metadata") or {}
+    group = (meta.get("labels") or {}).get(GROUP_LABEL)
+    if not group or meta.get("deletionTimestamp"):
+        return None
+    status = body.get("status") or {}
+    ready = status.get("phase") == "Running" and any(
+        cd.get("type") == "Ready" and cd.get("status") == "True"
+        for cd in status.get("conditions") or []
+    )
+    node = str((body.get("spec") or {}).get("nodeName") or "")
+    return DirectorPod(str(meta.get("name", "")), group, node, ready)
+
+
+def group_views(
+    groups: Iterable[str],
+    leases: Mapping[str, LeaseInfo],
+    pods: Iterable[DirectorPod],
+    now: datetime,
+) -> dict[str, DirectorView]:
+    ready_nodes: dict[str, set[str]] = {}
+    for pod in pods:
+        if pod.ready and pod.node:
+            ready_nodes.setdefault(pod.group, set()).add(pod.node)
+    views = {}
+    for group in groups:
+        lease = leases.get(lease_name(group))
+        active = lease.active_holder(now) if lease else None
+        views[group] = DirectorView(
+            group=group,
+            active=active,
+            programmed=dict(lease.programmed) if lease and active else {},
+            ready_nodes=tuple(sorted(ready_nodes.get(group, ()))),
+        )
+    return views
+
+
+def next_lease_expiry(leases: Iterable[LeaseInfo], now: datetime) -> datetime | None:
+    """When the next currently valid Lease runs out (status must then drop its holder)."""
+    times = [e for e in (lease.expires_at() for lease in leases) if e is not None and e > now]
+    return min(times) if times else None
+
+
+def desired_groups(decisions: Iterable[VSDecision]) -> dict[str, dict[str, str]]:
+    """Group → node selector, for the groups with at least one accepted VirtualServer."""
+    out: dict[str, dict[str, str]] = {}
+    for d in decisions:
+        if d.accepted and d.group and d.vs is not None:
+            out[d.group] = dict(d.vs.spec.directors.node_selector)
+    return out
+
+
+@dataclass(frozen=True)
+class DaemonSetPlan:
+    apply: tuple[dict[str, Any], ...] = ()  # new or changed
+    create_groups: tuple[str, ...] = ()  # groups whose DaemonSet does not exist yet
+    delete: tuple[str, ...] = ()  # names of DaemonSets whose group has no VirtualServer
+
+
+def plan_daemonsets(
+    groups: Mapping[str, Mapping[str, str]],
+    existing: Mapping[str, Mapping[str, Any]],
+    config: ControllerConfig,
+) -> DaemonSetPlan:
+    """What to write so the operator namespace holds exactly one DaemonSet per group.
+
+    ``existing``: the controller's DaemonSets in its namespace, by name.
+    """
+    apply = []
+    created = []
+    for group, selector in sorted(groups.items()):
+        desired = build_daemonset(group, selector, config)
+        current = existing.get(daemonset_name(group))
+        if current is None:
+            created.append(group)
+            apply.append(desired)
+        elif not is_subset(desired, current):
+            apply.append(desired)
+    wanted = {daemonset_name(g) for g in groups}
+    delete = tuple(
+        sorted(
+            name
+            for name, obj in existing.items()
+            if name not in wanted and not (obj.get("metadata") or {}).get("deletionTimestamp")
+        )
+    )
+    return DaemonSetPlan(tuple(apply), tuple(created), delete)
+
+
+# --- kopf wiring ----------------------------------------------------------------------------
+
+DIRECTOR_POD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
+
+
+def register(registry: kopf.OperatorRegistry, config: ControllerConfig) -> None:
+    """Index the director agents' pods (in the operator namespace). Their events reach the
+    reconciler through the pods handler of pools.register."""
+
+    @kopf.index(
+        "", "v1", "pods", registry=registry, id="lvs_director_pods", labels=DIRECTOR_POD_LABELS
+    )
+    def index_director_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        if namespace != config.namespace:
+            return {}
+        pod = director_pod(body)
+        return {} if pod is None else {name: pod}

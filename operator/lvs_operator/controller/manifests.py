@@ -1,0 +1,303 @@
+"""Pure builders of the objects the controller owns: a headless Service per pool and a
+DaemonSet of director agents per director group; plus the comparison that decides whether
+an existing object already carries what a builder wants.
+
+Names and label keys here are part of the contract with the director agent (see
+docs/controller.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lvs_operator import GROUP, VERSION
+from lvs_operator.api import realserverpool as rsp
+from lvs_operator.api.directorgroup import (
+    COMPONENT_LABEL,
+    GROUP_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    daemonset_name,
+    lease_name,
+)
+from lvs_operator.api.realserverpool import RealServerPool
+from lvs_operator.api.virtualserver import Protocol, VirtualPort
+
+from .config import ControllerConfig
+
+FIELD_MANAGER = "lvs-operator"
+NAME_LABEL = "app.kubernetes.io/name"
+POOL_COMPONENT = "pool"
+DIRECTOR_COMPONENT = "director"
+DIRECTOR_APP = "lvs-director"
+DIRECTOR_CONTAINER = "director"
+# On a pool's Service: the pool it serves (label values are at most 63 characters, pool
+# names up to 253, so a long name is shortened with a hash; the ownerReference is exact).
+POOL_LABEL = "lvs.io/pool"
+SERVICE_PREFIX = "lvs-"
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _short_hash(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def service_name(pool_name: str) -> str:
+    """The name of a pool's headless Service: ``lvs-<pool>``, or, when the pool's name is
+    not a valid DNS-1035 label there (dots, too long), a shortened name with a hash."""
+    name = SERVICE_PREFIX + pool_name
+    if len(name) <= 63 and _DNS_LABEL.match(name):
+        return name
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", pool_name.lower()).strip("-")
+    return f"{SERVICE_PREFIX}{cleaned[:49].rstrip('-')}-{_short_hash(pool_name)}"
+
+
+def label_value(text: str) -> str:
+    """``text`` if it is a valid label value, else a shortened form ending in a hash."""
+    if len(text) <= 63 and _LABEL_VALUE.match(text):
+        return text
+    return f"{text[:50].rstrip('-_.')}-{_short_hash(text)}"
+
+
+# --- the ports a pool's Service carries -----------------------------------------------------
+
+
+def target_port_key(target: int | str) -> str:
+    """The key of a targetPort in a pool member's ``ports`` (and the Service port name):
+    a named targetPort is its name, a numeric one its decimal string ("8080")."""
+    return str(target)
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of a pool's headless Service: ``name`` is the targetPort key."""
+
+    name: str
+    port: int  # the Service's own port number (meaningless for a headless Service)
+    target_port: int | str
+    protocol: Protocol = Protocol.TCP
+
+    def to_object(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "targetPort": self.target_port,
+            "protocol": str(self.protocol),
+        }
+
+
+def service_ports(ports: Iterable[VirtualPort]) -> tuple[ServicePort, ...]:
+    """One Service port per distinct targetPort of the VirtualServers that use a pool.
+
+    The EndpointSlice controller then resolves each (named) targetPort per pod. A key used
+    with several protocols gets one Service port, TCP preferred (a named container port
+    resolves to one number whatever the protocol). Numeric keys use their own number as
+    the Service port; named ones take the lowest numbers left free.
+    """
+    protocols: dict[str, set[Protocol]] = {}
+    targets: dict[str, int | str] = {}
+    for p in ports:
+        target = p.effective_target_port
+        key = target_port_key(target)
+        targets[key] = target
+        protocols.setdefault(key, set()).add(p.protocol)
+
+    def pick(key: str) -> Protocol:
+        found = protocols[key]
+        return Protocol.TCP if Protocol.TCP in found else sorted(found)[0]
+
+    numeric = sorted((k for k in targets if isinstance(targets[k], int)), key=lambda k: int(k))
+    named = sorted(k for k in targets if not isinstance(targets[k], int))
+    used = {int(k) for k in numeric}
+    out = [ServicePort(k, int(k), targets[k], pick(k)) for k in numeric]
+    candidate = 1
+    for key in named:
+        while candidate in used:
+            candidate += 1
+        used.add(candidate)
+        out.append(ServicePort(key, candidate, targets[key], pick(key)))
+    return tuple(sorted(out, key=lambda sp: sp.name))
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+    }
+
+
+def build_service(pool: RealServerPool, ports: Sequence[ServicePort]) -> dict[str, Any] | None:
+    """The headless Service of a pool with a selector (None when it selects no pods).
+
+    Its selector is the pool's ``matchLabels`` (a Service selects by equality only);
+    ``matchExpressions`` are applied by the controller to the pods' labels. It is owned
+    by the pool, so the garbage collector removes it with the pool.
+    """
+    selector = pool.spec.selector
+    if selector is None or not selector.match_labels:
+        return None
+    spec: dict[str, Any] = {
+        "clusterIP": "None",
+        "selector": dict(selector.match_labels),
+        "publishNotReadyAddresses": False,
+    }
+    if ports:
+        spec["ports"] = [p.to_object() for p in ports]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(pool.name),
+            "namespace": pool.namespace,
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                COMPONENT_LABEL: POOL_COMPONENT,
+                POOL_LABEL: label_value(pool.name),
+            },
+            "ownerReferences": [owner_reference(rsp.KIND, pool.name, pool.meta.uid)],
+        },
+        "spec": spec,
+    }
+
+
+# --- the director DaemonSet of a group ------------------------------------------------------
+
+
+def director_selector_labels(group: str) -> dict[str, str]:
+    return {NAME_LABEL: DIRECTOR_APP, GROUP_LABEL: group}
+
+
+def director_labels(group: str) -> dict[str, str]:
+    return {
+        **director_selector_labels(group),
+        MANAGED_BY_LABEL: MANAGED_BY,
+        COMPONENT_LABEL: DIRECTOR_COMPONENT,
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def director_env(group: str, config: ControllerConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        _field_env("NODE_NAME", "spec.nodeName"),
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": "LVS_DIRECTOR_GROUP", "value": group},
+        {"name": "LVS_LEASE_NAME", "value": lease_name(group)},
+        {"name": "LVS_HEALTH_PORT", "value": str(config.health_port)},
+        {"name": "LVS_METRICS_PORT", "value": str(config.metrics_port)},
+    ]
+    t = config.timings
+    for name, value in (
+        ("LVS_LEASE_DURATION_SECONDS", t.lease_duration_seconds),
+        ("LVS_RENEW_DEADLINE_SECONDS", t.renew_deadline_seconds),
+        ("LVS_RETRY_PERIOD_SECONDS", t.retry_period_seconds),
+    ):
+        if value is not None:
+            env.append({"name": name, "value": str(value)})
+    return env
+
+
+def build_daemonset(
+    group: str, node_selector: Mapping[str, str], config: ControllerConfig
+) -> dict[str, Any]:
+    """The DaemonSet of director agents of a group, in the operator's namespace.
+
+    hostNetwork (the VIP lives on the node), NET_ADMIN + NET_RAW only (IPVS, addresses,
+    gratuitous ARP), never privileged; probes on the agent's health port.
+    """
+
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": config.health_port, "scheme": "HTTP"},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        }
+
+    container: dict[str, Any] = {
+        "name": DIRECTOR_CONTAINER,
+        "image": config.director_image,
+        "imagePullPolicy": config.director_image_pull_policy,
+        "command": ["lvs-operator", "director"],
+        "env": director_env(group, config),
+        "ports": [
+            {"name": "health", "containerPort": config.health_port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"},
+        ],
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/readyz", 5, 2),
+        "securityContext": {
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+    if config.director_resources:
+        container["resources"] = dict(config.director_resources)
+    pod_spec: dict[str, Any] = {
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "nodeSelector": dict(node_selector),
+        "serviceAccountName": config.director_service_account,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+    }
+    if config.director_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in config.director_tolerations]
+    if config.director_priority_class:
+        pod_spec["priorityClassName"] = config.director_priority_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": daemonset_name(group),
+            "namespace": config.namespace,
+            "labels": director_labels(group),
+        },
+        "spec": {
+            "selector": {"matchLabels": director_selector_labels(group)},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {"metadata": {"labels": director_labels(group)}, "spec": pod_spec},
+        },
+    }
+
+
+# --- comparing what we want with what is there ----------------------------------------------
+
+
+def is_subset(desired: Any, current: Any) -> bool:
+    """True when ``current`` carries everything ``desired`` says.
+
+    Maps: every desired key is present with a matching value (the server adds defaults,
+    so extra keys are fine). Lists: the same length and element-wise matches (a dropped
+    port or env variable is a difference). Scalars: equal; numbers and their decimal
+    strings are not confused.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(current, Mapping):
+            return False
+        return all(k in current and is_subset(v, current[k]) for k, v in desired.items())
+    if isinstance(desired, list | tuple):
+        if not isinstance(current, list | tuple) or len(desired) != len(current):
+            return False
+        return all(is_subset(d, c) for d, c in zip(desired, current, strict=True))
+    if type(desired) is not type(current) and not (
+        isinstance(desired, int | float)
+        and isinstance(current, int | float)
+        and not isinstance(desired, bool)
+        and not isinstance(current, bool)
+    ):
+        return False
+    return bool(desired == current)

@@ -1,0 +1,359 @@
+"""RealServerPools: EndpointSlices (of the pool's headless Service) + static servers →
+members → the pool's status.
+
+Pure functions take typed inputs; ``register`` wires the kopf indexes and event handlers
+that feed them (thin: they only record and wake the reconciler).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from lvs_operator import GROUP, VERSION
+from lvs_operator.api import realserverpool as rsp
+from lvs_operator.api.common import Condition
+from lvs_operator.api.directorgroup import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from lvs_operator.api.network import WEIGHT_MAX, WEIGHT_MIN
+from lvs_operator.api.realserverpool import WEIGHT_ANNOTATION, PoolMember, RealServerPool
+
+from . import conditions as c
+from .conditions import EventSpec, ObjectRef
+from .manifests import POOL_COMPONENT
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+# Ready reasons of a pool.
+MEMBERS_READY = "MembersReady"
+NO_MEMBERS = "NoMembers"
+NO_READY_MEMBERS = "NoReadyMembers"
+SELECTOR_UNSUPPORTED = "SelectorUnsupported"
+INVALID = "Invalid"
+
+MSG_SELECTOR_UNSUPPORTED = (
+    "spec.selector has only matchExpressions: the pool's headless Service selects pods by "
+    "equality, so add at least one matchLabels entry (e.g. app: web); the expressions are "
+    "then applied on top"
+)
+
+PodKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the controller keeps of a pod: its labels and its weight annotation."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    weight: str | None = None
+
+
+def pod_info(body: Mapping[str, Any]) -> PodInfo:
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    weight = annotations.get(WEIGHT_ANNOTATION)
+    return PodInfo(labels=dict(meta.get("labels") or {}), weight=weight)
+
+
+def parse_weight(raw: str | None, default: int) -> tuple[int, str | None]:
+    """The weight a pod annotation asks for, or ``default`` and a message saying why not."""
+    if raw is None:
+        return default, None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if WEIGHT_MIN <= value <= WEIGHT_MAX:
+        return value, None
+    return default, (
+        f"annotation {WEIGHT_ANNOTATION}={raw!r} is not an integer "
+        f"{WEIGHT_MIN}-{WEIGHT_MAX}; using the pool's weight {default}"
+    )
+
+
+def _address_key(member: PoolMember) -> tuple[int, int, int, str]:
+    try:
+        ip = ipaddress.ip_address(member.address)
+        return (ip.version, int(ip), member.port or 0, member.pod)
+    except ValueError:
+        return (9, 0, member.port or 0, member.address)
+
+
+def sort_members(members: Iterable[PoolMember]) -> tuple[PoolMember, ...]:
+    return tuple(sorted(members, key=_address_key))
+
+
+def static_members(pool: RealServerPool) -> list[PoolMember]:
+    """Static servers are members as declared: ready (the agents' health checks decide
+    further), with their own port when they have one."""
+    return [
+        PoolMember(
+            address=s.address,
+            weight=s.weight,
+            ready=True,
+            serving=True,
+            terminating=False,
+            port=s.port,
+            source="static",
+        )
+        for s in pool.spec.servers
+    ]
+
+
+def pod_members(
+    pool: RealServerPool,
+    slices: Iterable[Mapping[str, Any]],
+    pods: Mapping[PodKey, PodInfo],
+) -> tuple[list[PoolMember], list[str]]:
+    """Members from the EndpointSlices of the pool's Service, with the pods' weights.
+
+    Each endpoint address is one member; its ``ports`` maps the slice's port names (the
+    targetPort keys) to the numbers resolved for that pod. An address listed twice (slices
+    in transition) is merged. ``matchExpressions`` of the pool's selector are applied to
+    the pods' labels here (the Service selected by ``matchLabels`` only). Returns the
+    members and messages about bad weight annotations.
+    """
+    selector = pool.spec.selector
+    need_labels = selector is not None and bool(selector.match_expressions)
+    merged: dict[str, PoolMember] = {}
+    problems: list[str] = []
+    for sl in slices:
+        ports = {
+            str(p["name"]): int(p["port"])
+            for p in sl.get("ports") or []
+            if p.get("name") and p.get("port") is not None
+        }
+        for ep in sl.get("endpoints") or []:
+            ref = ep.get("targetRef") or {}
+            pod = str(ref.get("name", "")) if ref.get("kind", "Pod") == "Pod" else ""
+            info = pods.get((pool.namespace, pod)) if pod else None
+            if (
+                need_labels
+                and selector is not None
+                and (info is None or not selector.matches(info.labels))
+            ):
+                continue
+            weight, problem = parse_weight(info.weight if info else None, pool.spec.weight)
+            if problem:
+                problems.append(f"pod {pool.namespace}/{pod}: {problem}")
+            cond = ep.get("conditions") or {}
+            ready = cond.get("ready")
+            ready = True if ready is None else bool(ready)
+            serving = cond.get("serving")
+            serving = ready if serving is None else bool(serving)
+            terminating = bool(cond.get("terminating") or False)
+            for address in ep.get("addresses") or []:
+                member = PoolMember(
+                    address=str(address),
+                    weight=weight,
+                    ready=ready,
+                    serving=serving,
+                    terminating=terminating,
+                    ports=dict(ports),
+                    pod=pod,
+                    node=str(ep.get("nodeName") or ""),
+                    source="pod",
+                )
+                old = merged.get(member.address)
+                if old is not None:
+                    member = PoolMember(
+                        address=old.address,
+                        weight=old.weight,
+                        ready=old.ready or member.ready,
+                        serving=old.serving or member.serving,
+                        terminating=old.terminating and member.terminating,
+                        ports={**member.ports, **old.ports},
+                        pod=old.pod or member.pod,
+                        node=old.node or member.node,
+                        source="pod",
+                    )
+                merged[member.address] = member
+    return list(merged.values()), problems
+
+
+@dataclass(frozen=True)
+class PoolOutcome:
+    """What the controller concludes about one pool."""
+
+    members: tuple[PoolMember, ...]
+    conditions: tuple[Condition, ...]  # without times (see conditions.merge_conditions)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return len(self.members)
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for m in self.members if m.ready and not m.terminating)
+
+
+def evaluate_pool(
+    pool: RealServerPool,
+    slices: Iterable[Mapping[str, Any]],
+    pods: Mapping[PodKey, PodInfo],
+) -> PoolOutcome:
+    selector = pool.spec.selector
+    unsupported = selector is not None and not selector.match_labels
+    found, problems = ([], []) if selector is None else pod_members(pool, slices, pods)
+    members = sort_members([*found, *static_members(pool)])
+    ready = sum(1 for m in members if m.ready and not m.terminating)
+    if unsupported:
+        cond = c.condition(c.READY, False, SELECTOR_UNSUPPORTED, MSG_SELECTOR_UNSUPPORTED)
+    elif not members:
+        cond = c.condition(
+            c.READY,
+            False,
+            NO_MEMBERS,
+            "the pool has no members: its selector matches no pods and it lists no servers",
+        )
+    elif ready == 0:
+        cond = c.condition(
+            c.READY, False, NO_READY_MEMBERS, f"none of the {len(members)} members is ready"
+        )
+    else:
+        cond = c.condition(c.READY, True, MEMBERS_READY, f"{ready} of {len(members)} members ready")
+    return PoolOutcome(members, (cond,), tuple(problems))
+
+
+def invalid_pool_outcome(message: str) -> PoolOutcome:
+    return PoolOutcome((), (c.condition(c.READY, False, INVALID, message),))
+
+
+def pool_status(
+    outcome: PoolOutcome,
+    generation: int,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The pool's whole status (the controller is its only writer)."""
+    conds = c.merge_conditions(c.conditions_from(previous), outcome.conditions, now, generation)
+    return {
+        "observedGeneration": generation,
+        "members": [m.to_object() for m in outcome.members],
+        "readyMembers": outcome.ready,
+        "totalMembers": outcome.total,
+        "readyOfTotal": f"{outcome.ready}/{outcome.total}",
+        "conditions": [cd.to_object() for cd in conds],
+    }
+
+
+def pool_ref(pool: RealServerPool) -> ObjectRef:
+    return ObjectRef(f"{GROUP}/{VERSION}", rsp.KIND, pool.namespace, pool.name, pool.meta.uid)
+
+
+def _member_states(status: Mapping[str, Any] | None) -> dict[str, tuple[bool, bool]]:
+    out = {}
+    for m in (status or {}).get("members") or []:
+        key = f"{m.get('address')}" + (f":{m['port']}" if m.get("port") else "")
+        out[key] = (bool(m.get("ready")), bool(m.get("terminating")))
+    return out
+
+
+def pool_events(
+    ref: ObjectRef, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> list[EventSpec]:
+    """Events for a pool's state changes: its Ready condition, and who joined, left, or
+    stopped/started being ready (not on the first status: the Ready event says it)."""
+    events: list[EventSpec] = []
+    before = c.find(c.conditions_from(previous), c.READY)
+    after = c.find(c.conditions_from(new), c.READY)
+    if after is not None and c.changed(before, after):
+        kind = c.NORMAL if after.status == c.TRUE or after.reason == NO_MEMBERS else c.WARNING
+        events.append(EventSpec(ref, kind, after.reason, after.message))
+    if before is None:
+        return events
+    old, cur = _member_states(previous), _member_states(new)
+    parts = []
+    added = sorted(set(cur) - set(old))
+    removed = sorted(set(old) - set(cur))
+    if added:
+        parts.append("added " + ", ".join(added))
+    if removed:
+        parts.append("removed " + ", ".join(removed))
+    flips = []
+    for key in sorted(set(cur) & set(old)):
+        if cur[key] != old[key]:
+            ready, terminating = cur[key]
+            flips.append(
+                f"{key} " + ("terminating" if terminating else ("ready" if ready else "not ready"))
+            )
+    if flips:
+        parts.append("; ".join(flips))
+    if parts:
+        events.append(
+            EventSpec(
+                ref,
+                c.NORMAL,
+                "MembersChanged",
+                f"{new.get('readyOfTotal', '')} ready: " + "; ".join(parts),
+            )
+        )
+    return events
+
+
+# --- kopf wiring ----------------------------------------------------------------------------
+
+
+def _trim(body: Mapping[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+    import copy
+
+    return {k: copy.deepcopy(body[k]) for k in keep if k in body}
+
+
+def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
+    """Indexes of pools, our EndpointSlices and Services, and pods' labels/weights; each
+    event wakes the reconciler (``kick(**kwargs)`` gets the indices kopf passes)."""
+    owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: POOL_COMPONENT}
+
+    @kopf.index(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="lvs_pools")
+    def index_pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        return {
+            (namespace, name): _trim(body, ("apiVersion", "kind", "metadata", "spec", "status"))
+        }
+
+    @kopf.index(
+        "discovery.k8s.io", "v1", "endpointslices", registry=registry, id="lvs_slices", labels=owned
+    )
+    def index_slices(
+        body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> Any:
+        service = labels.get(SERVICE_NAME_LABEL)
+        if not service:
+            return {}
+        return {(namespace, service): _trim(body, ("metadata", "endpoints", "ports"))}
+
+    @kopf.index("", "v1", "services", registry=registry, id="lvs_services", labels=owned)
+    def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        return {(namespace, name): _trim(body, ("metadata", "spec"))}
+
+    @kopf.index("", "v1", "pods", registry=registry, id="lvs_pods")
+    def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        return {(namespace, name): pod_info(body)}
+
+    @kopf.on.event(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="pool_event")
+    async def on_pool(**kwargs: Any) -> None:
+        await kick(**kwargs)
+
+    @kopf.on.event(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        registry=registry,
+        id="slice_event",
+        labels=owned,
+    )
+    async def on_slice(**kwargs: Any) -> None:
+        await kick(**kwargs)
+
+    @kopf.on.event("", "v1", "services", registry=registry, id="service_event", labels=owned)
+    async def on_service(**kwargs: Any) -> None:
+        await kick(**kwargs)
+
+    @kopf.on.event("", "v1", "pods", registry=registry, id="pod_event")
+    async def on_pod(**kwargs: Any) -> None:
+        await kick(pod_event=True, **kwargs)

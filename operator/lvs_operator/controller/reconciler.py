@@ -1,0 +1,466 @@
+"""The reconciler: one level-triggered pass over everything the controller watches.
+
+``plan(world, config, now)`` is pure: from a snapshot of the cluster (what kopf's indexes
+and the namespace informers hold) it computes every write needed, comparing with what is
+there so that nothing unchanged is written. ``Reconciler`` runs it whenever an event
+arrives (debounced), executes the plan with lightkube, and retries failures with backoff.
+
+One pass over all objects is simple and restart-safe: conflicts and groups are decided on
+the whole set, and a restarted controller computes the same answer and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from lightkube import ApiError, AsyncClient
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Event, Service
+from lightkube.types import PatchType
+
+from lvs_operator import GROUP, VERSION
+from lvs_operator.api import realserverpool as rsp
+from lvs_operator.api import virtualserver as vsm
+from lvs_operator.api.directorgroup import (
+    COMPONENT_LABEL,
+    GROUP_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    daemonset_name,
+    lease_name,
+)
+from lvs_operator.api.realserverpool import RealServerPool
+from lvs_operator.api.validation import ValidationError
+from lvs_operator.api.virtualserver import VirtualPort
+
+from .conditions import NORMAL, EventSpec, build_event
+from .config import ControllerConfig
+from .groups import (
+    DaemonSetPlan,
+    DirectorPod,
+    desired_groups,
+    group_views,
+    next_lease_expiry,
+    parse_lease,
+    plan_daemonsets,
+)
+from .informer import Informer
+from .manifests import (
+    DIRECTOR_COMPONENT,
+    FIELD_MANAGER,
+    build_service,
+    is_subset,
+    service_name,
+    service_ports,
+)
+from .pools import (
+    PodInfo,
+    PoolOutcome,
+    evaluate_pool,
+    invalid_pool_outcome,
+    pool_events,
+    pool_ref,
+    pool_status,
+)
+from .virtualservers import evaluate, owned_status, vs_events, vs_ref, vs_status
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+POOL_STATUS_FIELDS = (
+    "observedGeneration",
+    "members",
+    "readyMembers",
+    "totalMembers",
+    "readyOfTotal",
+    "conditions",
+)
+
+VirtualServerResource = create_namespaced_resource(GROUP, VERSION, vsm.KIND, vsm.PLURAL)
+RealServerPoolResource = create_namespaced_resource(GROUP, VERSION, rsp.KIND, rsp.PLURAL)
+
+
+@dataclass
+class World:
+    """A snapshot of what the controller watches."""
+
+    virtualservers: list[Mapping[str, Any]] = field(default_factory=list)
+    pools: list[Mapping[str, Any]] = field(default_factory=list)
+    slices: Mapping[Key, list[Mapping[str, Any]]] = field(default_factory=dict)  # by Service
+    services: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
+    pods: Mapping[Key, PodInfo] = field(default_factory=dict)
+    director_pods: list[DirectorPod] = field(default_factory=list)
+    leases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
+    daemonsets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
+
+
+@dataclass
+class Plan:
+    services: list[dict[str, Any]] = field(default_factory=list)
+    pool_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
+    daemonsets: DaemonSetPlan = field(default_factory=DaemonSetPlan)
+    labels: list[tuple[Key, str | None]] = field(default_factory=list)
+    vs_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
+    wake_at: datetime | None = None
+    pool_namespaces: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return (
+            len(self.services)
+            + len(self.pool_statuses)
+            + len(self.daemonsets.apply)
+            + len(self.daemonsets.delete)
+            + len(self.labels)
+            + len(self.vs_statuses)
+        )
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
+    """Everything to write so the cluster matches the VirtualServers and pools."""
+    out = Plan()
+
+    # Pools.
+    pools: dict[Key, tuple[Mapping[str, Any], RealServerPool | None, str]] = {}
+    for raw in world.pools:
+        meta = _meta(raw)
+        if meta.get("deletionTimestamp"):
+            continue
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        try:
+            pools[key] = (raw, RealServerPool.from_object(raw), "")
+        except ValidationError as exc:
+            pools[key] = (raw, None, str(exc))
+        out.pool_namespaces.add(key[0])
+
+    decisions = evaluate(world.virtualservers, pools.keys(), config.vip_ranges)
+
+    ports: dict[Key, list[VirtualPort]] = {}
+    for d in decisions.values():
+        if d.vs is not None and d.pool_key is not None:
+            ports.setdefault(d.pool_key, []).extend(d.vs.spec.ports)
+
+    outcomes: dict[Key, PoolOutcome] = {}
+    for key, (raw, pool, problem) in sorted(pools.items()):
+        previous = raw.get("status")
+        generation = int(_meta(raw).get("generation") or 0)
+        if pool is None:
+            outcome = invalid_pool_outcome(problem)
+        else:
+            svc_key = (pool.namespace, service_name(pool.name))
+            desired = build_service(pool, service_ports(ports.get(key, [])))
+            current = world.services.get(svc_key)
+            if desired is not None and (current is None or not is_subset(desired, current)):
+                out.services.append(desired)
+            slices = world.slices.get(svc_key, []) if desired is not None else []
+            outcome = evaluate_pool(pool, slices, world.pods)
+            out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
+        outcomes[key] = outcome
+        status = pool_status(outcome, generation, previous, now)
+        if status != {k: v for k, v in (previous or {}).items() if k in POOL_STATUS_FIELDS}:
+            out.pool_statuses.append((key, status))
+            if pool is not None:
+                out.events.extend(pool_events(pool_ref(pool), previous, status))
+
+    # Director groups.
+    groups = desired_groups(decisions.values())
+    out.daemonsets = plan_daemonsets(groups, world.daemonsets, config)
+    leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
+    views = group_views(groups, leases, world.director_pods, now)
+    out.wake_at = next_lease_expiry(leases.values(), now)
+
+    # VirtualServers.
+    created = set(out.daemonsets.create_groups)
+    for key, d in sorted(decisions.items()):
+        labels = _meta(d.raw).get("labels") or {}
+        want = d.group if d.accepted else None
+        if labels.get(GROUP_LABEL) != want:
+            out.labels.append((key, want))
+        previous = d.raw.get("status")
+        pool_outcome = outcomes.get(d.pool_key) if d.pool_key else None
+        view = views.get(d.group) if d.group else None
+        status = vs_status(d, pool_outcome, view, config.namespace, previous, now)
+        if status != owned_status(previous):
+            out.vs_statuses.append((key, status))
+            out.events.extend(vs_events(vs_ref(d), previous, status))
+        if d.accepted and d.group in created and d.vs is not None:
+            selector = ",".join(
+                f"{k}={v}" for k, v in sorted(d.vs.spec.directors.node_selector.items())
+            )
+            out.events.append(
+                EventSpec(
+                    vs_ref(d),
+                    NORMAL,
+                    "DirectorGroupCreated",
+                    f"created DaemonSet {config.namespace}/{daemonset_name(d.group)} of director "
+                    f"agents on nodes matching {selector}; they elect through Lease "
+                    f"{config.namespace}/{lease_name(d.group)}",
+                )
+            )
+    return out
+
+
+# --- running it -----------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Reconciler:
+    """Holds the kopf indexes and namespace informers, and runs ``plan`` + writes."""
+
+    INDEX_IDS = (
+        "lvs_virtualservers",
+        "lvs_pools",
+        "lvs_slices",
+        "lvs_services",
+        "lvs_pods",
+        "lvs_director_pods",
+    )
+
+    def __init__(
+        self, config: ControllerConfig, client: AsyncClient, debounce: float = 0.05
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.debounce = debounce
+        self.indices: Mapping[str, Any] | None = None
+        self.indexed = asyncio.Event()  # kopf called a handler: its indexes are populated
+        self._wake = asyncio.Event()
+        self._pool_namespaces: set[str] | None = None
+        self._warned: set[str] = set()
+        self.passes = 0
+        self.writes = 0
+        owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
+        self.leases = Informer(client, Lease, config.namespace, self.wake)
+        self.daemonsets = Informer(client, DaemonSet, config.namespace, self.wake, labels=owned)
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def capture(self, indices: Mapping[str, Any]) -> None:
+        if self.indices is None and all(i in indices for i in self.INDEX_IDS):
+            self.indices = {i: indices[i] for i in self.INDEX_IDS}
+
+    async def kick(self, pod_event: bool = False, **kwargs: Any) -> None:
+        """Called by every kopf event handler (with the indexes among its kwargs)."""
+        self.capture(kwargs)
+        self.indexed.set()
+        if pod_event and self._pool_namespaces is not None:
+            ns = kwargs.get("namespace")
+            if ns not in self._pool_namespaces and ns != self.config.namespace:
+                return  # a pod no pool and no director cares about
+        self._wake.set()
+
+    def snapshot(self) -> World:
+        idx = self.indices or {}
+
+        def values(index_id: str) -> list[Any]:
+            index = idx.get(index_id) or {}
+            return [v for store in index.values() for v in store]
+
+        def firsts(index_id: str) -> dict[Any, Any]:
+            index = idx.get(index_id) or {}
+            return {k: next(iter(store)) for k, store in index.items() if len(store)}
+
+        slices: dict[Key, list[Mapping[str, Any]]] = {}
+        for k, store in (idx.get("lvs_slices") or {}).items():
+            slices[k] = list(store)
+        return World(
+            virtualservers=values("lvs_virtualservers"),
+            pools=values("lvs_pools"),
+            slices=slices,
+            services=firsts("lvs_services"),
+            pods=firsts("lvs_pods"),
+            director_pods=values("lvs_director_pods"),
+            leases=dict(self.leases.store),
+            daemonsets=dict(self.daemonsets.store),
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, startup_grace: float = 30.0) -> None:
+        tasks = [
+            asyncio.create_task(self.leases.run(), name="lease informer"),
+            asyncio.create_task(self.daemonsets.run(), name="daemonset informer"),
+        ]
+        try:
+            await self.leases.synced.wait()
+            await self.daemonsets.synced.wait()
+            try:
+                await asyncio.wait_for(self.indexed.wait(), timeout=startup_grace)
+            except TimeoutError:
+                log.info(
+                    "no events after %.0f s: the cluster has nothing to reconcile", startup_grace
+                )
+            await self._loop()
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _loop(self) -> None:
+        retry_delay = 1.0
+        deadline: datetime | None = None
+        while True:
+            timeout = None
+            if deadline is not None:
+                timeout = max(0.0, (deadline - utcnow()).total_seconds()) + 0.05
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            await asyncio.sleep(self.debounce)
+            self._wake.clear()
+            try:
+                result = await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile pass failed; retrying in %.0f s", retry_delay)
+                deadline = None
+                await asyncio.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, 60.0)
+                self._wake.set()
+                continue
+            failed, deadline = result
+            if failed:
+                log.info("%d write(s) failed; retrying in %.0f s", failed, retry_delay)
+                await asyncio.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, 60.0)
+                self._wake.set()
+            else:
+                retry_delay = 1.0
+
+    async def reconcile_once(self) -> tuple[int, datetime | None]:
+        """One pass: plan, then write. Returns (failed writes, when to look again)."""
+        now = utcnow()
+        p = plan(self.snapshot(), self.config, now)
+        self._pool_namespaces = p.pool_namespaces
+        self.passes += 1
+        for w in p.warnings:
+            if w not in self._warned:
+                self._warned.add(w)
+                log.warning("%s", w)
+        failed = 0
+        failed += await self._each(p.services, self._apply_service)
+        failed += await self._each(p.pool_statuses, self._apply_pool_status)
+        failed += await self._each(list(p.daemonsets.apply), self._apply_daemonset)
+        failed += await self._each(p.labels, self._label)
+        failed += await self._each(p.vs_statuses, self._apply_vs_status)
+        if self.indexed.is_set():  # destructive: only with complete indexes
+            failed += await self._each(list(p.daemonsets.delete), self._delete_daemonset)
+        for ev in p.events:
+            await self._post_event(ev, now)
+        return failed, p.wake_at
+
+    async def _each(self, items: list[Any], fn: Any) -> int:
+        failed = 0
+        for item in items:
+            try:
+                await fn(item)
+                self.writes += 1
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    continue  # gone meanwhile: its deletion event comes next
+                failed += 1
+                log.warning("write failed: %s: %s", fn.__name__, exc.status.message)
+        return failed
+
+    async def _apply_service(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        await self.client.patch(
+            Service,
+            meta["name"],
+            body,
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        )
+        log.info("applied Service %s/%s", meta["namespace"], meta["name"])
+
+    async def _apply_daemonset(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        await self.client.patch(
+            DaemonSet,
+            meta["name"],
+            body,
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        )
+        log.info("applied DaemonSet %s/%s", meta["namespace"], meta["name"])
+
+    async def _delete_daemonset(self, name: str) -> None:
+        await self.client.delete(DaemonSet, name, namespace=self.config.namespace)
+        log.info(
+            "deleted DaemonSet %s/%s: its director group has no VirtualServer left",
+            self.config.namespace,
+            name,
+        )
+
+    async def _label(self, item: tuple[Key, str | None]) -> None:
+        (ns, name), group = item
+        await self.client.patch(
+            VirtualServerResource,
+            name,
+            {"metadata": {"labels": {GROUP_LABEL: group}}},
+            namespace=ns,
+            patch_type=PatchType.MERGE,
+        )
+        if group:
+            log.info("VirtualServer %s/%s: labelled %s=%s", ns, name, GROUP_LABEL, group)
+        else:
+            log.info("VirtualServer %s/%s: removed label %s", ns, name, GROUP_LABEL)
+
+    async def _apply_status(
+        self, resource: Any, kind: str, key: Key, status: dict[str, Any]
+    ) -> None:
+        ns, name = key
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns},
+            "status": status,
+        }
+        await self.client.patch(
+            resource.Status,
+            name,
+            body,
+            namespace=ns,
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        )
+        log.debug("%s %s/%s: status written", kind, ns, name)
+
+    async def _apply_pool_status(self, item: tuple[Key, dict[str, Any]]) -> None:
+        await self._apply_status(RealServerPoolResource, rsp.KIND, *item)
+
+    async def _apply_vs_status(self, item: tuple[Key, dict[str, Any]]) -> None:
+        await self._apply_status(VirtualServerResource, vsm.KIND, *item)
+
+    async def _post_event(self, spec: EventSpec, now: datetime) -> None:
+        log.info("%s %s: %s: %s", spec.ref.kind, spec.ref.key, spec.reason, spec.message)
+        try:
+            await self.client.create(cast(Event, Event.from_dict(build_event(spec, now))))
+        except ApiError as exc:
+            log.warning(
+                "could not post Event %s on %s: %s", spec.reason, spec.ref.key, exc.status.message
+            )

@@ -1,0 +1,371 @@
+"""VirtualServers: the safety checks (schema, VIP ranges, conflicts, pool), the group label,
+and the status.
+
+``evaluate`` decides, for every VirtualServer in the cluster at once, whether it is
+accepted (the controller labels it with its director group, so the agents program it) or
+rejected and why. Conflicts need the whole set: a VIP:port:protocol belongs to the oldest
+VirtualServer claiming it (creationTimestamp, then namespace/name), so when it goes the
+next one takes over.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from lvs_operator import GROUP, VERSION
+from lvs_operator.api import virtualserver as vsm
+from lvs_operator.api.directorgroup import group_name, lease_name
+from lvs_operator.api.network import IPNetwork, in_ranges, parse_ip
+from lvs_operator.api.validation import ValidationError
+from lvs_operator.api.virtualserver import VirtualServer
+
+from . import conditions as c
+from .conditions import EventSpec, ObjectRef
+from .pools import PoolOutcome
+
+Key = tuple[str, str]
+Claim = tuple[str, int, str]  # (vip, port, protocol)
+
+# Reasons (Ready, and Programmed/Degraded of a rejected VirtualServer).
+ACCEPTED = "Accepted"
+INVALID = "Invalid"
+VIP_NOT_ALLOWED = "VIPNotAllowed"
+CONFLICT = "Conflict"
+POOL_NOT_FOUND = "PoolNotFound"
+REJECTED = (INVALID, VIP_NOT_ALLOWED, CONFLICT, POOL_NOT_FOUND)
+# Programmed.
+PROGRAMMED = "Programmed"
+PENDING = "Pending"
+NO_ACTIVE_DIRECTOR = "NoActiveDirector"
+# Ready.
+READY = "Ready"
+NO_READY_REAL_SERVERS = "NoReadyRealServers"
+# Degraded.
+AS_EXPECTED = "AsExpected"
+REAL_SERVERS_NOT_READY = "RealServersNotReady"
+NO_STANDBY_DIRECTOR = "NoStandbyDirector"
+
+STATUS_FIELDS = (
+    "observedGeneration",
+    "directorGroup",
+    "activeDirector",
+    "directors",
+    "readyRealServers",
+    "totalRealServers",
+    "readyOfTotal",
+    "conditions",
+)
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def order_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Who came first: creationTimestamp (RFC 3339, sortable as text), then namespace/name."""
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or "~"), *key_of(obj))
+
+
+def claims(vs: VirtualServer) -> list[Claim]:
+    vip = str(ipaddress.ip_address(vs.spec.vip))
+    return [(vip, p.port, str(p.protocol)) for p in vs.spec.ports]
+
+
+def format_claim(claim: Claim) -> str:
+    vip, port, proto = claim
+    host = f"[{vip}]" if ":" in vip else vip
+    return f"{host}:{port}/{proto}"
+
+
+def vip_message(vip: str, ranges: Sequence[IPNetwork]) -> str | None:
+    """None when the VIP is allowed, else why not and how to allow it."""
+    address = parse_ip(vip)
+    if address is not None and in_ranges(address, ranges):
+        return None
+    if not ranges:
+        example = "192.0.2.0/24" if address is None or address.version == 4 else "2001:db8::/64"
+        return (
+            f"VIP {vip} is refused: the controller allows no VIPs yet; start it with "
+            f"--vip-ranges (env LVS_VIP_RANGES) listing CIDRs that contain it, "
+            f"e.g. --vip-ranges={example}"
+        )
+    listed = ", ".join(str(r) for r in ranges)
+    return (
+        f"VIP {vip} is outside the allowed ranges ({listed}): use a VIP inside them, or add "
+        f"a range that contains it to the controller's --vip-ranges (env LVS_VIP_RANGES)"
+    )
+
+
+@dataclass(frozen=True)
+class VSDecision:
+    """Whether a VirtualServer is accepted (programmable) and, if not, why."""
+
+    key: Key
+    raw: Mapping[str, Any]
+    vs: VirtualServer | None
+    reason: str
+    message: str = ""
+    group: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason == ACCEPTED
+
+    @property
+    def generation(self) -> int:
+        return int((self.raw.get("metadata") or {}).get("generation") or 0)
+
+    @property
+    def pool_key(self) -> Key | None:
+        return None if self.vs is None else (self.vs.namespace, self.vs.spec.pool_name)
+
+
+def evaluate(
+    objects: Iterable[Mapping[str, Any]],
+    pools: Iterable[Key],
+    ranges: Sequence[IPNetwork],
+) -> dict[Key, VSDecision]:
+    """Decide every VirtualServer (objects being deleted are left out)."""
+    existing_pools = set(pools)
+    decisions: dict[Key, VSDecision] = {}
+    candidates: list[tuple[Mapping[str, Any], VirtualServer]] = []
+    for raw in objects:
+        key = key_of(raw)
+        if (raw.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        try:
+            vs = VirtualServer.from_object(raw)
+        except ValidationError as exc:
+            decisions[key] = VSDecision(key, raw, None, INVALID, str(exc))
+            continue
+        problem = vip_message(vs.spec.vip, ranges)
+        if problem is not None:
+            decisions[key] = VSDecision(key, raw, vs, VIP_NOT_ALLOWED, problem)
+            continue
+        candidates.append((raw, vs))
+
+    owners: dict[Claim, Key] = {}
+    for raw, vs in sorted(candidates, key=lambda rv: order_key(rv[0])):
+        key = key_of(raw)
+        mine = claims(vs)
+        taken = [(cl, owners[cl]) for cl in mine if cl in owners]
+        if taken:
+            cl, winner = taken[0]
+            decisions[key] = VSDecision(
+                key,
+                raw,
+                vs,
+                CONFLICT,
+                f"{format_claim(cl)} is already served by VirtualServer {winner[0]}/{winner[1]} "
+                f"(created earlier); change spec.vip or the port, or delete the other one",
+            )
+            continue
+        for cl in mine:
+            owners[cl] = key
+        if (vs.namespace, vs.spec.pool_name) not in existing_pools:
+            decisions[key] = VSDecision(
+                key,
+                raw,
+                vs,
+                POOL_NOT_FOUND,
+                f"RealServerPool {vs.namespace}/{vs.spec.pool_name} does not exist: create it "
+                f"or fix spec.poolRef.name",
+            )
+            continue
+        decisions[key] = VSDecision(
+            key, raw, vs, ACCEPTED, group=group_name(vs.spec.directors.node_selector)
+        )
+    return decisions
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DirectorView:
+    """A director group as the controller sees it: the Lease holder (while the Lease is
+    valid), what it says it programmed, and the nodes whose agent pod is ready."""
+
+    group: str
+    active: str | None = None
+    programmed: Mapping[str, int] = field(default_factory=dict)
+    ready_nodes: tuple[str, ...] = ()
+
+
+def directors_list(view: DirectorView) -> list[dict[str, str]]:
+    nodes = sorted(set(view.ready_nodes) | ({view.active} if view.active else set()))
+    return [{"node": n, "role": "active" if n == view.active else "standby"} for n in nodes]
+
+
+def _selector_text(decision: VSDecision) -> str:
+    if decision.vs is None:
+        return ""
+    return ",".join(f"{k}={v}" for k, v in sorted(decision.vs.spec.directors.node_selector.items()))
+
+
+def vs_conditions(
+    decision: VSDecision, pool: PoolOutcome | None, view: DirectorView | None, namespace: str
+) -> tuple[c.Condition, ...]:
+    """Ready, Programmed and Degraded (without times) of one VirtualServer."""
+    if not decision.accepted:
+        return (
+            c.condition(c.READY, False, decision.reason, decision.message),
+            c.condition(c.PROGRAMMED, False, decision.reason, decision.message),
+            c.condition(c.DEGRADED, False, decision.reason, "not programmed: " + decision.reason),
+        )
+    group = decision.group or ""
+    view = view or DirectorView(group)
+    gen = decision.generation
+    ns, name = decision.key
+    if view.active is None:
+        programmed = c.condition(
+            c.PROGRAMMED,
+            False,
+            NO_ACTIVE_DIRECTOR,
+            f"no director holds Lease {namespace}/{lease_name(group)}: no agent of DaemonSet "
+            f"{namespace}/lvs-director-{group} is running and elected on a node matching "
+            f"{_selector_text(decision)}",
+        )
+    elif view.programmed.get(f"{ns}/{name}") == gen:
+        programmed = c.condition(
+            c.PROGRAMMED, True, PROGRAMMED, f"programmed by {view.active} at generation {gen}"
+        )
+    else:
+        programmed = c.condition(
+            c.PROGRAMMED,
+            False,
+            PENDING,
+            f"waiting for director {view.active} to program generation {gen}",
+        )
+    ready_n = pool.ready if pool else 0
+    total_n = pool.total if pool else 0
+    pool_name = decision.vs.spec.pool_name if decision.vs else ""
+    if programmed.status != c.TRUE:
+        ready = c.condition(c.READY, False, programmed.reason, programmed.message)
+    elif ready_n == 0:
+        ready = c.condition(
+            c.READY,
+            False,
+            NO_READY_REAL_SERVERS,
+            f"none of the {total_n} real servers of RealServerPool {ns}/{pool_name} is ready",
+        )
+    else:
+        ready = c.condition(
+            c.READY, True, READY, f"{ready_n}/{total_n} real servers ready on {view.active}"
+        )
+    issues: list[tuple[str, str]] = []
+    if 0 < ready_n < total_n:
+        issues.append((REAL_SERVERS_NOT_READY, f"{ready_n} of {total_n} real servers ready"))
+    if len(view.ready_nodes) < 2:
+        issues.append(
+            (
+                NO_STANDBY_DIRECTOR,
+                f"{len(view.ready_nodes)} director agent(s) ready: failover needs at least 2 "
+                f"nodes matching {_selector_text(decision)}",
+            )
+        )
+    if issues:
+        degraded = c.condition(c.DEGRADED, True, issues[0][0], "; ".join(msg for _, msg in issues))
+    else:
+        degraded = c.condition(
+            c.DEGRADED, False, AS_EXPECTED, "all real servers and a standby ready"
+        )
+    return (ready, programmed, degraded)
+
+
+def vs_status(
+    decision: VSDecision,
+    pool: PoolOutcome | None,
+    view: DirectorView | None,
+    namespace: str,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The VirtualServer's whole status (the controller is its only writer)."""
+    gen = decision.generation
+    conds = c.merge_conditions(
+        c.conditions_from(previous), vs_conditions(decision, pool, view, namespace), now, gen
+    )
+    ready_n = pool.ready if pool and decision.accepted else 0
+    total_n = pool.total if pool and decision.accepted else 0
+    status: dict[str, Any] = {"observedGeneration": gen}
+    if decision.accepted and decision.group:
+        status["directorGroup"] = decision.group
+        if view is not None:
+            if view.active:
+                status["activeDirector"] = view.active
+            status["directors"] = directors_list(view)
+    status["readyRealServers"] = ready_n
+    status["totalRealServers"] = total_n
+    status["readyOfTotal"] = f"{ready_n}/{total_n}"
+    status["conditions"] = [cd.to_object() for cd in conds]
+    return status
+
+
+def owned_status(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a status the controller writes (to compare with what it would write)."""
+    return {k: status[k] for k in STATUS_FIELDS if status and k in status}
+
+
+def vs_ref(decision: VSDecision) -> ObjectRef:
+    meta = decision.raw.get("metadata") or {}
+    return ObjectRef(
+        f"{GROUP}/{VERSION}", vsm.KIND, decision.key[0], decision.key[1], str(meta.get("uid", ""))
+    )
+
+
+def vs_events(
+    ref: ObjectRef, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> list[EventSpec]:
+    before = c.conditions_from(previous)
+    after = c.conditions_from(new)
+    events: list[EventSpec] = []
+    b_ready, a_ready = c.find(before, c.READY), c.find(after, c.READY)
+    if a_ready is not None and c.changed(b_ready, a_ready):
+        quiet = a_ready.status == c.TRUE or a_ready.reason == PENDING
+        events.append(
+            EventSpec(ref, c.NORMAL if quiet else c.WARNING, a_ready.reason, a_ready.message)
+        )
+    b_prog, a_prog = c.find(before, c.PROGRAMMED), c.find(after, c.PROGRAMMED)
+    if (
+        a_prog is not None
+        and a_prog.status == c.TRUE
+        and (b_prog is None or b_prog.status != c.TRUE)
+    ):
+        events.append(EventSpec(ref, c.NORMAL, PROGRAMMED, a_prog.message))
+    old_active = (previous or {}).get("activeDirector") or ""
+    new_active = new.get("activeDirector") or ""
+    if old_active != new_active and (old_active or previous):
+        events.append(
+            EventSpec(
+                ref,
+                c.NORMAL if new_active else c.WARNING,
+                "ActiveDirectorChanged",
+                f"active director: {old_active or 'none'} -> {new_active or 'none'}",
+            )
+        )
+    return events
+
+
+# --- kopf wiring ----------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
+    @kopf.index(f"{GROUP}/{VERSION}", vsm.PLURAL, registry=registry, id="lvs_virtualservers")
+    def index_virtualservers(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        import copy
+
+        keep = ("apiVersion", "kind", "metadata", "spec", "status")
+        return {(namespace, name): {k: copy.deepcopy(body[k]) for k in keep if k in body}}
+
+    @kopf.on.event(f"{GROUP}/{VERSION}", vsm.PLURAL, registry=registry, id="virtualserver_event")
+    async def on_virtualserver(**kwargs: Any) -> None:
+        await kick(**kwargs)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from lvs_operator.controller import app
+
+
+def config(*argv: str):
+    return app.config_from_args(app.parser().parse_args(list(argv)))
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("POD_NAMESPACE", "LVS_VIP_RANGES", "LVS_DIRECTOR_IMAGE"):
+        monkeypatch.delenv(var, raising=False)
+    c = config()
+    assert c.namespace == "lvs-system"
+    assert c.vip_ranges == ()
+    assert c.director_service_account == "lvs-director"
+    assert (c.health_port, c.metrics_port) == (9641, 9642)
+    assert c.timings.lease_duration_seconds is None
+    assert c.director_resources["requests"]["cpu"] == "50m"
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    monkeypatch.setenv("LVS_VIP_RANGES", "192.0.2.0/24, 2001:db8::/64")
+    monkeypatch.setenv("LVS_DIRECTOR_IMAGE", "example/lvs:2")
+    monkeypatch.setenv("LVS_LEASE_DURATION_SECONDS", "6")
+    c = config()
+    assert c.namespace == "ops"
+    assert c.vip_ranges == (
+        ipaddress.ip_network("192.0.2.0/24"),
+        ipaddress.ip_network("2001:db8::/64"),
+    )
+    assert c.director_image == "example/lvs:2"
+    assert c.timings.lease_duration_seconds == 6
+
+
+def test_flags() -> None:
+    c = config(
+        "--namespace=x",
+        "--vip-ranges=10.0.0.0/8",
+        '--director-tolerations=[{"operator": "Exists"}]',
+        '--director-resources={"requests": {"cpu": "1"}}',
+        "--retry-period-seconds=2",
+        "--director-health-port=1234",
+    )
+    assert c.namespace == "x"
+    assert c.director_tolerations == ({"operator": "Exists"},)
+    assert c.director_resources == {"requests": {"cpu": "1"}}
+    assert c.timings.retry_period_seconds == 2
+    assert c.health_port == 1234
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--vip-ranges=10.0.0.0/33"], "--vip-ranges"),
+        (["--director-tolerations={}"], "expected a JSON list"),
+        (["--director-tolerations=[1]"], "JSON object"),
+        (["--director-resources=nope"], "not valid JSON"),
+        (["--director-health-port=0"], "not a port number"),
+    ],
+)
+def test_bad_flags_say_why(argv: list[str], message: str) -> None:
+    with pytest.raises(app.ConfigError, match=message):
+        config(*argv)
+
+
+def test_run_refuses_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert app.run(["--vip-ranges=bogus"]) == 2
+    assert "bad VIP range" in capsys.readouterr().err
+
+
+def test_registry_builds() -> None:
+    class Kick:
+        async def kick(self, **_: object) -> None:
+            return None
+
+    from lvs_operator.controller.config import ControllerConfig
+
+    registry = app.build_registry(Kick(), ControllerConfig())
+    assert registry is not None
+    settings = app.build_settings()
+    assert settings.posting.enabled is False and settings.scanning.disabled is True

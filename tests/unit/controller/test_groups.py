@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from lvs_operator.api.directorgroup import daemonset_name, group_name, lease_name
+from lvs_operator.controller import groups as g
+from lvs_operator.controller.config import ControllerConfig
+from lvs_operator.controller.manifests import build_daemonset
+from lvs_operator.controller.virtualservers import evaluate
+
+from . import objects as o
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+CONFIG = ControllerConfig()
+
+
+def test_parse_programmed() -> None:
+    assert g.parse_programmed('{"web/a": 3, "web/b": true, "web/c": "4"}') == {"web/a": 3}
+    assert g.parse_programmed("not json") == {}
+    assert g.parse_programmed("[1]") == {}
+    assert g.parse_programmed(None) == {}
+
+
+def test_lease_active_only_until_expiry() -> None:
+    lease = g.parse_lease(o.lease("l", holder="node-1", duration=15, programmed={"web/a": 1}))
+    assert lease.holder == "node-1" and lease.programmed == {"web/a": 1}
+    assert lease.expires_at() == T0 + timedelta(seconds=15)
+    assert lease.active_holder(T0 + timedelta(seconds=14)) == "node-1"
+    assert lease.active_holder(T0 + timedelta(seconds=15)) is None
+    assert g.parse_lease(o.lease("l", holder="")).active_holder(T0) is None
+    assert g.next_lease_expiry([lease], T0) == T0 + timedelta(seconds=15)
+    assert g.next_lease_expiry([lease], T0 + timedelta(seconds=20)) is None
+
+
+def pod(name: str, node: str, ready: bool = True, group: str = "g1") -> dict:
+    return {
+        "metadata": {"name": name, "labels": {"lvs.io/director-group": group}},
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_director_pods_and_views() -> None:
+    pods = [g.director_pod(pod("a", "n1")), g.director_pod(pod("b", "n2", ready=False))]
+    assert pods[0] == g.DirectorPod("a", "g1", "n1", True)
+    assert g.director_pod({"metadata": {"name": "x"}}) is None
+    leases = {lease_name("g1"): g.parse_lease(o.lease(lease_name("g1"), holder="n1"))}
+    views = g.group_views(["g1", "g2"], leases, [p for p in pods if p], T0)
+    assert views["g1"].active == "n1" and views["g1"].ready_nodes == ("n1",)
+    assert views["g2"].active is None and views["g2"].ready_nodes == ()
+    expired = g.group_views(["g1"], leases, [], T0 + timedelta(minutes=1))
+    assert expired["g1"].active is None and expired["g1"].programmed == {}
+
+
+def test_desired_groups_only_accepted() -> None:
+    objs = [
+        o.vs("a", selector={"role": "lb"}),
+        o.vs("b", vip="192.0.2.11", pool="missing"),
+    ]
+    import ipaddress
+
+    decisions = evaluate(objs, [("web", "web")], [ipaddress.ip_network("192.0.2.0/24")])
+    assert g.desired_groups(decisions.values()) == {group_name({"role": "lb"}): {"role": "lb"}}
+
+
+def test_plan_daemonsets_create_update_noop_delete() -> None:
+    groups = {"g1": {"a": "b"}, "g2": {"c": "d"}}
+    plan = g.plan_daemonsets(groups, {}, CONFIG)
+    assert plan.create_groups == ("g1", "g2") and len(plan.apply) == 2 and plan.delete == ()
+    current = build_daemonset("g1", {"a": "b"}, CONFIG)
+    current["spec"]["revisionHistoryLimit"] = 10  # server defaults do not count
+    changed = build_daemonset("g2", {"c": "old"}, CONFIG)
+    orphan = build_daemonset("g3", {"e": "f"}, CONFIG)
+    existing = {
+        daemonset_name("g1"): current,
+        daemonset_name("g2"): changed,
+        daemonset_name("g3"): orphan,
+    }
+    plan = g.plan_daemonsets(groups, existing, CONFIG)
+    assert plan.create_groups == ()
+    assert [d["metadata"]["name"] for d in plan.apply] == [daemonset_name("g2")]
+    assert plan.delete == (daemonset_name("g3"),)
+    orphan["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    assert g.plan_daemonsets(groups, existing, CONFIG).delete == ()

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from lvs_operator.api.realserverpool import PoolMember, RealServerPool
+from lvs_operator.controller import pools as p
+from lvs_operator.controller.conditions import ObjectRef
+
+from . import objects as o
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+REF = ObjectRef("lvs.io/v1alpha1", "RealServerPool", "web", "web")
+
+
+def parse(obj: dict) -> RealServerPool:
+    return RealServerPool.from_object(obj)
+
+
+def test_parse_weight() -> None:
+    assert p.parse_weight(None, 3) == (3, None)
+    assert p.parse_weight("7", 3) == (7, None)
+    assert p.parse_weight("0", 3) == (0, None)
+    weight, problem = p.parse_weight("heavy", 3)
+    assert weight == 3 and problem and "lvs.io/weight" in problem and "0-65535" in problem
+    assert p.parse_weight("70000", 3)[0] == 3
+
+
+def test_pod_info() -> None:
+    info = p.pod_info(
+        {"metadata": {"labels": {"app": "web"}, "annotations": {"lvs.io/weight": "5"}}}
+    )
+    assert info == p.PodInfo({"app": "web"}, "5")
+    assert p.pod_info({"metadata": {}}) == p.PodInfo({}, None)
+
+
+def test_members_from_slices_with_named_ports_and_states() -> None:
+    pool = parse(o.pool(weight=2))
+    sl = o.endpoint_slice(
+        "web",
+        [
+            o.endpoint("10.0.0.2", "web-b"),
+            o.endpoint("10.0.0.10", "web-c", ready=False, serving=False),
+            o.endpoint("10.0.0.1", "web-a", ready=False, serving=True, terminating=True),
+            o.endpoint("10.0.0.3", "web-d", ready=None),  # unknown: ready
+        ],
+        ports={"http": 8080, "443": 443},
+    )
+    pods = {("web", "web-b"): p.PodInfo({"app": "web"}, "9")}
+    outcome = p.evaluate_pool(pool, [sl], pods)
+    addrs = [m.address for m in outcome.members]
+    assert addrs == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.10"]  # numeric order
+    a, b, d, c = outcome.members
+    assert a.terminating and a.serving and not a.ready
+    assert b == PoolMember(
+        address="10.0.0.2",
+        weight=9,
+        ready=True,
+        serving=True,
+        terminating=False,
+        ports={"http": 8080, "443": 443},
+        pod="web-b",
+        node="node-1",
+        source="pod",
+    )
+    assert c.weight == 2 and not c.ready and not c.serving
+    assert d.ready and d.serving
+    assert (outcome.ready, outcome.total) == (2, 4)
+    (ready,) = outcome.conditions
+    assert (ready.status, ready.reason) == ("True", p.MEMBERS_READY)
+    assert ready.message == "2 of 4 members ready"
+
+
+def test_duplicate_addresses_merge_and_bad_weight_reported() -> None:
+    pool = parse(o.pool())
+    s1 = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-a", ready=False)], {"http": 80})
+    s2 = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-a")], {"metrics": 9090})
+    pods = {("web", "web-a"): p.PodInfo({}, "lots")}
+    outcome = p.evaluate_pool(pool, [s1, s2], pods)
+    (m,) = outcome.members
+    assert m.ready and m.ports == {"http": 80, "metrics": 9090} and m.weight == 1
+    assert outcome.problems and "web/web-a" in outcome.problems[0]
+
+
+def test_match_expressions_filter_on_pod_labels() -> None:
+    pool = parse(
+        o.pool(
+            selector={
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "track", "operator": "NotIn", "values": ["canary"]}],
+            }
+        )
+    )
+    sl = o.endpoint_slice(
+        "web", [o.endpoint("10.0.0.1", "stable"), o.endpoint("10.0.0.2", "canary")]
+    )
+    pods = {
+        ("web", "stable"): p.PodInfo({"app": "web", "track": "stable"}),
+        ("web", "canary"): p.PodInfo({"app": "web", "track": "canary"}),
+    }
+    outcome = p.evaluate_pool(pool, [sl], pods)
+    assert [m.pod for m in outcome.members] == ["stable"]
+
+
+def test_only_match_expressions_is_reported() -> None:
+    pool = parse(o.pool(selector={"matchExpressions": [{"key": "app", "operator": "Exists"}]}))
+    (cond,) = p.evaluate_pool(pool, [], {}).conditions
+    assert (cond.status, cond.reason) == ("False", p.SELECTOR_UNSUPPORTED)
+    assert "matchLabels" in cond.message
+
+
+def test_static_servers_and_empty_pool() -> None:
+    pool = parse(
+        o.pool(
+            servers=[
+                {"address": "198.51.100.2", "port": 8080, "weight": 3},
+                {"address": "198.51.100.1"},
+            ]
+        )
+    )
+    outcome = p.evaluate_pool(pool, [], {})
+    assert [m.to_object() for m in outcome.members] == [
+        {
+            "address": "198.51.100.1",
+            "weight": 1,
+            "ready": True,
+            "serving": True,
+            "terminating": False,
+            "source": "static",
+        },
+        {
+            "address": "198.51.100.2",
+            "weight": 3,
+            "ready": True,
+            "serving": True,
+            "terminating": False,
+            "source": "static",
+            "port": 8080,
+        },
+    ]
+    empty = p.evaluate_pool(parse(o.pool()), [], {})
+    assert empty.total == 0
+    assert (empty.conditions[0].status, empty.conditions[0].reason) == ("False", p.NO_MEMBERS)
+    unready = p.evaluate_pool(
+        parse(o.pool()), [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a", ready=False)])], {}
+    )
+    assert unready.conditions[0].reason == p.NO_READY_MEMBERS
+
+
+def test_pool_status_and_idempotence() -> None:
+    outcome = p.evaluate_pool(
+        parse(o.pool()), [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a")], {"http": 80})], {}
+    )
+    status = p.pool_status(outcome, 3, None, T0)
+    assert status["observedGeneration"] == 3
+    assert status["readyMembers"] == 1 and status["totalMembers"] == 1
+    assert status["readyOfTotal"] == "1/1"
+    assert status["members"][0]["ports"] == [{"name": "http", "port": 80}]
+    assert status["conditions"][0]["lastTransitionTime"] == "2024-01-01T00:00:00Z"
+    later = datetime(2024, 2, 1, tzinfo=UTC)
+    assert p.pool_status(outcome, 3, status, later) == status
+
+
+def test_pool_events() -> None:
+    def status(*members: tuple[str, bool, bool]) -> dict:
+        eps = [o.endpoint(a, a, ready=r, terminating=t) for a, r, t in members]
+        outcome = p.evaluate_pool(parse(o.pool()), [o.endpoint_slice("web", eps)], {})
+        return p.pool_status(outcome, 1, None, T0)
+
+    first = status(("10.0.0.1", True, False))
+    evs = p.pool_events(REF, None, first)
+    assert [(e.type, e.reason) for e in evs] == [("Normal", p.MEMBERS_READY)]
+    second = status(("10.0.0.1", False, True), ("10.0.0.2", True, False))
+    evs = p.pool_events(REF, first, second)
+    assert [e.reason for e in evs] == ["MembersChanged"]
+    assert "added 10.0.0.2" in evs[0].message and "10.0.0.1 terminating" in evs[0].message
+    third = status()
+    evs = p.pool_events(REF, second, third)
+    assert [(e.type, e.reason) for e in evs] == [
+        ("Normal", p.NO_MEMBERS),
+        ("Normal", "MembersChanged"),
+    ]
+    assert "removed 10.0.0.1, 10.0.0.2" in evs[1].message
+    assert p.pool_events(REF, third, third) == []

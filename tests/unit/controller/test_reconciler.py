@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import copy
+import ipaddress
+from datetime import UTC, datetime, timedelta
+
+from lvs_operator.api.directorgroup import GROUP_LABEL, daemonset_name, group_name, lease_name
+from lvs_operator.controller.config import ControllerConfig
+from lvs_operator.controller.groups import DirectorPod
+from lvs_operator.controller.manifests import service_name
+from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.reconciler import Plan, World, plan
+
+from . import objects as o
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+CONFIG = ControllerConfig(vip_ranges=(ipaddress.ip_network("192.0.2.0/24"),))
+GROUP = group_name({"lvs.io/director": "true"})
+
+
+def apply(world: World, p: Plan) -> None:
+    """What the API server would hold after the plan's writes."""
+    services = dict(world.services)
+    for svc in p.services:
+        services[(svc["metadata"]["namespace"], svc["metadata"]["name"])] = copy.deepcopy(svc)
+    world.services = services
+    by_key = {(x["metadata"]["namespace"], x["metadata"]["name"]): x for x in world.pools}
+    for key, status in p.pool_statuses:
+        by_key[key]["status"] = copy.deepcopy(status)
+    vss = {(x["metadata"]["namespace"], x["metadata"]["name"]): x for x in world.virtualservers}
+    for key, group in p.labels:
+        labels = vss[key]["metadata"].setdefault("labels", {})
+        if group is None:
+            labels.pop(GROUP_LABEL, None)
+        else:
+            labels[GROUP_LABEL] = group
+    for key, status in p.vs_statuses:
+        vss[key]["status"] = copy.deepcopy(status)
+    daemonsets = dict(world.daemonsets)
+    for ds in p.daemonsets.apply:
+        daemonsets[ds["metadata"]["name"]] = copy.deepcopy(ds)
+    for name in p.daemonsets.delete:
+        daemonsets.pop(name)
+    world.daemonsets = daemonsets
+
+
+def converge(world: World, now: datetime = T0) -> list[Plan]:
+    plans = []
+    for _ in range(5):
+        p = plan(world, CONFIG, now)
+        plans.append(p)
+        if not p.writes:
+            return plans
+        apply(world, p)
+    raise AssertionError("no convergence")
+
+
+def base_world() -> World:
+    return World(
+        virtualservers=[o.vs("site", ports=[{"port": 80, "targetPort": "http"}])],
+        pools=[o.pool("web")],
+        slices={
+            ("web", service_name("web")): [
+                o.endpoint_slice(
+                    "web",
+                    [o.endpoint("10.0.0.1", "web-1"), o.endpoint("10.0.0.2", "web-2", ready=False)],
+                    {"http": 8080},
+                )
+            ]
+        },
+        pods={("web", "web-1"): PodInfo({"app": "web"}, "5")},
+    )
+
+
+def test_first_pass_writes_everything_then_nothing() -> None:
+    world = base_world()
+    first = plan(world, CONFIG, T0)
+    (svc,) = first.services
+    assert svc["spec"]["ports"][0]["name"] == "http"
+    ((_, pstatus),) = first.pool_statuses
+    assert pstatus["readyOfTotal"] == "1/2"
+    assert pstatus["members"][0]["weight"] == 5
+    assert pstatus["members"][0]["ports"] == [{"name": "http", "port": 8080}]
+    assert [d["metadata"]["name"] for d in first.daemonsets.apply] == [daemonset_name(GROUP)]
+    assert first.labels == [(("web", "site"), GROUP)]
+    ((_, vstatus),) = first.vs_statuses
+    assert vstatus["readyOfTotal"] == "1/2" and vstatus["directorGroup"] == GROUP
+    reasons = {e.reason for e in first.events}
+    assert {"DirectorGroupCreated", "NoActiveDirector", "MembersReady"} <= reasons
+    assert first.pool_namespaces == {"web"}
+    plans = converge(world)
+    assert plans[-1].writes == 0 and plans[-1].events == []
+    # A restarted controller (same world, later clock) writes nothing either.
+    assert plan(world, CONFIG, T0 + timedelta(hours=1)).writes == 0
+
+
+def test_lease_programs_and_expires() -> None:
+    world = base_world()
+    converge(world)
+    renew = "2024-01-01T00:00:00.000000Z"
+    world.leases = {
+        lease_name(GROUP): o.lease(
+            lease_name(GROUP), holder="n1", renew=renew, duration=10, programmed={"web/site": 1}
+        )
+    }
+    world.director_pods = [
+        DirectorPod("d1", GROUP, "n1", True),
+        DirectorPod("d2", GROUP, "n2", True),
+    ]
+    p = plan(world, CONFIG, T0 + timedelta(seconds=1))
+    ((_, status),) = p.vs_statuses
+    assert status["activeDirector"] == "n1"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Programmed"]["status"] == "True" and conds["Ready"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "RealServersNotReady"
+    assert p.wake_at == T0 + timedelta(seconds=10)
+    apply(world, p)
+    later = plan(world, CONFIG, T0 + timedelta(seconds=11))
+    ((_, status),) = later.vs_statuses
+    assert "activeDirector" not in status
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Programmed"] == (
+        "NoActiveDirector"
+    )
+    assert "ActiveDirectorChanged" in {e.reason for e in later.events}
+
+
+def test_conflict_loser_unlabelled_then_takes_over_and_group_goes() -> None:
+    world = base_world()
+    world.virtualservers.append(
+        o.vs("late", namespace="web", created="2024-02-01T00:00:00Z", labels={GROUP_LABEL: "x"})
+    )
+    converge(world)
+    late = next(v for v in world.virtualservers if v["metadata"]["name"] == "late")
+    assert GROUP_LABEL not in late["metadata"]["labels"]
+    assert {c["type"]: c["reason"] for c in late["status"]["conditions"]}["Ready"] == "Conflict"
+    world.virtualservers = [late]
+    converge(world)
+    assert late["metadata"]["labels"][GROUP_LABEL] == GROUP
+    world.virtualservers = []
+    p = plan(world, CONFIG, T0)
+    assert p.daemonsets.delete == (daemonset_name(GROUP),)
+
+
+def test_new_targetport_adds_a_service_port() -> None:
+    world = base_world()
+    converge(world)
+    world.virtualservers.append(
+        o.vs("tls", ports=[{"port": 443, "targetPort": 8443}], created="2024-03-01T00:00:00Z")
+    )
+    p = plan(world, CONFIG, T0)
+    (svc,) = p.services
+    assert [x["name"] for x in svc["spec"]["ports"]] == ["8443", "http"]
+
+
+def test_invalid_pool_gets_a_status() -> None:
+    world = World(pools=[o.pool("bad", selector={"matchLabels": {}})])
+    p = plan(world, CONFIG, T0)
+    ((_, status),) = p.pool_statuses
+    assert status["conditions"][0]["reason"] == "Invalid"
+    assert p.services == []
+
+
+def test_deleting_pool_is_skipped_and_vs_reports_pool_missing() -> None:
+    world = base_world()
+    world.pools[0]["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    p = plan(world, CONFIG, T0)
+    assert p.services == [] and p.pool_statuses == []
+    ((_, status),) = p.vs_statuses
+    assert status["conditions"][0]["reason"] == "PoolNotFound"
+    assert p.labels == []

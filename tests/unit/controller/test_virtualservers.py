@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+
+from lvs_operator.api.directorgroup import group_name
+from lvs_operator.api.realserverpool import RealServerPool
+from lvs_operator.controller import virtualservers as v
+from lvs_operator.controller.pools import PoolOutcome, evaluate_pool
+
+from . import objects as o
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+RANGES = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/64")]
+POOLS = [("web", "web"), ("other", "web")]
+GROUP = group_name({"lvs.io/director": "true"})
+
+
+def decide(*objs: dict, pools=POOLS, ranges=RANGES) -> dict:
+    return v.evaluate(objs, pools, ranges)
+
+
+def test_accepted_gets_group() -> None:
+    (d,) = decide(o.vs("a")).values()
+    assert d.accepted and d.group == GROUP and d.pool_key == ("web", "web")
+
+
+def test_invalid() -> None:
+    bad = o.vs("a")
+    bad["spec"]["ports"] = []
+    (d,) = decide(bad).values()
+    assert d.reason == v.INVALID and "spec.ports" in d.message and d.vs is None
+
+
+def test_vip_not_allowed_messages() -> None:
+    (d,) = decide(o.vs("a", vip="198.51.100.7")).values()
+    assert d.reason == v.VIP_NOT_ALLOWED
+    assert "outside the allowed ranges (192.0.2.0/24, 2001:db8::/64)" in d.message
+    assert "--vip-ranges" in d.message and "LVS_VIP_RANGES" in d.message
+    (d,) = decide(o.vs("a"), ranges=[]).values()
+    assert d.reason == v.VIP_NOT_ALLOWED
+    assert "allows no VIPs" in d.message and "--vip-ranges=192.0.2.0/24" in d.message
+    (d,) = decide(o.vs("a", vip="2001:db9::1"), ranges=[]).values()
+    assert "--vip-ranges=2001:db8::/64" in d.message
+
+
+def test_conflict_across_namespaces_newer_loses_and_takes_over() -> None:
+    old = o.vs("old", namespace="other", created="2024-01-01T00:00:00Z")
+    new = o.vs("new", namespace="web", created="2024-01-02T00:00:00Z")
+    ds = decide(new, old)
+    assert ds[("other", "old")].accepted
+    loser = ds[("web", "new")]
+    assert loser.reason == v.CONFLICT and loser.group is None
+    assert "192.0.2.10:80/TCP" in loser.message and "other/old" in loser.message
+    # The winner goes: the other one takes over.
+    assert decide(new)[("web", "new")].accepted
+
+
+def test_conflict_ties_break_by_name_and_other_ports_or_protocols_do_not_clash() -> None:
+    a = o.vs("a")
+    b = o.vs("b")
+    ds = decide(b, a)
+    assert ds[("web", "a")].accepted and ds[("web", "b")].reason == v.CONFLICT
+    udp = o.vs("c", ports=[{"port": 80, "protocol": "UDP"}])
+    other_port = o.vs("d", ports=[{"port": 443}])
+    ds = decide(a, udp, other_port)
+    assert all(d.accepted for d in ds.values())
+    # IPv6 spelled differently is the same VIP.
+    six1 = o.vs("e", vip="2001:db8::1")
+    six2 = o.vs("f", vip="2001:0db8:0:0::1", created="2024-02-01T00:00:00Z")
+    ds = decide(six1, six2)
+    assert ds[("web", "f")].reason == v.CONFLICT
+    assert "[2001:db8::1]:80/TCP" in ds[("web", "f")].message
+
+
+def test_pool_not_found_still_claims_its_vip() -> None:
+    missing = o.vs("a", pool="nope")
+    newer = o.vs("b", created="2024-02-01T00:00:00Z")
+    ds = decide(missing, newer)
+    assert ds[("web", "a")].reason == v.POOL_NOT_FOUND
+    assert "RealServerPool web/nope does not exist" in ds[("web", "a")].message
+    assert ds[("web", "b")].reason == v.CONFLICT
+
+
+def test_deleting_objects_are_left_out() -> None:
+    gone = o.vs("a")
+    gone["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    assert decide(gone, o.vs("b", created="2024-02-01T00:00:00Z"))[("web", "b")].accepted
+
+
+def outcome(ready: int, total: int) -> PoolOutcome:
+    pool = RealServerPool.from_object(o.pool())
+    eps = [o.endpoint(f"10.0.0.{i + 1}", f"p{i}", ready=i < ready) for i in range(total)]
+    return evaluate_pool(pool, [o.endpoint_slice("web", eps)], {})
+
+
+def conds(decision, pool, view) -> dict:
+    return {c.type: c for c in v.vs_conditions(decision, pool, view, "lvs-system")}
+
+
+def test_conditions_rejected() -> None:
+    (d,) = decide(o.vs("a", pool="nope")).values()
+    cs = conds(d, None, None)
+    assert {t: (c.status, c.reason) for t, c in cs.items()} == {
+        "Ready": ("False", v.POOL_NOT_FOUND),
+        "Programmed": ("False", v.POOL_NOT_FOUND),
+        "Degraded": ("False", v.POOL_NOT_FOUND),
+    }
+
+
+def test_conditions_director_states() -> None:
+    (d,) = decide(o.vs("a", generation=4)).values()
+    none = conds(d, outcome(2, 2), v.DirectorView(GROUP))
+    assert none["Programmed"].reason == v.NO_ACTIVE_DIRECTOR
+    assert "lvs-system/lvs-director-" in none["Programmed"].message
+    assert none["Ready"].reason == v.NO_ACTIVE_DIRECTOR
+    assert (none["Degraded"].status, none["Degraded"].reason) == ("True", v.NO_STANDBY_DIRECTOR)
+
+    pending = v.DirectorView(GROUP, "n1", {"web/a": 3}, ("n1", "n2"))
+    cs = conds(d, outcome(2, 2), pending)
+    assert cs["Programmed"].reason == v.PENDING and "generation 4" in cs["Programmed"].message
+
+    done = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"))
+    cs = conds(d, outcome(2, 2), done)
+    assert (cs["Programmed"].status, cs["Ready"].status) == ("True", "True")
+    assert cs["Ready"].message == "2/2 real servers ready on n1"
+    assert (cs["Degraded"].status, cs["Degraded"].reason) == ("False", v.AS_EXPECTED)
+
+    cs = conds(d, outcome(1, 3), done)
+    assert (cs["Degraded"].status, cs["Degraded"].reason) == ("True", v.REAL_SERVERS_NOT_READY)
+    cs = conds(d, outcome(0, 3), done)
+    assert (cs["Ready"].status, cs["Ready"].reason) == ("False", v.NO_READY_REAL_SERVERS)
+
+
+def test_status_fields_and_idempotence() -> None:
+    (d,) = decide(o.vs("a", generation=2)).values()
+    view = v.DirectorView(GROUP, "n2", {"web/a": 2}, ("n1", "n2"))
+    status = v.vs_status(d, outcome(1, 2), view, "lvs-system", None, T0)
+    assert status["observedGeneration"] == 2
+    assert status["directorGroup"] == GROUP
+    assert status["activeDirector"] == "n2"
+    assert status["directors"] == [
+        {"node": "n1", "role": "standby"},
+        {"node": "n2", "role": "active"},
+    ]
+    assert (status["readyRealServers"], status["totalRealServers"]) == (1, 2)
+    assert status["readyOfTotal"] == "1/2"
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Programmed", "Degraded"]
+    again = v.vs_status(
+        d, outcome(1, 2), view, "lvs-system", status, datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    assert again == status
+    assert v.owned_status({**status, "extra": 1}) == status
+    (r,) = decide(o.vs("a", pool="nope")).values()
+    rejected = v.vs_status(r, None, None, "lvs-system", None, T0)
+    assert "directorGroup" not in rejected and rejected["readyOfTotal"] == "0/0"
+
+
+def test_events() -> None:
+    (d,) = decide(o.vs("a")).values()
+    ref = v.vs_ref(d)
+    first = v.vs_status(d, outcome(1, 1), v.DirectorView(GROUP), "ns", None, T0)
+    evs = v.vs_events(ref, None, first)
+    assert [(e.type, e.reason) for e in evs] == [("Warning", v.NO_ACTIVE_DIRECTOR)]
+    view = v.DirectorView(GROUP, "n1", {"web/a": 1}, ("n1", "n2"))
+    second = v.vs_status(d, outcome(1, 1), view, "ns", first, T0)
+    evs = v.vs_events(ref, first, second)
+    assert [(e.type, e.reason) for e in evs] == [
+        ("Normal", v.READY),
+        ("Normal", v.PROGRAMMED),
+        ("Normal", "ActiveDirectorChanged"),
+    ]
+    assert evs[2].message == "active director: none -> n1"
+    assert v.vs_events(ref, second, second) == []
+    (c,) = decide(o.vs("a", vip="198.51.100.1")).values()
+    evs = v.vs_events(ref, second, v.vs_status(c, None, None, "ns", second, T0))
+    assert ("Warning", v.VIP_NOT_ALLOWED) in [(e.type, e.reason) for e in evs]
