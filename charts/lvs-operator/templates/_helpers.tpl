@@ -1,0 +1,54 @@
+{{/* Names and labels shared by the templates. */}}
+
+{{- define "lvs-operator.commonLabels" -}}
+app.kubernetes.io/part-of: lvs-operator
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+{{- end -}}
+
+{{- define "lvs-operator.labels" -}}
+{{ include "lvs-operator.commonLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lvs-operator.controllerSelector" -}}
+app.kubernetes.io/name: lvs-operator
+app.kubernetes.io/component: controller
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "lvs-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "lvs-operator.directorImage" -}}
+{{- $repo := .Values.director.image.repository | default .Values.image.repository -}}
+{{- $tag := .Values.director.image.tag | default .Values.image.tag | default .Chart.AppVersion -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{/* Checks the JSON schema cannot express; each fails with a message naming the values. */}}
+{{- define "lvs-operator.validate" -}}
+{{- range $i, $r := .Values.vipRanges -}}
+{{- if not (regexMatch "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])|[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$" $r) -}}
+{{- fail (printf "vipRanges[%d] = %q is not a network in CIDR notation: an IPv4 address with a /0-32 prefix (e.g. 192.0.2.0/24) or an IPv6 address with a /0-128 prefix (e.g. 2001:db8::/64)" $i $r) -}}
+{{- end -}}
+{{- end -}}
+{{- $t := .Values.director.timings -}}
+{{- if and $t.leaseDurationSeconds $t.renewDeadlineSeconds -}}
+{{- if ge (int $t.renewDeadlineSeconds) (int $t.leaseDurationSeconds) -}}
+{{- fail (printf "director.timings.renewDeadlineSeconds (%v) must be less than director.timings.leaseDurationSeconds (%v): a director must step down before its Lease can expire" $t.renewDeadlineSeconds $t.leaseDurationSeconds) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $t.renewDeadlineSeconds $t.retryPeriodSeconds -}}
+{{- if ge (int $t.retryPeriodSeconds) (int $t.renewDeadlineSeconds) -}}
+{{- fail (printf "director.timings.retryPeriodSeconds (%v) must be less than director.timings.renewDeadlineSeconds (%v): a director must retry renewing before its deadline" $t.retryPeriodSeconds $t.renewDeadlineSeconds) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int .Values.director.healthPort) (int .Values.director.metricsPort) -}}
+{{- fail (printf "director.healthPort and director.metricsPort must differ (both are %v): the agents serve both on the node's network" .Values.director.healthPort) -}}
+{{- end -}}
+{{- if eq .Values.serviceAccount.name .Values.director.serviceAccount.name -}}
+{{- fail (printf "serviceAccount.name and director.serviceAccount.name must differ (both are %q): the controller and the agents get different permissions" .Values.serviceAccount.name) -}}
+{{- end -}}
+{{- end -}}
