@@ -18,8 +18,8 @@ chart-lint:  ## helm lint --strict the chart (default values and a full example)
 		--set director.timings.leaseDurationSeconds=4 --set director.timings.renewDeadlineSeconds=3 \
 		--set director.timings.retryPeriodSeconds=1 --set metrics.serviceMonitor.enabled=true
 
-manifests:  ## render deploy/lvs-operator.yaml and deploy/argocd/argocd-cm-patch.yaml
+manifests:  ## copy crds/ into the chart; render deploy/lvs-operator.yaml and the Argo CD patch
 	$(PYTHON) hack/ship/render.py
 
-manifests-check:  ## fail when deploy/lvs-operator.yaml or the Argo CD patch is stale
+manifests-check:  ## fail when the chart CRDs, deploy/lvs-operator.yaml or the Argo CD patch are stale
 	$(PYTHON) hack/ship/render.py --check

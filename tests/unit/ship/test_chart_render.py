@@ -1,0 +1,131 @@
+"""What the chart renders: one Recreate controller whose flags the controller itself accepts."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from .support import template
+
+
+def controller(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    return dep
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def parse_controller_args(c: dict[str, Any], namespace: str) -> Any:
+    """Run the controller's own flag parser on the rendered args and env (as the pod would)."""
+    app = pytest.importorskip("lvs_operator.controller.app")
+    args = c["args"]
+    assert args[0] == "controller"
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    env["POD_NAMESPACE"] = namespace
+    argv = [a.replace("$(POD_NAMESPACE)", namespace) for a in args[1:]]
+    with mock.patch.dict(os.environ, env, clear=False):
+        ns = app.parser().parse_args(argv)
+        return app.config_from_args(ns), ns
+
+
+def test_one_recreated_replica(helm: str) -> None:
+    dep = controller(template(helm))
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_controller_runs_as_non_root(helm: str) -> None:
+    docs = template(helm)
+    pod = controller(docs)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    sc = container(docs)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_defaults_are_accepted_by_the_controller(helm: str) -> None:
+    config, ns = parse_controller_args(container(template(helm)), "lvs-system")
+    assert config.namespace == "lvs-system"
+    assert config.vip_ranges == ()
+    assert config.director_image == "lvs-operator:0.1.0"
+    assert config.director_service_account == "lvs-director"
+    assert ns.log_level == "info"
+
+
+def test_values_reach_the_controller(helm: str) -> None:
+    docs = template(
+        helm,
+        [
+            "vipRanges={192.0.2.0/24,2001:db8::/64}",
+            "image.repository=registry.example/lvs-operator",
+            "image.tag=1.2.3",
+            "director.serviceAccount.name=directors",
+            "director.timings.leaseDurationSeconds=4",
+            "director.timings.renewDeadlineSeconds=3",
+            "director.timings.retryPeriodSeconds=1",
+            "director.tolerations[0].key=lvs.io/director",
+            "director.tolerations[0].operator=Exists",
+            "director.tolerations[0].effect=NoSchedule",
+            "director.priorityClassName=system-node-critical",
+            "director.resources.limits.memory=128Mi",
+            "director.healthPort=19641",
+            "director.metricsPort=19642",
+            "logLevel=debug",
+        ],
+        namespace="lb",
+    )
+    c = container(docs)
+    assert c["image"] == "registry.example/lvs-operator:1.2.3"
+    config, ns = parse_controller_args(c, "lb")
+    assert [str(r) for r in config.vip_ranges] == ["192.0.2.0/24", "2001:db8::/64"]
+    assert config.namespace == "lb"
+    assert config.director_image == "registry.example/lvs-operator:1.2.3"
+    assert config.director_service_account == "directors"
+    assert config.timings.lease_duration_seconds == 4
+    assert config.timings.renew_deadline_seconds == 3
+    assert config.timings.retry_period_seconds == 1
+    assert list(config.director_tolerations) == [
+        {"key": "lvs.io/director", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert config.director_priority_class == "system-node-critical"
+    assert config.director_resources["limits"] == {"memory": "128Mi"}
+    assert (config.health_port, config.metrics_port) == (19641, 19642)
+    assert ns.log_level == "debug"
+    sas = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert "directors" in sas
+
+
+def test_probes_use_the_liveness_endpoint(helm: str) -> None:
+    c = container(template(helm, ["controller.healthPort=18080"]))
+    assert "--liveness=http://0.0.0.0:18080/healthz" in c["args"]
+    assert c["ports"] == [{"name": "health", "containerPort": 18080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_director_image_can_differ(helm: str) -> None:
+    c = container(template(helm, ["director.image.repository=other/agent"]))
+    assert "--director-image=other/agent:0.1.0" in c["args"]
+
+
+def test_metrics_service_and_monitor(helm: str) -> None:
+    kinds = {d["kind"] for d in template(helm, ["metrics.serviceMonitor.enabled=true"])}
+    assert {"Service", "ServiceMonitor"} <= kinds
+    kinds = {d["kind"] for d in template(helm, ["metrics.enabled=false"])}
+    assert "Service" not in kinds and "ServiceMonitor" not in kinds
+
+
+def test_metrics_service_selects_the_agents_the_controller_creates(helm: str) -> None:
+    manifests = pytest.importorskip("lvs_operator.controller.manifests")
+    (svc,) = [d for d in template(helm) if d["kind"] == "Service"]
+    pod_labels = manifests.director_labels("g0123456789")
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert port["targetPort"] == manifests.ControllerConfig().metrics_port
