@@ -84,6 +84,33 @@ else
     $SUDO depmod -a "$kver"
 fi
 
+# --- virtiofsd (optional, recommended) ----------------------------------------------------
+# With virtiofsd on its PATH, vng shares the root filesystem over virtio-fs instead of 9p:
+# measured here, the guest boots in ~13 s instead of ~27 s and a Python import of pyroute2 takes
+# ~8 s instead of ~25 s (9p lookups are uncached). Debian 12 does not package the Rust
+# virtiofsd (vng refuses qemu's old C one), so build it from crates.io when cargo exists.
+VFS="$CACHE/virtiofsd"
+if [ -x "$VFS/bin/virtiofsd" ]; then
+    log "ok: virtiofsd ($("$VFS/bin/virtiofsd" --version 2>/dev/null | head -n1))"
+elif command -v cargo >/dev/null 2>&1 && [ "${LVS_VM_NO_VIRTIOFS:-}" != "1" ]; then
+    vfs_deps=()
+    for p in libcap-ng-dev libseccomp-dev pkg-config; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vfs_deps+=("$p")
+    done
+    if [ "${#vfs_deps[@]}" -gt 0 ]; then
+        log "apt-get install ${vfs_deps[*]} (to build virtiofsd)"
+        $SUDO apt-get install -y -qq --no-install-recommends "${vfs_deps[@]}" </dev/null
+    fi
+    log "cargo install virtiofsd (a few minutes, once)"
+    if cargo install --quiet --locked virtiofsd --root "$VFS" </dev/null; then
+        log "ok: virtiofsd built"
+    else
+        log "warning: virtiofsd build failed; the VM will share files over 9p (slower)"
+    fi
+else
+    log "note: no cargo, no virtiofsd: the VM will share files over 9p (slower)"
+fi
+
 # A stable name for the tests (tests/dataplane/vm.py looks here first).
 ln -sfn "$root/boot/vmlinuz-$kver" "$CACHE/vmlinuz"
 echo "$kver" >"$CACHE/kernel-version"

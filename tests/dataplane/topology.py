@@ -17,7 +17,8 @@ masquerade needs either SNAT on the director (what the operator does in Kubernet
 real servers' default route via the director (``route_back_via``).
 
 HTTP servers answer ``GET /`` with their name (plus a newline) over HTTP/1.1 keep-alive,
-headers ``X-Server`` (the name) and ``X-Host`` (the Host header received).
+headers ``X-Server`` (the name), ``X-Host`` (the Host header received) and ``X-Client`` (the
+source address the server saw).
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Server", self.server_name_label)
         self.send_header("X-Host", self.headers.get("Host", ""))
+        self.send_header("X-Client", self.client_address[0])  # shows SNAT at work
         self.end_headers()
         self.wfile.write(body)
 
@@ -331,13 +333,17 @@ class NsHTTPConnection(http.client.HTTPConnection):
                             self._source)  # fmt: skip
 
     def get_name(self, path: str = "/", host_header: str | None = None) -> str:
+        return self.get(path, host_header)[0]
+
+    def get(self, path: str = "/", host_header: str | None = None) -> tuple[str, dict[str, str]]:
+        """(server name, response headers)"""
         headers = {"Host": host_header} if host_header else {}
         self.request("GET", path, headers=headers)
         resp = self.getresponse()
         body = resp.read().decode().strip()
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {body}")
-        return body
+        return body, dict(resp.getheaders())
 
 
 def http_get(ns: str | None, host: str, port: int, timeout: float = 2.0,

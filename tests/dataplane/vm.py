@@ -50,6 +50,7 @@ DEFAULT_PRELOAD = (
     "pyroute2.ipvs",
     "tests.dataplane.topology",
     "lvs_operator.director.ipvs",
+    "tests.dataplane.scenarios_ipvs",
 )
 
 
@@ -216,11 +217,19 @@ class Vm:
         (self.shared / "config.json").write_text(json.dumps(config))
         console = open(self.shared / "console.log", "wb")  # noqa: SIM115
         t0 = time.monotonic()
+        host_env = dict(os.environ)
+        virtiofsd = CACHE / "virtiofsd/bin"
+        if (virtiofsd / "virtiofsd").exists():
+            # vng shares the root filesystem over virtio-fs when it finds virtiofsd (built by
+            # hack/vm/setup.sh), else over 9p, whose uncached lookups make every Python import
+            # in the guest slow.
+            host_env["PATH"] = f"{virtiofsd}:{host_env.get('PATH', '')}"
         self._proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=subprocess.STDOUT,
+            env=host_env,
             cwd=REPO,
             start_new_session=True,  # stop() kills vng and qemu together
         )

@@ -1,0 +1,252 @@
+"""Guest side of test_ipvs_kernel.py: director/ipvs.py against the VM's real IPVS.
+
+Each function runs in the guest's root namespace and drives a director namespace through the
+``netns`` arguments of lvs_operator.director.ipvs, so the netns support is exercised too.
+Functions return plain data; the host-side tests assert on it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.dataplane import topology as t
+
+from lvs_operator.director import ipvs
+from lvs_operator.director.table import (
+    Change,
+    Forwarding,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    Protocol,
+    owned_by_addresses,
+)
+
+V6_VIP = "2001:db8::100"
+
+
+def _ops(changes: list[Change]) -> list[str]:
+    return [str(c) for c in changes]
+
+
+Entry = tuple[IpvsService, list[IpvsDestination]]
+
+
+def _web(scheduler: str = "rr", weights: tuple[int, ...] = (1, 1, 1),
+         persistence: int = 0, netmask: int | None = None) -> Entry:  # fmt: skip
+    topo = t.default_topology()
+    svc = IpvsService(topo.vip, 80, Protocol.TCP, scheduler, persistence_timeout=persistence,
+                      netmask=netmask)  # fmt: skip
+    dests = [
+        IpvsDestination(topo.back[rs], t.HTTP_PORT, weight=w)
+        for rs, w in zip(topo.real_servers, weights, strict=True)
+    ]
+    return svc, dests
+
+
+def table_roundtrip() -> dict[str, Any]:
+    """converge a varied table, read it back, then single edits, each checked for minimal ops.
+    A foreign service (added with ipvsadm on another address) must survive everything."""
+    topo = t.default_topology()
+    t.reset(topo)
+    d = topo.directors[0]
+    out: dict[str, Any] = {"steps": {}}
+    out["sysctls_first"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
+    out["sysctls_again"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
+
+    t.ipvsadm(d, "-A", "-t", "192.0.2.1:80", "-s", "wlc")
+    t.ipvsadm(d, "-a", "-t", "192.0.2.1:80", "-r", "192.0.2.9:80", "-m", "-w", "7")
+
+    web, web_dests = _web()
+    dns = IpvsService(topo.vip, 53, Protocol.UDP, "wrr")
+    sticky = IpvsService(topo.vip, 443, Protocol.TCP, "wlc", persistence_timeout=600, netmask=24)
+    v6 = IpvsService(V6_VIP, 80, Protocol.TCP, "sh", flags=frozenset({"sh-fallback", "sh-port"}),
+                     persistence_timeout=300, netmask=64)  # fmt: skip
+    sctp = IpvsService(topo.vip, 9999, Protocol.SCTP, "mh", flags=frozenset({"mh-port"}))
+    desired = IpvsTable.of([
+        (web, web_dests),
+        (dns, [IpvsDestination(topo.back[rs], 53, weight=i + 1)
+               for i, rs in enumerate(topo.real_servers)]),
+        (sticky, [
+            IpvsDestination("10.20.0.21", 443, forwarding=Forwarding.DIRECT),
+            IpvsDestination("10.20.0.22", 443, forwarding=Forwarding.TUNNEL, weight=3),
+            IpvsDestination("10.20.0.23", 443, upper_threshold=100, lower_threshold=10),
+        ]),
+        (v6, [IpvsDestination("2001:db8::21", 8080), IpvsDestination("2001:db8::22", 8080, 2)]),
+        (sctp, [IpvsDestination("10.20.0.21", 9999)]),
+    ])  # fmt: skip
+    owned = owned_by_addresses([topo.vip, V6_VIP])
+
+    def step(name: str, want: IpvsTable) -> None:
+        t0 = time.monotonic()
+        changes = ipvs.converge(want, owned, netns=d)
+        seconds = time.monotonic() - t0
+        actual = ipvs.read_table(netns=d)
+        out["steps"][name] = {
+            "ops": _ops(changes),
+            "seconds": round(seconds, 3),
+            "equal": actual.only(owned) == want,
+            "foreign_kept": any(k.address == "192.0.2.1" for k in actual),
+            "actual": actual.only(owned).describe(),
+            "again": _ops(ipvs.converge(want, owned, netns=d)),
+        }
+
+    step("initial", desired)
+    out["ipvsadm_initial"] = t.ipvs_list(d)
+    # single edits
+    w2 = IpvsTable.of(
+        [*((e.service, e.destinations) for k, e in desired.items() if k != web.key),
+         _web(weights=(1, 5, 1))]
+    )  # fmt: skip
+    step("weight", w2)
+    step("scheduler", _replace(w2, web.key, _web("wrr", (1, 5, 1))))
+    step("persistence", _replace(w2, web.key, _web("wrr", (1, 5, 1), persistence=120)))
+    step("netmask", _replace(w2, web.key, _web("wrr", (1, 5, 1), persistence=120, netmask=16)))
+    fwd = IpvsTable.of(
+        [(e.service, e.destinations) for k, e in desired.items() if k != dns.key]
+        + [(dns, [IpvsDestination(topo.back[rs], 53, i + 1, Forwarding.DIRECT)
+                  for i, rs in enumerate(topo.real_servers)])]
+    )  # fmt: skip
+    step("forwarding", fwd)
+    fewer = _replace(fwd, web.key, (web, web_dests[:2]))
+    step("remove-dest", fewer)
+    step("remove-services", IpvsTable.of([(web, web_dests[:2])]))
+    step("empty", IpvsTable())
+    out["ipvsadm_final"] = t.ipvs_list(d)
+    t.reset(topo)
+    return out
+
+
+def _replace(table: IpvsTable, key: Any, item: tuple[IpvsService, list[IpvsDestination]]
+             ) -> IpvsTable:  # fmt: skip
+    return IpvsTable.of([*((e.service, e.destinations) for k, e in table.items() if k != key),
+                         item])  # fmt: skip
+
+
+def _setup_masquerade(weights: tuple[int, int, int] = (1, 1, 1), scheduler: str = "rr",
+                      persistence: int = 0, netmask: int | None = None) -> str:  # fmt: skip
+    """dir-a serves the VIP with masquerade + SNAT; real servers route via the router."""
+    topo = t.default_topology()
+    d = topo.directors[0]
+    ipvs.ensure_sysctls(netns=d)
+    t.add_vip(d, topo.vip)
+    desired = IpvsTable.of([_web(scheduler, weights, persistence, netmask)])
+    ipvs.converge(desired, owned_by_addresses([topo.vip]), netns=d)
+    vips, dests = ipvs.masquerade_targets(desired)
+    ipvs.ensure_masquerade_snat(vips, dests, netns=d)
+    return d
+
+
+def traffic_masquerade() -> dict[str, Any]:
+    """rr then wrr through masquerade with the nftables SNAT; without SNAT it must fail."""
+    topo = t.default_topology()
+    t.reset(topo)
+    d = _setup_masquerade()
+    out: dict[str, Any] = {}
+    out["snat_again_changed"] = ipvs.ensure_masquerade_snat(
+        *ipvs.masquerade_targets(ipvs.read_table(netns=d)), netns=d
+    )
+    out["rr"] = t.count_answers(topo.client, topo.vip, 80, n=30)
+    conn = t.NsHTTPConnection(topo.client, topo.vip, 80)
+    out["seen_client"] = conn.get()[1].get("X-Client")
+    conn.close()
+    changes = ipvs.converge(IpvsTable.of([_web("wrr", (1, 2, 3))]),
+                            owned_by_addresses([topo.vip]), netns=d)  # fmt: skip
+    out["wrr_ops"] = _ops(changes)
+    out["wrr"] = t.count_answers(topo.client, topo.vip, 80, n=60)
+    out["nft"] = t.nsexec(d, "nft", "list", "table", "inet", ipvs.NFT_TABLE)
+    out["snat_removed"] = ipvs.remove_masquerade_snat(netns=d)
+    out["without_snat"] = t.count_answers(topo.client, topo.vip, 80, n=3, timeout=1.0)
+    t.reset(topo)
+    return out
+
+
+def traffic_persistence() -> dict[str, Any]:
+    """Persistence keeps a client on one server; a second client address gets its own
+    template; with netmask /24 both addresses share one."""
+    topo = t.default_topology()
+    t.reset(topo)
+    second = "10.10.0.3"
+    t.sh("ip", "-n", topo.client, "addr", "replace", f"{second}/24", "dev", "front")
+    d = _setup_masquerade(persistence=300)
+    out: dict[str, Any] = {}
+    out["first"] = t.count_answers(topo.client, topo.vip, 80, n=12, source=topo.front[topo.client])
+    out["second"] = t.count_answers(topo.client, topo.vip, 80, n=12, source=second)
+    t.nsexec(d, "ipvsadm", "-C")  # drop templates: start over with a /24 netmask
+    ipvs.converge(IpvsTable.of([_web(persistence=300, netmask=24)]),
+                  owned_by_addresses([topo.vip]), netns=d)  # fmt: skip
+    out["masked_first"] = t.count_answers(topo.client, topo.vip, 80, n=6,
+                                          source=topo.front[topo.client])  # fmt: skip
+    out["masked_second"] = t.count_answers(topo.client, topo.vip, 80, n=6, source=second)
+    t.sh("ip", "-n", topo.client, "addr", "del", f"{second}/24", "dev", "front", check=False)
+    t.reset(topo)
+    return out
+
+
+def traffic_quiesce() -> dict[str, Any]:
+    """Weight 0: no new connections to the server, an established one continues; removing the
+    destination (expire_nodest_conn=1) then ends that connection."""
+    topo = t.default_topology()
+    t.reset(topo)
+    d = _setup_masquerade()
+    owned = owned_by_addresses([topo.vip])
+    out: dict[str, Any] = {}
+    kept = t.NsHTTPConnection(topo.client, topo.vip, 80, timeout=2.0)
+    victim = kept.get_name()
+    out["victim"] = victim
+    idx = [topo.rs_name(rs) for rs in topo.real_servers].index(victim)
+    weights = [1, 1, 1]
+    weights[idx] = 0
+    out["quiesce_ops"] = _ops(
+        ipvs.converge(IpvsTable.of([_web(weights=tuple(weights))]), owned, netns=d)
+    )
+    out["new_connections"] = t.count_answers(topo.client, topo.vip, 80, n=20)
+    out["established"] = [kept.get_name() for _ in range(3)]
+    svc, dests = _web()
+    remaining = [x for i, x in enumerate(dests) if i != idx]
+    out["remove_ops"] = _ops(ipvs.converge(IpvsTable.of([(svc, remaining)]), owned, netns=d))
+    try:
+        out["after_removal"] = kept.get_name()
+    except Exception as e:
+        out["after_removal"] = f"error: {type(e).__name__}"
+    kept.close()
+    out["after_removal_new"] = t.count_answers(topo.client, topo.vip, 80, n=10)
+    t.reset(topo)
+    return out
+
+
+def bench_converge(services: int = 100, dests: int = 10) -> dict[str, Any]:
+    """Timing of cold converge, idle converge (read + diff, no change), full read, and one
+    weight change, at ``services`` x ``dests`` in director-b's namespace."""
+    topo = t.default_topology()
+    d = topo.directors[1]
+    t.nsexec(d, "ipvsadm", "-C")
+    desired = IpvsTable.of(
+        (IpvsService(f"10.30.{i // 200}.{i % 200 + 1}", 80, scheduler="wrr"),
+         [IpvsDestination(f"10.40.{j}.{i % 200 + 1}", 8080) for j in range(dests)])
+        for i in range(services)
+    )  # fmt: skip
+    owned = owned_by_addresses(k.address for k in desired)
+    res: dict[str, Any] = {"services": services, "dests": dests}
+    with ipvs.IpvsKernel(d) as k:
+        t0 = time.monotonic()
+        res["cold_changes"] = len(k.converge(desired, owned))
+        res["cold_seconds"] = round(time.monotonic() - t0, 2)
+        t0 = time.monotonic()
+        actual = k.read_table()
+        res["read_seconds"] = round(time.monotonic() - t0, 2)
+        res["equal"] = actual == desired
+        t0 = time.monotonic()
+        res["idle_changes"] = len(k.converge(desired, owned))
+        res["idle_seconds"] = round(time.monotonic() - t0, 2)
+        first = next(iter(desired.values()))
+        one = [first.destinations[0].__class__(first.destinations[0].address, 8080, weight=9),
+               *first.destinations[1:]]  # fmt: skip
+        rest = list(desired.values())[1:]
+        changed = IpvsTable.of([(first.service, one), *((e.service, e.destinations) for e in rest)])
+        t0 = time.monotonic()
+        res["one_change_ops"] = len(k.apply(ipvs.diff(changed, actual, owned)))
+        res["one_change_apply_seconds"] = round(time.monotonic() - t0, 3)
+    t.nsexec(d, "ipvsadm", "-C")
+    return res

@@ -1,0 +1,86 @@
+"""director/ipvs.py on a real IPVS kernel (in the VM): converge, minimal edits, foreign
+services untouched, and real HTTP traffic through masquerade + nftables SNAT."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tests.dataplane.vm import Vm
+
+RS = {"rs1", "rs2", "rs3"}
+
+
+def test_converge_reads_back_and_edits_minimally(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:table_roundtrip")
+    # (ip_forward may be on already: the namespaces are shared by the tier's tests)
+    assert {"net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn"} <= set(out["sysctls_first"])
+    assert out["sysctls_again"] == {}
+    steps = out["steps"]
+    for name, step in steps.items():
+        assert step["equal"], f"{name}: read back differs:\n{step['actual']}"
+        assert step["foreign_kept"], f"{name}: the foreign service was touched"
+        assert step["again"] == [], f"{name}: not idempotent: {step['again']}"
+    initial = steps["initial"]["ops"]
+    assert len(initial) == 5 + 3 + 3 + 3 + 2 + 1  # services + destinations
+    assert steps["weight"]["ops"] == [
+        "edit-dest TCP/10.10.0.100:80 -> 10.20.0.22:8080 masquerade w5"
+    ]
+    assert steps["scheduler"]["ops"] == ["edit-service TCP/10.10.0.100:80 wrr"]
+    assert steps["persistence"]["ops"] == ["edit-service TCP/10.10.0.100:80 wrr persistent 120s/32"]
+    assert steps["netmask"]["ops"] == ["edit-service TCP/10.10.0.100:80 wrr persistent 120s/16"]
+    # (that step also puts the web service back as it started: rr, weights 1)
+    assert [o for o in steps["forwarding"]["ops"] if "UDP" in o] == [
+        f"edit-dest UDP/10.10.0.100:53 -> 10.20.0.{20 + i}:53 direct w{i}" for i in (1, 2, 3)
+    ]
+    assert [o.split()[0] for o in steps["remove-dest"]["ops"]] == ["del-dest"]
+    assert steps["empty"]["ops"][-1].startswith("del-service")
+    assert "192.0.2.1:80" in out["ipvsadm_final"]
+
+
+def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:traffic_masquerade")
+    assert out["snat_again_changed"] is False
+    assert out["rr"] == {"rs1": 10, "rs2": 10, "rs3": 10}, out["nft"]
+    assert out["seen_client"] == "10.20.0.11"  # the director's back address: SNAT at work
+    assert out["wrr_ops"] == [
+        "edit-service TCP/10.10.0.100:80 wrr",
+        "edit-dest TCP/10.10.0.100:80 -> 10.20.0.22:8080 masquerade w2",
+        "edit-dest TCP/10.10.0.100:80 -> 10.20.0.23:8080 masquerade w3",
+    ]
+    assert out["wrr"] == {"rs1": 10, "rs2": 20, "rs3": 30}
+    assert out["snat_removed"] is True
+    # real servers route via the router, not the director: without SNAT nothing comes back
+    assert out["without_snat"] == {"error": 3}
+
+
+def test_persistence_keeps_a_client_on_one_server(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:traffic_persistence")
+    assert len(out["first"]) == 1 and set(out["first"]) <= RS, out
+    assert len(out["second"]) == 1 and set(out["second"]) <= RS, out
+    assert out["first"] != out["second"]  # rr hands the second client's template the next one
+    assert out["masked_first"] == out["masked_second"], out  # one /24: one template
+
+
+def test_quiesced_server_keeps_established_gets_no_new(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:traffic_quiesce")
+    victim = out["victim"]
+    assert out["quiesce_ops"] == [
+        f"edit-dest TCP/10.10.0.100:80 -> 10.20.0.{20 + int(victim[-1])}:8080 masquerade w0"
+    ]
+    assert victim not in out["new_connections"] and "error" not in out["new_connections"]
+    assert sum(out["new_connections"].values()) == 20
+    assert out["established"] == [victim] * 3
+    assert out["remove_ops"][0].startswith("del-dest")
+    assert out["after_removal"].startswith("error")  # expire_nodest_conn=1
+    assert "error" not in out["after_removal_new"]
+
+
+def test_converge_timing(vm: Vm, topology: dict[str, Any]) -> None:
+    n = int(os.environ.get("LVS_BENCH_SERVICES", "100"))
+    out = vm.call(
+        "tests.dataplane.scenarios_ipvs:bench_converge", services=n, dests=10, timeout=1200
+    )
+    print(f"\n[dataplane] converge {n}x10: {out}")
+    assert out["equal"] and out["cold_changes"] == n * 11
+    assert out["idle_changes"] == 0 and out["one_change_ops"] == 1
