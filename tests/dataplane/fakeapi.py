@@ -153,7 +153,9 @@ class FakeApi:
         with self._lock:
             return self._write(resource, obj, create=False)
 
-    def delete(self, obj_or_kind: dict[str, Any] | str, namespace: str = "", name: str = "") -> None:
+    def delete(
+        self, obj_or_kind: dict[str, Any] | str, namespace: str = "", name: str = ""
+    ) -> None:
         if isinstance(obj_or_kind, dict):
             resource = self.resource_of(obj_or_kind)
             namespace = obj_or_kind["metadata"].get("namespace", "")
@@ -233,9 +235,7 @@ class FakeApi:
                 key = self._key(resource, namespace or "", body["metadata"].get("name", ""))
                 if key in self.objects:
                     self.conflicts += 1
-                    return _status(
-                        409, "AlreadyExists", f'{plural} "{key[3]}" already exists'
-                    )
+                    return _status(409, "AlreadyExists", f'{plural} "{key[3]}" already exists')
                 body["metadata"].pop("resourceVersion", None)
                 return _json(self._write(resource, body, create=True), status=201)
         if method == "PUT":
@@ -331,15 +331,13 @@ class FakeApi:
                         await response.write(line.encode())
                 since = max(since, latest)
                 async with self._cond:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._cond.wait(), min(1.0, end - loop.time()))
-                    except TimeoutError:
-                        pass
         except (ConnectionResetError, asyncio.CancelledError):
             return response
         return response
 
-    # -- lifecycle ----------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeApi:
         ready = threading.Event()

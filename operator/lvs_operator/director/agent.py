@@ -35,6 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -366,8 +367,12 @@ class Agent:
         vips: Any,
         lease_api: Any = None,
         metrics: Metrics | None = None,
+        netlink: ThreadPoolExecutor | None = None,
     ) -> None:
         self.cfg = cfg
+        # pyroute2 keeps a socket and an event loop per thread and refuses a running loop:
+        # every kernel and VIP call runs on this one thread (where they were created).
+        self.netlink = netlink or ThreadPoolExecutor(1, thread_name_prefix="netlink")
         self.client = client
         self.kernel = kernel
         self.vipman = vips
@@ -455,6 +460,9 @@ class Agent:
 
     # -- IPVS ----------------------------------------------------------------------------------
 
+    async def _nl(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
+
     def _owned(self) -> Callable[[ServiceKey], bool]:
         return owned_by_addresses(self.known_vips | self.kernel_vips)
 
@@ -467,12 +475,12 @@ class Agent:
                 self._reported.add(key)
                 log.warning(problem.message, extra={"vs": f"{problem.namespace}/{problem.name}"})
         self.known_vips |= set(want.vips)
-        actual, connections = await asyncio.to_thread(self.kernel.read)
+        actual, connections = await self._nl(self.kernel.read)
         table = desired_mod.drain(want, actual, connections)
         changes = diff(table, actual, self._owned())
-        await asyncio.to_thread(self.kernel.prepare, table, self.cfg.masquerade_snat)
+        await self._nl(self.kernel.prepare, table, self.cfg.masquerade_snat)
         if changes:
-            await asyncio.to_thread(self.kernel.apply, changes)
+            await self._nl(self.kernel.apply, changes)
             for change in changes:
                 self.metrics.changes.labels(group=self.cfg.group, op=str(change.op)).inc()
             log.info(
@@ -535,23 +543,27 @@ class Agent:
         from .vip import plan_vips
 
         async with self._vip_lock:
-            wanted = await asyncio.to_thread(self._wanted_vips)
-            present = await asyncio.to_thread(self.vipman.present)
+            wanted = await self._nl(self._wanted_vips)
+            present = await self._nl(self.vipman.present)
             candidates = self.known_vips | self.kernel_vips | set(wanted)
             plan = plan_vips(wanted, present, candidates)
             for vip, ifname in plan.remove.items():
-                await asyncio.to_thread(self.vipman.remove, vip, ifname)
+                await self._nl(self.vipman.remove, vip, ifname)
                 log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
             for vip, ifname in plan.add.items():
-                await asyncio.to_thread(self.vipman.add, vip, ifname)
+                await self._nl(self.vipman.add, vip, ifname)
             self.held = dict(wanted)
             self.metrics.vips.set(len(wanted))
             to_announce = wanted if announce else plan.add
             for vip, ifname in to_announce.items():
-                self._announce(vip, ifname, None if plan.add.get(vip) else 1)
+                link = await self._nl(self.vipman.link_info, ifname)
+                if link is not None:
+                    self._announce(vip, ifname, link, None if plan.add.get(vip) else 1)
 
-    def _announce(self, vip: str, ifname: str, count: int | None) -> None:
-        task = asyncio.create_task(asyncio.to_thread(self.vipman.announce, vip, ifname, count))
+    def _announce(self, vip: str, ifname: str, link: Any, count: int | None) -> None:
+        """Announcements sleep between sends: their own thread, not the netlink one."""
+        send = self.vipman.send_announcements
+        task = asyncio.create_task(asyncio.to_thread(send, vip, ifname, link, count))
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
 
@@ -585,7 +597,7 @@ class Agent:
 
     async def startup(self) -> None:
         """Adopt the kernel, take one election step, drop stale VIPs if not the leader."""
-        actual, _ = await asyncio.to_thread(self.kernel.read)
+        actual, _ = await self._nl(self.kernel.read)
         self.kernel_vips = {k.address for k in actual}
         log.info(
             "kernel read",
@@ -740,18 +752,26 @@ def _default_kernel() -> Kernel:
     return IpvsKernel()
 
 
+def _default_vips(cfg: AgentConfig) -> Any:
+    from .vip import VipManager
+
+    return VipManager(announce_count=cfg.announce_count, announce_interval=cfg.announce_interval)
+
+
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level)
-    from .vip import VipManager
+    netlink = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+    try:
+        kernel = netlink.submit(_default_kernel).result()
+        vips = netlink.submit(_default_vips, cfg).result()
+    except Exception as exc:
+        log.error("cannot open the kernel's IPVS or rtnetlink: %s (the agent needs root or "
+                  "CAP_NET_ADMIN, and the ip_vs module)", exc)  # fmt: skip
+        return 1
 
     async def main() -> int:
-        agent = Agent(
-            cfg,
-            _kube_client(cfg),
-            _default_kernel(),
-            VipManager(announce_count=cfg.announce_count, announce_interval=cfg.announce_interval),
-        )
+        agent = Agent(cfg, _kube_client(cfg), kernel, vips, netlink=netlink)
         return await agent.run()
 
     try:

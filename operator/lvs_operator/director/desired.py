@@ -175,7 +175,7 @@ def drain(
 
     A quiesced destination stays while the kernel has it with connections (so established
     ones finish); it is never added (a member that was never programmed needs no draining).
-    ``connections`` (active + inactive per destination) None means unknown: keep every
+    ``connections`` (active connections per destination) None means unknown: keep every
     quiesced destination the kernel still has."""
     if not desired.quiesced:
         return desired.table

@@ -1,11 +1,12 @@
 """The agent's view of the kernel: ipvs.py plus connection counts and cached preparation.
 
 ``ipvs.IpvsKernel.read_table`` returns the table alone; draining (removing a quiesced
-destination once it has no connections) also needs each destination's active and inactive
-connection counts, which the same destination dump carries. ``IpvsKernel.read`` here does
-that one dump and returns both. ``prepare`` sets the sysctls once and keeps the nftables
-masquerade table in step with the services that use masquerade forwarding (only when the
-set of VIPs / real servers changed, so a steady state runs no ``nft`` at all).
+destination once it has no connections) also needs each destination's active connection
+count, which the same destination dump carries. ``IpvsKernel.read`` here does that one dump
+and returns both. ``prepare`` sets the
+sysctls once and keeps the nftables masquerade table in step with the services that use
+masquerade forwarding (only when the set of VIPs / real servers changed, so a steady state
+runs no ``nft`` at all).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ log = logging.getLogger("lvs_operator.director.kernel")
 
 
 def _connections(nla: Any) -> int:
-    active = nla.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0
-    inactive = nla.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0
-    return int(active) + int(inactive)
+    """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
+    need no draining; with expire_nodest_conn their leftovers are dropped cleanly."""
+    return int(nla.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0)
 
 
 class IpvsKernel:

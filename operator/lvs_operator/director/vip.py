@@ -203,19 +203,32 @@ class VipManager:
         log.info("VIP removed", extra={"vip": vip, "interface": ifname})
         return True
 
-    def announce(self, vip: str, ifname: str, count: int | None = None) -> None:
-        """Send ``count`` announcements, ``announce_interval`` apart (blocking)."""
-        count = self.announce_count if count is None else count
+    def link_info(self, ifname: str) -> tuple[int, str] | None:
+        """(index, MAC) of ``ifname``; None if it has no link-layer address (netlink)."""
         try:
             index = self._index(ifname)
             with self._lock:
                 link = self.ipr.link("get", index=index)[0]
-            mac = str(link.get("address") or "")
         except (LookupError, IndexError) as exc:
-            log.warning("cannot announce %s on %s: %s", vip, ifname, exc)
-            return
+            log.warning("cannot announce on %s: %s", ifname, exc)
+            return None
+        mac = str(link.get("address") or "")
         if not mac or mac == "00:00:00:00:00:00":
-            return  # loopback or a device without link-layer addresses
+            return None  # loopback or a device without link-layer addresses
+        return index, mac
+
+    def announce(self, vip: str, ifname: str, count: int | None = None) -> None:
+        link = self.link_info(ifname)
+        if link is not None:
+            self.send_announcements(vip, ifname, link, count)
+
+    def send_announcements(
+        self, vip: str, ifname: str, link: tuple[int, str], count: int | None = None
+    ) -> None:
+        """Send ``count`` announcements ``announce_interval`` apart (blocking; raw sockets
+        only, no netlink: safe on any thread)."""
+        count = self.announce_count if count is None else count
+        index, mac = link
         for i in range(count):
             try:
                 if ":" in vip:

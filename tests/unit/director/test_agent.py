@@ -60,7 +60,10 @@ class FakeVips:
     def remove(self, vip: str, ifname: str) -> bool:
         return self.addresses.pop(vip, None) is not None
 
-    def announce(self, vip: str, ifname: str, count: int | None = None) -> None:
+    def link_info(self, ifname: str) -> tuple[int, str]:
+        return (2, "02:00:00:00:00:0b")
+
+    def send_announcements(self, vip: str, ifname: str, link: Any, count: int | None) -> None:
         self.announced.append((vip, ifname, count))
 
 

@@ -1,0 +1,152 @@
+"""Host side: real director agents in the VM against the fake API server on the host.
+
+``Lab`` puts the pieces together for test_agent.py and bench/failover.py: the fake API
+(tests/dataplane/fakeapi.py, reached from the VM as 10.0.2.2), uplinks from the director
+namespaces, the VirtualServer/RealServerPool objects the controller would have written
+(labelled with the director group, pool status with members), and ``lvs-operator director``
+processes in lvs-dir-a / lvs-dir-b.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from typing import Any
+
+from tests.dataplane import topology as topo_mod
+from tests.dataplane.fakeapi import FakeApi
+from tests.dataplane.vm import GuestProcess, Vm
+
+GROUP = "gtest"
+NAMESPACE = "lvs-system"
+LEASE = f"lvs-director-{GROUP}"
+APP_NS = "demo"
+SCEN = "tests.dataplane.scenarios_agent"
+NODES = {"lvs-dir-a": "dir-a", "lvs-dir-b": "dir-b"}
+
+
+def pool(name: str = "web", weights: dict[str, int] | None = None,
+         not_ready: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    topo = topo_mod.default_topology()
+    members = []
+    for rs in topo.real_servers:
+        short = topo.rs_name(rs)
+        members.append({
+            "address": topo.back[rs],
+            "weight": (weights or {}).get(short, 1),
+            "ready": short not in not_ready,
+            "serving": short not in not_ready,
+            "terminating": False,
+            "source": "pod",
+            "pod": f"{short}-pod",
+            "node": "worker",
+            "ports": [{"name": "http", "port": topo_mod.HTTP_PORT},
+                      {"name": str(topo_mod.HTTP_PORT), "port": topo_mod.HTTP_PORT}],
+        })  # fmt: skip
+    return {
+        "apiVersion": "lvs.io/v1alpha1",
+        "kind": "RealServerPool",
+        "metadata": {"name": name, "namespace": APP_NS},
+        "spec": {"selector": {"matchLabels": {"app": name}}},
+        "status": {"members": members, "readyMembers": len(members) - len(not_ready),
+                   "totalMembers": len(members)},
+    }  # fmt: skip
+
+
+def virtual_server(name: str, vip: str, port: int, target: int | str | None = "http",
+                   pool_name: str = "web", **spec: Any) -> dict[str, Any]:  # fmt: skip
+    p: dict[str, Any] = {"port": port, "protocol": "TCP"}
+    if target is not None:
+        p["targetPort"] = target
+    body: dict[str, Any] = {"vip": vip, "ports": [p], "poolRef": {"name": pool_name},
+                            "directors": {"nodeSelector": {"lvs.io/director": "true"}}}  # fmt: skip
+    body.update(spec)
+    return {
+        "apiVersion": "lvs.io/v1alpha1",
+        "kind": "VirtualServer",
+        "metadata": {"name": name, "namespace": APP_NS,
+                     "labels": {"lvs.io/director-group": GROUP}},
+        "spec": body,
+    }  # fmt: skip
+
+
+class Lab:
+    def __init__(self, vm: Vm) -> None:
+        self.vm = vm
+        self.api = FakeApi().start()
+        self.kubeconfig = self.api.kubeconfig(vm.shared / "kubeconfig.json")
+        self.api_url = f"http://10.0.2.2:{self.api.port}"
+        self.agents: dict[str, GuestProcess] = {}
+        self.starts: dict[str, float] = {}
+
+    def close(self) -> None:
+        for proc in list(self.agents.values()):
+            proc.kill()
+        self.api.stop()
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.api.apply(copy.deepcopy(obj))
+
+    def lease(self) -> dict[str, Any] | None:
+        return self.api.get("Lease", NAMESPACE, LEASE)
+
+    def holder(self) -> str:
+        lease = self.lease()
+        return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+    def start_agent(self, ns: str, *extra: str) -> GuestProcess:
+        argv = [
+            self.vm_python(), "-m", "lvs_operator.cli", "director",
+            "--node-name", NODES[ns], "--namespace", NAMESPACE, "--group", GROUP,
+            "--kubeconfig", str(self.kubeconfig), *extra,
+        ]  # fmt: skip
+        proc = self.vm.spawn(argv, netns=ns, name=f"agent-{NODES[ns]}",
+                             env={"POD_NAME": f"lvs-director-{NODES[ns]}"})  # fmt: skip
+        self.agents[ns] = proc
+        self.starts[ns] = time.monotonic()
+        return proc
+
+    def stop_agent(self, ns: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        proc = self.agents.pop(ns)
+        proc.signal(sig)
+        return proc.wait(timeout)
+
+    def vm_python(self) -> str:
+        from tests.dataplane.vm import guest_python
+
+        return guest_python()
+
+    def call(self, fn: str, timeout: float = 300, **kwargs: Any) -> Any:
+        return self.vm.call(f"{SCEN}:{fn}", timeout=timeout, **kwargs)
+
+    def leader_ns(self) -> str:
+        holder = self.holder()
+        return next(ns for ns, node in NODES.items() if node == holder)
+
+    def logs(self) -> str:
+        out = []
+        for ns, proc in self.agents.items():
+            out.append(f"--- {ns} ---\n{proc.output()[-6000:]}")
+        return "\n".join(out)
+
+    def start_loop(self, name: str, vip: str, port: int) -> tuple[GuestProcess, str]:
+        out = str(self.vm.shared / f"loop-{name}.json")
+        proc = self.vm.spawn(
+            [self.vm_python(), "-m", SCEN, "loop", "--out", out, "--vip", vip,
+             "--port", str(port)],
+            netns=topo_mod.CLIENT, name=f"loop-{name}",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        started = self.vm.shared / f"loop-{name}.json.started"
+        while not started.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"request loop {name} got no answer:\n{proc.output()}")
+            time.sleep(0.1)
+        time.sleep(1.0)  # a second of steady traffic before the event
+        return proc, out
+
+    def stop_loop(self, proc: GuestProcess, out: str) -> list[tuple[float, str | None]]:
+        proc.signal(signal.SIGTERM)
+        proc.wait(30)
+        return self.call("read_loop", path=out)  # type: ignore[no-any-return]

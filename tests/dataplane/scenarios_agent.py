@@ -1,0 +1,300 @@
+"""Guest side of test_agent.py and bench/failover.py: traffic checks around the real agents.
+
+Runs inside the VM. Functions here are called with ``Vm.call`` (from a warm fork of the guest
+Python) and return JSON-able results; ``python -m tests.dataplane.scenarios_agent loop ...``
+is a request loop run as its own process (``Vm.spawn``) so it spans kills and restarts the
+host performs. Times are the guest's CLOCK_MONOTONIC, shared by every process in the VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.dataplane import topology as t
+
+HEALTH_PORT = 9641
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def setup(api_host: str = "10.0.2.2") -> dict[str, Any]:
+    """Uplinks from the directors to the API server on the host."""
+    topo = t.default_topology()
+    t.reset(topo)
+    out = {}
+    for i, d in enumerate(topo.directors, start=1):
+        out[d] = t.connect_uplink(d, i)
+    return out
+
+
+def realserver(vips: list[str], mode: str, cleanup: bool = False) -> dict[str, Any]:
+    """Run the real `lvs-operator realserver` command in every real-server namespace."""
+    topo = t.default_topology()
+    results = {}
+    for rs in topo.real_servers:
+        argv = ["ip", "netns", "exec", rs, sys.executable, "-m", "lvs_operator.cli",
+                "realserver", "--mode", mode]  # fmt: skip
+        for vip in vips:
+            argv += ["--vip", vip]
+        if cleanup:
+            argv.append("--cleanup")
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        results[rs] = {"rc": r.returncode, "err": r.stderr[-2000:]}
+        results[rs]["addr"] = t.nsexec(rs, "ip", "-br", "addr", check=False)
+    return results
+
+
+def readyz(ns: str, port: int = HEALTH_PORT) -> int | None:
+    try:
+        with t.in_netns(ns):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+    except OSError:
+        return None
+
+
+def metrics(ns: str, port: int = 9642) -> str:
+    with t.in_netns(ns):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def wait_ready(namespaces: list[str], timeout: float = 120) -> dict[str, float]:
+    t0 = now()
+    ready: dict[str, float] = {}
+    while now() - t0 < timeout and len(ready) < len(namespaces):
+        for ns in namespaces:
+            if ns not in ready and readyz(ns) == 200:
+                ready[ns] = round(now() - t0, 2)
+        time.sleep(0.2)
+    return ready
+
+
+def vip_holders(vip: str) -> list[str]:
+    topo = t.default_topology()
+    return [
+        d for d in topo.directors
+        if f" {vip}/" in t.nsexec(d, "ip", "-o", "addr", "show", check=False)
+    ]  # fmt: skip
+
+
+def wait_vip(vip: str, timeout: float = 60, exclude: str | None = None) -> dict[str, Any]:
+    """Until exactly one director, ignoring ``exclude`` (a dead one), holds ``vip``."""
+    t0 = now()
+    holders: list[str] = []
+    while now() - t0 < timeout:
+        holders = [h for h in vip_holders(vip) if h != exclude]
+        if len(holders) == 1:
+            return {"holder": holders[0], "seconds": round(now() - t0, 2)}
+        time.sleep(0.1)
+    return {"holder": None, "holders": holders, "seconds": round(now() - t0, 2)}
+
+
+def ipvs(ns: str) -> str:
+    return t.nsexec(ns, "ipvsadm", "-Ln", check=False)
+
+
+def wait_ipvs(ns: str, needle: str, present: bool = True, timeout: float = 30) -> bool:
+    t0 = now()
+    while now() - t0 < timeout:
+        if (needle in ipvs(ns)) == present:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def count(vip: str, port: int, n: int = 30, source: str | None = None) -> dict[str, int]:
+    return t.count_answers(t.CLIENT, vip, port, n=n, timeout=2.0, deadline=60, source=source)
+
+
+def wait_answers(vip: str, port: int, timeout: float = 60) -> dict[str, Any]:
+    """Until a request through ``vip`` succeeds (the agents converged and the VIP is up)."""
+    t0 = now()
+    last = ""
+    while now() - t0 < timeout:
+        try:
+            name = t.http_get(t.CLIENT, vip, port, timeout=1.0)
+            return {"ok": True, "name": name, "seconds": round(now() - t0, 2)}
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    return {"ok": False, "error": last, "seconds": round(now() - t0, 2)}
+
+
+def api_put(api_url: str, obj: dict[str, Any]) -> None:
+    """Replace an object on the fake API server (no resourceVersion: a test's write)."""
+    meta = obj["metadata"]
+    plural = {"RealServerPool": "realserverpools", "VirtualServer": "virtualservers"}[obj["kind"]]
+    url = f"{api_url}/apis/lvs.io/v1alpha1/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+    req = urllib.request.Request(
+        url, data=json.dumps(obj).encode(), method="PUT",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+
+
+def quiesce(vip: str, port: int, api_url: str, pool: dict[str, Any], leader: str) -> dict[str, Any]:
+    """Hold a keep-alive connection to server X, mark X not ready, check that new connections
+    avoid X while the held one still gets answers from X; then close it and check that X's
+    destination leaves the table. ``pool`` is the pool object to edit (all members ready)."""
+    conn = t.NsHTTPConnection(t.CLIENT, vip, port, timeout=2.0)
+    first = conn.get_name()
+    topo = t.default_topology()
+    address = topo.back[f"lvs-{first}"]
+    edited = json.loads(json.dumps(pool))
+    for m in edited["status"]["members"]:
+        if m["address"] == address:
+            m["ready"] = False
+    api_put(api_url, edited)
+    needle = f"{address}:"
+    t0 = now()
+    weight0 = False
+    while now() - t0 < 30 and not weight0:
+        for line in ipvs(leader).splitlines():
+            if needle in line and line.split()[3] == "0":
+                weight0 = True
+        time.sleep(0.1)
+    quiesce_seconds = round(now() - t0, 2)
+    counts = count(vip, port, n=20)
+    held = [conn.get_name() for _ in range(3)]  # established connection keeps working
+    table_while_held = ipvs(leader)
+    conn.close()
+    removed = wait_ipvs(leader, needle, present=False, timeout=30)
+    api_put(api_url, pool)  # restore
+    back = wait_ipvs(leader, needle, present=True, timeout=30)
+    return {
+        "server": first,
+        "weight0": weight0,
+        "quiesce_seconds": quiesce_seconds,
+        "counts": counts,
+        "held": held,
+        "table_while_held": table_while_held,
+        "removed_after_close": removed,
+        "restored": back,
+    }
+
+
+def signal_process(pid: int, sig: int, link_down: str | None = None) -> float:
+    """Signal ``pid``; with ``link_down``, also take that namespace's front link down (the
+    director node is gone, not just its agent). Returns the guest time of the signal."""
+    at = now()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if link_down:
+        t.sh("ip", "-n", link_down, "link", "set", "front", "down")
+    return at
+
+
+def link_up(ns: str) -> None:
+    t.sh("ip", "-n", ns, "link", "set", "front", "up")
+
+
+def wait_gone(pid: int, timeout: float = 20) -> float | None:
+    t0 = now()
+    while now() - t0 < timeout:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return round(now() - t0, 3)
+        except FileNotFoundError:
+            return round(now() - t0, 3)
+        time.sleep(0.02)
+    return None
+
+
+def wait_vip_dropped(ns: str, vip: str, timeout: float = 60) -> float | None:
+    t0 = now()
+    while now() - t0 < timeout:
+        if f" {vip}/" not in t.nsexec(ns, "ip", "-o", "addr", "show", check=False):
+            return round(now() - t0, 2)
+        time.sleep(0.05)
+    return None
+
+
+# -- the request loop (its own process) ---------------------------------------------------------
+
+
+def analyse(results: list[tuple[float, str | None]], at: float) -> dict[str, Any]:
+    """Around an event at guest time ``at``: failures after it, the first success after it,
+    and the outage (last success before -> first success after)."""
+    before = [r for r in results if r[0] < at]
+    after = [r for r in results if r[0] >= at]
+    last_ok = max((ts for ts, n in before if n), default=None)
+    first_ok = min((ts for ts, n in after if n), default=None)
+    return {
+        "requests": len(results),
+        "failures": sum(1 for _, n in results if n is None),
+        "failures_after": sum(1 for _, n in after if n is None),
+        "first_success_after": None if first_ok is None else round(first_ok - at, 3),
+        "outage": None if first_ok is None or last_ok is None else round(first_ok - last_ok, 3),
+    }
+
+
+def read_loop(path: str) -> list[tuple[float, str | None]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [tuple(x) for x in json.loads(p.read_text())]  # type: ignore[misc]
+
+
+def loop_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--vip", default=t.VIP)
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--timeout", type=float, default=0.5)
+    p.add_argument("--max-seconds", type=float, default=120)
+    a = p.parse_args(argv)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    results: list[tuple[float, str | None]] = []
+    started = Path(a.out + ".started")
+    end = now() + a.max_seconds
+    while not stop and now() < end:
+        ts = now()
+        try:
+            name: str | None = t.http_get(None, a.vip, a.port, timeout=a.timeout)
+        except (OSError, http.client.HTTPException, RuntimeError):
+            name = None
+        results.append((ts, name))
+        if not started.exists() and name:
+            started.write_text(str(ts))
+        time.sleep(a.interval)
+    tmp = Path(a.out + ".tmp")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["loop"]:
+        sys.exit(loop_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} loop --out FILE [--vip V --port P]")

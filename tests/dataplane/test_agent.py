@@ -1,0 +1,189 @@
+"""The real director agents (``lvs-operator director``) in the VM, with real traffic.
+
+Two agents (lvs-dir-a, lvs-dir-b) elect a leader on a Lease of the fake API server on the host
+(tests/dataplane/fakeapi.py: rejects stale resourceVersions with 409 like the real one); both
+program IPVS, the leader holds the VIPs. The tests run in order on one VM boot and share the
+agents; each leaves them running (restarting what it killed).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from tests.dataplane.agents import APP_NS, NODES, Lab, pool, virtual_server
+from tests.dataplane.scenarios_agent import analyse
+from tests.dataplane.vm import Vm
+
+VIP = "10.10.0.100"
+VIP_DR = "10.10.0.101"
+VIP_TUN = "10.10.0.102"
+VIP_STICKY = "10.10.0.103"
+SERVERS = {"rs1", "rs2", "rs3"}
+OTHER = {"lvs-dir-a": "lvs-dir-b", "lvs-dir-b": "lvs-dir-a"}
+
+
+@pytest.fixture(scope="module")
+def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
+    lab = Lab(vm)
+    lab.call("setup")
+    lab.apply(pool("web"))
+    lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="rr"))
+    lab.start_agent("lvs-dir-a")
+    lab.start_agent("lvs-dir-b")
+    ready = lab.call("wait_ready", namespaces=list(NODES), timeout=240)
+    assert len(ready) == 2, f"agents not ready: {ready}\n{lab.logs()}"
+    try:
+        yield lab
+    finally:
+        print(lab.logs()[-4000:])
+        lab.close()
+
+
+def wait_answers(lab: Lab, vip: str, port: int) -> None:
+    res = lab.call("wait_answers", vip=vip, port=port, timeout=90)
+    assert res["ok"], f"{res}\n{lab.logs()}"
+
+
+def test_one_leader_holds_the_vip_and_both_program_ipvs(lab: Lab) -> None:
+    res = lab.call("wait_vip", vip=VIP, timeout=60)
+    assert res["holder"] is not None, f"{res}\n{lab.logs()}"
+    assert res["holder"] == lab.leader_ns()
+    for ns in NODES:
+        assert lab.call("wait_ipvs", ns=ns, needle=f"{VIP}:80 rr", timeout=60), lab.call(
+            "ipvs", ns=ns
+        )
+    lease = lab.lease()
+    assert lease is not None
+    programmed = json.loads(lease["metadata"]["annotations"]["lvs.io/programmed"])
+    assert programmed == {f"{APP_NS}/web-nat": 1}
+    metrics = lab.call("metrics", ns=res["holder"])
+    assert 'lvs_director_leader{group="gtest"} 1.0' in metrics
+    assert lab.api.conflicts >= 0  # the emulator answers 409s; counted for the report
+
+
+def test_round_robin_masquerade(lab: Lab) -> None:
+    wait_answers(lab, VIP, 80)
+    counts = lab.call("count", vip=VIP, port=80, n=30)
+    assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=lab.leader_ns())
+
+
+def test_weighted_round_robin(lab: Lab) -> None:
+    lab.apply(pool("web", weights={"rs1": 3}))
+    lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="wrr"))
+    leader = lab.leader_ns()
+    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 wrr", timeout=60)
+    assert lab.call("wait_ipvs", ns=leader, needle="10.20.0.21:8080        Masq    3", timeout=60)
+    counts = lab.call("count", vip=VIP, port=80, n=50)
+    assert counts == {"rs1": 30, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=leader)
+    lab.apply(pool("web"))
+    lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="rr"))
+    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 rr", timeout=60)
+
+
+def test_persistence_keeps_a_client_on_one_server(lab: Lab) -> None:
+    lab.apply(virtual_server("web-sticky", VIP_STICKY, 80, "http", scheduler="rr",
+                             persistence={"timeoutSeconds": 60}))  # fmt: skip
+    wait_answers(lab, VIP_STICKY, 80)
+    counts = lab.call("count", vip=VIP_STICKY, port=80, n=12)
+    assert len(counts) == 1 and set(counts) <= SERVERS, counts
+    assert "persistent 60" in lab.call("ipvs", ns=lab.leader_ns())
+
+
+def test_quiesced_server_gets_no_new_connections_established_one_continues(lab: Lab) -> None:
+    lab.apply(pool("web"))
+    res = lab.call("quiesce", vip=VIP, port=80, api_url=lab.api_url, pool=pool("web"),
+                   leader=lab.leader_ns(), timeout=240)  # fmt: skip
+    assert res["weight0"], res
+    assert res["server"] not in res["counts"], res
+    assert sum(res["counts"].values()) == 20 and "error" not in res["counts"], res
+    assert res["held"] == [res["server"]] * 3, res
+    assert res["removed_after_close"], res
+    assert res["restored"], res
+
+
+def test_direct_routing(lab: Lab) -> None:
+    out = lab.call("realserver", vips=[VIP_DR], mode="direct")
+    assert all(r["rc"] == 0 for r in out.values()), out
+    lab.apply(virtual_server("web-dr", VIP_DR, 8080, None, scheduler="rr", forwarding="direct"))
+    wait_answers(lab, VIP_DR, 8080)
+    counts = lab.call("count", vip=VIP_DR, port=8080, n=30)
+    assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=lab.leader_ns())
+    assert "Route" in lab.call("ipvs", ns=lab.leader_ns())
+
+
+def test_tunnel(lab: Lab) -> None:
+    out = lab.call("realserver", vips=[VIP_TUN], mode="tunnel")
+    assert all(r["rc"] == 0 for r in out.values()), out
+    # idempotent: a second run changes nothing and succeeds
+    again = lab.call("realserver", vips=[VIP_TUN], mode="tunnel")
+    assert all(r["rc"] == 0 for r in again.values()), again
+    lab.apply(virtual_server("web-tun", VIP_TUN, 8080, None, scheduler="rr", forwarding="tunnel"))
+    wait_answers(lab, VIP_TUN, 8080)
+    counts = lab.call("count", vip=VIP_TUN, port=8080, n=30)
+    assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=lab.leader_ns())
+    assert "Tunnel" in lab.call("ipvs", ns=lab.leader_ns())
+
+
+def test_failover_when_the_active_director_dies(lab: Lab) -> None:
+    old = lab.leader_ns()
+    new = OTHER[old]
+    loop, out = lab.start_loop("failover", VIP, 80)
+    proc = lab.agents.pop(old)
+    at = lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGKILL), link_down=old)
+    res = lab.call("wait_vip", vip=VIP, timeout=60, exclude=old)
+    time.sleep(2)
+    results = lab.stop_loop(loop, out)
+    stats = analyse(results, at)
+    print(f"\n[dataplane] crash failover: {stats}")
+    assert res["holder"] == new, res
+    assert lab.holder() == NODES[new]
+    assert stats["first_success_after"] is not None, stats
+    assert stats["first_success_after"] < 10, stats
+    # the dead director comes back: its restarted agent drops the stale VIP at once
+    lab.call("link_up", ns=old)
+    lab.start_agent(old)
+    dropped = lab.call("wait_vip_dropped", ns=old, vip=VIP, timeout=120)
+    assert dropped is not None, lab.logs()
+    print(f"[dataplane] restarted agent dropped the stale VIP {dropped}s after spawn")
+    assert lab.call("wait_ready", namespaces=[old], timeout=120)
+    assert lab.call("vip_holders", vip=VIP) == [new]
+
+
+def test_planned_handover_on_sigterm(lab: Lab) -> None:
+    old = lab.leader_ns()
+    new = OTHER[old]
+    loop, out = lab.start_loop("handover", VIP, 80)
+    proc = lab.agents.pop(old)
+    at = lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGTERM))
+    assert proc.wait(30) == 0, proc.output()[-3000:]
+    res = lab.call("wait_vip", vip=VIP, timeout=30, exclude=old)
+    time.sleep(2)
+    results = lab.stop_loop(loop, out)
+    stats = analyse(results, at)
+    print(f"\n[dataplane] planned handover: {stats}")
+    assert res["holder"] == new
+    assert lab.holder() == NODES[new]
+    assert stats["first_success_after"] is not None and stats["first_success_after"] < 5, stats
+    lab.start_agent(old)
+    assert lab.call("wait_ready", namespaces=[old], timeout=120)
+
+
+@pytest.mark.parametrize("role", ["leader", "standby"])
+def test_agent_restart_with_zero_failed_requests(lab: Lab, role: str) -> None:
+    leader = lab.leader_ns()
+    ns = leader if role == "leader" else OTHER[leader]
+    loop, out = lab.start_loop(f"restart-{role}", VIP, 80)
+    proc = lab.agents.pop(ns)
+    at = lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGKILL))
+    lab.start_agent(ns)
+    assert lab.call("wait_ready", namespaces=[ns], timeout=120)
+    time.sleep(3)
+    results = lab.stop_loop(loop, out)
+    stats = analyse(results, at)
+    print(f"\n[dataplane] {role} agent restart: {stats}")
+    assert stats["failures"] == 0, stats
+    assert len(lab.call("vip_holders", vip=VIP)) == 1
