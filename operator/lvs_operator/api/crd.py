@@ -166,6 +166,8 @@ def virtualserver_spec_schema() -> Schema:
                 "x-kubernetes-int-or-string": True,
                 "description": "Port on the real servers: a number, or a named container "
                 "port resolved per pod. Defaults to port.",
+                # Bounds the CEL cost estimate (a port name has at most 15 characters).
+                "maxLength": 15,
                 "x-kubernetes-validations": [
                     _rule(
                         "type(self) == int ? (self >= 1 && self <= 65535) : "

@@ -24,7 +24,7 @@ from lvs_operator.api.directorgroup import (
 
 from .conditions import parse_timestamp
 from .config import ControllerConfig
-from .manifests import DIRECTOR_COMPONENT, build_daemonset, is_subset
+from .manifests import DIRECTOR_COMPONENT, build_daemonset, carries
 from .virtualservers import DirectorView, VSDecision
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def plan_daemonsets(
         if current is None:
             created.append(group)
             apply.append(desired)
-        elif not is_subset(desired, current):
+        elif not carries(desired, current):
             apply.append(desired)
     wanted = {daemonset_name(g) for g in groups}
     delete = tuple(

@@ -147,7 +147,6 @@ def build_service(pool: RealServerPool, ports: Sequence[ServicePort]) -> dict[st
     spec: dict[str, Any] = {
         "clusterIP": "None",
         "selector": dict(selector.match_labels),
-        "publishNotReadyAddresses": False,
     }
     if ports:
         spec["ports"] = [p.to_object() for p in ports]
@@ -301,3 +300,11 @@ def is_subset(desired: Any, current: Any) -> bool:
     ):
         return False
     return bool(desired == current)
+
+
+def carries(desired: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    """Whether an existing object already has the metadata and spec a builder wants
+    (apiVersion/kind are not compared: watch caches may leave them out)."""
+    if current is None:
+        return False
+    return is_subset({k: v for k, v in desired.items() if k in ("metadata", "spec")}, current)

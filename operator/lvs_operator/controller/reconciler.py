@@ -57,7 +57,7 @@ from .manifests import (
     DIRECTOR_COMPONENT,
     FIELD_MANAGER,
     build_service,
-    is_subset,
+    carries,
     service_name,
     service_ports,
 )
@@ -130,6 +130,15 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
+def _rv(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("resourceVersion") or "")
+
+
+def _key(obj: Mapping[str, Any]) -> Key:
+    meta = _meta(obj)
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
 def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     """Everything to write so the cluster matches the VirtualServers and pools."""
     out = Plan()
@@ -164,7 +173,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             svc_key = (pool.namespace, service_name(pool.name))
             desired = build_service(pool, service_ports(ports.get(key, [])))
             current = world.services.get(svc_key)
-            if desired is not None and (current is None or not is_subset(desired, current)):
+            if desired is not None and not carries(desired, current):
                 out.services.append(desired)
             slices = world.slices.get(svc_key, []) if desired is not None else []
             outcome = evaluate_pool(pool, slices, world.pods)
@@ -244,6 +253,10 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._pool_namespaces: set[str] | None = None
         self._warned: set[str] = set()
+        # Read-your-writes: what a write returned, until the watch delivers that version
+        # (kind, key) -> (resourceVersion seen before the write, object the write returned).
+        self._overlay: dict[tuple[str, Any], tuple[str, dict[str, Any]]] = {}
+        self._world = World()
         self.passes = 0
         self.writes = 0
         owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
@@ -283,16 +296,55 @@ class Reconciler:
         slices: dict[Key, list[Mapping[str, Any]]] = {}
         for k, store in (idx.get("lvs_slices") or {}).items():
             slices[k] = list(store)
-        return World(
-            virtualservers=values("lvs_virtualservers"),
-            pools=values("lvs_pools"),
+        world = World(
+            virtualservers=self._overlay_list("vs", values("lvs_virtualservers")),
+            pools=self._overlay_list("pool", values("lvs_pools")),
             slices=slices,
-            services=firsts("lvs_services"),
+            services=self._overlay_map("service", firsts("lvs_services")),
             pods=firsts("lvs_pods"),
             director_pods=values("lvs_director_pods"),
             leases=dict(self.leases.store),
-            daemonsets=dict(self.daemonsets.store),
+            daemonsets=self._overlay_map("daemonset", dict(self.daemonsets.store)),
         )
+        self._world = world
+        return world
+
+    def _overlaid(self, kind: str, key: Any, current: Any) -> Any:
+        entry = self._overlay.get((kind, key))
+        if entry is None:
+            return current
+        before, written = entry
+        if (current is None and not before) or (current is not None and _rv(current) == before):
+            return written  # the watch has not delivered our write yet
+        del self._overlay[(kind, key)]
+        return current
+
+    def _overlay_list(self, kind: str, objs: list[Any]) -> list[Any]:
+        present = {_key(o) for o in objs}
+        for kind_key in [k for k in self._overlay if k[0] == kind and k[1] not in present]:
+            del self._overlay[kind_key]  # deleted meanwhile
+        out = [self._overlaid(kind, _key(o), o) for o in objs]
+        return [o for o in out if o is not None]
+
+    def _overlay_map(self, kind: str, objs: dict[Any, Any]) -> dict[Any, Any]:
+        keys = set(objs) | {k for (kd, k) in self._overlay if kd == kind}
+        out = {k: self._overlaid(kind, k, objs.get(k)) for k in keys}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _remember(self, kind: str, key: Any, before: Any, returned: Any) -> None:
+        """Record what a write returned, unless it changed nothing."""
+        obj = returned.to_dict() if hasattr(returned, "to_dict") else dict(returned)
+        prior = self._overlay.get((kind, key))
+        before_rv = prior[0] if prior else ("" if before is None else _rv(before))
+        if prior is None and before is not None and _rv(obj) == before_rv:
+            return  # a no-op write
+        self._overlay[(kind, key)] = (before_rv, obj)
+
+    def _current_vs(self, key: Key) -> Any:
+        return next((o for o in self._world.virtualservers if _key(o) == key), None)
+
+    def _current_pool(self, key: Key) -> Any:
+        return next((o for o in self._world.pools if _key(o) == key), None)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -383,7 +435,8 @@ class Reconciler:
 
     async def _apply_service(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        await self.client.patch(
+        key = (meta["namespace"], meta["name"])
+        returned = await self.client.patch(
             Service,
             meta["name"],
             body,
@@ -392,11 +445,12 @@ class Reconciler:
             field_manager=FIELD_MANAGER,
             force=True,
         )
+        self._remember("service", key, self._world.services.get(key), returned)
         log.info("applied Service %s/%s", meta["namespace"], meta["name"])
 
     async def _apply_daemonset(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        await self.client.patch(
+        returned = await self.client.patch(
             DaemonSet,
             meta["name"],
             body,
@@ -405,7 +459,9 @@ class Reconciler:
             field_manager=FIELD_MANAGER,
             force=True,
         )
-        log.info("applied DaemonSet %s/%s", meta["namespace"], meta["name"])
+        name = meta["name"]
+        self._remember("daemonset", name, self._world.daemonsets.get(name), returned)
+        log.info("applied DaemonSet %s/%s", meta["namespace"], name)
 
     async def _delete_daemonset(self, name: str) -> None:
         await self.client.delete(DaemonSet, name, namespace=self.config.namespace)
@@ -417,13 +473,14 @@ class Reconciler:
 
     async def _label(self, item: tuple[Key, str | None]) -> None:
         (ns, name), group = item
-        await self.client.patch(
+        returned = await self.client.patch(
             VirtualServerResource,
             name,
             {"metadata": {"labels": {GROUP_LABEL: group}}},
             namespace=ns,
             patch_type=PatchType.MERGE,
         )
+        self._remember("vs", (ns, name), self._current_vs((ns, name)), returned)
         if group:
             log.info("VirtualServer %s/%s: labelled %s=%s", ns, name, GROUP_LABEL, group)
         else:
@@ -431,7 +488,7 @@ class Reconciler:
 
     async def _apply_status(
         self, resource: Any, kind: str, key: Key, status: dict[str, Any]
-    ) -> None:
+    ) -> Any:
         ns, name = key
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -439,7 +496,7 @@ class Reconciler:
             "metadata": {"name": name, "namespace": ns},
             "status": status,
         }
-        await self.client.patch(
+        return await self.client.patch(
             resource.Status,
             name,
             body,
@@ -448,13 +505,14 @@ class Reconciler:
             field_manager=FIELD_MANAGER,
             force=True,
         )
-        log.debug("%s %s/%s: status written", kind, ns, name)
 
     async def _apply_pool_status(self, item: tuple[Key, dict[str, Any]]) -> None:
-        await self._apply_status(RealServerPoolResource, rsp.KIND, *item)
+        returned = await self._apply_status(RealServerPoolResource, rsp.KIND, *item)
+        self._remember("pool", item[0], self._current_pool(item[0]), returned)
 
     async def _apply_vs_status(self, item: tuple[Key, dict[str, Any]]) -> None:
-        await self._apply_status(VirtualServerResource, vsm.KIND, *item)
+        returned = await self._apply_status(VirtualServerResource, vsm.KIND, *item)
+        self._remember("vs", item[0], self._current_vs(item[0]), returned)
 
     async def _post_event(self, spec: EventSpec, now: datetime) -> None:
         log.info("%s %s: %s: %s", spec.ref.kind, spec.ref.key, spec.reason, spec.message)

@@ -8,6 +8,7 @@ from lvs_operator.controller.manifests import (
     ServicePort,
     build_daemonset,
     build_service,
+    carries,
     is_subset,
     label_value,
     service_name,
@@ -157,3 +158,14 @@ def test_is_subset() -> None:
     assert not is_subset(True, 1)
     assert is_subset(1, 1.0)
     assert not is_subset({"a": {"b": "c"}}, {"a": "c"})
+
+
+def test_carries_ignores_api_version_and_kind() -> None:
+    pool = RealServerPool.from_object(o.pool())
+    desired = build_service(pool, ())
+    assert desired is not None
+    current = {"metadata": dict(desired["metadata"]), "spec": {**desired["spec"], "type": "X"}}
+    assert carries(desired, current)
+    assert not carries(desired, None)
+    current["spec"]["selector"] = {"app": "other"}
+    assert not carries(desired, current)
