@@ -199,6 +199,8 @@ def setup_logging(level: str) -> None:
     # kopf is chatty at INFO about every watch stream.
     if level != "debug":
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def build_settings() -> Any:

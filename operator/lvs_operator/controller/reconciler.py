@@ -446,7 +446,7 @@ class Reconciler:
             force=True,
         )
         self._remember("service", key, self._world.services.get(key), returned)
-        log.info("applied Service %s/%s", meta["namespace"], meta["name"])
+        log.info("write: applied Service %s/%s", meta["namespace"], meta["name"])
 
     async def _apply_daemonset(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -461,12 +461,12 @@ class Reconciler:
         )
         name = meta["name"]
         self._remember("daemonset", name, self._world.daemonsets.get(name), returned)
-        log.info("applied DaemonSet %s/%s", meta["namespace"], name)
+        log.info("write: applied DaemonSet %s/%s", meta["namespace"], name)
 
     async def _delete_daemonset(self, name: str) -> None:
         await self.client.delete(DaemonSet, name, namespace=self.config.namespace)
         log.info(
-            "deleted DaemonSet %s/%s: its director group has no VirtualServer left",
+            "write: deleted DaemonSet %s/%s: its director group has no VirtualServer left",
             self.config.namespace,
             name,
         )
@@ -482,9 +482,9 @@ class Reconciler:
         )
         self._remember("vs", (ns, name), self._current_vs((ns, name)), returned)
         if group:
-            log.info("VirtualServer %s/%s: labelled %s=%s", ns, name, GROUP_LABEL, group)
+            log.info("write: VirtualServer %s/%s labelled %s=%s", ns, name, GROUP_LABEL, group)
         else:
-            log.info("VirtualServer %s/%s: removed label %s", ns, name, GROUP_LABEL)
+            log.info("write: VirtualServer %s/%s label %s removed", ns, name, GROUP_LABEL)
 
     async def _apply_status(
         self, resource: Any, kind: str, key: Key, status: dict[str, Any]
@@ -496,6 +496,7 @@ class Reconciler:
             "metadata": {"name": name, "namespace": ns},
             "status": status,
         }
+        log.info("write: %s %s/%s status", kind, ns, name)
         return await self.client.patch(
             resource.Status,
             name,
