@@ -1,0 +1,262 @@
+"""Installing the operator on the real control plane: with Helm, and with plain manifests.
+
+Each test goes the whole way a user does: install, apply examples/three-tier/, see the
+controller Deployment available and the example's pods Ready (kwok plays the kubelet), run
+the controller (on this machine, as the chart's ServiceAccount, with the Deployment's flags)
+and see the pool list the web pods and the VirtualServer wait for its director group
+(Programmed pending: no director agent runs under kwok), change a value and see it roll out,
+then remove everything and check that only the CRDs remain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightkube.resources.apps_v1 import DaemonSet, Deployment
+from lightkube.resources.core_v1 import Namespace, Node, Pod, Service, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import (
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+)
+
+from ..helpers import TestCluster, wait_for
+from .support import (
+    CHART,
+    CLUSTER_SCOPED,
+    DIRECTOR_LABEL,
+    EXAMPLE_NS,
+    OPERATOR_NS,
+    REPO,
+    VIP_RANGE,
+    Helm,
+    HostController,
+    Kubectl,
+    RealServerPool,
+    VirtualServer,
+    apply_example,
+    cluster_rbac_set_aside,
+    crds_present,
+    delete_example,
+    deployment_available,
+    director_daemonsets,
+    example_pods_ready,
+    replica_sets,
+    wait_gone,
+)
+
+pytestmark = pytest.mark.integration
+
+RELEASE = "lvs-operator"
+NAMESPACED = {
+    ServiceAccount: ["lvs-operator", "lvs-director"],
+    Role: ["lvs-operator", "lvs-director"],
+    RoleBinding: ["lvs-operator", "lvs-director"],
+    Deployment: ["lvs-operator"],
+    Service: ["lvs-director-metrics"],
+}
+KINDS = {"ClusterRole": ClusterRole, "ClusterRoleBinding": ClusterRoleBinding}
+
+
+@pytest.fixture
+def ship(test_cluster: TestCluster, kube: Any, tmp_path: Path) -> Any:
+    pytest.importorskip("lvs_operator.controller.app", reason="the controller is not written yet")
+    helm, kubectl = Helm(test_cluster), Kubectl(test_cluster)
+    controller = HostController(test_cluster, kubectl, kube, tmp_path)
+    nodes = list(test_cluster.nodes)[:2] or [n.metadata.name for n in kube.list(Node)][:2]
+    with cluster_rbac_set_aside(kube) as set_aside:
+        if set_aside:
+            print(f"set aside until the end of the test: {', '.join(set_aside)}")
+        try:
+            yield helm, kubectl, controller, nodes
+        finally:
+            controller.stop()
+            print(f"--- controller log (last lines)\n{controller.log_tail()}")
+            kubectl("label", "node", *nodes, f"{DIRECTOR_LABEL}-", check=False)
+
+
+def pool_lists_the_web_pods(kube: Any, controller: HostController) -> None:
+    web = {p.metadata.name: p for p in kube.list(Pod, namespace=EXAMPLE_NS, labels={"app": "web"})}
+
+    def check() -> Any:
+        assert controller.alive(), f"the controller exited:\n{controller.log_tail()}"
+        pool = kube.get(RealServerPool, "web", namespace=EXAMPLE_NS)
+        status = pool.get("status") or {}
+        members = {m.get("pod"): m for m in status.get("members") or []}
+        if set(members) != set(web) or status.get("readyMembers") != len(web):
+            return None
+        for name, m in members.items():
+            assert m["address"] == web[name].status.podIP
+            assert m["ready"] is True
+        return status
+
+    status = wait_for(
+        check,
+        timeout=90,
+        message=lambda: f"pool web to list {sorted(web)}\n{controller.log_tail()}",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+
+
+def virtualserver_waits_for_its_directors(kube: Any, controller: HostController) -> Any:
+    """No director agent runs under kwok, so no one holds the group's Lease: the VirtualServer
+    is accepted, labelled with its group, its DaemonSet exists, and Programmed is pending."""
+
+    def check() -> Any:
+        vs = kube.get(VirtualServer, "web", namespace=EXAMPLE_NS)
+        status = vs.get("status") or {}
+        conds = {c["type"]: c for c in status.get("conditions") or []}
+        group = (vs.metadata.labels or {}).get("lvs.io/director-group")
+        if not group or "Programmed" not in conds:
+            return None
+        return vs, group, conds
+
+    vs, group, conds = wait_for(
+        check, timeout=60, message=lambda: f"VirtualServer web's status\n{controller.log_tail()}"
+    )
+    assert vs["status"]["observedGeneration"] == vs.metadata.generation
+    assert conds["Programmed"]["status"] == "False"
+    assert conds["Programmed"]["reason"] == "NoActiveDirector", conds["Programmed"]
+    assert vs["status"]["totalRealServers"] == 3
+    (ds,) = [
+        d
+        for d in director_daemonsets(kube)
+        if d.metadata.labels.get("lvs.io/director-group") == group
+    ]
+    assert ds.spec.template.spec.serviceAccountName == "lvs-director"
+    return ds
+
+
+def director_pods_scheduled(kube: Any, kubectl: Kubectl, nodes: list[str], ds: Any) -> None:
+    kubectl("label", "node", "--overwrite", *nodes, f"{DIRECTOR_LABEL}=true")
+
+    def check() -> bool:
+        d = kube.get(DaemonSet, ds.metadata.name, namespace=OPERATOR_NS)
+        st = d.status
+        return bool(st and st.desiredNumberScheduled == len(nodes) == st.numberReady)
+
+    wait_for(check, timeout=90, message=f"DaemonSet {ds.metadata.name} on {nodes}")
+
+
+def remove_example_and_groups(kube: Any, kubectl: Kubectl, controller: HostController) -> None:
+    """Users delete their VirtualServers before uninstalling: the controller then removes the
+    director groups' DaemonSets (they live in the operator's namespace, owned by no one)."""
+    kubectl("-n", EXAMPLE_NS, "delete", "virtualservers", "--all", "--wait=true")
+    wait_for(
+        lambda: not director_daemonsets(kube),
+        timeout=60,
+        message=lambda: (
+            f"the controller to delete the director DaemonSets\n{controller.log_tail()}"
+        ),
+    )
+    controller.stop()
+    delete_example(kubectl, kube)
+
+
+def nothing_left_but_crds(kube: Any) -> None:
+    for kind, names in NAMESPACED.items():
+        for name in names:
+            wait_gone(kube, kind, name, namespace=OPERATOR_NS)
+    for kind_name, names in CLUSTER_SCOPED.items():
+        for name in names:
+            wait_gone(kube, KINDS[kind_name], name)
+    assert not director_daemonsets(kube)
+    leftovers = [
+        f"{p.metadata.name}"
+        for p in kube.list(Pod, namespace=OPERATOR_NS)
+        if not p.metadata.deletionTimestamp
+    ]
+    assert leftovers == [], leftovers
+    assert crds_present(kube) == ["virtualservers.lvs.io", "realserverpools.lvs.io"]
+
+
+def test_helm_install_upgrade_uninstall(ship: Any, kube: Any) -> None:
+    helm, kubectl, controller, nodes = ship
+    out = helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        f"vipRanges={{{VIP_RANGE}}}",
+        "--wait",
+        "--timeout",
+        "120s",
+    ).stdout
+    assert "Next steps" in out and VIP_RANGE in out  # NOTES.txt
+    dep = deployment_available(kube, "lvs-operator")
+    assert dep.spec.strategy.type == "Recreate" and dep.spec.replicas == 1
+
+    apply_example(kubectl, kube)
+    pods = example_pods_ready(kube)
+    assert len(pods["web"]) == 3
+
+    controller.start()
+    pool_lists_the_web_pods(kube, controller)
+    ds = virtualserver_waits_for_its_directors(kube, controller)
+    director_pods_scheduled(kube, kubectl, nodes, ds)
+
+    # A changed value rolls out: a new ReplicaSet (Recreate), available, with the new flag.
+    before = {rs.metadata.name for rs in replica_sets(kube)}
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        OPERATOR_NS,
+        "--reuse-values",
+        "--set",
+        "logLevel=debug",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    dep = deployment_available(kube, "lvs-operator")
+    assert "--log-level=debug" in dep.spec.template.spec.containers[0].args
+    new = [rs for rs in replica_sets(kube) if rs.metadata.name not in before]
+    assert len(new) == 1 and new[0].status.readyReplicas == 1, [rs.metadata.name for rs in new]
+    assert helm("history", RELEASE, "-n", OPERATOR_NS, "-o", "yaml").stdout.count("revision:") == 2
+    # The controller restarted with the new flags still reconciles.
+    controller.stop()
+    controller.start()
+    pool_lists_the_web_pods(kube, controller)
+
+    remove_example_and_groups(kube, kubectl, controller)
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+    nothing_left_but_crds(kube)
+
+
+def test_kubectl_apply_plain_manifests(ship: Any, kube: Any) -> None:
+    _helm, kubectl, controller, nodes = ship
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"), "-f", str(REPO / "deploy"))
+    deployment_available(kube, "lvs-operator")
+    # The documented way to allow VIPs with the plain manifests: a rollout.
+    before = {rs.metadata.name for rs in replica_sets(kube)}
+    kubectl(
+        "-n", OPERATOR_NS, "set", "env", "deployment/lvs-operator", f"LVS_VIP_RANGES={VIP_RANGE}"
+    )
+    dep = deployment_available(kube, "lvs-operator")
+    assert len([rs for rs in replica_sets(kube) if rs.metadata.name not in before]) == 1
+    env = {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
+    assert env["LVS_VIP_RANGES"] == VIP_RANGE
+
+    apply_example(kubectl, kube)
+    example_pods_ready(kube)
+    controller.start()
+    pool_lists_the_web_pods(kube, controller)
+    ds = virtualserver_waits_for_its_directors(kube, controller)
+    director_pods_scheduled(kube, kubectl, nodes, ds)
+
+    remove_example_and_groups(kube, kubectl, controller)
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "lvs-operator.yaml").read_text()) if d]
+    assert docs[0]["kind"] == "Namespace"
+    kubectl("delete", "--wait=true", "-f", str(REPO / "deploy"))
+    nothing_left_but_crds(kube)
+    wait_gone(kube, Namespace, OPERATOR_NS)
