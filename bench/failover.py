@@ -65,13 +65,18 @@ def one(lab: Lab, kind: str, n: int) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument(
+        "--lease",
+        default="2,1.5,0.4",
+        help="election timings: duration,renew-deadline,retry (the defaults)",
+    )
     a = p.parse_args(argv)
     t0 = time.monotonic()
     with Vm() as vm:
         print(f"VM booted in {vm.boot_seconds:.1f}s (kernel {vm.guest_info.get('kernel')})")
         vm.call("tests.dataplane.topology:build", timeout=180)
         vm.call("tests.dataplane.topology:start_http_servers", timeout=60)
-        lab = Lab(vm)
+        lab = Lab(vm, lease=a.lease)
         try:
             lab.call("setup")
             lab.apply(pool("web"))

@@ -57,27 +57,29 @@ def realserver(vips: list[str], mode: str, cleanup: bool = False) -> dict[str, A
     return results
 
 
+def _get(ns: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET over a socket made inside ``ns`` (http.client would connect outside it)."""
+    sock = t.connect(ns, "127.0.0.1", port, timeout=timeout)
+    try:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
 def readyz(ns: str, port: int = HEALTH_PORT) -> int | None:
     try:
-        with t.in_netns(ns):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", "/readyz")
-            return conn.getresponse().status
-        finally:
-            conn.close()
-    except OSError:
+        return _get(ns, port, "/readyz", timeout=1.0)[0]
+    except (OSError, ValueError, IndexError):
         return None
 
 
 def metrics(ns: str, port: int = 9642) -> str:
-    with t.in_netns(ns):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/metrics")
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    return _get(ns, port, "/metrics")[1]
 
 
 def wait_ready(namespaces: list[str], timeout: float = 120) -> dict[str, float]:

@@ -142,7 +142,7 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     assert res["holder"] == new, res
     assert lab.holder() == NODES[new]
     assert stats["first_success_after"] is not None, stats
-    assert stats["first_success_after"] < 10, stats
+    assert stats["first_success_after"] < 30, stats  # relaxed Lease in the VM: 6 s
     # the dead director comes back: its restarted agent drops the stale VIP at once
     lab.call("link_up", ns=old)
     lab.start_agent(old)

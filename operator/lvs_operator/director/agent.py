@@ -368,11 +368,14 @@ class Agent:
         lease_api: Any = None,
         metrics: Metrics | None = None,
         netlink: ThreadPoolExecutor | None = None,
+        vip_thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self.cfg = cfg
         # pyroute2 keeps a socket and an event loop per thread and refuses a running loop:
-        # every kernel and VIP call runs on this one thread (where they were created).
-        self.netlink = netlink or ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        # IPVS calls run on one thread, address calls on another (each where its object was
+        # made), so a VIP change never waits behind a long IPVS converge.
+        self.netlink = netlink or ThreadPoolExecutor(1, thread_name_prefix="ipvs")
+        self.vip_thread = vip_thread or ThreadPoolExecutor(1, thread_name_prefix="vip")
         self.client = client
         self.kernel = kernel
         self.vipman = vips
@@ -463,6 +466,9 @@ class Agent:
     async def _nl(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
 
+    async def _vt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.vip_thread, fn, *args)
+
     def _owned(self) -> Callable[[ServiceKey], bool]:
         return owned_by_addresses(self.known_vips | self.kernel_vips)
 
@@ -478,7 +484,7 @@ class Agent:
         actual, connections = await self._nl(self.kernel.read)
         table = desired_mod.drain(want, actual, connections)
         changes = diff(table, actual, self._owned())
-        await self._nl(self.kernel.prepare, table, self.cfg.masquerade_snat)
+        await asyncio.to_thread(self.kernel.prepare, table, self.cfg.masquerade_snat)
         if changes:
             await self._nl(self.kernel.apply, changes)
             for change in changes:
@@ -543,20 +549,20 @@ class Agent:
         from .vip import plan_vips
 
         async with self._vip_lock:
-            wanted = await self._nl(self._wanted_vips)
-            present = await self._nl(self.vipman.present)
+            wanted = await self._vt(self._wanted_vips)
+            present = await self._vt(self.vipman.present)
             candidates = self.known_vips | self.kernel_vips | set(wanted)
             plan = plan_vips(wanted, present, candidates)
             for vip, ifname in plan.remove.items():
-                await self._nl(self.vipman.remove, vip, ifname)
+                await self._vt(self.vipman.remove, vip, ifname)
                 log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
             for vip, ifname in plan.add.items():
-                await self._nl(self.vipman.add, vip, ifname)
+                await self._vt(self.vipman.add, vip, ifname)
             self.held = dict(wanted)
             self.metrics.vips.set(len(wanted))
             to_announce = wanted if announce else plan.add
             for vip, ifname in to_announce.items():
-                link = await self._nl(self.vipman.link_info, ifname)
+                link = await self._vt(self.vipman.link_info, ifname)
                 if link is not None:
                     self._announce(vip, ifname, link, None if plan.add.get(vip) else 1)
 
@@ -761,17 +767,22 @@ def _default_vips(cfg: AgentConfig) -> Any:
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level)
-    netlink = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+    netlink = ThreadPoolExecutor(1, thread_name_prefix="ipvs")
+    vip_thread = ThreadPoolExecutor(1, thread_name_prefix="vip")
+    # import what the first requests need now, not on the event loop (seconds when emulated)
+    import lightkube.models.coordination_v1
+    import lightkube.resources.coordination_v1  # noqa: F401
+
     try:
         kernel = netlink.submit(_default_kernel).result()
-        vips = netlink.submit(_default_vips, cfg).result()
+        vips = vip_thread.submit(_default_vips, cfg).result()
     except Exception as exc:
         log.error("cannot open the kernel's IPVS or rtnetlink: %s (the agent needs root or "
                   "CAP_NET_ADMIN, and the ip_vs module)", exc)  # fmt: skip
         return 1
 
     async def main() -> int:
-        agent = Agent(cfg, _kube_client(cfg), kernel, vips, netlink=netlink)
+        agent = Agent(cfg, _kube_client(cfg), kernel, vips, netlink=netlink, vip_thread=vip_thread)
         return await agent.run()
 
     try:

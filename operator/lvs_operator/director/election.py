@@ -75,8 +75,9 @@ class LeaseApi(Protocol):
         """PUT with ``record.resource_version``; raise LeaseConflict on 409."""
         ...
 
-    def changes(self) -> AsyncIterator[None]:
-        """Yield whenever the Lease changes (a watch); may end or raise, run() restarts it."""
+    def changes(self) -> AsyncIterator[LeaseRecord | None]:
+        """Yield the Lease whenever it changes (a watch; None: deleted); may end or raise,
+        run() restarts it."""
         ...
 
 
@@ -145,13 +146,21 @@ class Elector:
         self._annotations: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._stopped = False
+        # A standby with a live watch of the Lease judges from the watched record instead of
+        # reading it every retry period (the watch delivers every renewal); writes still carry
+        # the resourceVersion, so a stale view costs a 409, never a wrong acquisition.
+        self._watching = False
+        self._stale_view = True
 
     # -- public --------------------------------------------------------------------------------
 
     def set_annotation(self, key: str, value: str) -> None:
         """Written on the Lease with the next renewal (leader only)."""
+        if self._annotations.get(key) == value:
+            return
         self._annotations[key] = value
-        self._wake.set()
+        if self.is_leader:
+            self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -260,11 +269,15 @@ class Elector:
     async def _try_acquire(self) -> None:
         cfg = self.config
         timeout = cfg.renew_deadline
-        try:
-            current = await asyncio.wait_for(self.api.get(), timeout)
-        except Exception as exc:
-            log.warning("reading the Lease failed: %s", exc or type(exc).__name__)
-            return
+        if self._watching and not self._stale_view and self._record is not None:
+            current: LeaseRecord | None = self._record
+        else:
+            try:
+                current = await asyncio.wait_for(self.api.get(), timeout)
+            except Exception as exc:
+                log.warning("reading the Lease failed: %s", exc or type(exc).__name__)
+                return
+            self._stale_view = False
         start = self.clock.monotonic()
         now = self.clock.now()
         if current is None:
@@ -302,7 +315,8 @@ class Elector:
         try:
             written = await asyncio.wait_for(self.api.update(taken), timeout)
         except LeaseConflict:
-            return  # another director was faster; look again next tick
+            self._stale_view = True  # another director was faster: read it next tick
+            return
         except Exception as exc:
             log.warning("acquiring the Lease failed: %s", exc or type(exc).__name__)
             return
@@ -328,6 +342,7 @@ class Elector:
             return
         self.is_leader = leader
         self.transitions += 1
+        self._stale_view = True  # the watch was ignored while leading
         if leader:
             self.holder = self.config.identity
         log.info(
@@ -357,14 +372,28 @@ class Elector:
         """Wake the state machine whenever the Lease changes; restart the watch on errors."""
         while not self._stopped:
             try:
-                async for _ in self.api.changes():
+                self._watching = True
+                async for record in self.api.changes():
                     if not self.is_leader:
+                        if record is None:
+                            self._stale_view = True
+                        elif self._record is None or _newer(record, self._record):
+                            self._observe(record)
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("lease watch ended: %s", exc)
+            finally:
+                self._watching = False
+                self._stale_view = True
             await asyncio.sleep(self.config.retry_period)
+
+
+def _newer(a: LeaseRecord, b: LeaseRecord) -> bool:
+    """Whether ``a`` is a later version than ``b`` (resourceVersions are opaque, but the
+    watch delivers them in order; a different one from the watch is the newer)."""
+    return a.resource_version != b.resource_version
 
 
 # -- the Kubernetes API (lightkube) -------------------------------------------------------------
@@ -448,10 +477,10 @@ class KubeLeaseApi:
             raise
         return self._record(obj)
 
-    async def changes(self) -> AsyncIterator[None]:
+    async def changes(self) -> AsyncIterator[LeaseRecord | None]:
         from lightkube.resources.coordination_v1 import Lease
 
-        async for _ in self.client.watch(
+        async for kind, obj in self.client.watch(
             Lease, namespace=self.namespace, fields={"metadata.name": self.name}
         ):
-            yield None
+            yield None if kind == "DELETED" else self._record(obj)

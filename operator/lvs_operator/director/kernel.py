@@ -35,6 +35,10 @@ class IpvsKernel:
         self._snat: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
+        native = getattr(self._k, "read", None)
+        if native is not None:  # ipvs.py reads the counters itself (its lean netlink path)
+            table, counts = native()
+            return table, {k: int(getattr(c, "active", c)) for k, c in counts.items()}
         raw = self._k._ipvs
         entries = []
         connections: dict[tuple[ServiceKey, DestKey], int] = {}

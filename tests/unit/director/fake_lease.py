@@ -33,13 +33,14 @@ class FakeLeaseStore:
         self.record: LeaseRecord | None = None
         self.version = 0
         self.writes: list[LeaseRecord] = []
-        self.events: asyncio.Queue[None] = asyncio.Queue()
+        self.watchers: list[asyncio.Queue[LeaseRecord | None]] = []
 
     def _store(self, record: LeaseRecord) -> LeaseRecord:
         self.version += 1
         self.record = replace(record, resource_version=str(self.version))
         self.writes.append(self.record)
-        self.events.put_nowait(None)
+        for queue in self.watchers:
+            queue.put_nowait(self.record)
         return self.record
 
 
@@ -76,7 +77,11 @@ class FakeLeaseApi:
             )
         return self.store._store(record)
 
-    async def changes(self) -> AsyncIterator[None]:
-        while True:
-            await self.store.events.get()
-            yield None
+    async def changes(self) -> AsyncIterator[LeaseRecord | None]:
+        queue: asyncio.Queue[LeaseRecord | None] = asyncio.Queue()
+        self.store.watchers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.store.watchers.remove(queue)
