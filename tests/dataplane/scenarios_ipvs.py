@@ -45,13 +45,14 @@ def _web(scheduler: str = "rr", weights: tuple[int, ...] = (1, 1, 1),
     return svc, dests
 
 
-def table_roundtrip() -> dict[str, Any]:
+def table_roundtrip(backend: str = "netlink") -> dict[str, Any]:
     """converge a varied table, read it back, then single edits, each checked for minimal ops.
     A foreign service (added with ipvsadm on another address) must survive everything."""
     topo = t.default_topology()
     t.reset(topo)
     d = topo.directors[0]
     out: dict[str, Any] = {"steps": {}}
+    t.sysctl(d, "net.ipv4.vs.conntrack", 0)  # as on a fresh node (other tests set it)
     out["sysctls_first"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
     out["sysctls_again"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
 
@@ -80,16 +81,19 @@ def table_roundtrip() -> dict[str, Any]:
 
     def step(name: str, want: IpvsTable) -> None:
         t0 = time.monotonic()
-        changes = ipvs.converge(want, owned, netns=d)
+        changes = ipvs.converge(want, owned, netns=d, backend=backend)
         seconds = time.monotonic() - t0
-        actual = ipvs.read_table(netns=d)
+        actual = ipvs.read_table(netns=d, backend=backend)
         out["steps"][name] = {
             "ops": _ops(changes),
             "seconds": round(seconds, 3),
             "equal": actual.only(owned) == want,
             "foreign_kept": any(k.address == "192.0.2.1" for k in actual),
             "actual": actual.only(owned).describe(),
-            "again": _ops(ipvs.converge(want, owned, netns=d)),
+            "again": _ops(ipvs.converge(want, owned, netns=d, backend=backend)),
+            # the two backends read the same table
+            "backends_agree": ipvs.read_table(netns=d, backend="pyroute2")
+            == ipvs.read_table(netns=d, backend="netlink"),
         }
 
     step("initial", desired)
@@ -203,6 +207,11 @@ def traffic_quiesce() -> dict[str, Any]:
     )
     out["new_connections"] = t.count_answers(topo.client, topo.vip, 80, n=20)
     out["established"] = [kept.get_name() for _ in range(3)]
+    with ipvs.IpvsKernel(d) as k:
+        _, counts = k.read()
+    out["active_conns"] = {
+        f"{dk.address}:{dk.port}": c.active for (sk, dk), c in counts.items() if sk.port == 80
+    }
     svc, dests = _web()
     remaining = [x for i, x in enumerate(dests) if i != idx]
     out["remove_ops"] = _ops(ipvs.converge(IpvsTable.of([(svc, remaining)]), owned, netns=d))
@@ -216,7 +225,8 @@ def traffic_quiesce() -> dict[str, Any]:
     return out
 
 
-def bench_converge(services: int = 100, dests: int = 10) -> dict[str, Any]:
+def bench_converge(services: int = 100, dests: int = 10, backend: str = "netlink"
+                   ) -> dict[str, Any]:  # fmt: skip
     """Timing of cold converge, idle converge (read + diff, no change), full read, and one
     weight change, at ``services`` x ``dests`` in director-b's namespace."""
     topo = t.default_topology()
@@ -228,8 +238,8 @@ def bench_converge(services: int = 100, dests: int = 10) -> dict[str, Any]:
         for i in range(services)
     )  # fmt: skip
     owned = owned_by_addresses(k.address for k in desired)
-    res: dict[str, Any] = {"services": services, "dests": dests}
-    with ipvs.IpvsKernel(d) as k:
+    res: dict[str, Any] = {"backend": backend, "services": services, "dests": dests}
+    with ipvs.IpvsKernel(d, backend) as k:
         t0 = time.monotonic()
         res["cold_changes"] = len(k.converge(desired, owned))
         res["cold_seconds"] = round(time.monotonic() - t0, 2)

@@ -1,22 +1,25 @@
 """The kernel side of the director: read the IPVS table, apply changes, converge; sysctls and
 the nftables source NAT that masquerade forwarding needs in Kubernetes.
 
-IPVS is programmed over generic netlink with pyroute2 (``IPVS``). Notes:
+IPVS is programmed over generic netlink, by default with the lean client in
+``ipvs_netlink.py`` (``backend="netlink"``), or with pyroute2's ``IPVS``
+(``backend="pyroute2"``, the reference the lean one is tested against). Notes:
 
 * pyroute2 0.9's ``"update"`` command sends IPVS_CMD_DEL_*: edits use ``"set"`` (and the
   diff in ``table.py`` never asks for delete + add to change a setting).
 * ``netns``: every function takes the name of a network namespace (``ip netns`` name, under
   /run/netns). IPVS state is per namespace, so tests run two directors in one VM. The agent
-  itself runs in the node's namespace (hostNetwork) and passes ``None``. pyroute2 creates
-  the socket in the namespace from a short-lived child process; nothing here creates a
-  namespace that does not exist.
+  itself runs in the node's namespace (hostNetwork) and passes ``None``. The netlink socket
+  is created with the calling thread switched into the namespace (it stays bound there);
+  pyroute2 does it from a short-lived child. Neither creates a missing namespace.
 * The persistence netmask attribute is an IPv4 mask for IPv4 services but a prefix length
-  (a host-order u32) for IPv6 ones; pyroute2 types it as an IPv4 address either way, so the
-  prefix length travels as the address whose bytes are that u32 (see ``_encode_netmask``).
-* Cost (measured in the TCG VM, DESIGN.md): one request per change is fine for the few
-  changes of steady state, ~12 ms each; a cold start at 1,000 services x 10 destinations is
-  11,000 requests (~2 minutes in TCG) and a full read is one destination dump per service
-  (~23 s). ``read_table`` dumps all services in one request, then their destinations.
+  (a host-order u32) for IPv6 ones.
+* Cost, measured in the TCG VM (DESIGN.md has the earlier figures): pyroute2 spends ~40 ms
+  of Python per request and ~130 ms per destination dump; 100 services x 10 destinations took
+  42 s to program cold and 12.8 s to read. The netlink backend sends up to 512 requests per
+  ``send`` and reads the acknowledgements in bulk: the same cold start took 1.1 s and a read
+  2.8 s. A read is one service dump plus one destination dump per service (the kernel
+  allows one dump in flight per socket).
 * fwmark services are not represented in ``IpvsTable`` and so are never touched.
 """
 
@@ -30,16 +33,19 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvs_operator.director import ipvs_netlink as nl
 from lvs_operator.director.table import (
     IP_VS_SVC_F_PERSISTENT,
     SETTABLE_FLAGS,
     Change,
+    DestKey,
     Forwarding,
     IpvsDestination,
     IpvsService,
@@ -48,6 +54,7 @@ from lvs_operator.director.table import (
     Ownership,
     Protocol,
     ServiceEntry,
+    ServiceKey,
     bits_to_flags,
     diff,
 )
@@ -205,7 +212,104 @@ def _dest_from_nla(nla: Any) -> IpvsDestination:
     )
 
 
+# -- lean netlink encoding (ipvs_netlink.py) -----------------------------------------------------
+
+
+def _nl_family(address: str) -> int:
+    return AF_INET6 if ":" in address else AF_INET
+
+
+def _nl_netmask(service: IpvsService) -> bytes:
+    assert service.netmask is not None
+    if service.family == 4:
+        return ipaddress.IPv4Network(f"0.0.0.0/{service.netmask}").netmask.packed
+    return service.netmask.to_bytes(4, sys.byteorder)  # a host-order u32 prefix length
+
+
+def _nl_service_key(service: IpvsService) -> bytes:
+    return nl.service_key_attrs(
+        _nl_family(service.address), service.protocol.number, service.address, service.port
+    )
+
+
+def _nl_request(change: Change) -> tuple[int, bytes]:
+    svc = change.service
+    key = _nl_service_key(svc)
+    if change.op is Op.ADD_SERVICE or change.op is Op.EDIT_SERVICE:
+        body = nl.service_full_attrs(
+            key, svc.scheduler, svc.flag_bits, svc.persistence_timeout, _nl_netmask(svc)
+        )
+        cmd = nl.CMD_NEW_SERVICE if change.op is Op.ADD_SERVICE else nl.CMD_SET_SERVICE
+        return cmd, nl.nested(nl.ATTR_SERVICE, body)
+    if change.op is Op.DEL_SERVICE:
+        return nl.CMD_DEL_SERVICE, nl.nested(nl.ATTR_SERVICE, key)
+    d = change.dest
+    assert d is not None
+    cmd = {Op.ADD_DEST: nl.CMD_NEW_DEST, Op.EDIT_DEST: nl.CMD_SET_DEST,
+           Op.DEL_DEST: nl.CMD_DEL_DEST}[change.op]  # fmt: skip
+    dest = nl.dest_attrs(
+        _nl_family(d.address), d.address, d.port, d.forwarding.kernel_value, d.weight,
+        d.upper_threshold, d.lower_threshold, full=change.op is not Op.DEL_DEST,
+    )  # fmt: skip
+    return cmd, nl.nested(nl.ATTR_SERVICE, key) + nl.nested(nl.ATTR_DEST, dest)
+
+
+def _nl_service(attrs: dict[int, bytes]) -> IpvsService | None:
+    if nl.u32(attrs.get(nl.SVC_FWMARK)):
+        return None  # fwmark services: not modelled, never touched
+    af = nl.u16(attrs.get(nl.SVC_AF), AF_INET)
+    bits = nl.flags_of(attrs.get(nl.SVC_FLAGS))
+    sched = nl.cstr(attrs.get(nl.SVC_SCHED_NAME))
+    mask = attrs.get(nl.SVC_NETMASK)
+    netmask: int | None = None
+    if mask:
+        netmask = (
+            bin(int.from_bytes(mask[:4], "big")).count("1")
+            if af == AF_INET
+            else int.from_bytes(mask[:4], sys.byteorder)
+        )
+    return IpvsService(
+        address=nl.addr_str(af, attrs.get(nl.SVC_ADDR)),
+        port=nl.be16(attrs.get(nl.SVC_PORT)),
+        protocol=Protocol.from_number(nl.u16(attrs.get(nl.SVC_PROTOCOL))),
+        scheduler=sched,
+        flags=bits_to_flags(bits & SETTABLE_FLAGS, sched),
+        persistence_timeout=nl.u32(attrs.get(nl.SVC_TIMEOUT))
+        if bits & IP_VS_SVC_F_PERSISTENT
+        else 0,
+        netmask=netmask,
+    )
+
+
+def _nl_dest(attrs: dict[int, bytes], service_af: int) -> tuple[IpvsDestination, ConnCounts]:
+    af = nl.u16(attrs.get(nl.DEST_ADDR_FAMILY), service_af)
+    dest = IpvsDestination(
+        address=nl.addr_str(af, attrs.get(nl.DEST_ADDR)),
+        port=nl.be16(attrs.get(nl.DEST_PORT)),
+        weight=nl.u32(attrs.get(nl.DEST_WEIGHT)),
+        forwarding=Forwarding.from_kernel(nl.u32(attrs.get(nl.DEST_FWD_METHOD))),
+        upper_threshold=nl.u32(attrs.get(nl.DEST_U_THRESH)),
+        lower_threshold=nl.u32(attrs.get(nl.DEST_L_THRESH)),
+    )
+    conns = ConnCounts(
+        active=nl.u32(attrs.get(nl.DEST_ACTIVE_CONNS)),
+        inactive=nl.u32(attrs.get(nl.DEST_INACT_CONNS)),
+        persistent=nl.u32(attrs.get(nl.DEST_PERSIST_CONNS)),
+    )
+    return dest, conns
+
+
 # -- the kernel ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnCounts:
+    """A destination's connection counters: ``active`` (established TCP), ``inactive``
+    (other states, e.g. TIME_WAIT), ``persistent`` (persistence templates)."""
+
+    active: int = 0
+    inactive: int = 0
+    persistent: int = 0
 
 
 @dataclass
@@ -216,21 +320,42 @@ class ApplyStats:
 
 
 class IpvsKernel:
-    """One IPVS netlink socket (in ``netns``, or the current namespace). Not thread-safe.
+    """The IPVS table of one network namespace (``netns``, or the current one).
+    Not thread-safe; keep one for the agent's lifetime.
 
-    Keep one for the agent's lifetime: opening a socket resolves the generic netlink family
-    (and, in a namespace, forks a helper), which costs more than a typical change."""
+    ``backend="netlink"`` (default) uses the lean client in ipvs_netlink.py: requests batched
+    per ``send``, acknowledgements read in bulk. ``backend="pyroute2"`` uses pyroute2's
+    ``IPVS`` one request at a time (the reference the lean one is tested against)."""
 
-    def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPVS  # deferred: ~30 MiB and seconds to import under emulation
-
+    def __init__(self, netns: str | None = None, backend: str = "netlink") -> None:
+        if backend not in ("netlink", "pyroute2"):
+            raise ValueError(f"unknown IPVS backend {backend!r}")
         self.netns = netns
-        # flags=0: open an existing namespace only (pyroute2's default would create it)
-        self._ipvs = IPVS(netns=netns, flags=0) if netns else IPVS()
+        self.backend = backend
         self.stats = ApplyStats()
+        self._pyroute2: Any = None
+        self._nl: nl.IpvsNetlink | None = None
+        if backend == "netlink":
+            with in_netns(netns):  # the socket stays in the namespace it was made in
+                self._nl = nl.IpvsNetlink()
+        else:
+            self._ipvs  # noqa: B018  (open now: fail early)
+
+    @property
+    def _ipvs(self) -> Any:
+        """pyroute2's IPVS socket (opened on first use)."""
+        if self._pyroute2 is None:
+            from pyroute2 import IPVS  # deferred: ~30 MiB and seconds to import under TCG
+
+            # flags=0: open an existing namespace only (pyroute2's default would create it)
+            self._pyroute2 = IPVS(netns=self.netns, flags=0) if self.netns else IPVS()
+        return self._pyroute2
 
     def close(self) -> None:
-        self._ipvs.close()
+        if self._nl is not None:
+            self._nl.close()
+        if self._pyroute2 is not None:
+            self._pyroute2.close()
 
     def __enter__(self) -> IpvsKernel:
         return self
@@ -250,22 +375,52 @@ class IpvsKernel:
 
         return IPVSDest(**spec)
 
-    def read_table(self) -> IpvsTable:
-        """The kernel's table: one service dump, then one destination dump per service."""
+    def read(self) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], ConnCounts]]:
+        """The kernel's table and every destination's connection counters: one service
+        dump, then one destination dump per service."""
+        if self._nl is None:
+            return self._read_pyroute2()
         entries = []
+        counts: dict[tuple[ServiceKey, DestKey], ConnCounts] = {}
+        for attrs in self._nl.dump_services():
+            service = _nl_service(attrs)
+            if service is None:
+                continue
+            af = AF_INET if service.family == 4 else AF_INET6
+            dests = []
+            for dattrs in self._nl.dump_dests(_nl_service_key(service)):
+                dest, conns = _nl_dest(dattrs, af)
+                dests.append(dest)
+                counts[(service.key, dest.key)] = conns
+            entries.append(ServiceEntry(service, tuple(dests)))
+        return IpvsTable.of(entries), counts
+
+    def _read_pyroute2(self) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], ConnCounts]]:
+        entries = []
+        counts: dict[tuple[ServiceKey, DestKey], ConnCounts] = {}
         for msg in self._ipvs.service("dump"):
             service = _service_from_nla(msg.get_attr("IPVS_CMD_ATTR_SERVICE"))
             if service is None:
                 continue
             key = self._svc(_service_key_spec(service))
-            dests = tuple(
-                _dest_from_nla(d.get_attr("IPVS_CMD_ATTR_DEST"))
-                for d in self._ipvs.dest("dump", service=key)
-            )
-            entries.append(ServiceEntry(service, dests))
-        return IpvsTable.of(entries)
+            dests = []
+            for d in self._ipvs.dest("dump", service=key):
+                nla = d.get_attr("IPVS_CMD_ATTR_DEST")
+                dest = _dest_from_nla(nla)
+                dests.append(dest)
+                counts[(service.key, dest.key)] = ConnCounts(
+                    int(_attr(nla, "IPVS_DEST_ATTR_ACTIVE_CONNS", 0)),
+                    int(_attr(nla, "IPVS_DEST_ATTR_INACT_CONNS", 0)),
+                    int(_attr(nla, "IPVS_DEST_ATTR_PERSIST_CONNS", 0)),
+                )
+            entries.append(ServiceEntry(service, tuple(dests)))
+        return IpvsTable.of(entries), counts
+
+    def read_table(self) -> IpvsTable:
+        return self.read()[0]
 
     def apply_one(self, change: Change) -> None:
+        """One change through pyroute2 (the reference path)."""
         svc = self._svc(
             _service_key_spec(change.service)
             if change.op is not Op.ADD_SERVICE and change.op is not Op.EDIT_SERVICE
@@ -284,22 +439,42 @@ class IpvsKernel:
             self._ipvs.dest(command, service=svc, dest=dst)
 
     def apply(self, changes: Iterable[Change]) -> list[Change]:
-        """Apply in order; stop at the first failure (IpvsError carries what was applied).
-        A failure usually means someone changed the table meanwhile: read and diff again."""
-        applied: list[Change] = []
+        """Apply in order. On failure, IpvsError names the first failed change and carries
+        the ones that succeeded. A failure usually means someone changed the table meanwhile:
+        read and diff again. (The netlink backend sends a batch at once and the kernel goes on
+        after a failed request, so later independent changes may have succeeded too.)"""
+        changes = list(changes)
         t0 = time.monotonic()
+        applied: list[Change] = []
         try:
-            for change in changes:
-                try:
-                    self.apply_one(change)
-                except Exception as e:
-                    raise IpvsError(f"{change}: {e}", change, applied) from e
-                applied.append(change)
-                self.stats.by_op[change.op.value] = self.stats.by_op.get(change.op.value, 0) + 1
+            if self._nl is None:
+                for change in changes:
+                    try:
+                        self.apply_one(change)
+                    except Exception as e:
+                        raise IpvsError(f"{change}: {e}", change, applied) from e
+                    applied.append(change)
+                return applied
+            results = self._nl.execute([_nl_request(c) for c in changes])
+            failed: list[tuple[Change, int]] = []
+            for change, err in zip(changes, results, strict=True):
+                if err:
+                    failed.append((change, err))
+                else:
+                    applied.append(change)
+            if failed:
+                first, err = failed[0]
+                raise IpvsError(
+                    f"{first}: {os.strerror(err)} ({len(failed)} of {len(changes)} failed)",
+                    first,
+                    applied,
+                )
+            return applied
         finally:
             self.stats.requests += len(applied)
             self.stats.seconds += time.monotonic() - t0
-        return applied
+            for c in applied:
+                self.stats.by_op[c.op.value] = self.stats.by_op.get(c.op.value, 0) + 1
 
     def converge(self, desired: IpvsTable, owned: Ownership = None) -> list[Change]:
         """Read, diff, apply: the kernel's owned services become ``desired``. Returns the
@@ -312,18 +487,20 @@ class IpvsKernel:
         return self.apply(changes)
 
 
-def read_table(netns: str | None = None) -> IpvsTable:
-    with IpvsKernel(netns) as k:
+def read_table(netns: str | None = None, backend: str = "netlink") -> IpvsTable:
+    with IpvsKernel(netns, backend) as k:
         return k.read_table()
 
 
-def apply(changes: Iterable[Change], netns: str | None = None) -> list[Change]:
-    with IpvsKernel(netns) as k:
+def apply(changes: Iterable[Change], netns: str | None = None,
+          backend: str = "netlink") -> list[Change]:  # fmt: skip
+    with IpvsKernel(netns, backend) as k:
         return k.apply(changes)
 
 
-def converge(desired: IpvsTable, owned: Ownership = None, netns: str | None = None) -> list[Change]:
-    with IpvsKernel(netns) as k:
+def converge(desired: IpvsTable, owned: Ownership = None, netns: str | None = None,
+             backend: str = "netlink") -> list[Change]:  # fmt: skip
+    with IpvsKernel(netns, backend) as k:
         return k.converge(desired, owned)
 
 
