@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,11 +41,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lvs_operator.api.directorgroup import GROUP_LABEL, lease_name
-from lvs_operator.api.realserverpool import PoolMember, RealServerPoolStatus
+from lvs_operator.api.realserverpool import (
+    HealthCheck,
+    PoolMember,
+    RealServerPool,
+    RealServerPoolStatus,
+)
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
 
 from . import desired as desired_mod
+from . import health as health_mod
 from .election import (
     DEFAULT_LEASE_DURATION,
     DEFAULT_RENEW_DEADLINE,
@@ -54,7 +61,9 @@ from .election import (
     Elector,
     KubeLeaseApi,
 )
+from .health import HealthChecker
 from .table import Change, DestKey, IpvsTable, ServiceKey, diff, owned_by_addresses
+from .table import Protocol as IpProtocol
 
 log = logging.getLogger("lvs_operator.director.agent")
 
@@ -371,6 +380,7 @@ class Agent:
         vip_thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self.cfg = cfg
+        self.dirty = asyncio.Event()
         # pyroute2 keeps a socket and an event loop per thread and refuses a running loop:
         # IPVS calls run on one thread, address calls on another (each where its object was
         # made), so a VIP change never waits behind a long IPVS converge.
@@ -382,9 +392,10 @@ class Agent:
         self.metrics = metrics or Metrics(cfg.group)
         self.virtual_servers: dict[tuple[str, str], VirtualServer] = {}
         self.pools: dict[tuple[str, str], tuple[PoolMember, ...]] = {}
+        self.pool_checks: dict[tuple[str, str], HealthCheck | None] = {}
+        self.health = HealthChecker(self.dirty_set)
         self.vs_synced = asyncio.Event()
         self.pools_synced = asyncio.Event()
-        self.dirty = asyncio.Event()
         self.stopping = asyncio.Event()
         self.ready = False
         self.desired: desired_mod.Desired | None = None
@@ -433,6 +444,16 @@ class Agent:
         log.debug("VirtualServer %s", kind.lower(), extra={"vs": "/".join(key)})
         self.dirty.set()
 
+    def dirty_set(self) -> None:
+        self.dirty.set()
+
+    @staticmethod
+    def _check(obj: Mapping[str, Any]) -> HealthCheck | None:
+        try:
+            return RealServerPool.from_object(obj).spec.health_check
+        except (ValidationError, TypeError, ValueError, KeyError):
+            return None
+
     @staticmethod
     def _members(obj: Mapping[str, Any]) -> tuple[PoolMember, ...]:
         try:
@@ -444,6 +465,7 @@ class Agent:
 
     def _reset_pools(self, items: list[dict[str, Any]]) -> None:
         self.pools = {_ref(obj): self._members(obj) for obj in items}
+        self.pool_checks = {_ref(obj): self._check(obj) for obj in items}
         self.pools_synced.set()
         self.dirty.set()
 
@@ -451,11 +473,13 @@ class Agent:
         key = _ref(obj)
         if kind == "DELETED":
             self.pools.pop(key, None)
+            self.pool_checks.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
-            members = self._members(obj)
-            if self.pools.get(key) == members:
-                return  # spec or metadata change only
+            members, check = self._members(obj), self._check(obj)
+            if self.pools.get(key) == members and self.pool_checks.get(key) == check:
+                return  # nothing the agent uses changed
             self.pools[key] = members
+            self.pool_checks[key] = check
         else:
             return
         if any((vs.namespace, vs.spec.pool_name) == key for vs in self.virtual_servers.values()):
@@ -481,6 +505,7 @@ class Agent:
                 self._reported.add(key)
                 log.warning(problem.message, extra={"vs": f"{problem.namespace}/{problem.name}"})
         self.known_vips |= set(want.vips)
+        want = self._with_health(want)
         actual, connections = await self._nl(self.kernel.read)
         table = desired_mod.drain(want, actual, connections)
         changes = diff(table, actual, self._owned())
@@ -510,6 +535,20 @@ class Agent:
                 "ready: kernel converged",
                 extra={"services": len(table), "destinations": table.dest_count()},
             )
+
+    def _with_health(self, want: desired_mod.Desired) -> desired_mod.Desired:
+        """Start/stop probes for the pools with a healthCheck; quiesce failing members."""
+        checks: dict[ServiceKey, HealthCheck] = {}
+        for vs in self.virtual_servers.values():
+            check = self.pool_checks.get((vs.namespace, vs.spec.pool_name))
+            if check is None:
+                continue
+            for vport in vs.spec.ports:
+                checks[ServiceKey(IpProtocol(str(vport.protocol)), vs.spec.vip, vport.port)] = check
+        targets = health_mod.targets_for(want.table, checks)
+        self.health.update(set(targets.values()))
+        table = health_mod.apply_health(want.table, targets, self.health.unhealthy())
+        return dataclasses.replace(want, table=table)
 
     async def _reconcile_loop(self) -> None:
         await self.vs_synced.wait()
@@ -676,6 +715,7 @@ class Agent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._announcing, return_exceptions=True)
+        await self.health.close()
         for server in servers:
             server.close()
         with contextlib.suppress(Exception):
