@@ -23,3 +23,14 @@ def nat_round_robin(requests: int = 30) -> dict[str, object]:
     table = t.ipvs_list(d)
     t.reset(topo)
     return {"direct": direct, "counts": counts, "table": table}
+
+
+def uplink(director: str, index: int, port: int) -> dict[str, object]:
+    """Give ``director`` a route to the host (10.0.2.2) and fetch from a host HTTP server."""
+    addr = t.connect_uplink(director, index)
+    return {"addr": addr, "answer": t.http_get(director, "10.0.2.2", port, timeout=5.0)}
+
+
+def get_from_here(host: str, port: int) -> str:
+    """Runs with the call already in a namespace (Vm.call(netns=...))."""
+    return t.http_get(None, host, port, timeout=5.0)

@@ -20,6 +20,7 @@ overlay on a guest tmpfs: files written there are invisible to the host.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -234,6 +235,7 @@ class Vm:
             start_new_session=True,  # stop() kills vng and qemu together
         )
         console.close()
+        atexit.register(self.stop)  # never leave a qemu behind, even if the caller crashes
         ready = self.shared / "ready.json"
         while not ready.exists():
             if self._proc.poll() is not None:
