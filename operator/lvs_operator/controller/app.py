@@ -201,6 +201,7 @@ def setup_logging(level: str) -> None:
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("httpx2").setLevel(logging.WARNING)
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def build_settings() -> Any:
@@ -279,6 +280,7 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
         except Exception:
             log.exception("%s failed", t.get_name())
     await client.close()
+    log.info("stopped")
     for t in done:
         if not t.cancelled() and t.exception() is not None:
             return 1

@@ -110,6 +110,8 @@ class Plan:
     labels: list[tuple[Key, str | None]] = field(default_factory=list)
     vs_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
+    # Posted only once the DaemonSet they speak of was written.
+    daemonset_events: dict[str, list[EventSpec]] = field(default_factory=dict)
     wake_at: datetime | None = None
     pool_namespaces: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
@@ -210,7 +212,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             selector = ",".join(
                 f"{k}={v}" for k, v in sorted(d.vs.spec.directors.node_selector.items())
             )
-            out.events.append(
+            out.daemonset_events.setdefault(daemonset_name(d.group), []).append(
                 EventSpec(
                     vs_ref(d),
                     NORMAL,
@@ -409,9 +411,14 @@ class Reconciler:
                 self._warned.add(w)
                 log.warning("%s", w)
         failed = 0
-        failed += await self._each(p.services, self._apply_service)
+        failed += await self._each(p.services, self._apply_service, missing_ok=False)
         failed += await self._each(p.pool_statuses, self._apply_pool_status)
-        failed += await self._each(list(p.daemonsets.apply), self._apply_daemonset)
+        for ds in p.daemonsets.apply:
+            if await self._each([ds], self._apply_daemonset, missing_ok=False):
+                failed += 1
+                continue
+            for ev in p.daemonset_events.get(ds["metadata"]["name"], []):
+                await self._post_event(ev, now)
         failed += await self._each(p.labels, self._label)
         failed += await self._each(p.vs_statuses, self._apply_vs_status)
         if self.indexed.is_set():  # destructive: only with complete indexes
@@ -420,17 +427,23 @@ class Reconciler:
             await self._post_event(ev, now)
         return failed, p.wake_at
 
-    async def _each(self, items: list[Any], fn: Any) -> int:
+    async def _each(self, items: list[Any], fn: Any, missing_ok: bool = True) -> int:
+        """Run one writer per item; returns how many failed (they are retried)."""
         failed = 0
         for item in items:
             try:
                 await fn(item)
                 self.writes += 1
             except ApiError as exc:
-                if exc.status.code == 404:
-                    continue  # gone meanwhile: its deletion event comes next
+                if exc.status.code == 404 and missing_ok:
+                    continue  # the object went meanwhile: its deletion event comes next
                 failed += 1
-                log.warning("write failed: %s: %s", fn.__name__, exc.status.message)
+                hint = ""
+                if exc.status.code == 404:
+                    hint = " (does its namespace exist? the operator's is --namespace)"
+                elif exc.status.code == 403:
+                    hint = " (grant it in deploy/rbac/controller.yaml)"
+                log.error("write failed: %s: %s%s", fn.__name__, exc.status.message, hint)
         return failed
 
     async def _apply_service(self, body: dict[str, Any]) -> None:

@@ -37,7 +37,9 @@ from lightkube.resources.core_v1 import Namespace, ServiceAccount
 from ..helpers import REPO, TestCluster, wait_for
 
 RBAC_DIR = REPO / "deploy" / "rbac"
-ALLOWED_RANGES = "192.0.2.0/24,2001:db8::/64"
+ALLOWED_RANGES = "192.0.2.0/24,2001:db8::/64,10.200.0.0/16"
+# VIPs of this session: 10.200.<random>.<n> (a reused cluster may still hold older ones).
+_VIP_BLOCK = f"10.200.{secrets.randbelow(256)}"
 DIRECTOR_IMAGE = "registry.invalid/lvs-operator:test"  # never pulled: kwok is the kubelet
 _vip_counter = itertools.count(1)
 
@@ -218,14 +220,14 @@ def running_controller(controller: ControllerProcess) -> Iterator[ControllerProc
 
 @pytest.fixture
 def vips() -> Iterator[Any]:
-    """``next(vips)`` → a fresh VIP in 192.0.2.0/24 for this test."""
+    """``next(vips)`` → a fresh VIP (in 10.200.0.0/16) for this test."""
 
     def gen() -> Iterator[str]:
         while True:
             n = next(_vip_counter)
             if n > 250:
                 raise RuntimeError("out of test VIPs")
-            yield f"192.0.2.{n}"
+            yield f"{_VIP_BLOCK}.{n}"
 
     yield gen()
 

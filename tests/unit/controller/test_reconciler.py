@@ -85,7 +85,9 @@ def test_first_pass_writes_everything_then_nothing() -> None:
     assert first.labels == [(("web", "site"), GROUP)]
     ((_, vstatus),) = first.vs_statuses
     assert vstatus["readyOfTotal"] == "1/2" and vstatus["directorGroup"] == GROUP
-    reasons = {e.reason for e in first.events}
+    reasons = {e.reason for e in first.events} | {
+        e.reason for evs in first.daemonset_events.values() for e in evs
+    }
     assert {"DirectorGroupCreated", "NoActiveDirector", "MembersReady"} <= reasons
     assert first.pool_namespaces == {"web"}
     plans = converge(world)

@@ -1,0 +1,167 @@
+"""The Reconciler's execution: write order, read-your-writes, failures, event gating."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+
+from lvs_operator.controller.config import ControllerConfig
+from lvs_operator.controller.manifests import service_name
+from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.reconciler import Reconciler
+
+from . import objects as o
+
+CONFIG = ControllerConfig(vip_ranges=(ipaddress.ip_network("192.0.2.0/24"),))
+
+
+class Returned:
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.obj)
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class FakeClient:
+    """Answers writes like an API server would (a new resourceVersion each time)."""
+
+    def __init__(self, missing_namespace: str | None = None) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.rv = 1000
+        self.missing_namespace = missing_namespace
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def _kind(self, res: Any) -> str:
+        name = getattr(res, "__name__", str(res))
+        return name
+
+    async def patch(self, res: Any, name: str, body: Any, namespace: str = "", **_: Any) -> Any:
+        kind = self._kind(res)
+        if namespace == self.missing_namespace:
+            raise ApiError(status=Status(code=404, message=f'namespaces "{namespace}" not found'))
+        self.calls.append(("patch", kind, f"{namespace}/{name}"))
+        self.rv += 1
+        key = (kind.removesuffix("Status"), namespace, name)
+        obj = _merge(self.objects.get(key, {}), body)
+        obj.setdefault("metadata", {})
+        obj["metadata"].update(
+            {"name": name, "namespace": namespace, "resourceVersion": str(self.rv)}
+        )
+        self.objects[key] = obj
+        return Returned(obj)
+
+    async def delete(self, res: Any, name: str, namespace: str = "", **_: Any) -> None:
+        self.calls.append(("delete", self._kind(res), f"{namespace}/{name}"))
+
+    async def create(self, obj: Any, **_: Any) -> Any:
+        self.calls.append(("create", type(obj).__name__, obj.reason))
+        return obj
+
+
+def reconciler(client: FakeClient) -> Reconciler:
+    r = Reconciler(CONFIG, client)  # type: ignore[arg-type]
+    vs = o.vs("site")
+    vs["metadata"]["resourceVersion"] = "1"
+    pool = o.pool("web")
+    pool["metadata"]["resourceVersion"] = "2"
+    sl = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080})
+    r.indices = {
+        "lvs_virtualservers": {("web", "site"): [vs]},
+        "lvs_pools": {("web", "web"): [pool]},
+        "lvs_slices": {("web", service_name("web")): [sl]},
+        "lvs_services": {},
+        "lvs_pods": {("web", "web-1"): [PodInfo({"app": "web"})]},
+        "lvs_director_pods": {},
+    }
+    r.indexed.set()
+    client.objects[("VirtualServer", "web", "site")] = copy.deepcopy(vs)
+    client.objects[("RealServerPool", "web", "web")] = copy.deepcopy(pool)
+    return r
+
+
+async def test_writes_in_order_then_nothing_while_the_watch_lags() -> None:
+    client = FakeClient()
+    r = reconciler(client)
+    failed, _ = await r.reconcile_once()
+    assert failed == 0
+    writes = [(verb, kind) for verb, kind, _ in client.calls if verb != "create"]
+    assert writes == [
+        ("patch", "Service"),
+        ("patch", "RealServerPoolStatus"),
+        ("patch", "DaemonSet"),
+        ("patch", "VirtualServer"),  # the group label
+        ("patch", "VirtualServerStatus"),
+    ]
+    events = {reason for verb, _, reason in client.calls if verb == "create"}
+    assert {"DirectorGroupCreated", "MembersReady", "NoActiveDirector"} <= events
+
+    # The indexes have not seen those writes yet: nothing is written again.
+    client.calls.clear()
+    failed, _ = await r.reconcile_once()
+    assert (failed, client.calls) == (0, [])
+
+    # The watch delivers what was written: still nothing, and the overlay is dropped.
+    r.indices["lvs_services"] = {key[1:]: [obj] for key, obj in _returned(r, "service").items()}
+    r.indices["lvs_virtualservers"] = {
+        ("web", "site"): [_returned(r, "vs")[("vs", ("web", "site"))]]
+    }
+    r.indices["lvs_pools"] = {("web", "web"): [_returned(r, "pool")[("pool", ("web", "web"))]]}
+    r.daemonsets.store = {k[1]: v for k, v in _returned(r, "daemonset").items()}
+    failed, _ = await r.reconcile_once()
+    assert (failed, client.calls) == (0, [])
+    assert r._overlay == {}
+
+
+def _returned(r: Reconciler, kind: str) -> dict[Any, dict[str, Any]]:
+    out = {}
+    for (k, key), (_, obj) in r._overlay.items():
+        if k == kind:
+            out[(k, key) if kind != "service" else (k, *key)] = obj
+    return out
+
+
+async def test_missing_operator_namespace_fails_and_posts_no_group_event() -> None:
+    client = FakeClient(missing_namespace=CONFIG.namespace)
+    r = reconciler(client)
+    failed, _ = await r.reconcile_once()
+    assert failed == 1
+    reasons = {reason for verb, _, reason in client.calls if verb == "create"}
+    assert "DirectorGroupCreated" not in reasons
+
+
+async def test_pod_events_elsewhere_do_not_wake() -> None:
+    r = reconciler(FakeClient())
+    await r.reconcile_once()  # learns the pools' namespaces
+    r._wake.clear()
+    await r.kick(pod_event=True, namespace="elsewhere")
+    assert not r._wake.is_set()
+    await r.kick(pod_event=True, namespace="web")
+    assert r._wake.is_set()
+    r._wake.clear()
+    await r.kick(pod_event=True, namespace=CONFIG.namespace)  # director pods
+    assert r._wake.is_set()
+
+
+async def test_capture_takes_the_indexes_from_handler_kwargs() -> None:
+    r = Reconciler(CONFIG, FakeClient())  # type: ignore[arg-type]
+    indices = {i: {} for i in Reconciler.INDEX_IDS}
+    await r.kick(**indices, namespace="x")
+    assert r.indices is not None and set(r.indices) == set(Reconciler.INDEX_IDS)
+    assert r.indexed.is_set()
