@@ -7,6 +7,7 @@ that feed them (thin: they only record and wake the reconciler).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,12 +76,17 @@ def parse_weight(raw: str | None, default: int) -> tuple[int, str | None]:
     )
 
 
-def _address_key(member: PoolMember) -> tuple[int, int, int, str]:
+@functools.lru_cache(maxsize=65536)
+def _ip_order(address: str) -> tuple[int, int]:
     try:
-        ip = ipaddress.ip_address(member.address)
-        return (ip.version, int(ip), member.port or 0, member.pod)
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return (9, 0, member.port or 0, member.address)
+        return (9, 0)
+    return (ip.version, int(ip))
+
+
+def _address_key(member: PoolMember) -> tuple[int, int, int, str]:
+    return (*_ip_order(member.address), member.port or 0, member.pod or member.address)
 
 
 def sort_members(members: Iterable[PoolMember]) -> tuple[PoolMember, ...]:
