@@ -65,7 +65,8 @@ if [ -f "$root/boot/vmlinuz-$kver" ]; then
     log "ok: kernel $kver in $root"
 else
     log "apt-get download $pkg"
-    tmp="$(mktemp -d)"; chmod 755 "$tmp"  # apt-get download drops privileges to _apt
+    tmp="$(mktemp -d)"; chmod 755 "$tmp"
+    chown _apt "$tmp" 2>/dev/null || true  # apt-get download drops privileges to _apt
     (cd "$tmp" && apt-get download -qq "$pkg" </dev/null)
     rm -rf "$root.partial"
     dpkg -x "$tmp"/*.deb "$root.partial"
@@ -99,7 +100,10 @@ elif command -v cargo >/dev/null 2>&1 && [ "${LVS_VM_NO_VIRTIOFS:-}" != "1" ]; t
     done
     if [ "${#vfs_deps[@]}" -gt 0 ]; then
         log "apt-get install ${vfs_deps[*]} (to build virtiofsd)"
-        $SUDO apt-get install -y -qq --no-install-recommends "${vfs_deps[@]}" </dev/null
+        $SUDO apt-get install -y -qq --no-install-recommends "${vfs_deps[@]}" </dev/null \
+            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq \
+                 --no-install-recommends "${vfs_deps[@]}" </dev/null; } \
+            || log "warning: could not install ${vfs_deps[*]}"
     fi
     log "cargo install virtiofsd (a few minutes, once)"
     if cargo install --quiet --locked virtiofsd --root "$VFS" </dev/null; then

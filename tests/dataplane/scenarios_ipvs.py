@@ -260,3 +260,37 @@ def bench_converge(services: int = 100, dests: int = 10, backend: str = "netlink
         res["one_change_apply_seconds"] = round(time.monotonic() - t0, 3)
     t.nsexec(d, "ipvsadm", "-C")
     return res
+
+
+def ack_overflow() -> dict[str, Any]:
+    """Lost acknowledgements (receive buffer overrun) surface as IpvsError, the socket stays
+    usable, and a converge afterwards repairs whatever state the kernel reached."""
+    import socket as socket_mod
+
+    from lvs_operator.director import ipvs_netlink as nl
+
+    topo = t.default_topology()
+    d = topo.directors[1]
+    t.nsexec(d, "ipvsadm", "-C")
+    desired = IpvsTable.of(
+        (IpvsService(f"10.31.{i // 200}.{i % 200 + 1}", 80), []) for i in range(600)
+    )
+    owned = owned_by_addresses(k.address for k in desired)
+    out: dict[str, Any] = {}
+    saved = nl.BATCH
+    with ipvs.IpvsKernel(d) as k:
+        assert k._nl is not None
+        k._nl.sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 4096)
+        nl.BATCH = 10_000
+        try:
+            k.apply(ipvs.diff(desired, IpvsTable(), owned))
+            out["error"] = None
+        except ipvs.IpvsError as e:
+            out["error"] = str(e)
+        finally:
+            nl.BATCH = saved
+        out["present_after_error"] = len(k.read_table())
+        out["repair_ops"] = len(k.converge(desired, owned))
+        out["final"] = len(k.read_table())
+    t.nsexec(d, "ipvsadm", "-C")
+    return out

@@ -94,3 +94,10 @@ def test_converge_timing(
     print(f"\n[dataplane] converge {n}x10: {out}")
     assert out["equal"] and out["cold_changes"] == n * 11
     assert out["idle_changes"] == 0 and out["one_change_ops"] == 1
+
+
+def test_lost_acknowledgements_are_reported_and_repaired(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:ack_overflow")
+    assert out["error"] and "acknowledgements lost" in out["error"], out
+    assert out["present_after_error"] + out["repair_ops"] == 600
+    assert out["final"] == 600

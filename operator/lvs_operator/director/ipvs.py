@@ -455,7 +455,10 @@ class IpvsKernel:
                         raise IpvsError(f"{change}: {e}", change, applied) from e
                     applied.append(change)
                 return applied
-            results = self._nl.execute([_nl_request(c) for c in changes])
+            try:
+                results = self._nl.execute([_nl_request(c) for c in changes])
+            except OSError as e:
+                raise IpvsError(f"IPVS netlink: {e}", None, []) from e
             failed: list[tuple[Change, int]] = []
             for change, err in zip(changes, results, strict=True):
                 if err:

@@ -25,6 +25,7 @@ NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 SOL_NETLINK = 270
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 NETLINK_CAP_ACK = 10  # error acks without the request echoed back: smaller, more fit
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
@@ -54,7 +55,12 @@ _BE16 = struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
 _ERR = struct.Struct("=i")
 
-BATCH = 512  # requests per send: their acks (36 bytes each) fit any receive buffer
+# Requests per send. The kernel runs a whole send's messages inside that syscall and queues
+# every acknowledgement before we read one; each costs ~0.5-1 KiB of receive buffer (skb
+# truesize), so a batch must fit the buffer (4 MiB with CAP_NET_ADMIN, else net.core.rmem_max,
+# 208 KiB by default: 256 fit). Overflowing loses acks (ENOBUFS): see execute().
+BATCH = 256
+TIMEOUT = 30.0  # the kernel always answers; this only keeps a wedged call from hanging forever
 
 
 class NetlinkError(OSError):
@@ -178,8 +184,15 @@ class IpvsNetlink:
         try:
             self.sock.bind((0, 0))
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            self.sock.settimeout(TIMEOUT)
+            for force, opt in (
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:  # beyond net.core.[rw]mem_max: needs CAP_NET_ADMIN, which the agent has
+                    self.sock.setsockopt(socket.SOL_SOCKET, force, 4 << 20)
+                except PermissionError:
+                    self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
             self._seq = itertools.count(1)
             self.family = self._resolve_family()
         except BaseException:
@@ -212,7 +225,21 @@ class IpvsNetlink:
             offset += (length + 3) & ~3
 
     def _recv(self) -> bytes:
-        return self.sock.recv(1 << 20)
+        try:
+            return self.sock.recv(1 << 20)
+        except TimeoutError as e:
+            raise NetlinkError(errno_mod.ETIMEDOUT, "no answer from the kernel") from e
+
+    def _drain(self) -> None:
+        """Discard whatever is queued (after lost acknowledgements)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(1 << 20)
+        except (BlockingIOError, OSError):
+            pass
+        finally:
+            self.sock.settimeout(TIMEOUT)
 
     def _resolve_family(self) -> int:
         # Asking for the family by name also makes the kernel load ip_vs where it can.
@@ -271,7 +298,20 @@ class IpvsNetlink:
             pending = {s: i for i, s in enumerate(seqs)}
             got: list[int | None] = [None] * len(chunk)
             while pending:
-                for m in self._messages(self._recv()):
+                try:
+                    data = self._recv()
+                except OSError as e:
+                    if e.errno != errno_mod.ENOBUFS:
+                        raise
+                    # Acks were dropped: which requests succeeded is unknown. The caller
+                    # must read the table again (apply() raises; converge re-reads).
+                    self._drain()
+                    raise NetlinkError(
+                        errno_mod.ENOBUFS,
+                        f"netlink acknowledgements lost after {start} + {len(chunk) - len(pending)}"
+                        " requests; read the table again",
+                    ) from e
+                for m in self._messages(data):
                     if m.type == NLMSG_ERROR and m.seq in pending:
                         got[pending.pop(m.seq)] = m.error
             results.extend(e if e is not None else errno_mod.EIO for e in got)
