@@ -83,8 +83,10 @@ class Lab:
         self.vm = vm
         duration, deadline, retry = (lease or os.environ.get("LVS_DP_LEASE") or RELAXED_LEASE
                                      ).split(",")  # fmt: skip
+        # the first Lease read at start-up takes seconds under TCG: a longer grace
+        grace = os.environ.get("LVS_DP_STARTUP_GRACE", "5")
         self.lease_flags = ["--lease-duration", duration, "--renew-deadline", deadline,
-                            "--retry-period", retry]  # fmt: skip
+                            "--retry-period", retry, "--startup-grace", grace]  # fmt: skip
         self.api = FakeApi().start()
         self.kubeconfig = self.api.kubeconfig(vm.shared / "kubeconfig.json")
         self.api_url = f"http://10.0.2.2:{self.api.port}"

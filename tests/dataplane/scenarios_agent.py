@@ -126,6 +126,31 @@ def wait_ipvs(ns: str, needle: str, present: bool = True, timeout: float = 30) -
     return False
 
 
+def weights(ns: str) -> dict[str, dict[str, int]]:
+    """``ipvsadm -Ln`` as {"TCP 10.10.0.100:80": {"10.20.0.21:8080": weight}}."""
+    out: dict[str, dict[str, int]] = {}
+    current = ""
+    for line in ipvs(ns).splitlines():
+        parts = line.split()
+        if parts[:1] in (["TCP"], ["UDP"], ["SCTP"]):
+            current = f"{parts[0]} {parts[1]}"
+            out[current] = {}
+        elif parts[:1] == ["->"] and current and parts[1] != "RemoteAddress:Port":
+            out[current][parts[1]] = int(parts[3])
+    return out
+
+
+def wait_weight(ns: str, service: str, dest: str, weight: int | None,
+                timeout: float = 60) -> bool:  # fmt: skip
+    """Until ``dest`` of ``service`` has ``weight`` (None: until it is gone)."""
+    t0 = now()
+    while now() - t0 < timeout:
+        if weights(ns).get(service, {}).get(dest) == weight:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def count(vip: str, port: int, n: int = 30, source: str | None = None) -> dict[str, int]:
     return t.count_answers(t.CLIENT, vip, port, n=n, timeout=2.0, deadline=60, source=source)
 
@@ -170,22 +195,17 @@ def quiesce(vip: str, port: int, api_url: str, pool: dict[str, Any], leader: str
         if m["address"] == address:
             m["ready"] = False
     api_put(api_url, edited)
-    needle = f"{address}:"
+    service, dest = f"TCP {vip}:{port}", f"{address}:{t.HTTP_PORT}"
     t0 = now()
-    weight0 = False
-    while now() - t0 < 30 and not weight0:
-        for line in ipvs(leader).splitlines():
-            if needle in line and line.split()[3] == "0":
-                weight0 = True
-        time.sleep(0.1)
+    weight0 = wait_weight(leader, service, dest, 0, timeout=30)
     quiesce_seconds = round(now() - t0, 2)
     counts = count(vip, port, n=20)
     held = [conn.get_name() for _ in range(3)]  # established connection keeps working
     table_while_held = ipvs(leader)
     conn.close()
-    removed = wait_ipvs(leader, needle, present=False, timeout=30)
+    removed = wait_weight(leader, service, dest, None, timeout=30)
     api_put(api_url, pool)  # restore
-    back = wait_ipvs(leader, needle, present=True, timeout=30)
+    back = wait_weight(leader, service, dest, 1, timeout=30)
     return {
         "server": first,
         "weight0": weight0,

@@ -76,7 +76,8 @@ def test_weighted_round_robin(lab: Lab) -> None:
     lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="wrr"))
     leader = lab.leader_ns()
     assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 wrr", timeout=60)
-    assert lab.call("wait_ipvs", ns=leader, needle="10.20.0.21:8080        Masq    3", timeout=60)
+    assert lab.call("wait_weight", ns=leader, service=f"TCP {VIP}:80", dest="10.20.0.21:8080",
+                    weight=3, timeout=60), lab.call("ipvs", ns=leader)  # fmt: skip
     counts = lab.call("count", vip=VIP, port=80, n=50)
     assert counts == {"rs1": 30, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=leader)
     lab.apply(pool("web"))

@@ -96,6 +96,8 @@ class AgentConfig:
     announce_interval: float = 0.2
     resync: float = DEFAULT_RESYNC
     masquerade_snat: bool = True
+    startup_grace: float = 1.0  # first election step; then a non-leader drops stale VIPs
+    startup_sync: float = 30.0  # a standby waits this long for its lists before electing
     kubeconfig: str | None = None
     log_level: str = "INFO"
 
@@ -183,6 +185,13 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         help="LVS_MASQUERADE_SNAT=false: no nftables masquerade for masquerade-mode services "
         "(the real servers route back through the director)",
     )
+    p.add_argument(
+        "--startup-grace",
+        type=float,
+        default=float(_env(env, "LVS_STARTUP_GRACE_SECONDS", 1.0)),
+        help="LVS_STARTUP_GRACE_SECONDS: bound of the first election step at start-up; a "
+        "restarted agent that is not the holder after it drops any stale VIP",
+    )
     p.add_argument("--kubeconfig", default=_env(env, "KUBECONFIG"), help="KUBECONFIG")
     p.add_argument("--log-level", default=_env(env, "LVS_LOG_LEVEL", "INFO"), help="LVS_LOG_LEVEL")
     a = p.parse_args(argv)
@@ -212,6 +221,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         announce_count=a.announce_count,
         resync=a.resync_interval,
         masquerade_snat=not a.no_masquerade_snat,
+        startup_grace=a.startup_grace,
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
@@ -649,7 +659,7 @@ class Agent:
             extra={"services": len(actual), "addresses": sorted(self.kernel_vips)},
         )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.elector.tick(), 1.0)
+            await asyncio.wait_for(self.elector.tick(), self.cfg.startup_grace)
         if not self.elector.is_leader:
             await self.reconcile_vips()
 
@@ -672,7 +682,6 @@ class Agent:
                 "lease": f"{self.cfg.namespace}/{self.cfg.lease_name}",
             },
         )
-        await self.startup()
         tasks = [
             asyncio.create_task(
                 informer(
@@ -696,10 +705,18 @@ class Agent:
                 ),
                 name="watch-pools",
             ),
-            asyncio.create_task(self.elector.run(), name="election"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._vip_refresh_loop(), name="vip-refresh"),
         ]
+        await self.startup()
+        if not self.elector.is_leader:
+            # A standby joins the election once its initial lists are in: an agent still
+            # warming up (first decodes, first converge) must not take the VIPs and then miss
+            # its renewals. A leader (restarted holder) keeps renewing from the start.
+            synced = asyncio.gather(self.vs_synced.wait(), self.pools_synced.wait())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(synced, self.cfg.startup_sync)
+        tasks.append(asyncio.create_task(self.elector.run(), name="election"))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -792,6 +809,28 @@ def _kube_client(cfg: AgentConfig) -> Any:
     return AsyncClient(config, field_manager="lvs-director")
 
 
+def warm_up() -> None:
+    """Import and exercise the API models before the event loop runs: the first decode of a
+    type builds its decoder (seconds under emulation), which would otherwise stall the first
+    Lease renewals."""
+    from lightkube.generic_resource import create_namespaced_resource
+    from lightkube.resources.coordination_v1 import Lease
+
+    meta = {"name": "warm-up", "namespace": "default", "resourceVersion": "1"}
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+             "spec": {"holderIdentity": "x", "leaseDurationSeconds": 2, "leaseTransitions": 0,
+                      "renewTime": "2026-01-01T00:00:00.000000Z",
+                      "acquireTime": "2026-01-01T00:00:00.000000Z"}}  # fmt: skip
+    Lease.from_dict(lease).to_dict()
+    for kind, plural in (
+        ("VirtualServer", "virtualservers"),
+        ("RealServerPool", "realserverpools"),
+    ):
+        res = create_namespaced_resource("lvs.io", "v1alpha1", kind, plural)
+        res.from_dict({"apiVersion": "lvs.io/v1alpha1", "kind": kind, "metadata": meta,
+                       "spec": {}, "status": {}}).to_dict()  # fmt: skip
+
+
 def _default_kernel() -> Kernel:
     from .kernel import IpvsKernel
 
@@ -809,9 +848,7 @@ def run(argv: list[str]) -> int:
     setup_logging(cfg.log_level)
     netlink = ThreadPoolExecutor(1, thread_name_prefix="ipvs")
     vip_thread = ThreadPoolExecutor(1, thread_name_prefix="vip")
-    # import what the first requests need now, not on the event loop (seconds when emulated)
-    import lightkube.models.coordination_v1
-    import lightkube.resources.coordination_v1  # noqa: F401
+    warm_up()
 
     try:
         kernel = netlink.submit(_default_kernel).result()
