@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from lightkube.resources.apps_v1 import DaemonSet, Deployment
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, Node, Pod, Service, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import (
     ClusterRole,
@@ -24,7 +24,7 @@ from lightkube.resources.rbac_authorization_v1 import (
     RoleBinding,
 )
 
-from ..helpers import TestCluster, wait_for
+from ..helpers import TestCluster, pod_ready, wait_for
 from .support import (
     CHART,
     CLUSTER_SCOPED,
@@ -77,6 +77,20 @@ def ship(test_cluster: TestCluster, kube: Any, tmp_path: Path) -> Any:
             controller.stop()
             print(f"--- controller log (last lines)\n{controller.log_tail()}")
             kubectl("label", "node", *nodes, f"{DIRECTOR_LABEL}-", check=False)
+            clean_up(helm, kubectl, kube)
+
+
+def clean_up(helm: Helm, kubectl: Kubectl, kube: Any) -> None:
+    """Whatever a failed test left: the example, the release or the plain manifests, the
+    director DaemonSets (no-ops after a passing test)."""
+    try:
+        delete_example(kubectl, kube)
+    except Exception as exc:  # report, and go on cleaning
+        print(f"cleaning up the example: {exc}")
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-f", str(REPO / "deploy"), check=False)
+    wait_gone(kube, Namespace, OPERATOR_NS)
+    wait_gone(kube, Namespace, EXAMPLE_NS)
 
 
 def pool_lists_the_web_pods(kube: Any, controller: HostController) -> None:
@@ -133,14 +147,19 @@ def virtualserver_waits_for_its_directors(kube: Any, controller: HostController)
 
 
 def director_pods_scheduled(kube: Any, kubectl: Kubectl, nodes: list[str], ds: Any) -> None:
+    """Labelled director nodes get a Ready agent pod each (other tests may add more nodes)."""
     kubectl("label", "node", "--overwrite", *nodes, f"{DIRECTOR_LABEL}=true")
+    selector = ds.spec.selector.matchLabels
 
     def check() -> bool:
-        d = kube.get(DaemonSet, ds.metadata.name, namespace=OPERATOR_NS)
-        st = d.status
-        return bool(st and st.desiredNumberScheduled == len(nodes) == st.numberReady)
+        ready_on = {
+            p.spec.nodeName
+            for p in kube.list(Pod, namespace=OPERATOR_NS, labels=selector)
+            if pod_ready(p)
+        }
+        return set(nodes) <= ready_on
 
-    wait_for(check, timeout=90, message=f"DaemonSet {ds.metadata.name} on {nodes}")
+    wait_for(check, timeout=90, message=f"DaemonSet {ds.metadata.name}'s pods Ready on {nodes}")
 
 
 def remove_example_and_groups(kube: Any, kubectl: Kubectl, controller: HostController) -> None:
