@@ -12,7 +12,7 @@
 #
 # Director: the agent programs IPVS, adds/removes the VIP, sends gratuitous ARP /
 # unsolicited NA and writes net.ipv4.vs.* sysctls in the host's network namespace, so its
-# DaemonSet (built by the controller) runs it with runAsUser: 0, hostNetwork: true and the
+# DaemonSet (built by the controller) must run it with runAsUser: 0, hostNetwork: true and the
 # capabilities NET_ADMIN + NET_RAW (all others dropped). A non-root user would not keep those
 # capabilities (Kubernetes grants no ambient capabilities), hence root for that one process.
 # The controller needs no privilege at all: the image's default user is 65532 (non-root).
