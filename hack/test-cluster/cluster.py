@@ -764,7 +764,14 @@ def node_ready(api: Api, name: str) -> bool:
     if status != 200:
         return False
     conds = body.get("status", {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    # the node lifecycle controller taints a new node not-ready until it has seen it Ready
+    taints = [
+        t
+        for t in body.get("spec", {}).get("taints") or []
+        if str(t.get("key", "")).startswith("node.kubernetes.io/")
+    ]
+    return ready and not taints
 
 
 def load_info(cluster_dir: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 CRDs apply server-side; a Deployment gets Running/Ready pods on kwok nodes and its Service
 an EndpointSlice with ready endpoints; the garbage collector deletes dependents; a DaemonSet
-gets one pod per matching node; RBAC is on; the serving certificate fits the data-plane VM.
+gets one pod per matching node; a StatefulSet its ordered pods; RBAC is on; the serving
+certificate fits the data-plane VM.
 """
 
 from __future__ import annotations
@@ -220,6 +221,46 @@ def test_garbage_collector_deletes_dependents(kube_client: Client, namespace: st
     )
 
 
+def test_statefulset_pods_in_order(kube_client: Client, namespace: str) -> None:
+    labels = {"app": "db"}
+    kube_client.apply(
+        _obj(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": {"name": "db"},
+                "spec": {
+                    "serviceName": "db",
+                    "replicas": 2,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "db", "image": IMAGE}]},
+                    },
+                },
+            }
+        ),
+        namespace=namespace,
+    )
+    names = wait_for(
+        lambda: (
+            n
+            if (
+                n := sorted(
+                    p.metadata.name
+                    for p in kube_client.list(Pod, namespace=namespace, labels=labels)
+                    if pod_ready(p)
+                )
+            )
+            == ["db-0", "db-1"]
+            else None
+        ),
+        timeout=60,
+        message="StatefulSet pods db-0 and db-1 Ready",
+    )
+    assert names == ["db-0", "db-1"]
+
+
 def _daemonset_covers(
     kube_client: Client, namespace: str, name: str, selector: dict[str, str] | None
 ) -> set[str]:
@@ -245,7 +286,10 @@ def _daemonset_covers(
     matching = {
         n.metadata.name
         for n in kube_client.list(Node, labels=selector or {})
-        if not n.spec.taints and n.metadata.deletionTimestamp is None
+        if n.metadata.deletionTimestamp is None
+        # only the node lifecycle controller's transient taints may be there (not-ready while a
+        # new node has not been seen Ready yet); the DaemonSet controller waits them out
+        and all(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
     }
 
     def pods_on_nodes() -> list[str] | None:
