@@ -219,7 +219,8 @@ def api_error_message(exc: ApiError) -> str:
 class TestCluster:
     """A cluster started with hack/test-cluster/cluster.sh, or an existing one.
 
-    ``dir`` is None for an existing cluster (USE_EXISTING_CLUSTER=1): it can't add nodes.
+    ``dir`` is None for an existing cluster (USE_EXISTING_CLUSTER=1) that cluster.sh did not
+    start: it can't add nodes. One that cluster.sh started (its DIR/kubeconfig) keeps ``dir``.
     """
 
     __test__ = False  # not a pytest test class
@@ -288,7 +289,13 @@ class TestCluster:
         kubeconfig = os.environ.get("KUBECONFIG", "")
         if not kubeconfig:
             raise RuntimeError("USE_EXISTING_CLUSTER=1 needs KUBECONFIG to name a kubeconfig")
-        return cls(kubeconfig=Path(kubeconfig.split(os.pathsep)[0]))
+        path = Path(kubeconfig.split(os.pathsep)[0]).resolve()
+        info_file = path.parent / "cluster.json"
+        if info_file.exists():  # started by cluster.sh: adding nodes etc. works too
+            info = json.loads(info_file.read_text())
+            if Path(info.get("kubeconfig", "")) == path:
+                return cls(kubeconfig=path, dir=path.parent, info=info)
+        return cls(kubeconfig=path)
 
     def down(self, timeout: float = 120) -> None:
         if self.dir is not None:
