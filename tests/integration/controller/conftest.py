@@ -2,8 +2,9 @@
 (`lvs-operator controller`), under the RBAC of deploy/rbac/controller.yaml (a ServiceAccount
 token, not cluster-admin), in its own operator namespace.
 
-- ``operator_namespace`` (session): the namespace with both RBAC manifests applied.
-- ``controller`` (session): the running controller (a ``ControllerProcess``: ``restart()``,
+- ``operator_namespace`` (module): the namespace with both RBAC manifests applied.
+- ``controller`` (module; stopped after the module, so that it does not act on other
+  suites' objects): the running controller (a ``ControllerProcess``: ``restart()``,
   ``log()``); tests that stop it must start it again.
 - ``vips``: fresh VIPs inside the allowed range (tests share one controller, and VIP
   conflicts are cluster-wide).
@@ -67,15 +68,22 @@ def _rbac_objects(namespace: str) -> list[Any]:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator_namespace(admin: Client) -> Iterator[str]:
+    """The operator's namespace with both RBAC manifests applied; at the end the namespace
+    and the cluster-scoped RBAC objects are deleted (other suites install their own)."""
     name = f"lvs-system-{secrets.token_hex(3)}"
     admin.create(Namespace(metadata=ObjectMeta(name=name)))
-    for obj in _rbac_objects(name):
+    objects = _rbac_objects(name)
+    for obj in objects:
         admin.apply(obj, field_manager="lvs-tests", force=True)
     try:
         yield name
     finally:
+        for obj in objects:
+            if not getattr(obj.metadata, "namespace", None):
+                with contextlib.suppress(ApiError):
+                    admin.delete(type(obj), obj.metadata.name)
         with contextlib.suppress(ApiError):
             admin.delete(Namespace, name)
 
@@ -192,7 +200,7 @@ class ControllerProcess:
         return re.findall(r" write: (.*)", current)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def controller(
     admin: Client, test_cluster: TestCluster, operator_namespace: str
 ) -> Iterator[ControllerProcess]:

@@ -1,0 +1,68 @@
+"""The namespace informer: list, then watch from the list's resourceVersion; relist on 410."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lightkube import ApiError
+from lightkube.models.meta_v1 import ObjectMeta, Status
+from lightkube.resources.coordination_v1 import Lease
+
+from lvs_operator.controller.informer import Informer
+
+
+def lease(name: str, rv: str) -> Lease:
+    return Lease(metadata=ObjectMeta(name=name, namespace="ns", resourceVersion=rv))
+
+
+class Listing:
+    def __init__(self, items: list[Any], rv: str) -> None:
+        self.items = items
+        self.resourceVersion = rv
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.lists = 0
+        self.watch_versions: list[str | None] = []
+        self.done = asyncio.Event()
+
+    def list(self, res: Any, namespace: str, labels: Any = None) -> Listing:
+        self.lists += 1
+        if self.lists == 1:
+            return Listing([lease("a", "1"), lease("b", "2")], "10")
+        return Listing([lease("c", "30")], "31")
+
+    def watch(self, res: Any, namespace: str, labels: Any, resource_version: str) -> Any:
+        self.watch_versions.append(resource_version)
+        return self._events(len(self.watch_versions))
+
+    async def _events(self, n: int) -> AsyncIterator[tuple[str, Any]]:
+        if n == 1:
+            yield ("MODIFIED", lease("a", "11"))
+            yield ("DELETED", lease("b", "12"))
+            raise ApiError(status=Status(code=410, message="too old"))
+        yield ("ADDED", lease("d", "32"))
+        self.done.set()
+        await asyncio.sleep(3600)
+
+
+async def test_list_watch_and_relist_on_gone() -> None:
+    client = FakeClient()
+    changes: list[set[str]] = []
+    informer = Informer(client, Lease, "ns", lambda: None)  # type: ignore[arg-type]
+    informer.on_change = lambda: changes.append(set(informer.store))
+    task = asyncio.create_task(informer.run())
+    await asyncio.wait_for(client.done.wait(), 5)
+    task.cancel()
+    assert informer.synced.is_set()
+    assert client.watch_versions == ["10", "31"]
+    assert changes[:3] == [{"a", "b"}, {"a", "b"}, {"a"}]
+    assert set(informer.store) == {"c", "d"}
+    assert informer.store["d"]["metadata"]["resourceVersion"] == "32"
