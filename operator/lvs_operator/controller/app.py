@@ -235,6 +235,35 @@ def build_registry(reconciler: Any, config: ControllerConfig) -> Any:
     return registry
 
 
+async def preflight(client: Any) -> str | None:
+    """Why the controller cannot start (CRDs missing, no access), or None."""
+    from lightkube import ApiError
+
+    from .reconciler import RealServerPoolResource, VirtualServerResource
+
+    for resource, kind in (
+        (VirtualServerResource, "virtualservers"),
+        (RealServerPoolResource, "realserverpools"),
+    ):
+        try:
+            async for _ in client.list(resource, namespace="*", chunk_size=1):
+                break
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return (
+                    f"the {kind}.lvs.io CRD is not installed: install the CRDs first "
+                    f"(kubectl apply --server-side -f crds/, or the Helm chart)"
+                )
+            if exc.status.code == 403:
+                return (
+                    f"not allowed to list {kind}.lvs.io cluster-wide: bind the controller's "
+                    f"ServiceAccount to the ClusterRole in deploy/rbac/controller.yaml "
+                    f"({exc.status.message})"
+                )
+            raise
+    return None
+
+
 async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str | None) -> int:
     import kopf
     from lightkube import AsyncClient, KubeConfig
@@ -244,6 +273,11 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
 
     kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
     client = AsyncClient(kc, field_manager=FIELD_MANAGER)
+    problem = await preflight(client)
+    if problem:
+        log.error("%s", problem)
+        await client.close()
+        return 1
     reconciler = Reconciler(config, client)
     registry = build_registry(reconciler, config)
     stop = asyncio.Event()

@@ -85,3 +85,37 @@ def test_registry_builds() -> None:
     assert registry is not None
     settings = app.build_settings()
     assert settings.posting.enabled is False and settings.scanning.disabled is True
+
+
+class _Listing:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        if self.code is not None:
+            from lightkube import ApiError
+            from lightkube.models.meta_v1 import Status
+
+            raise ApiError(status=Status(code=self.code, message="nope"))
+        for item in ():
+            yield item
+
+
+class _Client:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+        self.namespaces: list[str] = []
+
+    def list(self, res: object, namespace: str, chunk_size: int) -> _Listing:
+        self.namespaces.append(namespace)
+        return _Listing(self.code)
+
+
+async def test_preflight_says_what_is_missing() -> None:
+    ok = _Client(None)
+    assert await app.preflight(ok) is None
+    assert ok.namespaces == ["*", "*"]  # cluster-wide
+    missing = await app.preflight(_Client(404))
+    assert missing and "CRD is not installed" in missing and "crds/" in missing
+    denied = await app.preflight(_Client(403))
+    assert denied and "deploy/rbac/controller.yaml" in denied
