@@ -237,6 +237,10 @@ def build_daemonset(
         "livenessProbe": probe("/healthz", 10, 3),
         "readinessProbe": probe("/readyz", 5, 2),
         "securityContext": {
+            # Root for this one process: a non-root user keeps no capabilities (Kubernetes
+            # grants no ambient ones), and the image's default user is non-root.
+            "runAsUser": 0,
+            "runAsNonRoot": False,
             "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

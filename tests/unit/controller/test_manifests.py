@@ -122,6 +122,7 @@ def test_build_daemonset_contract() -> None:
     assert c["command"] == ["lvs-operator", "director"]
     sc = c["securityContext"]
     assert sc["privileged"] is False
+    assert (sc["runAsUser"], sc["runAsNonRoot"]) == (0, False)
     assert sc["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
