@@ -45,3 +45,5 @@ e2e: setup  ## the whole system: control plane + VM
 
 clean:  ## remove build and test leftovers from the work tree
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist operator/*.egg-info
+
+include hack/make/ship.mk
