@@ -55,11 +55,13 @@ _BE16 = struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
 _ERR = struct.Struct("=i")
 
-# Requests per send. The kernel runs a whole send's messages inside that syscall and queues
-# every acknowledgement before we read one; each costs ~0.5-1 KiB of receive buffer (skb
-# truesize), so a batch must fit the buffer (4 MiB with CAP_NET_ADMIN, else net.core.rmem_max,
-# 208 KiB by default: 256 fit). Overflowing loses acks (ENOBUFS): see execute().
-BATCH = 256
+# Requests per send. The kernel runs a whole send's messages inside that syscall. Only the
+# last request of a batch asks for an acknowledgement; failed ones are answered anyway (an
+# error message naming the request's sequence number) and queued before that last ack. So a
+# batch costs one send and one recv plus one per failure, and the receive buffer (4 MiB,
+# forced: programming IPVS needs CAP_NET_ADMIN anyway) must hold only the failures' answers.
+# Overflowing it loses answers (ENOBUFS): see execute().
+BATCH = 1024
 TIMEOUT = 30.0  # the kernel always answers; this only keeps a wedged call from hanging forever
 
 
@@ -282,37 +284,39 @@ class IpvsNetlink:
                 if ATTR_DEST in a]  # fmt: skip
 
     def execute(self, requests: Sequence[tuple[int, bytes]]) -> list[int]:
-        """Send (cmd, attributes) requests in batches, each acknowledged; return the errno of
-        each (0 = done). The kernel runs a batch's messages in order and goes on after a
-        failed one, so a caller with dependent requests checks each result."""
+        """Send (cmd, attributes) requests in batches; return the errno of each (0 = done).
+        The kernel runs a batch's messages in order and goes on after a failed one, so a
+        caller with dependent requests checks each result."""
         results: list[int] = []
         for start in range(0, len(requests), BATCH):
             chunk = requests[start : start + BATCH]
             seqs = [next(self._seq) for _ in chunk]
+            last = seqs[-1]
             buf = b"".join(
-                self._header(self.family, NLM_F_REQUEST | NLM_F_ACK, cmd, IPVS_GENL_VERSION,
-                             body, seq)
+                self._header(self.family, NLM_F_REQUEST | (NLM_F_ACK if seq == last else 0),
+                             cmd, IPVS_GENL_VERSION, body, seq)
                 for (cmd, body), seq in zip(chunk, seqs, strict=True)
             )  # fmt: skip
             self.sock.send(buf)
             pending = {s: i for i, s in enumerate(seqs)}
             got: list[int | None] = [None] * len(chunk)
-            while pending:
+            while last in pending:
                 try:
                     data = self._recv()
                 except OSError as e:
                     if e.errno != errno_mod.ENOBUFS:
                         raise
-                    # Acks were dropped: which requests succeeded is unknown. The caller
+                    # Answers were dropped: which requests failed is unknown. The caller
                     # must read the table again (apply() raises; converge re-reads).
                     self._drain()
                     raise NetlinkError(
                         errno_mod.ENOBUFS,
-                        f"netlink acknowledgements lost after {start} + {len(chunk) - len(pending)}"
-                        " requests; read the table again",
+                        f"netlink answers lost in the batch from request {start}"
+                        " (receive buffer overrun); read the table again",
                     ) from e
                 for m in self._messages(data):
                     if m.type == NLMSG_ERROR and m.seq in pending:
                         got[pending.pop(m.seq)] = m.error
-            results.extend(e if e is not None else errno_mod.EIO for e in got)
+            # no answer before the last one's acknowledgement: done without error
+            results.extend(0 if e is None else e for e in got)
         return results
