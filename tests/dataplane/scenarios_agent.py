@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -219,13 +220,14 @@ def quiesce(vip: str, port: int, api_url: str, pool: dict[str, Any], leader: str
 
 
 def signal_process(pid: int, sig: int, link_down: str | None = None) -> float:
-    """Signal ``pid``; with ``link_down``, also take that namespace's front link down (the
-    director node is gone, not just its agent). Returns the guest time of the signal."""
+    """Signal ``pid``; with ``link_down``, first take that namespace's front link down (the
+    director node is gone, not just its agent). Returns the guest time of the event: the
+    signal, or the moment the link was down (no request can pass that director after it)."""
+    if link_down:
+        t.sh("ip", "-n", link_down, "link", "set", "front", "down")
     at = now()
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    if link_down:
-        t.sh("ip", "-n", link_down, "link", "set", "front", "down")
     return at
 
 
@@ -259,19 +261,48 @@ def wait_vip_dropped(ns: str, vip: str, timeout: float = 60) -> float | None:
 
 
 def analyse(results: list[tuple[float, str | None]], at: float) -> dict[str, Any]:
-    """Around an event at guest time ``at``: failures after it, the first success after it,
-    and the outage (last success before -> first success after)."""
+    """Around an event at guest time ``at`` (request start times; each request is a new
+    connection, 0.5 s timeout, 50 ms apart):
+
+    - ``first_success_after``: event -> first successful request started after it;
+    - ``recovered_after``: event -> the first success after the last failure (when service
+      was back for good; equals first_success_after without failures);
+    - ``max_gap``: the longest time between two successful requests from the last success
+      before the event on (the outage clients saw)."""
     before = [r for r in results if r[0] < at]
     after = [r for r in results if r[0] >= at]
     last_ok = max((ts for ts, n in before if n), default=None)
     first_ok = min((ts for ts, n in after if n), default=None)
+    last_fail = max((ts for ts, n in after if n is None), default=None)
+    recovered = min((ts for ts, n in after if n and (last_fail is None or ts > last_fail)),
+                    default=None)  # fmt: skip
+    oks = ([last_ok] if last_ok is not None else []) + [ts for ts, n in after if n]
+    gaps = [b - a for a, b in itertools.pairwise(oks)]
     return {
         "requests": len(results),
         "failures": sum(1 for _, n in results if n is None),
         "failures_after": sum(1 for _, n in after if n is None),
         "first_success_after": None if first_ok is None else round(first_ok - at, 3),
-        "outage": None if first_ok is None or last_ok is None else round(first_ok - last_ok, 3),
+        "recovered_after": None if recovered is None else round(recovered - at, 3),
+        "max_gap": round(max(gaps), 3) if gaps else None,
     }
+
+
+def agent_log_delay(log: str, first: str, then: str) -> float | None:
+    """Seconds between the first JSON log line whose msg starts with ``first`` and the next
+    whose msg starts with ``then`` (the agent's own clock: from its start, not its spawn)."""
+    t0 = None
+    for line in log.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = str(rec.get("msg", ""))
+        if t0 is None and msg.startswith(first):
+            t0 = float(rec["ts"])
+        elif t0 is not None and msg.startswith(then):
+            return round(float(rec["ts"]) - t0, 3)
+    return None
 
 
 def read_loop(path: str) -> list[tuple[float, str | None]]:

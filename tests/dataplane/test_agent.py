@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests.dataplane.agents import APP_NS, NODES, Lab, pool, virtual_server
-from tests.dataplane.scenarios_agent import analyse
+from tests.dataplane.scenarios_agent import agent_log_delay, analyse
 from tests.dataplane.vm import Vm
 
 VIP = "10.10.0.100"
@@ -143,13 +143,18 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     assert res["holder"] == new, res
     assert lab.holder() == NODES[new]
     assert stats["first_success_after"] is not None, stats
-    assert stats["first_success_after"] < 30, stats  # relaxed Lease in the VM: 6 s
+    assert stats["recovered_after"] < 30, stats  # relaxed Lease in the VM: 6 s
     # the dead director comes back: its restarted agent drops the stale VIP at once
     lab.call("link_up", ns=old)
     lab.start_agent(old)
     dropped = lab.call("wait_vip_dropped", ns=old, vip=VIP, timeout=120)
     assert dropped is not None, lab.logs()
-    print(f"[dataplane] restarted agent dropped the stale VIP {dropped}s after spawn")
+    since_start = agent_log_delay(lab.agents[old].output(), "director agent starting",
+                                  "VIP dropped")  # fmt: skip
+    print(f"[dataplane] restarted agent dropped the stale VIP {dropped}s after spawn, "
+          f"{since_start}s after the agent started (imports under TCG take the rest)")  # fmt: skip
+    # the bound is the start-up grace (first election step, 5 s in the VM; 1 s by default)
+    assert since_start is not None and since_start < 10, lab.logs()
     assert lab.call("wait_ready", namespaces=[old], timeout=120)
     assert lab.call("vip_holders", vip=VIP) == [new]
 
