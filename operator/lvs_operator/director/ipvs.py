@@ -14,12 +14,15 @@ IPVS is programmed over generic netlink, by default with the lean client in
   pyroute2 does it from a short-lived child. Neither creates a missing namespace.
 * The persistence netmask attribute is an IPv4 mask for IPv4 services but a prefix length
   (a host-order u32) for IPv6 ones.
-* Cost, measured in the TCG VM (DESIGN.md has the earlier figures): pyroute2 spends ~40 ms
-  of Python per request and ~130 ms per destination dump; 100 services x 10 destinations took
-  42 s to program cold and 12.8 s to read. The netlink backend sends up to 512 requests per
-  ``send`` and reads the acknowledgements in bulk: the same cold start took 1.1 s and a read
-  2.8 s. A read is one service dump plus one destination dump per service (the kernel
-  allows one dump in flight per socket).
+* Cost, measured in the TCG VM on a loaded 2-core host (DESIGN.md has earlier figures):
+  pyroute2 spends ~40 ms of Python per request and ~130 ms per destination dump (100
+  services x 10 destinations: 42 s to program cold, 12.8 s to read). The netlink backend
+  sends up to 1,024 requests per ``send`` with only the last acknowledged (failures are
+  answered anyway): 1,000 x 10 programmed cold in 6.9 s (11,000 requests; ipvsadm-restore:
+  5.7 s), read in ~20 s. A read is one service dump plus one destination dump per service
+  (the kernel has no dump of all destinations, and allows one dump in flight per socket);
+  its cost is Python parsing, so an agent at that scale should keep its own copy of the table
+  (``table.apply_to_table``) and read the kernel back now and then, not on every event.
 * fwmark services are not represented in ``IpvsTable`` and so are never touched.
 """
 
