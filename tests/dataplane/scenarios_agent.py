@@ -41,6 +41,25 @@ def setup(api_host: str = "10.0.2.2") -> dict[str, Any]:
     return out
 
 
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def cleanup(vips: dict[str, list[str]]) -> None:
+    """After the agent tests: real servers back to plain, directors emptied (other test
+    modules share the VM). ``vips``: mode -> VIPs set up with ``realserver``."""
+    for mode, addresses in vips.items():
+        if addresses:
+            realserver(addresses, mode, cleanup=True)
+    t.reset()
+
+
 def realserver(vips: list[str], mode: str, cleanup: bool = False) -> dict[str, Any]:
     """Run the real `lvs-operator realserver` command in every real-server namespace."""
     topo = t.default_topology()
@@ -229,6 +248,18 @@ def signal_process(pid: int, sig: int, link_down: str | None = None) -> float:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     return at
+
+
+def takeover(pid: int, sig: int, vip: str, new: str, link_down: str | None = None,
+             timeout: float = 60) -> dict[str, Any]:  # fmt: skip
+    """``signal_process``, then poll until director ``new`` holds ``vip``: returns the event's
+    guest time and how long the VIP took to move."""
+    at = signal_process(pid, sig, link_down)
+    while now() - at < timeout:
+        if f" {vip}/" in t.nsexec(new, "ip", "-o", "addr", "show", "dev", "front", check=False):
+            return {"at": at, "vip_moved_after": round(now() - at, 3)}
+        time.sleep(0.02)
+    return {"at": at, "vip_moved_after": None}
 
 
 def link_up(ns: str) -> None:

@@ -636,6 +636,12 @@ class Agent:
                 "standby: dropping the VIPs",
                 extra={"lease": f"{self.cfg.namespace}/{self.cfg.lease_name}"},
             )
+            # The clock runs (the Lease expires for the others): remove what we hold first,
+            # without the dumps of a full reconcile, then reconcile to catch anything else.
+            held, self.held = dict(self.held), {}
+            for vip, ifname in held.items():
+                await self._vt(self.vipman.remove, vip, ifname)
+                log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
             await self.reconcile_vips()
 
     async def _vip_refresh_loop(self) -> None:
