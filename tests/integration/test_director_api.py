@@ -1,0 +1,126 @@
+"""The director agent's API code against the real control plane (no kernel needed).
+
+- the Lease election (``KubeLeaseApi`` + ``Elector``): create, renew, the API server's 409 on a
+  stale resourceVersion, release (holderIdentity "") and the standby's takeover through its
+  watch, the ``lvs.io/programmed`` annotation;
+- the agent's watches: only VirtualServers labelled with its director group arrive (the real
+  server filters by labelSelector), and pool status members are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from lightkube import AsyncClient
+
+from lvs_operator.api.directorgroup import GROUP_LABEL
+from lvs_operator.director.agent import informer
+from lvs_operator.director.election import (
+    PROGRAMMED_ANNOTATION,
+    ElectionConfig,
+    Elector,
+    KubeLeaseApi,
+    LeaseConflict,
+)
+
+from .helpers import custom_resource
+
+pytestmark = pytest.mark.integration
+
+VS = custom_resource("lvs.io", "v1alpha1", "VirtualServer", "virtualservers")
+
+
+async def test_election_on_a_real_lease(akube: AsyncClient, namespace: str) -> None:
+    api_a = KubeLeaseApi(akube, namespace, "lvs-director-gint")
+    api_b = KubeLeaseApi(akube, namespace, "lvs-director-gint")
+    a = Elector(ElectionConfig("node-a"), api_a)
+    b = Elector(ElectionConfig("node-b"), api_b)
+    await a.tick()
+    assert a.is_leader
+    first = await api_a.get()
+    assert first is not None and first.holder == "node-a" and first.duration_seconds == 2
+
+    a.set_annotation(PROGRAMMED_ANNOTATION, '{"demo/web": 2}')
+    await a.tick()
+    renewed = await api_a.get()
+    assert renewed is not None
+    assert renewed.resource_version != first.resource_version
+    assert renewed.annotations[PROGRAMMED_ANNOTATION] == '{"demo/web": 2}'
+
+    with pytest.raises(LeaseConflict):  # the real server's 409 on a stale resourceVersion
+        await api_b.update(replace(first, holder="node-b"))
+
+    task = asyncio.create_task(b.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert not b.is_leader
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await a.release()
+        released = await api_a.get()
+        assert released is not None
+        while not b.is_leader and loop.time() - t0 < 5:
+            await asyncio.sleep(0.02)
+        assert b.is_leader, "the standby did not take the released Lease"
+        print(f"\n[integration] takeover after release: {loop.time() - t0:.3f}s")
+        assert loop.time() - t0 < 1.0
+        now = await api_a.get()
+        assert now is not None and now.holder == "node-b" and now.transitions == 1
+    finally:
+        await b.release()
+        await asyncio.wait_for(task, 5)
+
+
+def _vs(namespace: str, name: str, group: str, vip: str) -> Any:
+    return VS.from_dict({
+        "apiVersion": "lvs.io/v1alpha1",
+        "kind": "VirtualServer",
+        "metadata": {"name": name, "namespace": namespace, "labels": {GROUP_LABEL: group}},
+        "spec": {"vip": vip, "ports": [{"port": 80}], "poolRef": {"name": "web"}},
+    })  # fmt: skip
+
+
+async def test_watch_sees_only_the_groups_virtual_servers(
+    akube: AsyncClient, namespace: str, crds: list[str]
+) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    events: list[tuple[str, str]] = []
+
+    def reset(items: list[dict[str, Any]]) -> None:
+        seen.clear()
+        seen.update({o["metadata"]["name"]: o for o in items})
+
+    def apply(kind: str, obj: dict[str, Any]) -> None:
+        events.append((kind, obj["metadata"]["name"]))
+        if kind == "DELETED":
+            seen.pop(obj["metadata"]["name"], None)
+        else:
+            seen[obj["metadata"]["name"]] = obj
+
+    await akube.create(_vs(namespace, "mine", "gint", "192.0.2.10"))
+    task = asyncio.create_task(informer(akube, VS, {GROUP_LABEL: "gint"}, apply, reset, "VS"))
+    try:
+        for _ in range(100):
+            if "mine" in seen:
+                break
+            await asyncio.sleep(0.05)
+        await akube.create(_vs(namespace, "other", "gother", "192.0.2.11"))
+        await akube.create(_vs(namespace, "late", "gint", "192.0.2.12"))
+        for _ in range(100):
+            if "late" in seen:
+                break
+            await asyncio.sleep(0.05)
+        await akube.delete(VS, "mine", namespace=namespace)
+        for _ in range(100):
+            if "mine" not in seen:
+                break
+            await asyncio.sleep(0.05)
+        assert set(seen) == {"late"}
+        assert ("ADDED", "late") in events and ("DELETED", "mine") in events
+        assert all(name != "other" for _, name in events)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
