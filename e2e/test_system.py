@@ -1,0 +1,471 @@
+"""The whole chain a user relies on, in one run: custom resources -> controller ->
+EndpointSlices -> director agents -> kernel IPVS -> client traffic -> failover.
+
+One control plane (hack/test-cluster) and one VM boot (tests/dataplane/vm.py) serve the
+ordered cases below (module-scoped fixture; see e2e/system.py for how the pieces are wired,
+e2e/guest.py for the network in the VM). Every traffic loop is bounded in count and time and
+stays inside the VM's namespaces. Figures are printed as they are measured and in a summary
+at the end, next to the Lease timings used (LVS_E2E_LEASE="duration,deadline,retry[,grace]").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from lightkube import ApiError
+from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.resources.core_v1 import Pod
+
+from e2e.conftest import FAILED_ITEM
+from e2e.guest import analyse
+from e2e.system import (
+    DIRECTORS,
+    OPERATOR_NS,
+    OTHER,
+    VIP,
+    System,
+    Timings,
+    agent_started_at,
+    overlaps,
+)
+
+pytestmark = pytest.mark.e2e
+
+APP_NS = "web"
+SERVICE = f"TCP {VIP}:80"
+HANDOVERS = int(os.environ.get("LVS_E2E_HANDOVERS", "2"))
+MANIFEST = f"""
+apiVersion: lvs.io/v1alpha1
+kind: RealServerPool
+metadata: {{name: web, namespace: {APP_NS}}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+---
+apiVersion: lvs.io/v1alpha1
+kind: VirtualServer
+metadata: {{name: web, namespace: {APP_NS}}}
+spec:
+  vip: {VIP}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
+  poolRef: {{name: web}}
+  scheduler: rr
+  forwarding: masquerade
+  directors: {{nodeSelector: {{lvs.io/director: "true"}}}}
+"""
+FIGURES: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def system(
+    say: Callable[[str], None], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    t0 = time.monotonic()
+    timings = Timings.parse(os.environ.get("LVS_E2E_LEASE"))
+    s = System(tmp_path_factory.mktemp("e2e"), app_namespace=APP_NS, timings=timings, say=say)
+    FIGURES["timings"] = str(timings)
+    say(f"agents' timings: {timings}")
+    try:
+        s.bring_up(MANIFEST)
+    except BaseException:
+        say("set-up failed; logs:\n" + s.logs())
+        s.close()
+        raise
+    try:
+        yield s
+    finally:
+        summary(s, say, time.monotonic() - t0)
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request: pytest.FixtureRequest, system: System) -> Iterator[None]:
+    yield
+    if request.node.stash.get(FAILED_ITEM, False):
+        print("\n===== logs of the failed case =====\n" + system.logs(80))
+        print(f"VIP holders: {system.call('holders')}")
+        for ns in DIRECTORS:
+            print(f"--- ipvsadm -Ln in {ns}\n{system.call('ipvs', ns=ns)}")
+
+
+def summary(s: System, say: Callable[[str], None], wall: float) -> None:
+    samples = s.samples()
+    all_overlaps = overlaps(samples)
+    window = FIGURES.get("agent_crash_window")
+    outside = [
+        o for o in all_overlaps if not window or o["to"] < window[0] or o["from"] > window[1]
+    ]
+    longest = max((o["seconds"] for o in all_overlaps), default=0.0)
+    lines = [
+        "===== e2e figures =====",
+        f"timings: {FIGURES.get('timings')}",
+        f"pod Ready -> first answer through the VIP: {FIGURES.get('ready_to_served')} s",
+        f"planned handover (SIGTERM -> first answer via the new director), median of "
+        f"{len(FIGURES.get('handover', []))}: {_median(FIGURES.get('handover'))} s "
+        f"(runs {FIGURES.get('handover')}; failed requests {FIGURES.get('handover_failures')})",
+        f"node crash failover (last answer via the old director -> first via the new): "
+        f"{FIGURES.get('crash_failover')} s (kill -> first answer via new: "
+        f"{FIGURES.get('crash_kill_to_new')} s)",
+        f"agent crash: standby holds the VIP {FIGURES.get('agent_crash_takeover')} s after "
+        f"SIGKILL; restarted agent dropped the stale VIP {FIGURES.get('stale_vip_drop')} s after "
+        f"it started ({FIGURES.get('stale_vip_drop_from_spawn')} s after spawn)",
+        f"VIP held by two directors: longest {longest} s; outside the agent-crash case: "
+        f"{outside or 'never'} ({len(samples)} samples at 100 ms)",
+        f"e2e wall time: {wall:.0f} s",
+    ]
+    say("\n".join(lines))
+    report = s.workdir / "figures.txt"
+    report.write_text("\n".join(lines) + "\n")
+
+
+def _median(values: list[float] | None) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _pod_names(s: System) -> set[str]:
+    return {p.metadata.name for p in s.web_pods() if not p.metadata.deletionTimestamp}
+
+
+def _wait_vs(s: System, ready_of_total: str, timeout: float = 60) -> dict[str, Any]:
+    """Until the VirtualServer's status shows ``ready_of_total`` and an active director."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = s.virtual_server().get("status") or {}
+        if status.get("readyOfTotal") == ready_of_total and status.get("activeDirector"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"VirtualServer status never showed {ready_of_total}: {status}")
+
+
+def test_1_all_pods_answer_in_rr_order(system: System) -> None:
+    s = system
+    status = _wait_vs(s, "3/3")
+    s.show_status("3 web pods")
+    res = s.call("wait_answers", timeout=120)
+    assert res["ok"], f"{res}\n{s.logs()}"
+    seq = s.call("sequence", n=30)
+    pods = _pod_names(s)
+    assert "error" not in seq, seq
+    assert set(seq) == pods, (seq, pods)
+    assert len(set(seq[:3])) == 3 and all(seq[i] == seq[i % 3] for i in range(30)), seq
+    s.say(
+        f"1. rr order: {' '.join(seq[:6])} ... (30 requests, 10 each; "
+        f"active director {status['activeDirector']})"
+    )
+
+
+def test_2_scale_up_new_pod_answers(system: System) -> None:
+    s = system
+    before = _pod_names(s)
+    s.scale(4)
+    pods = s.wait_pods(4)
+    new = next(p.metadata.name for p in pods if p.metadata.name not in before)
+    # kwok reports containers Ready at once; a kubelet would report Ready only once the
+    # readiness probe passes, i.e. when the server answers. Play that: not Ready until the
+    # pod's namespace and server exist in the VM, then Ready (from the guest, timed there).
+    s.call("set_pod_ready", api=s.vm_api, namespace=APP_NS, pod=new, ready=False)
+    _wait_member(s, new, lambda m: m is not None and not m["ready"])
+    s.sync_pods()
+    s.show_status(f"scaled to 4; {new} not ready yet")
+    seen: dict[str, float] = {}
+    watcher = threading.Thread(target=_watch_member_ready, args=(s, new, seen), daemon=True)
+    t0 = time.monotonic()
+    watcher.start()
+    res = s.call("ready_to_served", api=s.vm_api, namespace=APP_NS, pod=new, timeout=90)
+    watcher.join(5)
+    if "ready" in seen:
+        s.say(
+            f"   (host view: pool status showed {new} ready {seen['ready'] - t0:.2f} s after the "
+            "guest call began; the call's start-up is included)"
+        )
+    assert res["seconds"] is not None, f"{res}\n{s.logs()}"
+    assert res["failures"] == 0, res
+    FIGURES["ready_to_served"] = res["seconds"]
+    s.say(
+        f"2. {new} ({s.pod_ip(new)}) Ready -> first answer through the VIP: "
+        f"{res['seconds']} s ({res['requests']} requests at 50 ms)"
+    )
+    _wait_vs(s, "4/4")
+    seq = s.call("sequence", n=40)
+    assert sorted(set(seq)) == sorted(before | {new}) and "error" not in seq, seq
+    assert all(seq.count(p) == 10 for p in set(seq)), seq
+    s.show_status("4 web pods")
+
+
+def _watch_member_ready(s: System, pod: str, seen: dict[str, float]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if (s.members().get(pod) or {}).get("ready"):
+                seen["ready"] = time.monotonic()
+                return
+        time.sleep(0.05)
+
+
+def _wait_member(
+    s: System, pod: str, pred: Callable[[dict[str, Any] | None], bool], timeout: float = 30
+) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    member = None
+    while time.monotonic() < deadline:
+        member = s.members().get(pod)
+        if pred(member):
+            return member
+        time.sleep(0.2)
+    raise AssertionError(f"pool member {pod} never matched: {member}")
+
+
+def test_3_terminating_pod_drains(system: System) -> None:
+    s = system
+    assert s.vm is not None
+    hold_out = str(s.vm.shared / "hold.jsonl")
+    from tests.dataplane.vm import guest_python
+
+    hold = s.vm.spawn(
+        [
+            guest_python(),
+            "-m",
+            "e2e.guest",
+            "hold",
+            "--out",
+            hold_out,
+            "--interval",
+            "0.5",
+            "--max-seconds",
+            "240",
+        ],
+        netns="e2e-client",
+        name="hold",
+    )
+    deadline = time.monotonic() + 60
+    while not (rows := _rows(hold_out)) or not rows[0][1]:
+        assert time.monotonic() < deadline, f"held connection got no answer: {hold.output()}"
+        time.sleep(0.2)
+    victim = rows[0][1]
+    dest = f"{s.pod_ip(victim)}:8080"
+    leader = s.leader_ns()
+    assert s.admin is not None
+    # The ReplicaSet deletes the pod with the lowest deletion cost when scaling down; a
+    # finalizer keeps it terminating, as a kubelet would during the grace period (kwok deletes
+    # at once).
+    s.admin.patch(
+        Pod,
+        victim,
+        {
+            "metadata": {
+                "finalizers": ["lvs-e2e/hold"],
+                "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-1000"},
+            }
+        },
+        namespace=APP_NS,
+    )
+    s.scale(3)
+    t0 = time.monotonic()
+    _wait_member(s, victim, lambda m: m is not None and m["terminating"])
+    t_member = time.monotonic() - t0
+    res = s.call("wait_weights", namespaces=[leader], service=SERVICE, want={dest: 0}, timeout=60)
+    assert res["ok"], f"{res}\n{s.logs()}"
+    s.say(
+        f"3. {victim} terminating: pool member terminating after {t_member:.2f} s, weight 0 "
+        f"on the active director {time.monotonic() - t0:.2f} s after the scale-down"
+    )
+    s.show_status(f"{victim} terminating")
+    seq = s.call("sequence", n=30)
+    assert victim not in seq and "error" not in seq, seq
+    assert len(set(seq)) == 3 and all(seq.count(p) == 10 for p in set(seq)), seq
+    time.sleep(1.0)
+    hold.signal(signal.SIGTERM)
+    hold.wait(30)
+    held = _rows(hold_out)
+    assert held and all(r[1] == victim for r in held), held
+    assert any(r[0] > held[0][0] + 2 for r in held), held  # it kept working while terminating
+    s.say(
+        f"   new connections avoided {victim}: {dict((p, seq.count(p)) for p in set(seq))}; "
+        f"the held connection got {len(held)} answers from {victim}, none failed"
+    )
+    gone = s.call(
+        "wait_weights", namespaces=[leader], service=SERVICE, want={dest: None}, timeout=90
+    )
+    assert gone["ok"], gone
+    s.say(f"   its destination left IPVS {gone['seconds']} s after the connection closed")
+    s.admin.patch(Pod, victim, {"metadata": {"finalizers": None}}, namespace=APP_NS)
+    deadline = time.monotonic() + 30
+    while victim in {p.metadata.name for p in s.web_pods()}:
+        assert time.monotonic() < deadline, f"{victim} not deleted"
+        time.sleep(0.2)
+    s.sync_pods()
+    _wait_vs(s, "3/3")
+    s.show_status(f"{victim} gone")
+
+
+def _rows(path: str) -> list[Any]:
+    from e2e.system import _read_jsonl
+
+    return _read_jsonl(path)
+
+
+def test_4_planned_handover_loses_no_request(system: System) -> None:
+    s = system
+    times, failures = [], []
+    for n in range(HANDOVERS):
+        old = s.leader_ns()
+        new = OTHER[old]
+        loop, out = s.start_loop(f"handover-{n}", interval=0.05, timeout=2.0)
+        proc = s.agents.pop(old)
+        at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGTERM))
+        code = proc.wait(30)
+        res = s.call("wait_holder", exclude=old, timeout=60)
+        time.sleep(1.5)
+        stats = analyse(s.stop_loop(loop, out), at, old)
+        assert code == 0, proc.output()[-3000:]
+        assert res["holder"] == new, f"{res}\n{s.logs()}"
+        assert s.leader() == DIRECTORS[new][0]
+        assert stats["failures"] == 0, stats
+        assert stats["to_new_director"] is not None, stats
+        times.append(stats["to_new_director"])
+        failures.append(stats["failures"])
+        s.say(
+            f"4. handover {DIRECTORS[old][0]} -> {DIRECTORS[new][0]}: first answer via the new "
+            f"director {stats['to_new_director']} s after SIGTERM, {stats['failures']} failed "
+            f"of {stats['requests']} requests (50 ms interval, 2 s timeout)"
+        )
+        s.show_status(f"after handover {n + 1}")
+        s.start_agent(old)
+        assert s.wait_agents_ready([old], timeout=180), s.logs()
+        assert s.call("holders") == [new]
+    FIGURES["handover"] = times
+    FIGURES["handover_failures"] = failures
+
+
+def test_5_node_crash_standby_takes_over(system: System) -> None:
+    s = system
+    old = s.leader_ns()
+    new = OTHER[old]
+    loop, out = s.start_loop("crash", interval=0.05, timeout=0.5)
+    proc = s.agents.pop(old)
+    at = s.call("crash_node", ns=old, pid=proc.pid)
+    res = s.call("wait_holder", exclude=old, timeout=90)
+    time.sleep(2)
+    stats = analyse(s.stop_loop(loop, out), at, old)
+    assert res["holder"] == new, f"{res}\n{s.logs()}"
+    assert stats["old_to_new"] is not None, stats
+    FIGURES["crash_failover"] = stats["old_to_new"]
+    FIGURES["crash_kill_to_new"] = stats["to_new_director"]
+    s.say(
+        f"5. node {DIRECTORS[old][0]} crashed: failover {stats['old_to_new']} s (last answer "
+        f"via the old director -> first via {DIRECTORS[new][0]}); {stats['failures']} failed "
+        f"requests (0.5 s timeout); {s.timings}"
+    )
+    s.show_status("after the node crash")
+    # the node returns: its network again, its agent (the DaemonSet's pod) restarted
+    s.call("add_director", ns=old)
+    s.start_agent(old)
+    assert s.wait_agents_ready([old], timeout=180), s.logs()
+    time.sleep(max(3.0, s.timings.retry_period * 3))
+    assert s.call("holders") == [new]
+    assert s.leader() == DIRECTORS[new][0]
+    s.say(f"   {DIRECTORS[old][0]} returned as standby; the VIP stayed on {DIRECTORS[new][0]}")
+    s.show_status("the crashed node returned")
+
+
+def test_6_agent_crash_stale_vip_dropped_on_restart(system: System) -> None:
+    s = system
+    assert s.vm is not None
+    old = s.leader_ns()
+    new = OTHER[old]
+    loop, out = s.start_loop("agent-crash", interval=0.05, timeout=0.5, max_seconds=180)
+    proc = s.agents.pop(old)
+    at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGKILL))
+    deadline = time.monotonic() + 90
+    while new not in s.call("holders"):
+        assert time.monotonic() < deadline, f"standby never took the VIP\n{s.logs()}"
+        time.sleep(0.2)
+    assert old in s.call("holders"), "the killed agent's kernel should still hold the VIP"
+    took = _first_sample(s, lambda h: new in h, after=at)
+    # the DaemonSet restarts the agent
+    spawned = s.call("clocks")
+    restarted = s.start_agent(old)
+    res = s.call("wait_holder", timeout=120)
+    assert res["holder"] == new, f"{res}\n{s.logs()}"
+    time.sleep(1.0)
+    stats = analyse(s.stop_loop(loop, out), at, old)
+    dropped = _first_sample(s, lambda h: h == [new], after=at)
+    started = agent_started_at(restarted)
+    assert took is not None and dropped is not None, s.samples()[-10:]
+    FIGURES["agent_crash_takeover"] = round(took["mono"] - at, 2)
+    FIGURES["stale_vip_drop_from_spawn"] = round(dropped["mono"] - spawned["mono"], 2)
+    FIGURES["stale_vip_drop"] = None if started is None else round(dropped["wall"] - started, 2)
+    FIGURES["agent_crash_window"] = (at, dropped["mono"])
+    window = overlaps(s.samples(), at, dropped["mono"])
+    s.say(
+        f"6. agent on {DIRECTORS[old][0]} killed: {DIRECTORS[new][0]} holds the VIP "
+        f"{FIGURES['agent_crash_takeover']} s later (Lease expiry); the restarted agent dropped "
+        f"the stale VIP {FIGURES['stale_vip_drop']} s after it started "
+        f"({FIGURES['stale_vip_drop_from_spawn']} s after spawn, Python start-up under TCG "
+        f"included); overlap {[o['seconds'] for o in window]} s; {stats['failures']} failed "
+        f"requests"
+    )
+    assert FIGURES["stale_vip_drop"] is not None and FIGURES["stale_vip_drop"] <= 1.5, (
+        f"{FIGURES}\n{restarted.output()[-3000:]}"
+    )
+    assert s.wait_agents_ready([old], timeout=180)
+    assert s.leader() == DIRECTORS[new][0]
+    s.show_status("after the agent crash")
+
+
+def _first_sample(
+    s: System, pred: Callable[[list[str]], bool], after: float
+) -> dict[str, Any] | None:
+    for row in s.samples():
+        if row["mono"] >= after and pred(row["holders"]):
+            return row
+    return None
+
+
+def test_7_virtualserver_deleted_everything_released(system: System) -> None:
+    s = system
+    group = s.group
+    s.kubectl("delete", "virtualserver", "web", "-n", APP_NS)
+    res = s.call(
+        "wait_weights", namespaces=list(DIRECTORS), service=SERVICE, want={"": None}, timeout=60
+    )
+    assert res["ok"], f"{res}\n{s.logs()}"
+    released = s.call("wait_no_holder", timeout=60)
+    assert released is not None, s.call("holders")
+    assert s.admin is not None
+
+    def ds_gone() -> bool:
+        try:
+            s.admin.get(DaemonSet, f"lvs-director-{group}", namespace=OPERATOR_NS)  # type: ignore[union-attr]
+        except ApiError as exc:
+            return exc.status.code == 404
+        return False
+
+    deadline = time.monotonic() + 60
+    while not ds_gone():
+        assert time.monotonic() < deadline, "the group's DaemonSet was not removed"
+        time.sleep(0.3)
+    s.say(
+        f"7. VirtualServer deleted: IPVS service gone from both directors ({res['seconds']} s), "
+        f"VIP released, DaemonSet lvs-director-{group} removed"
+    )
+    s.show_status("VirtualServer deleted")
+    for ns in list(s.agents):
+        proc = s.agents.pop(ns)
+        proc.signal(signal.SIGTERM)
+        proc.wait(30)
+    window = FIGURES.get("agent_crash_window")
+    stray = [
+        o
+        for o in overlaps(s.samples())
+        if not window or o["to"] < window[0] or o["from"] > window[1] + 0.5
+    ]
+    assert not stray, f"two directors held the VIP outside the agent-crash case: {stray}"
