@@ -412,6 +412,8 @@ class Agent:
         self.kernel_vips: set[str] = set()  # addresses of the kernel's services we own
         self.known_vips: set[str] = set()  # every VIP of this group seen while running
         self.held: dict[str, str] = {}  # vip -> interface, while leader
+        self.placements: dict[str, str] = {}  # vip -> interface it goes on (all directors)
+        self._links: dict[str, Any] = {}  # interface -> (index, MAC)
         self._vip_lock = asyncio.Lock()
         self._announcing: set[asyncio.Task[None]] = set()
         api = lease_api or KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
@@ -582,23 +584,44 @@ class Agent:
 
     # -- VIPs ----------------------------------------------------------------------------------
 
-    def _wanted_vips(self) -> dict[str, str]:
-        if not self.elector.is_leader or self.desired is None:
+    def _placements(self) -> dict[str, str]:
+        """Where each VIP of the group goes (vip -> interface): one route dump for all.
+        Computed by standbys too, so a takeover can add the VIPs without any dump first."""
+        if self.desired is None:
             return {}
-        wanted: dict[str, str] = {}
+        from .vip import pick_interface
+
+        routes = None
+        placed: dict[str, str] = {}
         for vip, override in self.desired.vips.items():
-            try:
-                wanted[vip] = self.vipman.interface_for(vip, override)
-            except LookupError as exc:
-                log.error("VIP cannot be placed: %s", exc, extra={"vip": vip})
-        return wanted
+            if override:
+                placed[vip] = override
+                continue
+            if routes is None:
+                routes = self.vipman.routes()
+            name = pick_interface(vip, routes)
+            if name is None:
+                log.error(
+                    "VIP cannot be placed: no route to it on this node; add a route to its "
+                    "subnet, or set spec.directors.interface",
+                    extra={"vip": vip},
+                )
+            else:
+                placed[vip] = name
+        return placed
+
+    async def _link(self, ifname: str) -> Any:
+        if ifname not in self._links:
+            self._links[ifname] = await self._vt(self.vipman.link_info, ifname)
+        return self._links[ifname]
 
     async def reconcile_vips(self, announce: bool = False) -> None:
         """Make the node hold exactly the VIPs it should; announce new ones (or all)."""
         from .vip import plan_vips
 
         async with self._vip_lock:
-            wanted = await self._vt(self._wanted_vips)
+            self.placements = await self._vt(self._placements)
+            wanted = dict(self.placements) if self.elector.is_leader else {}
             present = await self._vt(self.vipman.present)
             candidates = self.known_vips | self.kernel_vips | set(wanted)
             plan = plan_vips(wanted, present, candidates)
@@ -611,9 +634,21 @@ class Agent:
             self.metrics.vips.set(len(wanted))
             to_announce = wanted if announce else plan.add
             for vip, ifname in to_announce.items():
-                link = await self._vt(self.vipman.link_info, ifname)
+                link = await self._link(ifname)
                 if link is not None:
                     self._announce(vip, ifname, link, None if plan.add.get(vip) else 1)
+
+    async def _take_vips_fast(self) -> None:
+        """On takeover: add the VIPs where they were last placed and announce them, before the
+        full reconcile (which dumps routes and addresses: slow on a busy node)."""
+        for vip, ifname in dict(self.placements).items():
+            if not self.elector.is_leader:
+                return
+            await self._vt(self.vipman.add, vip, ifname)
+            self.held[vip] = ifname
+            link = await self._link(ifname)
+            if link is not None:
+                self._announce(vip, ifname, link, None)
 
     def _announce(self, vip: str, ifname: str, link: Any, count: int | None) -> None:
         """Announcements sleep between sends: their own thread, not the netlink one."""
@@ -630,7 +665,8 @@ class Agent:
                 "leader: taking the VIPs",
                 extra={"lease": f"{self.cfg.namespace}/{self.cfg.lease_name}"},
             )
-            await self.reconcile_vips()
+            await self._take_vips_fast()
+            self._background(self.reconcile_vips())
         else:
             log.info(
                 "standby: dropping the VIPs",
@@ -642,7 +678,22 @@ class Agent:
             for vip, ifname in held.items():
                 await self._vt(self.vipman.remove, vip, ifname)
                 log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
-            await self.reconcile_vips()
+            self._background(self.reconcile_vips())
+
+    def _background(self, coro: Any) -> None:
+        """Run ``coro`` without holding up the election (it logs its own failure)."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("VIP reconcile failed")
+
+        task = asyncio.create_task(guarded())
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     async def _vip_refresh_loop(self) -> None:
         if self.cfg.vip_refresh <= 0:
@@ -667,7 +718,7 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.elector.tick(), self.cfg.startup_grace)
         if not self.elector.is_leader:
-            await self.reconcile_vips()
+            await self.reconcile_vips()  # drops stale VIPs
 
     async def run(self) -> int:
         from lightkube.generic_resource import create_namespaced_resource

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 from typing import Any
 
@@ -18,6 +20,7 @@ from lvs_operator.director.table import (
     ServiceKey,
     apply_to_table,
 )
+from lvs_operator.director.vip import Route
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
 
 VIP = "10.10.0.100"
@@ -49,6 +52,9 @@ class FakeVips:
 
     def interface_for(self, vip: str, override: str | None = None) -> str:
         return override or "front"
+
+    def routes(self) -> list[Route]:
+        return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
 
     def present(self) -> dict[str, str]:
         return dict(self.addresses)
@@ -176,8 +182,28 @@ async def test_release_drops_vips_then_frees_the_lease() -> None:
     await agent.reconcile_vips()
     assert agent.vipman.addresses == {VIP: "front"}
     assert await agent.elector.release()
-    assert agent.vipman.addresses == {}
+    assert agent.vipman.addresses == {}  # dropped before the Lease was released
     assert store.record.holder == ""
+
+
+async def test_takeover_adds_the_vips_before_any_dump() -> None:
+    store = FakeLeaseStore()
+    leader = make("node-a", store)
+    await leader.startup()
+    vips = FakeVips()
+    standby = make("node-b", store, vips=vips)
+    await standby.startup()
+    standby._reset_vs([vs_obj()])
+    standby._reset_pools([pool_obj()])
+    await standby.converge()
+    await standby.reconcile_vips()
+    assert vips.addresses == {} and standby.placements == {VIP: "front"}
+    await leader.elector.release()
+    await standby.elector.tick()
+    assert standby.elector.is_leader
+    assert vips.addresses == {VIP: "front"}
+    await asyncio.sleep(0.05)  # the announcement runs on its own thread
+    assert vips.announced == [(VIP, "front", None)]
 
 
 def test_flags_mirror_the_environment() -> None:
