@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient
@@ -370,35 +370,36 @@ class Reconciler:
                 t.cancel()
 
     async def _loop(self) -> None:
+        """Run a pass on every wake-up (debounced), at the next Lease expiry, and after a
+        backoff when writes failed; events keep being served meanwhile."""
         retry_delay = 1.0
+        retry_at: datetime | None = None
         deadline: datetime | None = None
         while True:
+            wake_at = min((t for t in (deadline, retry_at) if t is not None), default=None)
             timeout = None
-            if deadline is not None:
-                timeout = max(0.0, (deadline - utcnow()).total_seconds()) + 0.05
+            if wake_at is not None:
+                timeout = max(0.0, (wake_at - utcnow()).total_seconds()) + 0.05
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             await asyncio.sleep(self.debounce)
             self._wake.clear()
+            failed = 0
             try:
-                result = await self.reconcile_once()
+                failed, deadline = await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("reconcile pass failed; retrying in %.0f s", retry_delay)
-                deadline = None
-                await asyncio.sleep(retry_delay)
-                retry_delay = min(retry_delay * 2, 60.0)
-                self._wake.set()
-                continue
-            failed, deadline = result
+                failed = 1
             if failed:
-                log.info("%d write(s) failed; retrying in %.0f s", failed, retry_delay)
-                await asyncio.sleep(retry_delay)
-                retry_delay = min(retry_delay * 2, 60.0)
-                self._wake.set()
+                if retry_at is None or utcnow() >= retry_at:
+                    log.info("%d write(s) failed; retrying in %.0f s", failed, retry_delay)
+                    retry_at = utcnow() + timedelta(seconds=retry_delay)
+                    retry_delay = min(retry_delay * 2, 60.0)
             else:
                 retry_delay = 1.0
+                retry_at = None
 
     async def reconcile_once(self) -> tuple[int, datetime | None]:
         """One pass: plan, then write. Returns (failed writes, when to look again)."""

@@ -476,7 +476,7 @@ def test_director_group_daemonset_lease_and_status(
             ),
             spec=LeaseSpec(
                 holderIdentity=nodes[0],
-                leaseDurationSeconds=6,
+                leaseDurationSeconds=15,
                 acquireTime=now,
                 renewTime=now,
             ),
@@ -498,8 +498,16 @@ def test_director_group_daemonset_lease_and_status(
         assert condition(vs, "Programmed")["reason"] == "Programmed"
         assert condition(vs, "Degraded")["status"] == "False"
         assert vs["status"]["observedGeneration"] == gen_a
-        b = obj(admin, VS, "b", other_namespace)
-        assert condition(b, "Programmed")["reason"] == "Pending"  # not in the annotation yet
+        # b is in the group but not in the annotation yet.
+        wait_obj(
+            admin,
+            VS,
+            "b",
+            other_namespace,
+            lambda o: condition(o, "Programmed").get("reason") == "Pending",
+            timeout=10,
+            what="Programmed=False Pending on the other VirtualServer",
+        )
         wanted = {"Ready", "Programmed", "ActiveDirectorChanged", "DirectorGroupCreated"}
         wait_for(
             lambda: wanted <= event_reasons(admin, namespace, "a"),
@@ -514,7 +522,7 @@ def test_director_group_daemonset_lease_and_status(
             "a",
             namespace,
             lambda o: ready_reason(o) == "NoActiveDirector",
-            timeout=20,
+            timeout=40,
             what="NoActiveDirector after the Lease expired",
         )
         assert "activeDirector" not in vs["status"]

@@ -165,3 +165,28 @@ async def test_capture_takes_the_indexes_from_handler_kwargs() -> None:
     await r.kick(**indices, namespace="x")
     assert r.indices is not None and set(r.indices) == set(Reconciler.INDEX_IDS)
     assert r.indexed.is_set()
+
+
+async def test_loop_retries_failed_writes_and_keeps_serving_events() -> None:
+    import asyncio
+    import time
+
+    r = Reconciler(CONFIG, FakeClient(), debounce=0.0)  # type: ignore[arg-type]
+    calls: list[float] = []
+    t0 = time.monotonic()
+
+    async def once() -> tuple[int, None]:
+        calls.append(time.monotonic() - t0)
+        return (1 if len(calls) <= 2 else 0), None
+
+    r.reconcile_once = once  # type: ignore[method-assign]
+    task = asyncio.create_task(r._loop())
+    r.wake()
+    await asyncio.sleep(0.2)
+    assert len(calls) == 1  # failed: a retry is scheduled in ~1 s
+    r.wake()  # an event meanwhile is served at once
+    await asyncio.sleep(0.2)
+    assert len(calls) == 2
+    await asyncio.sleep(1.0)  # the scheduled retry
+    task.cancel()
+    assert len(calls) == 3 and calls[2] >= 1.0
