@@ -524,8 +524,10 @@ def ensure_sysctls(
     ipv6: bool = False,
 ) -> dict[str, tuple[str, str]]:
     """Set the data plane's sysctls (REQUIRED_SYSCTLS, plus IPv6 forwarding if ``ipv6``) where
-    they differ. Returns {key: (old, new)} for those changed. The net.ipv4.vs.* keys exist once
-    the ip_vs module is loaded: opening an IPVS socket loads it where modules can be loaded."""
+    they differ. Note: IPv6 forwarding makes the node ignore router advertisements unless its
+    interfaces have accept_ra=2, so ask for it only when there are IPv6 masquerade services.
+    Returns {key: (old, new)} for those changed. The net.ipv4.vs.* keys exist once the ip_vs
+    module is loaded: opening an IPVS socket loads it where modules can be loaded."""
     wanted = dict(values if values is not None else REQUIRED_SYSCTLS)
     if ipv6 and values is None:
         wanted.update(IPV6_SYSCTLS)
