@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import time
 from datetime import UTC, datetime
@@ -47,6 +48,10 @@ from .kube import (
 )
 
 pytestmark = pytest.mark.integration
+
+# The issue asks for pool status within a second of an EndpointSlice change; a loaded CI
+# machine may loosen the bound with LVS_TEST_POOL_LATENCY_S.
+POOL_LATENCY_S = float(os.environ.get("LVS_TEST_POOL_LATENCY_S", "1.0"))
 
 
 def _pods(admin: Client, namespace: str, app: str) -> list[Any]:
@@ -190,7 +195,7 @@ def test_pool_members_follow_endpointslices(
         lambda m: m is not None and m["ready"] is False,
     )
     print(f"\n[timing] unready: slice after {to_slice:.2f} s, pool status {to_pool:.2f} s later")
-    assert to_pool < 1.0, f"pool status lagged the EndpointSlice by {to_pool:.2f} s"
+    assert to_pool < POOL_LATENCY_S, f"pool status lagged the EndpointSlice by {to_pool:.2f} s"
     st = obj(admin, RSP, "web", namespace)
     assert st["status"]["readyOfTotal"] == "2/3"
 
@@ -205,7 +210,7 @@ def test_pool_members_follow_endpointslices(
         lambda m: m is not None and m["terminating"] is True,
     )
     print(f"[timing] terminating: slice after {to_slice:.2f} s, pool status {to_pool:.2f} s later")
-    assert to_pool < 1.0
+    assert to_pool < POOL_LATENCY_S, f"pool status lagged the EndpointSlice by {to_pool:.2f} s"
     m = members_by_pod(obj(admin, RSP, "web", namespace))[third]
     assert (m["ready"], m["terminating"]) == (False, True)
 
