@@ -36,12 +36,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $t := .Values.director.timings -}}
 {{- if and $t.leaseDurationSeconds $t.renewDeadlineSeconds -}}
-{{- if ge (int $t.renewDeadlineSeconds) (int $t.leaseDurationSeconds) -}}
+{{- if ge (float64 $t.renewDeadlineSeconds) (float64 $t.leaseDurationSeconds) -}}
 {{- fail (printf "director.timings.renewDeadlineSeconds (%v) must be less than director.timings.leaseDurationSeconds (%v): a director must step down before its Lease can expire" $t.renewDeadlineSeconds $t.leaseDurationSeconds) -}}
 {{- end -}}
 {{- end -}}
 {{- if and $t.renewDeadlineSeconds $t.retryPeriodSeconds -}}
-{{- if ge (int $t.retryPeriodSeconds) (int $t.renewDeadlineSeconds) -}}
+{{- if ge (float64 $t.retryPeriodSeconds) (float64 $t.renewDeadlineSeconds) -}}
 {{- fail (printf "director.timings.retryPeriodSeconds (%v) must be less than director.timings.renewDeadlineSeconds (%v): a director must retry renewing before its deadline" $t.retryPeriodSeconds $t.renewDeadlineSeconds) -}}
 {{- end -}}
 {{- end -}}

@@ -46,6 +46,11 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs-operator controller",
@@ -114,14 +119,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--renew-deadline-seconds",
-        type=int,
-        default=_env_int("LVS_RENEW_DEADLINE_SECONDS"),
+        type=float,
+        default=_env_float("LVS_RENEW_DEADLINE_SECONDS"),
         help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--retry-period-seconds",
-        type=int,
-        default=_env_int("LVS_RETRY_PERIOD_SECONDS"),
+        type=float,
+        default=_env_float("LVS_RETRY_PERIOD_SECONDS"),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
     p.add_argument(

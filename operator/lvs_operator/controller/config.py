@@ -27,8 +27,8 @@ class DirectorTimings:
     """Lease timings handed to the agents (None: the agent's own default)."""
 
     lease_duration_seconds: int | None = None
-    renew_deadline_seconds: int | None = None
-    retry_period_seconds: int | None = None
+    renew_deadline_seconds: float | None = None
+    retry_period_seconds: float | None = None
 
 
 @dataclass(frozen=True)

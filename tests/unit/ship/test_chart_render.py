@@ -129,3 +129,36 @@ def test_metrics_service_selects_the_agents_the_controller_creates(helm: str) ->
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (port,) = svc["spec"]["ports"]
     assert port["targetPort"] == manifests.ControllerConfig().metrics_port
+
+
+def test_fractional_timings_reach_the_agents(helm: str) -> None:
+    """The agents' defaults are sub-second (renew 1.5 s, retry 0.4 s): the chart passes them."""
+    from lvs_operator.controller.manifests import build_daemonset
+
+    # `--set` types only integers; fractions come as JSON (or in a values file).
+    c = container(
+        render_with_json(
+            helm,
+            '{"leaseDurationSeconds": 2, "renewDeadlineSeconds": 1.5, "retryPeriodSeconds": 0.4}',
+        )
+    )
+    config, _ = parse_controller_args(c, "lvs-system")
+    assert config.timings.renew_deadline_seconds == 1.5
+    assert config.timings.retry_period_seconds == 0.4
+    env = {
+        e["name"]: e.get("value")
+        for e in build_daemonset("g1", {"lvs.io/director": "true"}, config)["spec"]["template"][
+            "spec"
+        ]["containers"][0]["env"]
+    }
+    assert env["LVS_RENEW_DEADLINE_SECONDS"] == "1.5"
+    assert env["LVS_RETRY_PERIOD_SECONDS"] == "0.4"
+
+
+def render_with_json(helm: str, timings: str) -> list[dict[str, Any]]:
+    import yaml
+
+    from .support import render
+
+    text = render.helm_template(helm, "--set-json", f"director.timings={timings}")
+    return [d for d in yaml.safe_load_all(text) if d]
