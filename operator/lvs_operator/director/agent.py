@@ -9,9 +9,13 @@ takes the VIP); only the Lease holder holds the VIPs. The kernel is converged by
 flushed: a restarted agent adopts the services on its group's VIPs. The first converge waits
 for both initial lists, so a restart never removes anything because of a partial view.
 
-Start-up order: read the kernel, take one election step (bounded to one second); if this
-agent is not the leader, drop every VIP it knows of (its IPVS services' addresses): a restarted
-agent that lost its Lease while it was down never answers for a VIP the new leader holds.
+Start-up order: read the kernel, take one election step and list the group's VirtualServers
+(both bounded by ``--startup-grace``, one second); if this agent is not the leader, drop
+the group's VIPs from the node: a restarted agent that lost its Lease while it was down never
+answers for a VIP the new leader holds. Only the group's VIPs are ever touched (IPVS services
+on them, the addresses): never other IPVS services of the node (kube-proxy's, by hand). A
+VirtualServer deleted while every agent of the group was down leaves its service behind
+(nothing names it any more): delete it by hand (``ipvsadm -D``).
 
 Endpoints: ``:LVS_HEALTH_PORT`` ``/healthz`` (liveness: the event loop answers) and
 ``/readyz`` (readiness: initial lists done and the kernel converged once);
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -369,6 +374,10 @@ async def informer(
             backoff = min(backoff * 2, 5.0)
 
 
+def _canonical_ip(address: str) -> str:
+    return str(ipaddress.ip_address(address))
+
+
 def _ref(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace", "")), str(meta.get("name", "")))
@@ -409,8 +418,10 @@ class Agent:
         self.stopping = asyncio.Event()
         self.ready = False
         self.desired: desired_mod.Desired | None = None
-        self.kernel_vips: set[str] = set()  # addresses of the kernel's services we own
-        self.known_vips: set[str] = set()  # every VIP of this group seen while running
+        # Every VIP of this group's VirtualServers seen while running: what this agent owns
+        # (IPVS services on them, the addresses themselves). Never "every IPVS service on
+        # the node": kube-proxy in IPVS mode has its own, with ClusterIPs on kube-ipvs0.
+        self.known_vips: set[str] = set()
         self.held: dict[str, str] = {}  # vip -> interface, while leader
         self.placements: dict[str, str] = {}  # vip -> interface it goes on (all directors)
         self._links: dict[str, Any] = {}  # interface -> (index, MAC)
@@ -438,6 +449,7 @@ class Agent:
             vs = self._parse_vs(obj)
             if vs is not None:
                 self.virtual_servers[_ref(obj)] = vs
+                self.known_vips.add(_canonical_ip(vs.spec.vip))
         self.vs_synced.set()
         self.dirty.set()
 
@@ -451,6 +463,7 @@ class Agent:
                 self.virtual_servers.pop(key, None)
             else:
                 self.virtual_servers[key] = vs
+                self.known_vips.add(_canonical_ip(vs.spec.vip))
         else:
             return
         log.debug("VirtualServer %s", kind.lower(), extra={"vs": "/".join(key)})
@@ -506,7 +519,7 @@ class Agent:
         return await asyncio.get_running_loop().run_in_executor(self.vip_thread, fn, *args)
 
     def _owned(self) -> Callable[[ServiceKey], bool]:
-        return owned_by_addresses(self.known_vips | self.kernel_vips)
+        return owned_by_addresses(self.known_vips)
 
     async def converge(self) -> None:
         t0 = time.monotonic()
@@ -623,7 +636,7 @@ class Agent:
             self.placements = await self._vt(self._placements)
             wanted = dict(self.placements) if self.elector.is_leader else {}
             present = await self._vt(self.vipman.present)
-            candidates = self.known_vips | self.kernel_vips | set(wanted)
+            candidates = self.known_vips | set(wanted)
             plan = plan_vips(wanted, present, candidates)
             for vip, ifname in plan.remove.items():
                 await self._vt(self.vipman.remove, vip, ifname)
@@ -708,16 +721,23 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Adopt the kernel, take one election step, drop stale VIPs if not the leader."""
+        """Take one election step; if not the leader, drop the group's VIPs left on this node.
+
+        Both bounded by ``startup_grace`` (the informers are already listing): which VIPs
+        are the group's comes from its VirtualServers. Without the list in time nothing is
+        dropped here; the first converge's VIP reconcile does it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.cfg.startup_grace
         actual, _ = await self._nl(self.kernel.read)
-        self.kernel_vips = {k.address for k in actual}
         log.info(
             "kernel read",
-            extra={"services": len(actual), "addresses": sorted(self.kernel_vips)},
+            extra={"services": len(actual), "addresses": sorted({k.address for k in actual})},
         )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.elector.tick(), self.cfg.startup_grace)
+            await asyncio.wait_for(self.elector.tick(), max(0.05, end - loop.time()))
         if not self.elector.is_leader:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.vs_synced.wait(), max(0.05, end - loop.time()))
             await self.reconcile_vips()  # drops stale VIPs
 
     async def run(self) -> int:

@@ -126,9 +126,25 @@ async def test_standby_programs_ipvs_but_drops_a_stale_vip_at_startup() -> None:
     kernel = FakeKernel(IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]))
     vips = FakeVips({VIP: "front", "10.10.0.11": "front"})  # a stale VIP and the node's own
     standby = make("node-b", store, kernel, vips)
+    standby._reset_vs([vs_obj()])  # the informer's first list
     await standby.startup()
     assert not standby.elector.is_leader
-    assert vips.addresses == {"10.10.0.11": "front"}  # known from the kernel's services
+    assert vips.addresses == {"10.10.0.11": "front"}
+
+
+async def test_other_ipvs_services_and_addresses_are_never_touched() -> None:
+    # kube-proxy in IPVS mode: a ClusterIP service, its address on kube-ipvs0
+    cluster_ip = IpvsService("10.96.0.10", 53, Protocol.UDP, "rr")
+    kernel = FakeKernel(IpvsTable.of([(cluster_ip, [IpvsDestination("10.244.1.5", 53)])]))
+    vips = FakeVips({"10.96.0.10": "kube-ipvs0"})
+    agent = make(kernel=kernel, vips=vips, store=FakeLeaseStore())
+    agent._reset_vs([vs_obj()])
+    await agent.startup()
+    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert cluster_ip.key in kernel.table and K80 in kernel.table
+    assert vips.addresses == {"10.96.0.10": "kube-ipvs0", VIP: "front"}
 
 
 async def test_adopts_kernel_state_without_changes_on_restart() -> None:
