@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 CACHE = Path(os.environ.get("LVS_CACHE_DIR", Path.home() / ".cache/lvs-operator"))
-STATE_DIR = CACHE / "demo"
+STATE_DIR = Path(os.environ.get("LVS_DEMO_DIR", CACHE / "demo"))  # state, logs; demo-down
 STATE = STATE_DIR / "state.json"
 EXAMPLE = REPO / "examples" / "web.yaml"
 APP_NS = "default"  # examples/web.yaml's namespace
@@ -329,18 +329,40 @@ class Demo:
         return figures
 
     def serve_forever(self) -> None:
-        """Interactive: keep answering; new pods (kubectl scale) get their server."""
+        """Interactive: keep a request loop running and print answers per pod every 5 s; new
+        pods (kubectl scale) get their server in the VM."""
+        from e2e.system import DIRECTORS
+
+        s = self.s
         banner("running: Ctrl-C (or make demo-down) stops and removes everything")
         say(
             "reach the cluster:\n    "
             + self.kubeconfig_hint()
             + "\n    try: kubectl scale deployment web --replicas=5   (new pods get a server)"
         )
-        end = time.monotonic() + MAX_SECONDS
-        while time.monotonic() < end:
-            self.sync_new_pods()
-            self.table()
-            self.live(10, "live traffic")
+        proc, out = s.start_loop("demo-forever", interval=0.1, timeout=1.0, max_seconds=MAX_SECONDS)
+        seen = 0
+        try:
+            while True:
+                time.sleep(5.0)
+                self.sync_new_pods()
+                self.table()
+                rows = _rows(out)
+                window, seen = rows[seen:], len(rows)
+                if not window:
+                    say("the request loop ended")
+                    return
+                counts = Counter(r[1] or "failed" for r in window)
+                via = Counter(DIRECTORS[r[2]][0] for r in window if r[2])
+                print(
+                    "  answers/5s: "
+                    + "  ".join(f"{k}: {v:2d}" for k, v in sorted(counts.items()))
+                    + "   via "
+                    + ", ".join(sorted(via)),
+                    flush=True,
+                )
+        finally:
+            s.stop_loop(proc, out)
 
     def sync_new_pods(self) -> None:
         """New pods: not Ready until their server runs in the VM (a kubelet's readiness probe),

@@ -66,6 +66,10 @@ def _existing() -> set[str]:
     return set(t.sh("ip", "netns", "list").stdout.split())
 
 
+def namespaces() -> list[str]:
+    return sorted(_existing())
+
+
 def build() -> dict[str, Any]:
     """Switch, client and both directors (with uplinks to the host); removes a previous run."""
     teardown()
@@ -412,7 +416,8 @@ def _stopper() -> list[bool]:
 
 def loop_main(a: argparse.Namespace) -> int:
     """A request every ``interval`` (new connection, ``timeout``), one JSON line each:
-    [guest time, pod or null, director namespace or null]. Bounded by --max-seconds."""
+    [guest time, pod or null, director namespace or null, error or null, seconds taken].
+    Bounded by --max-seconds."""
     stop = _stopper()
     end = now() + a.max_seconds
     with open(a.out, "a", buffering=1) as out:
@@ -420,9 +425,10 @@ def loop_main(a: argparse.Namespace) -> int:
             ts = now()
             try:
                 name, director = _get(a.vip, a.port, a.timeout)
-                row: list[Any] = [round(ts, 4), name, director]
+                row: list[Any] = [round(ts, 4), name, director, None]
             except (OSError, http.client.HTTPException, RuntimeError) as exc:
                 row = [round(ts, 4), None, None, f"{type(exc).__name__}: {exc}"[:120]]
+            row.append(round(now() - ts, 4))
             out.write(json.dumps(row) + "\n")
             time.sleep(max(0.0, a.interval - (now() - ts)))
     return 0
@@ -509,6 +515,7 @@ def analyse(rows: list[list[Any]], at: float, old: str | None = None) -> dict[st
         else round(first_new - last_old, 3),
         "directors_after": sorted({r[2] for r in after if r[2]}),
         "errors": [[round(r[0] - at, 3), r[3] if len(r) > 3 else ""] for r in rows if r[1] is None],
+        "longest_request": max((r[4] for r in rows if len(r) > 4), default=None),
     }
 
 
