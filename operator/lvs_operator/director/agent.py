@@ -593,7 +593,21 @@ class Agent:
                 await asyncio.sleep(1.0)
                 self.dirty.set()
                 continue
-            await self.reconcile_vips()
+            try:
+                await self.reconcile_vips()
+            except Exception:
+                log.exception("VIP reconcile failed; retrying", extra={"group": self.cfg.group})
+                await asyncio.sleep(1.0)
+                self.dirty.set()
+                continue
+            self._forget_retired_vips()
+
+    def _forget_retired_vips(self) -> None:
+        """After a converge and a VIP reconcile both succeeded, VIPs no VirtualServer of the
+        group uses any more are gone from this node (services and address): stop owning
+        them, so a VIP that moves to another director group is left to that group."""
+        if self.desired is not None:
+            self.known_vips = set(self.desired.vips)
 
     # -- VIPs ----------------------------------------------------------------------------------
 

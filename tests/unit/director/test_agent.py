@@ -171,6 +171,26 @@ async def test_removed_virtual_server_is_removed_from_the_kernel() -> None:
     assert len(agent.kernel.table) == 0  # type: ignore[attr-defined]
 
 
+async def test_a_retired_vip_is_cleaned_then_no_longer_owned() -> None:
+    agent = make()
+    await agent.startup()
+    agent._reset_vs([vs_obj()])
+    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    agent._apply_vs("DELETED", vs_obj())
+    await agent.converge()
+    await agent.reconcile_vips()
+    agent._forget_retired_vips()
+    assert len(agent.kernel.table) == 0  # type: ignore[attr-defined]
+    assert agent.vipman.addresses == {}
+    assert agent.known_vips == set()
+    # the VIP now belongs to another group on this node: left alone
+    agent.vipman.addresses[VIP] = "front"
+    await agent.reconcile_vips()
+    assert agent.vipman.addresses == {VIP: "front"}
+
+
 async def test_quiesced_member_drains_then_leaves() -> None:
     agent = make()
     agent._reset_vs([vs_obj()])
