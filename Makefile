@@ -29,7 +29,7 @@ lint:  ## ruff and mypy
 	$(PYTHON) -m mypy
 
 test: setup  ## every tier: unit, integration, data plane, e2e
-	$(PYTEST) -m "" tests e2e
+	PYTHON=$(PYTHON) hack/test-all.sh
 
 unit:  ## the fast tier only (no cluster, no VM)
 	$(PYTEST) -m "not integration and not dataplane and not e2e" tests
@@ -47,3 +47,4 @@ clean:  ## remove build and test leftovers from the work tree
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist operator/*.egg-info
 
 include hack/make/ship.mk
+include hack/make/e2e.mk
