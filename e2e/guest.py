@@ -205,15 +205,26 @@ def prepare_keepalived_node(ns: str, vip: str, pods: list[str]) -> dict[str, Any
 
 def holds(ns: str, vip: str = VIP) -> bool:
     """Whether ``ns`` has ``vip`` as a local address: a bind() to it succeeds (cheap: no
-    subprocess, no netlink dump; a deleted namespace holds nothing)."""
-    if not os.path.exists(f"/run/netns/{ns}"):
+    subprocess, no netlink dump; a deleted namespace holds nothing). Only a namespace whose
+    name is bound to a network namespace counts (`ip netns add` creates the file first, then
+    binds it), and the bind() is checked to have run in that very namespace."""
+    path = f"/run/netns/{ns}"
+    try:
+        st = os.stat(path)
+        nsfs = os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    if st.st_dev != nsfs.st_dev or st.st_ino == nsfs.st_ino:
         return False
     try:
         with t.in_netns(ns):
+            inside = os.stat("/proc/thread-self/ns/net").st_ino
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
         return False
     try:
+        if inside != st.st_ino:
+            return False
         s.bind((vip, 0))
         return True
     except OSError:
@@ -444,6 +455,14 @@ def sampler_main(a: argparse.Namespace) -> int:
         while not stop[0] and now() < end:
             ts = now()
             found = holders(a.vip)
+            if found != last and len(found) > 1:
+                # confirm two holders another way before recording them (bind() was seen to
+                # succeed transiently in a namespace being created)
+                found = [
+                    ns
+                    for ns in found
+                    if f" {a.vip}/" in t.nsexec(ns, "ip", "-o", "addr", "show", check=False)
+                ]
             if found != last:
                 out.write(
                     json.dumps(
@@ -487,32 +506,37 @@ def hold_main(a: argparse.Namespace) -> int:
 
 
 def analyse(rows: list[list[Any]], at: float, old: str | None = None) -> dict[str, Any]:
-    """Around an event at guest time ``at`` in a request loop's rows: failures, the first
-    success after it, and (with ``old``, the director that was active) the failover time: last
-    success through ``old`` -> first success through another director."""
-    before = [r for r in rows if r[0] < at]
+    """Around an event at guest time ``at`` in a request loop's rows (see loop_main), with
+    ``old`` the director that was active. Times are when answers *arrived* (start + seconds
+    taken): ``to_new_director`` = event -> first answer through another director;
+    ``old_to_new`` (the failover time) = last answer through ``old`` -> first answer through
+    another director; ``first_success_after`` / ``outage`` the same without regard to the
+    director."""
+
+    def done(r: list[Any]) -> float:
+        return float(r[0]) + (float(r[4]) if len(r) > 4 else 0.0)
+
+    ok = [r for r in rows if r[1]]
     after = [r for r in rows if r[0] >= at]
-    last_old = max(
-        (
-            r[0]
-            for r in rows
-            if r[1] and (old is None or r[2] == old) and (old is not None or r[0] < at)
-        ),
-        default=None,
-    )
-    first_new = min((r[0] for r in after if r[1] and (old is None or r[2] != old)), default=None)
-    last_ok = max((r[0] for r in before if r[1]), default=None)
-    first_ok = min((r[0] for r in after if r[1]), default=None)
+    via_old = [done(r) for r in ok if old is not None and r[2] == old]
+    via_new = [done(r) for r in ok if done(r) >= at and (old is None or r[2] != old)]
+    before_ok = [done(r) for r in ok if done(r) < at]
+    after_ok = [done(r) for r in ok if done(r) >= at]
+    last_old = max(via_old, default=None) if old is not None else max(before_ok, default=None)
+    first_new = min(via_new, default=None)
+    last_ok, first_ok = max(before_ok, default=None), min(after_ok, default=None)
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 3)
+
     return {
         "requests": len(rows),
         "failures": sum(1 for r in rows if r[1] is None),
         "failures_after": sum(1 for r in after if r[1] is None),
-        "first_success_after": None if first_ok is None else round(first_ok - at, 3),
-        "outage": None if first_ok is None or last_ok is None else round(first_ok - last_ok, 3),
-        "to_new_director": None if first_new is None else round(first_new - at, 3),
-        "old_to_new": None
-        if first_new is None or last_old is None
-        else round(first_new - last_old, 3),
+        "first_success_after": span(at, first_ok),
+        "outage": span(last_ok, first_ok),
+        "to_new_director": span(at, first_new),
+        "old_to_new": span(last_old, first_new),
         "directors_after": sorted({r[2] for r in after if r[2]}),
         "errors": [[round(r[0] - at, 3), r[3] if len(r) > 3 else ""] for r in rows if r[1] is None],
         "longest_request": max((r[4] for r in rows if len(r) > 4), default=None),

@@ -44,6 +44,7 @@ pytestmark = pytest.mark.e2e
 APP_NS = "web"
 SERVICE = f"TCP {VIP}:80"
 HANDOVERS = int(os.environ.get("LVS_E2E_HANDOVERS", "2"))
+READY_REPEATS = int(os.environ.get("LVS_E2E_READY_REPEATS", "3"))
 # A client's connect timeout in the handover case. The old director drops the VIP before it
 # releases the Lease (never two holders); the standby takes it ~0.5-1.2 s later under TCG, so
 # a connection attempted in that gap completes on a SYN retransmission (1 s, then 3 s).
@@ -95,13 +96,14 @@ def system(
 def logs_on_failure(request: pytest.FixtureRequest, system: System) -> Iterator[None]:
     """Each case starts with both agents running (a failed case may have left one down, as a
     DaemonSet would restart it) and prints the logs when it fails."""
-    missing = [ns for ns in DIRECTORS if ns not in system.agents]
-    if missing and not request.node.name.startswith("test_1"):
-        for ns in missing:
-            if ns not in system.call("namespaces"):
-                system.call("add_director", ns=ns)
-            system.start_agent(ns)
-        system.wait_agents_ready(missing, timeout=180)
+    if not request.node.name.startswith("test_1"):
+        for ns in DIRECTORS:
+            if ns not in system.agents:
+                if ns not in system.call("namespaces"):
+                    system.call("add_director", ns=ns)
+                system.start_agent(ns)
+        ready = system.wait_agents_ready(list(DIRECTORS), timeout=180)
+        assert len(ready) == len(DIRECTORS), f"agents not ready: {ready}\n{system.logs()}"
     yield
     if request.node.stash.get(FAILED_ITEM, False):
         print("\n===== logs of the failed case =====\n" + system.logs(80))
@@ -121,7 +123,9 @@ def summary(s: System, say: Callable[[str], None], wall: float) -> None:
     lines = [
         "===== e2e figures =====",
         f"timings: {FIGURES.get('timings')}",
-        f"pod Ready -> first answer through the VIP: {FIGURES.get('ready_to_served')} s",
+        f"pod Ready -> first answer through the VIP, median of "
+        f"{len(FIGURES.get('ready_to_served', []))}: {_median(FIGURES.get('ready_to_served'))} s "
+        f"(runs {FIGURES.get('ready_to_served')})",
         f"planned handover (SIGTERM -> first answer via the new director), median of "
         f"{len(FIGURES.get('handover', []))}: {_median(FIGURES.get('handover'))} s "
         f"(runs {FIGURES.get('handover')}; failed requests 0; in flight across the switch "
@@ -192,24 +196,36 @@ def test_2_scale_up_new_pod_answers(system: System) -> None:
     _wait_member(s, new, lambda m: m is not None and not m["ready"])
     s.sync_pods()
     s.show_status(f"scaled to 4; {new} not ready yet")
-    seen: dict[str, float] = {}
-    watcher = threading.Thread(target=_watch_member_ready, args=(s, new, seen), daemon=True)
-    t0 = time.monotonic()
-    watcher.start()
-    res = s.call("ready_to_served", api=s.vm_api, namespace=APP_NS, pod=new, timeout=90)
-    watcher.join(5)
-    if "ready" in seen:
+    figures = []
+    for n in range(READY_REPEATS):
+        if n:  # again: the readiness probe fails, then passes (the pod stays)
+            s.call("set_pod_ready", api=s.vm_api, namespace=APP_NS, pod=new, ready=False)
+            _wait_member(s, new, lambda m: m is not None and not m["ready"])
+            dest = f"{s.pod_ip(new)}:8080"
+            gone = s.call(
+                "wait_weights",
+                namespaces=list(DIRECTORS),
+                service=SERVICE,
+                want={dest: None},
+                timeout=60,
+            )
+            assert gone["ok"], gone
+        seen: dict[str, float] = {}
+        watcher = threading.Thread(target=_watch_member_ready, args=(s, new, seen), daemon=True)
+        t0 = time.monotonic()
+        watcher.start()
+        res = s.call("ready_to_served", api=s.vm_api, namespace=APP_NS, pod=new, timeout=90)
+        watcher.join(5)
+        assert res["seconds"] is not None, f"{res}\n{s.logs()}"
+        assert res["failures"] == 0, res
+        figures.append(res["seconds"])
+        host = f"{seen['ready'] - t0:.2f} s" if "ready" in seen else "-"
         s.say(
-            f"   (host view: pool status showed {new} ready {seen['ready'] - t0:.2f} s after the "
-            "guest call began; the call's start-up is included)"
+            f"2. {new} ({s.pod_ip(new)}) Ready -> first answer through the VIP: "
+            f"{res['seconds']} s ({res['requests']} requests at 50 ms; the host saw the pool "
+            f"member ready {host} after the guest call began)"
         )
-    assert res["seconds"] is not None, f"{res}\n{s.logs()}"
-    assert res["failures"] == 0, res
-    FIGURES["ready_to_served"] = res["seconds"]
-    s.say(
-        f"2. {new} ({s.pod_ip(new)}) Ready -> first answer through the VIP: "
-        f"{res['seconds']} s ({res['requests']} requests at 50 ms)"
-    )
+    FIGURES["ready_to_served"] = figures
     _wait_vs(s, "4/4")
     seq = s.call("sequence", n=40)
     assert sorted(set(seq)) == sorted(before | {new}) and "error" not in seq, seq
@@ -469,7 +485,10 @@ def test_6_agent_crash_stale_vip_dropped_on_restart(system: System) -> None:
         f"included); overlap {[o['seconds'] for o in window]} s; {stats['failures']} failed "
         f"requests"
     )
-    assert FIGURES["stale_vip_drop"] is not None and FIGURES["stale_vip_drop"] <= 1.5, (
+    # Start-up: read the kernel, one election step bounded by the start-up grace, then drop.
+    # Under TCG the kernel read alone takes ~0.7 s, hence the slack.
+    bound = s.timings.startup_grace + 1.5
+    assert FIGURES["stale_vip_drop"] is not None and FIGURES["stale_vip_drop"] <= bound, (
         f"{FIGURES}\n{restarted.output()[-3000:]}"
     )
     assert s.wait_agents_ready([old], timeout=180)
