@@ -51,7 +51,7 @@ def one(lab: Lab, kind: str, n: int) -> dict[str, Any]:
     sig = signal.SIGKILL if kind == "crash" else signal.SIGTERM
     moved = lab.call("takeover", pid=proc.pid, sig=int(sig), vip=VIP, new=new,
                      link_down=old if kind == "crash" else None)  # fmt: skip
-    lab.call("wait_vip", vip=VIP, timeout=60, exclude=old)
+    lab.call("wait_vip", vip=VIP, within=60, exclude=old)
     time.sleep(1.5)
     stats = analyse(lab.stop_loop(loop, out), moved["at"])
     stats["vip_moved_after"] = moved["vip_moved_after"]
@@ -59,8 +59,8 @@ def one(lab: Lab, kind: str, n: int) -> dict[str, Any]:
     if kind == "crash":
         lab.call("link_up", ns=old)
     lab.start_agent(old)
-    lab.call("wait_ready", namespaces=[old], timeout=180)
-    lab.call("wait_vip_dropped", ns=old, vip=VIP, timeout=60)
+    lab.call("wait_ready", namespaces=[old], within=180)
+    lab.call("wait_vip_dropped", ns=old, vip=VIP, within=60)
     return stats
 
 
@@ -85,9 +85,9 @@ def main(argv: list[str]) -> int:
             lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="rr"))
             for ns in NODES:
                 lab.start_agent(ns)
-            ready = lab.call("wait_ready", namespaces=list(NODES), timeout=240)
+            ready = lab.call("wait_ready", namespaces=list(NODES), within=240)
             print(f"agents ready after {ready}")
-            lab.call("wait_answers", vip=VIP, port=80, timeout=90)
+            lab.call("wait_answers", vip=VIP, port=80, within=90)
             results: dict[str, list[dict[str, Any]]] = {"crash": [], "handover": []}
             for n in range(a.runs):
                 for kind in ("crash", "handover"):

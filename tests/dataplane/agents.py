@@ -130,8 +130,11 @@ class Lab:
 
         return guest_python()
 
-    def call(self, fn: str, timeout: float = 300, **kwargs: Any) -> Any:
-        return self.vm.call(f"{SCEN}:{fn}", timeout=timeout, **kwargs)
+    def call(self, fn: str, **kwargs: Any) -> Any:
+        """A guest function of scenarios_agent; its own bound is ``within`` (seconds), the
+        call's is that plus a margin."""
+        bound = float(kwargs.get("within", 120)) + 180
+        return self.vm.call(f"{SCEN}:{fn}", timeout=bound, **kwargs)
 
     def leader_ns(self) -> str:
         holder = self.holder()

@@ -102,10 +102,10 @@ def metrics(ns: str, port: int = 9642) -> str:
     return _get(ns, port, "/metrics")[1]
 
 
-def wait_ready(namespaces: list[str], timeout: float = 120) -> dict[str, float]:
+def wait_ready(namespaces: list[str], within: float = 120) -> dict[str, float]:
     t0 = now()
     ready: dict[str, float] = {}
-    while now() - t0 < timeout and len(ready) < len(namespaces):
+    while now() - t0 < within and len(ready) < len(namespaces):
         for ns in namespaces:
             if ns not in ready and readyz(ns) == 200:
                 ready[ns] = round(now() - t0, 2)
@@ -121,11 +121,11 @@ def vip_holders(vip: str) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_vip(vip: str, timeout: float = 60, exclude: str | None = None) -> dict[str, Any]:
+def wait_vip(vip: str, within: float = 60, exclude: str | None = None) -> dict[str, Any]:
     """Until exactly one director, ignoring ``exclude`` (a dead one), holds ``vip``."""
     t0 = now()
     holders: list[str] = []
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         holders = [h for h in vip_holders(vip) if h != exclude]
         if len(holders) == 1:
             return {"holder": holders[0], "seconds": round(now() - t0, 2)}
@@ -137,9 +137,9 @@ def ipvs(ns: str) -> str:
     return t.nsexec(ns, "ipvsadm", "-Ln", check=False)
 
 
-def wait_ipvs(ns: str, needle: str, present: bool = True, timeout: float = 30) -> bool:
+def wait_ipvs(ns: str, needle: str, present: bool = True, within: float = 30) -> bool:
     t0 = now()
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         if (needle in ipvs(ns)) == present:
             return True
         time.sleep(0.1)
@@ -161,10 +161,10 @@ def weights(ns: str) -> dict[str, dict[str, int]]:
 
 
 def wait_weight(ns: str, service: str, dest: str, weight: int | None,
-                timeout: float = 60) -> bool:  # fmt: skip
+                within: float = 60) -> bool:  # fmt: skip
     """Until ``dest`` of ``service`` has ``weight`` (None: until it is gone)."""
     t0 = now()
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         if weights(ns).get(service, {}).get(dest) == weight:
             return True
         time.sleep(0.1)
@@ -175,11 +175,11 @@ def count(vip: str, port: int, n: int = 30, source: str | None = None) -> dict[s
     return t.count_answers(t.CLIENT, vip, port, n=n, timeout=2.0, deadline=60, source=source)
 
 
-def wait_answers(vip: str, port: int, timeout: float = 60) -> dict[str, Any]:
+def wait_answers(vip: str, port: int, within: float = 60) -> dict[str, Any]:
     """Until a request through ``vip`` succeeds (the agents converged and the VIP is up)."""
     t0 = now()
     last = ""
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         try:
             name = t.http_get(t.CLIENT, vip, port, timeout=1.0)
             return {"ok": True, "name": name, "seconds": round(now() - t0, 2)}
@@ -217,15 +217,15 @@ def quiesce(vip: str, port: int, api_url: str, pool: dict[str, Any], leader: str
     api_put(api_url, edited)
     service, dest = f"TCP {vip}:{port}", f"{address}:{t.HTTP_PORT}"
     t0 = now()
-    weight0 = wait_weight(leader, service, dest, 0, timeout=30)
+    weight0 = wait_weight(leader, service, dest, 0, within=30)
     quiesce_seconds = round(now() - t0, 2)
     counts = count(vip, port, n=20)
     held = [conn.get_name() for _ in range(3)]  # established connection keeps working
     table_while_held = ipvs(leader)
     conn.close()
-    removed = wait_weight(leader, service, dest, None, timeout=30)
+    removed = wait_weight(leader, service, dest, None, within=30)
     api_put(api_url, pool)  # restore
-    back = wait_weight(leader, service, dest, 1, timeout=30)
+    back = wait_weight(leader, service, dest, 1, within=30)
     return {
         "server": first,
         "weight0": weight0,
@@ -251,11 +251,11 @@ def signal_process(pid: int, sig: int, link_down: str | None = None) -> float:
 
 
 def takeover(pid: int, sig: int, vip: str, new: str, link_down: str | None = None,
-             timeout: float = 60) -> dict[str, Any]:  # fmt: skip
+             within: float = 60) -> dict[str, Any]:  # fmt: skip
     """``signal_process``, then poll until director ``new`` holds ``vip``: returns the event's
     guest time and how long the VIP took to move."""
     at = signal_process(pid, sig, link_down)
-    while now() - at < timeout:
+    while now() - at < within:
         if f" {vip}/" in t.nsexec(new, "ip", "-o", "addr", "show", "dev", "front", check=False):
             return {"at": at, "vip_moved_after": round(now() - at, 3)}
         time.sleep(0.02)
@@ -266,9 +266,9 @@ def link_up(ns: str) -> None:
     t.sh("ip", "-n", ns, "link", "set", "front", "up")
 
 
-def wait_gone(pid: int, timeout: float = 20) -> float | None:
+def wait_gone(pid: int, within: float = 20) -> float | None:
     t0 = now()
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split()[2] == "Z":
@@ -279,9 +279,9 @@ def wait_gone(pid: int, timeout: float = 20) -> float | None:
     return None
 
 
-def wait_vip_dropped(ns: str, vip: str, timeout: float = 60) -> float | None:
+def wait_vip_dropped(ns: str, vip: str, within: float = 60) -> float | None:
     t0 = now()
-    while now() - t0 < timeout:
+    while now() - t0 < within:
         if f" {vip}/" not in t.nsexec(ns, "ip", "-o", "addr", "show", check=False):
             return round(now() - t0, 2)
         time.sleep(0.05)

@@ -34,7 +34,7 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
     lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="rr"))
     lab.start_agent("lvs-dir-a")
     lab.start_agent("lvs-dir-b")
-    ready = lab.call("wait_ready", namespaces=list(NODES), timeout=240)
+    ready = lab.call("wait_ready", namespaces=list(NODES), within=240)
     assert len(ready) == 2, f"agents not ready: {ready}\n{lab.logs()}"
     try:
         yield lab
@@ -45,16 +45,16 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
 
 
 def wait_answers(lab: Lab, vip: str, port: int) -> None:
-    res = lab.call("wait_answers", vip=vip, port=port, timeout=90)
+    res = lab.call("wait_answers", vip=vip, port=port, within=90)
     assert res["ok"], f"{res}\n{lab.logs()}"
 
 
 def test_one_leader_holds_the_vip_and_both_program_ipvs(lab: Lab) -> None:
-    res = lab.call("wait_vip", vip=VIP, timeout=60)
+    res = lab.call("wait_vip", vip=VIP, within=60)
     assert res["holder"] is not None, f"{res}\n{lab.logs()}"
     assert res["holder"] == lab.leader_ns()
     for ns in NODES:
-        assert lab.call("wait_ipvs", ns=ns, needle=f"{VIP}:80 rr", timeout=60), lab.call(
+        assert lab.call("wait_ipvs", ns=ns, needle=f"{VIP}:80 rr", within=60), lab.call(
             "ipvs", ns=ns
         )
     lease = lab.lease()
@@ -79,14 +79,14 @@ def test_weighted_round_robin(lab: Lab) -> None:
     lab.apply(pool("web", weights={"rs1": 3}))
     lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="wrr"))
     leader = lab.leader_ns()
-    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 wrr", timeout=60)
+    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 wrr", within=60)
     assert lab.call("wait_weight", ns=leader, service=f"TCP {VIP}:80", dest="10.20.0.21:8080",
-                    weight=3, timeout=60), lab.call("ipvs", ns=leader)  # fmt: skip
+                    weight=3, within=60), lab.call("ipvs", ns=leader)  # fmt: skip
     counts = lab.call("count", vip=VIP, port=80, n=50)
     assert counts == {"rs1": 30, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=leader)
     lab.apply(pool("web"))
     lab.apply(virtual_server("web-nat", VIP, 80, "http", scheduler="rr"))
-    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 rr", timeout=60)
+    assert lab.call("wait_ipvs", ns=leader, needle=f"{VIP}:80 rr", within=60)
 
 
 def test_persistence_keeps_a_client_on_one_server(lab: Lab) -> None:
@@ -101,7 +101,7 @@ def test_persistence_keeps_a_client_on_one_server(lab: Lab) -> None:
 def test_quiesced_server_gets_no_new_connections_established_one_continues(lab: Lab) -> None:
     lab.apply(pool("web"))
     res = lab.call("quiesce", vip=VIP, port=80, api_url=lab.api_url, pool=pool("web"),
-                   leader=lab.leader_ns(), timeout=240)  # fmt: skip
+                   leader=lab.leader_ns())  # fmt: skip
     assert res["weight0"], res
     assert res["server"] not in res["counts"], res
     assert sum(res["counts"].values()) == 20 and "error" not in res["counts"], res
@@ -140,7 +140,7 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=VIP, new=new,
                      link_down=old)  # fmt: skip
-    res = lab.call("wait_vip", vip=VIP, timeout=60, exclude=old)
+    res = lab.call("wait_vip", vip=VIP, within=60, exclude=old)
     time.sleep(2)
     results = lab.stop_loop(loop, out)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
@@ -152,7 +152,7 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     # the dead director comes back: its restarted agent drops the stale VIP at once
     lab.call("link_up", ns=old)
     lab.start_agent(old)
-    dropped = lab.call("wait_vip_dropped", ns=old, vip=VIP, timeout=120)
+    dropped = lab.call("wait_vip_dropped", ns=old, vip=VIP, within=120)
     assert dropped is not None, lab.logs()
     since_start = agent_log_delay(lab.agents[old].output(), "director agent starting",
                                   "VIP dropped")  # fmt: skip
@@ -160,7 +160,7 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
           f"{since_start}s after the agent started (imports under TCG take the rest)")  # fmt: skip
     # the bound is the start-up grace (first election step, 5 s in the VM; 1 s by default)
     assert since_start is not None and since_start < 10, lab.logs()
-    assert lab.call("wait_ready", namespaces=[old], timeout=120)
+    assert lab.call("wait_ready", namespaces=[old], within=120)
     assert lab.call("vip_holders", vip=VIP) == [new]
 
 
@@ -171,7 +171,7 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGTERM), vip=VIP, new=new)
     assert proc.wait(30) == 0, proc.output()[-3000:]
-    res = lab.call("wait_vip", vip=VIP, timeout=30, exclude=old)
+    res = lab.call("wait_vip", vip=VIP, within=30, exclude=old)
     time.sleep(2)
     results = lab.stop_loop(loop, out)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
@@ -181,7 +181,7 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     assert stats["vip_moved_after"] is not None and stats["vip_moved_after"] < 5, stats
     assert stats["max_gap"] is not None and stats["max_gap"] < 5, stats
     lab.start_agent(old)
-    assert lab.call("wait_ready", namespaces=[old], timeout=120)
+    assert lab.call("wait_ready", namespaces=[old], within=120)
 
 
 @pytest.mark.parametrize("role", ["leader", "standby"])
@@ -192,7 +192,7 @@ def test_agent_restart_with_zero_failed_requests(lab: Lab, role: str) -> None:
     proc = lab.agents.pop(ns)
     at = lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGKILL))
     lab.start_agent(ns)
-    assert lab.call("wait_ready", namespaces=[ns], timeout=120)
+    assert lab.call("wait_ready", namespaces=[ns], within=120)
     time.sleep(3)
     results = lab.stop_loop(loop, out)
     stats = analyse(results, at)
