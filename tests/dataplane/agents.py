@@ -32,7 +32,8 @@ RELAXED_LEASE = "6,4.5,1"
 
 
 def pool(name: str = "web", weights: dict[str, int] | None = None,
-         not_ready: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+         not_ready: tuple[str, ...] = (),
+         health: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     topo = topo_mod.default_topology()
     members = []
     for rs in topo.real_servers:
@@ -53,7 +54,8 @@ def pool(name: str = "web", weights: dict[str, int] | None = None,
         "apiVersion": "lvs.io/v1alpha1",
         "kind": "RealServerPool",
         "metadata": {"name": name, "namespace": APP_NS},
-        "spec": {"selector": {"matchLabels": {"app": name}}},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+                 **({"healthCheck": health} if health else {})},
         "status": {"members": members, "readyMembers": len(members) - len(not_ready),
                    "totalMembers": len(members)},
     }  # fmt: skip

@@ -189,6 +189,18 @@ def wait_answers(vip: str, port: int, within: float = 60) -> dict[str, Any]:
     return {"ok": False, "error": last, "seconds": round(now() - t0, 2)}
 
 
+def http_server(rs: str, up: bool) -> None:
+    """Stop (SIGKILL) or start the HTTP server of real server namespace ``rs``."""
+    name = rs.removeprefix("lvs-")
+    pidfile = t.STATE / f"http-{name}.pid"
+    if up:
+        t.start_http_server(rs)
+    elif pidfile.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        pidfile.unlink()
+
+
 def api_put(api_url: str, obj: dict[str, Any]) -> None:
     """Replace an object on the fake API server (no resourceVersion: a test's write)."""
     meta = obj["metadata"]

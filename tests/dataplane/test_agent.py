@@ -110,6 +110,27 @@ def test_quiesced_server_gets_no_new_connections_established_one_continues(lab: 
     assert res["restored"], res
 
 
+def test_health_check_quiesces_a_failing_server(lab: Lab) -> None:
+    check = {"type": "http", "path": "/", "intervalSeconds": 1, "timeoutSeconds": 1,
+             "fallThreshold": 2, "riseThreshold": 1}  # fmt: skip
+    lab.apply(pool("web", health=check))
+    leader = lab.leader_ns()
+    service, rs3 = f"TCP {VIP}:80", "10.20.0.23:8080"
+    try:
+        lab.call("http_server", rs="lvs-rs3", up=False)
+        assert lab.call("wait_weight", ns=leader, service=service, dest=rs3, weight=0,
+                        within=60), lab.call("ipvs", ns=leader)  # fmt: skip
+        counts = lab.call("count", vip=VIP, port=80, n=20)
+        assert counts == {"rs1": 10, "rs2": 10}, counts
+        # the standby checks too: it would take over with the same view
+        assert lab.call("wait_weight", ns=OTHER[leader], service=service, dest=rs3, weight=0,
+                        within=60)  # fmt: skip
+    finally:
+        lab.call("http_server", rs="lvs-rs3", up=True)
+    assert lab.call("wait_weight", ns=leader, service=service, dest=rs3, weight=1, within=60)
+    lab.apply(pool("web"))
+
+
 def test_direct_routing(lab: Lab) -> None:
     out = lab.call("realserver", vips=[VIP_DR], mode="direct")
     assert all(r["rc"] == 0 for r in out.values()), out

@@ -374,6 +374,17 @@ async def informer(
             backoff = min(backoff * 2, 5.0)
 
 
+def _trim_memory() -> None:
+    """Collect, then hand freed heap back to the OS (glibc): RSS after a big converge or
+    list is otherwise its peak for the process's lifetime."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _canonical_ip(address: str) -> str:
     return str(ipaddress.ip_address(address))
 
@@ -400,9 +411,10 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.dirty = asyncio.Event()
-        # pyroute2 keeps a socket and an event loop per thread and refuses a running loop:
-        # IPVS calls run on one thread, address calls on another (each where its object was
-        # made), so a VIP change never waits behind a long IPVS converge.
+        # Netlink calls block and each socket serves one request at a time (and pyroute2, if
+        # ipvs.py uses it, keeps per-thread state and refuses a running loop): IPVS calls run
+        # on one thread, address calls on another, so a VIP change never waits behind a long
+        # IPVS converge.
         self.netlink = netlink or ThreadPoolExecutor(1, thread_name_prefix="ipvs")
         self.vip_thread = vip_thread or ThreadPoolExecutor(1, thread_name_prefix="vip")
         self.client = client
@@ -554,6 +566,8 @@ class Agent:
         self.elector.set_annotation(
             PROGRAMMED_ANNOTATION, json.dumps(dict(sorted(want.generations.items())))
         )
+        if len(changes) > 100 or not self.ready:
+            _trim_memory()  # a cold start's peak (lists, dumps) back to the system
         if not self.ready:
             self.ready = True
             log.info(

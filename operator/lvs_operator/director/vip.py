@@ -10,11 +10,13 @@ forms; IPv6: unsolicited neighbour advertisement with the Override flag to ff02:
 again every ``refresh_interval`` seconds (switches and neighbours whose caches age out).
 
 Pure parts (interface choice, packet builders) are unit-tested; ``VipManager`` does the
-netlink and raw-socket work and needs CAP_NET_ADMIN and CAP_NET_RAW.
+netlink (rtnl.py, standard library only) and raw-socket work and needs CAP_NET_ADMIN and
+CAP_NET_RAW.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -28,6 +30,7 @@ from typing import Any
 log = logging.getLogger("lvs_operator.director.vip")
 
 IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
 MAIN_TABLE = 254
 ETH_P_ARP = 0x0806
 BROADCAST_MAC = b"\xff" * 6
@@ -94,51 +97,53 @@ class VipManager:
 
     def __init__(
         self,
-        ipr: Any = None,
+        rt: Any = None,
         announce_count: int = 3,
         announce_interval: float = 0.2,
     ) -> None:
-        if ipr is None:
-            from pyroute2 import IPRoute
+        if rt is None:
+            from .rtnl import Rtnl
 
-            ipr = IPRoute()
-        self.ipr = ipr
+            rt = Rtnl()
+        self.rt = rt
         self.announce_count = announce_count
         self.announce_interval = announce_interval
-        self._lock = threading.Lock()  # IPRoute is not safe for concurrent use
+        self._lock = threading.Lock()  # one netlink socket: one request at a time
 
     # -- queries -------------------------------------------------------------------------------
 
-    def _ifname(self, index: int) -> str:
-        links = self.ipr.link("get", index=index)
-        return str(links[0].get("ifname")) if links else ""
+    @staticmethod
+    def _ifname(index: int) -> str:
+        from .rtnl import name_of
 
-    def _index(self, ifname: str) -> int:
-        found = self.ipr.link_lookup(ifname=ifname)
-        if not found:
+        return name_of(index)
+
+    @staticmethod
+    def _index(ifname: str) -> int:
+        from .rtnl import index_of
+
+        index = index_of(ifname)
+        if index is None:
             raise LookupError(
                 f"interface {ifname!r} does not exist on this node: fix "
                 "spec.directors.interface, or leave it out to use the interface routing to the VIP"
             )
-        return int(found[0])
+        return index
 
     def routes(self) -> list[Route]:
+        """Unicast routes of the main table with an output interface."""
         out = []
         names: dict[int, str] = {}
         with self._lock:
-            dump = list(self.ipr.route("dump"))
-            for msg in dump:
-                if msg.get("table") != MAIN_TABLE or msg.get("type") != 1:  # unicast
-                    continue
-                oif = msg.get("oif")
-                if oif is None:
-                    continue
-                if oif not in names:
-                    names[oif] = self._ifname(oif)
-                family = msg.get("family")
-                dst = msg.get("dst") or ("0.0.0.0" if family == socket.AF_INET else "::")
-                network = ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)
-                out.append(Route(network, names[oif], int(msg.get("priority") or 0)))
+            dump = self.rt.routes()
+        for r in dump:
+            if r.table != MAIN_TABLE or r.type != 1 or r.oif is None:
+                continue
+            if r.oif not in names:
+                names[r.oif] = self._ifname(r.oif)
+            dst = r.dst or ("0.0.0.0" if r.family == socket.AF_INET else "::")
+            network = ipaddress.ip_network(f"{dst}/{r.dst_len}", strict=False)
+            out.append(Route(network, names[r.oif], r.priority))
         return out
 
     def interface_for(self, vip: str, override: str | None = None) -> str:
@@ -157,62 +162,55 @@ class VipManager:
         out: dict[str, str] = {}
         names: dict[int, str] = {}
         with self._lock:
-            for msg in self.ipr.get_addr():
-                if msg["prefixlen"] != (32 if msg["family"] == socket.AF_INET else 128):
-                    continue
-                addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-                if not addr:
-                    continue
-                index = msg["index"]
-                if index not in names:
-                    names[index] = self._ifname(index)
-                out[canonical(addr)] = names[index]
+            dump = self.rt.addresses()
+        for a in dump:
+            if a.prefixlen != (32 if a.family == socket.AF_INET else 128):
+                continue
+            if a.index not in names:
+                names[a.index] = self._ifname(a.index)
+            out[canonical(a.address)] = names[a.index]
         return out
 
     # -- changes -------------------------------------------------------------------------------
 
     def add(self, vip: str, ifname: str) -> bool:
         """Add ``vip`` as a host address on ``ifname``; False if it was already there."""
-        from pyroute2 import NetlinkError
-
         index = self._index(ifname)
-        kwargs: dict[str, Any] = {"index": index, "address": vip, "prefixlen": host_prefix(vip)}
-        if ":" in vip:
-            kwargs["IFA_FLAGS"] = IFA_F_NODAD
+        flags = (IFA_F_NODAD | IFA_F_NOPREFIXROUTE) if ":" in vip else 0
         try:
             with self._lock:
-                self.ipr.addr("add", **kwargs)
-        except NetlinkError as exc:
-            if exc.code == 17:  # EEXIST
+                self.rt.add_address(index, vip, host_prefix(vip), flags)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
                 return False
             raise
         log.info("VIP added", extra={"vip": vip, "interface": ifname})
         return True
 
     def remove(self, vip: str, ifname: str) -> bool:
-        from pyroute2 import NetlinkError
-
         try:
             index = self._index(ifname)
             with self._lock:
-                self.ipr.addr("del", index=index, address=vip, prefixlen=host_prefix(vip))
-        except (NetlinkError, LookupError) as exc:
-            if isinstance(exc, LookupError) or exc.code in (99, 19, 2):  # not there
+                self.rt.del_address(index, vip, host_prefix(vip))
+        except LookupError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
                 return False
             raise
         log.info("VIP removed", extra={"vip": vip, "interface": ifname})
         return True
 
     def link_info(self, ifname: str) -> tuple[int, str] | None:
-        """(index, MAC) of ``ifname``; None if it has no link-layer address (netlink)."""
+        """(index, MAC) of ``ifname``; None if it has no link-layer address."""
+        from .rtnl import mac_of
+
         try:
             index = self._index(ifname)
-            with self._lock:
-                link = self.ipr.link("get", index=index)[0]
-        except (LookupError, IndexError) as exc:
+        except LookupError as exc:
             log.warning("cannot announce on %s: %s", ifname, exc)
             return None
-        mac = str(link.get("address") or "")
+        mac = mac_of(ifname)
         if not mac or mac == "00:00:00:00:00:00":
             return None  # loopback or a device without link-layer addresses
         return index, mac
