@@ -117,7 +117,10 @@ def missing_requirements() -> list[str]:
 
 
 def guest_python() -> str:
-    # The interpreter's real path: shims (pyenv) need an environment the guest does not have.
+    # In a virtualenv, its own interpreter (the link is what makes it the venv's); otherwise
+    # the interpreter's real path: shims (pyenv) need an environment the guest does not have.
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
     return os.path.realpath(sys.executable)
 
 
@@ -199,7 +202,8 @@ class Vm:
         env = {
             "PATH": f"{Path(guest_python()).parent}:/usr/local/sbin:/usr/local/bin:"
             "/usr/sbin:/usr/bin:/sbin:/bin",
-            "PYTHONPATH": str(REPO),
+            # This checkout's code first, whatever an editable install elsewhere points to.
+            "PYTHONPATH": f"{REPO / 'operator'}:{REPO}",
             "PYTHONDONTWRITEBYTECODE": "1",  # the root filesystem is read-only in the guest
             "PYTHONUNBUFFERED": "1",
             "HOME": "/tmp",
