@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
     p.add_argument("--dests", type=int, default=10)
-    p.add_argument("--steady", type=float, default=60)
+    p.add_argument("--steady", type=float, default=120)
     a = p.parse_args(argv)
     with Vm() as vm:
         print(f"VM booted in {vm.boot_seconds:.1f}s")
@@ -66,8 +66,11 @@ def main(argv: list[str]) -> int:
             dests = sum(len(d) for d in table.values())
             print(f"kernel: {len(table)} services, {dests} destinations")
             print(f"RSS when ready: {lab.call('rss_mib', pid=proc.pid)} MiB")
-            time.sleep(a.steady)
-            print(f"RSS after {a.steady:.0f}s steady: {lab.call('rss_mib', pid=proc.pid)} MiB")
+            samples = []
+            for _ in range(max(1, int(a.steady // 30))):
+                time.sleep(30)
+                samples.append(lab.call("rss_mib", pid=proc.pid))
+            print(f"RSS every 30s of steady state (renewals, resyncs, VIP refreshes): {samples}")
             print(proc.output()[-1500:])
         finally:
             lab.close()

@@ -566,8 +566,8 @@ class Agent:
         self.elector.set_annotation(
             PROGRAMMED_ANNOTATION, json.dumps(dict(sorted(want.generations.items())))
         )
-        if len(changes) > 100 or not self.ready:
-            _trim_memory()  # a cold start's peak (lists, dumps) back to the system
+        if len(changes) > 100 or len(table) > 100 or not self.ready:
+            _trim_memory()  # the peak of a big read / converge back to the system
         if not self.ready:
             self.ready = True
             log.info(
@@ -673,28 +673,39 @@ class Agent:
                 await self._vt(self.vipman.add, vip, ifname)
             self.held = dict(wanted)
             self.metrics.vips.set(len(wanted))
-            to_announce = wanted if announce else plan.add
-            for vip, ifname in to_announce.items():
+            new: list[tuple[str, str, Any]] = []
+            again: list[tuple[str, str, Any]] = []
+            for vip, ifname in (wanted if announce else plan.add).items():
                 link = await self._link(ifname)
                 if link is not None:
-                    self._announce(vip, ifname, link, None if plan.add.get(vip) else 1)
+                    (new if vip in plan.add else again).append((vip, ifname, link))
+            self._announce(new, None)
+            self._announce(again, 1)
 
     async def _take_vips_fast(self) -> None:
         """On takeover: add the VIPs where they were last placed and announce them, before the
         full reconcile (which dumps routes and addresses: slow on a busy node)."""
+        batch: list[tuple[str, str, Any]] = []
         for vip, ifname in dict(self.placements).items():
             if not self.elector.is_leader:
-                return
+                break
             await self._vt(self.vipman.add, vip, ifname)
             self.held[vip] = ifname
             link = await self._link(ifname)
             if link is not None:
-                self._announce(vip, ifname, link, None)
+                batch.append((vip, ifname, link))
+            if len(batch) >= 32:  # the first VIPs go out while the rest are being added
+                self._announce(batch, None)
+                batch = []
+        self._announce(batch, None)
 
-    def _announce(self, vip: str, ifname: str, link: Any, count: int | None) -> None:
-        """Announcements sleep between sends: their own thread, not the netlink one."""
-        send = self.vipman.send_announcements
-        task = asyncio.create_task(asyncio.to_thread(send, vip, ifname, link, count))
+    def _announce(self, items: list[tuple[str, str, Any]], count: int | None) -> None:
+        """Announce a batch (rounds over all of them, ``announce_interval`` apart) on a
+        thread of its own: the rounds sleep, and a thousand VIPs must not wait in line."""
+        if not items:
+            return
+        send = self.vipman.send_many
+        task = asyncio.create_task(asyncio.to_thread(send, items, count))
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
 

@@ -243,6 +243,26 @@ class VipManager:
             if i + 1 < count:
                 time.sleep(self.announce_interval)
 
+    def send_many(self, items: list[tuple[str, str, tuple[int, str]]], count: int | None) -> None:
+        """``send_announcements`` for many VIPs at once: ``count`` rounds over all of them,
+        ``announce_interval`` apart (raw sockets only)."""
+        count = self.announce_count if count is None else count
+        for i in range(count):
+            for vip, ifname, (index, mac) in items:
+                try:
+                    if ":" in vip:
+                        self._send_na(vip, ifname, index, mac)
+                    else:
+                        self._send_garp(vip, ifname, mac, reply=bool(i % 2))
+                except OSError as exc:
+                    log.warning(
+                        "announcing VIP failed: %s (the agent needs CAP_NET_RAW)",
+                        exc,
+                        extra={"vip": vip, "interface": ifname},
+                    )
+            if i + 1 < count:
+                time.sleep(self.announce_interval)
+
     @staticmethod
     def _send_garp(vip: str, ifname: str, mac: str, reply: bool) -> None:
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:

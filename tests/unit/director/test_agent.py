@@ -69,8 +69,8 @@ class FakeVips:
     def link_info(self, ifname: str) -> tuple[int, str]:
         return (2, "02:00:00:00:00:0b")
 
-    def send_announcements(self, vip: str, ifname: str, link: Any, count: int | None) -> None:
-        self.announced.append((vip, ifname, count))
+    def send_many(self, items: list[tuple[str, str, Any]], count: int | None) -> None:
+        self.announced += [(vip, ifname, count) for vip, ifname, _ in items]
 
 
 def vs_obj(name: str = "web", generation: int = 3, **spec: Any) -> dict[str, Any]:
