@@ -540,13 +540,34 @@ def ensure_sysctls(
             # autoload ip_vs through its generic netlink family, as the agent would anyway
             with contextlib.suppress(Exception):
                 IpvsKernel().close()
+        failed: dict[str, str] = {}
         for key, value in wanted.items():
             path = _sysctl_path(key)
-            old = path.read_text().strip()
-            if old != str(value):
-                path.write_text(f"{value}\n")
-                changed[key] = (old, str(value))
+            try:
+                old = path.read_text().strip()
+                if old != str(value):
+                    path.write_text(f"{value}\n")
+                    changed[key] = (old, str(value))
+            except OSError as exc:
+                # An unprivileged container sees /proc/sys read-only: report every key at once.
+                failed[key] = f"{value} ({exc.strerror or exc})"
+        if failed:
+            raise SysctlError(failed, changed)
     return changed
+
+
+class SysctlError(OSError):
+    """Some data-plane sysctls could not be set (typically: /proc/sys is read-only)."""
+
+    def __init__(self, failed: Mapping[str, str], changed: Mapping[str, tuple[str, str]]):
+        self.failed = dict(failed)
+        self.changed = dict(changed)
+        wanted = " ".join(f"{k}={v.split(' ')[0]}" for k, v in self.failed.items())
+        super().__init__(
+            f"cannot set sysctls {', '.join(f'{k}={v}' for k, v in self.failed.items())}; "
+            f"set them on the node (sysctl -w {wanted}, or a file in /etc/sysctl.d), or run "
+            "the director with a writable /proc/sys"
+        )
 
 
 # -- nftables source NAT for masquerade ----------------------------------------------------------

@@ -62,7 +62,13 @@ class IpvsKernel:
     def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
         ipv6 = any(k.family == 6 for k in table)
         if ipv6 not in self._sysctls_done:
-            changed = ipvs.ensure_sysctls(netns=self.netns, ipv6=ipv6)
+            try:
+                changed = ipvs.ensure_sysctls(netns=self.netns, ipv6=ipv6)
+            except ipvs.SysctlError as exc:
+                # Not fatal: nodes often have them already (kube-proxy's IPVS mode sets
+                # most); traffic that needs a missing one fails, and this says why. Once.
+                changed = exc.changed
+                log.error(str(exc), extra={"sysctls": exc.failed})
             if changed:
                 log.info("sysctls set", extra={"sysctls": {k: v[1] for k, v in changed.items()}})
             self._sysctls_done.add(ipv6)
