@@ -76,7 +76,10 @@ def ours_once(s: System, kind: str, n: int) -> dict[str, Any]:
     proc = s.agents.pop(old)
     if kind == "handover":
         at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGTERM))
-        proc.wait(30)
+        if proc.wait(30) is None:
+            out(f"  agent in {old} still running 30 s after SIGTERM: SIGKILL")
+            proc.kill()
+            proc.wait(10)
     else:
         at = s.call("crash_node", ns=old, pid=proc.pid)
     s.call("wait_holder", exclude=old, timeout=90)

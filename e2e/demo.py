@@ -173,6 +173,8 @@ class Demo:
         )
 
     def setup(self) -> None:
+        from e2e.system import DIRECTORS
+
         s = self.s
         banner("1/6 the local control plane and the VM")
         write_state(pid=os.getpid(), workdir=str(s.workdir))
@@ -214,8 +216,15 @@ class Demo:
             s.start_agent(ns)
         t0 = time.monotonic()
         deadline = t0 + 300
+        last_note = t0
         while time.monotonic() < deadline:
-            self.table()
+            if self.table() or time.monotonic() - last_note > 10:
+                if time.monotonic() - last_note > 10:
+                    say(
+                        f"  ... {time.monotonic() - t0:.0f} s: agents starting in the VM "
+                        "(Python under emulation: ~20-60 s), then electing an active director"
+                    )
+                last_note = time.monotonic()
             status = s.virtual_server().get("status") or {}
             ready = s.call("holders")
             if status.get("activeDirector") and ready and status.get("readyOfTotal") == "3/3":
@@ -227,7 +236,7 @@ class Demo:
             raise RuntimeError(f"no answer through the VIP: {res}\n{s.logs(40)}")
         say(
             f"converged {time.monotonic() - t0:.0f} s after the agents started; "
-            f"the VIP answers (via {res['director']})"
+            f"the VIP answers (via {DIRECTORS[res['director']][0]})"
         )
 
     def director_namespaces(self) -> list[str]:
@@ -235,15 +244,19 @@ class Demo:
 
         return list(DIRECTORS)
 
-    def table(self, force: bool = False) -> None:
+    def table(self, force: bool = False) -> bool:
+        """Print ``kubectl get lvs,rsp -o wide`` when it changed (AGE aside); True if printed."""
         text = self.s.status_table().rstrip()
-        if force or text != self.last_table:
+        key = "\n".join(line.rsplit(None, 1)[0] for line in text.splitlines() if line.strip())
+        if force or key != self.last_table:
             print(
                 "  $ kubectl get lvs,rsp -o wide\n"
                 + "\n".join(f"  {x}" for x in text.splitlines()),
                 flush=True,
             )
-            self.last_table = text
+            self.last_table = key
+            return True
+        return False
 
     def live(self, seconds: float, title: str) -> None:
         """Requests through the VIP for ``seconds``: answers per pod, printed every second."""
@@ -288,7 +301,10 @@ class Demo:
         loop, out = s.start_loop("demo-handover", interval=0.05, timeout=2.0)
         proc = s.agents.pop(old)
         at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGTERM))
-        proc.wait(30)
+        if proc.wait(30) is None:
+            say("  the agent did not exit within 30 s: SIGKILL (as the kubelet would)")
+            proc.kill()
+            proc.wait(10)
         s.call("wait_holder", exclude=old, timeout=60)
         time.sleep(1.5)
         st = analyse(s.stop_loop(loop, out), at, old)
