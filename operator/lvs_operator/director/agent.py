@@ -437,6 +437,7 @@ class Agent:
         self.held: dict[str, str] = {}  # vip -> interface, while leader
         self.placements: dict[str, str] = {}  # vip -> interface it goes on (all directors)
         self._links: dict[str, Any] = {}  # interface -> (index, MAC)
+        self._unplaced: set[str] = set()  # VIPs without a route (reported once)
         self._vip_lock = asyncio.Lock()
         self._announcing: set[asyncio.Task[None]] = set()
         api = lease_api or KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
@@ -642,13 +643,16 @@ class Agent:
                 routes = self.vipman.routes()
             name = pick_interface(vip, routes)
             if name is None:
-                log.error(
-                    "VIP cannot be placed: no route to it on this node; add a route to its "
-                    "subnet, or set spec.directors.interface",
-                    extra={"vip": vip},
-                )
+                if vip not in self._unplaced:  # once, not on every reconcile
+                    log.error(
+                        "VIP cannot be placed: no route to it on this node; add a route to "
+                        "its subnet, or set spec.directors.interface",
+                        extra={"vip": vip},
+                    )
+                self._unplaced.add(vip)
             else:
                 placed[vip] = name
+                self._unplaced.discard(vip)
         return placed
 
     async def _link(self, ifname: str) -> Any:
