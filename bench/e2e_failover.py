@@ -148,7 +148,7 @@ class Keepalived:
         argv = [
             "sh",
             "-c",
-            f"mkdir -p {run} && exec keepalived --dont-fork --log-console "
+            f"rm -rf {run} && mkdir -p {run} && exec keepalived --dont-fork --log-console "
             f"--log-detail --no-syslog -f {conf} -p {run}/k.pid -r {run}/v.pid "
             f"-c {run}/c.pid",
         ]
@@ -233,6 +233,7 @@ def main(argv: list[str]) -> int:
         help="our agents' duration,renew-deadline,retry[,start-up grace] (default: the product's)",
     )
     p.add_argument("--skip-keepalived", action="store_true")
+    p.add_argument("--skip-ours", action="store_true", help="only the keepalived pair")
     a = p.parse_args(argv)
     t0 = time.monotonic()
     timings = Timings.parse(a.lease)
@@ -244,7 +245,8 @@ def main(argv: list[str]) -> int:
         if not res["ok"]:
             raise RuntimeError(f"no answer through the VIP: {res}\n{s.logs()}")
         ours = f"ours ({timings.lease_duration}/{timings.renew_deadline}/{timings.retry_period})"
-        table[ours] = medians(run_cases(ours, lambda k, n: ours_once(s, k, n), a.runs))
+        if not a.skip_ours:
+            table[ours] = medians(run_cases(ours, lambda k, n: ours_once(s, k, n), a.runs))
         if not a.skip_keepalived:
             for ns in list(s.agents):
                 proc = s.agents.pop(ns)
@@ -274,7 +276,7 @@ def main(argv: list[str]) -> int:
     ):
         out(f"{label:28}" + "".join(f"{table[c][key]!s:>28}" for c in cols))
     tuned = table.get("keepalived advert 0.1")
-    if tuned and cols:
+    if tuned and cols and cols[0].startswith("ours"):
         mine = table[cols[0]]
         for key in ("handover", "crash"):
             if mine[key] and tuned[key]:

@@ -18,7 +18,8 @@ kwok plays the kubelet of every Node (pods only *look* Running); the controller
 Node is a network namespace running the real ``lvs-operator director`` agent, and each web pod
 a namespace with the pod's IP and a small HTTP server answering with the pod's name.
 
-Non-interactive (``--once``, or CI=true, or no terminal): run the show, then clean up and exit.
+Non-interactive (``--once``, or CI=true, or no terminal): run the show, then clean up and exit;
+``--stay`` keeps it running without a terminal (stop it with ``make demo-down``).
 """
 
 from __future__ import annotations
@@ -425,6 +426,12 @@ def main(argv: list[str]) -> int:
         help="run the show, then clean up and exit (default when CI=true or without a terminal)",
     )
     p.add_argument("--down", action="store_true", help="stop a running demo (make demo-down)")
+    p.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep running after the show even without a terminal (e.g. in the background; "
+        "stop it with make demo-down)",
+    )
     p.add_argument("--live-seconds", type=float, default=8, help="length of the traffic show")
     a = p.parse_args(argv)
     if a.down:
@@ -436,7 +443,7 @@ def main(argv: list[str]) -> int:
             say(f"a demo is already running (pid {info['pid']}): make demo-down stops it")
             return 1
         down()  # leftovers of a demo that was killed
-    interactive = (
+    interactive = a.stay or (
         not a.once
         and os.environ.get("CI", "").lower() not in ("1", "true")
         and (sys.stdin.isatty() and sys.stdout.isatty())
