@@ -128,8 +128,12 @@ def remove_director(ns: str) -> float:
 
 
 def crash_node(ns: str, pid: int) -> float:
-    """Power a director node off: SIGKILL its agent, delete its namespace at once."""
+    """Power a director node off: cut its wires (the switch-side ends of its veths: its
+    interfaces, addresses and VIP go with them), SIGKILL its daemon, delete its namespace.
+    Returns the guest time of the cut."""
+    short = ns.removeprefix("e2e-")
     at = now()
+    t.ip_batch([f"link del f-{short}", f"link del b-{short}"], SWITCH)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     for _ in range(100):  # the namespace outlives its last process only by a moment
