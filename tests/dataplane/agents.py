@@ -148,11 +148,14 @@ class Lab:
             out.append(f"--- {ns} ---\n{proc.output()[-6000:]}")
         return "\n".join(out)
 
-    def start_loop(self, name: str, vip: str, port: int) -> tuple[GuestProcess, str]:
+    def start_loop(
+        self, name: str, vip: str, port: int, timeout: float | None = None
+    ) -> tuple[GuestProcess, str]:
         out = str(self.vm.shared / f"loop-{name}.json")
+        extra = [] if timeout is None else ["--timeout", str(timeout)]
         proc = self.vm.spawn(
             [self.vm_python(), "-m", SCEN, "loop", "--out", out, "--vip", vip,
-             "--port", str(port)],
+             "--port", str(port), *extra],
             netns=topo_mod.CLIENT, name=f"loop-{name}",
         )  # fmt: skip
         deadline = time.monotonic() + 120
