@@ -127,7 +127,9 @@ def summary(s: System, say: Callable[[str], None], wall: float) -> None:
         f"pod Ready -> first answer through the VIP, median of "
         f"{len(FIGURES.get('ready_to_served', []))}: {_median(FIGURES.get('ready_to_served'))} s "
         f"(runs {FIGURES.get('ready_to_served')})",
-        f"planned handover (SIGTERM -> first answer via the new director), median of "
+        f"planned handover, SIGTERM -> the new director holds the VIP: median "
+        f"{_median([m for m in FIGURES.get('handover_vip', []) if m is not None])} s "
+        f"(runs {FIGURES.get('handover_vip')}); SIGTERM -> first answer via it, median of "
         f"{len(FIGURES.get('handover', []))}: {_median(FIGURES.get('handover'))} s "
         f"(runs {FIGURES.get('handover')}; failed requests in the switch window "
         f"{FIGURES.get('handover_failures')}, after it 0; VIP gap {FIGURES.get('handover_gap')} s; "
@@ -137,7 +139,8 @@ def summary(s: System, say: Callable[[str], None], wall: float) -> None:
         f"{FIGURES.get('crash_kill_to_new')} s)",
         f"agent crash: standby holds the VIP {FIGURES.get('agent_crash_takeover')} s after "
         f"SIGKILL; restarted agent dropped the stale VIP {FIGURES.get('stale_vip_drop')} s after "
-        f"it started ({FIGURES.get('stale_vip_drop_from_spawn')} s after spawn)",
+        f"it started ({FIGURES.get('stale_vip_drop_from_kernel_read')} s after its kernel read, "
+        f"{FIGURES.get('stale_vip_drop_from_spawn')} s after spawn)",
         f"VIP held by two directors: longest {longest} s; outside the agent-crash case: "
         f"{outside or 'never'} ({len(samples)} samples at 100 ms)",
         f"e2e wall time: {wall:.0f} s",
@@ -359,6 +362,7 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
     lost: list[int] = []
     longest: list[float] = []
     gaps: list[float | None] = []
+    moves: list[float | None] = []
     for n in range(HANDOVERS):
         old = s.leader_ns()
         new = OTHER[old]
@@ -378,12 +382,14 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
         s.start_agent(old)  # as its DaemonSet would, before any check can fail
         dropped = _log_event_mono(s, proc, "VIP removed")
         gap = None if taken is None or dropped is None else round(taken["mono"] - dropped, 2)
+        moved = None if taken is None else round(taken["mono"] - at, 2)
         failed = [r for r in rows if r[1] is None]
         in_window = [r for r in failed if r[0] < switched]
         after_switch = [r for r in failed if r[0] >= switched]
         s.say(
-            f"4. handover {DIRECTORS[old][0]} -> {DIRECTORS[new][0]}: first answer via the new "
-            f"director {stats['to_new_director']} s after SIGTERM; VIP gap {gap} s (old deleted "
+            f"4. handover {DIRECTORS[old][0]} -> {DIRECTORS[new][0]}: the new director holds the "
+            f"VIP {moved} s after SIGTERM, first answer via it {stats['to_new_director']} s after "
+            f"SIGTERM; VIP gap {gap} s (old deleted "
             f"it -> new holds it); failed requests: {len(in_window)} in the switch window "
             f"({[e for e in stats['errors']]}), {len(after_switch)} after it, of "
             f"{stats['requests']} (50 ms interval, {HANDOVER_TIMEOUT:g} s timeout); longest "
@@ -403,10 +409,12 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
         assert s.wait_agents_ready([old], timeout=180), s.logs()
         assert s.call("holders") == [new]
         times.append(stats["to_new_director"])
+        moves.append(moved)
         lost.append(len(in_window))
         longest.append(stats["longest_request"])
         gaps.append(gap)
     FIGURES["handover_gap"] = gaps
+    FIGURES["handover_vip"] = moves
     FIGURES["handover"] = times
     FIGURES["handover_failures"] = lost
     FIGURES["handover_longest"] = longest
@@ -497,24 +505,30 @@ def test_6_agent_crash_stale_vip_dropped_on_restart(system: System) -> None:
     took = _wait_sample(s, lambda h: new in h, after=at)
     dropped = _wait_sample(s, lambda h: h == [new], after=at)
     started = agent_started_at(restarted)
+    kernel_read = _log_times(restarted, "kernel read")
     assert took is not None and dropped is not None, s.samples()[-10:]
     FIGURES["agent_crash_takeover"] = round(took["mono"] - at, 2)
     FIGURES["stale_vip_drop_from_spawn"] = round(dropped["mono"] - spawned["mono"], 2)
     FIGURES["stale_vip_drop"] = None if started is None else round(dropped["wall"] - started, 2)
+    FIGURES["stale_vip_drop_from_kernel_read"] = (
+        round(dropped["wall"] - kernel_read[0], 2) if kernel_read else None
+    )
     FIGURES["agent_crash_window"] = (at, dropped["mono"])
     window = overlaps(s.samples(), at, dropped["mono"])
     s.say(
         f"6. agent on {DIRECTORS[old][0]} killed: {DIRECTORS[new][0]} holds the VIP "
         f"{FIGURES['agent_crash_takeover']} s later (Lease expiry); the restarted agent dropped "
         f"the stale VIP {FIGURES['stale_vip_drop']} s after it started "
+        f"({FIGURES['stale_vip_drop_from_kernel_read']} s after its kernel read) "
         f"({FIGURES['stale_vip_drop_from_spawn']} s after spawn, Python start-up under TCG "
         f"included); overlap {[o['seconds'] for o in window]} s; {stats['failures']} failed "
         f"requests"
     )
-    # Start-up: read the kernel, one election step bounded by the start-up grace, then drop.
-    # Under TCG the kernel read alone takes ~0.7 s, hence the slack.
-    bound = s.timings.startup_grace + 1.5
-    assert FIGURES["stale_vip_drop"] is not None and FIGURES["stale_vip_drop"] <= bound, (
+    # Start-up: read the kernel (0.7-1.5 s under TCG), one election step bounded by the
+    # start-up grace, then drop: the bound is checked from the kernel read on.
+    bound = s.timings.startup_grace + 1.0
+    after_read = FIGURES["stale_vip_drop_from_kernel_read"]
+    assert after_read is not None and after_read <= bound, (
         f"{FIGURES}\n{restarted.output()[-3000:]}"
     )
     assert s.wait_agents_ready([old], timeout=180)
