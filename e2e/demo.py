@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,10 +412,14 @@ class Demo:
             self.serve_forever()
         return 0
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> None:
         say("cleaning up: agents, VM, controller, control plane ...")
         self.s.close()
         STATE.unlink(missing_ok=True)
+        if keep_logs:
+            say(f"logs kept in {self.s.workdir}")
+        else:
+            shutil.rmtree(self.s.workdir, ignore_errors=True)
         say("done")
 
 
@@ -455,6 +460,7 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    failed = False
     try:
         return demo.run()
     except KeyboardInterrupt:
@@ -462,11 +468,12 @@ def main(argv: list[str]) -> int:
         say("interrupted")
         return 130
     except Exception as exc:
+        failed = True
         say(f"the demo failed: {exc}\n{demo.s.logs(30)}")
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        demo.close()
+        demo.close(keep_logs=failed)
 
 
 def _rows(path: str) -> list[Any]:
