@@ -20,6 +20,18 @@ Timing (defaults: duration 2 s, renew deadline 1.5 s, retry period 0.4 s):
   sees the release and acquires it without waiting for expiry.
 - **Restart**: a record whose holder is this node's own identity is taken back at once (the
   agent restarted; its VIP and IPVS state are still in the kernel).
+- **Peer heartbeat** (optional, ``holder_unreachable``; see ``peer.py``): expiry bounds crash
+  failover by the duration, so a standby also probes the holder directly (UDP, every 0.1 s)
+  and takes the Lease *before* expiry once the holder stopped answering (0.35 s) or answers
+  that it no longer leads. Anti-flap: only a standby that had good replies from *this* holder
+  ("armed") may judge it lost; a director displaced by a partition between the directors
+  never hears the new holder, so it waits for expiry, which a renewing holder never allows.
+  The Lease remains the fence: the takeover is a conflict-checked PUT like every write, and a
+  leader whose watch shows the Lease taken by another director (a record with more
+  ``leaseTransitions`` than its own) steps down at once instead of at its next renewal. This
+  trades the "leader steps down before anyone takes over" guarantee for speed: a leader that
+  is alive but cut off from both its peer and the API keeps its VIP until its renew deadline
+  while the standby already holds it.
 
 ``Elector.tick()`` is one step of the state machine and returns the delay until the next;
 ``Elector.run()`` loops over it and wakes early on watch events. Clock and API are injected,
@@ -121,6 +133,8 @@ class ElectionConfig:
 
 
 OnChange = Callable[[bool], Awaitable[None]]
+HolderUnreachable = Callable[[str], bool]
+OnRecord = Callable[[LeaseRecord], None]
 
 
 class Elector:
@@ -132,12 +146,22 @@ class Elector:
         api: LeaseApi,
         on_change: OnChange | None = None,
         clock: Clock | None = None,
+        *,
+        holder_unreachable: HolderUnreachable | None = None,
+        on_record: OnRecord | None = None,
     ) -> None:
         self.config = config
         self.api = api
         self.on_change = on_change
         self.clock = clock or SystemClock()
+        # holder_unreachable(holder): the peer heartbeat says the holder is gone (take its
+        # Lease before expiry). on_record(record): every Lease record observed (read, watched
+        # or written), e.g. to point the heartbeat monitor at the holder. Both synchronous.
+        self.holder_unreachable = holder_unreachable
+        self.on_record = on_record
         self.is_leader = False
+        self._serving = False  # leader, or stepping down and on_change(False) not done yet
+        self._taken: LeaseRecord | None = None  # the watch saw the Lease taken (leader only)
         self.transitions = 0  # local leader/standby transitions (metrics)
         self.holder: str = ""  # last holder seen
         self._record: LeaseRecord | None = None  # last record read or written
@@ -165,14 +189,28 @@ class Elector:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def record(self) -> LeaseRecord | None:
+        """The last Lease record read, watched (standby) or written (leader)."""
+        return self._record
+
+    @property
+    def serving(self) -> bool:
+        """True from becoming leader until ``on_change(False)`` has returned (while the VIP
+        may still be up): what the heartbeat should report as "leading"."""
+        return self._serving
+
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch())
         try:
             while not self._stopped:
                 delay = await self.tick()
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                # that races with the event being set
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -212,7 +250,11 @@ class Elector:
 
     async def tick(self) -> float:
         """One step; returns the seconds until the next."""
-        if self.is_leader:
+        if self.is_leader and self._taken is not None:
+            taken = self._taken
+            await self._step_down(f"Lease taken by {taken.holder!r}")
+            self._observe(taken)
+        elif self.is_leader:
             await self._renew()
         else:
             await self._try_acquire()
@@ -301,7 +343,8 @@ class Elector:
         self._observe(current)
         free = current.holder in ("", cfg.identity)
         expired = self.clock.monotonic() - self._observed_at >= current.duration_seconds
-        if not (free or expired):
+        lost = not (free or expired) and self._holder_lost(current.holder)
+        if not (free or expired or lost):
             return
         taken = replace(
             current,
@@ -322,11 +365,22 @@ class Elector:
             return
         if current.holder == cfg.identity:
             why = "took back its own Lease (restart)"
+        elif lost:
+            why = f"peer heartbeat from {current.holder!r} lost"
         elif current.holder:
             why = f"Lease of {current.holder!r} expired"
         else:
             why = "Lease was free"
         await self._became_leader(written, start, why)
+
+    def _holder_lost(self, holder: str) -> bool:
+        if self.holder_unreachable is None:
+            return False
+        try:
+            return bool(self.holder_unreachable(holder))
+        except Exception as exc:
+            log.warning("peer heartbeat check failed: %s", exc or type(exc).__name__)
+            return False
 
     async def _became_leader(self, record: LeaseRecord, sent_at: float, why: str) -> None:
         self._record = record
@@ -343,16 +397,22 @@ class Elector:
         self.is_leader = leader
         self.transitions += 1
         self._stale_view = True  # the watch was ignored while leading
+        self._taken = None
         if leader:
             self.holder = self.config.identity
+            self._serving = True
         log.info(
             "%s: %s",
             "became leader" if leader else "stepped down",
             why,
             extra={"identity": self.config.identity, "leader": leader},
         )
-        if self.on_change is not None:
-            await self.on_change(leader)
+        try:
+            if self.on_change is not None:
+                await self.on_change(leader)
+        finally:
+            if not leader:
+                self._serving = False
 
     def _observe(self, record: LeaseRecord | None) -> None:
         if record is None:
@@ -362,6 +422,24 @@ class Elector:
         if not self.is_leader:
             self._record = record
         self.holder = record.holder
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception as exc:
+                log.warning("on_record callback failed: %s", exc or type(exc).__name__)
+
+    def _taken_by_other(self, record: LeaseRecord) -> bool:
+        """Whether a watched record shows our Lease taken over. The watch may lag behind our
+        writes: right after we took the Lease it can still deliver the previous holder's
+        records. Every change of holder bumps ``leaseTransitions`` and every write builds on
+        the current record, so only a record with more transitions than ours is newer."""
+        own = self._record
+        return (
+            own is not None
+            and record.holder not in ("", self.config.identity)
+            and record.resource_version != own.resource_version
+            and record.transitions > own.transitions
+        )
 
     def _merged(self, record: LeaseRecord) -> dict[str, str]:
         merged = dict(record.annotations)
@@ -374,7 +452,13 @@ class Elector:
             try:
                 self._watching = True
                 async for record in self.api.changes():
-                    if not self.is_leader:
+                    if self.is_leader:
+                        # step down in tick() (not here: on_change must not run concurrently
+                        # with a renewal)
+                        if record is not None and self._taken_by_other(record):
+                            self._taken = record
+                            self._wake.set()
+                    else:
                         if record is None:
                             self._stale_view = True
                         elif self._record is None or _newer(record, self._record):

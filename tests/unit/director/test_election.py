@@ -223,3 +223,171 @@ async def test_run_wakes_on_release_through_the_watch() -> None:
 def test_config_rejects_unsafe_timings(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         ElectionConfig(**kwargs)
+
+
+# -- peer heartbeat: takeover before expiry, step-down on a watched takeover -------------------
+
+
+async def test_standby_takes_the_lease_before_expiry_when_the_holder_is_lost(env, caplog) -> None:
+    store, clock, a, b = env
+    asked: list[str] = []
+
+    def unreachable(holder: str) -> bool:
+        asked.append(holder)
+        return lost
+
+    b.elector.holder_unreachable = unreachable
+    lost = False
+    await a.elector.tick()
+    await b.elector.tick()
+    clock.advance(0.4)
+    await b.elector.tick()
+    assert not b.leader  # heartbeat fine: the Lease is not expired either
+    assert asked == ["node-a", "node-a"]
+    lost = True
+    clock.advance(0.1)  # 0.5 s after the last renewal: far from the 2 s expiry
+    with caplog.at_level("INFO", logger="lvs_operator.director.election"):
+        await b.elector.tick()
+    assert b.leader
+    assert store.record.holder == "node-b"
+    assert store.record.transitions == 1
+    assert "peer heartbeat from 'node-a' lost" in caplog.text
+    # the old leader, if alive, loses its next renewal to the conflict
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert not a.leader
+
+
+async def test_heartbeat_only_counts_for_the_current_holder(env) -> None:
+    store, clock, a, b = env
+    b.elector.holder_unreachable = lambda holder: holder == "node-c"
+    await a.elector.tick()
+    for _ in range(4):
+        clock.advance(0.4)
+        await a.elector.tick()
+        await b.elector.tick()
+    assert a.leader and not b.leader
+    assert store.record.holder == "node-a"
+
+
+async def test_a_failing_heartbeat_check_is_not_a_loss(env) -> None:
+    store, _clock, a, b = env
+
+    def broken(holder: str) -> bool:
+        raise RuntimeError("boom")
+
+    b.elector.holder_unreachable = broken
+    await a.elector.tick()
+    await b.elector.tick()
+    assert not b.leader and store.record.holder == "node-a"
+
+
+async def test_heartbeat_takeover_loses_a_race_to_a_conflict(env) -> None:
+    store, _clock, a, b = env
+    await a.elector.tick()
+    b.elector.holder_unreachable = lambda holder: True
+    original_get = b.api.get
+
+    async def get_then_a_renews() -> LeaseRecord | None:
+        got = await original_get()
+        await a.elector.tick()  # the holder was alive after all: its renewal lands first
+        return got
+
+    b.api.get = get_then_a_renews  # type: ignore[method-assign]
+    await b.elector.tick()
+    assert a.leader and not b.leader
+    assert store.record.holder == "node-a"
+
+
+async def test_on_record_sees_every_observed_record(env) -> None:
+    store, clock, a, b = env
+    seen_a: list[str] = []
+    seen_b: list[LeaseRecord] = []
+    a.elector.on_record = lambda record: seen_a.append(record.holder)
+    b.elector.on_record = seen_b.append
+    await a.elector.tick()
+    store._store(replace(store.record, annotations={"lvs.io/heartbeat": "10.0.0.1:9643"}))
+    await b.elector.tick()
+    assert seen_a == ["node-a"]
+    assert seen_b[-1].holder == "node-a"
+    assert seen_b[-1].annotations == {"lvs.io/heartbeat": "10.0.0.1:9643"}
+    assert b.elector.record == seen_b[-1]
+
+    def broken(record: LeaseRecord) -> None:
+        raise RuntimeError("boom")
+
+    b.elector.on_record = broken
+    clock.advance(0.4)
+    await b.elector.tick()  # a failing hook does not break the election
+    assert not b.leader
+
+
+async def test_leader_steps_down_when_its_watch_shows_the_lease_taken(caplog) -> None:
+    store = FakeLeaseStore()
+    changes: list[bool] = []
+
+    async def on_change(leader: bool) -> None:
+        changes.append(leader)
+
+    a = Elector(ElectionConfig("node-a"), FakeLeaseApi(store), on_change)
+    b = Elector(ElectionConfig("node-b"), FakeLeaseApi(store), holder_unreachable=lambda h: True)
+    await a.tick()
+    task = asyncio.create_task(a.run())
+    await asyncio.sleep(0.05)  # a renewed and waits for its retry period (0.4 s)
+    assert changes == [True]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with caplog.at_level("INFO", logger="lvs_operator.director.election"):
+        await b.tick()
+        assert b.is_leader
+        while a.is_leader and loop.time() - t0 < 2:
+            await asyncio.sleep(0.005)
+    assert not a.is_leader
+    assert loop.time() - t0 < 0.2  # woken by the watch, not at its next renewal
+    assert changes == [True, False]
+    assert "stepped down: Lease taken by 'node-b'" in caplog.text
+    assert a.holder == "node-b"
+    assert not await a.release()  # not leader: nothing to release
+    await asyncio.wait_for(task, 2)
+    assert store.record.holder == "node-b"
+
+
+async def test_leader_ignores_older_or_released_records_from_a_lagging_watch() -> None:
+    store = FakeLeaseStore()
+    b = Elector(ElectionConfig("node-b"), FakeLeaseApi(store))
+    a = Elector(ElectionConfig("node-a"), FakeLeaseApi(store), holder_unreachable=lambda h: True)
+    await b.tick()
+    b_record = store.record
+    await a.tick()  # takes it from b (heartbeat lost)
+    assert a.is_leader and store.record.transitions == 1
+    task = asyncio.create_task(a.run())
+    await asyncio.sleep(0.05)
+    # the watch delivers records older than our takeover (b's renewals), then a release-like
+    # record and our own holder: none of them is a takeover by another director
+    for queue in store.watchers:
+        queue.put_nowait(replace(b_record, resource_version="0"))
+        queue.put_nowait(b_record)
+        queue.put_nowait(replace(store.record, holder="", resource_version="98", transitions=9))
+        queue.put_nowait(replace(store.record, resource_version="99", transitions=9))
+    await asyncio.sleep(0.1)
+    assert a.is_leader
+    assert await a.release()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_serving_lasts_until_the_vips_are_dropped(env) -> None:
+    store, clock, a, _ = env
+    during: list[tuple[bool, bool]] = []
+
+    async def on_change(leader: bool) -> None:
+        during.append((leader, a.elector.serving))
+
+    a.elector.on_change = on_change
+    assert not a.elector.serving
+    await a.elector.tick()
+    assert a.elector.serving
+    store._store(replace(store.record, holder="node-c", transitions=1))
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert during == [(True, True), (False, True)]  # still "leading" while dropping VIPs
+    assert not a.elector.serving and not a.leader

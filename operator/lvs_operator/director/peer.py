@@ -1,0 +1,506 @@
+"""Direct peer heartbeat between the directors of a group: fast takeover after a leader crash.
+
+Lease expiry alone bounds crash failover by the Lease duration. Here a standby probes the
+current Lease holder over UDP every ``interval`` and, once the holder has stopped answering
+for ``timeout`` (or answers that it no longer leads), tells the Elector, which may then take
+the Lease before it expires. The Lease stays the fence: the takeover is a PUT carrying the
+resourceVersion, so of two directors acting on the same view only one wins.
+
+Wire format (UDP, ASCII, no trailing newline, single spaces)::
+
+    probe:  LVSHB1 <nonce>                          nonce = 16 lowercase hex chars
+    reply:  LVSHB1 <nonce> <identity> <1|0>         1 = leading, identity = the node name
+
+Anything else (other magic, other lengths, bad characters, oversized) is dropped. A reply is
+at most the probe plus the identity (<= 253 chars) and the responder rate-limits its replies
+per requesting address, so it is a poor reflector. (Per address, not overall: a flood from
+elsewhere must not starve the standby's probes, or it could force a failover.)
+
+Anti-flap ("armed"): a holder is only ever judged unreachable by a standby that has had good
+replies *from that holder* for ``arm_after`` seconds (gaps shorter than ``timeout``) since it
+started targeting it. After a standby took the Lease from a leader that was alive but cut off
+from it (a partition between the directors only), the displaced director targets the new
+holder, gets no reply, is never armed, and falls back to Lease expiry (which the new holder,
+renewing through the API, never lets happen): no ping-pong. ``arm_after`` additionally bounds
+the takeover rate over a link that keeps going up and down.
+
+``PeerHealth`` is the pure state machine (injected clock, no sockets); ``HeartbeatResponder``
+answers probes; ``HeartbeatMonitor`` sends them and calls ``on_lost`` when the holder is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("lvs_operator.director.peer")
+
+HEARTBEAT_ANNOTATION = "lvs.io/heartbeat"  # "ip:port" of the holder's responder, on the Lease
+
+DEFAULT_PEER_PORT = 9643
+DEFAULT_PEER_INTERVAL = 0.1
+DEFAULT_PEER_TIMEOUT = 0.35
+DEFAULT_ARM_AFTER = 1.0
+DEFAULT_REPLY_RATE = 50.0  # replies per second to one address (a standby sends 10)
+_MAX_BUCKETS = 1024
+
+MAGIC = b"LVSHB1"
+NONCE_LEN = 16
+MAX_IDENTITY = 253
+PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN
+MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2
+MAX_DATAGRAM = 512  # anything larger is dropped unread
+
+Address = tuple[str, int]
+
+_NONCE = re.compile(rb"[0-9a-f]{16}")
+_IDENTITY = re.compile(rb"[\x21-\x7e]{1,253}")
+
+
+# -- wire format -------------------------------------------------------------------------------
+
+
+def valid_identity(identity: str) -> bool:
+    return identity.isascii() and _IDENTITY.fullmatch(identity.encode("ascii")) is not None
+
+
+def make_probe(nonce: str) -> bytes:
+    if not nonce.isascii() or _NONCE.fullmatch(nonce.encode("ascii")) is None:
+        raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
+    return MAGIC + b" " + nonce.encode("ascii")
+
+
+def parse_probe(data: bytes) -> str | None:
+    """The nonce of a well-formed probe, else None."""
+    if len(data) != PROBE_LEN or not data.startswith(MAGIC + b" "):
+        return None
+    nonce = data[len(MAGIC) + 1 :]
+    return nonce.decode("ascii") if _NONCE.fullmatch(nonce) else None
+
+
+def make_reply(nonce: str, identity: str, leader: bool) -> bytes:
+    if not valid_identity(identity):
+        raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars: {identity!r}")
+    return make_probe(nonce) + b" " + identity.encode("ascii") + (b" 1" if leader else b" 0")
+
+
+def parse_reply(data: bytes) -> tuple[str, str, bool] | None:
+    """(nonce, identity, leader) of a well-formed reply, else None."""
+    if len(data) > MAX_REPLY_LEN:
+        return None
+    parts = data.split(b" ")
+    if len(parts) != 4 or parts[0] != MAGIC or parts[3] not in (b"0", b"1"):
+        return None
+    if not _NONCE.fullmatch(parts[1]) or not _IDENTITY.fullmatch(parts[2]):
+        return None
+    return parts[1].decode("ascii"), parts[2].decode("ascii"), parts[3] == b"1"
+
+
+# -- addresses ---------------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> Address:
+    """``"10.0.0.1:9643"`` or ``"[fd00::1]:9643"`` -> (host, port); host must be an IP."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"heartbeat address {text!r}: expected [ipv6]:port")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"heartbeat address {text!r}: expected ip:port (IPv6 as [addr]:port)")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"heartbeat address {text!r}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"heartbeat address {text!r}: port must be 1-65535")
+    if text.startswith("[") and ip.version != 6:
+        raise ValueError(f"heartbeat address {text!r}: brackets are for IPv6 only")
+    return str(ip), int(port_text)
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        x, y = ipaddress.ip_address(a.split("%", 1)[0]), ipaddress.ip_address(b.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(x, ipaddress.IPv6Address) and x.ipv4_mapped is not None:
+        x = x.ipv4_mapped
+    if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped is not None:
+        y = y.ipv4_mapped
+    return x == y
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+class PeerHealth:
+    """Whether the current Lease holder still answers; pure, the caller passes the time."""
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_PEER_TIMEOUT,
+        arm_after: float = DEFAULT_ARM_AFTER,
+        outstanding: int = 8,
+        nonce: Callable[[], str] | None = None,
+    ) -> None:
+        if timeout <= 0 or arm_after < 0 or outstanding < 1:
+            raise ValueError("timeout must be > 0, arm_after >= 0, outstanding >= 1")
+        self.timeout = timeout
+        self.arm_after = arm_after
+        self.outstanding = outstanding
+        self._nonce = nonce or (lambda: secrets.token_hex(NONCE_LEN // 2))
+        self.holder = ""
+        self.address: Address | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.armed = False
+        self.disowned = False
+        self.last_ok: float | None = None
+        self._run_start = 0.0  # first reply of the current run (gaps < timeout)
+        self._seq = 0
+        self._last_seq = 0  # sequence number of the newest probe answered
+        self._pending: OrderedDict[str, int] = OrderedDict()  # nonce -> sequence number
+
+    def target(self, holder: str, address: Address | None) -> bool:
+        """Probe ``holder`` at ``address``; a change resets everything (returns True)."""
+        if holder == self.holder and address == self.address:
+            return False
+        self.holder, self.address = holder, address
+        self._reset()
+        return True
+
+    def next_probe(self, now: float) -> bytes:
+        nonce = self._nonce()
+        self._seq += 1
+        self._pending[nonce] = self._seq
+        while len(self._pending) > self.outstanding:
+            self._pending.popitem(last=False)
+        return make_probe(nonce)
+
+    def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
+        """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
+        parsed = parse_reply(data)
+        if parsed is None or self.address is None or not self.holder:
+            return False
+        nonce, identity, leader = parsed
+        if not source or not _same_ip(str(source[0]), self.address[0]):
+            return False
+        seq = self._pending.get(nonce)
+        if seq is None or seq <= self._last_seq or identity != self.holder:
+            return False
+        # answered: this probe and every older one are done (a late reply is stale)
+        self._last_seq = seq
+        for old in [n for n, s in self._pending.items() if s <= seq]:
+            del self._pending[old]
+        if not leader:
+            if self.armed:
+                self.disowned = True
+            return True
+        if self.last_ok is None or now - self.last_ok >= self.timeout:
+            self._run_start = now
+        self.last_ok = now
+        self.disowned = False
+        if now - self._run_start >= self.arm_after:
+            self.armed = True
+        return True
+
+    def unreachable(self, holder: str, now: float) -> bool:
+        if not holder or holder != self.holder or not self.armed or self.last_ok is None:
+            return False
+        return self.disowned or now - self.last_ok >= self.timeout
+
+    def deadline(self) -> float | None:
+        """When ``unreachable`` turns True if no reply comes (None: it cannot by silence)."""
+        if not self.armed or self.disowned or self.last_ok is None:
+            return None
+        return self.last_ok + self.timeout
+
+    def lost_for(self, now: float) -> float:
+        """Seconds since the last good reply (0 if none yet)."""
+        return 0.0 if self.last_ok is None else max(0.0, now - self.last_ok)
+
+
+# -- the responder -----------------------------------------------------------------------------
+
+
+class _ResponderProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: HeartbeatResponder) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.owner._on_probe(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("heartbeat responder: %s", exc)
+
+
+class HeartbeatResponder:
+    """Answers probes with this director's identity and whether it leads."""
+
+    def __init__(
+        self,
+        identity: str,
+        is_leader: Callable[[], bool],
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PEER_PORT,
+        *,
+        rate: float = DEFAULT_REPLY_RATE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not valid_identity(identity):
+            raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars")
+        self.identity = identity
+        self.is_leader = is_leader
+        self.host, self.port = host, port
+        self.rate = rate
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # ip -> tokens, at
+        self._transport: asyncio.DatagramTransport | None = None
+        self.replies = 0
+        self.dropped = 0  # malformed or over the rate
+
+    @property
+    def address(self) -> Address | None:
+        """The bound (host, port) once started (port 0 resolved)."""
+        if self._transport is None:
+            return None
+        sockname = self._transport.get_extra_info("sockname")
+        return str(sockname[0]), int(sockname[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _ResponderProtocol(self), local_addr=(self.host, self.port)
+        )
+        self._transport = transport
+        log.info("heartbeat responder listening on %s", format_address(self.address or ("", 0)))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _allow(self, ip: str) -> bool:
+        """A token bucket per requesting address (burst = one second's worth)."""
+        now = self._clock()
+        tokens, at = self._buckets.pop(ip, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[ip] = (tokens - 1 if allowed else tokens, now)
+        while len(self._buckets) > _MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def _on_probe(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        nonce = parse_probe(data) if len(data) <= MAX_DATAGRAM else None
+        if nonce is None or self._transport is None or not self._allow(str(addr[0])):
+            self.dropped += 1
+            return
+        try:
+            leader = bool(self.is_leader())
+        except Exception as exc:  # never answer with a guess
+            log.warning("heartbeat responder: is_leader failed: %s", exc)
+            return
+        self._transport.sendto(make_reply(nonce, self.identity, leader), addr)
+        self.replies += 1
+
+
+# -- the monitor -------------------------------------------------------------------------------
+
+
+class _MonitorProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: HeartbeatMonitor) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.owner._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.owner.send_errors += 1  # ICMP unreachable and the like: a missing reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._transport_lost(self)
+
+
+class HeartbeatMonitor:
+    """Probes the current Lease holder; ``on_lost()`` once when it stops answering."""
+
+    def __init__(
+        self,
+        on_lost: Callable[[], None] | None = None,
+        *,
+        interval: float = DEFAULT_PEER_INTERVAL,
+        timeout: float = DEFAULT_PEER_TIMEOUT,
+        arm_after: float = DEFAULT_ARM_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < interval < timeout:
+            raise ValueError(
+                f"heartbeat interval ({interval}s) must be > 0 and below the timeout ({timeout}s)"
+            )
+        self.on_lost = on_lost
+        self.interval = interval
+        self.health = PeerHealth(timeout=timeout, arm_after=arm_after)
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._transports: dict[int, tuple[asyncio.DatagramTransport, _MonitorProtocol]] = {}
+        self._next_probe = 0.0
+        self._lost_fired = False
+        self._closed = False
+        self.probes = 0
+        self.replies = 0
+        self.send_errors = 0
+
+    # -- public --------------------------------------------------------------------------------
+
+    def set_target(self, holder: str, address: Address | None) -> None:
+        """Probe ``holder`` at ``address`` (None or holder "": probe nobody)."""
+        if not holder:
+            holder, address = "", None
+        if self.health.target(holder, address):
+            self._lost_fired = False
+            self._next_probe = 0.0
+            self._changed.set()
+            log.debug(
+                "heartbeat target %r at %s",
+                holder,
+                format_address(address) if address else "-",
+            )
+
+    def follow(self, holder: str, annotations: Mapping[str, str], identity: str) -> None:
+        """Target the holder of a Lease record (nobody if it is free or ours)."""
+        if not holder or holder == identity:
+            self.set_target("", None)
+            return
+        address: Address | None = None
+        raw = annotations.get(HEARTBEAT_ANNOTATION)
+        if raw:
+            try:
+                address = parse_address(raw)
+            except ValueError as exc:
+                log.debug("ignoring the Lease's heartbeat annotation: %s", exc)
+            if address is not None and ipaddress.ip_address(address[0]).is_unspecified:
+                address = None
+        self.set_target(holder, address)
+
+    def unreachable(self, holder: str) -> bool:
+        return self.health.unreachable(holder, self._clock())
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="peer-heartbeat")
+
+    async def close(self) -> None:
+        self._closed = True
+        self._changed.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for transport, _ in list(self._transports.values()):
+            transport.close()
+        self._transports.clear()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never die silently: the standby would fall back to expiry
+                log.exception("peer heartbeat monitor failed; retrying")
+                await asyncio.sleep(self.interval)
+
+    async def _step(self) -> None:
+        """Send the probe that is due, check the holder, wait for the next event."""
+        self._changed.clear()
+        address = self.health.address
+        if address is None:
+            await self._changed.wait()
+            return
+        now = self._clock()
+        if now >= self._next_probe:
+            await self._send(address, self.health.next_probe(now))
+            now = self._clock()
+            self._next_probe = now + self.interval
+        self._check(now)
+        wake = self._next_probe
+        deadline = self.health.deadline()
+        if deadline is not None and not self._lost_fired:
+            wake = min(wake, deadline)
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races with the event being set
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.005, wake - now)):
+                await self._changed.wait()
+
+    async def _send(self, address: Address, data: bytes) -> None:
+        self.probes += 1
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        try:
+            entry = self._transports.get(family)
+            if entry is None:
+                loop = asyncio.get_running_loop()
+                local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: _MonitorProtocol(self), local_addr=local
+                )
+                entry = self._transports[family] = (transport, protocol)
+            entry[0].sendto(data, address)
+        except (OSError, ValueError) as exc:
+            self.send_errors += 1
+            log.debug("heartbeat probe to %s failed: %s", format_address(address), exc)
+
+    def _transport_lost(self, protocol: _MonitorProtocol) -> None:
+        for family, (_, owner) in list(self._transports.items()):
+            if owner is protocol:
+                del self._transports[family]
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(data) > MAX_DATAGRAM:
+            return
+        now = self._clock()
+        if self.health.on_reply(data, addr, now):
+            self.replies += 1
+            self._check(now)
+
+    def _check(self, now: float) -> None:
+        health = self.health
+        if not health.unreachable(health.holder, now):
+            self._lost_fired = False  # (answering again:) a later loss fires again
+            return
+        if self._lost_fired:
+            return
+        self._lost_fired = True
+        log.info(
+            "peer heartbeat lost: %r %s",
+            health.holder,
+            "no longer leads" if health.disowned else f"silent for {health.lost_for(now):.2f}s",
+        )
+        if self.on_lost is not None:
+            try:
+                self.on_lost()
+            except Exception:
+                log.exception("heartbeat on_lost callback failed")
