@@ -4,7 +4,8 @@ Run by hand (not in CI) on a machine prepared by ``make setup`` (control plane +
 Debian's ``keepalived`` installed (``apt-get install keepalived``; the host's service is not
 used: keepalived runs inside the VM's director namespaces):
 
-    python bench/e2e_failover.py [--runs 5] [--lease 2,1.5,0.4] [--skip-keepalived]
+    python bench/e2e_failover.py [--runs 5] [--lease 2,1.5,0.4] [--peer 0.1,0.35]
+                                 [--skip-keepalived]
 
 Same set-up as the e2e tier (e2e/system.py): the real control plane, the controller, two
 director agents in the VM, three web pods, VIP 192.0.2.10:80 (rr, masquerade). A client loop
@@ -232,11 +233,16 @@ def main(argv: list[str]) -> int:
         default="2,1.5,0.4,1",
         help="our agents' duration,renew-deadline,retry[,start-up grace] (default: the product's)",
     )
+    p.add_argument(
+        "--peer",
+        default="0.1,0.35",
+        help="our agents' peer heartbeat interval,timeout (default: the product's)",
+    )
     p.add_argument("--skip-keepalived", action="store_true")
     p.add_argument("--skip-ours", action="store_true", help="only the keepalived pair")
     a = p.parse_args(argv)
     t0 = time.monotonic()
-    timings = Timings.parse(a.lease)
+    timings = Timings.parse(a.lease, a.peer)
     s = System(Path(tempfile.mkdtemp(prefix="lvs-bench-")), timings=timings, say=out)
     table: dict[str, dict[str, Any]] = {}
     try:

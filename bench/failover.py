@@ -7,16 +7,17 @@ Run by hand on a machine prepared by ``hack/vm/setup.sh`` (qemu, virtme-ng, Debi
 It boots the data-plane VM (tests/dataplane/vm.py), builds the namespace topology (client,
 two directors, three HTTP real servers), starts the fake API server on the host and two real
 ``lvs-operator director`` agents in the director namespaces (Lease election, default timings:
-duration 2 s, renew deadline 1.5 s, retry 0.4 s), and a client request loop (a new TCP
+duration 2 s, renew deadline 1.5 s, retry 0.4 s; peer heartbeat every 0.1 s, 0.35 s
+timeout), and a client request loop (a new TCP
 connection every 50 ms, 0.5 s timeout) through the VIP. Then, ``--runs`` times each:
 
 - **crash failover**: take the active director's front link down and SIGKILL its agent
   (the node is gone, not only the agent: a killed agent alone leaves its kernel forwarding).
   Time = link down -> first successful request (necessarily through the new director), and
   -> the VIP on the standby.
-- **planned handover**: SIGTERM the active agent (it drops the VIP and releases the Lease).
-  Time = signal -> the VIP on the standby, and the longest gap between successful requests
-  the client saw (the old director serves until it drops the VIP).
+- **planned handover**: SIGTERM the active agent (it moves the VIP to lo and releases the
+  Lease; the standby relays its connections in flight back to it). Time = signal -> the VIP
+  on the standby, and the longest gap between successful requests the client saw.
 
 Prints each run and the medians. Under TCG emulation on a loaded machine every figure is an
 upper bound of what real hardware does.
@@ -72,13 +73,18 @@ def main(argv: list[str]) -> int:
         default="2,1.5,0.4",
         help="election timings: duration,renew-deadline,retry (the defaults)",
     )
+    p.add_argument(
+        "--peer",
+        default="0.1,0.35",
+        help="peer heartbeat interval,timeout (the defaults)",
+    )
     a = p.parse_args(argv)
     t0 = time.monotonic()
     with Vm() as vm:
         print(f"VM booted in {vm.boot_seconds:.1f}s (kernel {vm.guest_info.get('kernel')})")
         vm.call("tests.dataplane.topology:build", timeout=180)
         vm.call("tests.dataplane.topology:start_http_servers", timeout=60)
-        lab = Lab(vm, lease=a.lease)
+        lab = Lab(vm, lease=a.lease, peer=a.peer)
         try:
             lab.call("setup")
             lab.apply(pool("web"))

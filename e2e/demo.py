@@ -160,7 +160,7 @@ class Demo:
         self.interactive = interactive
         self.live_seconds = live_seconds
         workdir = STATE_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-        timings = Timings.parse(os.environ.get("LVS_DEMO_LEASE"))
+        timings = Timings.parse(os.environ.get("LVS_DEMO_LEASE"), os.environ.get("LVS_DEMO_PEER"))
         self.s = System(workdir, app_namespace=APP_NS, timings=timings, say=say)
         self.last_table = ""
 

@@ -48,6 +48,7 @@ UPLINK_INDEX = {"e2e-dir-a": 1, "e2e-dir-b": 2}
 POD_PREFIX = 16
 HTTP_PORT = 8080
 STATE = Path("/run/lvs-e2e")
+LOOPBACK_INDEX = 1  # lo is the first interface of every network namespace
 
 
 def now() -> float:
@@ -230,11 +231,36 @@ def holds(ns: str, vip: str = VIP) -> bool:
         if inside != st.st_ino:
             return False
         s.bind((vip, 0))
-        return True
     except OSError:
         return False
     finally:
         s.close()
+    return _announced(ns, vip)
+
+
+def _announced(ns: str, vip: str) -> bool:
+    """Whether ``vip`` is on an interface other than lo in ``ns``: during a planned handover
+    the old director keeps the VIP on lo to serve its connections in flight (relayed to it by
+    the new one) but no longer answers ARP for it; that is not holding it."""
+    from lvs_operator.director.rtnl import Rtnl
+
+    try:
+        with t.in_netns(ns):
+            rt = Rtnl()  # the socket belongs to the namespace it was made in
+    except OSError:
+        return False
+    try:
+        entries = rt.addresses()
+    except OSError:
+        return False
+    finally:
+        rt.close()
+    return any(e.address == vip and e.index != LOOPBACK_INDEX for e in entries)
+
+
+def holds_anywhere(ns: str, vip: str = VIP) -> bool:
+    """Whether ``ns`` has ``vip`` on any interface, lo included."""
+    return f" {vip}/" in t.nsexec(ns, "ip", "-o", "addr", "show", check=False)
 
 
 def holders(vip: str = VIP) -> list[str]:

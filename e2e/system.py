@@ -23,6 +23,7 @@ would report on a pod (readiness) the host does it through the status subresourc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -91,20 +92,31 @@ class Timings:
     renew_deadline: float = 6.0
     retry_period: float = 1.0
     startup_grace: float = 1.0
+    # Peer heartbeat (the product's defaults are 0.1 s, 0.35 s): an agent's event loop was
+    # seen to stall for over a second under TCG while the other one started up, and a
+    # stalled leader must not look dead.
+    peer_interval: float = 0.2
+    peer_timeout: float = 1.5
 
     @classmethod
-    def parse(cls, text: str | None) -> Timings:
-        """ "duration,deadline,retry[,grace]" (e.g. LVS_E2E_LEASE), or the defaults."""
-        if not text:
-            return cls()
-        parts = [float(x) for x in text.split(",")]
-        grace = parts[3] if len(parts) > 3 else cls.startup_grace
-        return cls(int(parts[0]), parts[1], parts[2], grace)
+    def parse(cls, text: str | None, peer: str | None = None) -> Timings:
+        """ "duration,deadline,retry[,grace]" (e.g. LVS_E2E_LEASE) and "interval,timeout"
+        (LVS_E2E_PEER), or the defaults."""
+        out = cls()
+        if text:
+            parts = [float(x) for x in text.split(",")]
+            grace = parts[3] if len(parts) > 3 else cls.startup_grace
+            out = cls(int(parts[0]), parts[1], parts[2], grace)
+        if peer:
+            interval, timeout = (float(x) for x in peer.split(","))
+            out = dataclasses.replace(out, peer_interval=interval, peer_timeout=timeout)
+        return out
 
     def __str__(self) -> str:
         return (
             f"Lease duration {self.lease_duration} s, renew deadline {self.renew_deadline} s, "
-            f"retry {self.retry_period} s, start-up grace {self.startup_grace} s"
+            f"retry {self.retry_period} s, start-up grace {self.startup_grace} s, peer "
+            f"heartbeat every {self.peer_interval} s, timeout {self.peer_timeout} s"
         )
 
 
@@ -616,6 +628,8 @@ class System:
         env["LVS_LEASE_DURATION_SECONDS"] = str(t.lease_duration)
         env["LVS_RENEW_DEADLINE_SECONDS"] = str(t.renew_deadline)
         env["LVS_RETRY_PERIOD_SECONDS"] = str(t.retry_period)
+        env["LVS_PEER_INTERVAL_SECONDS"] = str(t.peer_interval)
+        env["LVS_PEER_TIMEOUT_SECONDS"] = str(t.peer_timeout)
         return env
 
     def start_agent(self, ns: str) -> GuestProcess:

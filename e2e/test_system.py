@@ -45,10 +45,8 @@ APP_NS = "web"
 SERVICE = f"TCP {VIP}:80"
 HANDOVERS = int(os.environ.get("LVS_E2E_HANDOVERS", "2"))
 READY_REPEATS = int(os.environ.get("LVS_E2E_READY_REPEATS", "3"))
-# A client's connect timeout in the handover case. The old director drops the VIP before it
-# releases the Lease (never two holders); the standby takes it 0.5-2.6 s later under TCG (seen
-# here), so a connection attempted in that gap may complete on a SYN retransmission (after 1,
-# 3 s). The longest request (the stall) and the VIP gap are printed with the figures.
+# A client's timeout per request in the handover case: generous, because under TCG a slow
+# answer is not a failure (a reset or a lost connection is). The longest request is printed.
 HANDOVER_TIMEOUT = 5.0
 MANIFEST = f"""
 apiVersion: lvs.io/v1alpha1
@@ -76,7 +74,7 @@ def system(
     say: Callable[[str], None], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
     t0 = time.monotonic()
-    timings = Timings.parse(os.environ.get("LVS_E2E_LEASE"))
+    timings = Timings.parse(os.environ.get("LVS_E2E_LEASE"), os.environ.get("LVS_E2E_PEER"))
     s = System(tmp_path_factory.mktemp("e2e"), app_namespace=APP_NS, timings=timings, say=say)
     FIGURES["timings"] = str(timings)
     say(f"agents' timings: {timings}")
@@ -350,13 +348,11 @@ def _rows(path: str) -> list[Any]:
 
 
 def test_4_planned_handover_loses_no_request(system: System) -> None:
-    """SIGTERM to the active agent: it drops the VIP, then releases the Lease; the standby
-    takes both. Checked: every request started once the new director holds the VIP succeeds,
-    the agent exits 0, the Lease and VIP move. Counted and printed (the issue's goal is 0):
-    requests that fail in the switch window. Seen here: the one request in flight when the old
-    director deletes the VIP is lost (reset, or its reply segments are no longer forwarded):
-    the directors share no connection state (no IPVS connection sync, and with masquerade the
-    SNAT conntrack would have to move too). LVS_E2E_STRICT_HANDOVER=1 asserts 0 failures."""
+    """SIGTERM to the active agent: it moves the VIP to lo (still serving, no longer answering
+    ARP) and releases the Lease with a handover note; the standby installs a relay for the old
+    director's connections in flight, takes the VIP and announces it; the old agent exits
+    once its connections are done. Checked: no request fails, the agent exits 0, the Lease and
+    the VIP move, and the old director no longer has the VIP at all once it exited."""
     s = system
     times: list[float] = []
     lost: list[int] = []
@@ -384,13 +380,16 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
         gap = None if taken is None or dropped is None else round(taken["mono"] - dropped, 2)
         moved = None if taken is None else round(taken["mono"] - at, 2)
         failed = [r for r in rows if r[1] is None]
+        relayed = sum(1 for r in rows if r[2] == old and r[0] + r[4] > switched)
         in_window = [r for r in failed if r[0] < switched]
         after_switch = [r for r in failed if r[0] >= switched]
         s.say(
             f"4. handover {DIRECTORS[old][0]} -> {DIRECTORS[new][0]}: the new director holds the "
             f"VIP {moved} s after SIGTERM, first answer via it {stats['to_new_director']} s after "
-            f"SIGTERM; VIP gap {gap} s (old deleted "
-            f"it -> new holds it); failed requests: {len(in_window)} in the switch window "
+            f"SIGTERM; announce gap {gap} s (old took it off its interface -> new holds it; "
+            f"served from the old director's lo meanwhile); answers via the old director after "
+            f"the switch (relayed): {relayed}; failed requests: {len(in_window)} in the "
+            f"switch window "
             f"({[e for e in stats['errors']]}), {len(after_switch)} after it, of "
             f"{stats['requests']} (50 ms interval, {HANDOVER_TIMEOUT:g} s timeout); longest "
             f"request {stats['longest_request']} s"
@@ -404,8 +403,8 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
         assert s.leader() == DIRECTORS[new][0]
         assert not after_switch, stats
         assert stats["to_new_director"] is not None, stats
-        if os.environ.get("LVS_E2E_STRICT_HANDOVER") == "1":
-            assert not failed, stats
+        assert not failed, stats
+        assert not s.call("holds_anywhere", ns=old), "the old director kept the VIP on lo"
         assert s.wait_agents_ready([old], timeout=180), s.logs()
         assert s.call("holders") == [new]
         times.append(stats["to_new_director"])

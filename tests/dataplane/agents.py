@@ -29,6 +29,7 @@ NODES = {"lvs-dir-a": "dir-a", "lvs-dir-b": "dir-b"}
 # renewal round trip was seen to exceed 1.5 s, so the functional tests default to relaxed
 # timings and bench/failover.py measures with the product defaults (--lease).
 RELAXED_LEASE = "6,4.5,1"
+RELAXED_PEER = "0.2,1.5"  # "interval,timeout" (LVS_DP_PEER)
 
 
 def pool(name: str = "web", weights: dict[str, int] | None = None,
@@ -79,7 +80,7 @@ def virtual_server(name: str, vip: str, port: int, target: int | str | None = "h
 
 
 class Lab:
-    def __init__(self, vm: Vm, lease: str | None = None) -> None:
+    def __init__(self, vm: Vm, lease: str | None = None, peer: str | None = None) -> None:
         import os
 
         self.vm = vm
@@ -87,8 +88,11 @@ class Lab:
                                      ).split(",")  # fmt: skip
         # the first Lease read at start-up takes seconds under TCG: a longer grace
         grace = os.environ.get("LVS_DP_STARTUP_GRACE", "5")
+        # the peer heartbeat likewise (product: 0.1 s, 0.35 s): a stalled loop is not a death
+        interval, timeout = (peer or os.environ.get("LVS_DP_PEER") or RELAXED_PEER).split(",")
         self.lease_flags = ["--lease-duration", duration, "--renew-deadline", deadline,
-                            "--retry-period", retry, "--startup-grace", grace]  # fmt: skip
+                            "--retry-period", retry, "--startup-grace", grace,
+                            "--peer-interval", interval, "--peer-timeout", timeout]  # fmt: skip
         self.api = FakeApi().start()
         self.kubeconfig = self.api.kubeconfig(vm.shared / "kubeconfig.json")
         self.api_url = f"http://10.0.2.2:{self.api.port}"

@@ -26,6 +26,7 @@ from lvs_operator.api.directorgroup import (
 )
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
+from lvs_operator.director.peer import DEFAULT_PEER_PORT as DIRECTOR_PEER_PORT
 
 from .config import ControllerConfig
 
@@ -233,6 +234,8 @@ def build_daemonset(
         "ports": [
             {"name": "health", "containerPort": config.health_port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"},
+            # the agents' heartbeat to each other (director/peer.py; LVS_PEER_PORT)
+            {"name": "heartbeat", "containerPort": DIRECTOR_PEER_PORT, "protocol": "UDP"},
         ],
         "livenessProbe": probe("/healthz", 10, 3),
         "readinessProbe": probe("/readyz", 5, 2),

@@ -21,8 +21,12 @@ Endpoints: ``:LVS_HEALTH_PORT`` ``/healthz`` (liveness: the event loop answers) 
 ``/readyz`` (readiness: initial lists done and the kernel converged once);
 ``:LVS_METRICS_PORT`` ``/metrics`` (Prometheus).
 
-SIGTERM / SIGINT: drop the VIPs, release the Lease (holderIdentity ""), exit 0. IPVS
-services stay (the standby has its own; a restart adopts them).
+SIGTERM / SIGINT: hand over (handover.py): the leader moves its VIPs to ``lo`` (it stops
+answering ARP for them but keeps serving the connections in flight), releases the Lease
+(holderIdentity "") with a ``lvs.io/handover`` note that makes the new leader relay those
+connections back to it, waits until they are done (at most ``--handover-drain`` seconds),
+drops the VIPs and exits 0. ``--handover-drain 0``: drop the VIPs before releasing, no relay.
+IPVS services stay (the standby has its own; a restart adopts them).
 
 Logs are JSON lines naming the objects concerned (vs, pool, vip, lease, identity).
 """
@@ -56,7 +60,9 @@ from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
 
 from . import desired as desired_mod
+from . import handover as handover_mod
 from . import health as health_mod
+from . import peer as peer_mod
 from .election import (
     DEFAULT_LEASE_DURATION,
     DEFAULT_RENEW_DEADLINE,
@@ -103,6 +109,11 @@ class AgentConfig:
     masquerade_snat: bool = True
     startup_grace: float = 1.0  # first election step; then a non-leader drops stale VIPs
     startup_sync: float = 30.0  # a standby waits this long for its lists before electing
+    handover_drain: float = handover_mod.DEFAULT_DRAIN  # 0: no relay on a planned handover
+    peer_port: int = peer_mod.DEFAULT_PEER_PORT  # UDP heartbeat between directors (0: off)
+    peer_interval: float = peer_mod.DEFAULT_PEER_INTERVAL
+    peer_timeout: float = peer_mod.DEFAULT_PEER_TIMEOUT
+    peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
     kubeconfig: str | None = None
     log_level: str = "INFO"
 
@@ -197,6 +208,40 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         help="LVS_STARTUP_GRACE_SECONDS: bound of the first election step at start-up; a "
         "restarted agent that is not the holder after it drops any stale VIP",
     )
+    p.add_argument(
+        "--handover-drain",
+        type=float,
+        default=float(_env(env, "LVS_HANDOVER_DRAIN_SECONDS", handover_mod.DEFAULT_DRAIN)),
+        help="LVS_HANDOVER_DRAIN_SECONDS: on SIGTERM the leader keeps serving its connections "
+        "in flight, relayed by the new leader, for at most this long (0: drop the VIPs at "
+        "once); keep it below the pod's terminationGracePeriodSeconds",
+    )
+    p.add_argument(
+        "--peer-port",
+        type=int,
+        default=int(_env(env, "LVS_PEER_PORT", peer_mod.DEFAULT_PEER_PORT)),
+        help="LVS_PEER_PORT: UDP port of the heartbeat between the directors of a group; a "
+        "standby takes the Lease when the leader stops answering, before the Lease expires "
+        "(0: off, failover at Lease expiry)",
+    )
+    p.add_argument(
+        "--peer-interval",
+        type=float,
+        default=float(_env(env, "LVS_PEER_INTERVAL_SECONDS", peer_mod.DEFAULT_PEER_INTERVAL)),
+        help="LVS_PEER_INTERVAL_SECONDS: heartbeat probe interval",
+    )
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=float(_env(env, "LVS_PEER_TIMEOUT_SECONDS", peer_mod.DEFAULT_PEER_TIMEOUT)),
+        help="LVS_PEER_TIMEOUT_SECONDS: silence after which a standby takes over",
+    )
+    p.add_argument(
+        "--peer-address",
+        default=_env(env, "LVS_PEER_ADDRESS", ""),
+        help="LVS_PEER_ADDRESS: the address the other directors probe (default: this node's "
+        "address on the interface of the group's first VIP)",
+    )
     p.add_argument("--kubeconfig", default=_env(env, "KUBECONFIG"), help="KUBECONFIG")
     p.add_argument("--log-level", default=_env(env, "LVS_LOG_LEVEL", "INFO"), help="LVS_LOG_LEVEL")
     a = p.parse_args(argv)
@@ -227,13 +272,25 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         resync=a.resync_interval,
         masquerade_snat=not a.no_masquerade_snat,
         startup_grace=a.startup_grace,
+        handover_drain=max(0.0, a.handover_drain),
+        peer_port=a.peer_port,
+        peer_interval=a.peer_interval,
+        peer_timeout=a.peer_timeout,
+        peer_address=a.peer_address,
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
     try:
         cfg.election()
+        if cfg.peer_address:
+            ipaddress.ip_address(cfg.peer_address)
     except ValueError as exc:
         p.error(str(exc))
+    if cfg.peer_port and not 0 < cfg.peer_interval < cfg.peer_timeout:
+        p.error(
+            f"--peer-interval ({cfg.peer_interval}s) must be > 0 and shorter than "
+            f"--peer-timeout ({cfg.peer_timeout}s)"
+        )
     return cfg
 
 
@@ -408,6 +465,7 @@ class Agent:
         metrics: Metrics | None = None,
         netlink: ThreadPoolExecutor | None = None,
         vip_thread: ThreadPoolExecutor | None = None,
+        handover_kernel: Any = None,
     ) -> None:
         self.cfg = cfg
         self.dirty = asyncio.Event()
@@ -436,12 +494,32 @@ class Agent:
         self.known_vips: set[str] = set()
         self.held: dict[str, str] = {}  # vip -> interface, while leader
         self.placements: dict[str, str] = {}  # vip -> interface it goes on (all directors)
+        # Planned handover (handover.py): VIPs this old leader moved to lo (vip -> the
+        # interface they were on), the ARP sysctls it changed, the new leader's relay.
+        self.handover_kernel = handover_kernel or handover_mod.HandoverKernel()
+        self.retired: dict[str, str] = {}
+        self._arp_saved: dict[str, dict[str, str]] = {}
+        self._relay_end: asyncio.Task[None] | None = None
         self._links: dict[str, Any] = {}  # interface -> (index, MAC)
         self._unplaced: set[str] = set()  # VIPs without a route (reported once)
         self._vip_lock = asyncio.Lock()
         self._announcing: set[asyncio.Task[None]] = set()
         api = lease_api or KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
         self.elector = Elector(cfg.election(), api, self._on_leader_change)
+        # Peer heartbeat (peer.py): the standby probes the holder at the address the holder
+        # published on the Lease, and takes over when it stops answering.
+        self.peer_monitor: peer_mod.HeartbeatMonitor | None = None
+        self.peer_responder: peer_mod.HeartbeatResponder | None = None
+        self._peer_published = ""
+        if cfg.peer_port:
+            monitor = peer_mod.HeartbeatMonitor(
+                self.elector.wake, interval=cfg.peer_interval, timeout=cfg.peer_timeout
+            )
+            self.peer_monitor = monitor
+            self.elector.holder_unreachable = monitor.unreachable
+            self.elector.on_record = lambda record: monitor.follow(
+                record.holder, record.annotations, cfg.node_name
+            )
         self._reported: set[tuple[str, str, str]] = set()
 
     # -- watches -------------------------------------------------------------------------------
@@ -666,9 +744,12 @@ class Agent:
 
         async with self._vip_lock:
             self.placements = await self._vt(self._placements)
+            await self._publish_peer_address()
             wanted = dict(self.placements) if self.elector.is_leader else {}
             present = await self._vt(self.vipman.present)
-            candidates = self.known_vips | set(wanted)
+            # VIPs retired by a handover stay on lo until their connections are done
+            present = {vip: i for vip, i in present.items() if vip not in self.retired}
+            candidates = (self.known_vips | set(wanted)) - set(self.retired)
             plan = plan_vips(wanted, present, candidates)
             for vip, ifname in plan.remove.items():
                 await self._vt(self.vipman.remove, vip, ifname)
@@ -721,6 +802,7 @@ class Agent:
                 "leader: taking the VIPs",
                 extra={"lease": f"{self.cfg.namespace}/{self.cfg.lease_name}"},
             )
+            await self._start_relay()
             await self._take_vips_fast()
             self._background(self.reconcile_vips())
         else:
@@ -751,6 +833,185 @@ class Agent:
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
 
+    # -- peer heartbeat (peer.py) --------------------------------------------------------------
+
+    async def _publish_peer_address(self) -> None:
+        """Put where this director answers heartbeats in its Lease annotations (written when
+        it leads): --peer-address, else its address on the interface of the group's first
+        VIP, the link the VIP moves over."""
+        if self.peer_responder is None or self.peer_responder.address is None:
+            return
+        address = self.cfg.peer_address
+        if not address and self.placements:
+            vip = min(self.placements, key=ipaddress.ip_address)
+            ifname = self.placements[vip]
+            exclude = sorted(self.known_vips | set(self.placements))
+            version = ipaddress.ip_address(vip).version
+            found = await self._vt(self.handover_kernel.link_address, ifname, version, exclude)
+            address = found or ""
+        if not address or address == self._peer_published:
+            return
+        port = self.peer_responder.address[1]
+        self.elector.set_annotation(
+            peer_mod.HEARTBEAT_ANNOTATION, peer_mod.format_address((address, port))
+        )
+        self._peer_published = address
+        log.info("heartbeat address published", extra={"address": address, "port": port})
+
+    async def _start_peer(self) -> None:
+        if not self.cfg.peer_port:
+            return
+        host = "::" if self.cfg.peer_address and ":" in self.cfg.peer_address else "0.0.0.0"
+        responder = peer_mod.HeartbeatResponder(
+            self.cfg.node_name, lambda: self.elector.serving, host=host, port=self.cfg.peer_port
+        )
+        try:
+            await responder.start()
+        except OSError as exc:
+            log.error(
+                "cannot listen for peer heartbeats on UDP port %s: %s; failover waits for the "
+                "Lease to expire (free the port, or set --peer-port)",
+                self.cfg.peer_port,
+                exc,
+            )
+            return
+        self.peer_responder = responder
+        if self.peer_monitor is not None:
+            await self.peer_monitor.start()
+
+    async def _stop_peer(self) -> None:
+        if self.peer_responder is not None:
+            self.peer_responder.close()
+        if self.peer_monitor is not None:
+            await self.peer_monitor.close()
+
+    # -- planned handover (handover.py) --------------------------------------------------------
+
+    async def _start_relay(self) -> None:
+        """New leader: when the Lease just taken carries a fresh handover note from another
+        director, relay that director's connections in flight back to it (before the VIPs
+        are announced here), for the note's drain time."""
+        record = self.elector.record
+        if record is None:
+            return
+        note = handover_mod.Handover.from_annotation(
+            record.annotations.get(handover_mod.HANDOVER_ANNOTATION)
+        )
+        if note is None or not note.applies(self.cfg.node_name, handover_mod.wall_clock()):
+            return
+        self.elector.set_annotation(handover_mod.HANDOVER_ANNOTATION, "")  # used: clear it
+        relays = handover_mod.plan_relays(note, self.placements)
+        if not relays:
+            return
+        try:
+            await self._vt(self.handover_kernel.install_relays, relays, note.drain + 60)
+        except Exception as exc:
+            log.warning(
+                "cannot relay the old leader's connections (they may be reset): %s",
+                exc,
+                extra={"from": note.source},
+            )
+            return
+        log.info(
+            "relaying the old leader's connections in flight",
+            extra={
+                "from": note.source,
+                "vips": [v for r in relays for v in r.vips],
+                "via": sorted({r.via for r in relays}),
+                "seconds": note.drain,
+            },
+        )
+        if self._relay_end is not None:
+            self._relay_end.cancel()
+        self._relay_end = asyncio.create_task(self._end_relay(note.drain))
+
+    async def _end_relay(self, after: float) -> None:
+        await asyncio.sleep(after)
+        try:
+            if await self._vt(self.handover_kernel.remove_relays):
+                log.info("relay to the old leader ended")
+        except Exception as exc:
+            log.warning("cannot remove the relay table: %s", exc)
+
+    async def _retire_vips(self) -> None:
+        """Old leader, on SIGTERM: move each VIP to lo (added there before it leaves its
+        interface, so it is never missing), stop answering ARP for it, and put the handover
+        note (this node's address on each VIP's link) on the Lease for the release."""
+        relays: dict[str, str] = {}
+        async with self._vip_lock:
+            exclude = sorted(self.known_vips | set(self.held))
+            for vip, ifname in dict(self.held).items():
+                version = ipaddress.ip_address(vip).version
+                try:
+                    via = await self._vt(
+                        self.handover_kernel.link_address, ifname, version, exclude
+                    )
+                    if via is None:
+                        log.warning(
+                            "no address of this node on the VIP's interface: its connections "
+                            "in flight are not relayed",
+                            extra={"vip": vip, "interface": ifname},
+                        )
+                        continue
+                    if version == 4 and ifname not in self._arp_saved:
+                        self._arp_saved[ifname] = await self._vt(
+                            self.handover_kernel.set_arp_sysctls, ifname
+                        )
+                    await self._vt(self.vipman.add, vip, handover_mod.LOOPBACK)
+                    self.retired[vip] = ifname
+                    await self._vt(self.vipman.remove, vip, ifname)
+                except Exception as exc:
+                    log.warning("handover: cannot move the VIP to lo: %s", exc, extra={"vip": vip})
+                    continue
+                del self.held[vip]
+                relays[vip] = via
+        if relays:
+            note = handover_mod.Handover(
+                source=self.cfg.node_name,
+                at=handover_mod.wall_clock(),
+                drain=self.cfg.handover_drain,
+                relays=relays,
+            )
+            self.elector.set_annotation(handover_mod.HANDOVER_ANNOTATION, note.to_annotation())
+            log.info(
+                "handing over: VIPs moved to lo, connections in flight stay here",
+                extra={"vips": sorted(relays), "seconds": self.cfg.handover_drain},
+            )
+
+    async def _drain_retired(self) -> None:
+        """Old leader, after the release: wait until no connection to the retired VIPs is
+        established (for a moment), at most ``handover_drain`` seconds; then drop them."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        end = t0 + self.cfg.handover_drain
+        watch = handover_mod.DrainWatch(quiet=min(1.0, self.cfg.handover_drain / 4))
+        vips = set(self.retired)
+        established = 0
+        while loop.time() < end:
+            try:
+                _, conns = await self._nl(self.kernel.read)
+            except Exception as exc:
+                log.warning("handover: cannot read the connections: %s", exc)
+                break
+            established = sum(
+                n for (service, _), n in (conns or {}).items() if service.address in vips
+            )
+            if watch.observe(established, loop.time()):
+                break
+            await asyncio.sleep(0.2)
+        log.info(
+            "handover drained" if established == 0 else "handover drain time is up",
+            extra={"seconds": round(loop.time() - t0, 2), "established": established},
+        )
+        for vip in list(self.retired):
+            with contextlib.suppress(Exception):
+                await self._vt(self.vipman.remove, vip, handover_mod.LOOPBACK)
+            del self.retired[vip]
+            log.info("VIP dropped", extra={"vip": vip, "interface": handover_mod.LOOPBACK})
+        for ifname, previous in self._arp_saved.items():
+            await self._vt(self.handover_kernel.restore_sysctls, ifname, previous)
+        self._arp_saved.clear()
+
     async def _vip_refresh_loop(self) -> None:
         if self.cfg.vip_refresh <= 0:
             return
@@ -772,6 +1033,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         end = loop.time() + self.cfg.startup_grace
         actual, _ = await self._nl(self.kernel.read)
+        try:  # a relay left by an agent that died during a handover
+            if await self._vt(self.handover_kernel.remove_relays):
+                log.info("removed a relay table left from a handover")
+        except Exception as exc:
+            log.warning("cannot check for a handover relay table: %s", exc)
         log.info(
             "kernel read",
             extra={"services": len(actual), "addresses": sorted({k.address for k in actual})},
@@ -794,6 +1060,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         servers = await self._serve_http()
+        await self._start_peer()
         log.info(
             "director agent starting",
             extra={
@@ -848,11 +1115,20 @@ class Agent:
         for task in tasks:
             if task.get_name() != "election":
                 task.cancel()
+        if self.elector.is_leader and self.cfg.handover_drain > 0:
+            await self._retire_vips()
         await self.elector.release()  # drops the VIPs (on_change) before freeing the Lease
         for task in tasks:
             task.cancel()
+        if self._relay_end is not None and not self._relay_end.done():
+            self._relay_end.cancel()  # stopping while relaying: the relay goes with us
+            with contextlib.suppress(Exception):
+                await self._vt(self.handover_kernel.remove_relays)
         await asyncio.gather(*tasks, *self._announcing, return_exceptions=True)
+        if self.retired:
+            await self._drain_retired()
         await self.health.close()
+        await self._stop_peer()
         for server in servers:
             server.close()
         with contextlib.suppress(Exception):

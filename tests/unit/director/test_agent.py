@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from lvs_operator.director.agent import Agent, AgentConfig, JsonFormatter, parse_args
 from lvs_operator.director.election import PROGRAMMED_ANNOTATION
+from lvs_operator.director.handover import HANDOVER_ANNOTATION, Handover, Relay
 from lvs_operator.director.table import (
     Change,
     IpvsDestination,
@@ -64,6 +66,8 @@ class FakeVips:
         return True
 
     def remove(self, vip: str, ifname: str) -> bool:
+        if self.addresses.get(vip) != ifname:  # one interface per VIP here: the last added
+            return False
         return self.addresses.pop(vip, None) is not None
 
     def link_info(self, ifname: str) -> tuple[int, str]:
@@ -90,15 +94,51 @@ def m(address: str, **kw: Any) -> dict[str, Any]:
     return {"address": address, "weight": 1, "ready": True, **kw}
 
 
+class FakeHandoverKernel:
+    """Records the node side of a handover (handover.py's HandoverKernel)."""
+
+    def __init__(self, address: str = "10.10.0.11") -> None:
+        self.address = address
+        self.relays: list[Relay] | None = None
+        self.sysctls: dict[str, str] = {}
+        self.events: list[str] = []
+
+    def link_address(self, ifname: str, version: int, exclude: list[str]) -> str | None:
+        return self.address
+
+    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
+        self.events.append(f"arp {ifname}")
+        self.sysctls = {"arp_ignore": "1", "arp_announce": "2"}
+        return {"arp_ignore": "0", "arp_announce": "0"}
+
+    def restore_sysctls(self, ifname: str, previous: dict[str, str]) -> None:
+        self.events.append(f"restore {ifname}")
+        self.sysctls = dict(previous)
+
+    def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
+        self.events.append("relay on")
+        self.relays = relays
+
+    def remove_relays(self) -> bool:
+        had, self.relays = self.relays is not None, None
+        if had:
+            self.events.append("relay off")
+        return had
+
+
 def make(
     identity: str = "node-a",
     store: FakeLeaseStore | None = None,
     kernel: FakeKernel | None = None,
     vips: FakeVips | None = None,
+    handover: FakeHandoverKernel | None = None,
+    **cfg_kw: Any,
 ) -> Agent:
-    cfg = AgentConfig(node_name=identity, namespace="lvs-system", group="g1", lease_name="lease")
+    cfg = AgentConfig(node_name=identity, namespace="lvs-system", group="g1", lease_name="lease",
+                      **cfg_kw)  # fmt: skip
     return Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
-                 lease_api=FakeLeaseApi(store or FakeLeaseStore()))  # fmt: skip
+                 lease_api=FakeLeaseApi(store or FakeLeaseStore()),
+                 handover_kernel=handover or FakeHandoverKernel())  # fmt: skip
 
 
 async def test_leader_programs_ipvs_holds_vip_and_reports_generations() -> None:
@@ -242,6 +282,74 @@ async def test_takeover_adds_the_vips_before_any_dump() -> None:
     assert vips.announced == [(VIP, "front", None)]
 
 
+async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:
+    """SIGTERM on the leader: VIP to lo before it leaves the interface, ARP off, the note on
+    the released Lease; the new leader installs the relay before it adds the VIP; the old
+    one drops the VIP from lo once its connections are done."""
+    store = FakeLeaseStore()
+    old_kernel, old_vips, old_hk = FakeKernel(), FakeVips(), FakeHandoverKernel("10.10.0.11")
+    old = make("node-a", store, kernel=old_kernel, vips=old_vips, handover=old_hk,
+               handover_drain=2.0)  # fmt: skip
+    new_vips, new_hk = FakeVips(), FakeHandoverKernel("10.10.0.12")
+    new = make("node-b", store, vips=new_vips, handover=new_hk)
+    for agent in (old, new):
+        await agent.startup()
+        agent._reset_vs([vs_obj()])
+        agent._reset_pools([pool_obj(m("10.20.0.21"))])
+        await agent.converge()
+        await agent.reconcile_vips()
+    assert old.elector.is_leader and old_vips.addresses == {VIP: "front"}
+    dest = old_kernel.table[K80].destinations[0].key
+    old_kernel.connections[(K80, dest)] = 1  # one connection in flight
+
+    await old._retire_vips()
+    assert old_vips.addresses == {VIP: "lo"} and old.retired == {VIP: "front"}
+    assert old_hk.sysctls == {"arp_ignore": "1", "arp_announce": "2"}
+    assert await old.elector.release()
+    note = Handover.from_annotation(store.record.annotations[HANDOVER_ANNOTATION])
+    assert note is not None and note.source == "node-a" and note.relays == {VIP: "10.10.0.11"}
+    await old.reconcile_vips()  # a reconcile after the step-down leaves the retired VIP alone
+    assert old_vips.addresses == {VIP: "lo"}
+
+    await new.elector.tick()
+    assert new.elector.is_leader
+    assert new_hk.relays == [Relay("front", "10.10.0.11", (VIP,))]
+    assert new_hk.events == ["relay on"] and new_vips.addresses == {VIP: "front"}
+    assert store.record.annotations[HANDOVER_ANNOTATION] == "" or new.elector._annotations[
+        HANDOVER_ANNOTATION] == ""  # fmt: skip
+
+    drain = asyncio.create_task(old._drain_retired())
+    await asyncio.sleep(0.3)
+    assert not drain.done() and old_vips.addresses == {VIP: "lo"}  # still serving it
+    old_kernel.connections[(K80, dest)] = 0
+    await asyncio.wait_for(drain, 3)
+    assert old_vips.addresses == {} and old.retired == {}
+    assert old_hk.sysctls == {"arp_ignore": "0", "arp_announce": "0"}  # restored
+
+
+async def test_a_stale_or_own_handover_note_starts_no_relay() -> None:
+    store = FakeLeaseStore()
+    hk = FakeHandoverKernel()
+    agent = make("node-b", store, handover=hk)
+    await agent.startup()
+    agent._reset_vs([vs_obj()])
+    agent._reset_pools([pool_obj()])
+    await agent.converge()
+    await agent.reconcile_vips()
+    await agent.elector.release()
+    for note in (
+        Handover("node-a", 0.0, 10.0, {VIP: "10.10.0.11"}),  # written long ago
+        Handover("node-b", 9e9, 10.0, {VIP: "10.10.0.11"}),  # its own
+    ):
+        store.record = dataclasses.replace(
+            store.record, holder="", annotations={HANDOVER_ANNOTATION: note.to_annotation()}
+        )
+        agent.elector._stopped = False
+        await agent.elector.tick()
+        assert agent.elector.is_leader and hk.relays is None
+        await agent.elector.release()
+
+
 def test_flags_mirror_the_environment() -> None:
     env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "gabc",
            "LVS_LEASE_DURATION_SECONDS": "3", "LVS_HEALTH_PORT": "19641"}  # fmt: skip
@@ -268,3 +376,22 @@ def test_json_logs_carry_the_objects() -> None:
     record.vip = VIP
     out = json.loads(JsonFormatter().format(record))
     assert out["msg"] == "VIP added" and out["vip"] == VIP and out["level"] == "info"
+
+
+async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
+    """Published on the Lease (written when leading): where the standby probes."""
+    from types import SimpleNamespace
+
+    from lvs_operator.director.peer import HEARTBEAT_ANNOTATION
+
+    store = FakeLeaseStore()
+    agent = make("node-a", store, handover=FakeHandoverKernel("10.10.0.11"))
+    agent.peer_responder = SimpleNamespace(address=("0.0.0.0", 9643))  # type: ignore[assignment]
+    await agent.startup()
+    agent._reset_vs([vs_obj()])
+    agent._reset_pools([pool_obj()])
+    await agent.converge()
+    await agent.reconcile_vips()
+    await agent.elector.tick()
+    assert store.record is not None
+    assert store.record.annotations[HEARTBEAT_ANNOTATION] == "10.10.0.11:9643"

@@ -1,0 +1,291 @@
+"""Planned handover without losing connections in flight.
+
+When the leader stops (SIGTERM: a rolling update, a drained node) the standby takes the VIPs
+and announces them; from then on the client side's switch or router sends *every* packet for
+a VIP to the new leader, including the rest of the connections the old leader forwarded. The
+new leader's IPVS has never seen those connections (and the real servers know them by the
+old leader's source address), so without help each of them is reset: with a client sending a
+request every 50 ms, about one request in two handovers was lost.
+
+The handover keeps them on the old leader:
+
+1. **Old leader** (``retire_vips``): each VIP moves from its interface to ``lo`` (added there
+   first, so it is never missing), with ``arp_ignore=1`` and ``arp_announce=2`` on the
+   interface: the old leader still accepts, and its IPVS still serves, any packet sent to it
+   for the VIP, but no longer answers ARP for it (IPv6 answers neighbour solicitations only
+   for addresses of the receiving interface already). It then releases the Lease with a
+   ``lvs.io/handover`` annotation: which VIPs, and its own address on each VIP's link.
+2. **New leader** (``render_relay_table`` / ``install_relays``), before it adds and announces
+   the VIPs: an nftables ``netdev`` ingress table on each VIP interface remembers the
+   connections whose SYN it sees (``seen`` sets), and forwards every other TCP packet for a
+   VIP -- the rest of a connection that began on the old leader -- unchanged at layer 2 to
+   the old leader (``fwd ... to``). That ends after ``drain`` seconds (the table is deleted).
+3. **Old leader** waits until none of its connections to the VIPs is established for a
+   moment (``drained``), bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and
+   exits. The answers of the relayed connections go from the old leader straight to the
+   client (source address: the VIP).
+
+UDP is not relayed: a datagram after the switch is scheduled by the new leader, as it would
+be without a handover. A crash has no handover (nothing runs on the dead node to relay to).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("lvs_operator.director.handover")
+
+HANDOVER_ANNOTATION = "lvs.io/handover"
+RELAY_TABLE = "lvs_operator_handover"
+DEFAULT_DRAIN = 10.0
+# A handover older than this (by the wall clocks of two nodes) is ignored: clock skew
+# between nodes is tolerated up to it, and a stale annotation left on the Lease never
+# starts a relay.
+MAX_AGE = 30.0
+# the interface sysctls that stop the old leader answering ARP for a VIP on lo
+ARP_SYSCTLS = {"arp_ignore": "1", "arp_announce": "2"}
+LOOPBACK = "lo"
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What the old leader writes on the Lease when it releases it."""
+
+    source: str  # the identity (node name) of the director handing over
+    at: float  # its wall clock when it released the Lease (epoch seconds)
+    drain: float  # seconds the new leader relays for
+    relays: Mapping[str, str] = field(default_factory=dict)  # vip -> old leader's address
+
+    def to_annotation(self) -> str:
+        return json.dumps(
+            {
+                "from": self.source,
+                "at": round(self.at, 3),
+                "drain": self.drain,
+                "relays": dict(sorted(self.relays.items())),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_annotation(cls, text: str | None) -> Handover | None:
+        """The annotation's handover; None when absent or malformed (logged)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            relays = {
+                str(ipaddress.ip_address(vip)): str(ipaddress.ip_address(via))
+                for vip, via in dict(data.get("relays") or {}).items()
+            }
+            handover = cls(
+                source=str(data["from"]),
+                at=float(data["at"]),
+                drain=float(data["drain"]),
+                relays=relays,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("ignoring a malformed %s annotation: %s", HANDOVER_ANNOTATION, exc)
+            return None
+        if not handover.source or handover.drain <= 0:
+            return None
+        return handover
+
+    def applies(self, identity: str, now: float) -> bool:
+        """Whether a director ``identity`` taking the Lease at wall time ``now`` relays."""
+        return self.source != identity and bool(self.relays) and now - self.at < MAX_AGE
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Forward the old leader's connections to ``vips`` arriving on ``ifname`` to ``via``."""
+
+    ifname: str
+    via: str
+    vips: tuple[str, ...]
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.via).version
+
+
+def plan_relays(handover: Handover, placements: Mapping[str, str]) -> list[Relay]:
+    """One relay per (interface, old leader address); VIPs this director does not place,
+    or whose relay address is of the other family, are left out."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for vip, via in handover.relays.items():
+        ifname = placements.get(vip)
+        if ifname is None or ifname == LOOPBACK:
+            continue
+        if ipaddress.ip_address(vip).version != ipaddress.ip_address(via).version:
+            continue
+        grouped.setdefault((ifname, via), []).append(vip)
+    return [
+        Relay(ifname, via, tuple(sorted(vips, key=ipaddress.ip_address)))
+        for (ifname, via), vips in sorted(grouped.items())
+    ]
+
+
+def _quote(ifname: str) -> str:
+    if not ifname or any(c in ifname for c in '"\\ \n;{}'):
+        raise ValueError(f"unusable interface name {ifname!r}")
+    return f'"{ifname}"'
+
+
+def render_relay_table(relays: Iterable[Relay], seen_timeout: float) -> str:
+    """The nftables script (table ``netdev lvs_operator_handover``, created fresh)."""
+    timeout = max(1, int(seen_timeout + 0.999))
+    lines = [f"table netdev {RELAY_TABLE} {{"]
+    for fam, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        lines += [
+            f"  set seen{fam} {{",
+            f"    type {addr} . inet_service . {addr} . inet_service",
+            f"    flags dynamic,timeout; timeout {timeout}s; size 262144",
+            "  }",
+        ]
+    for n, relay in enumerate(relays):
+        ip = "ip" if relay.family == 4 else "ip6"
+        fam = relay.family
+        vips = ", ".join(relay.vips)
+        flow = f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
+        dev = _quote(relay.ifname)
+        lines += [
+            f"  chain relay{n} {{",
+            f"    type filter hook ingress device {dev} priority -500; policy accept;",
+            # a connection that starts here is this director's own
+            f"    {ip} daddr {{ {vips} }} tcp flags & (syn | ack) == syn update @seen{fam} "
+            f"{{ {flow} }}",
+            # the rest of one that did not: the old leader's, send it there
+            f"    {ip} daddr {{ {vips} }} tcp flags & syn == 0 {flow} != @seen{fam} "
+            f"fwd {ip} to {relay.via} device {dev}",
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def install_relays(relays: list[Relay], seen_timeout: float, netns: str | None = None) -> None:
+    """Replace the relay table in one nft transaction."""
+    from .ipvs import _nft
+
+    script = f"table netdev {RELAY_TABLE} {{}}\ndelete table netdev {RELAY_TABLE}\n"
+    script += render_relay_table(relays, seen_timeout)
+    _nft(["-f", "-"], netns, input=script)
+
+
+def remove_relays(netns: str | None = None) -> bool:
+    """Delete the relay table; False if there was none."""
+    from .ipvs import IpvsError, _nft
+
+    try:
+        _nft(["list", "table", "netdev", RELAY_TABLE], netns)
+    except IpvsError:
+        return False
+    _nft(["delete", "table", "netdev", RELAY_TABLE], netns)
+    return True
+
+
+# -- the old leader's side ------------------------------------------------------------------------
+
+
+def set_arp_sysctls(ifname: str, root: Path = Path("/proc/sys")) -> dict[str, str]:
+    """Set ``ARP_SYSCTLS`` on ``ifname``; returns the previous values (to restore)."""
+    previous: dict[str, str] = {}
+    base = root / "net" / "ipv4" / "conf" / ifname
+    for key, value in ARP_SYSCTLS.items():
+        path = base / key
+        try:
+            previous[key] = path.read_text().strip()
+            if previous[key] != value:
+                path.write_text(value)
+        except OSError as exc:
+            log.warning(
+                "cannot set %s: %s; the old leader may answer ARP for the VIP during the handover",
+                path,
+                exc,
+            )
+    return previous
+
+
+def restore_sysctls(
+    ifname: str, previous: Mapping[str, str], root: Path = Path("/proc/sys")
+) -> None:
+    base = root / "net" / "ipv4" / "conf" / ifname
+    for key, value in previous.items():
+        try:
+            (base / key).write_text(value)
+        except OSError as exc:
+            log.warning("cannot restore %s: %s", base / key, exc)
+
+
+@dataclass
+class DrainWatch:
+    """Whether the old leader's relayed connections are done: no established connection to
+    the VIPs for ``quiet`` seconds in a row (a connection in its handshake becomes
+    established later, so one look at zero is not enough)."""
+
+    quiet: float = 1.0
+    _zero_since: float | None = None
+
+    def observe(self, established: int, now: float) -> bool:
+        if established > 0:
+            self._zero_since = None
+            return False
+        if self._zero_since is None:
+            self._zero_since = now
+        return now - self._zero_since >= self.quiet
+
+
+def wall_clock() -> float:
+    return time.time()
+
+
+class HandoverKernel:
+    """The node side of a handover (the agent's unit tests replace it with a fake)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
+        """This node's address on ``ifname`` of IP ``version``: not a VIP (``exclude``),
+        not link-local; a subnet address before a host (/32, /128) one."""
+        from .rtnl import Rtnl, index_of
+
+        index = index_of(ifname)
+        if index is None:
+            return None
+        skip = {str(ipaddress.ip_address(a)) for a in exclude}
+        rt = Rtnl()
+        try:
+            entries = rt.addresses()
+        finally:
+            rt.close()
+        best: tuple[bool, str] | None = None
+        for entry in entries:
+            ip = ipaddress.ip_address(entry.address)
+            if entry.index != index or ip.version != version or str(ip) in skip:
+                continue
+            if ip.is_link_local or ip.is_loopback:
+                continue
+            host = entry.prefixlen == ip.max_prefixlen
+            if best is None or (best[0] and not host):
+                best = (host, str(ip))
+        return None if best is None else best[1]
+
+    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
+        return set_arp_sysctls(ifname)
+
+    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
+        restore_sysctls(ifname, previous)
+
+    def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
+        install_relays(relays, seen_timeout, self.netns)
+
+    def remove_relays(self) -> bool:
+        return remove_relays(self.netns)
