@@ -161,6 +161,7 @@ class Elector:
         self.on_record = on_record
         self.is_leader = False
         self._serving = False  # leader, or stepping down and on_change(False) not done yet
+        self._releasing = False  # release() until its write is done
         self._taken: LeaseRecord | None = None  # the watch saw the Lease taken (leader only)
         self.transitions = 0  # local leader/standby transitions (metrics)
         self.holder: str = ""  # last holder seen
@@ -197,8 +198,11 @@ class Elector:
     @property
     def serving(self) -> bool:
         """True from becoming leader until ``on_change(False)`` has returned (while the VIP
-        may still be up): what the heartbeat should report as "leading"."""
-        return self._serving
+        may still be up), and through a release until the Lease is written free: what the
+        heartbeat should report as "leading". A standby hearing "not leading" before the
+        release is written would take the Lease *from* us, without the annotations the
+        release carries (the handover note)."""
+        return self._serving or self._releasing
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch())
@@ -224,6 +228,13 @@ class Elector:
         self._wake.set()
         if not self.is_leader:
             return False
+        self._releasing = True
+        try:
+            return await self._release(timeout)
+        finally:
+            self._releasing = False
+
+    async def _release(self, timeout: float) -> bool:
         await self._set_leader(False, "releasing the Lease (shutdown)")
         record = self._record
         if record is None:

@@ -159,6 +159,30 @@ async def test_release_frees_the_lease_for_immediate_takeover(env) -> None:
     assert store.record.holder == "node-b"
 
 
+async def test_heartbeat_says_leading_until_the_release_is_written(env) -> None:
+    """A standby hearing "not leading" while the release is still in flight would take the
+    Lease from the leader, without the annotations the release writes (seen in e2e: the
+    handover note was lost and the old leader's connections in flight were reset)."""
+    store, _clock, a, _b = env
+    await a.elector.tick()
+    seen: list[tuple[bool, str]] = []
+
+    async def on_change(leader: bool) -> None:
+        seen.append((a.elector.serving, store.record.holder))
+
+    a.elector.on_change = on_change
+    real_update = a.api.update
+
+    async def update(record: LeaseRecord) -> LeaseRecord:
+        seen.append((a.elector.serving, store.record.holder))
+        return await real_update(record)
+
+    a.api.update = update  # type: ignore[method-assign]
+    assert await a.elector.release()
+    assert seen == [(True, "node-a"), (True, "node-a")]  # on_change, then the write
+    assert not a.elector.serving and store.record.holder == ""
+
+
 async def test_standby_takes_over_after_expiry(env) -> None:
     store, clock, a, b = env
     await a.elector.tick()
