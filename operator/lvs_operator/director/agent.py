@@ -384,6 +384,20 @@ class Metrics:
             "lvs_director_election_transitions", "leader/standby transitions", ["group"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.peer_reply_age = Gauge(
+            "lvs_director_peer_reply_age_seconds",
+            "standby: seconds since the leader last answered a heartbeat (NaN: not probing)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.peer_armed = Gauge(
+            "lvs_director_peer_armed",
+            "standby: 1 if a silent leader would be taken over at once (steady answers seen)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.handover_relays = Counter(
+            "lvs_director_handover_relays", "planned handovers whose connections in flight "
+            "this director relayed to the old leader", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.group = group
 
     def render(self) -> bytes:
@@ -520,6 +534,15 @@ class Agent:
             self.elector.on_record = lambda record: monitor.follow(
                 record.holder, record.annotations, cfg.node_name
             )
+            health = monitor.health
+
+            def reply_age() -> float:
+                if not health.holder or health.last_ok is None:
+                    return float("nan")
+                return health.lost_for(time.monotonic())
+
+            self.metrics.peer_reply_age.set_function(reply_age)
+            self.metrics.peer_armed.set_function(lambda: 1.0 if health.armed else 0.0)
         self._reported: set[tuple[str, str, str]] = set()
 
     # -- watches -------------------------------------------------------------------------------
@@ -912,6 +935,7 @@ class Agent:
                 extra={"from": note.source},
             )
             return
+        self.metrics.handover_relays.inc()
         log.info(
             "relaying the old leader's connections in flight",
             extra={

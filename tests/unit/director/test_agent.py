@@ -395,3 +395,6 @@ async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
     await agent.elector.tick()
     assert store.record is not None
     assert store.record.annotations[HEARTBEAT_ANNOTATION] == "10.10.0.11:9643"
+    text = agent.metrics.render().decode()
+    assert 'lvs_director_peer_reply_age_seconds{group="g1"} NaN' in text  # leader: no probing
+    assert 'lvs_director_peer_armed{group="g1"} 0.0' in text
