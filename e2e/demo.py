@@ -158,6 +158,7 @@ class Demo:
         from e2e.system import System, Timings
 
         self.interactive = interactive
+        self.serving = False  # the show is over, the system runs until Ctrl-C
         self.live_seconds = live_seconds
         workdir = STATE_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
         timings = Timings.parse(os.environ.get("LVS_DEMO_LEASE"), os.environ.get("LVS_DEMO_PEER"))
@@ -359,6 +360,7 @@ class Demo:
             + "\n    try: kubectl scale deployment web --replicas=5   (new pods get a server)"
         )
         proc, out = s.start_loop("demo-forever", interval=0.1, timeout=1.0, max_seconds=MAX_SECONDS)
+        self.serving = True
         seen = 0
         try:
             while True:
@@ -465,6 +467,9 @@ def main(argv: list[str]) -> int:
         return demo.run()
     except KeyboardInterrupt:
         print(flush=True)
+        if demo.serving:  # the documented way to stop a demo that has shown everything
+            say("stopping")
+            return 0
         say("interrupted")
         return 130
     except Exception as exc:
