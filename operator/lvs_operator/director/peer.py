@@ -26,6 +26,7 @@ the takeover rate over a link that keeps going up and down.
 
 ``PeerHealth`` is the pure state machine (injected clock, no sockets); ``HeartbeatResponder``
 answers probes; ``HeartbeatMonitor`` sends them and calls ``on_lost`` when the holder is lost.
+Both run on threads of their own, so a stall of the agent's event loop is not a silence.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ import ipaddress
 import logging
 import re
 import secrets
+import select
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -239,17 +242,14 @@ class PeerHealth:
 
 
 # -- the responder -----------------------------------------------------------------------------
+#
+# Both ends run on threads of their own, not on the agent's event loop: a loop busy for a
+# moment (decoding a large watch event, a converge) must neither make a live leader look dead
+# nor make a standby misjudge a leader whose answers arrived meanwhile. Python hands the GIL
+# over every few milliseconds, so a busy loop delays an answer by milliseconds, not by the
+# length of its stall. The Lease stays the backstop for a process that is hung altogether.
 
-
-class _ResponderProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: HeartbeatResponder) -> None:
-        self.owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.owner._on_probe(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("heartbeat responder: %s", exc)
+RECV_TIMEOUT = 0.2  # the threads check for close() this often
 
 
 class HeartbeatResponder:
@@ -273,30 +273,59 @@ class HeartbeatResponder:
         self.rate = rate
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # ip -> tokens, at
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._address: Address | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.replies = 0
         self.dropped = 0  # malformed or over the rate
 
     @property
     def address(self) -> Address | None:
         """The bound (host, port) once started (port 0 resolved)."""
-        if self._transport is None:
-            return None
-        sockname = self._transport.get_extra_info("sockname")
-        return str(sockname[0]), int(sockname[1])
+        return self._address
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ResponderProtocol(self), local_addr=(self.host, self.port)
+        """Bind (OSError if the port is taken) and answer on a thread of its own."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(RECV_TIMEOUT)
+        name = sock.getsockname()
+        self._sock, self._address = sock, (str(name[0]), int(name[1]))
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._serve, args=(sock,), name="peer-responder", daemon=True
         )
-        self._transport = transport
-        log.info("heartbeat responder listening on %s", format_address(self.address or ("", 0)))
+        self._thread.start()
+        log.info("heartbeat responder listening on %s", format_address(self._address))
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        """Stop answering at once (the thread ends within RECV_TIMEOUT)."""
+        self._stop.set()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM + 1)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                log.debug("heartbeat responder: %s", exc)
+                self._stop.wait(0.01)
+                continue
+            if self._stop.is_set():
+                return  # closed while this probe was arriving: no answer
+            self._on_probe(sock, data, addr)
 
     def _allow(self, ip: str) -> bool:
         """A token bucket per requesting address (burst = one second's worth)."""
@@ -309,9 +338,9 @@ class HeartbeatResponder:
             self._buckets.popitem(last=False)
         return allowed
 
-    def _on_probe(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _on_probe(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
         nonce = parse_probe(data) if len(data) <= MAX_DATAGRAM else None
-        if nonce is None or self._transport is None or not self._allow(str(addr[0])):
+        if nonce is None or not self._allow(str(addr[0])):
             self.dropped += 1
             return
         try:
@@ -319,29 +348,20 @@ class HeartbeatResponder:
         except Exception as exc:  # never answer with a guess
             log.warning("heartbeat responder: is_leader failed: %s", exc)
             return
-        self._transport.sendto(make_reply(nonce, self.identity, leader), addr)
+        try:
+            sock.sendto(make_reply(nonce, self.identity, leader), addr)
+        except OSError as exc:
+            log.debug("heartbeat reply to %s failed: %s", addr[0], exc)
+            return
         self.replies += 1
 
 
 # -- the monitor -------------------------------------------------------------------------------
 
 
-class _MonitorProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: HeartbeatMonitor) -> None:
-        self.owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.owner._on_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.owner.send_errors += 1  # ICMP unreachable and the like: a missing reply
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._transport_lost(self)
-
-
 class HeartbeatMonitor:
-    """Probes the current Lease holder; ``on_lost()`` once when it stops answering."""
+    """Probes the current Lease holder; ``on_lost()`` once (on the event loop that called
+    ``start()``) when it stops answering."""
 
     def __init__(
         self,
@@ -360,9 +380,14 @@ class HeartbeatMonitor:
         self.interval = interval
         self.health = PeerHealth(timeout=timeout, arm_after=arm_after)
         self._clock = clock
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._transports: dict[int, tuple[asyncio.DatagramTransport, _MonitorProtocol]] = {}
+        # the health state is shared by the loop (set_target, unreachable) and the thread
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._socks: dict[int, socket.socket] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next_probe = 0.0
         self._lost_fired = False
         self._closed = False
@@ -376,10 +401,13 @@ class HeartbeatMonitor:
         """Probe ``holder`` at ``address`` (None or holder "": probe nobody)."""
         if not holder:
             holder, address = "", None
-        if self.health.target(holder, address):
-            self._lost_fired = False
-            self._next_probe = 0.0
-            self._changed.set()
+        with self._lock:
+            changed = self.health.target(holder, address)
+            if changed:
+                self._lost_fired = False
+                self._next_probe = 0.0
+        if changed:
+            self._poke()
             log.debug(
                 "heartbeat target %r at %s",
                 holder,
@@ -403,102 +431,130 @@ class HeartbeatMonitor:
         self.set_target(holder, address)
 
     def unreachable(self, holder: str) -> bool:
-        return self.health.unreachable(holder, self._clock())
+        with self._lock:
+            return self.health.unreachable(holder, self._clock())
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="peer-heartbeat")
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="peer-monitor", daemon=True)
+            self._thread.start()
 
     async def close(self) -> None:
         self._closed = True
-        self._changed.set()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for transport, _ in list(self._transports.values()):
-            transport.close()
-        self._transports.clear()
+        self._poke()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 2.0)
+        for sock in self._socks.values():
+            sock.close()
+        self._socks.clear()
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- the thread ----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _poke(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _run(self) -> None:
         while not self._closed:
             try:
-                await self._step()
-            except asyncio.CancelledError:
-                raise
+                self._step()
             except Exception:  # never die silently: the standby would fall back to expiry
                 log.exception("peer heartbeat monitor failed; retrying")
-                await asyncio.sleep(self.interval)
+                time.sleep(self.interval)
 
-    async def _step(self) -> None:
-        """Send the probe that is due, check the holder, wait for the next event."""
-        self._changed.clear()
-        address = self.health.address
+    def _step(self) -> None:
+        """Send the probe that is due, check the holder, wait for answers or the next event."""
+        with self._lock:
+            address = self.health.address
         if address is None:
-            await self._changed.wait()
+            self._wait(RECV_TIMEOUT * 5)
             return
         now = self._clock()
         if now >= self._next_probe:
-            await self._send(address, self.health.next_probe(now))
+            with self._lock:
+                probe = self.health.next_probe(now)
+            self._send(address, probe)
             now = self._clock()
             self._next_probe = now + self.interval
         self._check(now)
         wake = self._next_probe
-        deadline = self.health.deadline()
+        with self._lock:
+            deadline = self.health.deadline()
         if deadline is not None and not self._lost_fired:
             wake = min(wake, deadline)
-        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-        # races with the event being set
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.005, wake - now)):
-                await self._changed.wait()
+        self._wait(max(0.005, wake - self._clock()))
 
-    async def _send(self, address: Address, data: bytes) -> None:
+    def _wait(self, timeout: float) -> None:
+        """Until ``timeout``, a poke, or answers (which are processed)."""
+        ready, _, _ = select.select([self._wake_r, *self._socks.values()], [], [], timeout)
+        for sock in ready:
+            if sock is self._wake_r:
+                with contextlib.suppress(OSError):
+                    while sock.recv(64):
+                        pass
+                continue
+            self._drain(sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        for _ in range(64):  # bounded: a flood cannot keep the thread here
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM + 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.send_errors += 1  # ICMP unreachable and the like: a missing reply
+                return
+            self._on_datagram(data, addr)
+
+    def _send(self, address: Address, data: bytes) -> None:
         self.probes += 1
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         try:
-            entry = self._transports.get(family)
-            if entry is None:
-                loop = asyncio.get_running_loop()
-                local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-                transport, protocol = await loop.create_datagram_endpoint(
-                    lambda: _MonitorProtocol(self), local_addr=local
-                )
-                entry = self._transports[family] = (transport, protocol)
-            entry[0].sendto(data, address)
+            sock = self._socks.get(family)
+            if sock is None:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+                self._socks[family] = sock
+            sock.sendto(data, address)
         except (OSError, ValueError) as exc:
             self.send_errors += 1
             log.debug("heartbeat probe to %s failed: %s", format_address(address), exc)
-
-    def _transport_lost(self, protocol: _MonitorProtocol) -> None:
-        for family, (_, owner) in list(self._transports.items()):
-            if owner is protocol:
-                del self._transports[family]
 
     def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if len(data) > MAX_DATAGRAM:
             return
         now = self._clock()
-        if self.health.on_reply(data, addr, now):
+        with self._lock:
+            good = self.health.on_reply(data, addr, now)
+        if good:
             self.replies += 1
             self._check(now)
 
     def _check(self, now: float) -> None:
-        health = self.health
-        if not health.unreachable(health.holder, now):
-            self._lost_fired = False  # (answering again:) a later loss fires again
-            return
-        if self._lost_fired:
-            return
-        self._lost_fired = True
+        with self._lock:
+            health = self.health
+            if not health.unreachable(health.holder, now):
+                self._lost_fired = False  # (answering again:) a later loss fires again
+                return
+            if self._lost_fired:
+                return
+            self._lost_fired = True
+            holder, disowned, silent = health.holder, health.disowned, health.lost_for(now)
         log.info(
             "peer heartbeat lost: %r %s",
-            health.holder,
-            "no longer leads" if health.disowned else f"silent for {health.lost_for(now):.2f}s",
+            holder,
+            "no longer leads" if disowned else f"silent for {silent:.2f}s",
         )
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(self._call_on_lost)
+
+    def _call_on_lost(self) -> None:
         if self.on_lost is not None:
             try:
                 self.on_lost()
