@@ -28,6 +28,7 @@ from .config import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_NAMESPACE,
+    DEFAULT_PEER_PORT,
     ControllerConfig,
     DirectorTimings,
 )
@@ -112,6 +113,12 @@ def parser() -> argparse.ArgumentParser:
         help="the agents' metrics port on the node (default %(default)s)",
     )
     p.add_argument(
+        "--director-peer-port",
+        type=int,
+        default=_env_int("LVS_PEER_PORT") or DEFAULT_PEER_PORT,
+        help="the agents' UDP heartbeat port on the node (default %(default)s)",
+    )
+    p.add_argument(
         "--lease-duration-seconds",
         type=int,
         default=_env_int("LVS_LEASE_DURATION_SECONDS"),
@@ -173,9 +180,15 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     for flag, port in (
         ("--director-health-port", args.director_health_port),
         ("--director-metrics-port", args.director_metrics_port),
+        ("--director-peer-port", args.director_peer_port),
     ):
         if not 1 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a port number 1-65535")
+    if args.director_health_port == args.director_metrics_port:
+        raise ConfigError(
+            "--director-health-port and --director-metrics-port must differ: the agents serve "
+            "both on the node's network"
+        )
     return ControllerConfig(
         namespace=args.namespace,
         vip_ranges=ranges,
@@ -187,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         director_priority_class=args.director_priority_class,
         health_port=args.director_health_port,
         metrics_port=args.director_metrics_port,
+        peer_port=args.director_peer_port,
         timings=DirectorTimings(
             lease_duration_seconds=args.lease_duration_seconds,
             renew_deadline_seconds=args.renew_deadline_seconds,

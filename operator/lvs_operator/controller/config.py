@@ -13,6 +13,7 @@ DEFAULT_NAMESPACE = "lvs-system"
 DEFAULT_DIRECTOR_IMAGE = f"lvs-operator:{__version__}"
 DEFAULT_DIRECTOR_SERVICE_ACCOUNT = "lvs-director"
 DEFAULT_HEALTH_PORT = 9641
+DEFAULT_PEER_PORT = 9643  # director/peer.py's default
 DEFAULT_METRICS_PORT = 9642
 DEFAULT_DIRECTOR_RESOURCES: Mapping[str, Any] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -45,4 +46,5 @@ class ControllerConfig:
     director_priority_class: str | None = None
     health_port: int = DEFAULT_HEALTH_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
+    peer_port: int = DEFAULT_PEER_PORT  # UDP heartbeat between the agents
     timings: DirectorTimings = field(default_factory=DirectorTimings)

@@ -26,7 +26,6 @@ from lvs_operator.api.directorgroup import (
 )
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
-from lvs_operator.director.peer import DEFAULT_PEER_PORT as DIRECTOR_PEER_PORT
 
 from .config import ControllerConfig
 
@@ -196,6 +195,7 @@ def director_env(group: str, config: ControllerConfig) -> list[dict[str, Any]]:
         {"name": "LVS_LEASE_NAME", "value": lease_name(group)},
         {"name": "LVS_HEALTH_PORT", "value": str(config.health_port)},
         {"name": "LVS_METRICS_PORT", "value": str(config.metrics_port)},
+        {"name": "LVS_PEER_PORT", "value": str(config.peer_port)},
     ]
     t = config.timings
     for name, value in (
@@ -235,7 +235,7 @@ def build_daemonset(
             {"name": "health", "containerPort": config.health_port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"},
             # the agents' heartbeat to each other (director/peer.py; LVS_PEER_PORT)
-            {"name": "heartbeat", "containerPort": DIRECTOR_PEER_PORT, "protocol": "UDP"},
+            {"name": "heartbeat", "containerPort": config.peer_port, "protocol": "UDP"},
         ],
         "livenessProbe": probe("/healthz", 10, 3),
         "readinessProbe": probe("/readyz", 5, 2),

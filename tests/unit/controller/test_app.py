@@ -18,7 +18,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.namespace == "lvs-system"
     assert c.vip_ranges == ()
     assert c.director_service_account == "lvs-director"
-    assert (c.health_port, c.metrics_port) == (9641, 9642)
+    assert (c.health_port, c.metrics_port, c.peer_port) == (9641, 9642, 9643)
     assert c.timings.lease_duration_seconds is None
     assert c.director_resources["requests"]["cpu"] == "50m"
 
@@ -46,12 +46,13 @@ def test_flags() -> None:
         '--director-resources={"requests": {"cpu": "1"}}',
         "--retry-period-seconds=2",
         "--director-health-port=1234",
+        "--director-peer-port=4321",
     )
     assert c.namespace == "x"
     assert c.director_tolerations == ({"operator": "Exists"},)
     assert c.director_resources == {"requests": {"cpu": "1"}}
     assert c.timings.retry_period_seconds == 2
-    assert c.health_port == 1234
+    assert c.health_port == 1234 and c.peer_port == 4321
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,8 @@ def test_flags() -> None:
         (["--director-tolerations=[1]"], "JSON object"),
         (["--director-resources=nope"], "not valid JSON"),
         (["--director-health-port=0"], "not a port number"),
+        (["--director-peer-port=70000"], "not a port number"),
+        (["--director-metrics-port=9641"], "must differ"),
     ],
 )
 def test_bad_flags_say_why(argv: list[str], message: str) -> None:
@@ -119,3 +122,13 @@ async def test_preflight_says_what_is_missing() -> None:
     assert missing and "CRD is not installed" in missing and "crds/" in missing
     denied = await app.preflight(_Client(403))
     assert denied and "deploy/rbac/controller.yaml" in denied
+
+
+def test_director_port_defaults_match_the_agents() -> None:
+    """The controller passes its ports to the agents; unset, both must agree anyway."""
+    from lvs_operator.controller import config as controller_config
+    from lvs_operator.director import agent, peer
+
+    assert controller_config.DEFAULT_PEER_PORT == peer.DEFAULT_PEER_PORT
+    assert controller_config.DEFAULT_HEALTH_PORT == agent.DEFAULT_HEALTH_PORT
+    assert controller_config.DEFAULT_METRICS_PORT == agent.DEFAULT_METRICS_PORT

@@ -132,6 +132,8 @@ def test_build_daemonset_contract() -> None:
     assert env["LVS_LEASE_NAME"]["value"] == lease_name("gabc")
     assert env["LVS_HEALTH_PORT"]["value"] == "9641"
     assert env["LVS_METRICS_PORT"]["value"] == "9642"
+    assert env["LVS_PEER_PORT"]["value"] == "9643"
+    assert {"name": "heartbeat", "containerPort": 9643, "protocol": "UDP"} in c["ports"]
     assert env["LVS_LEASE_DURATION_SECONDS"]["value"] == "6"
     assert env["LVS_RETRY_PERIOD_SECONDS"]["value"] == "1"
     assert "LVS_RENEW_DEADLINE_SECONDS" not in env

@@ -78,6 +78,7 @@ def test_values_reach_the_controller(helm: str) -> None:
             "director.resources.limits.memory=128Mi",
             "director.healthPort=19641",
             "director.metricsPort=19642",
+            "director.peerPort=19643",
             "logLevel=debug",
         ],
         namespace="lb",
@@ -97,7 +98,7 @@ def test_values_reach_the_controller(helm: str) -> None:
     ]
     assert config.director_priority_class == "system-node-critical"
     assert config.director_resources["limits"] == {"memory": "128Mi"}
-    assert (config.health_port, config.metrics_port) == (19641, 19642)
+    assert (config.health_port, config.metrics_port, config.peer_port) == (19641, 19642, 19643)
     assert ns.log_level == "debug"
     sas = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
     assert "directors" in sas
