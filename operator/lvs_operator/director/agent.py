@@ -686,9 +686,9 @@ class Agent:
                 continue
             for vport in vs.spec.ports:
                 checks[ServiceKey(IpProtocol(str(vport.protocol)), vs.spec.vip, vport.port)] = check
-        targets = health_mod.targets_for(want.table, checks)
-        self.health.update(set(targets.values()))
-        table = health_mod.apply_health(want.table, targets, self.health.unhealthy())
+        decides, timings = health_mod.targets_for(want.table, checks)
+        self.health.update(timings)
+        table = health_mod.apply_health(want.table, decides, self.health.unhealthy())
         return dataclasses.replace(want, table=table)
 
     async def _reconcile_loop(self) -> None:

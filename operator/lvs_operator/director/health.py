@@ -8,6 +8,10 @@ failures and healthy again after ``riseThreshold`` consecutive successes; it sta
 (a new agent must not quiesce a whole pool before its first rounds). An unhealthy destination
 gets weight 0: no new connections, established ones continue.
 
+A target's state belongs to what is probed (``Probe``: address, port, type, path, host,
+expected status), not to the whole check: editing ``intervalSeconds`` or a threshold keeps a
+failing target quiesced; the probe loop reads the timings from the current check each round.
+
 The threshold logic (``step``) and the table edit (``apply_health``) are pure and unit-tested;
 ``HealthChecker`` runs one asyncio task per target.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from lvs_operator.api.realserverpool import HealthCheck, HealthCheckType
@@ -26,7 +30,26 @@ from .table import DestKey, IpvsTable, ServiceEntry, ServiceKey
 
 log = logging.getLogger("lvs_operator.director.health")
 
-TargetKey = tuple[str, int, HealthCheck]  # (address, port, check)
+
+@dataclass(frozen=True)
+class Probe:
+    """What one probe asks: the identity of a target's health state."""
+
+    address: str
+    port: int
+    type: HealthCheckType
+    path: str | None = None  # http only, as sent
+    host: str | None = None  # http only; None: the address
+    expected_status: int | None = None  # http only
+
+    @classmethod
+    def of(cls, address: str, port: int, check: HealthCheck) -> Probe:
+        if check.type is HealthCheckType.TCP:
+            return cls(address, port, check.type)
+        return cls(address, port, check.type, check.http_path, check.host, check.http_status)
+
+
+DestRef = tuple[ServiceKey, DestKey]
 
 
 @dataclass(frozen=True)
@@ -49,23 +72,27 @@ def step(state: State, ok: bool, rise: int, fall: int) -> State:
 
 def targets_for(
     table: IpvsTable, checks: Mapping[ServiceKey, HealthCheck]
-) -> dict[tuple[ServiceKey, DestKey], TargetKey]:
-    """Which probe target decides each destination: its address, the check's port or else the
-    destination's port."""
-    out: dict[tuple[ServiceKey, DestKey], TargetKey] = {}
+) -> tuple[dict[DestRef, Probe], dict[Probe, HealthCheck]]:
+    """Which probe decides each destination (its address, the check's port or else the
+    destination's port), and the check whose timings each probe follows (the last service's
+    when several share a probe)."""
+    decides: dict[DestRef, Probe] = {}
+    timings: dict[Probe, HealthCheck] = {}
     for key, entry in table.items():
         check = checks.get(key)
         if check is None:
             continue
         for dest in entry.destinations:
-            out[(key, dest.key)] = (dest.address, check.port or dest.port, check)
-    return out
+            target = Probe.of(dest.address, check.port or dest.port, check)
+            decides[(key, dest.key)] = target
+            timings[target] = check
+    return decides, timings
 
 
 def apply_health(
     table: IpvsTable,
-    targets: Mapping[tuple[ServiceKey, DestKey], TargetKey],
-    unhealthy: set[TargetKey] | frozenset[TargetKey],
+    targets: Mapping[DestRef, Probe],
+    unhealthy: set[Probe] | frozenset[Probe],
 ) -> IpvsTable:
     """``table`` with every destination whose target is unhealthy at weight 0."""
     if not unhealthy:
@@ -80,25 +107,26 @@ def apply_health(
     return IpvsTable.of(entries)
 
 
-async def probe(address: str, port: int, check: HealthCheck) -> bool:
-    """One check; True when healthy."""
+async def probe(target: Probe, timeout: float) -> bool:
+    """One probe, each step bounded by ``timeout`` seconds; True when healthy."""
     writer = None
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port), check.timeout_seconds
+            asyncio.open_connection(target.address, target.port), timeout
         )
-        if check.type is HealthCheckType.TCP:
+        if target.type is HealthCheckType.TCP:
             return True
-        host = check.host or (f"[{address}]" if ":" in address else address)
+        address = target.address
+        host = target.host or (f"[{address}]" if ":" in address else address)
         request = (
-            f"GET {check.http_path} HTTP/1.0\r\nHost: {host}\r\n"
+            f"GET {target.path} HTTP/1.0\r\nHost: {host}\r\n"
             "User-Agent: lvs-operator-health\r\nConnection: close\r\n\r\n"
         )
         writer.write(request.encode())
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), check.timeout_seconds)
+        line = await asyncio.wait_for(reader.readline(), timeout)
         parts = line.decode("latin-1").split()
-        return len(parts) >= 2 and parts[1] == str(check.http_status)
+        return len(parts) >= 2 and parts[1] == str(target.expected_status)
     except (OSError, TimeoutError, ValueError):
         return False
     finally:
@@ -108,37 +136,40 @@ async def probe(address: str, port: int, check: HealthCheck) -> bool:
                 await writer.wait_closed()
 
 
+Prober = Callable[[Probe, float], Awaitable[bool]]
+
+
 class HealthChecker:
     """Runs the probes; ``on_change()`` is called when a target's health flips."""
 
-    def __init__(
-        self,
-        on_change: Callable[[], None],
-        prober: Callable[[str, int, HealthCheck], object] = probe,
-    ) -> None:
+    def __init__(self, on_change: Callable[[], None], prober: Prober = probe) -> None:
         self.on_change = on_change
         self.prober = prober
-        self.states: dict[TargetKey, State] = {}
-        self._tasks: dict[TargetKey, asyncio.Task[None]] = {}
+        self.states: dict[Probe, State] = {}
+        self.checks: dict[Probe, HealthCheck] = {}  # the timings each probe follows now
+        self._tasks: dict[Probe, asyncio.Task[None]] = {}
 
-    def unhealthy(self) -> frozenset[TargetKey]:
+    def unhealthy(self) -> frozenset[Probe]:
         return frozenset(k for k, s in self.states.items() if not s.healthy)
 
-    def update(self, targets: set[TargetKey]) -> None:
-        """Probe exactly ``targets`` from now on."""
+    def update(self, targets: Mapping[Probe, HealthCheck]) -> None:
+        """Probe exactly ``targets`` from now on, each with its check's timings."""
         for key in list(self._tasks):
             if key not in targets:
                 self._tasks.pop(key).cancel()
                 self.states.pop(key, None)
+                self.checks.pop(key, None)
+        self.checks.update(targets)
         for key in targets:
             if key not in self._tasks:
                 self.states.setdefault(key, State())
                 self._tasks[key] = asyncio.create_task(self._run(key))
 
-    async def _run(self, key: TargetKey) -> None:
-        address, port, check = key
+    async def _run(self, key: Probe) -> None:
         while True:
-            ok = bool(await self.prober(address, port, check))  # type: ignore[misc]
+            check = self.checks[key]
+            ok = bool(await self.prober(key, check.timeout_seconds))
+            check = self.checks.get(key, check)  # edited while probing: the current one
             before = self.states.get(key, State())
             after = step(before, ok, check.rise_threshold, check.fall_threshold)
             self.states[key] = after
@@ -146,7 +177,7 @@ class HealthChecker:
                 log.info(
                     "real server %s",
                     "healthy again" if after.healthy else "failing: quiesced",
-                    extra={"real_server": f"{address}:{port}", "check": str(check.type)},
+                    extra={"real_server": f"{key.address}:{key.port}", "check": str(key.type)},
                 )
                 self.on_change()
             await asyncio.sleep(check.interval_seconds)
