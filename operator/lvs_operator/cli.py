@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 SUBCOMMANDS = {
     "controller": ("lvs_operator.controller.app", "reconcile VirtualServers and pools (kopf)"),
-    "director": ("lvs_operator.director.agent", "director agent: IPVS, VIP, Lease election"),
+    "director": ("lvs_operator.director.main", "director agent: IPVS, VIP, Lease election"),
     "realserver": ("lvs_operator.realserver.setup", "configure a real server for direct/tunnel"),
     "demo": ("lvs_operator.demo", "local control plane + VM demo of the whole system"),
 }

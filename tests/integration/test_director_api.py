@@ -17,7 +17,6 @@ import pytest
 from lightkube import AsyncClient
 
 from lvs_operator.api.directorgroup import GROUP_LABEL
-from lvs_operator.director.agent import informer
 from lvs_operator.director.election import (
     PROGRAMMED_ANNOTATION,
     ElectionConfig,
@@ -25,6 +24,7 @@ from lvs_operator.director.election import (
     KubeLeaseApi,
     LeaseConflict,
 )
+from lvs_operator.director.watches import informer
 
 from .helpers import custom_resource
 

@@ -31,13 +31,21 @@ be without a handover. A crash has no handover (nothing runs on the dead node to
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .election import Elector
+    from .ipvs_sync import Connections
+    from .lanes import Lane
+    from .vip_owner import VipOwner
 
 log = logging.getLogger("lvs_operator.director.handover")
 
@@ -289,3 +297,170 @@ class HandoverKernel:
 
     def remove_relays(self) -> bool:
         return remove_relays(self.netns)
+
+
+class HandoverNode(Protocol):
+    """The node side of a handover (``HandoverKernel``; a fake in the unit tests)."""
+
+    def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None: ...
+
+    def set_arp_sysctls(self, ifname: str) -> dict[str, str]: ...
+
+    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None: ...
+
+    def install_relays(self, relays: list[Relay], seen_timeout: float) -> None: ...
+
+    def remove_relays(self) -> bool: ...
+
+
+class PlannedHandover:
+    """The whole sequence: the old leader retires its VIPs to lo and notes the handover on
+    the Lease; the new leader relays; the old leader drains, then drops the VIPs."""
+
+    def __init__(
+        self,
+        identity: str,
+        drain: float,
+        node: HandoverNode,
+        vips: VipOwner,
+        elector: Elector,
+        lane: Lane,
+        connections: Callable[[], Awaitable[Connections | None]],
+        on_relay: Callable[[], None],
+    ) -> None:
+        self.identity = identity
+        self.drain_seconds = drain  # 0: no relay, the VIPs go before the release
+        self.node = node
+        self.vips = vips
+        self.elector = elector
+        self.lane = lane
+        self.connections = connections
+        self.on_relay = on_relay
+        self._arp_saved: dict[str, dict[str, str]] = {}  # interface -> previous sysctls
+        self._relay_end: asyncio.Task[None] | None = None
+
+    async def clean_leftover(self) -> None:
+        """At start-up: a relay left by an agent that died during a handover goes."""
+        try:
+            if await self.lane.run(self.node.remove_relays):
+                log.info("removed a relay table left from a handover")
+        except Exception as exc:
+            log.warning("cannot check for a handover relay table: %s", exc)
+
+    # -- the new leader ------------------------------------------------------------------------
+
+    async def start_relay(self) -> None:
+        """When the Lease just taken carries a fresh handover note from another director,
+        relay that director's connections in flight back to it (before the VIPs are
+        announced here), for the note's drain time."""
+        record = self.elector.record
+        if record is None:
+            return
+        note = Handover.from_annotation(record.annotations.get(HANDOVER_ANNOTATION))
+        if note is None or not note.applies(self.identity, wall_clock()):
+            return
+        self.elector.set_annotation(HANDOVER_ANNOTATION, "")  # used: clear it
+        relays = plan_relays(note, self.vips.placements)
+        if not relays:
+            return
+        try:
+            await self.lane.run(self.node.install_relays, relays, note.drain + 60)
+        except Exception as exc:
+            log.warning(
+                "cannot relay the old leader's connections (they may be reset): %s",
+                exc,
+                extra={"from": note.source},
+            )
+            return
+        self.on_relay()
+        log.info(
+            "relaying the old leader's connections in flight",
+            extra={
+                "from": note.source,
+                "vips": [v for r in relays for v in r.vips],
+                "via": sorted({r.via for r in relays}),
+                "seconds": note.drain,
+            },
+        )
+        if self._relay_end is not None:
+            self._relay_end.cancel()
+        self._relay_end = asyncio.create_task(self._end_relay(note.drain))
+
+    async def _end_relay(self, after: float) -> None:
+        await asyncio.sleep(after)
+        try:
+            if await self.lane.run(self.node.remove_relays):
+                log.info("relay to the old leader ended")
+        except Exception as exc:
+            log.warning("cannot remove the relay table: %s", exc)
+
+    async def stop_relay(self) -> None:
+        """Stopping while relaying: the relay goes with us."""
+        if self._relay_end is not None and not self._relay_end.done():
+            self._relay_end.cancel()
+            try:
+                await self.lane.run(self.node.remove_relays)
+            except Exception as exc:
+                log.warning("cannot remove the relay table: %s", exc)
+
+    # -- the old leader ------------------------------------------------------------------------
+
+    async def retire(self) -> None:
+        """On SIGTERM: move each VIP to lo, stop answering ARP for it, and put the handover
+        note (this node's address on each VIP's link) on the Lease for the release."""
+        exclude = self.vips.not_node_addresses()
+
+        async def relay_via(vip: str, ifname: str) -> str | None:
+            version = ipaddress.ip_address(vip).version
+            via = await self.lane.run(self.node.link_address, ifname, version, exclude)
+            if via is None:
+                log.warning(
+                    "no address of this node on the VIP's interface: its connections in "
+                    "flight are not relayed",
+                    extra={"vip": vip, "interface": ifname},
+                )
+                return None
+            if version == 4 and ifname not in self._arp_saved:
+                self._arp_saved[ifname] = await self.lane.run(self.node.set_arp_sysctls, ifname)
+            return via
+
+        relays = await self.vips.retire(relay_via)
+        if relays:
+            note = Handover(
+                source=self.identity, at=wall_clock(), drain=self.drain_seconds, relays=relays
+            )
+            self.elector.set_annotation(HANDOVER_ANNOTATION, note.to_annotation())
+            log.info(
+                "handing over: VIPs moved to lo, connections in flight stay here",
+                extra={"vips": sorted(relays), "seconds": self.drain_seconds},
+            )
+
+    async def drain(self) -> None:
+        """After the release: wait until no connection to the retired VIPs is established
+        (for a moment), at most ``drain`` seconds; then drop them and restore the sysctls."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        end = t0 + self.drain_seconds
+        watch = DrainWatch(quiet=min(1.0, self.drain_seconds / 4))
+        vips = set(self.vips.retired)
+        established = 0
+        while loop.time() < end:
+            try:
+                conns = await self.connections()
+            except Exception as exc:
+                log.warning("handover: cannot read the connections: %s", exc)
+                break
+            established = sum(
+                n for (service, _), n in (conns or {}).items() if service.address in vips
+            )
+            if watch.observe(established, loop.time()):
+                break
+            await asyncio.sleep(0.2)
+        log.info(
+            "handover drained" if established == 0 else "handover drain time is up",
+            extra={"seconds": round(loop.time() - t0, 2), "established": established},
+        )
+        await self.vips.drop_retired()
+        for ifname, previous in self._arp_saved.items():
+            await self.lane.run(self.node.restore_sysctls, ifname, previous)
+        self._arp_saved.clear()

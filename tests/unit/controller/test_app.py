@@ -127,8 +127,9 @@ async def test_preflight_says_what_is_missing() -> None:
 def test_director_port_defaults_match_the_agents() -> None:
     """The controller passes its ports to the agents; unset, both must agree anyway."""
     from lvs_operator.controller import config as controller_config
-    from lvs_operator.director import agent, peer
+    from lvs_operator.director import config as agent_config
+    from lvs_operator.director import peer
 
     assert controller_config.DEFAULT_PEER_PORT == peer.DEFAULT_PEER_PORT
-    assert controller_config.DEFAULT_HEALTH_PORT == agent.DEFAULT_HEALTH_PORT
-    assert controller_config.DEFAULT_METRICS_PORT == agent.DEFAULT_METRICS_PORT
+    assert controller_config.DEFAULT_HEALTH_PORT == agent_config.DEFAULT_HEALTH_PORT
+    assert controller_config.DEFAULT_METRICS_PORT == agent_config.DEFAULT_METRICS_PORT

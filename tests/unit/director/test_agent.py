@@ -4,77 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 from typing import Any
 
-import pytest
-
-from lvs_operator.director.agent import Agent, AgentConfig, JsonFormatter, parse_args
+from lvs_operator.director.agent import Agent
+from lvs_operator.director.config import AgentConfig
 from lvs_operator.director.election import PROGRAMMED_ANNOTATION
 from lvs_operator.director.handover import HANDOVER_ANNOTATION, Handover, Relay
 from lvs_operator.director.table import (
-    Change,
     IpvsDestination,
     IpvsService,
     IpvsTable,
     Protocol,
     ServiceKey,
-    apply_to_table,
 )
-from lvs_operator.director.vip import Route
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
+from tests.unit.director.fakes import FakeHandoverKernel, FakeKernel, FakeVips
 
 VIP = "10.10.0.100"
 K80 = ServiceKey(Protocol.TCP, VIP, 80)
-
-
-class FakeKernel:
-    def __init__(self, table: IpvsTable | None = None) -> None:
-        self.table = table or IpvsTable.of([])
-        self.connections: dict[Any, int] = {}
-        self.applied: list[Change] = []
-        self.prepared: list[bool] = []
-
-    def read(self) -> tuple[IpvsTable, dict[Any, int]]:
-        return self.table, dict(self.connections)
-
-    def apply(self, changes: list[Change]) -> None:
-        self.table = apply_to_table(self.table, changes)
-        self.applied += changes
-
-    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
-        self.prepared.append(masquerade_snat)
-
-
-class FakeVips:
-    def __init__(self, present: dict[str, str] | None = None) -> None:
-        self.addresses = dict(present or {})
-        self.announced: list[tuple[str, str, int | None]] = []
-
-    def interface_for(self, vip: str, override: str | None = None) -> str:
-        return override or "front"
-
-    def routes(self) -> list[Route]:
-        return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
-
-    def present(self) -> dict[str, str]:
-        return dict(self.addresses)
-
-    def add(self, vip: str, ifname: str) -> bool:
-        self.addresses[vip] = ifname
-        return True
-
-    def remove(self, vip: str, ifname: str) -> bool:
-        if self.addresses.get(vip) != ifname:  # one interface per VIP here: the last added
-            return False
-        return self.addresses.pop(vip, None) is not None
-
-    def link_info(self, ifname: str) -> tuple[int, str]:
-        return (2, "02:00:00:00:00:0b")
-
-    def send_many(self, items: list[tuple[str, str, Any]], count: int | None) -> None:
-        self.announced += [(vip, ifname, count) for vip, ifname, _ in items]
 
 
 def vs_obj(name: str = "web", generation: int = 3, **spec: Any) -> dict[str, Any]:
@@ -94,38 +42,6 @@ def m(address: str, **kw: Any) -> dict[str, Any]:
     return {"address": address, "weight": 1, "ready": True, **kw}
 
 
-class FakeHandoverKernel:
-    """Records the node side of a handover (handover.py's HandoverKernel)."""
-
-    def __init__(self, address: str = "10.10.0.11") -> None:
-        self.address = address
-        self.relays: list[Relay] | None = None
-        self.sysctls: dict[str, str] = {}
-        self.events: list[str] = []
-
-    def link_address(self, ifname: str, version: int, exclude: list[str]) -> str | None:
-        return self.address
-
-    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
-        self.events.append(f"arp {ifname}")
-        self.sysctls = {"arp_ignore": "1", "arp_announce": "2"}
-        return {"arp_ignore": "0", "arp_announce": "0"}
-
-    def restore_sysctls(self, ifname: str, previous: dict[str, str]) -> None:
-        self.events.append(f"restore {ifname}")
-        self.sysctls = dict(previous)
-
-    def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
-        self.events.append("relay on")
-        self.relays = relays
-
-    def remove_relays(self) -> bool:
-        had, self.relays = self.relays is not None, None
-        if had:
-            self.events.append("relay off")
-        return had
-
-
 def make(
     identity: str = "node-a",
     store: FakeLeaseStore | None = None,
@@ -138,7 +54,7 @@ def make(
                       **cfg_kw)  # fmt: skip
     return Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
                  lease_api=FakeLeaseApi(store or FakeLeaseStore()),
-                 handover_kernel=handover or FakeHandoverKernel())  # fmt: skip
+                 handover_node=handover or FakeHandoverKernel())  # fmt: skip
 
 
 async def test_leader_programs_ipvs_holds_vip_and_reports_generations() -> None:
@@ -146,13 +62,13 @@ async def test_leader_programs_ipvs_holds_vip_and_reports_generations() -> None:
     agent = make(store=store)
     await agent.startup()
     assert agent.elector.is_leader
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
     await agent.converge()
     await agent.reconcile_vips()
     table = agent.kernel.table  # type: ignore[attr-defined]
     assert [d.address for d in table[K80].destinations] == ["10.20.0.21", "10.20.0.22"]
-    assert agent.vipman.addresses == {VIP: "front"}
+    assert agent.vips.node.addresses == {VIP: "front"}
     assert agent.ready
     await agent.elector.tick()  # the renewal carries the annotation
     assert json.loads(store.record.annotations[PROGRAMMED_ANNOTATION]) == {"demo/web": 3}
@@ -166,7 +82,7 @@ async def test_standby_programs_ipvs_but_drops_a_stale_vip_at_startup() -> None:
     kernel = FakeKernel(IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]))
     vips = FakeVips({VIP: "front", "10.10.0.11": "front"})  # a stale VIP and the node's own
     standby = make("node-b", store, kernel, vips)
-    standby._reset_vs([vs_obj()])  # the informer's first list
+    standby.watches.reset_vs([vs_obj()])  # the informer's first list
     await standby.startup()
     assert not standby.elector.is_leader
     assert vips.addresses == {"10.10.0.11": "front"}
@@ -178,9 +94,9 @@ async def test_other_ipvs_services_and_addresses_are_never_touched() -> None:
     kernel = FakeKernel(IpvsTable.of([(cluster_ip, [IpvsDestination("10.244.1.5", 53)])]))
     vips = FakeVips({"10.96.0.10": "kube-ipvs0"})
     agent = make(kernel=kernel, vips=vips, store=FakeLeaseStore())
-    agent._reset_vs([vs_obj()])
+    agent.watches.reset_vs([vs_obj()])
     await agent.startup()
-    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await agent.converge()
     await agent.reconcile_vips()
     assert cluster_ip.key in kernel.table and K80 in kernel.table
@@ -189,13 +105,13 @@ async def test_other_ipvs_services_and_addresses_are_never_touched() -> None:
 
 async def test_adopts_kernel_state_without_changes_on_restart() -> None:
     agent = make()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await agent.converge()
     restarted = make(kernel=agent.kernel)  # type: ignore[arg-type]
     await restarted.startup()
-    restarted._reset_vs([vs_obj()])
-    restarted._reset_pools([pool_obj(m("10.20.0.21"))])
+    restarted.watches.reset_vs([vs_obj()])
+    restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     before = len(agent.kernel.applied)  # type: ignore[attr-defined]
     await restarted.converge()
     assert len(restarted.kernel.applied) == before  # type: ignore[attr-defined]
@@ -203,10 +119,10 @@ async def test_adopts_kernel_state_without_changes_on_restart() -> None:
 
 async def test_removed_virtual_server_is_removed_from_the_kernel() -> None:
     agent = make()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await agent.converge()
-    agent._apply_vs("DELETED", vs_obj())
+    agent.watches.apply_vs("DELETED", vs_obj())
     await agent.converge()
     assert len(agent.kernel.table) == 0  # type: ignore[attr-defined]
 
@@ -214,32 +130,33 @@ async def test_removed_virtual_server_is_removed_from_the_kernel() -> None:
 async def test_a_retired_vip_is_cleaned_then_no_longer_owned() -> None:
     agent = make()
     await agent.startup()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await agent.converge()
     await agent.reconcile_vips()
-    agent._apply_vs("DELETED", vs_obj())
+    agent.watches.apply_vs("DELETED", vs_obj())
     await agent.converge()
     await agent.reconcile_vips()
-    agent._forget_retired_vips()
+    agent.forget_unused_vips()
     assert len(agent.kernel.table) == 0  # type: ignore[attr-defined]
-    assert agent.vipman.addresses == {}
-    assert agent.known_vips == set()
+    assert agent.vips.node.addresses == {}
+    assert agent.vips.owned == set()
     # the VIP now belongs to another group on this node: left alone
-    agent.vipman.addresses[VIP] = "front"
+    agent.vips.node.addresses[VIP] = "front"
     await agent.reconcile_vips()
-    assert agent.vipman.addresses == {VIP: "front"}
+    assert agent.vips.node.addresses == {VIP: "front"}
 
 
 async def test_quiesced_member_drains_then_leaves() -> None:
     agent = make()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
     await agent.converge()
     kernel: FakeKernel = agent.kernel  # type: ignore[assignment]
     dest_key = kernel.table[K80].destinations[1].key
     kernel.connections[(K80, dest_key)] = 1
-    agent._apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22", terminating=True)))
+    terminating = pool_obj(m("10.20.0.21"), m("10.20.0.22", terminating=True))
+    agent.watches.apply_pool("MODIFIED", terminating)
     await agent.converge()
     assert {d.address: d.weight for d in kernel.table[K80].destinations} == {
         "10.20.0.21": 1, "10.20.0.22": 0}  # fmt: skip
@@ -252,13 +169,13 @@ async def test_release_drops_vips_then_frees_the_lease() -> None:
     store = FakeLeaseStore()
     agent = make(store=store)
     await agent.startup()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj()])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj()])
     await agent.converge()
     await agent.reconcile_vips()
-    assert agent.vipman.addresses == {VIP: "front"}
+    assert agent.vips.node.addresses == {VIP: "front"}
     assert await agent.elector.release()
-    assert agent.vipman.addresses == {}  # dropped before the Lease was released
+    assert agent.vips.node.addresses == {}  # dropped before the Lease was released
     assert store.record.holder == ""
 
 
@@ -269,11 +186,11 @@ async def test_takeover_adds_the_vips_before_any_dump() -> None:
     vips = FakeVips()
     standby = make("node-b", store, vips=vips)
     await standby.startup()
-    standby._reset_vs([vs_obj()])
-    standby._reset_pools([pool_obj()])
+    standby.watches.reset_vs([vs_obj()])
+    standby.watches.reset_pools([pool_obj()])
     await standby.converge()
     await standby.reconcile_vips()
-    assert vips.addresses == {} and standby.placements == {VIP: "front"}
+    assert vips.addresses == {} and standby.vips.placements == {VIP: "front"}
     await leader.elector.release()
     await standby.elector.tick()
     assert standby.elector.is_leader
@@ -294,16 +211,16 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
     new = make("node-b", store, vips=new_vips, handover=new_hk)
     for agent in (old, new):
         await agent.startup()
-        agent._reset_vs([vs_obj()])
-        agent._reset_pools([pool_obj(m("10.20.0.21"))])
+        agent.watches.reset_vs([vs_obj()])
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
         await agent.converge()
         await agent.reconcile_vips()
     assert old.elector.is_leader and old_vips.addresses == {VIP: "front"}
     dest = old_kernel.table[K80].destinations[0].key
     old_kernel.connections[(K80, dest)] = 1  # one connection in flight
 
-    await old._retire_vips()
-    assert old_vips.addresses == {VIP: "lo"} and old.retired == {VIP: "front"}
+    await old.handover.retire()
+    assert old_vips.addresses == {VIP: "lo"} and old.vips.retired == {VIP: "front"}
     assert old_hk.sysctls == {"arp_ignore": "1", "arp_announce": "2"}
     assert await old.elector.release()
     note = Handover.from_annotation(store.record.annotations[HANDOVER_ANNOTATION])
@@ -318,12 +235,12 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
     assert store.record.annotations[HANDOVER_ANNOTATION] == "" or new.elector._annotations[
         HANDOVER_ANNOTATION] == ""  # fmt: skip
 
-    drain = asyncio.create_task(old._drain_retired())
+    drain = asyncio.create_task(old.handover.drain())
     await asyncio.sleep(0.3)
     assert not drain.done() and old_vips.addresses == {VIP: "lo"}  # still serving it
     old_kernel.connections[(K80, dest)] = 0
     await asyncio.wait_for(drain, 3)
-    assert old_vips.addresses == {} and old.retired == {}
+    assert old_vips.addresses == {} and old.vips.retired == {}
     assert old_hk.sysctls == {"arp_ignore": "0", "arp_announce": "0"}  # restored
 
 
@@ -332,8 +249,8 @@ async def test_a_stale_or_own_handover_note_starts_no_relay() -> None:
     hk = FakeHandoverKernel()
     agent = make("node-b", store, handover=hk)
     await agent.startup()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj()])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj()])
     await agent.converge()
     await agent.reconcile_vips()
     await agent.elector.release()
@@ -350,34 +267,6 @@ async def test_a_stale_or_own_handover_note_starts_no_relay() -> None:
         await agent.elector.release()
 
 
-def test_flags_mirror_the_environment() -> None:
-    env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "gabc",
-           "LVS_LEASE_DURATION_SECONDS": "3", "LVS_HEALTH_PORT": "19641"}  # fmt: skip
-    cfg = parse_args([], env)
-    assert (cfg.node_name, cfg.namespace, cfg.group) == ("n1", "lvs-system", "gabc")
-    assert cfg.lease_name == "lvs-director-gabc"
-    assert cfg.lease_duration == 3 and cfg.health_port == 19641 and cfg.metrics_port == 9642
-    cfg = parse_args(["--node-name", "n2", "--lease-name", "x"], env)
-    assert cfg.node_name == "n2" and cfg.lease_name == "x"
-
-
-def test_missing_identity_says_the_fix(capsys) -> None:
-    with pytest.raises(SystemExit):
-        parse_args([], {})
-    err = capsys.readouterr().err
-    assert "NODE_NAME" in err and "downward API" in err
-
-
-def test_json_logs_carry_the_objects() -> None:
-    import logging
-
-    record = logging.LogRecord("lvs_operator.director.agent", logging.INFO, "", 0, "VIP added",
-                               (), None)  # fmt: skip
-    record.vip = VIP
-    out = json.loads(JsonFormatter().format(record))
-    assert out["msg"] == "VIP added" and out["vip"] == VIP and out["level"] == "info"
-
-
 async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
     """Published on the Lease (written when leading): where the standby probes."""
     from types import SimpleNamespace
@@ -386,10 +275,10 @@ async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
 
     store = FakeLeaseStore()
     agent = make("node-a", store, handover=FakeHandoverKernel("10.10.0.11"))
-    agent.peer_responder = SimpleNamespace(address=("0.0.0.0", 9643))  # type: ignore[assignment]
+    agent.heartbeat.responder = SimpleNamespace(address=("0.0.0.0", 9643))  # type: ignore[assignment]
     await agent.startup()
-    agent._reset_vs([vs_obj()])
-    agent._reset_pools([pool_obj()])
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj()])
     await agent.converge()
     await agent.reconcile_vips()
     await agent.elector.tick()

@@ -17,7 +17,7 @@ def test_attributes_round_trip_with_padding() -> None:
 def test_the_agent_imports_no_heavy_client() -> None:
     code = (
         "import sys\n"
-        "import lvs_operator.director.agent as a\n"
+        "import lvs_operator.director.main as a\n"
         "import lvs_operator.director.kernel, lvs_operator.director.vip\n"
         "a.warm_up()\n"
         "print(sorted(m for m in ('pyroute2', 'kopf', 'kubernetes', 'kubernetes_asyncio')"

@@ -1,0 +1,62 @@
+"""The agent's configuration: one typed value, built from flags and ``LVS_*`` variables
+(main.py) and read by every part of the agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import handover as handover_mod
+from . import peer as peer_mod
+from .election import (
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_RENEW_DEADLINE,
+    DEFAULT_RETRY_PERIOD,
+    ElectionConfig,
+)
+
+DEFAULT_HEALTH_PORT = 9641
+DEFAULT_METRICS_PORT = 9642
+DEFAULT_VIP_REFRESH = 10.0
+DEFAULT_RESYNC = 30.0
+DEFAULT_ANNOUNCE_COUNT = 3
+DEFAULT_STARTUP_GRACE = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    namespace: str
+    group: str
+    lease_name: str
+    pod_name: str = ""
+    health_port: int = DEFAULT_HEALTH_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    lease_duration: int = DEFAULT_LEASE_DURATION
+    renew_deadline: float = DEFAULT_RENEW_DEADLINE
+    retry_period: float = DEFAULT_RETRY_PERIOD
+    vip_refresh: float = DEFAULT_VIP_REFRESH  # 0: no periodic re-announcement
+    announce_count: int = DEFAULT_ANNOUNCE_COUNT
+    announce_interval: float = 0.2
+    resync: float = DEFAULT_RESYNC
+    masquerade_snat: bool = True
+    startup_grace: float = DEFAULT_STARTUP_GRACE  # first election step; then stale VIPs go
+    startup_sync: float = 30.0  # a standby waits this long for its lists before electing
+    handover_drain: float = handover_mod.DEFAULT_DRAIN  # 0: no relay on a planned handover
+    peer_port: int = peer_mod.DEFAULT_PEER_PORT  # UDP heartbeat between directors (0: off)
+    peer_interval: float = peer_mod.DEFAULT_PEER_INTERVAL
+    peer_timeout: float = peer_mod.DEFAULT_PEER_TIMEOUT
+    peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
+    kubeconfig: str | None = None
+    log_level: str = "INFO"
+
+    def election(self) -> ElectionConfig:
+        return ElectionConfig(
+            identity=self.node_name,
+            lease_duration=self.lease_duration,
+            renew_deadline=self.renew_deadline,
+            retry_period=self.retry_period,
+        )
+
+    @property
+    def lease_ref(self) -> str:
+        return f"{self.namespace}/{self.lease_name}"

@@ -1,0 +1,67 @@
+"""The agent's HTTP endpoints: ``/healthz`` and ``/readyz`` on ``LVS_HEALTH_PORT``,
+``/metrics`` on ``LVS_METRICS_PORT`` (0: that port off).
+
+A tiny HTTP/1.0 GET server: no web framework in the agent's memory budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+Response = tuple[int, bytes, str]  # status, body, content type
+Route = Callable[[], Response]
+
+TEXT = "text/plain"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable", 400: "Bad Request"}
+
+
+def handler(
+    routes: Mapping[str, Route],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            parts = line.decode("latin-1").split()
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            if len(parts) < 2:
+                status, body, ctype = 400, b"bad request\n", TEXT
+            else:
+                route = routes.get(parts[1].split("?", 1)[0])
+                status, body, ctype = route() if route else (404, b"not found\n", TEXT)
+            head = (
+                f"HTTP/1.0 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def serve(
+    health_port: int, metrics_port: int, ready: Callable[[], bool], metrics: Callable[[], bytes]
+) -> list[asyncio.Server]:
+    """Start the endpoints; both on one port when the ports are equal."""
+
+    def readyz() -> Response:
+        if ready():
+            return 200, b"ok\n", TEXT
+        return 503, b"not ready: waiting for the initial lists and the first converge\n", TEXT
+
+    routes: dict[int, dict[str, Route]] = {}
+    if health_port:
+        routes.setdefault(health_port, {}).update(
+            {"/healthz": lambda: (200, b"ok\n", TEXT), "/readyz": readyz}
+        )
+    if metrics_port:
+        routes.setdefault(metrics_port, {})["/metrics"] = lambda: (200, metrics(), PROMETHEUS)
+    return [
+        await asyncio.start_server(handler(table), None, port) for port, table in routes.items()
+    ]

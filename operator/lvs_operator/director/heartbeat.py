@@ -1,0 +1,110 @@
+"""The agent's side of the peer heartbeat (peer.py): answer probes, probe the holder, and
+publish on the Lease where this director answers.
+
+The standby probes the holder at the address the holder published on the Lease, and takes
+the Lease when it stops answering, before the Lease expires.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from . import peer as peer_mod
+from .election import Elector
+from .metrics import Metrics
+from .vip_owner import first_vip
+
+log = logging.getLogger("lvs_operator.director.heartbeat")
+
+# (interface, IP version, addresses to skip) -> this node's address there
+NodeAddress = Callable[[str, int, list[str]], Awaitable[str | None]]
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        identity: str,
+        port: int,
+        interval: float,
+        timeout: float,
+        address: str,
+        elector: Elector,
+        metrics: Metrics,
+        node_address: NodeAddress,
+    ) -> None:
+        self.identity = identity
+        self.port = port  # 0: off
+        self.address = address  # --peer-address; "": this node's on the first VIP's link
+        self.elector = elector
+        self.node_address = node_address
+        self.monitor: peer_mod.HeartbeatMonitor | None = None
+        self.responder: peer_mod.HeartbeatResponder | None = None
+        self._published = ""
+        if not port:
+            return
+        monitor = peer_mod.HeartbeatMonitor(elector.wake, interval=interval, timeout=timeout)
+        self.monitor = monitor
+        elector.holder_unreachable = monitor.unreachable
+        elector.on_record = lambda record: monitor.follow(
+            record.holder, record.annotations, identity
+        )
+        health = monitor.health
+
+        def reply_age() -> float:
+            if not health.holder or health.last_ok is None:
+                return float("nan")
+            return health.lost_for(time.monotonic())
+
+        metrics.peer_reply_age.set_function(reply_age)
+        metrics.peer_armed.set_function(lambda: 1.0 if health.armed else 0.0)
+
+    async def publish(self, placements: Mapping[str, str], exclude: list[str]) -> None:
+        """Put where this director answers heartbeats in its Lease annotations (written when
+        it leads): --peer-address, else its address on the interface of the group's first
+        VIP, the link the VIP moves over."""
+        if self.responder is None or self.responder.address is None:
+            return
+        address = self.address
+        first = first_vip(placements)
+        if not address and first is not None:
+            vip, ifname = first
+            version = ipaddress.ip_address(vip).version
+            address = await self.node_address(ifname, version, exclude) or ""
+        if not address or address == self._published:
+            return
+        port = self.responder.address[1]
+        self.elector.set_annotation(
+            peer_mod.HEARTBEAT_ANNOTATION, peer_mod.format_address((address, port))
+        )
+        self._published = address
+        log.info("heartbeat address published", extra={"address": address, "port": port})
+
+    async def start(self) -> None:
+        if not self.port:
+            return
+        host = "::" if self.address and ":" in self.address else "0.0.0.0"
+        responder = peer_mod.HeartbeatResponder(
+            self.identity, lambda: self.elector.serving, host=host, port=self.port
+        )
+        try:
+            await responder.start()
+        except OSError as exc:
+            log.error(
+                "cannot listen for peer heartbeats on UDP port %s: %s; failover waits for the "
+                "Lease to expire (free the port, or set --peer-port)",
+                self.port,
+                exc,
+            )
+            return
+        self.responder = responder
+        if self.monitor is not None:
+            await self.monitor.start()
+
+    async def close(self) -> None:
+        if self.responder is not None:
+            self.responder.close()
+        if self.monitor is not None:
+            await self.monitor.close()

@@ -1,0 +1,212 @@
+"""``lvs-operator director``: flags (each defaulting to an ``LVS_*`` or downward-API
+variable), logging, the kernel and the API client, then the agent (agent.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from lvs_operator.api.directorgroup import lease_name
+
+from . import handover as handover_mod
+from . import peer as peer_mod
+from .agent import Agent
+from .config import (
+    DEFAULT_ANNOUNCE_COUNT,
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_RESYNC,
+    DEFAULT_STARTUP_GRACE,
+    DEFAULT_VIP_REFRESH,
+    AgentConfig,
+)
+from .election import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
+from .ipvs_sync import Kernel
+from .lanes import Lane
+from .logs import setup_logging
+from .vip_owner import VipNode
+from .watches import KubeClient, resources
+
+log = logging.getLogger("lvs_operator.director.main")
+
+
+def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentConfig:
+    env = os.environ if env is None else env
+    p = argparse.ArgumentParser(
+        prog="lvs-operator director",
+        description="Director agent: programs IPVS for its director group and, when it holds "
+        "the group's Lease, owns the VIPs. Every option defaults to the environment variable "
+        "named in its help.",
+    )
+
+    def option(flag: str, var: str, default: Any = None, help: str = "", **kw: Any) -> None:
+        # an empty variable counts as unset
+        value = env.get(var) or default
+        if "type" in kw and value is not None:
+            value = kw["type"](value)
+        p.add_argument(flag, default=value, help=f"{var}{': ' + help if help else ''}", **kw)
+
+    option("--node-name", "NODE_NAME", help="identity")
+    option("--pod-name", "POD_NAME", "")
+    option("--namespace", "POD_NAMESPACE", help="the Lease's")
+    option("--group", "LVS_DIRECTOR_GROUP")
+    option("--lease-name", "LVS_LEASE_NAME")
+    option("--health-port", "LVS_HEALTH_PORT", DEFAULT_HEALTH_PORT, "/healthz, /readyz (0: off)",
+           type=int)  # fmt: skip
+    option("--metrics-port", "LVS_METRICS_PORT", DEFAULT_METRICS_PORT, "/metrics (0: off)",
+           type=int)  # fmt: skip
+    option("--lease-duration", "LVS_LEASE_DURATION_SECONDS", DEFAULT_LEASE_DURATION,
+           "integer >= 1", type=int)  # fmt: skip
+    option("--renew-deadline", "LVS_RENEW_DEADLINE_SECONDS", DEFAULT_RENEW_DEADLINE,
+           "< lease duration", type=float)  # fmt: skip
+    option("--retry-period", "LVS_RETRY_PERIOD_SECONDS", DEFAULT_RETRY_PERIOD,
+           "< renew deadline", type=float)  # fmt: skip
+    option("--vip-refresh-interval", "LVS_VIP_REFRESH_SECONDS", DEFAULT_VIP_REFRESH,
+           "re-check and re-announce held VIPs (0: off)", type=float)  # fmt: skip
+    option("--announce-count", "LVS_ANNOUNCE_COUNT", DEFAULT_ANNOUNCE_COUNT,
+           "gratuitous ARPs / NAs sent on takeover", type=int)  # fmt: skip
+    option("--resync-interval", "LVS_RESYNC_SECONDS", DEFAULT_RESYNC,
+           "re-read the kernel and repair drift", type=float)  # fmt: skip
+    p.add_argument(
+        "--no-masquerade-snat",
+        action="store_true",
+        default=(env.get("LVS_MASQUERADE_SNAT") or "true").lower() in ("0", "false", "no"),
+        help="LVS_MASQUERADE_SNAT=false: no nftables masquerade for masquerade-mode services "
+        "(the real servers route back through the director)",
+    )
+    option("--startup-grace", "LVS_STARTUP_GRACE_SECONDS", DEFAULT_STARTUP_GRACE,
+           "bound of the first election step at start-up; a restarted agent that is not the "
+           "holder after it drops any stale VIP", type=float)  # fmt: skip
+    option("--handover-drain", "LVS_HANDOVER_DRAIN_SECONDS", handover_mod.DEFAULT_DRAIN,
+           "on SIGTERM the leader keeps serving its connections in flight, relayed by the new "
+           "leader, for at most this long (0: drop the VIPs at once); keep it below the pod's "
+           "terminationGracePeriodSeconds", type=float)  # fmt: skip
+    option("--peer-port", "LVS_PEER_PORT", peer_mod.DEFAULT_PEER_PORT,
+           "UDP port of the heartbeat between the directors of a group; a standby takes the "
+           "Lease when the leader stops answering, before the Lease expires (0: off, failover "
+           "at Lease expiry)", type=int)  # fmt: skip
+    option("--peer-interval", "LVS_PEER_INTERVAL_SECONDS", peer_mod.DEFAULT_PEER_INTERVAL,
+           "heartbeat probe interval", type=float)  # fmt: skip
+    option("--peer-timeout", "LVS_PEER_TIMEOUT_SECONDS", peer_mod.DEFAULT_PEER_TIMEOUT,
+           "silence after which a standby takes over", type=float)  # fmt: skip
+    option("--peer-address", "LVS_PEER_ADDRESS", "",
+           "the address the other directors probe (default: this node's address on the "
+           "interface of the group's first VIP)")  # fmt: skip
+    option("--kubeconfig", "KUBECONFIG")
+    option("--log-level", "LVS_LOG_LEVEL", "INFO")
+    a = p.parse_args(argv)
+    missing = [
+        f"{flag} ({var})"
+        for flag, var, value in (
+            ("--node-name", "NODE_NAME", a.node_name),
+            ("--namespace", "POD_NAMESPACE", a.namespace),
+            ("--group", "LVS_DIRECTOR_GROUP", a.group),
+        )
+        if not value
+    ]
+    if missing:
+        p.error("missing " + ", ".join(missing) + ": the DaemonSet sets them from the downward API")
+    cfg = AgentConfig(
+        node_name=a.node_name,
+        pod_name=a.pod_name,
+        namespace=a.namespace,
+        group=a.group,
+        lease_name=a.lease_name or lease_name(a.group),
+        health_port=a.health_port,
+        metrics_port=a.metrics_port,
+        lease_duration=a.lease_duration,
+        renew_deadline=a.renew_deadline,
+        retry_period=a.retry_period,
+        vip_refresh=a.vip_refresh_interval,
+        announce_count=a.announce_count,
+        resync=a.resync_interval,
+        masquerade_snat=not a.no_masquerade_snat,
+        startup_grace=a.startup_grace,
+        handover_drain=max(0.0, a.handover_drain),
+        peer_port=a.peer_port,
+        peer_interval=a.peer_interval,
+        peer_timeout=a.peer_timeout,
+        peer_address=a.peer_address,
+        kubeconfig=a.kubeconfig,
+        log_level=a.log_level,
+    )
+    try:
+        cfg.election()
+        if cfg.peer_address:
+            ipaddress.ip_address(cfg.peer_address)
+    except ValueError as exc:
+        p.error(str(exc))
+    if cfg.peer_port and not 0 < cfg.peer_interval < cfg.peer_timeout:
+        p.error(
+            f"--peer-interval ({cfg.peer_interval}s) must be > 0 and shorter than "
+            f"--peer-timeout ({cfg.peer_timeout}s)"
+        )
+    return cfg
+
+
+def kube_client(cfg: AgentConfig) -> KubeClient:
+    from lightkube import AsyncClient, KubeConfig
+
+    config = KubeConfig.from_file(cfg.kubeconfig) if cfg.kubeconfig else KubeConfig.from_env()
+    client: KubeClient = AsyncClient(config, field_manager="lvs-director")
+    return client
+
+
+def warm_up() -> None:
+    """Import and exercise the API models before the event loop runs: the first decode of a
+    type builds its decoder (seconds under emulation), which would otherwise stall the first
+    Lease renewals."""
+    from lightkube.resources.coordination_v1 import Lease
+
+    meta = {"name": "warm-up", "namespace": "default", "resourceVersion": "1"}
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+             "spec": {"holderIdentity": "x", "leaseDurationSeconds": 2, "leaseTransitions": 0,
+                      "renewTime": "2026-01-01T00:00:00.000000Z",
+                      "acquireTime": "2026-01-01T00:00:00.000000Z"}}  # fmt: skip
+    Lease.from_dict(lease).to_dict()
+    for kind, res in resources().items():
+        res.from_dict({"apiVersion": "lvs.io/v1alpha1", "kind": kind, "metadata": meta,
+                       "spec": {}, "status": {}}).to_dict()  # fmt: skip
+
+
+def _open_kernel() -> Kernel:
+    from .kernel import IpvsKernel
+
+    return IpvsKernel()
+
+
+def run(argv: list[str]) -> int:
+    cfg = parse_args(argv)
+    setup_logging(cfg.log_level)
+    netlink, vip_lane = Lane("ipvs"), Lane("vip")
+    warm_up()
+
+    def open_vips() -> VipNode:
+        from .vip import VipManager
+
+        return VipManager(
+            announce_count=cfg.announce_count, announce_interval=cfg.announce_interval
+        )
+
+    try:  # each socket opened on the thread that uses it
+        kernel = netlink.call(_open_kernel)
+        vips = vip_lane.call(open_vips)
+    except Exception as exc:
+        log.error("cannot open the kernel's IPVS or rtnetlink: %s (the agent needs root or "
+                  "CAP_NET_ADMIN, and the ip_vs module)", exc)  # fmt: skip
+        return 1
+
+    async def main() -> int:
+        agent = Agent(cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane)
+        return await agent.run()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0

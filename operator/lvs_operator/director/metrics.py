@@ -1,0 +1,66 @@
+"""The agent's Prometheus metrics (``/metrics`` on ``LVS_METRICS_PORT``), labelled by group."""
+
+from __future__ import annotations
+
+
+class Metrics:
+    def __init__(self, group: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = {"group": group}
+        self.leader = Gauge(
+            "lvs_director_leader", "1 if this director holds the group's Lease", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.services = Gauge(
+            "lvs_director_ipvs_services", "IPVS services programmed for the group", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.destinations = Gauge(
+            "lvs_director_ipvs_destinations", "IPVS destinations programmed", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.quiesced = Gauge(
+            "lvs_director_quiesced_destinations", "destinations at weight 0 draining",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.vips = Gauge(
+            "lvs_director_vips", "VIPs held on this node", ["group"], registry=self.registry
+        ).labels(**labels)
+        self.converge_seconds = Histogram(
+            "lvs_director_converge_seconds", "time to read, diff and apply the IPVS table",
+            ["group"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        ).labels(**labels)  # fmt: skip
+        self.converge_errors = Counter(
+            "lvs_director_converge_errors", "failed converges", ["group"], registry=self.registry
+        ).labels(**labels)
+        self.changes = Counter(
+            "lvs_director_ipvs_changes", "IPVS operations applied", ["group", "op"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.transitions = Counter(
+            "lvs_director_election_transitions", "leader/standby transitions", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.peer_reply_age = Gauge(
+            "lvs_director_peer_reply_age_seconds",
+            "standby: seconds since the leader last answered a heartbeat (NaN: not probing)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.peer_armed = Gauge(
+            "lvs_director_peer_armed",
+            "standby: 1 if a silent leader would be taken over at once (steady answers seen)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.handover_relays = Counter(
+            "lvs_director_handover_relays", "planned handovers whose connections in flight "
+            "this director relayed to the old leader", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.group = group
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.registry))

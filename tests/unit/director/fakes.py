@@ -1,0 +1,104 @@
+"""Fakes of the agent's collaborators: the kernel, the node's VIPs, the handover's node side.
+
+Each implements its ``typing.Protocol``; mypy checks that (``conforming`` below, and the
+``files`` of ``[tool.mypy]``), so a fake cannot drift from what the agent calls.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from lvs_operator.director.handover import HandoverNode, Relay
+from lvs_operator.director.ipvs_sync import Connections, Kernel
+from lvs_operator.director.table import (
+    Change,
+    DestKey,
+    IpvsTable,
+    ServiceKey,
+    apply_to_table,
+)
+from lvs_operator.director.vip import Route
+from lvs_operator.director.vip_owner import Announcement, Link, VipNode
+
+
+class FakeKernel:
+    def __init__(self, table: IpvsTable | None = None) -> None:
+        self.table = table or IpvsTable.of([])
+        self.connections: dict[tuple[ServiceKey, DestKey], int] = {}
+        self.applied: list[Change] = []
+        self.prepared: list[bool] = []
+
+    def read(self) -> tuple[IpvsTable, Connections]:
+        return self.table, dict(self.connections)
+
+    def apply(self, changes: list[Change]) -> None:
+        self.table = apply_to_table(self.table, changes)
+        self.applied += changes
+
+    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
+        self.prepared.append(masquerade_snat)
+
+
+class FakeVips:
+    def __init__(self, present: dict[str, str] | None = None) -> None:
+        self.addresses = dict(present or {})
+        self.announced: list[tuple[str, str, int | None]] = []
+
+    def routes(self) -> list[Route]:
+        return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
+
+    def present(self) -> dict[str, str]:
+        return dict(self.addresses)
+
+    def add(self, vip: str, ifname: str) -> bool:
+        self.addresses[vip] = ifname
+        return True
+
+    def remove(self, vip: str, ifname: str) -> bool:
+        if self.addresses.get(vip) != ifname:  # one interface per VIP here: the last added
+            return False
+        return self.addresses.pop(vip, None) is not None
+
+    def link_info(self, ifname: str) -> Link | None:
+        return (2, "02:00:00:00:00:0b")
+
+    def send_many(self, items: list[Announcement], count: int | None) -> None:
+        self.announced += [(vip, ifname, count) for vip, ifname, _ in items]
+
+
+class FakeHandoverKernel:
+    """Records the node side of a handover (handover.py's HandoverKernel)."""
+
+    def __init__(self, address: str = "10.10.0.11") -> None:
+        self.address = address
+        self.relays: list[Relay] | None = None
+        self.sysctls: dict[str, str] = {}
+        self.events: list[str] = []
+
+    def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
+        return self.address
+
+    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
+        self.events.append(f"arp {ifname}")
+        self.sysctls = {"arp_ignore": "1", "arp_announce": "2"}
+        return {"arp_ignore": "0", "arp_announce": "0"}
+
+    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
+        self.events.append(f"restore {ifname}")
+        self.sysctls = dict(previous)
+
+    def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
+        self.events.append("relay on")
+        self.relays = relays
+
+    def remove_relays(self) -> bool:
+        had, self.relays = self.relays is not None, None
+        if had:
+            self.events.append("relay off")
+        return had
+
+
+def conforming() -> tuple[Kernel, VipNode, HandoverNode]:
+    """Never called: mypy rejects it if a fake no longer implements its Protocol."""
+    return FakeKernel(), FakeVips(), FakeHandoverKernel()
