@@ -198,10 +198,10 @@ def teardown() -> None:
 def prepare_keepalived_node(ns: str, vip: str, pods: list[str]) -> dict[str, Any]:
     """For bench/e2e_failover.py: what a keepalived director needs besides keepalived, made
     the way the agent makes it (sysctls, nftables SNAT for masquerade)."""
-    from lvs_operator.director import ipvs as ipvs_mod
+    from lvs_operator.director.kernel import nft, sysctl
 
-    changed = ipvs_mod.ensure_sysctls(netns=ns)
-    ipvs_mod.ensure_masquerade_snat([vip], pods, netns=ns)
+    changed = sysctl.ensure_sysctls(netns=ns)
+    nft.ensure_masquerade_snat([vip], pods, netns=ns)
     return {"sysctls": {k: list(v) for k, v in changed.items()}}
 
 
@@ -242,7 +242,7 @@ def _announced(ns: str, vip: str) -> bool:
     """Whether ``vip`` is on an interface other than lo in ``ns``: during a planned handover
     the old director keeps the VIP on lo to serve its connections in flight (relayed to it by
     the new one) but no longer answers ARP for it; that is not holding it."""
-    from lvs_operator.director.rtnl import Rtnl
+    from lvs_operator.director.kernel.addresses import Rtnl
 
     try:
         with t.in_netns(ns):

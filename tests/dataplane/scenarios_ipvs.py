@@ -1,7 +1,7 @@
-"""Guest side of test_ipvs_kernel.py: director/ipvs.py against the VM's real IPVS.
+"""Guest side of test_ipvs_kernel.py: director/kernel/ipvs.py against the VM's real IPVS.
 
 Each function runs in the guest's root namespace and drives a director namespace through the
-``netns`` arguments of lvs_operator.director.ipvs, so the netns support is exercised too.
+``netns`` arguments of lvs_operator.director.kernel, so the netns support is exercised too.
 Functions return plain data; the host-side tests assert on it.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.dataplane import pyroute2_ipvs as oracle
 from tests.dataplane import topology as t
 
-from lvs_operator.director import ipvs
+from lvs_operator.director.kernel import ipvs, nft, sysctl
 from lvs_operator.director.table import (
     Change,
     Forwarding,
@@ -53,8 +54,8 @@ def table_roundtrip(backend: str = "netlink") -> dict[str, Any]:
     d = topo.directors[0]
     out: dict[str, Any] = {"steps": {}}
     t.sysctl(d, "net.ipv4.vs.conntrack", 0)  # as on a fresh node (other tests set it)
-    out["sysctls_first"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
-    out["sysctls_again"] = ipvs.ensure_sysctls(netns=d, ipv6=True)
+    out["sysctls_first"] = sysctl.ensure_sysctls(netns=d, ipv6=True)
+    out["sysctls_again"] = sysctl.ensure_sysctls(netns=d, ipv6=True)
 
     t.ipvsadm(d, "-A", "-t", "192.0.2.1:80", "-s", "wlc")
     t.ipvsadm(d, "-a", "-t", "192.0.2.1:80", "-r", "192.0.2.9:80", "-m", "-w", "7")
@@ -81,19 +82,18 @@ def table_roundtrip(backend: str = "netlink") -> dict[str, Any]:
 
     def step(name: str, want: IpvsTable) -> None:
         t0 = time.monotonic()
-        changes = ipvs.converge(want, owned, netns=d, backend=backend)
+        changes = oracle.converge(want, owned, d, backend)
         seconds = time.monotonic() - t0
-        actual = ipvs.read_table(netns=d, backend=backend)
+        actual = oracle.read_table(d, backend)
         out["steps"][name] = {
             "ops": _ops(changes),
             "seconds": round(seconds, 3),
             "equal": actual.only(owned) == want,
             "foreign_kept": any(k.address == "192.0.2.1" for k in actual),
             "actual": actual.only(owned).describe(),
-            "again": _ops(ipvs.converge(want, owned, netns=d, backend=backend)),
+            "again": _ops(oracle.converge(want, owned, d, backend)),
             # the two backends read the same table
-            "backends_agree": ipvs.read_table(netns=d, backend="pyroute2")
-            == ipvs.read_table(netns=d, backend="netlink"),
+            "backends_agree": oracle.read_table(d, "pyroute2") == oracle.read_table(d, "netlink"),
         }
 
     step("initial", desired)
@@ -133,12 +133,12 @@ def _setup_masquerade(weights: tuple[int, int, int] = (1, 1, 1), scheduler: str 
     """dir-a serves the VIP with masquerade + SNAT; real servers route via the router."""
     topo = t.default_topology()
     d = topo.directors[0]
-    ipvs.ensure_sysctls(netns=d)
+    sysctl.ensure_sysctls(netns=d)
     t.add_vip(d, topo.vip)
     desired = IpvsTable.of([_web(scheduler, weights, persistence, netmask)])
     ipvs.converge(desired, owned_by_addresses([topo.vip]), netns=d)
-    vips, dests = ipvs.masquerade_targets(desired)
-    ipvs.ensure_masquerade_snat(vips, dests, netns=d)
+    vips, dests = nft.masquerade_targets(desired)
+    nft.ensure_masquerade_snat(vips, dests, netns=d)
     return d
 
 
@@ -148,8 +148,8 @@ def traffic_masquerade() -> dict[str, Any]:
     t.reset(topo)
     d = _setup_masquerade()
     out: dict[str, Any] = {}
-    out["snat_again_changed"] = ipvs.ensure_masquerade_snat(
-        *ipvs.masquerade_targets(ipvs.read_table(netns=d)), netns=d
+    out["snat_again_changed"] = nft.ensure_masquerade_snat(
+        *nft.masquerade_targets(ipvs.read_table(netns=d)), netns=d
     )
     out["rr"] = t.count_answers(topo.client, topo.vip, 80, n=30)
     conn = t.NsHTTPConnection(topo.client, topo.vip, 80)
@@ -159,8 +159,8 @@ def traffic_masquerade() -> dict[str, Any]:
                             owned_by_addresses([topo.vip]), netns=d)  # fmt: skip
     out["wrr_ops"] = _ops(changes)
     out["wrr"] = t.count_answers(topo.client, topo.vip, 80, n=60)
-    out["nft"] = t.nsexec(d, "nft", "list", "table", "inet", ipvs.NFT_TABLE)
-    out["snat_removed"] = ipvs.remove_masquerade_snat(netns=d)
+    out["nft"] = t.nsexec(d, "nft", "list", "table", "inet", nft.NFT_TABLE)
+    out["snat_removed"] = nft.remove_masquerade_snat(netns=d)
     out["without_snat"] = t.count_answers(topo.client, topo.vip, 80, n=3, timeout=1.0)
     t.reset(topo)
     return out
@@ -239,7 +239,7 @@ def bench_converge(services: int = 100, dests: int = 10, backend: str = "netlink
     )  # fmt: skip
     owned = owned_by_addresses(k.address for k in desired)
     res: dict[str, Any] = {"backend": backend, "services": services, "dests": dests}
-    with ipvs.IpvsKernel(d, backend) as k:
+    with oracle.open_ipvs(d, backend) as k:
         t0 = time.monotonic()
         res["cold_changes"] = len(k.converge(desired, owned))
         res["cold_seconds"] = round(time.monotonic() - t0, 2)
@@ -268,7 +268,7 @@ def ack_overflow() -> dict[str, Any]:
     kernel's actual state."""
     import socket as socket_mod
 
-    from lvs_operator.director import ipvs_netlink as nl
+    from lvs_operator.director.kernel import ipvs_netlink as nl
 
     topo = t.default_topology()
     d = topo.directors[1]

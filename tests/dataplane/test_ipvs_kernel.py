@@ -1,4 +1,4 @@
-"""director/ipvs.py on a real IPVS kernel (in the VM): converge, minimal edits, foreign
+"""director/kernel/ipvs.py on a real IPVS kernel (in the VM): converge, minimal edits, foreign
 services untouched, and real HTTP traffic through masquerade + nftables SNAT."""
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ DEFAULT_PRELOAD = (
     "pyroute2",
     "pyroute2.ipvs",
     "tests.dataplane.topology",
-    "lvs_operator.director.ipvs",
+    "lvs_operator.director.kernel.ipvs",
     "tests.dataplane.scenarios_ipvs",
 )
 

@@ -38,8 +38,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from .kernel import addresses, nft, sysctl
 
 if TYPE_CHECKING:
     from .election import Elector
@@ -178,58 +179,7 @@ def render_relay_table(relays: Iterable[Relay], seen_timeout: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_relays(relays: list[Relay], seen_timeout: float, netns: str | None = None) -> None:
-    """Replace the relay table in one nft transaction."""
-    from .ipvs import _nft
-
-    script = f"table netdev {RELAY_TABLE} {{}}\ndelete table netdev {RELAY_TABLE}\n"
-    script += render_relay_table(relays, seen_timeout)
-    _nft(["-f", "-"], netns, input=script)
-
-
-def remove_relays(netns: str | None = None) -> bool:
-    """Delete the relay table; False if there was none."""
-    from .ipvs import IpvsError, _nft
-
-    try:
-        _nft(["list", "table", "netdev", RELAY_TABLE], netns)
-    except IpvsError:
-        return False
-    _nft(["delete", "table", "netdev", RELAY_TABLE], netns)
-    return True
-
-
 # -- the old leader's side ------------------------------------------------------------------------
-
-
-def set_arp_sysctls(ifname: str, root: Path = Path("/proc/sys")) -> dict[str, str]:
-    """Set ``ARP_SYSCTLS`` on ``ifname``; returns the previous values (to restore)."""
-    previous: dict[str, str] = {}
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in ARP_SYSCTLS.items():
-        path = base / key
-        try:
-            previous[key] = path.read_text().strip()
-            if previous[key] != value:
-                path.write_text(value)
-        except OSError as exc:
-            log.warning(
-                "cannot set %s: %s; the old leader may answer ARP for the VIP during the handover",
-                path,
-                exc,
-            )
-    return previous
-
-
-def restore_sysctls(
-    ifname: str, previous: Mapping[str, str], root: Path = Path("/proc/sys")
-) -> None:
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in previous.items():
-        try:
-            (base / key).write_text(value)
-        except OSError as exc:
-            log.warning("cannot restore %s: %s", base / key, exc)
 
 
 @dataclass
@@ -261,42 +211,19 @@ class HandoverKernel:
         self.netns = netns
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
-        """This node's address on ``ifname`` of IP ``version``: not a VIP (``exclude``),
-        not link-local; a subnet address before a host (/32, /128) one."""
-        from .rtnl import Rtnl, index_of
-
-        index = index_of(ifname)
-        if index is None:
-            return None
-        skip = {str(ipaddress.ip_address(a)) for a in exclude}
-        rt = Rtnl()
-        try:
-            entries = rt.addresses()
-        finally:
-            rt.close()
-        best: tuple[bool, str] | None = None
-        for entry in entries:
-            ip = ipaddress.ip_address(entry.address)
-            if entry.index != index or ip.version != version or str(ip) in skip:
-                continue
-            if ip.is_link_local or ip.is_loopback:
-                continue
-            host = entry.prefixlen == ip.max_prefixlen
-            if best is None or (best[0] and not host):
-                best = (host, str(ip))
-        return None if best is None else best[1]
+        return addresses.link_address(ifname, version, exclude)
 
     def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
-        return set_arp_sysctls(ifname)
+        return sysctl.set_interface_sysctls(ifname, ARP_SYSCTLS)
 
     def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
-        restore_sysctls(ifname, previous)
+        sysctl.restore_interface_sysctls(ifname, previous)
 
     def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
-        install_relays(relays, seen_timeout, self.netns)
+        nft.replace_netdev_table(RELAY_TABLE, render_relay_table(relays, seen_timeout), self.netns)
 
     def remove_relays(self) -> bool:
-        return remove_relays(self.netns)
+        return nft.delete_netdev_table(RELAY_TABLE, self.netns)
 
 
 class HandoverNode(Protocol):

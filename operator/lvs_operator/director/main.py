@@ -176,9 +176,9 @@ def warm_up() -> None:
 
 
 def _open_kernel() -> Kernel:
-    from .kernel import IpvsKernel
+    from .kernel.dataplane import DataPlane
 
-    return IpvsKernel()
+    return DataPlane()
 
 
 def run(argv: list[str]) -> int:

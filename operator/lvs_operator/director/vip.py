@@ -102,7 +102,7 @@ class VipManager:
         announce_interval: float = 0.2,
     ) -> None:
         if rt is None:
-            from .rtnl import Rtnl
+            from .kernel.addresses import Rtnl
 
             rt = Rtnl()
         self.rt = rt
@@ -114,13 +114,13 @@ class VipManager:
 
     @staticmethod
     def _ifname(index: int) -> str:
-        from .rtnl import name_of
+        from .kernel.addresses import name_of
 
         return name_of(index)
 
     @staticmethod
     def _index(ifname: str) -> int:
-        from .rtnl import index_of
+        from .kernel.addresses import index_of
 
         index = index_of(ifname)
         if index is None:
@@ -203,7 +203,7 @@ class VipManager:
 
     def link_info(self, ifname: str) -> tuple[int, str] | None:
         """(index, MAC) of ``ifname``; None if it has no link-layer address."""
-        from .rtnl import mac_of
+        from .kernel.addresses import mac_of
 
         try:
             index = self._index(ifname)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lvs_operator.director.handover import (
@@ -14,8 +12,6 @@ from lvs_operator.director.handover import (
     Relay,
     plan_relays,
     render_relay_table,
-    restore_sysctls,
-    set_arp_sysctls,
 )
 
 NOTE = Handover(
@@ -90,20 +86,3 @@ def test_drain_needs_a_quiet_moment_not_one_zero() -> None:
     assert not watch.observe(0, 0.6)
     assert not watch.observe(0, 1.5)
     assert watch.observe(0, 1.6)
-
-
-def test_arp_sysctls_are_set_and_restored(tmp_path: Path) -> None:
-    conf = tmp_path / "net/ipv4/conf/front"
-    conf.mkdir(parents=True)
-    (conf / "arp_ignore").write_text("0\n")
-    (conf / "arp_announce").write_text("0\n")
-    previous = set_arp_sysctls("front", root=tmp_path)
-    assert previous == {"arp_ignore": "0", "arp_announce": "0"}
-    assert (conf / "arp_ignore").read_text() == "1" and (conf / "arp_announce").read_text() == "2"
-    restore_sysctls("front", previous, root=tmp_path)
-    assert (conf / "arp_ignore").read_text() == "0"
-
-
-def test_unwritable_arp_sysctls_are_reported_not_fatal(tmp_path: Path, caplog) -> None:
-    assert set_arp_sysctls("nosuch", root=tmp_path) == {}
-    assert "may answer ARP" in caplog.text

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from lvs_operator.director import ipvs
-from lvs_operator.director import ipvs_netlink as nl
+from lvs_operator.director.kernel import ipvs, nft
+from lvs_operator.director.kernel import ipvs_netlink as nl
 from lvs_operator.director.table import (
     Change,
     Forwarding,
@@ -70,15 +70,6 @@ def test_netmask_encodings() -> None:
     assert int.from_bytes(ipvs._nl_netmask(SERVICES[3]), "little") == 64
 
 
-def test_attribute_padding_and_nesting() -> None:
-    a = nl.nla(1, b"abc")
-    assert len(a) == 8 and a[:4] == (7).to_bytes(2, "little") + (1).to_bytes(2, "little")
-    n = nl.nested(2, a, nl.nla(3, b"\x01\x02\x03\x04"))
-    assert int.from_bytes(n[2:4], "little") == 2 | nl.NLA_F_NESTED
-    inner = nl.parse_attrs(nl.parse_attrs(n)[2])
-    assert inner == {1: b"abc", 3: b"\x01\x02\x03\x04"}
-
-
 def test_masquerade_targets_and_nft_rendering() -> None:
     from lvs_operator.director.table import IpvsTable
 
@@ -87,14 +78,14 @@ def test_masquerade_targets_and_nft_rendering() -> None:
         (SERVICES[3], [DESTS[2]]),  # tunnel only: no SNAT for it
         (IpvsService("2001:db8::5", 80), [IpvsDestination("2001:db8::6", 80)]),
     ])  # fmt: skip
-    vips, dests = ipvs.masquerade_targets(table)
+    vips, dests = nft.masquerade_targets(table)
     assert vips == ["10.0.0.1", "2001:db8::5"]
     assert dests == ["10.1.0.1", "2001:db8::6"]
-    text = ipvs.render_masquerade_snat(vips, dests)
+    text = nft.render_masquerade_snat(vips, dests)
     assert "table inet lvs_operator {" in text
     assert "set vips4 { type ipv4_addr; elements = { 10.0.0.1 } }" in text
     assert "set dests6 { type ipv6_addr; elements = { 2001:db8::6 } }" in text
     assert text.count("masquerade\n") == 2
     assert "ct original ip daddr @vips4" in text and "meta l4proto { tcp, udp, sctp }" in text
-    empty = ipvs.render_masquerade_snat([], [])
+    empty = nft.render_masquerade_snat([], [])
     assert "set vips4 { type ipv4_addr; }" in empty

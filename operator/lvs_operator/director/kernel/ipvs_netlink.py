@@ -6,24 +6,35 @@ minutes and a full read ~2 minutes there. Here a request is a few ``struct.pack`
 many requests go to the kernel in one ``send`` (the kernel runs every message in the buffer
 in order and acknowledges each), and the acknowledgements are read back in bulk.
 
-Only the standard library; message layouts from include/uapi/linux/ip_vs.h.
+Only the standard library; message layouts from include/uapi/linux/ip_vs.h, framing from
+netlink.py (shared with rtnetlink).
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
-import itertools
 import os
 import socket
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .netlink import (
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NetlinkError,
+    NetlinkSocket,
+    frames,
+    header,
+    nested,
+    nla,
+    parse_attrs,
+)
+
 NETLINK_GENERIC = 16
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
 SOL_NETLINK = 270
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 NETLINK_CAP_ACK = 10  # error acks without the request echoed back: smaller, more fit
@@ -46,14 +57,11 @@ DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_ADDR_FAMILY = 11
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _GENL = struct.Struct("=BBH")  # genlmsghdr: cmd, version, reserved
-_NLA = struct.Struct("=HH")  # nlattr: len, type
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
-_ERR = struct.Struct("=i")
 
 # Requests per send. The kernel runs a whole send's messages inside that syscall. Only the
 # last request of a batch asks for an acknowledgement; failed ones are answered anyway (an
@@ -63,34 +71,6 @@ _ERR = struct.Struct("=i")
 # Overflowing it loses answers (ENOBUFS): see execute().
 BATCH = 1024
 TIMEOUT = 30.0  # the kernel always answers; this only keeps a wedged call from hanging forever
-
-
-class NetlinkError(OSError):
-    pass
-
-
-def nla(kind: int, payload: bytes) -> bytes:
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
-def nested(kind: int, *parts: bytes) -> bytes:
-    return nla(kind | NLA_F_NESTED, b"".join(parts))
-
-
-def parse_attrs(data: bytes, offset: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """Attributes at ``data[offset:end]`` by type (the last one wins, as in the kernel).
-    The hottest loop of a table read: kept to slicing and one unpack per attribute."""
-    end = len(data) if end is None else end
-    unpack = _NLA.unpack_from
-    attrs: dict[int, bytes] = {}
-    while offset + 4 <= end:
-        length, kind = unpack(data, offset)
-        if length < 4:
-            break
-        attrs[kind & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return attrs
 
 
 @dataclass(frozen=True)
@@ -178,14 +158,13 @@ def cstr(b: bytes | None) -> str:
 # -- the socket ---------------------------------------------------------------------------------
 
 
-class IpvsNetlink:
+class IpvsNetlink(NetlinkSocket):
     """A generic netlink socket bound to the IPVS family. Create it in the namespace to
-    manage (the socket stays there): see ``ipvs.in_netns``."""
+    manage (the socket stays there): see ``netns.in_netns``."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        super().__init__(NETLINK_GENERIC)
         try:
-            self.sock.bind((0, 0))
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.settimeout(TIMEOUT)
             for force, opt in (
@@ -196,36 +175,22 @@ class IpvsNetlink:
                     self.sock.setsockopt(socket.SOL_SOCKET, force, 4 << 20)
                 except PermissionError:
                     self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            self._seq = itertools.count(1)
             self.family = self._resolve_family()
         except BaseException:
             self.sock.close()
             raise
 
-    def close(self) -> None:
-        self.sock.close()
-
     def _header(self, msg_type: int, flags: int, cmd: int, version: int, body: bytes,
                 seq: int) -> bytes:  # fmt: skip
-        length = _HDR.size + _GENL.size + len(body)
-        return _HDR.pack(length, msg_type, flags, seq, 0) + _GENL.pack(cmd, version, 0) + body
+        return header(msg_type, flags, seq, _GENL.pack(cmd, version, 0) + body)
 
     def _messages(self, data: bytes) -> Iterator[Message]:
-        offset = 0
-        while offset + _HDR.size <= len(data):
-            length, msg_type, flags, seq, _ = _HDR.unpack_from(data, offset)
-            if length < _HDR.size:
-                break
-            if msg_type == NLMSG_ERROR:
-                code = _ERR.unpack_from(data, offset + _HDR.size)[0]
-                yield Message(msg_type, flags, seq, error=-code)
-            elif msg_type == NLMSG_DONE:
-                yield Message(msg_type, flags, seq)
+        for f in frames(data):
+            if f.type == NLMSG_ERROR or f.type == NLMSG_DONE:
+                yield Message(f.type, f.flags, f.seq, error=f.error)
             else:
-                cmd = data[offset + _HDR.size]
-                attrs = parse_attrs(data, offset + _HDR.size + _GENL.size, offset + length)
-                yield Message(msg_type, flags, seq, cmd, attrs)
-            offset += (length + 3) & ~3
+                attrs = parse_attrs(data, f.start + _GENL.size, f.end)
+                yield Message(f.type, f.flags, f.seq, data[f.start], attrs)
 
     def _recv(self) -> bytes:
         try:
@@ -246,7 +211,7 @@ class IpvsNetlink:
 
     def _resolve_family(self) -> int:
         # Asking for the family by name also makes the kernel load ip_vs where it can.
-        seq = next(self._seq)
+        seq = self.next_seq()
         body = nla(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME + b"\0")
         self.sock.send(self._header(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1, body, seq))
         while True:
@@ -259,7 +224,7 @@ class IpvsNetlink:
 
     def dump(self, cmd: int, body: bytes = b"") -> list[dict[int, bytes]]:
         """A dump request; the messages' top-level attributes."""
-        seq = next(self._seq)
+        seq = self.next_seq()
         self.sock.send(self._header(self.family, NLM_F_REQUEST | NLM_F_DUMP, cmd,
                                     IPVS_GENL_VERSION, body, seq))  # fmt: skip
         out: list[dict[int, bytes]] = []
@@ -291,7 +256,7 @@ class IpvsNetlink:
         results: list[int] = []
         for start in range(0, len(requests), BATCH):
             chunk = requests[start : start + BATCH]
-            seqs = [next(self._seq) for _ in chunk]
+            seqs = [self.next_seq() for _ in chunk]
             last = seqs[-1]
             buf = b"".join(
                 self._header(self.family, NLM_F_REQUEST | (NLM_F_ACK if seq == last else 0),
