@@ -146,17 +146,6 @@ class VipManager:
             out.append(Route(network, names[r.oif], r.priority))
         return out
 
-    def interface_for(self, vip: str, override: str | None = None) -> str:
-        if override:
-            return override
-        name = pick_interface(vip, self.routes())
-        if name is None:
-            raise LookupError(
-                f"no route to VIP {vip} on this node: add a route to its subnet, or set "
-                "spec.directors.interface"
-            )
-        return name
-
     def present(self) -> dict[str, str]:
         """Host addresses (/32, /128) on this node: address -> interface name."""
         out: dict[str, str] = {}
@@ -214,11 +203,6 @@ class VipManager:
         if not mac or mac == "00:00:00:00:00:00":
             return None  # loopback or a device without link-layer addresses
         return index, mac
-
-    def announce(self, vip: str, ifname: str, count: int | None = None) -> None:
-        link = self.link_info(ifname)
-        if link is not None:
-            self.send_announcements(vip, ifname, link, count)
 
     def send_announcements(
         self, vip: str, ifname: str, link: tuple[int, str], count: int | None = None
