@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from . import network
 from .common import Condition, ObjectMeta
+from .contract import DIRECTOR_NODE_LABEL
 from .validation import Errors, ValidationError, get_int, get_list, get_map, get_str
 
 E = TypeVar("E", bound=StrEnum)
@@ -63,7 +64,7 @@ DEFAULT_SCHEDULER = Scheduler.WLC  # as ipvsadm
 DEFAULT_FORWARDING = Forwarding.MASQUERADE
 DEFAULT_PROTOCOL = Protocol.TCP
 DEFAULT_PERSISTENCE_TIMEOUT = 300  # ipvsadm's default for -p
-DEFAULT_DIRECTOR_NODE_SELECTOR: dict[str, str] = {"lvs.io/director": "true"}
+DEFAULT_DIRECTOR_NODE_SELECTOR: dict[str, str] = {DIRECTOR_NODE_LABEL: "true"}
 MAX_PORTS = 64
 
 # CEL messages: the CRD carries these exact strings, the models report them.

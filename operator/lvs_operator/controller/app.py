@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lvs_operator.api import contract
 from lvs_operator.api.network import parse_ranges
 
 from .config import (
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--namespace",
-        default=_env("POD_NAMESPACE", DEFAULT_NAMESPACE),
+        default=_env(contract.ENV_POD_NAMESPACE, DEFAULT_NAMESPACE),
         help="the operator's namespace: director DaemonSets and Leases live here "
         "(env POD_NAMESPACE; default %(default)s)",
     )
@@ -103,37 +104,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--director-health-port",
         type=int,
-        default=_env_int("LVS_HEALTH_PORT") or DEFAULT_HEALTH_PORT,
+        default=_env_int(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
         help="the agents' /healthz + /readyz port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-metrics-port",
         type=int,
-        default=_env_int("LVS_METRICS_PORT") or DEFAULT_METRICS_PORT,
+        default=_env_int(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
         help="the agents' metrics port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-peer-port",
         type=int,
-        default=_env_int("LVS_PEER_PORT") or DEFAULT_PEER_PORT,
+        default=_env_int(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
         help="the agents' UDP heartbeat port on the node (default %(default)s)",
     )
     p.add_argument(
         "--lease-duration-seconds",
         type=int,
-        default=_env_int("LVS_LEASE_DURATION_SECONDS"),
+        default=_env_int(contract.ENV_LEASE_DURATION_SECONDS),
         help="passed to the agents as LVS_LEASE_DURATION_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--renew-deadline-seconds",
         type=float,
-        default=_env_float("LVS_RENEW_DEADLINE_SECONDS"),
+        default=_env_float(contract.ENV_RENEW_DEADLINE_SECONDS),
         help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--retry-period-seconds",
         type=float,
-        default=_env_float("LVS_RETRY_PERIOD_SECONDS"),
+        default=_env_float(contract.ENV_RETRY_PERIOD_SECONDS),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
     p.add_argument(
@@ -148,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level",
-        default=_env("LVS_LOG_LEVEL", "info"),
+        default=_env(contract.ENV_LOG_LEVEL, "info"),
         choices=["debug", "info", "warning", "error"],
     )
     return p

@@ -29,7 +29,7 @@ from lightkube.types import PatchType
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import realserverpool as rsp
 from lvs_operator.api import virtualserver as vsm
-from lvs_operator.api.directorgroup import (
+from lvs_operator.api.contract import (
     COMPONENT_LABEL,
     GROUP_LABEL,
     MANAGED_BY,

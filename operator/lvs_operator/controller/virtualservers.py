@@ -20,7 +20,7 @@ import kopf
 
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import virtualserver as vsm
-from lvs_operator.api.directorgroup import group_name, lease_name
+from lvs_operator.api.contract import daemonset_name, group_name, lease_name, programmed_key
 from lvs_operator.api.network import IPNetwork, in_ranges, parse_ip
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
@@ -231,10 +231,10 @@ def vs_conditions(
             False,
             NO_ACTIVE_DIRECTOR,
             f"no director holds Lease {namespace}/{lease_name(group)}: no agent of DaemonSet "
-            f"{namespace}/lvs-director-{group} is running and elected on a node matching "
+            f"{namespace}/{daemonset_name(group)} is running and elected on a node matching "
             f"{_selector_text(decision)}",
         )
-    elif view.programmed.get(f"{ns}/{name}") == gen:
+    elif view.programmed.get(programmed_key(ns, name)) == gen:
         programmed = c.condition(
             c.PROGRAMMED, True, PROGRAMMED, f"programmed by {view.active} at generation {gen}"
         )
