@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lvs_operator import logs
 from lvs_operator.api import contract
 from lvs_operator.api.network import parse_ranges
 
@@ -210,18 +211,13 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     )
 
 
+# kopf is chatty at INFO about every watch stream, the HTTP clients about every request.
+QUIET_LOGGERS = ("kopf", "httpx2", "httpx", "aiohttp.access")
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # kopf is chatty at INFO about every watch stream.
-    if level != "debug":
-        logging.getLogger("kopf").setLevel(logging.WARNING)
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    """JSON lines on stderr (lvs_operator/logs.py), kopf's records included."""
+    logs.setup_logging(level, quiet=() if level == "debug" else QUIET_LOGGERS)
 
 
 def build_settings() -> Any:

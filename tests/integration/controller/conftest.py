@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import json
 import os
 import re
 import secrets
@@ -194,10 +195,19 @@ class ControllerProcess:
         return "\n".join(lines[-tail:])
 
     def writes(self) -> list[str]:
-        """The writes of the current run (the controller logs each as "write: ...")."""
+        """The writes of the current run (the controller logs each as "write: ...", in a
+        JSON line's msg)."""
         text = self.log_path.read_text(errors="replace")
         current = text.rsplit("===== start #", 1)[-1]
-        return re.findall(r" write: (.*)", current)
+        out = []
+        for line in current.splitlines():
+            try:
+                msg = json.loads(line).get("msg", "")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(msg, str) and msg.startswith("write: "):
+                out.append(msg.removeprefix("write: "))
+        return out
 
 
 @pytest.fixture(scope="module")
