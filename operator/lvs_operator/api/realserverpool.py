@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import network
-from .common import Condition, LabelSelector, ObjectMeta
+from .common import Condition, LabelSelector, NamedObject, ObjectMeta
 from .validation import Errors, ValidationError, get_int, get_list, get_map, get_str
 
 KIND = "RealServerPool"
@@ -197,18 +197,10 @@ class RealServerPoolStatus:
 
 
 @dataclass(frozen=True)
-class RealServerPool:
+class RealServerPool(NamedObject):
     meta: ObjectMeta
     spec: RealServerPoolSpec
     status: RealServerPoolStatus = field(default_factory=RealServerPoolStatus)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> RealServerPool:

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from . import network
-from .common import Condition, ObjectMeta
+from .common import Condition, NamedObject, ObjectMeta
 from .contract import DIRECTOR_NODE_LABEL
 from .ipvs_catalog import API_SCHEDULER_FLAGS, Forwarding, Protocol, Scheduler, flags_match_message
 from .validation import Errors, ValidationError, get_int, get_list, get_map, get_str
@@ -185,18 +185,10 @@ class VirtualServerStatus:
 
 
 @dataclass(frozen=True)
-class VirtualServer:
+class VirtualServer(NamedObject):
     meta: ObjectMeta
     spec: VirtualServerSpec
     status: VirtualServerStatus = field(default_factory=VirtualServerStatus)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> VirtualServer:

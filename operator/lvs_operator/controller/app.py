@@ -255,7 +255,7 @@ async def preflight(client: Any) -> str | None:
     """Why the controller cannot start (CRDs missing, no access), or None."""
     from lightkube import ApiError
 
-    from .reconciler import RealServerPoolResource, VirtualServerResource
+    from lvs_operator.api.resources import RealServerPoolResource, VirtualServerResource
 
     for resource, kind in (
         (VirtualServerResource, "virtualservers"),
