@@ -58,16 +58,18 @@ from tests.dataplane.vm import (  # noqa: E402
 )
 from tests.integration.helpers import (  # noqa: E402
     CLUSTER_SH,
+    ControllerProcess,
     TestCluster,
     apply_crds,
     custom_resource,
     wait_for,
 )
 
+from lvs_operator.api.contract import GROUP_LABEL  # noqa: E402
+
 OPERATOR_NS = "lvs-system"
 VIP = "192.0.2.10"
 VIP_RANGES = "192.0.2.0/24"
-GROUP_LABEL = "lvs.io/director-group"
 DIRECTOR_IMAGE = "registry.invalid/lvs-operator:e2e"  # never pulled: kwok is the kubelet
 WEB_IMAGE = "registry.invalid/httpd:e2e"
 GUEST = "e2e.guest"
@@ -157,49 +159,6 @@ def web_deployment(name: str, namespace: str, replicas: int) -> dict[str, Any]:
             },
         },
     }
-
-
-class ControllerProcess:
-    """``lvs-operator controller`` on the host, under its ServiceAccount's token."""
-
-    def __init__(self, argv: list[str], log_path: Path) -> None:
-        self.argv, self.log_path = argv, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("KUBECONFIG", None)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        time.sleep(0.5)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the controller exited at once:\n{self.log()}")
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self, tail: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
-        except FileNotFoundError:
-            return ""
 
 
 class System:

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -346,3 +347,72 @@ class TestCluster:
         if check and r.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
         return r
+
+
+class ControllerProcess:
+    """``lvs-operator controller`` as a subprocess on the host, logging to a file (the
+    integration tier's and the e2e system's). Each start appends a banner to the log, so
+    ``log`` and the writes of one run can be told from the previous run's."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv, self.log_path = argv, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("KUBECONFIG", None)  # the controller gets its own --kubeconfig
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        self.starts += 1
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the controller exited at once:\n{self.log()}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self, tail: int = 80) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def writes(self) -> list[str]:
+        """The writes of the current run (the controller logs each as "write: ...", in a
+        JSON line's msg)."""
+        text = self.log_path.read_text(errors="replace")
+        current = text.rsplit("===== start #", 1)[-1]
+        out = []
+        for line in current.splitlines():
+            try:
+                msg = json.loads(line).get("msg", "")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(msg, str) and msg.startswith("write: "):
+                out.append(msg.removeprefix("write: "))
+        return out

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from lightkube import AsyncClient
 
-from lvs_operator.api.directorgroup import GROUP_LABEL
+from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.director.election import (
     PROGRAMMED_ANNOTATION,
     ElectionConfig,

@@ -8,6 +8,16 @@ from typing import Any
 
 from .validation import Errors, get_list, get_map, get_str
 
+# (namespace, name): how the controller and the agents key the objects they hold.
+ObjectKey = tuple[str, str]
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    """The (namespace, name) of a Kubernetes object as the API returns it."""
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
 LABEL_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 MSG_SELECTOR_VALUES = "operators In and NotIn need values; Exists and DoesNotExist take none"
 
@@ -36,6 +46,24 @@ class ObjectMeta:
             annotations=dict(meta.get("annotations") or {}),
             deleting=bool(meta.get("deletionTimestamp")),
         )
+
+
+class NamedObject:
+    """What a parsed custom resource says about itself: its name, namespace and key."""
+
+    meta: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def namespace(self) -> str:
+        return self.meta.namespace
+
+    @property
+    def key(self) -> ObjectKey:
+        return (self.meta.namespace, self.meta.name)
 
 
 @dataclass(frozen=True)

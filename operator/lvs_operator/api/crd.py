@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .. import GROUP, VERSION
-from . import network
+from . import ipvs_catalog, network
 from . import realserverpool as rsp
 from . import virtualserver as vs
 from .common import LABEL_SELECTOR_OPERATORS, MSG_SELECTOR_VALUES
@@ -226,10 +226,10 @@ def virtualserver_spec_schema() -> Schema:
             },
             "schedulerFlags": {
                 "type": "array",
-                "maxItems": len(vs.SCHEDULER_FLAGS),
+                "maxItems": len(ipvs_catalog.API_SCHEDULER_FLAGS),
                 "x-kubernetes-list-type": "set",
-                "items": {"type": "string", "enum": list(vs.SCHEDULER_FLAGS)},
-                "description": "sh-fallback, sh-port (scheduler sh); mh-fallback, mh-port (mh).",
+                "items": {"type": "string", "enum": list(ipvs_catalog.API_SCHEDULER_FLAGS)},
+                "description": ipvs_catalog.flags_description(),
             },
             "forwarding": {
                 "type": "string",
@@ -283,8 +283,7 @@ def virtualserver_spec_schema() -> Schema:
         },
         "x-kubernetes-validations": [
             _rule(
-                "!has(self.schedulerFlags) || "
-                "self.schedulerFlags.all(f, f.startsWith(self.scheduler + '-'))",
+                ipvs_catalog.flags_match_rule(),
                 vs.MSG_FLAGS_MATCH,
                 ".schedulerFlags",
             ),
@@ -397,8 +396,8 @@ def realserverpool_spec_schema() -> Schema:
         },
         "x-kubernetes-validations": [
             _rule(
-                "self.type == 'http' || "
-                "(!has(self.path) && !has(self.expectedStatus) && !has(self.host))",
+                f"self.type == '{rsp.HealthCheckType.HTTP}' || "
+                f"({' && '.join(f'!has(self.{k})' for k in rsp.HTTP_ONLY_FIELDS)})",
                 rsp.MSG_HTTP_ONLY,
             ),
             _rule("self.timeoutSeconds <= self.intervalSeconds", rsp.MSG_TIMEOUT_INTERVAL),

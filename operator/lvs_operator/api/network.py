@@ -8,6 +8,7 @@ leading zeros).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -99,6 +100,14 @@ def parse_ranges(items: Iterable[str]) -> list[IPNetwork]:
                 f"bad VIP range {text!r}: expected a CIDR such as 192.0.2.0/24 or 2001:db8::/64"
             ) from exc
     return ranges
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def canonical_ip(address: str) -> str:
+    """The canonical text of an IP address ("2001:DB8::0:1" -> "2001:db8::1"), so equal
+    addresses compare equal as strings; ValueError when it is not one. Cached: callers meet
+    the same few thousand addresses again and again, and parsing them is the cost."""
+    return str(ipaddress.ip_address(address))
 
 
 def in_ranges(address: IPAddress, ranges: Sequence[IPNetwork]) -> bool:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import network
-from .common import Condition, LabelSelector, ObjectMeta
+from .common import Condition, LabelSelector, NamedObject, ObjectMeta
 from .validation import Errors, ValidationError, get_int, get_list, get_map, get_str
 
 KIND = "RealServerPool"
@@ -33,8 +33,15 @@ MSG_TIMEOUT_INTERVAL = "timeoutSeconds must not exceed intervalSeconds"
 
 
 class HealthCheckType(StrEnum):
+    """How a director probes a real server. A type the agent cannot run is refused here and
+    by the CRD's enum, never treated as another type."""
+
     TCP = "tcp"  # connect succeeds
     HTTP = "http"  # GET path answers expectedStatus
+
+
+# The spec.healthCheck fields that only an http check uses (the model and the CRD's rule).
+HTTP_ONLY_FIELDS = ("path", "expectedStatus", "host")
 
 
 DEFAULT_HEALTH_INTERVAL = 5
@@ -56,6 +63,10 @@ class HealthCheck:
     timeout_seconds: int = DEFAULT_HEALTH_TIMEOUT
     rise_threshold: int = DEFAULT_RISE
     fall_threshold: int = DEFAULT_FALL
+
+    def __post_init__(self) -> None:
+        # A HealthCheck built in code must not carry a type the agent would not know.
+        object.__setattr__(self, "type", HealthCheckType(self.type))
 
     @property
     def http_path(self) -> str:
@@ -186,18 +197,10 @@ class RealServerPoolStatus:
 
 
 @dataclass(frozen=True)
-class RealServerPool:
+class RealServerPool(NamedObject):
     meta: ObjectMeta
     spec: RealServerPoolSpec
     status: RealServerPoolStatus = field(default_factory=RealServerPoolStatus)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> RealServerPool:
@@ -308,7 +311,7 @@ def _parse_health_check(errors: Errors, raw: Mapping[str, Any]) -> HealthCheck |
     fall = get_int(errors, obj, "fallThreshold", f"{path}.fallThreshold", 1, 100)
     interval = DEFAULT_HEALTH_INTERVAL if interval is None else interval
     timeout = DEFAULT_HEALTH_TIMEOUT if timeout is None else timeout
-    if kind == HealthCheckType.TCP and any(k in obj for k in ("path", "expectedStatus", "host")):
+    if kind == HealthCheckType.TCP and any(k in obj for k in HTTP_ONLY_FIELDS):
         errors.add(path, f'Invalid value: "object": {MSG_HTTP_ONLY}')
     if timeout > interval:
         errors.add(path, f'Invalid value: "object": {MSG_TIMEOUT_INTERVAL}')

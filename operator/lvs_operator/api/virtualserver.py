@@ -14,7 +14,9 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from . import network
-from .common import Condition, ObjectMeta
+from .common import Condition, NamedObject, ObjectMeta
+from .contract import DIRECTOR_NODE_LABEL
+from .ipvs_catalog import API_SCHEDULER_FLAGS, Forwarding, Protocol, Scheduler, flags_match_message
 from .validation import Errors, ValidationError, get_int, get_list, get_map, get_str
 
 E = TypeVar("E", bound=StrEnum)
@@ -23,47 +25,11 @@ KIND = "VirtualServer"
 PLURAL = "virtualservers"
 
 
-class Protocol(StrEnum):
-    TCP = "TCP"
-    UDP = "UDP"
-    SCTP = "SCTP"
-
-
-class Scheduler(StrEnum):
-    """IPVS schedulers (ip_vs_<name> kernel modules)."""
-
-    RR = "rr"
-    WRR = "wrr"
-    LC = "lc"
-    WLC = "wlc"
-    LBLC = "lblc"
-    LBLCR = "lblcr"
-    DH = "dh"
-    SH = "sh"
-    SED = "sed"
-    NQ = "nq"
-    MH = "mh"
-
-
-class Forwarding(StrEnum):
-    MASQUERADE = "masquerade"  # NAT: replies return through the director
-    DIRECT = "direct"  # gatewaying / direct routing: same L2, VIP on the real server's lo
-    TUNNEL = "tunnel"  # IPIP: VIP on the real server's tunl0
-
-
-# Scheduler flags and the scheduler each belongs to (ipvsadm -b sh-fallback, ...).
-SCHEDULER_FLAGS: dict[str, Scheduler] = {
-    "sh-fallback": Scheduler.SH,
-    "sh-port": Scheduler.SH,
-    "mh-fallback": Scheduler.MH,
-    "mh-port": Scheduler.MH,
-}
-
 DEFAULT_SCHEDULER = Scheduler.WLC  # as ipvsadm
 DEFAULT_FORWARDING = Forwarding.MASQUERADE
 DEFAULT_PROTOCOL = Protocol.TCP
 DEFAULT_PERSISTENCE_TIMEOUT = 300  # ipvsadm's default for -p
-DEFAULT_DIRECTOR_NODE_SELECTOR: dict[str, str] = {"lvs.io/director": "true"}
+DEFAULT_DIRECTOR_NODE_SELECTOR: dict[str, str] = {DIRECTOR_NODE_LABEL: "true"}
 MAX_PORTS = 64
 
 # CEL messages: the CRD carries these exact strings, the models report them.
@@ -76,7 +42,7 @@ MSG_PORT_NAMES_UNIQUE = "port names must be unique"
 MSG_TARGET_PORT = (
     "targetPort must be a port number 1-65535 or an IANA service name (a named container port)"
 )
-MSG_FLAGS_MATCH = "schedulerFlags sh-* need scheduler sh, and mh-* need scheduler mh"
+MSG_FLAGS_MATCH = flags_match_message()
 MSG_PORT_REMAP = (
     "direct and tunnel forwarding cannot change the port: targetPort must equal port "
     "(or be left out)"
@@ -219,18 +185,10 @@ class VirtualServerStatus:
 
 
 @dataclass(frozen=True)
-class VirtualServer:
+class VirtualServer(NamedObject):
     meta: ObjectMeta
     spec: VirtualServerSpec
     status: VirtualServerStatus = field(default_factory=VirtualServerStatus)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> VirtualServer:
@@ -271,13 +229,15 @@ def parse_spec(raw: Any, name: str = "") -> VirtualServerSpec:
     flags: list[str] = []
     for i, flag in enumerate(get_list(errors, raw, "schedulerFlags", "spec.schedulerFlags") or []):
         fpath = f"spec.schedulerFlags[{i}]"
-        if flag not in SCHEDULER_FLAGS:
-            errors.unsupported(fpath, flag, SCHEDULER_FLAGS)
+        if flag not in API_SCHEDULER_FLAGS:
+            errors.unsupported(fpath, flag, API_SCHEDULER_FLAGS)
         elif flag in flags:
             errors.add(fpath, f'Duplicate value: "{flag}"')
         else:
             flags.append(flag)
-    if scheduler is not None and any(SCHEDULER_FLAGS[f] != scheduler for f in flags):
+    if scheduler is not None and any(
+        API_SCHEDULER_FLAGS[f].scheduler not in (None, scheduler) for f in flags
+    ):
         errors.add("spec.schedulerFlags", f'Invalid value: "array": {MSG_FLAGS_MATCH}')
 
     if forwarding in (Forwarding.DIRECT, Forwarding.TUNNEL) and any(

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lvs_operator import logs
+from lvs_operator.api import contract
 from lvs_operator.api.network import parse_ranges
 
 from .config import (
@@ -60,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--namespace",
-        default=_env("POD_NAMESPACE", DEFAULT_NAMESPACE),
+        default=_env(contract.ENV_POD_NAMESPACE, DEFAULT_NAMESPACE),
         help="the operator's namespace: director DaemonSets and Leases live here "
         "(env POD_NAMESPACE; default %(default)s)",
     )
@@ -103,37 +105,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--director-health-port",
         type=int,
-        default=_env_int("LVS_HEALTH_PORT") or DEFAULT_HEALTH_PORT,
+        default=_env_int(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
         help="the agents' /healthz + /readyz port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-metrics-port",
         type=int,
-        default=_env_int("LVS_METRICS_PORT") or DEFAULT_METRICS_PORT,
+        default=_env_int(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
         help="the agents' metrics port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-peer-port",
         type=int,
-        default=_env_int("LVS_PEER_PORT") or DEFAULT_PEER_PORT,
+        default=_env_int(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
         help="the agents' UDP heartbeat port on the node (default %(default)s)",
     )
     p.add_argument(
         "--lease-duration-seconds",
         type=int,
-        default=_env_int("LVS_LEASE_DURATION_SECONDS"),
+        default=_env_int(contract.ENV_LEASE_DURATION_SECONDS),
         help="passed to the agents as LVS_LEASE_DURATION_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--renew-deadline-seconds",
         type=float,
-        default=_env_float("LVS_RENEW_DEADLINE_SECONDS"),
+        default=_env_float(contract.ENV_RENEW_DEADLINE_SECONDS),
         help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--retry-period-seconds",
         type=float,
-        default=_env_float("LVS_RETRY_PERIOD_SECONDS"),
+        default=_env_float(contract.ENV_RETRY_PERIOD_SECONDS),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
     p.add_argument(
@@ -148,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level",
-        default=_env("LVS_LOG_LEVEL", "info"),
+        default=_env(contract.ENV_LOG_LEVEL, "info"),
         choices=["debug", "info", "warning", "error"],
     )
     return p
@@ -209,18 +211,13 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     )
 
 
+# kopf is chatty at INFO about every watch stream, the HTTP clients about every request.
+QUIET_LOGGERS = ("kopf", "httpx2", "httpx", "aiohttp.access")
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # kopf is chatty at INFO about every watch stream.
-    if level != "debug":
-        logging.getLogger("kopf").setLevel(logging.WARNING)
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    """JSON lines on stderr (lvs_operator/logs.py), kopf's records included."""
+    logs.setup_logging(level, quiet=() if level == "debug" else QUIET_LOGGERS)
 
 
 def build_settings() -> Any:
@@ -258,7 +255,7 @@ async def preflight(client: Any) -> str | None:
     """Why the controller cannot start (CRDs missing, no access), or None."""
     from lightkube import ApiError
 
-    from .reconciler import RealServerPoolResource, VirtualServerResource
+    from lvs_operator.api.resources import RealServerPoolResource, VirtualServerResource
 
     for resource, kind in (
         (VirtualServerResource, "virtualservers"),

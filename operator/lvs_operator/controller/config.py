@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvs_operator import __version__
+from lvs_operator.api.contract import (
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PEER_PORT,
+)
 from lvs_operator.api.network import IPNetwork
 
 DEFAULT_NAMESPACE = "lvs-system"
 DEFAULT_DIRECTOR_IMAGE = f"lvs-operator:{__version__}"
 DEFAULT_DIRECTOR_SERVICE_ACCOUNT = "lvs-director"
-DEFAULT_HEALTH_PORT = 9641
-DEFAULT_PEER_PORT = 9643  # director/peer.py's default
-DEFAULT_METRICS_PORT = 9642
 DEFAULT_DIRECTOR_RESOURCES: Mapping[str, Any] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
     "limits": {"memory": "256Mi"},

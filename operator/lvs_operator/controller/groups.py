@@ -4,7 +4,6 @@ which agents are ready, and which DaemonSets to create, update or delete.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,13 +12,15 @@ from typing import Any
 
 import kopf
 
-from lvs_operator.api.directorgroup import (
+from lvs_operator.api.contract import (
     COMPONENT_LABEL,
     GROUP_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    PROGRAMMED_ANNOTATION,
     daemonset_name,
     lease_name,
+    parse_programmed,
 )
 
 from .conditions import parse_timestamp
@@ -28,27 +29,6 @@ from .manifests import DIRECTOR_COMPONENT, build_daemonset, carries
 from .virtualservers import DirectorView, VSDecision
 
 log = logging.getLogger(__name__)
-
-# On the group's Lease, written by the agent holding it: {"<ns>/<name>": generation}.
-PROGRAMMED_ANNOTATION = "lvs.io/programmed"
-
-
-def parse_programmed(text: str | None) -> dict[str, int]:
-    """The agent's programmed map; anything malformed counts as nothing programmed."""
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        log.warning("ignoring malformed %s annotation: %.200s", PROGRAMMED_ANNOTATION, text)
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, int) and not isinstance(v, bool):
-            out[str(k)] = v
-    return out
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 DaemonSet of director agents per director group; plus the comparison that decides whether
 an existing object already carries what a builder wants.
 
-Names and label keys here are part of the contract with the director agent (see
-docs/controller.md).
+The names, label keys and environment variables the agents rely on come from
+``lvs_operator.api.contract``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from lvs_operator import GROUP, VERSION
+from lvs_operator.api import contract
 from lvs_operator.api import realserverpool as rsp
-from lvs_operator.api.directorgroup import (
+from lvs_operator.api.contract import (
     COMPONENT_LABEL,
+    DIRECTOR_APP,
     GROUP_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    NAME_LABEL,
     daemonset_name,
     lease_name,
 )
@@ -29,11 +32,9 @@ from lvs_operator.api.virtualserver import Protocol, VirtualPort
 
 from .config import ControllerConfig
 
-FIELD_MANAGER = "lvs-operator"
-NAME_LABEL = "app.kubernetes.io/name"
+FIELD_MANAGER = contract.CONTROLLER_FIELD_MANAGER
 POOL_COMPONENT = "pool"
 DIRECTOR_COMPONENT = "director"
-DIRECTOR_APP = "lvs-director"
 DIRECTOR_CONTAINER = "director"
 # On a pool's Service: the pool it serves (label values are at most 63 characters, pool
 # names up to 253, so a long name is shortened with a hash; the ownerReference is exact).
@@ -188,20 +189,20 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 def director_env(group: str, config: ControllerConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        _field_env("NODE_NAME", "spec.nodeName"),
-        _field_env("POD_NAME", "metadata.name"),
-        _field_env("POD_NAMESPACE", "metadata.namespace"),
-        {"name": "LVS_DIRECTOR_GROUP", "value": group},
-        {"name": "LVS_LEASE_NAME", "value": lease_name(group)},
-        {"name": "LVS_HEALTH_PORT", "value": str(config.health_port)},
-        {"name": "LVS_METRICS_PORT", "value": str(config.metrics_port)},
-        {"name": "LVS_PEER_PORT", "value": str(config.peer_port)},
+        _field_env(contract.ENV_NODE_NAME, "spec.nodeName"),
+        _field_env(contract.ENV_POD_NAME, "metadata.name"),
+        _field_env(contract.ENV_POD_NAMESPACE, "metadata.namespace"),
+        {"name": contract.ENV_DIRECTOR_GROUP, "value": group},
+        {"name": contract.ENV_LEASE_NAME, "value": lease_name(group)},
+        {"name": contract.ENV_HEALTH_PORT, "value": str(config.health_port)},
+        {"name": contract.ENV_METRICS_PORT, "value": str(config.metrics_port)},
+        {"name": contract.ENV_PEER_PORT, "value": str(config.peer_port)},
     ]
     t = config.timings
     for name, value in (
-        ("LVS_LEASE_DURATION_SECONDS", t.lease_duration_seconds),
-        ("LVS_RENEW_DEADLINE_SECONDS", t.renew_deadline_seconds),
-        ("LVS_RETRY_PERIOD_SECONDS", t.retry_period_seconds),
+        (contract.ENV_LEASE_DURATION_SECONDS, t.lease_duration_seconds),
+        (contract.ENV_RENEW_DEADLINE_SECONDS, t.renew_deadline_seconds),
+        (contract.ENV_RETRY_PERIOD_SECONDS, t.retry_period_seconds),
     ):
         if value is not None:
             env.append({"name": name, "value": str(value)})
@@ -229,16 +230,16 @@ def build_daemonset(
         "name": DIRECTOR_CONTAINER,
         "image": config.director_image,
         "imagePullPolicy": config.director_image_pull_policy,
-        "command": ["lvs-operator", "director"],
+        "command": list(contract.DIRECTOR_COMMAND),
         "env": director_env(group, config),
         "ports": [
             {"name": "health", "containerPort": config.health_port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"},
-            # the agents' heartbeat to each other (director/peer.py; LVS_PEER_PORT)
+            # the agents' heartbeat to each other (director/peer.py; contract.ENV_PEER_PORT)
             {"name": "heartbeat", "containerPort": config.peer_port, "protocol": "UDP"},
         ],
-        "livenessProbe": probe("/healthz", 10, 3),
-        "readinessProbe": probe("/readyz", 5, 2),
+        "livenessProbe": probe(contract.HEALTHZ_PATH, 10, 3),
+        "readinessProbe": probe(contract.READYZ_PATH, 5, 2),
         "securityContext": {
             # Root for this one process: a non-root user keeps no capabilities (Kubernetes
             # grants no ambient ones), and the image's default user is non-root.

@@ -19,7 +19,7 @@ import kopf
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import realserverpool as rsp
 from lvs_operator.api.common import Condition
-from lvs_operator.api.directorgroup import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from lvs_operator.api.contract import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from lvs_operator.api.network import WEIGHT_MAX, WEIGHT_MIN
 from lvs_operator.api.realserverpool import WEIGHT_ANNOTATION, PoolMember, RealServerPool
 

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient
-from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Service
@@ -29,7 +28,8 @@ from lightkube.types import PatchType
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import realserverpool as rsp
 from lvs_operator.api import virtualserver as vsm
-from lvs_operator.api.directorgroup import (
+from lvs_operator.api.common import ObjectKey, object_key
+from lvs_operator.api.contract import (
     COMPONENT_LABEL,
     GROUP_LABEL,
     MANAGED_BY,
@@ -38,6 +38,7 @@ from lvs_operator.api.directorgroup import (
     lease_name,
 )
 from lvs_operator.api.realserverpool import RealServerPool
+from lvs_operator.api.resources import RealServerPoolResource, VirtualServerResource
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualPort
 
@@ -74,7 +75,7 @@ from .virtualservers import evaluate, owned_status, vs_events, vs_ref, vs_status
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
+Key = ObjectKey
 POOL_STATUS_FIELDS = (
     "observedGeneration",
     "members",
@@ -83,9 +84,6 @@ POOL_STATUS_FIELDS = (
     "readyOfTotal",
     "conditions",
 )
-
-VirtualServerResource = create_namespaced_resource(GROUP, VERSION, vsm.KIND, vsm.PLURAL)
-RealServerPoolResource = create_namespaced_resource(GROUP, VERSION, rsp.KIND, rsp.PLURAL)
 
 
 @dataclass
@@ -136,11 +134,6 @@ def _rv(obj: Mapping[str, Any]) -> str:
     return str(_meta(obj).get("resourceVersion") or "")
 
 
-def _key(obj: Mapping[str, Any]) -> Key:
-    meta = _meta(obj)
-    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
-
-
 def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     """Everything to write so the cluster matches the VirtualServers and pools."""
     out = Plan()
@@ -151,7 +144,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
         meta = _meta(raw)
         if meta.get("deletionTimestamp"):
             continue
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        key = object_key(raw)
         try:
             pools[key] = (raw, RealServerPool.from_object(raw), "")
         except ValidationError as exc:
@@ -322,10 +315,10 @@ class Reconciler:
         return current
 
     def _overlay_list(self, kind: str, objs: list[Any]) -> list[Any]:
-        present = {_key(o) for o in objs}
+        present = {object_key(o) for o in objs}
         for kind_key in [k for k in self._overlay if k[0] == kind and k[1] not in present]:
             del self._overlay[kind_key]  # deleted meanwhile
-        out = [self._overlaid(kind, _key(o), o) for o in objs]
+        out = [self._overlaid(kind, object_key(o), o) for o in objs]
         return [o for o in out if o is not None]
 
     def _overlay_map(self, kind: str, objs: dict[Any, Any]) -> dict[Any, Any]:
@@ -343,10 +336,10 @@ class Reconciler:
         self._overlay[(kind, key)] = (before_rv, obj)
 
     def _current_vs(self, key: Key) -> Any:
-        return next((o for o in self._world.virtualservers if _key(o) == key), None)
+        return next((o for o in self._world.virtualservers if object_key(o) == key), None)
 
     def _current_pool(self, key: Key) -> Any:
-        return next((o for o in self._world.pools if _key(o) == key), None)
+        return next((o for o in self._world.pools if object_key(o) == key), None)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -447,11 +440,12 @@ class Reconciler:
                 log.error("write failed: %s: %s%s", fn.__name__, exc.status.message, hint)
         return failed
 
-    async def _apply_service(self, body: dict[str, Any]) -> None:
+    async def _server_side_apply(self, resource: Any, body: Mapping[str, Any]) -> Any:
+        """Apply ``body`` as the controller's field manager (taking over conflicting fields:
+        the controller is the only writer of what it applies). Returns what the server has."""
         meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        returned = await self.client.patch(
-            Service,
+        return await self.client.patch(
+            resource,
             meta["name"],
             body,
             namespace=meta["namespace"],
@@ -459,23 +453,18 @@ class Reconciler:
             field_manager=FIELD_MANAGER,
             force=True,
         )
+
+    async def _apply_service(self, body: dict[str, Any]) -> None:
+        key = object_key(body)
+        returned = await self._server_side_apply(Service, body)
         self._remember("service", key, self._world.services.get(key), returned)
-        log.info("write: applied Service %s/%s", meta["namespace"], meta["name"])
+        log.info("write: applied Service %s/%s", *key)
 
     async def _apply_daemonset(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        returned = await self.client.patch(
-            DaemonSet,
-            meta["name"],
-            body,
-            namespace=meta["namespace"],
-            patch_type=PatchType.APPLY,
-            field_manager=FIELD_MANAGER,
-            force=True,
-        )
-        name = meta["name"]
+        namespace, name = object_key(body)
+        returned = await self._server_side_apply(DaemonSet, body)
         self._remember("daemonset", name, self._world.daemonsets.get(name), returned)
-        log.info("write: applied DaemonSet %s/%s", meta["namespace"], name)
+        log.info("write: applied DaemonSet %s/%s", namespace, name)
 
     async def _delete_daemonset(self, name: str) -> None:
         await self.client.delete(DaemonSet, name, namespace=self.config.namespace)
@@ -511,15 +500,7 @@ class Reconciler:
             "status": status,
         }
         log.info("write: %s %s/%s status", kind, ns, name)
-        return await self.client.patch(
-            resource.Status,
-            name,
-            body,
-            namespace=ns,
-            patch_type=PatchType.APPLY,
-            field_manager=FIELD_MANAGER,
-            force=True,
-        )
+        return await self._server_side_apply(resource.Status, body)
 
     async def _apply_pool_status(self, item: tuple[Key, dict[str, Any]]) -> None:
         returned = await self._apply_status(RealServerPoolResource, rsp.KIND, *item)

@@ -10,7 +10,6 @@ next one takes over.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +19,9 @@ import kopf
 
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import virtualserver as vsm
-from lvs_operator.api.directorgroup import group_name, lease_name
-from lvs_operator.api.network import IPNetwork, in_ranges, parse_ip
+from lvs_operator.api.common import ObjectKey, object_key
+from lvs_operator.api.contract import daemonset_name, group_name, lease_name, programmed_key
+from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
 
@@ -29,7 +29,7 @@ from . import conditions as c
 from .conditions import EventSpec, ObjectRef
 from .pools import PoolOutcome
 
-Key = tuple[str, str]
+Key = ObjectKey
 Claim = tuple[str, int, str]  # (vip, port, protocol)
 
 # Reasons (Ready, and Programmed/Degraded of a rejected VirtualServer).
@@ -63,19 +63,14 @@ STATUS_FIELDS = (
 )
 
 
-def key_of(obj: Mapping[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
-
-
 def order_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     """Who came first: creationTimestamp (RFC 3339, sortable as text), then namespace/name."""
     meta = obj.get("metadata") or {}
-    return (str(meta.get("creationTimestamp") or "~"), *key_of(obj))
+    return (str(meta.get("creationTimestamp") or "~"), *object_key(obj))
 
 
 def claims(vs: VirtualServer) -> list[Claim]:
-    vip = str(ipaddress.ip_address(vs.spec.vip))
+    vip = canonical_ip(vs.spec.vip)
     return [(vip, p.port, str(p.protocol)) for p in vs.spec.ports]
 
 
@@ -138,7 +133,7 @@ def evaluate(
     decisions: dict[Key, VSDecision] = {}
     candidates: list[tuple[Mapping[str, Any], VirtualServer]] = []
     for raw in objects:
-        key = key_of(raw)
+        key = object_key(raw)
         if (raw.get("metadata") or {}).get("deletionTimestamp"):
             continue
         try:
@@ -154,7 +149,7 @@ def evaluate(
 
     owners: dict[Claim, Key] = {}
     for raw, vs in sorted(candidates, key=lambda rv: order_key(rv[0])):
-        key = key_of(raw)
+        key = object_key(raw)
         mine = claims(vs)
         taken = [(cl, owners[cl]) for cl in mine if cl in owners]
         if taken:
@@ -231,10 +226,10 @@ def vs_conditions(
             False,
             NO_ACTIVE_DIRECTOR,
             f"no director holds Lease {namespace}/{lease_name(group)}: no agent of DaemonSet "
-            f"{namespace}/lvs-director-{group} is running and elected on a node matching "
+            f"{namespace}/{daemonset_name(group)} is running and elected on a node matching "
             f"{_selector_text(decision)}",
         )
-    elif view.programmed.get(f"{ns}/{name}") == gen:
+    elif view.programmed.get(programmed_key(ns, name)) == gen:
         programmed = c.condition(
             c.PROGRAMMED, True, PROGRAMMED, f"programmed by {view.active} at generation {gen}"
         )

@@ -16,14 +16,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
-import os
 import re
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +31,7 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
+from .. import helpers
 from ..helpers import REPO, TestCluster, wait_for
 
 RBAC_DIR = REPO / "deploy" / "rbac"
@@ -130,74 +127,28 @@ def _token_kubeconfig(admin: Client, kubeconfig: Path, namespace: str, out_dir: 
     return path
 
 
-class ControllerProcess:
-    """``lvs-operator controller`` as a subprocess, logging to a file."""
+class ControllerProcess(helpers.ControllerProcess):
+    """The controller under test, with its ServiceAccount's kubeconfig."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log_path: Path) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "lvs_operator.cli",
-            "controller",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--namespace={self.namespace}",
-            f"--vip-ranges={ALLOWED_RANGES}",
-            f"--director-image={DIRECTOR_IMAGE}",
-            "--lease-duration-seconds=6",
-            "--liveness=none",
-            "--log-level=info",
-        ]
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("KUBECONFIG", None)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
-            )
-        self.starts += 1
-        time.sleep(0.5)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the controller exited at once:\n{self.log()}")
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self, tail: int = 80) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-tail:])
-
-    def writes(self) -> list[str]:
-        """The writes of the current run (the controller logs each as "write: ...")."""
-        text = self.log_path.read_text(errors="replace")
-        current = text.rsplit("===== start #", 1)[-1]
-        return re.findall(r" write: (.*)", current)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "lvs_operator.cli",
+                "controller",
+                f"--kubeconfig={kubeconfig}",
+                f"--namespace={namespace}",
+                f"--vip-ranges={ALLOWED_RANGES}",
+                f"--director-image={DIRECTOR_IMAGE}",
+                "--lease-duration-seconds=6",
+                "--liveness=none",
+                "--log-level=info",
+            ],
+            log_path,
+        )
 
 
 @pytest.fixture(scope="module")

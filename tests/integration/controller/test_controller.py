@@ -27,7 +27,7 @@ from lightkube.resources.core_v1 import Node, Pod, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
-from lvs_operator.api.directorgroup import daemonset_name, group_name, lease_name
+from lvs_operator.api.contract import daemonset_name, group_name, lease_name
 
 from ..helpers import TestCluster, wait_for
 from .conftest import ControllerProcess

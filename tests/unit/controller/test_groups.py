@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from lvs_operator.api.directorgroup import daemonset_name, group_name, lease_name
+from lvs_operator.api.contract import daemonset_name, group_name, lease_name
 from lvs_operator.controller import groups as g
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.manifests import build_daemonset

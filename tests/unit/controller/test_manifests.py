@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from lvs_operator.api.directorgroup import GROUP_LABEL, MANAGED_BY_LABEL, lease_name
+from lvs_operator.api.contract import GROUP_LABEL, MANAGED_BY_LABEL, lease_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
 from lvs_operator.controller.config import ControllerConfig, DirectorTimings

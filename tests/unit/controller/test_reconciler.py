@@ -4,7 +4,7 @@ import copy
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
-from lvs_operator.api.directorgroup import GROUP_LABEL, daemonset_name, group_name, lease_name
+from lvs_operator.api.contract import GROUP_LABEL, daemonset_name, group_name, lease_name
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.groups import DirectorPod
 from lvs_operator.controller.manifests import service_name

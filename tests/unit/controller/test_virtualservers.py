@@ -3,7 +3,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 
-from lvs_operator.api.directorgroup import group_name
+from lvs_operator.api.contract import group_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.controller import virtualservers as v
 from lvs_operator.controller.pools import PoolOutcome, evaluate_pool

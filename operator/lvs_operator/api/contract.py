@@ -1,0 +1,179 @@
+"""The contract between the controller and the director agents, declared once.
+
+The controller and the agents never call each other: they meet on Kubernetes objects.
+The controller creates, per *director group*, a DaemonSet of agents (whose environment says
+which group and Lease are theirs) and labels each VirtualServer with its group; the agents
+elect a holder on the group's Lease and report back through annotations on that Lease. Every
+name either side relies on is here, so a rename is one edit and a unit test
+(tests/unit/api/test_contract.py) catches a side that drifts:
+
+- **labels** the controller writes (on VirtualServers, DaemonSets, Services);
+- **annotations** on the group's Lease, written by the agents and read by the controller and
+  by the other agents;
+- **environment variables** the controller sets on the agent container, and the agents'
+  own tunables (one name per setting, shared by the agent's flags and the chart);
+- **default ports** of the agents on the node, and the paths they serve;
+- **names derived from a group** (DaemonSet, Lease).
+
+Only constants and small pure functions: both sides import this module, and it imports
+nothing of either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+# --- director groups -------------------------------------------------------------------------
+#
+# VirtualServers whose ``spec.directors.nodeSelector`` are equal share one group: one
+# DaemonSet of director agents and one Lease, both in the operator's namespace.
+
+DIRECTOR_PREFIX: Final = "lvs-director-"
+
+
+def group_name(node_selector: Mapping[str, str]) -> str:
+    """A short, stable, DNS-safe name for the group of a node selector.
+
+    A hash rather than the labels themselves: selector keys may hold '/' and be long.
+    """
+    canonical = "\n".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
+    return "g" + hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def daemonset_name(group: str) -> str:
+    """The DaemonSet of a group's agents (in the operator's namespace)."""
+    return DIRECTOR_PREFIX + group
+
+
+def lease_name(group: str) -> str:
+    """The Lease a group's agents elect their holder on (in the operator's namespace).
+
+    The same string as the DaemonSet's name today; two functions because they name two
+    different objects, and the controller and the agents look each up by its own.
+    """
+    return DIRECTOR_PREFIX + group
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+# On each VirtualServer (written by the controller): its director group. The agents list and
+# watch VirtualServers by this label, so each sees only its own group's.
+GROUP_LABEL: Final = "lvs.io/director-group"
+# On objects the controller creates (DaemonSets, Services), so it can find and clean them up.
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "lvs-operator"
+COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+NAME_LABEL: Final = "app.kubernetes.io/name"
+# The value of NAME_LABEL on director pods.
+DIRECTOR_APP: Final = "lvs-director"
+# Server-side-apply field managers: who owns which fields of a shared object.
+CONTROLLER_FIELD_MANAGER: Final = "lvs-operator"
+DIRECTOR_FIELD_MANAGER: Final = "lvs-director"
+# The default director node selector: nodes labelled so run the agents.
+DIRECTOR_NODE_LABEL: Final = "lvs.io/director"
+
+# --- annotations on the group's Lease (written by the agent holding it) ----------------------
+
+# {"<namespace>/<name>": metadata.generation} of each VirtualServer the holder has programmed;
+# the controller turns it into the VirtualServers' Programmed condition.
+PROGRAMMED_ANNOTATION: Final = "lvs.io/programmed"
+# "ip:port" of the holder's UDP heartbeat responder; the standbys probe it.
+HEARTBEAT_ANNOTATION: Final = "lvs.io/heartbeat"
+# A leaving holder's note for its successor (which VIPs, and its own address on each link),
+# so the successor relays the old holder's connections while they drain.
+HANDOVER_ANNOTATION: Final = "lvs.io/handover"
+
+
+def programmed_key(namespace: str, name: str) -> str:
+    """A VirtualServer's key in the PROGRAMMED_ANNOTATION map."""
+    return f"{namespace}/{name}"
+
+
+def format_programmed(generations: Mapping[str, int]) -> str:
+    """The PROGRAMMED_ANNOTATION value for a map of VirtualServer -> generation (sorted, so
+    an unchanged map is an unchanged string and the agent writes nothing)."""
+    return json.dumps(dict(sorted(generations.items())))
+
+
+def parse_programmed(text: str | None) -> dict[str, int]:
+    """A PROGRAMMED_ANNOTATION value; anything malformed counts as nothing programmed."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        log.warning("ignoring malformed %s annotation: %.200s", PROGRAMMED_ANNOTATION, text)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[str(k)] = v
+    return out
+
+
+# --- the agent's environment ------------------------------------------------------------------
+
+# From the downward API (the pod's own node, name and namespace).
+ENV_NODE_NAME: Final = "NODE_NAME"
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
+# Set by the controller on every agent of a group.
+ENV_DIRECTOR_GROUP: Final = "LVS_DIRECTOR_GROUP"
+ENV_LEASE_NAME: Final = "LVS_LEASE_NAME"
+ENV_HEALTH_PORT: Final = "LVS_HEALTH_PORT"
+ENV_METRICS_PORT: Final = "LVS_METRICS_PORT"
+ENV_PEER_PORT: Final = "LVS_PEER_PORT"
+# Set by the controller only when its own flags say so (else the agent's defaults hold).
+ENV_LEASE_DURATION_SECONDS: Final = "LVS_LEASE_DURATION_SECONDS"
+ENV_RENEW_DEADLINE_SECONDS: Final = "LVS_RENEW_DEADLINE_SECONDS"
+ENV_RETRY_PERIOD_SECONDS: Final = "LVS_RETRY_PERIOD_SECONDS"
+# The agent's own tunables: the controller does not set them today.
+ENV_VIP_REFRESH_SECONDS: Final = "LVS_VIP_REFRESH_SECONDS"
+ENV_ANNOUNCE_COUNT: Final = "LVS_ANNOUNCE_COUNT"
+ENV_RESYNC_SECONDS: Final = "LVS_RESYNC_SECONDS"
+ENV_MASQUERADE_SNAT: Final = "LVS_MASQUERADE_SNAT"
+ENV_STARTUP_GRACE_SECONDS: Final = "LVS_STARTUP_GRACE_SECONDS"
+ENV_HANDOVER_DRAIN_SECONDS: Final = "LVS_HANDOVER_DRAIN_SECONDS"
+ENV_PEER_INTERVAL_SECONDS: Final = "LVS_PEER_INTERVAL_SECONDS"
+ENV_PEER_TIMEOUT_SECONDS: Final = "LVS_PEER_TIMEOUT_SECONDS"
+ENV_PEER_ADDRESS: Final = "LVS_PEER_ADDRESS"
+# Both processes read it (the controller's --log-level, the agent's).
+ENV_LOG_LEVEL: Final = "LVS_LOG_LEVEL"
+
+# The variables the controller always sets on an agent container, in the order it sets them.
+CONTROLLER_SET_ENV: Final = (
+    ENV_NODE_NAME,
+    ENV_POD_NAME,
+    ENV_POD_NAMESPACE,
+    ENV_DIRECTOR_GROUP,
+    ENV_LEASE_NAME,
+    ENV_HEALTH_PORT,
+    ENV_METRICS_PORT,
+    ENV_PEER_PORT,
+)
+# ... and those it sets only when configured.
+CONTROLLER_OPTIONAL_ENV: Final = (
+    ENV_LEASE_DURATION_SECONDS,
+    ENV_RENEW_DEADLINE_SECONDS,
+    ENV_RETRY_PERIOD_SECONDS,
+)
+
+# --- the agent's endpoints on the node (hostNetwork) ------------------------------------------
+
+DEFAULT_HEALTH_PORT: Final = 9641  # TCP: HEALTHZ_PATH, READYZ_PATH
+DEFAULT_METRICS_PORT: Final = 9642  # TCP: METRICS_PATH
+DEFAULT_PEER_PORT: Final = 9643  # UDP: the heartbeat between the agents of a group
+HEALTHZ_PATH: Final = "/healthz"  # liveness: the agent's event loop answers
+READYZ_PATH: Final = "/readyz"  # readiness: lists done and the kernel converged once
+METRICS_PATH: Final = "/metrics"  # Prometheus text format
+
+# The agent's entry point in the image (lvs_operator/cli.py).
+DIRECTOR_COMMAND: Final = ("lvs-operator", "director")

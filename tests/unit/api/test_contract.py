@@ -1,0 +1,139 @@
+"""The controller↔agent contract: both sides use the names api/contract.py declares.
+
+The controller's side is checked by what it renders (the DaemonSet and its environment); the
+agent's side by feeding that environment to the agent's own argument parser, so a variable one
+side renames and the other does not fails here rather than in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lvs_operator.api import contract
+from lvs_operator.api import virtualserver as vs
+from lvs_operator.controller import config as controller_config
+from lvs_operator.controller.config import ControllerConfig, DirectorTimings
+from lvs_operator.controller.manifests import build_daemonset, director_env
+
+SELECTOR = {"lvs.io/director": "true"}
+
+
+def _env_names(env: list[dict[str, object]]) -> list[str]:
+    return [str(e["name"]) for e in env]
+
+
+def test_group_derived_names() -> None:
+    group = contract.group_name(SELECTOR)
+    assert group == contract.group_name(dict(SELECTOR))  # stable
+    assert group.startswith("g") and len(group) == 11
+    assert contract.daemonset_name(group) == f"lvs-director-{group}"
+    assert contract.lease_name(group) == f"lvs-director-{group}"
+    assert contract.group_name({"a": "1", "b": "2"}) == contract.group_name({"b": "2", "a": "1"})
+    assert contract.group_name({"a": "1"}) != contract.group_name({"a": "2"})
+
+
+def test_the_default_node_selector_uses_the_contract_label() -> None:
+    assert vs.DEFAULT_DIRECTOR_NODE_SELECTOR == {contract.DIRECTOR_NODE_LABEL: "true"}
+
+
+def test_controller_sets_the_contract_environment_in_order() -> None:
+    bare = director_env("g1", ControllerConfig())
+    assert _env_names(bare) == list(contract.CONTROLLER_SET_ENV)
+    timed = director_env(
+        "g1",
+        ControllerConfig(timings=DirectorTimings(5, 3.0, 1.0)),
+    )
+    assert _env_names(timed) == [*contract.CONTROLLER_SET_ENV, *contract.CONTROLLER_OPTIONAL_ENV]
+    every_name = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
+    assert set(_env_names(timed)) <= every_name
+
+
+def test_controller_port_defaults_are_the_contract_ones() -> None:
+    assert controller_config.DEFAULT_HEALTH_PORT == contract.DEFAULT_HEALTH_PORT
+    assert controller_config.DEFAULT_METRICS_PORT == contract.DEFAULT_METRICS_PORT
+    assert controller_config.DEFAULT_PEER_PORT == contract.DEFAULT_PEER_PORT
+    ports = {contract.DEFAULT_HEALTH_PORT, contract.DEFAULT_METRICS_PORT}
+    assert len(ports | {contract.DEFAULT_PEER_PORT}) == 3
+
+
+def test_the_daemonset_carries_the_contract_names() -> None:
+    group = contract.group_name(SELECTOR)
+    ds = build_daemonset(group, SELECTOR, ControllerConfig())
+    assert ds["metadata"]["name"] == contract.daemonset_name(group)
+    assert ds["metadata"]["labels"][contract.GROUP_LABEL] == group
+    assert ds["metadata"]["labels"][contract.NAME_LABEL] == contract.DIRECTOR_APP
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    assert tuple(container["command"]) == contract.DIRECTOR_COMMAND
+    assert container["livenessProbe"]["httpGet"]["path"] == contract.HEALTHZ_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == contract.READYZ_PATH
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[contract.ENV_LEASE_NAME] == contract.lease_name(group)
+    assert env[contract.ENV_DIRECTOR_GROUP] == group
+
+
+def test_the_agent_understands_the_controller_environment() -> None:
+    """What the controller sets is what the agent reads (the downward API filled in)."""
+    from lvs_operator.director.agent import parse_args
+
+    config = ControllerConfig(
+        health_port=19641,
+        metrics_port=19642,
+        peer_port=19643,
+        timings=DirectorTimings(7, 5.0, 1.0),
+    )
+    downward = {
+        contract.ENV_NODE_NAME: "node-a",
+        contract.ENV_POD_NAME: "pod-a",
+        contract.ENV_POD_NAMESPACE: "lvs-system",
+    }
+    env = {
+        str(e["name"]): downward[str(e["name"])] if "valueFrom" in e else str(e["value"])
+        for e in director_env("g1", config)
+    }
+    agent = parse_args([], env)
+    assert (agent.node_name, agent.pod_name, agent.namespace) == ("node-a", "pod-a", "lvs-system")
+    assert agent.group == "g1"
+    assert agent.lease_name == contract.lease_name("g1")
+    assert (agent.health_port, agent.metrics_port, agent.peer_port) == (19641, 19642, 19643)
+    assert (agent.lease_duration, agent.renew_deadline, agent.retry_period) == (7, 5.0, 1.0)
+
+
+def test_the_agent_defaults_are_the_contract_ones() -> None:
+    from lvs_operator.director.agent import parse_args
+
+    agent = parse_args(
+        [],
+        {
+            contract.ENV_NODE_NAME: "n",
+            contract.ENV_POD_NAMESPACE: "ns",
+            contract.ENV_DIRECTOR_GROUP: "g1",
+        },
+    )
+    assert agent.health_port == contract.DEFAULT_HEALTH_PORT
+    assert agent.metrics_port == contract.DEFAULT_METRICS_PORT
+    assert agent.peer_port == contract.DEFAULT_PEER_PORT
+    assert agent.lease_name == contract.lease_name("g1")
+
+
+def test_lease_annotation_keys_are_the_agents() -> None:
+    from lvs_operator.director import election, handover, peer
+
+    assert election.PROGRAMMED_ANNOTATION == contract.PROGRAMMED_ANNOTATION
+    assert peer.HEARTBEAT_ANNOTATION == contract.HEARTBEAT_ANNOTATION
+    assert handover.HANDOVER_ANNOTATION == contract.HANDOVER_ANNOTATION
+
+
+def test_programmed_annotation_round_trip() -> None:
+    generations = {contract.programmed_key("web", "b"): 2, contract.programmed_key("web", "a"): 3}
+    text = contract.format_programmed(generations)
+    assert text == '{"web/a": 3, "web/b": 2}'  # sorted: unchanged map, unchanged string
+    assert json.loads(text) == generations
+    assert contract.parse_programmed(text) == generations
+
+
+def test_parse_programmed_ignores_what_is_malformed() -> None:
+    assert contract.parse_programmed('{"web/a": 3, "web/b": true, "web/c": "4"}') == {"web/a": 3}
+    assert contract.parse_programmed("not json") == {}
+    assert contract.parse_programmed("[1]") == {}
+    assert contract.parse_programmed(None) == {}
+    assert contract.parse_programmed("") == {}
