@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lvs_operator.director.kernel.ipvs import ConnCounts, IpvsError, IpvsKernel
+from lvs_operator.director.kernel.netns import in_netns
 from lvs_operator.director.table import (
     IP_VS_SVC_F_PERSISTENT,
     SETTABLE_FLAGS,
@@ -128,8 +129,12 @@ class Pyroute2Ipvs:
         from pyroute2 import IPVS  # deferred: ~30 MiB and seconds to import under TCG
 
         self.netns = netns
-        # flags=0: open an existing namespace only (pyroute2's default would create it)
-        self._ipvs = IPVS(netns=netns, flags=0) if netns else IPVS()
+        # The socket is made with this thread inside the namespace, like the package's lean
+        # client: pyroute2's own ``IPVS(netns=...)`` forks a helper and gives up after 2 s,
+        # which a TCG guest under load exceeded ("could not start netns socket within
+        # timeout"). Requests must come from this thread (pyroute2's sockets are per thread).
+        with in_netns(netns):
+            self._ipvs = IPVS()
 
     def close(self) -> None:
         self._ipvs.close()

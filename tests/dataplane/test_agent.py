@@ -44,6 +44,20 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
         lab.call("cleanup", vips={"direct": [VIP_DR], "tunnel": [VIP_TUN]})
 
 
+@pytest.fixture(autouse=True)
+def both_agents(lab: Lab) -> Iterator[None]:
+    """Each test starts with both agents running and ready, whatever the test before it left
+    (a failed test must not turn the next one into a KeyError)."""
+    missing = [ns for ns in NODES if ns not in lab.agents or lab.agents[ns].poll() is not None]
+    for ns in missing:
+        lab.agents.pop(ns, None)
+        lab.start_agent(ns)
+    if missing:
+        ready = lab.call("wait_ready", namespaces=missing, within=240)
+        assert len(ready) == len(missing), f"agents not ready: {ready}\n{lab.logs()}"
+    yield
+
+
 def wait_answers(lab: Lab, vip: str, port: int) -> None:
     res = lab.call("wait_answers", vip=vip, port=port, within=90)
     assert res["ok"], f"{res}\n{lab.logs()}"

@@ -81,12 +81,11 @@ def test_kopf_object_records_carry_the_object_not_kopfs_plumbing() -> None:
     assert not {"settings", "k8s_ref", "k8s_skip"} & set(out)
 
 
-def test_the_agents_format_is_this_one() -> None:
-    """The director's own formatter (to be replaced by this module) writes the same lines."""
-    from lvs_operator.director.agent import JsonFormatter as AgentFormatter
+def test_the_agent_logs_through_this_module() -> None:
+    """One format: the director's entry point sets up this module's handler."""
+    from lvs_operator.director import main
 
-    record = _record("lvs_operator.director.agent", vip="192.0.2.1")
-    assert logs.JsonFormatter().format(record) == AgentFormatter().format(record)
+    assert main.setup_logging is logs.setup_logging
 
 
 def test_the_controller_logs_json_lines(root_logging: None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..api import contract
 from . import handover as handover_mod
 from . import peer as peer_mod
 from .election import (
@@ -14,8 +15,8 @@ from .election import (
     ElectionConfig,
 )
 
-DEFAULT_HEALTH_PORT = 9641
-DEFAULT_METRICS_PORT = 9642
+DEFAULT_HEALTH_PORT = contract.DEFAULT_HEALTH_PORT
+DEFAULT_METRICS_PORT = contract.DEFAULT_METRICS_PORT
 DEFAULT_VIP_REFRESH = 10.0
 DEFAULT_RESYNC = 30.0
 DEFAULT_ANNOUNCE_COUNT = 3

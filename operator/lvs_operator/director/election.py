@@ -49,9 +49,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from lvs_operator.api import contract
+
 log = logging.getLogger("lvs_operator.director.election")
 
-PROGRAMMED_ANNOTATION = "lvs.io/programmed"
+PROGRAMMED_ANNOTATION = contract.PROGRAMMED_ANNOTATION
 
 DEFAULT_LEASE_DURATION = 2
 DEFAULT_RENEW_DEADLINE = 1.5

@@ -40,6 +40,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from lvs_operator.api import contract
+
 from .kernel import addresses, nft, sysctl
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lvs_operator.director.handover")
 
-HANDOVER_ANNOTATION = "lvs.io/handover"
+HANDOVER_ANNOTATION = contract.HANDOVER_ANNOTATION
 RELAY_TABLE = "lvs_operator_handover"
 DEFAULT_DRAIN = 10.0
 # A handover older than this (by the wall clocks of two nodes) is ignored: clock skew

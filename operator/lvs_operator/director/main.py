@@ -12,8 +12,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from lvs_operator.api.directorgroup import lease_name
+from lvs_operator.api.contract import lease_name
 
+from ..api import contract
+from ..logs import setup_logging
 from . import handover as handover_mod
 from . import peer as peer_mod
 from .agent import Agent
@@ -29,11 +31,12 @@ from .config import (
 from .election import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from .ipvs_sync import Kernel
 from .lanes import Lane
-from .logs import setup_logging
 from .vip_owner import VipNode
 from .watches import KubeClient, resources
 
 log = logging.getLogger("lvs_operator.director.main")
+# Chatty at INFO (a line per request); their warnings still show.
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "pyroute2")
 
 
 def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -52,61 +55,61 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
             value = kw["type"](value)
         p.add_argument(flag, default=value, help=f"{var}{': ' + help if help else ''}", **kw)
 
-    option("--node-name", "NODE_NAME", help="identity")
-    option("--pod-name", "POD_NAME", "")
-    option("--namespace", "POD_NAMESPACE", help="the Lease's")
-    option("--group", "LVS_DIRECTOR_GROUP")
-    option("--lease-name", "LVS_LEASE_NAME")
-    option("--health-port", "LVS_HEALTH_PORT", DEFAULT_HEALTH_PORT, "/healthz, /readyz (0: off)",
+    option("--node-name", contract.ENV_NODE_NAME, help="identity")
+    option("--pod-name", contract.ENV_POD_NAME, "")
+    option("--namespace", contract.ENV_POD_NAMESPACE, help="the Lease's")
+    option("--group", contract.ENV_DIRECTOR_GROUP)
+    option("--lease-name", contract.ENV_LEASE_NAME)
+    option("--health-port", contract.ENV_HEALTH_PORT, DEFAULT_HEALTH_PORT,
+           "/healthz, /readyz (0: off)", type=int)  # fmt: skip
+    option("--metrics-port", contract.ENV_METRICS_PORT, DEFAULT_METRICS_PORT, "/metrics (0: off)",
            type=int)  # fmt: skip
-    option("--metrics-port", "LVS_METRICS_PORT", DEFAULT_METRICS_PORT, "/metrics (0: off)",
-           type=int)  # fmt: skip
-    option("--lease-duration", "LVS_LEASE_DURATION_SECONDS", DEFAULT_LEASE_DURATION,
+    option("--lease-duration", contract.ENV_LEASE_DURATION_SECONDS, DEFAULT_LEASE_DURATION,
            "integer >= 1", type=int)  # fmt: skip
-    option("--renew-deadline", "LVS_RENEW_DEADLINE_SECONDS", DEFAULT_RENEW_DEADLINE,
+    option("--renew-deadline", contract.ENV_RENEW_DEADLINE_SECONDS, DEFAULT_RENEW_DEADLINE,
            "< lease duration", type=float)  # fmt: skip
-    option("--retry-period", "LVS_RETRY_PERIOD_SECONDS", DEFAULT_RETRY_PERIOD,
+    option("--retry-period", contract.ENV_RETRY_PERIOD_SECONDS, DEFAULT_RETRY_PERIOD,
            "< renew deadline", type=float)  # fmt: skip
-    option("--vip-refresh-interval", "LVS_VIP_REFRESH_SECONDS", DEFAULT_VIP_REFRESH,
+    option("--vip-refresh-interval", contract.ENV_VIP_REFRESH_SECONDS, DEFAULT_VIP_REFRESH,
            "re-check and re-announce held VIPs (0: off)", type=float)  # fmt: skip
-    option("--announce-count", "LVS_ANNOUNCE_COUNT", DEFAULT_ANNOUNCE_COUNT,
+    option("--announce-count", contract.ENV_ANNOUNCE_COUNT, DEFAULT_ANNOUNCE_COUNT,
            "gratuitous ARPs / NAs sent on takeover", type=int)  # fmt: skip
-    option("--resync-interval", "LVS_RESYNC_SECONDS", DEFAULT_RESYNC,
+    option("--resync-interval", contract.ENV_RESYNC_SECONDS, DEFAULT_RESYNC,
            "re-read the kernel and repair drift", type=float)  # fmt: skip
     p.add_argument(
         "--no-masquerade-snat",
         action="store_true",
-        default=(env.get("LVS_MASQUERADE_SNAT") or "true").lower() in ("0", "false", "no"),
+        default=(env.get(contract.ENV_MASQUERADE_SNAT) or "true").lower() in ("0", "false", "no"),
         help="LVS_MASQUERADE_SNAT=false: no nftables masquerade for masquerade-mode services "
         "(the real servers route back through the director)",
     )
-    option("--startup-grace", "LVS_STARTUP_GRACE_SECONDS", DEFAULT_STARTUP_GRACE,
+    option("--startup-grace", contract.ENV_STARTUP_GRACE_SECONDS, DEFAULT_STARTUP_GRACE,
            "bound of the first election step at start-up; a restarted agent that is not the "
            "holder after it drops any stale VIP", type=float)  # fmt: skip
-    option("--handover-drain", "LVS_HANDOVER_DRAIN_SECONDS", handover_mod.DEFAULT_DRAIN,
+    option("--handover-drain", contract.ENV_HANDOVER_DRAIN_SECONDS, handover_mod.DEFAULT_DRAIN,
            "on SIGTERM the leader keeps serving its connections in flight, relayed by the new "
            "leader, for at most this long (0: drop the VIPs at once); keep it below the pod's "
            "terminationGracePeriodSeconds", type=float)  # fmt: skip
-    option("--peer-port", "LVS_PEER_PORT", peer_mod.DEFAULT_PEER_PORT,
+    option("--peer-port", contract.ENV_PEER_PORT, peer_mod.DEFAULT_PEER_PORT,
            "UDP port of the heartbeat between the directors of a group; a standby takes the "
            "Lease when the leader stops answering, before the Lease expires (0: off, failover "
            "at Lease expiry)", type=int)  # fmt: skip
-    option("--peer-interval", "LVS_PEER_INTERVAL_SECONDS", peer_mod.DEFAULT_PEER_INTERVAL,
+    option("--peer-interval", contract.ENV_PEER_INTERVAL_SECONDS, peer_mod.DEFAULT_PEER_INTERVAL,
            "heartbeat probe interval", type=float)  # fmt: skip
-    option("--peer-timeout", "LVS_PEER_TIMEOUT_SECONDS", peer_mod.DEFAULT_PEER_TIMEOUT,
+    option("--peer-timeout", contract.ENV_PEER_TIMEOUT_SECONDS, peer_mod.DEFAULT_PEER_TIMEOUT,
            "silence after which a standby takes over", type=float)  # fmt: skip
-    option("--peer-address", "LVS_PEER_ADDRESS", "",
+    option("--peer-address", contract.ENV_PEER_ADDRESS, "",
            "the address the other directors probe (default: this node's address on the "
            "interface of the group's first VIP)")  # fmt: skip
     option("--kubeconfig", "KUBECONFIG")
-    option("--log-level", "LVS_LOG_LEVEL", "INFO")
+    option("--log-level", contract.ENV_LOG_LEVEL, "INFO")
     a = p.parse_args(argv)
     missing = [
         f"{flag} ({var})"
         for flag, var, value in (
-            ("--node-name", "NODE_NAME", a.node_name),
-            ("--namespace", "POD_NAMESPACE", a.namespace),
-            ("--group", "LVS_DIRECTOR_GROUP", a.group),
+            ("--node-name", contract.ENV_NODE_NAME, a.node_name),
+            ("--namespace", contract.ENV_POD_NAMESPACE, a.namespace),
+            ("--group", contract.ENV_DIRECTOR_GROUP, a.group),
         )
         if not value
     ]
@@ -183,7 +186,7 @@ def _open_kernel() -> Kernel:
 
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, quiet=QUIET_LOGGERS)
     netlink, vip_lane = Lane("ipvs"), Lane("vip")
     warm_up()
 

@@ -45,11 +45,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lvs_operator.api import contract
+
 log = logging.getLogger("lvs_operator.director.peer")
 
-HEARTBEAT_ANNOTATION = "lvs.io/heartbeat"  # "ip:port" of the holder's responder, on the Lease
+HEARTBEAT_ANNOTATION = (
+    contract.HEARTBEAT_ANNOTATION
+)  # "ip:port" of the holder's responder, on the Lease
 
-DEFAULT_PEER_PORT = 9643
+DEFAULT_PEER_PORT = contract.DEFAULT_PEER_PORT
 DEFAULT_PEER_INTERVAL = 0.1
 DEFAULT_PEER_TIMEOUT = 0.35
 DEFAULT_ARM_AFTER = 1.0

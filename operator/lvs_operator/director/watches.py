@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from lvs_operator.api.directorgroup import GROUP_LABEL
+from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.api.realserverpool import (
     HealthCheck,
     PoolMember,

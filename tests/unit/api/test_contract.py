@@ -73,7 +73,7 @@ def test_the_daemonset_carries_the_contract_names() -> None:
 
 def test_the_agent_understands_the_controller_environment() -> None:
     """What the controller sets is what the agent reads (the downward API filled in)."""
-    from lvs_operator.director.agent import parse_args
+    from lvs_operator.director.main import parse_args
 
     config = ControllerConfig(
         health_port=19641,
@@ -99,7 +99,7 @@ def test_the_agent_understands_the_controller_environment() -> None:
 
 
 def test_the_agent_defaults_are_the_contract_ones() -> None:
-    from lvs_operator.director.agent import parse_args
+    from lvs_operator.director.main import parse_args
 
     agent = parse_args(
         [],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from lvs_operator.director.logs import JsonFormatter
+from lvs_operator.logs import JsonFormatter
 
 VIP = "10.10.0.100"
 
