@@ -8,7 +8,8 @@ session: run commands, start/stop background processes (agents, HTTP servers), a
 Python functions in the guest (``Vm.call("tests.dataplane.x:func", ...)``) whose JSON-able
 return value comes back to the host.
 
-Facts that shaped this (see /work/shared/DESIGN.md): KVM is slower than TCG here (no EPT), the
+Facts that shaped this (measured on the project's 2-core Debian test machines): KVM is
+slower than TCG here (no EPT), the
 guest's console only reaches the host with ``--verbose``, vng's own ``--network user`` hangs on
 DHCP (so the driver configures 10.0.2.15/24 via 10.0.2.2 itself), and the guest's ``/tmp`` is an
 overlay on a guest tmpfs: files written there are invisible to the host.

@@ -31,11 +31,9 @@ from lvs_operator.api.virtualserver import VirtualPort, VirtualServer
 
 from .table import (
     DestKey,
-    Forwarding,
     IpvsDestination,
     IpvsService,
     IpvsTable,
-    Protocol,
     ServiceEntry,
     ServiceKey,
 )
@@ -101,7 +99,7 @@ def build(
         ref = f"{vs.namespace}/{vs.name}"
         family = spec.family
         members = list(pools.get((vs.namespace, spec.pool_name), ()))
-        fwd = Forwarding(str(spec.forwarding))
+        fwd = spec.forwarding
         persistence = spec.persistence
         added = False
 
@@ -112,7 +110,7 @@ def build(
             service = IpvsService(
                 address=spec.vip,
                 port=vport.port,
-                protocol=Protocol(str(vport.protocol)),
+                protocol=vport.protocol,
                 scheduler=str(spec.scheduler),
                 flags=frozenset(spec.scheduler_flags),
                 persistence_timeout=persistence.timeout_seconds if persistence else 0,

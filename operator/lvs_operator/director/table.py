@@ -22,97 +22,24 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from lvs_operator.api import ipvs_catalog
 
-class Protocol(enum.StrEnum):
-    TCP = "TCP"
-    UDP = "UDP"
-    SCTP = "SCTP"
-
-    @property
-    def number(self) -> int:
-        return _PROTO_NUMBERS[self]
-
-    @classmethod
-    def from_number(cls, number: int) -> Protocol:
-        for proto, n in _PROTO_NUMBERS.items():
-            if n == number:
-                return proto
-        raise ValueError(f"unsupported IP protocol number {number}")
-
-
-_PROTO_NUMBERS: Final = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
-
-
-class Forwarding(enum.StrEnum):
-    """How IPVS forwards to a destination (IP_VS_CONN_F_* in the kernel)."""
-
-    MASQUERADE = "masquerade"  # NAT
-    DIRECT = "direct"  # gatewaying / direct routing
-    TUNNEL = "tunnel"  # IPIP
-
-    @property
-    def kernel_value(self) -> int:
-        return _FWD_VALUES[self]
-
-    @classmethod
-    def from_kernel(cls, value: int) -> Forwarding:
-        for fwd, v in _FWD_VALUES.items():
-            if v == value & IP_VS_CONN_F_FWD_MASK:
-                return fwd
-        raise ValueError(f"unsupported IPVS forwarding method {value}")
-
-
-IP_VS_CONN_F_FWD_MASK: Final = 0x7
-_FWD_VALUES: Final = {Forwarding.MASQUERADE: 0, Forwarding.TUNNEL: 2, Forwarding.DIRECT: 3}
-
-# Service flags (include/uapi/linux/ip_vs.h). HASHED is kernel-internal and reported on read.
-IP_VS_SVC_F_PERSISTENT: Final = 0x0001
-IP_VS_SVC_F_HASHED: Final = 0x0002
-IP_VS_SVC_F_ONEPACKET: Final = 0x0004
-IP_VS_SVC_F_SCHED1: Final = 0x0008
-IP_VS_SVC_F_SCHED2: Final = 0x0010
-IP_VS_SVC_F_SCHED3: Final = 0x0020
+# The IPVS vocabulary and its kernel encoding are declared once, in api/ipvs_catalog.py;
+# the names below are this model's view of it.
+Protocol = ipvs_catalog.Protocol
+Forwarding = ipvs_catalog.Forwarding
+IP_VS_CONN_F_FWD_MASK: Final = ipvs_catalog.IP_VS_CONN_F_FWD_MASK
+IP_VS_SVC_F_PERSISTENT: Final = ipvs_catalog.IP_VS_SVC_F_PERSISTENT
+IP_VS_SVC_F_HASHED: Final = ipvs_catalog.IP_VS_SVC_F_HASHED
+IP_VS_SVC_F_ONEPACKET: Final = ipvs_catalog.IP_VS_SVC_F_ONEPACKET
+IP_VS_SVC_F_SCHED1: Final = ipvs_catalog.IP_VS_SVC_F_SCHED1
+IP_VS_SVC_F_SCHED2: Final = ipvs_catalog.IP_VS_SVC_F_SCHED2
+IP_VS_SVC_F_SCHED3: Final = ipvs_catalog.IP_VS_SVC_F_SCHED3
 # The flags a service's settings carry (persistence is its own field: timeout > 0).
-SETTABLE_FLAGS: Final = (
-    IP_VS_SVC_F_ONEPACKET | IP_VS_SVC_F_SCHED1 | IP_VS_SVC_F_SCHED2 | IP_VS_SVC_F_SCHED3
-)
-
-# Flag names as ipvsadm spells them (-b sh-fallback,sh-port); sched1..3 mean something only to
-# the scheduler, so a name is scheduler-specific, and flag-N is the generic spelling.
-FLAG_BITS: Final[dict[str, int]] = {
-    "sh-fallback": IP_VS_SVC_F_SCHED1,
-    "sh-port": IP_VS_SVC_F_SCHED2,
-    "mh-fallback": IP_VS_SVC_F_SCHED1,
-    "mh-port": IP_VS_SVC_F_SCHED2,
-    "flag-1": IP_VS_SVC_F_SCHED1,
-    "flag-2": IP_VS_SVC_F_SCHED2,
-    "flag-3": IP_VS_SVC_F_SCHED3,
-    "ops": IP_VS_SVC_F_ONEPACKET,  # one-packet scheduling (UDP)
-}
-
-
-def flags_to_bits(flags: Iterable[str]) -> int:
-    bits = 0
-    for name in flags:
-        try:
-            bits |= FLAG_BITS[name]
-        except KeyError:
-            raise ValueError(f"unknown IPVS service flag {name!r}") from None
-    return bits
-
-
-def bits_to_flags(bits: int, scheduler: str) -> frozenset[str]:
-    """Names for the settable flags in ``bits``, spelled for ``scheduler``."""
-    names = set()
-    for bit, n in ((IP_VS_SVC_F_SCHED1, 1), (IP_VS_SVC_F_SCHED2, 2), (IP_VS_SVC_F_SCHED3, 3)):
-        if bits & bit:
-            if scheduler in ("sh", "mh") and n < 3:
-                names.add(f"{scheduler}-{'fallback' if n == 1 else 'port'}")
-            else:
-                names.add(f"flag-{n}")
-    if bits & IP_VS_SVC_F_ONEPACKET:
-        names.add("ops")
-    return frozenset(names)
+SETTABLE_FLAGS: Final = ipvs_catalog.SETTABLE_FLAG_BITS
+FLAG_BITS: Final[Mapping[str, int]] = {f.name: f.bit for f in ipvs_catalog.SCHEDULER_FLAGS}
+flags_to_bits = ipvs_catalog.flag_bits
+bits_to_flags = ipvs_catalog.flag_names
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -25,7 +25,6 @@ from lvs_operator.api.realserverpool import (
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
 
-from .table import Protocol as IpProtocol
 from .table import ServiceKey
 from .vip import canonical
 
@@ -146,7 +145,7 @@ class Watches:
             if check is None:
                 continue
             for vport in vs.spec.ports:
-                checks[ServiceKey(IpProtocol(str(vport.protocol)), vs.spec.vip, vport.port)] = check
+                checks[ServiceKey(vport.protocol, vs.spec.vip, vport.port)] = check
         return checks
 
     # -- VirtualServers ------------------------------------------------------------------------
