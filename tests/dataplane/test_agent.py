@@ -48,7 +48,7 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
 def both_agents(lab: Lab) -> Iterator[None]:
     """Each test starts with both agents running and ready, whatever the test before it left
     (a failed test must not turn the next one into a KeyError)."""
-    missing = [ns for ns in NODES if ns not in lab.agents or lab.agents[ns].poll() is not None]
+    missing = [ns for ns in NODES if ns not in lab.agents or not lab.agents[ns].running()]
     for ns in missing:
         lab.agents.pop(ns, None)
         lab.start_agent(ns)

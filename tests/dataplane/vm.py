@@ -143,6 +143,11 @@ class GuestProcess:
         )
         return res["returncode"]
 
+    def running(self) -> bool:
+        """Still running (not exited, not reaped)."""
+        res = self.vm.request({"kind": "wait", "pid": self.pid, "timeout": 0}, timeout=30)
+        return res["returncode"] is None and not res.get("unknown")
+
     def output(self) -> str:
         if self.log is None or not self.log.exists():
             return ""
