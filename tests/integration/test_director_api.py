@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from lightkube import AsyncClient
+from lightkube import ALL_NS, AsyncClient
 
 from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.director.election import (
@@ -24,7 +24,7 @@ from lvs_operator.director.election import (
     KubeLeaseApi,
     LeaseConflict,
 )
-from lvs_operator.director.watches import informer
+from lvs_operator.listwatch import list_then_watch
 
 from .helpers import custom_resource
 
@@ -101,7 +101,18 @@ async def test_watch_sees_only_the_groups_virtual_servers(
             seen[obj["metadata"]["name"]] = obj
 
     await akube.create(_vs(namespace, "mine", "gint", "192.0.2.10"))
-    task = asyncio.create_task(informer(akube, VS, {GROUP_LABEL: "gint"}, apply, reset, "VS"))
+    task = asyncio.create_task(
+        list_then_watch(
+            akube,
+            VS,
+            namespace=ALL_NS,
+            labels={GROUP_LABEL: "gint"},
+            reset=reset,
+            apply=apply,
+            what="VS",
+            server_timeout=240,
+        )
+    )
     try:
         for _ in range(100):
             if "mine" in seen:

@@ -42,6 +42,7 @@ from lvs_operator.api.resources import RealServerPoolResource, VirtualServerReso
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualPort
 
+from ..listwatch import Informer
 from .conditions import NORMAL, EventSpec, build_event
 from .config import ControllerConfig
 from .groups import (
@@ -53,7 +54,6 @@ from .groups import (
     parse_lease,
     plan_daemonsets,
 )
-from .informer import Informer
 from .manifests import (
     DIRECTOR_COMPONENT,
     FIELD_MANAGER,
@@ -255,8 +255,11 @@ class Reconciler:
         self.passes = 0
         self.writes = 0
         owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
-        self.leases = Informer(client, Lease, config.namespace, self.wake)
-        self.daemonsets = Informer(client, DaemonSet, config.namespace, self.wake, labels=owned)
+        rbac = "grant the controller list/watch on them in its namespace (the chart's Role)"
+        self.leases = Informer(client, Lease, config.namespace, self.wake, hint=rbac)
+        self.daemonsets = Informer(
+            client, DaemonSet, config.namespace, self.wake, labels=owned, hint=rbac
+        )
 
     # -- inputs ----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import signal
 
+from ..listwatch import KubeClient
 from .config import AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
@@ -50,7 +51,7 @@ from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
 from .metrics import Metrics
 from .vip_owner import VipNode, VipOwner
-from .watches import KubeClient, Watches
+from .watches import Watches
 
 log = logging.getLogger("lvs_operator.director.agent")
 

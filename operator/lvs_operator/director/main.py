@@ -15,6 +15,7 @@ from typing import Any
 from lvs_operator.api.contract import lease_name
 
 from ..api import contract
+from ..listwatch import KubeClient
 from ..logs import setup_logging
 from . import handover as handover_mod
 from . import peer as peer_mod
@@ -32,7 +33,7 @@ from .election import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RE
 from .ipvs_sync import Kernel
 from .lanes import Lane
 from .vip_owner import VipNode
-from .watches import KubeClient, resources
+from .watches import resources
 
 log = logging.getLogger("lvs_operator.director.main")
 # Chatty at INFO (a line per request); their warnings still show.

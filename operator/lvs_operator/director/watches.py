@@ -1,5 +1,5 @@
 """The agent's caches of the API: the group's VirtualServers and every RealServerPool's
-members and health check, kept by list+watch (``informer``).
+members and health check, kept by list+watch (``lvs_operator.listwatch``).
 
 A cache change calls ``on_change()`` (the agent converges); a VIP seen in a VirtualServer
 calls ``on_vip(vip)`` (the agent owns it from then on). The first converge waits for both
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.api.realserverpool import (
@@ -24,6 +24,7 @@ from lvs_operator.api.realserverpool import (
 )
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
+from lvs_operator.listwatch import KubeClient, Raw, list_then_watch
 
 from .table import ServiceKey
 from .vip import canonical
@@ -31,27 +32,9 @@ from .vip import canonical
 log = logging.getLogger("lvs_operator.director.watches")
 
 ObjectKey = tuple[str, str]  # (namespace, name)
-Raw = dict[str, Any]  # an object as the API serves it
-
-
-class KubeObject(Protocol):
-    def to_dict(self) -> Raw: ...
-
-
-class KubeList(Protocol):
-    resourceVersion: str
-
-    def __aiter__(self) -> AsyncIterator[KubeObject]: ...
-
-
-class KubeClient(Protocol):
-    """What the agent uses of lightkube's AsyncClient."""
-
-    def list(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def watch(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    async def close(self) -> None: ...
+# Seconds the API server keeps a watch open before the loop re-watches (below the 5-minute
+# default of many load balancers in front of API servers).
+SERVER_TIMEOUT = 240
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -73,42 +56,6 @@ def resources() -> dict[str, Any]:
     }
 
 
-async def informer(
-    client: KubeClient,
-    resource: Any,
-    labels: Mapping[str, str] | None,
-    apply: Callable[[str, Raw], None],
-    reset: Callable[[list[Raw]], None],
-    what: str,
-    server_timeout: int = 240,
-) -> None:
-    """List then watch, for ever; any watch error (410 Gone included) relists."""
-    from lightkube import ALL_NS
-
-    backoff = 0.2
-    while True:
-        try:
-            listing = client.list(resource, namespace=ALL_NS, labels=dict(labels or {}) or None)
-            items = [obj.to_dict() async for obj in listing]
-            reset(items)
-            version = listing.resourceVersion
-            backoff = 0.2
-            async for kind, obj in client.watch(
-                resource,
-                namespace=ALL_NS,
-                labels=dict(labels or {}) or None,
-                resource_version=version,
-                server_timeout=server_timeout,
-            ):
-                apply(kind, obj.to_dict())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("watch of %s failed, relisting: %s", what, exc or type(exc).__name__)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-
 class Watches:
     def __init__(self, on_change: Callable[[], None], on_vip: Callable[[str], None]) -> None:
         self.on_change = on_change
@@ -120,14 +67,18 @@ class Watches:
         self.pools_synced = asyncio.Event()
 
     def start(self, client: KubeClient, group: str) -> list[asyncio.Task[None]]:
+        from lightkube import ALL_NS
+
         vs_res, pool_res = resources()["VirtualServer"], resources()["RealServerPool"]
         by_group = {GROUP_LABEL: group}
-        watch_vs = informer(
-            client, vs_res, by_group, self.apply_vs, self.reset_vs, "VirtualServers"
-        )
-        watch_pools = informer(
-            client, pool_res, None, self.apply_pool, self.reset_pools, "RealServerPools"
-        )
+        watch_vs = list_then_watch(
+            client, vs_res, namespace=ALL_NS, labels=by_group, reset=self.reset_vs,
+            apply=self.apply_vs, what="VirtualServers", server_timeout=SERVER_TIMEOUT,
+        )  # fmt: skip
+        watch_pools = list_then_watch(
+            client, pool_res, namespace=ALL_NS, labels=None, reset=self.reset_pools,
+            apply=self.apply_pool, what="RealServerPools", server_timeout=SERVER_TIMEOUT,
+        )  # fmt: skip
         return [
             asyncio.create_task(watch_vs, name="watch-vs"),
             asyncio.create_task(watch_pools, name="watch-pools"),

@@ -1,4 +1,5 @@
-"""The namespace informer: list, then watch from the list's resourceVersion; relist on 410."""
+"""The one list+watch loop (controller and agents) and the namespace informer: list, then
+watch from the list's resourceVersion; relist at once on 410, after a backoff otherwise."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta, Status
 from lightkube.resources.coordination_v1 import Lease
 
-from lvs_operator.controller.informer import Informer
+from lvs_operator.listwatch import Backoff, Informer, list_then_watch
 
 
 def lease(name: str, rv: str) -> Lease:
@@ -66,3 +67,39 @@ async def test_list_watch_and_relist_on_gone() -> None:
     assert changes[:3] == [{"a", "b"}, {"a", "b"}, {"a"}]
     assert set(informer.store) == {"c", "d"}
     assert informer.store["d"]["metadata"]["resourceVersion"] == "32"
+
+
+class FlakyClient(FakeClient):
+    """The first watch breaks with a connection error (not a 410)."""
+
+    async def _events(self, n: int) -> AsyncIterator[tuple[str, Any]]:
+        if n == 1:
+            raise ConnectionResetError("peer went away")
+        yield ("ADDED", lease("d", "32"))
+        self.done.set()
+        await asyncio.sleep(3600)
+
+
+async def test_other_failures_relist_after_the_backoff() -> None:
+    client = FlakyClient()
+    resets: list[list[str]] = []
+    applied: list[tuple[str, str]] = []
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    task = asyncio.create_task(
+        list_then_watch(
+            client,  # type: ignore[arg-type]
+            Lease,
+            namespace="ns",
+            labels=None,
+            reset=lambda items: resets.append([i["metadata"]["name"] for i in items]),
+            apply=lambda kind, obj: applied.append((kind, obj["metadata"]["name"])),
+            what="Leases",
+            backoff=Backoff(first=0.3, most=1.0),
+        )
+    )
+    await asyncio.wait_for(client.done.wait(), 5)
+    task.cancel()
+    assert loop.time() - t0 >= 0.3  # waited the backoff before relisting
+    assert resets == [["a", "b"], ["c"]]
+    assert applied == [("ADDED", "d")]

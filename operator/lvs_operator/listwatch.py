@@ -1,0 +1,150 @@
+"""List, then watch from the list's resourceVersion, for ever: the one list+watch loop of the
+operator's processes (lightkube).
+
+The agents keep their group's VirtualServers and the pools in parsed caches
+(director/watches.py); the controller keeps the Leases and DaemonSets of its own namespace in
+an ``Informer`` (name → object), so its RBAC for them stays namespaced. Both run
+``list_then_watch``: a full list replaces the cache (``reset``), each watch event updates it
+(``apply``); an expired watch (410 Gone) relists at once, any other failure relists after a
+backoff that doubles up to a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("lvs_operator.listwatch")
+
+Raw = dict[str, Any]  # an object as the API serves it
+
+
+class KubeObject(Protocol):
+    def to_dict(self) -> Raw: ...
+
+
+class KubeList(Protocol):
+    resourceVersion: str
+
+    def __aiter__(self) -> AsyncIterator[KubeObject]: ...
+
+
+class KubeClient(Protocol):
+    """What the list+watch loop (and the agent) use of lightkube's AsyncClient."""
+
+    def list(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def watch(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds before relisting after a failure: ``first``, doubling up to ``most``."""
+
+    first: float = 0.2
+    most: float = 5.0
+
+
+async def list_then_watch(
+    client: KubeClient,
+    resource: Any,
+    *,
+    namespace: str,
+    labels: Mapping[str, str] | None,
+    reset: Callable[[list[Raw]], None],
+    apply: Callable[[str, Raw], None],
+    what: str,
+    backoff: Backoff = Backoff(),
+    server_timeout: int | None = None,
+    hint: str = "",
+) -> None:
+    """Run until cancelled. ``namespace``: one namespace, or lightkube's ``ALL_NS``;
+    ``hint``: what to do about a 403, for the warning."""
+    from lightkube import ApiError
+
+    selector = dict(labels or {}) or None
+    delay = backoff.first
+    while True:
+        try:
+            listing = client.list(resource, namespace=namespace, labels=selector)
+            reset([obj.to_dict() async for obj in listing])
+            delay = backoff.first
+            extra = {} if server_timeout is None else {"server_timeout": server_timeout}
+            async for kind, obj in client.watch(
+                resource,
+                namespace=namespace,
+                labels=selector,
+                resource_version=listing.resourceVersion,
+                **extra,
+            ):
+                apply(kind, obj.to_dict())
+        except asyncio.CancelledError:
+            raise
+        except ApiError as exc:
+            if exc.status.code == 410:  # the watch fell too far behind: list again now
+                log.info("watch of %s expired, relisting", what)
+                continue
+            advice = f"; {hint}" if hint and exc.status.code == 403 else ""
+            log.warning("list/watch of %s failed (%s), relisting in %.1f s%s", what,
+                        exc.status.message, delay, advice)  # fmt: skip
+        except Exception as exc:
+            log.warning("list/watch of %s failed (%s), relisting in %.1f s", what,
+                        exc or type(exc).__name__, delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, backoff.most)
+
+
+class Informer:
+    """A cache of one kind in one namespace: ``store`` (name → object as a dict) kept in step
+    with the API server; ``on_change`` is called after the first full list and after every
+    event, ``synced`` is set after the first list."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resource: Any,
+        namespace: str,
+        on_change: Callable[[], None],
+        labels: Mapping[str, str] | None = None,
+        hint: str = "",
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.namespace = namespace
+        self.labels: dict[str, str] = dict(labels or {})
+        self.on_change = on_change
+        self.hint = hint
+        self.store: dict[str, Raw] = {}
+        self.synced = asyncio.Event()
+        self.kind = getattr(resource, "__name__", str(resource))
+
+    def _reset(self, items: list[Raw]) -> None:
+        self.store = {item["metadata"]["name"]: item for item in items}
+        self.synced.set()
+        self.on_change()
+
+    def _apply(self, kind: str, obj: Raw) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.store.pop(name, None)
+        else:
+            self.store[name] = obj
+        self.on_change()
+
+    async def run(self) -> None:
+        await list_then_watch(
+            self.client,
+            self.resource,
+            namespace=self.namespace,
+            labels=self.labels,
+            reset=self._reset,
+            apply=self._apply,
+            what=f"{self.kind} in namespace {self.namespace}",
+            backoff=Backoff(first=1.0, most=30.0),
+            hint=self.hint,
+        )
