@@ -204,32 +204,10 @@ class VipManager:
             return None  # loopback or a device without link-layer addresses
         return index, mac
 
-    def send_announcements(
-        self, vip: str, ifname: str, link: tuple[int, str], count: int | None = None
-    ) -> None:
-        """Send ``count`` announcements ``announce_interval`` apart (blocking; raw sockets
-        only, no netlink: safe on any thread)."""
-        count = self.announce_count if count is None else count
-        index, mac = link
-        for i in range(count):
-            try:
-                if ":" in vip:
-                    self._send_na(vip, ifname, index, mac)
-                else:
-                    self._send_garp(vip, ifname, mac, reply=bool(i % 2))
-            except OSError as exc:
-                log.warning(
-                    "announcing VIP failed: %s (the agent needs CAP_NET_RAW)",
-                    exc,
-                    extra={"vip": vip, "interface": ifname},
-                )
-                return
-            if i + 1 < count:
-                time.sleep(self.announce_interval)
-
     def send_many(self, items: list[tuple[str, str, tuple[int, str]]], count: int | None) -> None:
-        """``send_announcements`` for many VIPs at once: ``count`` rounds over all of them,
-        ``announce_interval`` apart (raw sockets only)."""
+        """Announce many VIPs at once: ``count`` rounds over all of them, ``announce_interval``
+        apart (blocking; raw sockets only, no netlink: safe on any thread). A failed send is
+        logged and the others go on."""
         count = self.announce_count if count is None else count
         for i in range(count):
             for vip, ifname, (index, mac) in items:
