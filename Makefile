@@ -9,7 +9,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: setup-python setup-cluster setup-vm  ## install everything the tests need (idempotent)
+setup: setup-python  ## install everything the tests need (idempotent)
+	@# the control plane's Go build and the VM's downloads and virtiofsd build overlap
+	$(MAKE) --no-print-directory -j2 --output-sync=line setup-cluster setup-vm
 
 setup-python:  ## the package and its test tools (editable)
 	$(PYTHON) -m pip install -q -e '.[test]'
