@@ -147,7 +147,7 @@ def traffic_masquerade() -> dict[str, Any]:
     topo = t.default_topology()
     t.reset(topo)
     d = _setup_masquerade()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"nft_backend": "libnftables" if nft._libnftables() else "nft command"}
     out["snat_again_changed"] = nft.ensure_masquerade_snat(
         *nft.masquerade_targets(ipvs.read_table(netns=d)), netns=d
     )

@@ -44,6 +44,9 @@ def test_converge_reads_back_and_edits_minimally(
 
 def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str, Any]) -> None:
     out = vm.call("tests.dataplane.scenarios_ipvs:traffic_masquerade")
+    # the agent's nftables path is the in-process library (the guest has Debian's nftables);
+    # the table it wrote is read back by the nft command in the director's namespace
+    assert out["nft_backend"] == "libnftables"
     assert out["snat_again_changed"] is False
     assert out["rr"] == {"rs1": 10, "rs2": 10, "rs3": 10}, out["nft"]
     assert out["seen_client"] == "10.20.0.11"  # the director's back address: SNAT at work
