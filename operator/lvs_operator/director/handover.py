@@ -338,10 +338,15 @@ class PlannedHandover:
         """On SIGTERM: move each VIP to lo, stop answering ARP for it, and put the handover
         note (this node's address on each VIP's link) on the Lease for the release."""
         exclude = self.vips.not_node_addresses()
+        addresses: dict[tuple[str, int], str | None] = {}  # one lookup per link and family
 
         async def relay_via(vip: str, ifname: str) -> str | None:
             version = ipaddress.ip_address(vip).version
-            via = await self.lane.run(self.node.link_address, ifname, version, exclude)
+            if (ifname, version) not in addresses:
+                addresses[ifname, version] = await self.lane.run(
+                    self.node.link_address, ifname, version, exclude
+                )
+            via = addresses[ifname, version]
             if via is None:
                 log.warning(
                     "no address of this node on the VIP's interface: its connections in "

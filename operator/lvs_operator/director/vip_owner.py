@@ -204,20 +204,49 @@ class VipOwner:
         Returns vip -> that address for the VIPs moved."""
         relays: dict[str, str] = {}
         async with self._lock:
+            plan: dict[str, tuple[str, str]] = {}  # vip -> (interface, relay address)
             for vip, ifname in dict(self.held).items():
                 try:
                     via = await relay_via(vip, ifname)
-                    if via is None:
-                        continue
-                    await self.lane.run(self.node.add, vip, LOOPBACK)
-                    self.retired[vip] = ifname
-                    await self.lane.run(self.node.remove, vip, ifname)
                 except Exception as exc:
                     log.warning("handover: cannot move the VIP to lo: %s", exc, extra={"vip": vip})
                     continue
+                if via is not None:
+                    plan[vip] = (ifname, via)
+            if not plan:
+                return relays
+            # one trip to the kernel's thread for all of them: the Lease is released after
+            # this, so every hop here delays the new leader
+            moves = {vip: ifname for vip, (ifname, _) in plan.items()}
+            on_lo, moved = await self.lane.run(self._move_to_lo, moves)
+            for vip in on_lo:
+                self.retired[vip] = moves[vip]
+            for vip in moved:
                 del self.held[vip]
-                relays[vip] = via
+                relays[vip] = plan[vip][1]
         return relays
+
+    def _move_to_lo(self, moves: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """(On the kernel's thread.) Add each VIP to lo, then remove it from its interface.
+        Returns the VIPs now on lo, and those of them that left their interface."""
+        on_lo: list[str] = []
+        for vip in moves:
+            try:
+                self.node.add(vip, LOOPBACK)
+            except Exception as exc:
+                log.warning("handover: cannot move the VIP to lo: %s", exc, extra={"vip": vip})
+                continue
+            on_lo.append(vip)
+        moved: list[str] = []
+        for vip in on_lo:
+            try:
+                self.node.remove(vip, moves[vip])
+            except Exception as exc:
+                log.warning("handover: cannot remove the VIP from its interface: %s", exc,
+                            extra={"vip": vip, "interface": moves[vip]})  # fmt: skip
+                continue
+            moved.append(vip)
+        return on_lo, moved
 
     async def drop_retired(self) -> None:
         for vip in list(self.retired):
