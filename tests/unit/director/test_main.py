@@ -23,3 +23,11 @@ def test_missing_identity_says_the_fix(capsys) -> None:
         parse_args([], {})
     err = capsys.readouterr().err
     assert "NODE_NAME" in err and "downward API" in err
+
+
+def test_process_age_is_this_process_s() -> None:
+    """The first log line's seconds_since_exec: how long start-up took before logging."""
+    from lvs_operator.director.main import process_age
+
+    age = process_age()
+    assert age is not None and 0 <= age < 24 * 3600
