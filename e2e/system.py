@@ -53,6 +53,7 @@ from tests.dataplane.vm import (  # noqa: E402
     SETUP_HINT,
     GuestProcess,
     Vm,
+    agent_startup,
     guest_python,
     missing_requirements,
 )
@@ -601,9 +602,15 @@ class System:
         self.agent_history.append((node, proc))
         return proc
 
-    def wait_agents_ready(self, namespaces: list[str], timeout: float = 240) -> dict[str, float]:
-        """Until each agent's /readyz answers 200 (lists done, kernel converged once)."""
+    def wait_agents_ready(self, namespaces: list[str], timeout: float = 60) -> dict[str, float]:
+        """Until each agent has started (its kernel read, observed in its log: Python's
+        start-up under TCG takes 15-50 s, up to AGENT_STARTUP_LIMIT) and then its /readyz
+        answers 200 (lists done, kernel converged once) within ``timeout`` seconds."""
         assert self.vm is not None
+        for ns in namespaces:
+            if ns in self.agents:
+                startup = agent_startup(self.agents[ns])
+                assert startup["ok"], f"agent {ns} did not start: {startup}"
         ready: dict[str, float] = self.vm.call(
             "tests.dataplane.scenarios_agent:wait_ready",
             namespaces=namespaces,

@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.dataplane import topology as topo_mod
 from tests.dataplane.fakeapi import FakeApi
-from tests.dataplane.vm import GuestProcess, Vm
+from tests.dataplane.vm import AGENT_STARTUP_LIMIT, GuestProcess, Vm, agent_startup
 
 GROUP = "gtest"
 NAMESPACE = "lvs-system"
@@ -126,6 +126,26 @@ class Lab:
         self.starts[ns] = time.monotonic()
         return proc
 
+    def wait_started(self, namespaces: list[str]) -> dict[str, dict[str, Any]]:
+        """Until each agent has started (read the kernel: observed in its log, however long
+        Python's start-up takes under TCG) and then answers /readyz. Raises, saying which
+        step was slow, when an agent does not get there."""
+        startups = {}
+        for ns in namespaces:
+            startup = agent_startup(self.agents[ns])
+            assert startup["ok"], (
+                f"agent {ns} did not read the kernel within {AGENT_STARTUP_LIMIT:.0f} s of its "
+                f"spawn: {startup}"
+            )
+            startups[ns] = {k: v for k, v in startup.items() if k != "log_tail"}
+        # from the kernel read on: lists, the first converge and the HTTP server, ~1-3 s here
+        ready = self.call("wait_ready", namespaces=namespaces, within=60)
+        assert len(ready) == len(namespaces), (
+            f"agents started but not ready within 60 s of their kernel read: ready {ready}, "
+            f"start-up {startups}\n{self.logs()}"
+        )
+        return startups
+
     def stop_agent(self, ns: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         proc = self.agents.pop(ns)
         proc.signal(sig)
@@ -175,3 +195,25 @@ class Lab:
         proc.signal(signal.SIGTERM)
         proc.wait(30)
         return self.call("read_loop", path=out)  # type: ignore[no-any-return]
+
+
+def handover_steps(old: GuestProcess, new: GuestProcess) -> dict[str, float | None]:
+    """A planned handover step by step, from the two agents' logs (guest wall clock, seconds
+    from the old leader's SIGTERM): the old one retires its VIPs and releases the Lease, the
+    new one sees it free, installs the relay, adds the VIPs."""
+
+    def first_ts(proc: GuestProcess, msg: str, after: float = 0.0) -> float | None:
+        return next((float(r["ts"]) for r in proc.records()
+                     if str(r.get("msg", "")).startswith(msg) and float(r["ts"]) >= after),
+                    None)  # fmt: skip
+
+    t0 = first_ts(old, "stopping: releasing the Lease")
+    if t0 is None:
+        return {}
+    marks = {
+        "lease_released": first_ts(old, "lease released", t0),
+        "new_leader": first_ts(new, "became leader", t0),
+        "relay_installed": first_ts(new, "relaying the old leader's connections", t0),
+        "vip_added": first_ts(new, "VIP added", t0),
+    }
+    return {k: None if v is None else round(v - t0, 3) for k, v in marks.items()}

@@ -153,6 +153,61 @@ class GuestProcess:
             return ""
         return self.log.read_text(errors="replace")
 
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines the process wrote so far (the agents' log format)."""
+        out = []
+        for line in self.output().splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    def wait_log(self, msg: str, within: float) -> dict[str, Any] | None:
+        """The first log record whose msg starts with ``msg``, waiting up to ``within``
+        seconds for it (None: not within, or the process ended without it)."""
+        deadline = time.monotonic() + within
+        while True:
+            found = next((r for r in self.records() if str(r.get("msg", "")).startswith(msg)),
+                         None)  # fmt: skip
+            if found is not None:
+                return found
+            if time.monotonic() > deadline or not self.running():
+                return None
+            time.sleep(0.2)
+
+
+# How long an agent may take to start in the TCG guest before a test gives up on it. A bound
+# of the harness, not of the product (there the agent starts in about a second): Python's
+# start-up and imports are CPU-bound, and under TCG on a busy 2-core host they were seen to
+# take 15-50 s (the agent's first log line says how long: seconds_since_exec).
+AGENT_STARTUP_LIMIT = 300.0
+
+
+def agent_startup(proc: GuestProcess, within: float = AGENT_STARTUP_LIMIT) -> dict[str, Any]:
+    """Wait until a director agent has read the kernel (its start-up is done), then say how
+    long each step took: ``since_exec`` (interpreter and first imports, before its first log
+    line), ``modules`` (the agent's own imports), ``kernel_read_after_start`` (seconds from the
+    first log line to the kernel read). ``ok`` False when it did not get there ``within``."""
+    read = proc.wait_log("kernel read", within)
+    recs = proc.records()
+
+    def first(msg: str) -> dict[str, Any] | None:
+        return next((r for r in recs if str(r.get("msg", "")).startswith(msg)), None)
+
+    started = first("director agent process started")
+    modules = first("agent modules loaded")
+    return {
+        "ok": read is not None,
+        "since_exec": started.get("seconds_since_exec") if started else None,
+        "modules": modules.get("seconds") if modules else None,
+        "kernel_read_after_start": (
+            round(float(read["ts"]) - float(started["ts"]), 2) if read and started else None
+        ),
+        "kernel_read_ts": float(read["ts"]) if read else None,
+        "log_tail": "" if read else proc.output()[-2000:],
+    }
+
 
 class Vm:
     """One booted guest. Use as a context manager, or call start()/stop()."""
