@@ -16,127 +16,17 @@ from .. import GROUP, VERSION
 from . import ipvs_catalog, network
 from . import realserverpool as rsp
 from . import virtualserver as vs
-from .common import LABEL_SELECTOR_OPERATORS, MSG_SELECTOR_VALUES
-
-Schema = dict[str, Any]
-
-# Kubernetes' CEL needs bounded strings and lists to estimate rule cost.
-MAX_KEY_LENGTH = 317  # label key: 253 prefix + '/' + 63 name
-MAX_LABEL_VALUE = 63
-MAX_SELECTOR_TERMS = 16
-
-PORT_NAME_RULE = (
-    f"self.matches('{network.PORT_NAME_PATTERN}') && !self.contains('--') && self.matches('[a-z]')"
+from .schema import (
+    MAX_LABEL_VALUE,
+    MAX_SELECTOR_TERMS,
+    PORT_NAME_RULE,
+    Schema,
+    bounded_int,
+    cel_rule,
+    conditions,
+    label_selector,
+    unicast_address,
 )
-
-
-def _int(minimum: int, maximum: int, description: str, default: int | None = None) -> Schema:
-    out: Schema = {
-        "type": "integer",
-        "minimum": minimum,
-        "maximum": maximum,
-        "description": description,
-    }
-    if default is not None:
-        out["default"] = default
-    return out
-
-
-def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
-    out: Schema = {"rule": rule, "message": message}
-    if field_path:
-        out["fieldPath"] = field_path
-    return out
-
-
-def _unicast_address(description: str, invalid: str, not_unicast: str) -> Schema:
-    return {
-        "type": "string",
-        "maxLength": 45,
-        "description": description,
-        "x-kubernetes-validations": (
-            [
-                _rule("isIP(self)", invalid),
-                _rule("!isIP(self) || ip(self).isGlobalUnicast()", not_unicast),
-            ]
-            if invalid != not_unicast
-            else [_rule("isIP(self) && ip(self).isGlobalUnicast()", invalid)]
-        ),
-    }
-
-
-def _conditions() -> Schema:
-    return {
-        "type": "array",
-        "maxItems": 16,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["type"],
-        "items": {
-            "type": "object",
-            "required": ["type", "status"],
-            "properties": {
-                "type": {"type": "string", "maxLength": 316},
-                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "reason": {"type": "string", "maxLength": 1024},
-                "message": {"type": "string", "maxLength": 32768},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
-                "observedGeneration": {"type": "integer", "minimum": 0},
-            },
-        },
-    }
-
-
-def _label_selector() -> Schema:
-    return {
-        "type": "object",
-        "description": "Pods in the pool's namespace whose labels match become members.",
-        "properties": {
-            "matchLabels": {
-                "type": "object",
-                "maxProperties": MAX_SELECTOR_TERMS,
-                "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
-            },
-            "matchExpressions": {
-                "type": "array",
-                "maxItems": MAX_SELECTOR_TERMS,
-                "x-kubernetes-list-type": "atomic",
-                "items": {
-                    "type": "object",
-                    "required": ["key", "operator"],
-                    "properties": {
-                        "key": {"type": "string", "maxLength": MAX_KEY_LENGTH},
-                        "operator": {"type": "string", "enum": list(LABEL_SELECTOR_OPERATORS)},
-                        "values": {
-                            "type": "array",
-                            "maxItems": 64,
-                            "x-kubernetes-list-type": "atomic",
-                            "items": {"type": "string", "maxLength": MAX_LABEL_VALUE},
-                        },
-                    },
-                    "x-kubernetes-validations": [
-                        _rule(
-                            "!(self.operator in ['In', 'NotIn']) || "
-                            "(has(self.values) && size(self.values) > 0)",
-                            MSG_SELECTOR_VALUES,
-                        ),
-                        _rule(
-                            "!(self.operator in ['Exists', 'DoesNotExist']) || "
-                            "!has(self.values) || size(self.values) == 0",
-                            MSG_SELECTOR_VALUES,
-                        ),
-                    ],
-                },
-            },
-        },
-        "x-kubernetes-validations": [
-            _rule(
-                "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
-                "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
-                rsp.MSG_SELECTOR_EMPTY,
-            )
-        ],
-    }
-
 
 # --- VirtualServer ---------------------------------------------------------------------------
 
@@ -151,12 +41,12 @@ def virtualserver_spec_schema() -> Schema:
                 "maxLength": 15,
                 "description": "Optional port name.",
                 "x-kubernetes-validations": [
-                    _rule(
+                    cel_rule(
                         PORT_NAME_RULE, "name must be an IANA service name (1-15 of a-z, 0-9, '-')"
                     )
                 ],
             },
-            "port": _int(network.PORT_MIN, network.PORT_MAX, "The port clients connect to."),
+            "port": bounded_int(network.PORT_MIN, network.PORT_MAX, "The port clients connect to."),
             "protocol": {
                 "type": "string",
                 "enum": [str(p) for p in vs.Protocol],
@@ -169,7 +59,7 @@ def virtualserver_spec_schema() -> Schema:
                 # Bounds the CEL cost estimate (a port name has at most 15 characters).
                 "maxLength": 15,
                 "x-kubernetes-validations": [
-                    _rule(
+                    cel_rule(
                         "type(self) == int ? (self >= 1 && self <= 65535) : "
                         f"(size(self) <= 15 && {PORT_NAME_RULE})",
                         vs.MSG_TARGET_PORT,
@@ -182,7 +72,7 @@ def virtualserver_spec_schema() -> Schema:
         "type": "object",
         "required": ["vip", "ports", "poolRef"],
         "properties": {
-            "vip": _unicast_address(
+            "vip": unicast_address(
                 "The virtual IP (IPv4 or IPv6) clients connect to.",
                 vs.MSG_VIP_INVALID,
                 vs.MSG_VIP_NOT_UNICAST,
@@ -194,12 +84,12 @@ def virtualserver_spec_schema() -> Schema:
                 "x-kubernetes-list-type": "atomic",
                 "items": port,
                 "x-kubernetes-validations": [
-                    _rule(
+                    cel_rule(
                         "self.all(p, has(p.port) ? self.exists_one(q, has(q.port) ? "
                         "(q.port == p.port && q.protocol == p.protocol) : false) : true)",
                         vs.MSG_PORTS_UNIQUE,
                     ),
-                    _rule(
+                    cel_rule(
                         "self.all(p, has(p.name) ? self.exists_one(q, has(q.name) ? "
                         "q.name == p.name : false) : true)",
                         vs.MSG_PORT_NAMES_UNIQUE,
@@ -241,7 +131,7 @@ def virtualserver_spec_schema() -> Schema:
                 "type": "object",
                 "description": "Sticky sessions: a client stays on one real server.",
                 "properties": {
-                    "timeoutSeconds": _int(
+                    "timeoutSeconds": bounded_int(
                         1,
                         network.PERSISTENCE_TIMEOUT_MAX,
                         "Idle time after which stickiness ends.",
@@ -252,7 +142,7 @@ def virtualserver_spec_schema() -> Schema:
                         "enum": list(network.IPV4_NETMASKS),
                         "description": "IPv4 VIPs: clients in one netmask share a server.",
                     },
-                    "prefixLength": _int(
+                    "prefixLength": bounded_int(
                         1, 128, "IPv6 VIPs: clients in one prefix share a server."
                     ),
                 },
@@ -268,7 +158,7 @@ def virtualserver_spec_schema() -> Schema:
                         "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
                         "default": dict(vs.DEFAULT_DIRECTOR_NODE_SELECTOR),
                         "x-kubernetes-validations": [
-                            _rule("size(self) > 0", vs.MSG_NODE_SELECTOR_EMPTY)
+                            cel_rule("size(self) > 0", vs.MSG_NODE_SELECTOR_EMPTY)
                         ],
                     },
                     "interface": {
@@ -282,25 +172,25 @@ def virtualserver_spec_schema() -> Schema:
             },
         },
         "x-kubernetes-validations": [
-            _rule(
+            cel_rule(
                 ipvs_catalog.flags_match_rule(),
                 vs.MSG_FLAGS_MATCH,
                 ".schedulerFlags",
             ),
-            _rule(
+            cel_rule(
                 "!(self.forwarding in ['direct', 'tunnel']) || self.ports.all(p, "
                 "!has(p.targetPort) || !has(p.port) || "
                 "(type(p.targetPort) == int && p.targetPort == p.port))",
                 vs.MSG_PORT_REMAP,
                 ".ports",
             ),
-            _rule(
+            cel_rule(
                 "!has(self.persistence) || !has(self.persistence.netmask) || "
                 "!isIP(self.vip) || ip(self.vip).family() == 4",
                 vs.MSG_NETMASK_FAMILY,
                 ".persistence",
             ),
-            _rule(
+            cel_rule(
                 "!has(self.persistence) || !has(self.persistence.prefixLength) || "
                 "!isIP(self.vip) || ip(self.vip).family() == 6",
                 vs.MSG_PREFIX_FAMILY,
@@ -331,7 +221,7 @@ def virtualserver_status_schema() -> Schema:
             "readyRealServers": {"type": "integer", "minimum": 0},
             "totalRealServers": {"type": "integer", "minimum": 0},
             "readyOfTotal": {"type": "string", "maxLength": 32},
-            "conditions": _conditions(),
+            "conditions": conditions(),
         },
     }
 
@@ -344,15 +234,15 @@ def realserverpool_spec_schema() -> Schema:
         "type": "object",
         "required": ["address"],
         "properties": {
-            "address": _unicast_address(
+            "address": unicast_address(
                 "A real server outside the cluster.", rsp.MSG_SERVER_ADDRESS, rsp.MSG_SERVER_ADDRESS
             ),
-            "port": _int(
+            "port": bounded_int(
                 network.PORT_MIN,
                 network.PORT_MAX,
                 "Its port (default: the VirtualServer's targetPort).",
             ),
-            "weight": _int(
+            "weight": bounded_int(
                 network.WEIGHT_MIN,
                 network.WEIGHT_MAX,
                 "IPVS weight (0 drains).",
@@ -370,7 +260,7 @@ def realserverpool_spec_schema() -> Schema:
                 "enum": [str(t) for t in rsp.HealthCheckType],
                 "default": str(rsp.HealthCheckType.TCP),
             },
-            "port": _int(
+            "port": bounded_int(
                 network.PORT_MIN,
                 network.PORT_MAX,
                 "Port to check (default: the member's target port).",
@@ -381,33 +271,41 @@ def realserverpool_spec_schema() -> Schema:
                 "pattern": "^/",
                 "description": "http: the path to GET (default /).",
             },
-            "expectedStatus": _int(100, 599, "http: the status that means healthy (default 200)."),
+            "expectedStatus": bounded_int(
+                100, 599, "http: the status that means healthy (default 200)."
+            ),
             "host": {
                 "type": "string",
                 "maxLength": 253,
                 "description": "http: the Host header to send.",
             },
-            "intervalSeconds": _int(1, 3600, "Time between checks.", rsp.DEFAULT_HEALTH_INTERVAL),
-            "timeoutSeconds": _int(1, 3600, "Time a check may take.", rsp.DEFAULT_HEALTH_TIMEOUT),
-            "riseThreshold": _int(1, 100, "Passes in a row to become healthy.", rsp.DEFAULT_RISE),
-            "fallThreshold": _int(
+            "intervalSeconds": bounded_int(
+                1, 3600, "Time between checks.", rsp.DEFAULT_HEALTH_INTERVAL
+            ),
+            "timeoutSeconds": bounded_int(
+                1, 3600, "Time a check may take.", rsp.DEFAULT_HEALTH_TIMEOUT
+            ),
+            "riseThreshold": bounded_int(
+                1, 100, "Passes in a row to become healthy.", rsp.DEFAULT_RISE
+            ),
+            "fallThreshold": bounded_int(
                 1, 100, "Failures in a row to become unhealthy.", rsp.DEFAULT_FALL
             ),
         },
         "x-kubernetes-validations": [
-            _rule(
+            cel_rule(
                 f"self.type == '{rsp.HealthCheckType.HTTP}' || "
                 f"({' && '.join(f'!has(self.{k})' for k in rsp.HTTP_ONLY_FIELDS)})",
                 rsp.MSG_HTTP_ONLY,
             ),
-            _rule("self.timeoutSeconds <= self.intervalSeconds", rsp.MSG_TIMEOUT_INTERVAL),
+            cel_rule("self.timeoutSeconds <= self.intervalSeconds", rsp.MSG_TIMEOUT_INTERVAL),
         ],
     }
     return {
         "type": "object",
         "properties": {
-            "selector": _label_selector(),
-            "weight": _int(
+            "selector": label_selector(),
+            "weight": bounded_int(
                 network.WEIGHT_MIN,
                 network.WEIGHT_MAX,
                 "IPVS weight of selected pods (a pod's lvs.io/weight annotation overrides it).",
@@ -419,7 +317,7 @@ def realserverpool_spec_schema() -> Schema:
                 "x-kubernetes-list-type": "atomic",
                 "items": server,
                 "x-kubernetes-validations": [
-                    _rule(
+                    cel_rule(
                         "self.all(s, has(s.address) ? self.exists_one(t, has(t.address) ? "
                         "(t.address == s.address && "
                         "(has(t.port) ? t.port : 0) == (has(s.port) ? s.port : 0)) : false) "
@@ -431,7 +329,7 @@ def realserverpool_spec_schema() -> Schema:
             "healthCheck": health,
         },
         "x-kubernetes-validations": [
-            _rule(
+            cel_rule(
                 "has(self.selector) || (has(self.servers) && size(self.servers) > 0)",
                 rsp.MSG_POOL_EMPTY,
             ),
@@ -473,7 +371,7 @@ def realserverpool_status_schema() -> Schema:
             "readyMembers": {"type": "integer", "minimum": 0},
             "totalMembers": {"type": "integer", "minimum": 0},
             "readyOfTotal": {"type": "string", "maxLength": 32},
-            "conditions": _conditions(),
+            "conditions": conditions(),
         },
     }
 
