@@ -15,14 +15,13 @@ connections and persistence templates of everybody using it.
 from __future__ import annotations
 
 import enum
-import functools
-import ipaddress
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from lvs_operator.api import ipvs_catalog
+from lvs_operator.api.network import canonical_ip
 
 # The IPVS vocabulary and its kernel encoding are declared once, in api/ipvs_catalog.py;
 # the names below are this model's view of it.
@@ -40,13 +39,6 @@ SETTABLE_FLAGS: Final = ipvs_catalog.SETTABLE_FLAG_BITS
 FLAG_BITS: Final[Mapping[str, int]] = {f.name: f.bit for f in ipvs_catalog.SCHEDULER_FLAGS}
 flags_to_bits = ipvs_catalog.flag_bits
 bits_to_flags = ipvs_catalog.flag_names
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _canonical_ip(address: str) -> str:
-    # cached: tables repeat the same few thousand addresses, and ipaddress parsing was the
-    # largest cost of reading 1,000 services back from the kernel (measured in the VM)
-    return str(ipaddress.ip_address(address))
 
 
 def _family(address: str) -> int:
@@ -68,7 +60,7 @@ class ServiceKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", Protocol(self.protocol))
-        object.__setattr__(self, "address", _canonical_ip(self.address))
+        object.__setattr__(self, "address", canonical_ip(self.address))
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
 
@@ -104,7 +96,7 @@ class IpvsService:
     netmask: int | None = None  # None: the family's full length
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _canonical_ip(self.address))
+        object.__setattr__(self, "address", canonical_ip(self.address))
         object.__setattr__(self, "protocol", Protocol(self.protocol))
         object.__setattr__(self, "flags", frozenset(self.flags))
         flags_to_bits(self.flags)  # validates the names
@@ -160,7 +152,7 @@ class IpvsDestination:
     lower_threshold: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _canonical_ip(self.address))
+        object.__setattr__(self, "address", canonical_ip(self.address))
         object.__setattr__(self, "forwarding", Forwarding(self.forwarding))
         if not 0 <= self.weight <= 0x7FFFFFFF:
             raise ValueError(f"weight out of range: {self.weight}")
@@ -278,7 +270,7 @@ Ownership = Callable[[ServiceKey], bool] | Collection[ServiceKey] | None
 def owned_by_addresses(addresses: Iterable[str]) -> Callable[[ServiceKey], bool]:
     """Ownership for adoption: every service on one of these addresses (the director group's
     VIPs) belongs to the agent, whoever programmed it."""
-    vips = frozenset(_canonical_ip(a) for a in addresses)
+    vips = frozenset(canonical_ip(a) for a in addresses)
     return lambda key: key.address in vips
 
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lvs_operator.api.network import canonical_ip
+
 log = logging.getLogger("lvs_operator.director.vip")
 
 IFA_F_NODAD = 0x02
@@ -86,10 +88,6 @@ def unsolicited_na(vip: str, mac: str) -> bytes:
 
 def host_prefix(vip: str) -> int:
     return 32 if ipaddress.ip_address(vip).version == 4 else 128
-
-
-def canonical(vip: str) -> str:
-    return str(ipaddress.ip_address(vip))
 
 
 class VipManager:
@@ -157,7 +155,7 @@ class VipManager:
                 continue
             if a.index not in names:
                 names[a.index] = self._ifname(a.index)
-            out[canonical(a.address)] = names[a.index]
+            out[canonical_ip(a.address)] = names[a.index]
         return out
 
     # -- changes -------------------------------------------------------------------------------
@@ -254,7 +252,7 @@ def plan_vips(
     Only addresses in ``candidates`` (VIPs this agent knows of: its VirtualServers' and its
     IPVS services' addresses) are ever removed; other host addresses on the node are left
     alone. A VIP on the wrong interface is moved."""
-    wanted = {canonical(k): v for k, v in wanted.items()}
+    wanted = {canonical_ip(k): v for k, v in wanted.items()}
     add: dict[str, str] = {}
     remove: dict[str, str] = {}
     for vip, ifname in wanted.items():
@@ -262,7 +260,7 @@ def plan_vips(
             add[vip] = ifname
             if vip in present:
                 remove[vip] = present[vip]
-    for vip in {canonical(c) for c in candidates}:
+    for vip in {canonical_ip(c) for c in candidates}:
         if vip not in wanted and vip in present:
             remove[vip] = present[vip]
     return VipPlan(add=add, remove=remove)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lvs_operator.api.contract import GROUP_LABEL
+from lvs_operator.api.network import canonical_ip
 from lvs_operator.api.realserverpool import (
     HealthCheck,
     PoolMember,
@@ -27,7 +28,6 @@ from lvs_operator.api.virtualserver import VirtualServer
 from lvs_operator.listwatch import KubeClient, Raw, list_then_watch
 
 from .table import ServiceKey
-from .vip import canonical
 
 log = logging.getLogger("lvs_operator.director.watches")
 
@@ -114,7 +114,7 @@ class Watches:
             self.virtual_servers.pop(key, None)
         else:
             self.virtual_servers[key] = vs
-            self.on_vip(canonical(vs.spec.vip))
+            self.on_vip(canonical_ip(vs.spec.vip))
 
     def reset_vs(self, items: Iterable[Raw]) -> None:
         self.virtual_servers = {}

@@ -40,13 +40,6 @@ def test_canonical_ip() -> None:
         network.canonical_ip("not-an-ip")
 
 
-def test_the_agents_canonical_ip_is_the_same() -> None:
-    from lvs_operator.director.table import _canonical_ip
-
-    for text in ("2001:DB8:0::0:1", "192.0.2.1", "::ffff:192.0.2.1", "fe80::1"):
-        assert _canonical_ip(text) == network.canonical_ip(text)
-
-
 def test_one_resource_type_per_kind() -> None:
     assert VirtualServerResource._api_info.resource.kind == "VirtualServer"
     assert RealServerPoolResource._api_info.plural == "realserverpools"
