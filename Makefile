@@ -10,8 +10,8 @@ help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: setup-python  ## install everything the tests need (idempotent)
-	@# the control plane's Go build and the VM's downloads and virtiofsd build overlap
-	$(MAKE) --no-print-directory -j2 --output-sync=line setup-cluster setup-vm
+	@# the control plane's Go build and the VM's set-up overlap (their lines are prefixed)
+	$(MAKE) --no-print-directory -j2 setup-cluster setup-vm
 
 setup-python:  ## the package and its test tools (editable)
 	$(PYTHON) -m pip install -q -e '.[test]'
