@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 from lvs_operator.api.realserverpool import HealthCheck, HealthCheckType
 
@@ -114,19 +115,13 @@ async def probe(target: Probe, timeout: float) -> bool:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(target.address, target.port), timeout
         )
-        if target.type is HealthCheckType.TCP:
-            return True
-        address = target.address
-        host = target.host or (f"[{address}]" if ":" in address else address)
-        request = (
-            f"GET {target.path} HTTP/1.0\r\nHost: {host}\r\n"
-            "User-Agent: lvs-operator-health\r\nConnection: close\r\n\r\n"
-        )
-        writer.write(request.encode())
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        parts = line.decode("latin-1").split()
-        return len(parts) >= 2 and parts[1] == str(target.expected_status)
+        match target.type:
+            case HealthCheckType.TCP:
+                return True
+            case HealthCheckType.HTTP:
+                return await _http_status_is(target, reader, writer, timeout)
+            case unknown:  # a new type must say here how it probes (mypy checks)
+                assert_never(unknown)
     except (OSError, TimeoutError, ValueError):
         return False
     finally:
@@ -134,6 +129,22 @@ async def probe(target: Probe, timeout: float) -> bool:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def _http_status_is(
+    target: Probe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+) -> bool:
+    address = target.address
+    host = target.host or (f"[{address}]" if ":" in address else address)
+    request = (
+        f"GET {target.path} HTTP/1.0\r\nHost: {host}\r\n"
+        "User-Agent: lvs-operator-health\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(request.encode())
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), timeout)
+    parts = line.decode("latin-1").split()
+    return len(parts) >= 2 and parts[1] == str(target.expected_status)
 
 
 Prober = Callable[[Probe, float], Awaitable[bool]]

@@ -50,6 +50,12 @@ def make(
     handover: FakeHandoverKernel | None = None,
     **cfg_kw: Any,
 ) -> Agent:
+    # The agent runs on the real clock here: generous Lease timings, so a loaded machine (a
+    # test run beside a build) cannot make a renewal miss the product's 1.5 s deadline; the
+    # deadline itself is tested on a fake clock (test_election.py). Seen flaky before: a
+    # renewal past the deadline stepped down and wrote no annotation.
+    cfg_kw.setdefault("lease_duration", 60)
+    cfg_kw.setdefault("renew_deadline", 45.0)
     cfg = AgentConfig(node_name=identity, namespace="lvs-system", group="g1", lease_name="lease",
                       **cfg_kw)  # fmt: skip
     return Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
