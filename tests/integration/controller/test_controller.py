@@ -139,8 +139,15 @@ def test_pool_members_follow_endpointslices(
         ),
         namespace=namespace,
     )
-    # The pool's headless Service: one port per targetPort key, owned by the pool.
-    svc = wait_for(lambda: admin.get(Service, "lvs-web", namespace=namespace), timeout=30)
+
+    # The pool's headless Service: one port per targetPort key, owned by the pool. It may be
+    # written before the controller has seen the VirtualServer (then without ports): wait for
+    # the ports, not for the first version (seen on a fresh machine's first run).
+    def service_with_ports() -> Service | None:
+        found = admin.get(Service, "lvs-web", namespace=namespace)
+        return found if found.spec and found.spec.ports else None
+
+    svc = wait_for(service_with_ports, timeout=30)
     assert svc.spec.clusterIP == "None"
     assert sorted((p.name, p.targetPort) for p in svc.spec.ports) == [
         ("8443", 8443),
