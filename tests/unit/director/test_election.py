@@ -218,8 +218,11 @@ async def test_programmed_annotation_written_with_renewal(env) -> None:
 
 async def test_run_wakes_on_release_through_the_watch() -> None:
     store = FakeLeaseStore()
+    # B's retry period far beyond the wait below: only the watch can wake it in time (an
+    # absolute bound on the delay is what a loaded machine breaks)
+    slow = {"lease_duration": 120, "renew_deadline": 90.0, "retry_period": 60.0}
     a = Elector(ElectionConfig("node-a", retry_period=0.4), FakeLeaseApi(store))
-    b = Elector(ElectionConfig("node-b", retry_period=0.4), FakeLeaseApi(store))
+    b = Elector(ElectionConfig("node-b", **slow), FakeLeaseApi(store))
     await a.tick()
     task = asyncio.create_task(b.run())
     await asyncio.sleep(0.05)
@@ -227,10 +230,9 @@ async def test_run_wakes_on_release_through_the_watch() -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     await a.release()
-    while not b.is_leader and loop.time() - t0 < 2:
+    while not b.is_leader and loop.time() - t0 < 10:
         await asyncio.sleep(0.01)
-    assert b.is_leader
-    assert loop.time() - t0 < 0.3  # woken by the watch, not the 0.4 s retry
+    assert b.is_leader  # woken by the watch: its next retry was a minute away
     await b.release()
     await asyncio.wait_for(task, 2)
     assert store.record.holder == ""
@@ -353,21 +355,23 @@ async def test_leader_steps_down_when_its_watch_shows_the_lease_taken(caplog) ->
     async def on_change(leader: bool) -> None:
         changes.append(leader)
 
-    a = Elector(ElectionConfig("node-a"), FakeLeaseApi(store), on_change)
+    # A's retry period far beyond the wait below: only the watch can make it step down in
+    # time (an absolute bound on the delay is what a loaded machine breaks)
+    slow = {"lease_duration": 120, "renew_deadline": 90.0, "retry_period": 60.0}
+    a = Elector(ElectionConfig("node-a", **slow), FakeLeaseApi(store), on_change)
     b = Elector(ElectionConfig("node-b"), FakeLeaseApi(store), holder_unreachable=lambda h: True)
     await a.tick()
     task = asyncio.create_task(a.run())
-    await asyncio.sleep(0.05)  # a renewed and waits for its retry period (0.4 s)
+    await asyncio.sleep(0.05)  # a renewed and waits for its retry period (a minute)
     assert changes == [True]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with caplog.at_level("INFO", logger="lvs_operator.director.election"):
         await b.tick()
         assert b.is_leader
-        while a.is_leader and loop.time() - t0 < 2:
+        while a.is_leader and loop.time() - t0 < 10:
             await asyncio.sleep(0.005)
-    assert not a.is_leader
-    assert loop.time() - t0 < 0.2  # woken by the watch, not at its next renewal
+    assert not a.is_leader  # woken by the watch: its next renewal was a minute away
     assert changes == [True, False]
     assert "stepped down: Lease taken by 'node-b'" in caplog.text
     assert a.holder == "node-b"

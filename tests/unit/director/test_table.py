@@ -235,16 +235,29 @@ def test_apply_to_table_rejects_impossible_changes() -> None:
 
 
 def test_diff_scales_linearly() -> None:
-    # 1,000 services x 10 destinations: diffing must stay cheap (it runs on every event)
+    # 1,000 services x 10 destinations: diffing must stay cheap (it runs on every event).
+    # Held as a ratio of CPU time (this process's, so other load does not count) against 100
+    # services in the same run: linear is 10x, quadratic would be 100x. An absolute bound in
+    # seconds failed on a loaded machine; speed itself is measured by the benchmarks.
     import time
 
-    big = IpvsTable.of(
-        (IpvsService(f"10.{i // 250}.{i % 250}.1", 80), [
-            IpvsDestination(f"10.200.{j}.{i % 250}", 8080) for j in range(10)
-        ])
-        for i in range(1000)
-    )  # fmt: skip
-    t0 = time.perf_counter()
-    assert diff(big, big) == []
-    assert len(diff(big, IpvsTable())) == 11_000
-    assert time.perf_counter() - t0 < 2.0
+    def table(services: int) -> IpvsTable:
+        return IpvsTable.of(
+            (IpvsService(f"10.{i // 250}.{i % 250}.1", 80), [
+                IpvsDestination(f"10.200.{j}.{i % 250}", 8080) for j in range(10)
+            ])
+            for i in range(services)
+        )  # fmt: skip
+
+    def cost(t: IpvsTable) -> float:
+        best = float("inf")
+        for _ in range(3):  # the best of three: the least disturbed
+            t0 = time.process_time()
+            assert diff(t, t) == []
+            assert len(diff(t, IpvsTable())) == 11 * len(t)
+            best = min(best, time.process_time() - t0)
+        return best
+
+    small, big = table(100), table(1000)
+    ratio = cost(big) / max(cost(small), 1e-4)
+    assert ratio < 30, f"1,000 services cost {ratio:.1f}x 100 services (linear: 10x)"
