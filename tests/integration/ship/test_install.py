@@ -126,7 +126,9 @@ def virtualserver_waits_for_its_directors(kube: Any, controller: HostController)
         status = vs.get("status") or {}
         conds = {c["type"]: c for c in status.get("conditions") or []}
         group = (vs.metadata.labels or {}).get("lvs.io/director-group")
-        if not group or "Programmed" not in conds:
+        # the VirtualServer's status may lag its pool's by a pass (seen under load: Programmed
+        # written while the pool had no members yet): wait for the state, not the first write
+        if not group or "Programmed" not in conds or status.get("totalRealServers") != 3:
             return None
         return vs, group, conds
 
