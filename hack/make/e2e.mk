@@ -7,10 +7,10 @@ DEMO_ARGS ?=
 
 .PHONY: demo demo-once demo-down bench-e2e
 
-demo: setup-python  ## the whole system here: control plane + VM + operator + traffic + failover (Ctrl-C stops)
+demo: setup  ## the whole system here: control plane + VM + operator + traffic + failover (Ctrl-C stops)
 	$(PYTHON) e2e/demo.py $(DEMO_ARGS)
 
-demo-once: setup-python  ## the demo, non-interactive: run the show, clean up, exit
+demo-once: setup  ## the demo, non-interactive: run the show, clean up, exit
 	$(PYTHON) e2e/demo.py --once $(DEMO_ARGS)
 
 demo-down:  ## stop a running demo and remove everything it started
