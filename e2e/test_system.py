@@ -533,12 +533,20 @@ def test_6_agent_crash_stale_vip_dropped_on_restart(system: System) -> None:
         f"agent imports); overlap {[o['seconds'] for o in window]} s; {stats['failures']} failed "
         f"requests"
     )
-    # Start-up: read the kernel (0.7-1.5 s under TCG), one election step bounded by the
-    # start-up grace, then drop: the bound is checked from the kernel read on.
-    bound = s.timings.startup_grace + 1.0
+    # Start-up: read the kernel, one election step bounded by the start-up grace, then drop:
+    # the bound is checked from the kernel read on. Beyond the grace the drop is a little
+    # netlink and Python work, as is the kernel read itself, so that margin is this agent's
+    # own kernel read time ("director agent starting" -> "kernel read") at least 1 s: a
+    # ratio to how fast the VM runs right now. A fixed 1 s failed with the host loaded
+    # (agent imports 24 s instead of 3.6 s, kernel read 4.4 s, drop 2.8 s after it).
+    starting = _log_times(restarted, "director agent starting")
+    read_time = kernel_read[0] - starting[0] if kernel_read and starting else 0.0
+    bound = s.timings.startup_grace + max(1.0, 2 * read_time)
     after_read = FIGURES["stale_vip_drop_from_kernel_read"]
     assert after_read is not None and after_read <= bound, (
-        f"{FIGURES}\n{restarted.output()[-3000:]}"
+        f"dropped {after_read} s after the kernel read, bound {bound:.2f} s (grace "
+        f"{s.timings.startup_grace} s + 2 x its read time {read_time:.2f} s)\n{FIGURES}\n"
+        f"{restarted.output()[-3000:]}"
     )
     assert s.wait_agents_ready([old], timeout=180)
     assert s.leader() == DIRECTORS[new][0]
