@@ -85,6 +85,9 @@ DIRECTOR_NODE_LABEL: Final = "lvs.io/director"
 PROGRAMMED_ANNOTATION: Final = "lvs.io/programmed"
 # "ip:port" of the holder's UDP heartbeat responder; the standbys probe it.
 HEARTBEAT_ANNOTATION: Final = "lvs.io/heartbeat"
+# On the Lease: the standbys that heard the leader lead (JSON identity -> address); only
+# these may take the Lease over before ``leaseDuration`` + the outage hold
+DIRECTORS_ANNOTATION: Final = "lvs.io/directors"
 # A leaving holder's note for its successor (which VIPs, and its own address on each link),
 # so the successor relays the old holder's connections while they drain.
 HANDOVER_ANNOTATION: Final = "lvs.io/handover"
@@ -145,6 +148,7 @@ ENV_HANDOVER_DRAIN_SECONDS: Final = "LVS_HANDOVER_DRAIN_SECONDS"
 ENV_PEER_INTERVAL_SECONDS: Final = "LVS_PEER_INTERVAL_SECONDS"
 ENV_PEER_TIMEOUT_SECONDS: Final = "LVS_PEER_TIMEOUT_SECONDS"
 ENV_PEER_ADDRESS: Final = "LVS_PEER_ADDRESS"
+ENV_OUTAGE_HOLD_SECONDS: Final = "LVS_OUTAGE_HOLD_SECONDS"
 # Both processes read it (the controller's --log-level, the agent's).
 ENV_LOG_LEVEL: Final = "LVS_LOG_LEVEL"
 

@@ -10,6 +10,7 @@ from . import handover as handover_mod
 from . import peer as peer_mod
 from .election import (
     DEFAULT_LEASE_DURATION,
+    DEFAULT_OUTAGE_HOLD,
     DEFAULT_RENEW_DEADLINE,
     DEFAULT_RETRY_PERIOD,
     ElectionConfig,
@@ -35,6 +36,7 @@ class AgentConfig:
     lease_duration: int = DEFAULT_LEASE_DURATION
     renew_deadline: float = DEFAULT_RENEW_DEADLINE
     retry_period: float = DEFAULT_RETRY_PERIOD
+    outage_hold: float = DEFAULT_OUTAGE_HOLD  # longest hold of the VIPs without the API
     vip_refresh: float = DEFAULT_VIP_REFRESH  # 0: no periodic re-announcement
     announce_count: int = DEFAULT_ANNOUNCE_COUNT
     announce_interval: float = 0.2
@@ -56,6 +58,8 @@ class AgentConfig:
             lease_duration=self.lease_duration,
             renew_deadline=self.renew_deadline,
             retry_period=self.retry_period,
+            peer_timeout=self.peer_timeout,
+            outage_hold=self.outage_hold,
         )
 
     @property

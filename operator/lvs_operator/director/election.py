@@ -1,37 +1,45 @@
-"""Lease election per director group: acquire, renew, step down, release.
+"""Lease election per director group: acquire, renew, step down, release, and keep serving
+through API-server outages.
 
 One ``coordination.k8s.io/v1`` Lease per director group (``LVS_LEASE_NAME`` in the operator's
 namespace); ``holderIdentity`` is the director's node name. Every write is a PUT carrying the
 ``resourceVersion`` last read, so two directors racing for the Lease cannot both win: the API
 server rejects the stale one with 409 Conflict.
 
-Timing (defaults: duration 2 s, renew deadline 1.5 s, retry period 0.4 s):
+Two modes:
 
-- **Expiry** is judged the way client-go does it: by the *local* time since this agent last
-  saw the Lease record change (holder, renewTime or resourceVersion), not by comparing wall
-  clocks between nodes. A standby that has watched an unchanged record for
-  ``leaseDurationSeconds`` takes it over.
-- **Renew**: the leader renews every ``retry_period``. If no renewal has succeeded for
-  ``renew_deadline`` (< duration) it steps down and its ``on_change(False)`` callback drops
-  the VIPs *before* any standby can consider the Lease expired: a standby starts counting no
-  earlier than the leader sent its last successful renewal.
+- **Classic** (no peer heartbeat, ``--peer-port 0``): the leader renews every retry period
+  and steps down when no renewal succeeded for the renew deadline (< duration); a standby
+  takes the Lease once it watched it unchanged for ``leaseDurationSeconds`` (judged by its
+  *local* clock since the record last changed, as client-go does).
+- **Outage-tolerant** (the default; ``confirmations`` given): the directors' UDP heartbeat
+  (peer.py) is the second channel. A standby's probes acknowledge the leader's "leading"
+  replies, so the leader knows, per standby, a time ``c`` since which that standby has heard
+  it lead. Rules (docs/director.md, "Outage tolerance", has the argument):
+
+  * **members**: every leader write lists, in ``lvs.io/directors``, the standbys that confirmed
+    within ``peer_timeout / 2`` (identity -> address). Only a listed standby may take the
+    Lease by heartbeat loss or by plain expiry; an unlisted one only after
+    ``lease_duration + outage_hold`` without a change of the record.
+  * **standby**: never takes a Lease, expired or not, while the holder answered "leading"
+    within ``peer_timeout``; never takes it while another node still answers ARP for the
+    group's VIPs (``vip_in_use``).
+  * **leader**: keeps its VIPs — with or without the API server — while every member listed
+    by a write that may have succeeded confirmed within ``peer_timeout - margin``, and for at
+    most ``outage_hold`` after its last successful write. A member silent for
+    ``peer_timeout / 2`` is removed by a write; if that write has not succeeded in time, the
+    leader steps down *at* the deadline (scheduled, not at the next tick), before that member
+    could judge it silent.
+  * after such a step-down the old leader answers "not leading" (a listed standby takes over
+    at once) and retakes its own Lease only after a backoff (1 s, doubling to 30 s) and with
+    a successful write: no flapping on a slow API path.
+
 - **Release** (SIGTERM): the leader writes ``holderIdentity: ""`` (empty) with renewTime =
-  now. A Lease with an empty holder is free at once; the standby, which watches the Lease,
-  sees the release and acquires it without waiting for expiry.
+  now; the standby, which watches the Lease, acquires it at once.
 - **Restart**: a record whose holder is this node's own identity is taken back at once (the
   agent restarted; its VIP and IPVS state are still in the kernel).
-- **Peer heartbeat** (optional, ``holder_unreachable``; see ``peer.py``): expiry bounds crash
-  failover by the duration, so a standby also probes the holder directly (UDP, every 0.1 s)
-  and takes the Lease *before* expiry once the holder stopped answering (0.35 s) or answers
-  that it no longer leads. Anti-flap: only a standby that had good replies from *this* holder
-  ("armed") may judge it lost; a director displaced by a partition between the directors
-  never hears the new holder, so it waits for expiry, which a renewing holder never allows.
-  The Lease remains the fence: the takeover is a conflict-checked PUT like every write, and a
-  leader whose watch shows the Lease taken by another director (a record with more
-  ``leaseTransitions`` than its own) steps down at once instead of at its next renewal. This
-  trades the "leader steps down before anyone takes over" guarantee for speed: a leader that
-  is alive but cut off from both its peer and the API keeps its VIP until its renew deadline
-  while the standby already holds it.
+- A leader whose watch shows the Lease taken by another director (a record with more
+  ``leaseTransitions`` than its own) steps down at once.
 
 ``Elector.tick()`` is one step of the state machine and returns the delay until the next;
 ``Elector.run()`` loops over it and wakes early on watch events. Clock and API are injected,
@@ -43,7 +51,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,9 +65,16 @@ log = logging.getLogger("lvs_operator.director.election")
 
 PROGRAMMED_ANNOTATION = contract.PROGRAMMED_ANNOTATION
 
-DEFAULT_LEASE_DURATION = 2
-DEFAULT_RENEW_DEADLINE = 1.5
-DEFAULT_RETRY_PERIOD = 0.4
+# Real clusters see API latency of a second and more: with outage tolerance the Lease no
+# longer decides crash failover (the heartbeat does), so it can be long.
+DEFAULT_LEASE_DURATION = 10
+DEFAULT_RENEW_DEADLINE = 7.0  # classic mode only
+DEFAULT_RETRY_PERIOD = 2.0
+DEFAULT_PEER_TIMEOUT = 0.4  # = peer.DEFAULT_PEER_TIMEOUT (a standby's silence threshold)
+DEFAULT_OUTAGE_HOLD = 120.0
+STEPDOWN_MARGIN = 0.1  # the leader's VIPs are gone this long before a standby may judge it
+MAX_BACKOFF = 30.0
+MEMBERS_ANNOTATION = contract.DIRECTORS_ANNOTATION
 
 
 class LeaseConflict(Exception):
@@ -115,6 +132,18 @@ class ElectionConfig:
     lease_duration: int = DEFAULT_LEASE_DURATION
     renew_deadline: float = DEFAULT_RENEW_DEADLINE
     retry_period: float = DEFAULT_RETRY_PERIOD
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT  # outage-tolerant mode: the standbys' timeout
+    outage_hold: float = DEFAULT_OUTAGE_HOLD  # ... and the longest hold without the API
+
+    @property
+    def remove_after(self) -> float:
+        """A member silent this long is removed from the Lease by a write."""
+        return self.peer_timeout / 2
+
+    @property
+    def confirm_within(self) -> float:
+        """A listed member must have confirmed within this, or the leader steps down."""
+        return self.peer_timeout - STEPDOWN_MARGIN
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -132,11 +161,52 @@ class ElectionConfig:
                 f"retry period ({self.retry_period}s) must be > 0 and shorter than the renew "
                 f"deadline ({self.renew_deadline}s)"
             )
+        if not self.peer_timeout > 2 * STEPDOWN_MARGIN:
+            raise ValueError(
+                f"peer timeout ({self.peer_timeout}s) must be above {2 * STEPDOWN_MARGIN}s: the "
+                f"leader steps down {STEPDOWN_MARGIN}s before a silent standby may take over"
+            )
+        if self.outage_hold < 0:
+            raise ValueError(f"outage hold ({self.outage_hold}s) must be >= 0")
 
 
 OnChange = Callable[[bool], Awaitable[None]]
 HolderUnreachable = Callable[[str], bool]
+HolderHeard = Callable[[str], bool]
 OnRecord = Callable[[LeaseRecord], None]
+VipInUse = Callable[[], Awaitable[bool]]
+
+
+class Confirmed(Protocol):
+    """A standby heard this director leading at ``at`` or later (peer.Confirmation)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def at(self) -> float: ...
+
+
+Confirmations = Callable[[], Mapping[str, Confirmed]]
+
+
+def parse_members(record: LeaseRecord) -> dict[str, str] | None:
+    """The directors a record lists (identity -> address); None: the record lists none at
+    all (classic mode, every director counts as listed); malformed: nobody is listed."""
+    raw = record.annotations.get(MEMBERS_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
+def format_members(members: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(members.items())), separators=(",", ":"))
 
 
 class Elector:
@@ -150,16 +220,27 @@ class Elector:
         clock: Clock | None = None,
         *,
         holder_unreachable: HolderUnreachable | None = None,
+        holder_heard: HolderHeard | None = None,
+        confirmations: Confirmations | None = None,
+        vip_in_use: VipInUse | None = None,
         on_record: OnRecord | None = None,
     ) -> None:
         self.config = config
         self.api = api
         self.on_change = on_change
         self.clock = clock or SystemClock()
-        # holder_unreachable(holder): the peer heartbeat says the holder is gone (take its
-        # Lease before expiry). on_record(record): every Lease record observed (read, watched
-        # or written), e.g. to point the heartbeat monitor at the holder. Both synchronous.
+        # The peer heartbeat (heartbeat.py wires them; all synchronous but vip_in_use):
+        # holder_unreachable(holder): an armed standby judges the holder gone (take its Lease
+        # before expiry); holder_heard(holder): it answered "leading" within the peer
+        # timeout (then nobody takes its Lease, expired or not); confirmations(): the
+        # standbys that heard *us* lead, since when (given: outage-tolerant mode);
+        # vip_in_use(): another node answers ARP for one of the group's VIPs (a stopped
+        # leader's kernel still holds it: no takeover); on_record(record): every Lease record
+        # observed (read, watched or written), e.g. to point the heartbeat at the holder.
         self.holder_unreachable = holder_unreachable
+        self.holder_heard = holder_heard
+        self.confirmations = confirmations
+        self.vip_in_use = vip_in_use
         self.on_record = on_record
         self.is_leader = False
         self._serving = False  # leader, or stepping down and on_change(False) not done yet
@@ -169,8 +250,17 @@ class Elector:
         self.holder: str = ""  # last holder seen
         self._record: LeaseRecord | None = None  # last record read or written
         self._observed_at = 0.0  # local time the record last changed
-        self._last_renew = 0.0  # local time the last successful renewal was *sent*
+        self._last_renew = 0.0  # local time the last successful write was *sent*
         self._annotations: dict[str, str] = {}
+        self._dirty = False  # an annotation changed since the last write (leader)
+        self._listed: dict[str, str] = {}  # members in our last successful write
+        self._unsure: dict[str, str] = {}  # members in writes since, whose outcome is unknown
+        self._next_write = 0.0  # no write attempt before this (after a failure)
+        self._retake_after = 0.0  # backoff: no taking back our own Lease before this
+        self._backoff = 0.0
+        self._led_since = 0.0
+        self._blocked_by_vip = False  # logged once per episode
+        self.last_stepdown_reason = ""
         self._wake = asyncio.Event()
         self._stopped = False
         # A standby with a live watch of the Lease judges from the watched record instead of
@@ -181,11 +271,16 @@ class Elector:
 
     # -- public --------------------------------------------------------------------------------
 
+    @property
+    def outage_tolerant(self) -> bool:
+        return self.confirmations is not None
+
     def set_annotation(self, key: str, value: str) -> None:
         """Written on the Lease with the next renewal (leader only)."""
         if self._annotations.get(key) == value:
             return
         self._annotations[key] = value
+        self._dirty = True
         if self.is_leader:
             self._wake.set()
 
@@ -205,6 +300,12 @@ class Elector:
         release is written would take the Lease *from* us, without the annotations the
         release carries (the handover note)."""
         return self._serving or self._releasing
+
+    def authority_left(self) -> float:
+        """Seconds the leader may still hold the VIPs without news (metrics); 0 if not."""
+        if not self.is_leader:
+            return 0.0
+        return max(0.0, self._authority_until() - self.clock.monotonic())
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch())
@@ -267,36 +368,139 @@ class Elector:
             taken = self._taken
             await self._step_down(f"Lease taken by {taken.holder!r}")
             self._observe(taken)
-        elif self.is_leader:
-            await self._renew()
-        else:
-            await self._try_acquire()
-        return self.config.retry_period
+            return self.config.retry_period
+        if self.is_leader:
+            return await self._lead()
+        await self._try_acquire()
+        return self._standby_delay()
 
-    async def _renew(self) -> None:
+    # -- leader --------------------------------------------------------------------------------
+
+    def _confirmed(self) -> Mapping[str, Confirmed]:
+        if self.confirmations is None:
+            return {}
+        try:
+            return self.confirmations()
+        except Exception as exc:  # no news is no confirmation
+            log.warning("reading heartbeat confirmations failed: %s", exc or type(exc).__name__)
+            return {}
+
+    def _fresh_members(self, now: float) -> dict[str, str]:
+        """The standbys to list in the next write: confirmed within ``remove_after``."""
+        cfg = self.config
+        return {
+            name: c.address
+            for name, c in self._confirmed().items()
+            if name != cfg.identity and now - c.at < cfg.remove_after
+        }
+
+    def _authority_until(self) -> float:
+        """Until when the leader may hold the VIPs without further news."""
+        cfg = self.config
+        if not self.outage_tolerant:
+            return self._last_renew + cfg.renew_deadline
+        until = self._last_renew + cfg.outage_hold
+        confirmed = self._confirmed()
+        for members in (self._listed, self._unsure):
+            for name, address in members.items():
+                c = confirmed.get(name)
+                at = c.at if c is not None and c.address == address else -math.inf
+                until = min(until, at + cfg.confirm_within)
+        return until
+
+    def _silent_member(self) -> str:
+        """The listed member whose silence ends our authority (for the log)."""
+        confirmed = self._confirmed()
+        worst, worst_at = "", math.inf
+        for members in (self._listed, self._unsure):
+            for name, address in members.items():
+                c = confirmed.get(name)
+                at = c.at if c is not None and c.address == address else -math.inf
+                if at < worst_at:
+                    worst, worst_at = name, at
+        return worst
+
+    async def _lead(self) -> float:
+        cfg = self.config
+        now = self.clock.monotonic()
+        if now >= self._authority_until():
+            await self._lose_authority()
+            return self._standby_delay()
+        members = self._fresh_members(now) if self.outage_tolerant else {}
+        due = (
+            now >= self._last_renew + cfg.retry_period
+            or self._dirty
+            or (self.outage_tolerant and members != self._listed)
+        )
+        if due and now >= self._next_write:
+            await self._renew(members)
+            if not self.is_leader:
+                return self._standby_delay()
+            now = self.clock.monotonic()
+            if now >= self._authority_until():
+                await self._lose_authority()
+                return self._standby_delay()
+        return self._leader_delay(now)
+
+    def _leader_delay(self, now: float) -> float:
+        cfg = self.config
+        change = self._dirty or (self.outage_tolerant and self._fresh_members(now) != self._listed)
+        due = now if change else self._last_renew + cfg.retry_period
+        wake = min(max(due, self._next_write), self._authority_until())
+        if self.outage_tolerant:
+            # a listed member going stale (remove it) or a new one (list it)
+            confirmed = self._confirmed()
+            for name in self._listed:
+                c = confirmed.get(name)
+                if c is not None:
+                    wake = min(wake, max(c.at + cfg.remove_after, self._next_write))
+            wake = min(wake, now + 0.25)
+        return max(0.005, wake - now)
+
+    async def _lose_authority(self) -> None:
+        cfg = self.config
+        now = self.clock.monotonic()
+        if self.outage_tolerant and now < self._last_renew + cfg.outage_hold:
+            why = (
+                f"no write succeeded and director {self._silent_member()!r} did not confirm "
+                f"within {cfg.confirm_within:.2f}s (it could take over)"
+            )
+        elif self.outage_tolerant:
+            why = f"no Lease write succeeded for the outage hold ({cfg.outage_hold:.0f}s)"
+        else:
+            why = "renew deadline exceeded"
+        # back off before taking our own Lease back: a slow API path must not flap the VIPs
+        stable = now - self._led_since > 60.0
+        self._backoff = 1.0 if stable or not self._backoff else min(MAX_BACKOFF, 2 * self._backoff)
+        self._retake_after = now + self._backoff
+        await self._step_down(f"{why}; retaking no sooner than in {self._backoff:.0f}s")
+
+    async def _renew(self, members: Mapping[str, str]) -> None:
         cfg = self.config
         start = self.clock.monotonic()
-        remaining = self._last_renew + cfg.renew_deadline - start
-        if remaining <= 0:
-            await self._step_down("renew deadline exceeded")
-            return
         record = self._record
         assert record is not None
+        self._dirty = False
         try:
             for _ in range(2):  # one retry after a conflict on a record that is still ours
+                left = self._authority_until() - self.clock.monotonic()
+                if left <= 0:
+                    return
                 renewed = replace(
                     record,
                     holder=cfg.identity,
                     renew_time=self.clock.now(),
                     duration_seconds=cfg.lease_duration,
-                    annotations=self._merged(record),
+                    annotations=self._merged(record, members),
                 )
+                self._unsure.update(members)
                 try:
-                    written = await asyncio.wait_for(self.api.update(renewed), remaining)
-                except LeaseConflict:
-                    current = await asyncio.wait_for(
-                        self.api.get(), max(0.01, self._deadline_left())
+                    written = await asyncio.wait_for(
+                        self.api.update(renewed), min(left, cfg.renew_deadline)
                     )
+                except LeaseConflict:
+                    left = self._authority_until() - self.clock.monotonic()
+                    current = await asyncio.wait_for(self.api.get(), max(0.01, left))
                     if current is None or current.holder != cfg.identity:
                         self._observe(current)
                         await self._step_down(
@@ -305,21 +509,47 @@ class Elector:
                         return
                     record = current
                     continue
-                self._record = written
-                self._last_renew = start
-                self._observe(written)
+                self._wrote(written, start, members)
                 return
         except Exception as exc:
+            self._dirty = True
+            self._next_write = self.clock.monotonic() + min(cfg.retry_period, 0.25)
             log.warning(
                 "lease renewal failed: %s",
                 exc or type(exc).__name__,
                 extra={"identity": cfg.identity},
             )
-        if self._deadline_left() <= 0:
-            await self._step_down("renew deadline exceeded")
 
-    def _deadline_left(self) -> float:
-        return self._last_renew + self.config.renew_deadline - self.clock.monotonic()
+    def _wrote(self, written: LeaseRecord, sent_at: float, members: Mapping[str, str]) -> None:
+        self._record = written
+        self._last_renew = sent_at
+        self._listed = dict(members) if self.outage_tolerant else {}
+        self._unsure = {}
+        self._next_write = 0.0
+        self._observe(written)
+
+    # -- standby -------------------------------------------------------------------------------
+
+    def _standby_delay(self) -> float:
+        """Until the next look: the retry period, or sooner when the Lease expires."""
+        cfg = self.config
+        now = self.clock.monotonic()
+        delay = cfg.retry_period
+        record = self._record
+        if record is not None and record.holder not in ("", cfg.identity):
+            expires = self._observed_at + self._expiry(record)
+            if expires > now:
+                delay = min(delay, expires - now)
+        if self._retake_after > now:
+            delay = min(delay, self._retake_after - now)
+        return max(0.005, delay)
+
+    def _expiry(self, record: LeaseRecord) -> float:
+        """How long this director must see ``record`` unchanged before it may take it."""
+        members = parse_members(record)
+        if members is None or self.config.identity in members:
+            return float(record.duration_seconds)
+        return record.duration_seconds + self.config.outage_hold
 
     async def _try_acquire(self) -> None:
         cfg = self.config
@@ -335,6 +565,7 @@ class Elector:
             self._stale_view = False
         start = self.clock.monotonic()
         now = self.clock.now()
+        members = self._fresh_members(start) if self.outage_tolerant else {}
         if current is None:
             fresh = LeaseRecord(
                 holder=cfg.identity,
@@ -342,7 +573,7 @@ class Elector:
                 acquire_time=now,
                 renew_time=now,
                 transitions=0,
-                annotations=dict(self._annotations),
+                annotations=self._merged(LeaseRecord(holder=""), members),
             )
             try:
                 written = await asyncio.wait_for(self.api.create(fresh), timeout)
@@ -351,22 +582,28 @@ class Elector:
             except Exception as exc:
                 log.warning("creating the Lease failed: %s", exc or type(exc).__name__)
                 return
-            await self._became_leader(written, start, "created the Lease")
+            await self._became_leader(written, start, members, "created the Lease")
             return
         self._observe(current)
-        free = current.holder in ("", cfg.identity)
-        expired = self.clock.monotonic() - self._observed_at >= current.duration_seconds
-        lost = not (free or expired) and self._holder_lost(current.holder)
-        if not (free or expired or lost):
-            return
+        own = current.holder == cfg.identity
+        if own and start < self._retake_after:
+            return  # backing off after losing our authority
+        free = current.holder == "" or own
+        why = ""
+        if not free:
+            why = self._takeover_reason(current)
+            if not why:
+                return
+            if self.vip_in_use is not None and await self._vip_answered():
+                return
         taken = replace(
             current,
             holder=cfg.identity,
             duration_seconds=cfg.lease_duration,
-            acquire_time=now if current.holder != cfg.identity else current.acquire_time or now,
+            acquire_time=start_time(current, cfg.identity, now),
             renew_time=now,
-            transitions=current.transitions + (1 if current.holder != cfg.identity else 0),
-            annotations=self._merged(current),
+            transitions=current.transitions + (0 if own else 1),
+            annotations=self._merged(current, members),
         )
         try:
             written = await asyncio.wait_for(self.api.update(taken), timeout)
@@ -376,15 +613,41 @@ class Elector:
         except Exception as exc:
             log.warning("acquiring the Lease failed: %s", exc or type(exc).__name__)
             return
-        if current.holder == cfg.identity:
-            why = "took back its own Lease (restart)"
-        elif lost:
-            why = f"peer heartbeat from {current.holder!r} lost"
-        elif current.holder:
-            why = f"Lease of {current.holder!r} expired"
-        else:
+        if own:
+            why = "took back its own Lease"
+        elif not current.holder:
             why = "Lease was free"
-        await self._became_leader(written, start, why)
+        await self._became_leader(written, start, members, why)
+
+    def _takeover_reason(self, current: LeaseRecord) -> str:
+        """Why this standby may take ``current`` from its live-looking holder ("": it may
+        not)."""
+        holder = current.holder
+        if self._holder_heard(holder):
+            return ""  # it answers "leading": never, expired or not
+        listed = parse_members(current)
+        is_listed = listed is None or self.config.identity in listed
+        if is_listed and self._holder_lost(holder):
+            return f"peer heartbeat from {holder!r} lost"
+        if self.clock.monotonic() - self._observed_at >= self._expiry(current):
+            return f"Lease of {holder!r} expired"
+        return ""
+
+    async def _vip_answered(self) -> bool:
+        assert self.vip_in_use is not None
+        try:
+            answered = await self.vip_in_use()
+        except Exception as exc:
+            log.warning("VIP check failed: %s", exc or type(exc).__name__)
+            answered = False  # the heartbeat and the Lease decided; the check only adds
+        if answered and not self._blocked_by_vip:
+            log.warning(
+                "not taking over: another node still answers ARP for the group's VIPs "
+                "(its kernel holds them; they lapse when their lifetime ends)",
+                extra={"identity": self.config.identity, "holder": self.holder},
+            )
+        self._blocked_by_vip = answered
+        return answered
 
     def _holder_lost(self, holder: str) -> bool:
         if self.holder_unreachable is None:
@@ -395,13 +658,25 @@ class Elector:
             log.warning("peer heartbeat check failed: %s", exc or type(exc).__name__)
             return False
 
-    async def _became_leader(self, record: LeaseRecord, sent_at: float, why: str) -> None:
-        self._record = record
-        self._last_renew = sent_at
-        self._observe(record)
+    def _holder_heard(self, holder: str) -> bool:
+        if self.holder_heard is None:
+            return False
+        try:
+            return bool(self.holder_heard(holder))
+        except Exception as exc:
+            log.warning("peer heartbeat check failed: %s", exc or type(exc).__name__)
+            return False
+
+    async def _became_leader(
+        self, record: LeaseRecord, sent_at: float, members: Mapping[str, str], why: str
+    ) -> None:
+        self._wrote(record, sent_at, members)
+        self._led_since = sent_at
+        self._blocked_by_vip = False
         await self._set_leader(True, why)
 
     async def _step_down(self, why: str) -> None:
+        self.last_stepdown_reason = why
         await self._set_leader(False, why)
 
     async def _set_leader(self, leader: bool, why: str) -> None:
@@ -454,9 +729,15 @@ class Elector:
             and record.transitions > own.transitions
         )
 
-    def _merged(self, record: LeaseRecord) -> dict[str, str]:
+    def _merged(
+        self, record: LeaseRecord, members: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         merged = dict(record.annotations)
         merged.update(self._annotations)
+        if not self.outage_tolerant:
+            merged.pop(MEMBERS_ANNOTATION, None)  # a list nobody keeps current
+        elif members is not None:
+            merged[MEMBERS_ANNOTATION] = format_members(members)
         return merged
 
     async def _watch(self) -> None:
@@ -485,6 +766,13 @@ class Elector:
                 self._watching = False
                 self._stale_view = True
             await asyncio.sleep(self.config.retry_period)
+
+
+def start_time(current: LeaseRecord, identity: str, now: dt.datetime) -> dt.datetime:
+    """acquireTime of a takeover: kept when we take back our own record."""
+    if current.holder == identity and current.acquire_time is not None:
+        return current.acquire_time
+    return now
 
 
 def _newer(a: LeaseRecord, b: LeaseRecord) -> bool:

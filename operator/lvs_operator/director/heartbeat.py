@@ -45,9 +45,12 @@ class Heartbeat:
         self._published = ""
         if not port:
             return
-        monitor = peer_mod.HeartbeatMonitor(elector.wake, interval=interval, timeout=timeout)
+        monitor = peer_mod.HeartbeatMonitor(
+            elector.wake, interval=interval, timeout=timeout, identity=identity
+        )
         self.monitor = monitor
         elector.holder_unreachable = monitor.unreachable
+        elector.holder_heard = monitor.heard_leading
         elector.on_record = lambda record: monitor.follow(
             record.holder, record.annotations, identity
         )
@@ -100,6 +103,8 @@ class Heartbeat:
             )
             return
         self.responder = responder
+        # outage tolerance needs to know which standbys hear us lead (classic mode without)
+        self.elector.confirmations = responder.confirmations
         if self.monitor is not None:
             await self.monitor.start()
 

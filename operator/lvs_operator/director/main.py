@@ -33,7 +33,12 @@ from .config import (
     DEFAULT_VIP_REFRESH,
     AgentConfig,
 )
-from .election import DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
+from .election import (
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_OUTAGE_HOLD,
+    DEFAULT_RENEW_DEADLINE,
+    DEFAULT_RETRY_PERIOD,
+)
 
 if TYPE_CHECKING:
     from ..listwatch import KubeClient
@@ -76,6 +81,9 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
            "< lease duration", type=float)  # fmt: skip
     option("--retry-period", contract.ENV_RETRY_PERIOD_SECONDS, DEFAULT_RETRY_PERIOD,
            "< renew deadline", type=float)  # fmt: skip
+    option("--outage-hold", contract.ENV_OUTAGE_HOLD_SECONDS, DEFAULT_OUTAGE_HOLD,
+           "longest time the leader keeps the VIPs while no Lease write succeeds (the API server "
+           "is down or slow), as long as every standby hears it lead", type=float)  # fmt: skip
     option("--vip-refresh-interval", contract.ENV_VIP_REFRESH_SECONDS, DEFAULT_VIP_REFRESH,
            "re-check and re-announce held VIPs (0: off)", type=float)  # fmt: skip
     option("--announce-count", contract.ENV_ANNOUNCE_COUNT, DEFAULT_ANNOUNCE_COUNT,
@@ -132,6 +140,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         lease_duration=a.lease_duration,
         renew_deadline=a.renew_deadline,
         retry_period=a.retry_period,
+        outage_hold=a.outage_hold,
         vip_refresh=a.vip_refresh_interval,
         announce_count=a.announce_count,
         resync=a.resync_interval,

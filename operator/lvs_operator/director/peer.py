@@ -8,8 +8,17 @@ resourceVersion, so of two directors acting on the same view only one wins.
 
 Wire format (UDP, ASCII, no trailing newline, single spaces)::
 
-    probe:  LVSHB1 <nonce>                          nonce = 16 lowercase hex chars
+    probe:  LVSHB1 <nonce> <identity> <ack>         nonce = 16 lowercase hex chars,
+                                                    identity = the prober's node name,
+                                                    ack = the nonce of the newest "leading"
+                                                    reply it got from this holder, or "-"
     reply:  LVSHB1 <nonce> <identity> <1|0>         1 = leading, identity = the node name
+
+(A probe of the nonce alone is still answered; it confirms nothing.) The ack is how the
+leader learns that a standby *heard* it leading, and since when at least (the time the
+acknowledged reply was sent): the standby cannot judge the holder silent before that time
+plus its timeout, which bounds how long the leader may keep its VIPs without the API server
+(election.py, "Outage tolerance").
 
 Anything else (other magic, other lengths, bad characters, oversized) is dropped. A reply is
 at most the probe plus the identity (<= 253 chars) and the responder rate-limits its replies
@@ -43,6 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from lvs_operator.api import contract
@@ -54,16 +64,21 @@ HEARTBEAT_ANNOTATION = (
 )  # "ip:port" of the holder's responder, on the Lease
 
 DEFAULT_PEER_PORT = contract.DEFAULT_PEER_PORT
-DEFAULT_PEER_INTERVAL = 0.1
-DEFAULT_PEER_TIMEOUT = 0.35
+# 8 probe intervals: with 5 % loss each way (a round trip lost ~10 % of the time) eight in a
+# row go missing about once in 10^8 probes; a takeover needs that much silence
+DEFAULT_PEER_INTERVAL = 0.05
+DEFAULT_PEER_TIMEOUT = 0.4
 DEFAULT_ARM_AFTER = 1.0
-DEFAULT_REPLY_RATE = 50.0  # replies per second to one address (a standby sends 10)
+DEFAULT_REPLY_RATE = 100.0  # replies per second to one address (a standby sends 20)
 _MAX_BUCKETS = 1024
+_MAX_REMEMBERED = 4096  # "leading" replies whose ack would count (~20 s of 10 standbys)
 
 MAGIC = b"LVSHB1"
 NONCE_LEN = 16
 MAX_IDENTITY = 253
 PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN
+MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN
+NO_ACK = "-"
 MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2
 MAX_DATAGRAM = 512  # anything larger is dropped unread
 
@@ -80,18 +95,54 @@ def valid_identity(identity: str) -> bool:
     return identity.isascii() and _IDENTITY.fullmatch(identity.encode("ascii")) is not None
 
 
-def make_probe(nonce: str) -> bytes:
-    if not nonce.isascii() or _NONCE.fullmatch(nonce.encode("ascii")) is None:
+def _valid_nonce(nonce: str) -> bool:
+    return nonce.isascii() and _NONCE.fullmatch(nonce.encode("ascii")) is not None
+
+
+def make_probe(nonce: str, identity: str = "", ack: str | None = None) -> bytes:
+    """A probe; with ``identity`` it also carries ``ack`` (the nonce of the newest "leading"
+    reply received from the holder, None: none yet)."""
+    if not _valid_nonce(nonce):
         raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
-    return MAGIC + b" " + nonce.encode("ascii")
+    probe = MAGIC + b" " + nonce.encode("ascii")
+    if not identity:
+        return probe
+    if not valid_identity(identity):
+        raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars: {identity!r}")
+    if ack is not None and not _valid_nonce(ack):
+        raise ValueError(f"ack must be a nonce: {ack!r}")
+    return probe + b" " + identity.encode("ascii") + b" " + (ack or NO_ACK).encode("ascii")
+
+
+@dataclass(frozen=True)
+class Probe:
+    nonce: str
+    identity: str = ""  # "": an anonymous probe (answered, confirms nothing)
+    ack: str | None = None
+
+
+def parse_probe_full(data: bytes) -> Probe | None:
+    """A well-formed probe, else None."""
+    if len(data) > MAX_PROBE_LEN or not data.startswith(MAGIC + b" "):
+        return None
+    parts = data.split(b" ")
+    if len(parts) not in (2, 4) or not _NONCE.fullmatch(parts[1]):
+        return None
+    nonce = parts[1].decode("ascii")
+    if len(parts) == 2:
+        return Probe(nonce)
+    identity, ack = parts[2], parts[3]
+    if not _IDENTITY.fullmatch(identity):
+        return None
+    if ack != NO_ACK.encode("ascii") and not _NONCE.fullmatch(ack):
+        return None
+    return Probe(nonce, identity.decode("ascii"), None if ack == b"-" else ack.decode("ascii"))
 
 
 def parse_probe(data: bytes) -> str | None:
     """The nonce of a well-formed probe, else None."""
-    if len(data) != PROBE_LEN or not data.startswith(MAGIC + b" "):
-        return None
-    nonce = data[len(MAGIC) + 1 :]
-    return nonce.decode("ascii") if _NONCE.fullmatch(nonce) else None
+    probe = parse_probe_full(data)
+    return None if probe is None else probe.nonce
 
 
 def make_reply(nonce: str, identity: str, leader: bool) -> bytes:
@@ -154,6 +205,14 @@ def _same_ip(a: str, b: str) -> bool:
     return x == y
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """A standby heard this director leading at ``at`` or later (responder's clock)."""
+
+    address: str  # where its probes come from
+    at: float
+
+
 # -- the state machine -------------------------------------------------------------------------
 
 
@@ -166,9 +225,11 @@ class PeerHealth:
         arm_after: float = DEFAULT_ARM_AFTER,
         outstanding: int = 8,
         nonce: Callable[[], str] | None = None,
+        identity: str = "",
     ) -> None:
         if timeout <= 0 or arm_after < 0 or outstanding < 1:
             raise ValueError("timeout must be > 0, arm_after >= 0, outstanding >= 1")
+        self.identity = identity  # ours, sent with the ack in every probe ("": anonymous)
         self.timeout = timeout
         self.arm_after = arm_after
         self.outstanding = outstanding
@@ -185,6 +246,7 @@ class PeerHealth:
         self._seq = 0
         self._last_seq = 0  # sequence number of the newest probe answered
         self._pending: OrderedDict[str, int] = OrderedDict()  # nonce -> sequence number
+        self._ack: str | None = None  # nonce of the newest "leading" reply
 
     def target(self, holder: str, address: Address | None) -> bool:
         """Probe ``holder`` at ``address``; a change resets everything (returns True)."""
@@ -200,7 +262,7 @@ class PeerHealth:
         self._pending[nonce] = self._seq
         while len(self._pending) > self.outstanding:
             self._pending.popitem(last=False)
-        return make_probe(nonce)
+        return make_probe(nonce, self.identity, self._ack)
 
     def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
         """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
@@ -224,6 +286,7 @@ class PeerHealth:
         if self.last_ok is None or now - self.last_ok >= self.timeout:
             self._run_start = now
         self.last_ok = now
+        self._ack = nonce
         self.disowned = False
         if now - self._run_start >= self.arm_after:
             self.armed = True
@@ -233,6 +296,17 @@ class PeerHealth:
         if not holder or holder != self.holder or not self.armed or self.last_ok is None:
             return False
         return self.disowned or now - self.last_ok >= self.timeout
+
+    def heard_leading(self, holder: str, now: float) -> bool:
+        """Whether ``holder`` answered "leading" within the timeout (armed or not): while it
+        does, no standby takes its Lease, expired or not."""
+        return (
+            bool(holder)
+            and holder == self.holder
+            and self.last_ok is not None
+            and not self.disowned
+            and now - self.last_ok < self.timeout
+        )
 
     def deadline(self) -> float | None:
         """When ``unreachable`` turns True if no reply comes (None: it cannot by silence)."""
@@ -277,6 +351,11 @@ class HeartbeatResponder:
         self.rate = rate
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # ip -> tokens, at
+        # nonce -> when the "leading" reply to it was sent: an ack of it in a later probe
+        # proves the prober heard us leading at that time or later
+        self._leading_replies: OrderedDict[str, float] = OrderedDict()
+        self._confirmed: dict[str, Confirmation] = {}  # prober identity -> newest proof
+        self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._address: Address | None = None
         self._stop = threading.Event()
@@ -307,6 +386,12 @@ class HeartbeatResponder:
         )
         self._thread.start()
         log.info("heartbeat responder listening on %s", format_address(self._address))
+
+    def confirmations(self) -> dict[str, Confirmation]:
+        """Prober identity -> (its address, the send time of the newest "leading" reply it
+        acknowledged), on this responder's clock."""
+        with self._lock:
+            return dict(self._confirmed)
 
     def close(self) -> None:
         """Stop answering at once (the thread ends within RECV_TIMEOUT)."""
@@ -343,21 +428,45 @@ class HeartbeatResponder:
         return allowed
 
     def _on_probe(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
-        nonce = parse_probe(data) if len(data) <= MAX_DATAGRAM else None
-        if nonce is None or not self._allow(str(addr[0])):
+        probe = parse_probe_full(data) if len(data) <= MAX_DATAGRAM else None
+        if probe is None or not self._allow(str(addr[0])):
             self.dropped += 1
             return
+        self.note_ack(probe, str(addr[0]))
         try:
             leader = bool(self.is_leader())
         except Exception as exc:  # never answer with a guess
             log.warning("heartbeat responder: is_leader failed: %s", exc)
             return
+        sent_at = self._clock()
         try:
-            sock.sendto(make_reply(nonce, self.identity, leader), addr)
+            sock.sendto(make_reply(probe.nonce, self.identity, leader), addr)
         except OSError as exc:
             log.debug("heartbeat reply to %s failed: %s", addr[0], exc)
             return
         self.replies += 1
+        if leader and probe.identity:
+            self._remember(probe.nonce, sent_at)
+
+    def note_ack(self, probe: Probe, ip: str) -> None:
+        """Record what a probe acknowledges (pure bookkeeping; the socket thread calls it)."""
+        if not probe.identity or probe.ack is None:
+            return
+        with self._lock:
+            sent_at = self._leading_replies.get(probe.ack)
+            if sent_at is None:
+                return
+            known = self._confirmed.get(probe.identity)
+            if known is None or known.at < sent_at or known.address != ip:
+                self._confirmed[probe.identity] = Confirmation(ip, sent_at)
+                while len(self._confirmed) > _MAX_BUCKETS:
+                    self._confirmed.pop(next(iter(self._confirmed)))
+
+    def _remember(self, nonce: str, sent_at: float) -> None:
+        with self._lock:
+            self._leading_replies[nonce] = sent_at
+            while len(self._leading_replies) > _MAX_REMEMBERED:
+                self._leading_replies.popitem(last=False)
 
 
 # -- the monitor -------------------------------------------------------------------------------
@@ -375,6 +484,7 @@ class HeartbeatMonitor:
         timeout: float = DEFAULT_PEER_TIMEOUT,
         arm_after: float = DEFAULT_ARM_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        identity: str = "",
     ) -> None:
         if not 0 < interval < timeout:
             raise ValueError(
@@ -382,7 +492,7 @@ class HeartbeatMonitor:
             )
         self.on_lost = on_lost
         self.interval = interval
-        self.health = PeerHealth(timeout=timeout, arm_after=arm_after)
+        self.health = PeerHealth(timeout=timeout, arm_after=arm_after, identity=identity)
         self._clock = clock
         # the health state is shared by the loop (set_target, unreachable) and the thread
         self._lock = threading.Lock()
@@ -437,6 +547,10 @@ class HeartbeatMonitor:
     def unreachable(self, holder: str) -> bool:
         with self._lock:
             return self.health.unreachable(holder, self._clock())
+
+    def heard_leading(self, holder: str) -> bool:
+        with self._lock:
+            return self.health.heard_leading(holder, self._clock())
 
     async def start(self) -> None:
         if self._thread is None:

@@ -1,4 +1,6 @@
-"""Lease election: acquire, renew, conflicts, step-down before expiry, release, takeover."""
+"""Lease election in classic mode (no heartbeat confirmations, ``--peer-port 0``): acquire,
+renew, conflicts, step-down before expiry, release, takeover. The timings are the short ones
+these tests were written with; outage-tolerant mode (the default) is test_election_outage.py."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from lvs_operator.director.election import (
 )
 from tests.unit.director.fake_lease import FakeClock, FakeLeaseApi, FakeLeaseStore
 
+# classic mode at short timings: duration 2 s, renew deadline 1.5 s, retry 0.4 s
+CLASSIC = {"lease_duration": 2, "renew_deadline": 1.5, "retry_period": 0.4}
+
 
 class Director:
     def __init__(self, name: str, store: FakeLeaseStore, clock: FakeClock) -> None:
@@ -26,7 +31,7 @@ class Director:
         async def on_change(leader: bool) -> None:
             self.changes.append((clock.monotonic(), leader))
 
-        self.elector = Elector(ElectionConfig(identity=name), self.api, on_change, clock)
+        self.elector = Elector(ElectionConfig(identity=name, **CLASSIC), self.api, on_change, clock)
 
     @property
     def leader(self) -> bool:
@@ -93,7 +98,7 @@ async def test_racing_standbys_only_one_wins(env) -> None:
     assert rec is not None
 
 
-async def test_leader_steps_down_before_lease_can_expire(env) -> None:
+async def test_classic_leader_steps_down_before_lease_can_expire(env) -> None:
     store, clock, a, b = env
     await a.elector.tick()
     await b.elector.tick()
@@ -243,7 +248,9 @@ async def test_run_wakes_on_release_through_the_watch() -> None:
     [
         ({"identity": ""}, "NODE_NAME"),
         ({"identity": "a", "lease_duration": 2, "renew_deadline": 2}, "shorter than the lease"),
-        ({"identity": "a", "retry_period": 1.5}, "shorter than the renew"),
+        ({"identity": "a", "renew_deadline": 1.5, "retry_period": 1.5}, "shorter than the renew"),
+        ({"identity": "a", "peer_timeout": 0.15}, "peer timeout"),
+        ({"identity": "a", "outage_hold": -1}, "outage hold"),
     ],
 )
 def test_config_rejects_unsafe_timings(kwargs, message) -> None:
@@ -316,6 +323,7 @@ async def test_heartbeat_takeover_loses_a_race_to_a_conflict(env) -> None:
 
     async def get_then_a_renews() -> LeaseRecord | None:
         got = await original_get()
+        _clock.advance(0.4)
         await a.elector.tick()  # the holder was alive after all: its renewal lands first
         return got
 
@@ -359,7 +367,9 @@ async def test_leader_steps_down_when_its_watch_shows_the_lease_taken(caplog) ->
     # time (an absolute bound on the delay is what a loaded machine breaks)
     slow = {"lease_duration": 120, "renew_deadline": 90.0, "retry_period": 60.0}
     a = Elector(ElectionConfig("node-a", **slow), FakeLeaseApi(store), on_change)
-    b = Elector(ElectionConfig("node-b"), FakeLeaseApi(store), holder_unreachable=lambda h: True)
+    b = Elector(
+        ElectionConfig("node-b", **CLASSIC), FakeLeaseApi(store), holder_unreachable=lambda h: True
+    )
     await a.tick()
     task = asyncio.create_task(a.run())
     await asyncio.sleep(0.05)  # a renewed and waits for its retry period (a minute)
@@ -382,8 +392,10 @@ async def test_leader_steps_down_when_its_watch_shows_the_lease_taken(caplog) ->
 
 async def test_leader_ignores_older_or_released_records_from_a_lagging_watch() -> None:
     store = FakeLeaseStore()
-    b = Elector(ElectionConfig("node-b"), FakeLeaseApi(store))
-    a = Elector(ElectionConfig("node-a"), FakeLeaseApi(store), holder_unreachable=lambda h: True)
+    b = Elector(ElectionConfig("node-b", **CLASSIC), FakeLeaseApi(store))
+    a = Elector(
+        ElectionConfig("node-a", **CLASSIC), FakeLeaseApi(store), holder_unreachable=lambda h: True
+    )
     await b.tick()
     b_record = store.record
     await a.tick()  # takes it from b (heartbeat lost)

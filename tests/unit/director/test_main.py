@@ -9,11 +9,11 @@ from lvs_operator.director.main import parse_args
 
 def test_flags_mirror_the_environment() -> None:
     env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "gabc",
-           "LVS_LEASE_DURATION_SECONDS": "3", "LVS_HEALTH_PORT": "19641"}  # fmt: skip
+           "LVS_LEASE_DURATION_SECONDS": "30", "LVS_HEALTH_PORT": "19641"}  # fmt: skip
     cfg = parse_args([], env)
     assert (cfg.node_name, cfg.namespace, cfg.group) == ("n1", "lvs-system", "gabc")
     assert cfg.lease_name == "lvs-director-gabc"
-    assert cfg.lease_duration == 3 and cfg.health_port == 19641 and cfg.metrics_port == 9642
+    assert cfg.lease_duration == 30 and cfg.health_port == 19641 and cfg.metrics_port == 9642
     cfg = parse_args(["--node-name", "n2", "--lease-name", "x"], env)
     assert cfg.node_name == "n2" and cfg.lease_name == "x"
 
