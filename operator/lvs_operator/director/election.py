@@ -186,6 +186,9 @@ class Confirmed(Protocol):
     @property
     def at(self) -> float: ...
 
+    @property
+    def gated(self) -> bool: ...
+
 
 Confirmations = Callable[[], Mapping[str, Confirmed]]
 
@@ -404,6 +407,8 @@ class Elector:
         for members in (self._listed, self._unsure):
             for name, address in members.items():
                 c = confirmed.get(name)
+                if c is not None and c.address == address and c.gated:
+                    continue  # it never takes over while our kernel answers ARP for the VIPs
                 at = c.at if c is not None and c.address == address else -math.inf
                 until = min(until, at + cfg.confirm_within)
         return until

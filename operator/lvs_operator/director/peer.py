@@ -8,17 +8,20 @@ resourceVersion, so of two directors acting on the same view only one wins.
 
 Wire format (UDP, ASCII, no trailing newline, single spaces)::
 
-    probe:  LVSHB1 <nonce> <identity> <ack>         nonce = 16 lowercase hex chars,
+    probe:  LVSHB1 <nonce> <identity> <ack> <g>     nonce = 16 lowercase hex chars,
                                                     identity = the prober's node name,
                                                     ack = the nonce of the newest "leading"
-                                                    reply it got from this holder, or "-"
+                                                    reply it got from this holder, or "-",
+                                                    g = 1: the prober checks ARP before any
+                                                    takeover ("gated"), 0: it does not
     reply:  LVSHB1 <nonce> <identity> <1|0>         1 = leading, identity = the node name
 
 (A probe of the nonce alone is still answered; it confirms nothing.) The ack is how the
 leader learns that a standby *heard* it leading, and since when at least (the time the
 acknowledged reply was sent): the standby cannot judge the holder silent before that time
 plus its timeout, which bounds how long the leader may keep its VIPs without the API server
-(election.py, "Outage tolerance").
+(election.py, "Outage tolerance"). A gated prober never takes over while another node answers
+ARP for the group's VIPs, so its silence alone does not end the leader's hold.
 
 Anything else (other magic, other lengths, bad characters, oversized) is dropped. A reply is
 at most the probe plus the identity (<= 253 chars) and the responder rate-limits its replies
@@ -77,7 +80,7 @@ MAGIC = b"LVSHB1"
 NONCE_LEN = 16
 MAX_IDENTITY = 253
 PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN
-MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN
+MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN + 2
 NO_ACK = "-"
 MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2
 MAX_DATAGRAM = 512  # anything larger is dropped unread
@@ -99,9 +102,11 @@ def _valid_nonce(nonce: str) -> bool:
     return nonce.isascii() and _NONCE.fullmatch(nonce.encode("ascii")) is not None
 
 
-def make_probe(nonce: str, identity: str = "", ack: str | None = None) -> bytes:
+def make_probe(
+    nonce: str, identity: str = "", ack: str | None = None, gated: bool = False
+) -> bytes:
     """A probe; with ``identity`` it also carries ``ack`` (the nonce of the newest "leading"
-    reply received from the holder, None: none yet)."""
+    reply received from the holder, None: none yet) and whether the prober is gated."""
     if not _valid_nonce(nonce):
         raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
     probe = MAGIC + b" " + nonce.encode("ascii")
@@ -111,7 +116,14 @@ def make_probe(nonce: str, identity: str = "", ack: str | None = None) -> bytes:
         raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars: {identity!r}")
     if ack is not None and not _valid_nonce(ack):
         raise ValueError(f"ack must be a nonce: {ack!r}")
-    return probe + b" " + identity.encode("ascii") + b" " + (ack or NO_ACK).encode("ascii")
+    return (
+        probe
+        + b" "
+        + identity.encode("ascii")
+        + b" "
+        + (ack or NO_ACK).encode("ascii")
+        + (b" 1" if gated else b" 0")
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class Probe:
     nonce: str
     identity: str = ""  # "": an anonymous probe (answered, confirms nothing)
     ack: str | None = None
+    gated: bool = False
 
 
 def parse_probe_full(data: bytes) -> Probe | None:
@@ -126,17 +139,22 @@ def parse_probe_full(data: bytes) -> Probe | None:
     if len(data) > MAX_PROBE_LEN or not data.startswith(MAGIC + b" "):
         return None
     parts = data.split(b" ")
-    if len(parts) not in (2, 4) or not _NONCE.fullmatch(parts[1]):
+    if len(parts) not in (2, 5) or not _NONCE.fullmatch(parts[1]):
         return None
     nonce = parts[1].decode("ascii")
     if len(parts) == 2:
         return Probe(nonce)
-    identity, ack = parts[2], parts[3]
-    if not _IDENTITY.fullmatch(identity):
+    identity, ack, gated = parts[2], parts[3], parts[4]
+    if not _IDENTITY.fullmatch(identity) or gated not in (b"0", b"1"):
         return None
     if ack != NO_ACK.encode("ascii") and not _NONCE.fullmatch(ack):
         return None
-    return Probe(nonce, identity.decode("ascii"), None if ack == b"-" else ack.decode("ascii"))
+    return Probe(
+        nonce,
+        identity.decode("ascii"),
+        None if ack == b"-" else ack.decode("ascii"),
+        gated == b"1",
+    )
 
 
 def parse_probe(data: bytes) -> str | None:
@@ -211,6 +229,7 @@ class Confirmation:
 
     address: str  # where its probes come from
     at: float
+    gated: bool = False  # it checks ARP before any takeover (its newest probe said so)
 
 
 # -- the state machine -------------------------------------------------------------------------
@@ -230,6 +249,7 @@ class PeerHealth:
         if timeout <= 0 or arm_after < 0 or outstanding < 1:
             raise ValueError("timeout must be > 0, arm_after >= 0, outstanding >= 1")
         self.identity = identity  # ours, sent with the ack in every probe ("": anonymous)
+        self.gated = False  # we check ARP before any takeover (the agent sets it)
         self.timeout = timeout
         self.arm_after = arm_after
         self.outstanding = outstanding
@@ -262,7 +282,7 @@ class PeerHealth:
         self._pending[nonce] = self._seq
         while len(self._pending) > self.outstanding:
             self._pending.popitem(last=False)
-        return make_probe(nonce, self.identity, self._ack)
+        return make_probe(nonce, self.identity, self._ack, self.gated)
 
     def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
         """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
@@ -449,16 +469,22 @@ class HeartbeatResponder:
             self._remember(probe.nonce, sent_at)
 
     def note_ack(self, probe: Probe, ip: str) -> None:
-        """Record what a probe acknowledges (pure bookkeeping; the socket thread calls it)."""
-        if not probe.identity or probe.ack is None:
+        """Record what a probe acknowledges, and whether its prober is gated (pure
+        bookkeeping; the socket thread calls it)."""
+        if not probe.identity:
             return
         with self._lock:
-            sent_at = self._leading_replies.get(probe.ack)
-            if sent_at is None:
-                return
             known = self._confirmed.get(probe.identity)
-            if known is None or known.at < sent_at or known.address != ip:
-                self._confirmed[probe.identity] = Confirmation(ip, sent_at)
+            sent_at = self._leading_replies.get(probe.ack) if probe.ack else None
+            if known is not None and known.address == ip:
+                at = known.at if sent_at is None else max(known.at, sent_at)
+            elif sent_at is not None:
+                at = sent_at
+            else:
+                return  # no proof from this address yet
+            confirmation = Confirmation(ip, at, probe.gated)
+            if confirmation != known:
+                self._confirmed[probe.identity] = confirmation
                 while len(self._confirmed) > _MAX_BUCKETS:
                     self._confirmed.pop(next(iter(self._confirmed)))
 

@@ -52,6 +52,7 @@ class Node:
         self.changes: list[tuple[float, bool]] = []
         clock = group.clock
         self.health = PeerHealth(timeout=TIMEOUT, arm_after=ARM, identity=name)
+        self.health.gated = group.gated
         self.responder = HeartbeatResponder(
             name, lambda: self.elector.serving, clock=clock.monotonic
         )
@@ -103,7 +104,10 @@ class Node:
 
 
 class Group:
-    def __init__(self, *names: str, arp: bool = True, **timings: float) -> None:
+    def __init__(
+        self, *names: str, arp: bool = True, gated: bool = False, **timings: float
+    ) -> None:
+        self.gated = gated  # the standbys tell the leader they check ARP before a takeover
         self.clock = FakeClock()
         self.store = FakeLeaseStore()
         self.arp = arp
@@ -406,3 +410,42 @@ async def test_restart_takes_back_its_own_lease_listing_nobody(group: Group) -> 
 def test_authority_is_infinite_only_in_no_case() -> None:
     elector = Elector(ElectionConfig("a"), FakeLeaseApi(FakeLeaseStore()), confirmations=dict)
     assert math.isfinite(elector._authority_until())
+
+
+# -- gated standbys (they check ARP before any takeover, and say so in their probes) ----------
+
+
+async def test_gated_standby_cut_off_during_an_outage_leaves_the_leader_serving() -> None:
+    """The strict case above, with standbys that check ARP: b's silence no longer ends a's
+    hold (b cannot take a VIP a's kernel answers for), so a keeps serving."""
+    group = Group("a", "b", gated=True)
+    await group.settle()
+    group.api_down()
+    group.cut.add(frozenset(("a", "b")))  # heartbeat only: ARP still crosses
+    await group.run(30)
+    assert group.holders == ["a"] and not group["b"].elector.is_leader
+    assert [leader for _, leader in group["a"].changes] == [True]
+    assert group.two_holders == 0
+
+
+async def test_gated_standby_a_stopped_leader_keeps_the_vip_without_a_failover() -> None:
+    group = Group("a", "b", gated=True)
+    await group.settle()
+    group["a"].frozen = True
+    await group.run(3)
+    group["a"].frozen = False
+    await group.run(3)
+    assert group.holders == ["a"]  # its kernel served throughout; nobody took over
+    assert [leader for _, leader in group["a"].changes] == [True]
+    assert group.two_holders == 0
+
+
+async def test_gated_standby_still_fails_over_on_a_crash() -> None:
+    group = Group("a", "b", gated=True)
+    await group.settle()
+    group["a"].crashed = True
+    group["a"].vip = False
+    crashed_at = group.now
+    while not group["b"].elector.is_leader and group.now - crashed_at < 5:
+        await group.run(STEP)
+    assert group.now - crashed_at <= TIMEOUT + PROBE + 2 * STEP

@@ -500,3 +500,35 @@ async def test_elector_takes_over_as_soon_as_the_leader_stops_answering() -> Non
         await b.release()
         await asyncio.wait_for(asyncio.gather(a_task, b_task, return_exceptions=True), 2)
         await monitor.close()
+
+
+def test_probe_carries_identity_ack_and_gate() -> None:
+    from lvs_operator.director.peer import Probe, parse_probe_full
+
+    data = make_probe("0123456789abcdef", "node-b", "fedcba9876543210", gated=True)
+    assert parse_probe_full(data) == Probe("0123456789abcdef", "node-b", "fedcba9876543210", True)
+    assert parse_probe_full(make_probe("0123456789abcdef", "node-b")) == Probe(
+        "0123456789abcdef", "node-b", None, False
+    )
+    assert parse_probe_full(data + b" x") is None
+    assert parse_probe_full(data[:-1] + b"2") is None
+
+
+def test_responder_confirms_only_acks_of_its_leading_replies() -> None:
+    from lvs_operator.director.peer import Probe
+
+    clock = [10.0]
+    responder = HeartbeatResponder("node-a", lambda: True, clock=lambda: clock[0])
+    responder._remember("00000000000000aa", 9.5)
+    responder.note_ack(Probe("00000000000000bb", "node-b", "00000000000000ff"), "10.0.0.2")
+    assert responder.confirmations() == {}  # an ack of nothing we sent
+    responder.note_ack(Probe("00000000000000bb", "node-b", "00000000000000aa", True), "10.0.0.2")
+    (c,) = responder.confirmations().values()
+    assert (c.address, c.at, c.gated) == ("10.0.0.2", 9.5, True)
+    # from another address, the same ack is no proof for node-b at its old address
+    responder.note_ack(Probe("00000000000000cc", "node-b", None, False), "10.0.0.9")
+    assert responder.confirmations()["node-b"].address == "10.0.0.2"
+    # a later probe without a new ack keeps the time and follows the flag
+    responder.note_ack(Probe("00000000000000dd", "node-b", None, False), "10.0.0.2")
+    assert responder.confirmations()["node-b"].gated is False
+    assert responder.confirmations()["node-b"].at == 9.5
