@@ -83,7 +83,7 @@ async def test_a_problem_is_logged_once_per_reason_and_its_recovery_once(caplog)
     await settled(vips)
     assert vips.problems == {} and node.addresses == {A: "eth9", B: "front"}
     placed = [r for r in caplog.records if r.getMessage() == "VIP placed"]
-    assert [(r.vip, r.interface) for r in placed] == [(A, "eth9")]  # type: ignore[attr-defined]
+    assert [(r.vip, r.interface) for r in placed] == [(A, "eth9")]
     assert problems_gauge(vips) == 'lvs_director_vip_problems{group="g1"} 0.0'
     assert (A, "eth9", None) in node.announced  # announced once it is added
 
