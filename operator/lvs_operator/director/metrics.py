@@ -28,6 +28,10 @@ class Metrics:
         self.vips = Gauge(
             "lvs_director_vips", "VIPs held on this node", ["group"], registry=self.registry
         ).labels(**labels)
+        self.vip_problems = Gauge(
+            "lvs_director_vip_problems", "VIPs this director cannot place, add or remove "
+            "(the reason and its fix are in the agent's log)", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.converge_seconds = Histogram(
             "lvs_director_converge_seconds", "time to read, diff and apply the IPVS table",
             ["group"], registry=self.registry,

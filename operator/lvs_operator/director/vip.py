@@ -8,6 +8,11 @@ routing. The interface is ``spec.directors.interface`` when set, else the one wh
 On takeover each VIP is announced a few times (IPv4: gratuitous ARP, request and reply
 forms; IPv6: unsolicited neighbour advertisement with the Override flag to ff02::1), and
 again every ``refresh_interval`` seconds (switches and neighbours whose caches age out).
+An announcement stops between two frames when its ``stop`` event is set (step-down).
+
+``VipManager.answered`` asks the link whether another host answers for some VIPs (an ARP
+probe, a neighbour solicitation): before a takeover, a VIP still held elsewhere (a stopped
+leader whose kernel still answers ARP) is seen.
 
 Pure parts (interface choice, packet builders) are unit-tested; ``VipManager`` does the
 netlink (rtnl.py, standard library only) and raw-socket work and needs CAP_NET_ADMIN and
@@ -19,6 +24,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import select
 import socket
 import struct
 import threading
@@ -38,6 +44,15 @@ ETH_P_ARP = 0x0806
 BROADCAST_MAC = b"\xff" * 6
 ALL_NODES = "ff02::1"
 NA_FLAG_OVERRIDE = 0x20000000
+ND_SOLICIT, ND_ADVERT = 135, 136
+ICMP6_FILTER = 1  # <netinet/icmp6.h>: socket option of IPPROTO_ICMPV6
+PACKET_OUTGOING = 4  # AF_PACKET pkttype of a frame this host sent
+PROBE_COUNT = 3  # probes per VIP, PROBE_GAP apart: one lost frame is no false "free"
+PROBE_GAP = 0.02
+
+
+class NoSuchInterface(LookupError):
+    """The interface a VIP is placed on does not exist on this node."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,58 @@ def unsolicited_na(vip: str, mac: str) -> bytes:
     return header + target + option
 
 
+def arp_probe_frame(vip: str, mac: str) -> bytes:
+    """An ARP probe (RFC 5227): a request for ``vip`` from sender IP 0.0.0.0, to broadcast.
+    Sender IP 0 teaches no host's ARP cache anything; a holder answers it (Linux: with a
+    reply unicast to our MAC, target IP 0)."""
+    hw = mac_bytes(mac)
+    eth = BROADCAST_MAC + hw + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+    arp += hw + b"\x00" * 4 + b"\x00" * 6 + socket.inet_aton(vip)
+    return eth + arp
+
+
+def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
+    """(sender IP, sender MAC) of an Ethernet ARP reply (IPv4 over Ethernet); None for any
+    other frame."""
+    if len(frame) < 42 or frame[12:14] != struct.pack("!H", ETH_P_ARP):
+        return None
+    if struct.unpack("!HHBBH", frame[14:22]) != (1, 0x0800, 6, 4, 2):
+        return None
+    return socket.inet_ntoa(frame[28:32]), ":".join(f"{b:02x}" for b in frame[22:28])
+
+
+def solicited_node(vip: str) -> str:
+    """The solicited-node multicast group of an IPv6 address (ff02::1:ffXX:XXXX)."""
+    low = int.from_bytes(ipaddress.IPv6Address(vip).packed[13:], "big")
+    return str(ipaddress.IPv6Address("ff02::1:ff00:0") + low)
+
+
+def neighbour_solicitation(vip: str, mac: str) -> bytes:
+    """ICMPv6 neighbour solicitation for ``vip`` with our link-layer address (checksum 0:
+    the kernel fills it). Sent from our link-local address: a raw socket cannot send from
+    the unspecified address (DAD form), and a holder answers either."""
+    header = struct.pack("!BBHI", ND_SOLICIT, 0, 0, 0)
+    target = socket.inet_pton(socket.AF_INET6, vip)
+    option = struct.pack("!BB", 1, 1) + mac_bytes(mac)  # source link-layer address
+    return header + target + option
+
+
+def parse_neighbour_advert(packet: bytes) -> tuple[str, str | None] | None:
+    """(target, target link-layer address or None) of an ICMPv6 neighbour advertisement
+    (as a raw ICMPv6 socket reads it: no IPv6 header); None for anything else."""
+    if len(packet) < 24 or packet[0] != ND_ADVERT or packet[1] != 0:
+        return None
+    target = str(ipaddress.IPv6Address(packet[8:24]))
+    options = packet[24:]
+    while len(options) >= 8 and options[1]:
+        size = options[1] * 8
+        if options[0] == 2 and size >= 8:
+            return target, ":".join(f"{b:02x}" for b in options[2:8])
+        options = options[size:]
+    return target, None
+
+
 def host_prefix(vip: str) -> int:
     return 32 if ipaddress.ip_address(vip).version == 4 else 128
 
@@ -122,9 +189,9 @@ class VipManager:
 
         index = index_of(ifname)
         if index is None:
-            raise LookupError(
-                f"interface {ifname!r} does not exist on this node: fix "
-                "spec.directors.interface, or leave it out to use the interface routing to the VIP"
+            raise NoSuchInterface(
+                f"interface {ifname} does not exist on this node: fix spec.directors.interface, "
+                "or leave it out to use the interface routing to the VIP"
             )
         return index
 
@@ -202,13 +269,21 @@ class VipManager:
             return None  # loopback or a device without link-layer addresses
         return index, mac
 
-    def send_many(self, items: list[tuple[str, str, tuple[int, str]]], count: int | None) -> None:
+    def send_many(
+        self,
+        items: list[tuple[str, str, tuple[int, str]]],
+        count: int | None,
+        stop: threading.Event,
+    ) -> None:
         """Announce many VIPs at once: ``count`` rounds over all of them, ``announce_interval``
         apart (blocking; raw sockets only, no netlink: safe on any thread). A failed send is
-        logged and the others go on."""
+        logged and the others go on. Once ``stop`` is set no further frame goes out (checked
+        before each one; the wait between rounds ends at once)."""
         count = self.announce_count if count is None else count
         for i in range(count):
             for vip, ifname, (index, mac) in items:
+                if stop.is_set():
+                    return
                 try:
                     if ":" in vip:
                         self._send_na(vip, ifname, index, mac)
@@ -220,8 +295,8 @@ class VipManager:
                         exc,
                         extra={"vip": vip, "interface": ifname},
                     )
-            if i + 1 < count:
-                time.sleep(self.announce_interval)
+            if i + 1 < count and stop.wait(self.announce_interval):
+                return
 
     @staticmethod
     def _send_garp(vip: str, ifname: str, mac: str, reply: bool) -> None:
@@ -236,6 +311,150 @@ class VipManager:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
             s.sendto(unsolicited_na(vip, mac), (ALL_NODES, 0, 0, index))
+
+    def answered(self, items: list[tuple[str, str, tuple[int, str]]], timeout: float) -> set[str]:
+        """The VIPs of ``items`` (vip, interface, (index, our MAC)) another host answers for
+        on their link. Blocking, at most ``timeout`` seconds; never raises.
+
+        IPv4: an ARP probe (sender IP 0.0.0.0) to broadcast, ``PROBE_COUNT`` times
+        ``PROBE_GAP`` apart; an ARP reply whose sender IP is the VIP, from a MAC not ours,
+        is an answer. IPv6: a neighbour solicitation to the VIP's solicited-node group, from
+        our link-local address; a neighbour advertisement for the VIP whose target MAC is
+        not ours is an answer. A VIP held only by this node is never "answered" (our own
+        frames are left out, and our kernel does not see the probes it sends).
+
+        A socket or send error (no CAP_NET_RAW, the interface gone) is logged at debug and
+        counts as "no answer": the probe exists to hold back a takeover, and a probe that
+        cannot run must not hold it back for ever (the Lease stays the arbiter)."""
+        found: set[str] = set()
+        if not items:
+            return found
+        deadline = time.monotonic() + timeout
+        probes: list[_Probe] = []
+        try:
+            # one socket per interface and IP version
+            groups: dict[tuple[str, bool], tuple[int, str, list[str]]] = {}
+            for vip, ifname, (index, mac) in items:
+                v6 = ipaddress.ip_address(vip).version == 6
+                groups.setdefault((ifname, v6), (index, mac, []))[2].append(vip)
+            for (ifname, v6), (index, mac, vips) in groups.items():
+                try:
+                    probes.append((_NdProbe if v6 else _ArpProbe)(ifname, index, mac, vips))
+                except OSError as exc:
+                    log.debug("cannot probe for the VIPs: %s", exc,
+                              extra={"interface": ifname, "vips": vips})  # fmt: skip
+            for i in range(PROBE_COUNT):
+                for probe in probes:
+                    probe.send()
+                last = i + 1 == PROBE_COUNT
+                _collect(probes, deadline if last else min(deadline, time.monotonic() + PROBE_GAP),
+                         found)  # fmt: skip
+                if time.monotonic() >= deadline:
+                    break
+        except Exception as exc:  # a probe only informs: never fail the caller
+            log.debug("probing for the VIPs failed: %s", exc)
+        finally:
+            for probe in probes:
+                probe.sock.close()
+        return found
+
+
+class _Probe:
+    """One socket on one interface, probing for some VIPs of one IP version."""
+
+    sock: socket.socket
+
+    def __init__(self, ifname: str, index: int, mac: str, vips: list[str]) -> None:
+        self.ifname, self.index, self.mac = ifname, index, mac
+        self.vips = {canonical_ip(vip): vip for vip in vips}  # as answers name it -> as given
+        self.own = mac_bytes(mac)
+
+    def send(self) -> None:
+        for vip in self.vips:
+            try:
+                self._send(vip)
+            except OSError as exc:
+                log.debug("probe for the VIP not sent: %s", exc,
+                          extra={"vip": vip, "interface": self.ifname})  # fmt: skip
+
+    def _send(self, vip: str) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> tuple[str, str | None] | None:
+        """One waiting answer: (VIP, the answering MAC if known), or None if not one."""
+        raise NotImplementedError
+
+    def receive(self, found: set[str], until: float) -> None:
+        """Read what is waiting (non-blocking) into ``found``; a busy link stops at ``until``."""
+        while time.monotonic() < until:
+            try:
+                answer = self._read()
+            except (BlockingIOError, InterruptedError):
+                return
+            if answer is None or answer[0] not in self.vips:
+                continue
+            if answer[1] is None or mac_bytes(answer[1]) != self.own:  # not our own frame
+                found.add(self.vips[answer[0]])
+
+
+class _ArpProbe(_Probe):
+    def __init__(self, ifname: str, index: int, mac: str, vips: list[str]) -> None:
+        super().__init__(ifname, index, mac, vips)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        try:
+            self.sock.bind((ifname, ETH_P_ARP))
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def _send(self, vip: str) -> None:
+        self.sock.send(arp_probe_frame(vip, self.mac))
+
+    def _read(self) -> tuple[str, str | None] | None:
+        frame, address = self.sock.recvfrom(128)
+        if address[2] == PACKET_OUTGOING:  # our own probe, seen on its way out
+            return None
+        return parse_arp_reply(frame)
+
+
+class _NdProbe(_Probe):
+    def __init__(self, ifname: str, index: int, mac: str, vips: list[str]) -> None:
+        super().__init__(ifname, index, mac, vips)
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            # our own kernel must not answer (nor see) our solicitation
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            # neighbour advertisements only: every ICMPv6 type blocked but 136
+            words = [0xFFFFFFFF] * 8
+            words[ND_ADVERT >> 5] &= ~(1 << (ND_ADVERT & 31))
+            self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def _send(self, vip: str) -> None:
+        group = (solicited_node(vip), 0, 0, self.index)
+        self.sock.sendto(neighbour_solicitation(vip, self.mac), group)
+
+    def _read(self) -> tuple[str, str | None] | None:
+        return parse_neighbour_advert(self.sock.recv(256))
+
+
+def _collect(probes: list[_Probe], until: float, found: set[str]) -> None:
+    """Read answers until ``until`` (monotonic)."""
+    while probes:
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([p.sock for p in probes], [], [], left)
+        for probe in probes:
+            if probe.sock in ready:
+                probe.receive(found, until)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,16 @@ are held (leader) and which are retired to ``lo`` by a planned handover.
   the VIPs without any dump first).
 - ``held``: vip -> interface, while leader.
 - ``retired``: vip -> the interface it left, while an old leader drains (handover.py).
+- ``problems``: vip -> why this node cannot place, add or remove it (the fix in the text).
 
-Address changes run on the VIP lane (vip.py's netlink); announcements on threads of their own.
+Each VIP's change stands alone: one that fails (an interface that does not exist, an address
+the kernel refuses) is recorded in ``problems`` and logged once per change of its reason; the
+others are added and announced. Until the group's VIPs are known (the first converge) a
+leader adds and removes nothing: a restarted leader keeps the VIPs its kernel holds, and then
+adopts them (announced, never removed and added again).
+
+Address changes run on the VIP lane (vip.py's netlink); announcements on threads of their own,
+stopped (and waited for) before a step-down removes the addresses.
 """
 
 from __future__ import annotations
@@ -16,18 +24,25 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from .handover import LOOPBACK
 from .lanes import Lane
 from .metrics import Metrics
-from .vip import Route, pick_interface, plan_vips
+from .vip import NoSuchInterface, Route, pick_interface, plan_vips
 
 log = logging.getLogger("lvs_operator.director.vip_owner")
 
 Link = tuple[int, str]  # (interface index, MAC)
 Announcement = tuple[str, str, Link]  # (vip, interface, link)
+
+NO_ROUTE = (
+    "no route to the VIP on this node: add a route to its subnet, or set spec.directors.interface"
+)
+ANNOUNCE_STOP_WAIT = 0.2  # seconds a step-down waits for announcements to stop (one frame)
+PROBE_TIMEOUT = 0.1  # seconds ``answered`` listens: three probes 20 ms apart, then answers
 
 
 class VipNode(Protocol):
@@ -43,7 +58,11 @@ class VipNode(Protocol):
 
     def link_info(self, ifname: str) -> Link | None: ...
 
-    def send_many(self, items: list[Announcement], count: int | None) -> None: ...
+    def send_many(
+        self, items: list[Announcement], count: int | None, stop: threading.Event
+    ) -> None: ...
+
+    def answered(self, items: list[Announcement], timeout: float) -> set[str]: ...
 
 
 class VipOwner:
@@ -62,10 +81,13 @@ class VipOwner:
         self.placements: dict[str, str] = {}
         self.held: dict[str, str] = {}
         self.retired: dict[str, str] = {}
-        self._links: dict[str, Link | None] = {}
-        self._unplaced: set[str] = set()  # VIPs without a route (reported once)
+        self.problems: dict[str, str] = {}  # vip -> reason (names the interface and the fix)
+        self._links: dict[str, Link] = {}
         self._lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()  # announcements, background reconciles
+        # announcements started since the last step-down see this event; a step-down sets it
+        self._stop = threading.Event()
+        self._announcing: set[asyncio.Task[None]] = set()
 
     def own(self, vips: Iterable[str]) -> None:
         self.owned.update(vips)
@@ -84,7 +106,7 @@ class VipOwner:
 
     def _place(self, vips: Mapping[str, str | None]) -> dict[str, str]:
         """Where each VIP goes (vip -> interface): the override, or the interface of its
-        route (one route dump for all)."""
+        route (one route dump for all). A VIP without a route is left out."""
         routes = None
         placed: dict[str, str] = {}
         for vip, override in vips.items():
@@ -94,23 +116,51 @@ class VipOwner:
             if routes is None:
                 routes = self.node.routes()
             name = pick_interface(vip, routes)
-            if name is None:
-                if vip not in self._unplaced:  # once, not on every reconcile
-                    log.error(
-                        "VIP cannot be placed: no route to it on this node; add a route to "
-                        "its subnet, or set spec.directors.interface",
-                        extra={"vip": vip},
-                    )
-                self._unplaced.add(vip)
-            else:
+            if name is not None:
                 placed[vip] = name
-                self._unplaced.discard(vip)
         return placed
 
     async def _link(self, ifname: str) -> Link | None:
+        """The interface's (index, MAC), cached; None (not cached: the interface may come
+        later) when it has none or cannot be read."""
         if ifname not in self._links:
-            self._links[ifname] = await self.lane.run(self.node.link_info, ifname)
+            try:
+                link = await self.lane.run(self.node.link_info, ifname)
+            except Exception as exc:
+                log.warning("cannot announce on the interface: %s", exc,
+                            extra={"interface": ifname})  # fmt: skip
+                return None
+            if link is None:
+                return None
+            self._links[ifname] = link
         return self._links[ifname]
+
+    # -- problems ------------------------------------------------------------------------------
+
+    async def _change(self, add: bool, vip: str, ifname: str) -> str | None:
+        """Add or remove one VIP on the lane; None when done, else why not (never raises:
+        one VIP's failure must not keep the others off the node)."""
+        try:
+            await self.lane.run(self.node.add if add else self.node.remove, vip, ifname)
+        except Exception as exc:
+            return problem_text(add, ifname, exc)
+        return None
+
+    def _settle(self, failed: Mapping[str, tuple[str | None, str]], scope: Iterable[str]) -> None:
+        """Record a pass's failures (vip -> (interface, reason)) for the VIPs it dealt with
+        (``scope``). A new or changed reason is logged, once: a retry failing the same way
+        is quiet. A VIP of the scope that no longer fails is cleared, and logged once as
+        placed if it is held now."""
+        for vip in set(scope) | set(failed):
+            if vip in failed:
+                ifname, reason = failed[vip]
+                if self.problems.get(vip) != reason:  # the reason names the interface
+                    extra = {"vip": vip} if ifname is None else {"vip": vip, "interface": ifname}
+                    log.error("VIP problem: %s", reason, extra=extra)
+                self.problems[vip] = reason
+            elif self.problems.pop(vip, None) is not None and vip in self.held:
+                log.info("VIP placed", extra={"vip": vip, "interface": self.held[vip]})
+        self.metrics.vip_problems.set(len(self.problems))
 
     # -- holding -------------------------------------------------------------------------------
 
@@ -118,63 +168,146 @@ class VipOwner:
         self, vips: Mapping[str, str | None] | None, leader: bool, announce: bool = False
     ) -> None:
         """Make the node hold exactly the VIPs it should (``vips``: the group's, vip ->
-        interface override; None: not known yet); announce new ones (or all)."""
+        interface override); announce the ones newly held (added, or adopted: already on
+        their interface), or all of them with ``announce``.
+
+        ``vips`` None (not known yet: no converge since the start): a leader changes nothing
+        (a restarted leader must not drop the VIPs its kernel holds before it knows them); a
+        standby still removes the group's VIPs it knows of (``owned``, from the listed
+        VirtualServers): it wants none, so it needs no desired set."""
+        if vips is None and leader:
+            return
+        stop = self._stop  # a step-down during this pass stops its announcements too
         async with self._lock:
-            self.placements = await self.lane.run(self._place, vips or {})
-            if self.on_placed is not None:
-                await self.on_placed()
+            failed: dict[str, tuple[str | None, str]] = {}
+            if vips is not None:
+                self.placements = await self.lane.run(self._place, vips)
+                if self.on_placed is not None:
+                    await self.on_placed()
+                failed = {vip: (None, NO_ROUTE) for vip in vips if vip not in self.placements}
             wanted = dict(self.placements) if leader else {}
             present = await self.lane.run(self.node.present)
             # VIPs retired by a handover stay on lo until their connections are done
             present = {vip: i for vip, i in present.items() if vip not in self.retired}
             candidates = (self.owned | set(wanted)) - set(self.retired)
             plan = plan_vips(wanted, present, candidates)
+            if plan.remove and not leader:
+                await self._stop_announcements()  # no frame for a VIP after it is gone
             for vip, ifname in plan.remove.items():
-                await self.lane.run(self.node.remove, vip, ifname)
-                log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
+                reason = await self._change(False, vip, ifname)
+                if reason is None:
+                    log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
+                else:
+                    failed[vip] = (ifname, reason)
+            not_added: set[str] = set()
             for vip, ifname in plan.add.items():
-                await self.lane.run(self.node.add, vip, ifname)
-            self.held = dict(wanted)
-            self.metrics.vips.set(len(wanted))
+                reason = await self._change(True, vip, ifname)
+                if reason is not None:
+                    failed[vip] = (ifname, reason)
+                    not_added.add(vip)
+            before = set(self.held)
+            self.held = {vip: i for vip, i in wanted.items() if vip not in not_added}
+            self.metrics.vips.set(len(self.held))
+            # a full pass: every problem not seen again is gone
+            self._settle(failed, set(self.problems) if vips is not None else plan.remove)
             new: list[Announcement] = []
             again: list[Announcement] = []
-            for vip, ifname in (wanted if announce else plan.add).items():
+            for vip, ifname in self.held.items():
+                fresh = vip in plan.add or vip not in before
+                if not (fresh or announce):
+                    continue
                 link = await self._link(ifname)
                 if link is not None:
-                    (new if vip in plan.add else again).append((vip, ifname, link))
-            self._announce(new, None)
-            self._announce(again, 1)
+                    (new if fresh else again).append((vip, ifname, link))
+            self._announce(new, None, stop)
+            self._announce(again, 1, stop)
 
     async def take_fast(self, still_leader: Callable[[], bool]) -> None:
         """On takeover: add the VIPs where they were last placed and announce them, before the
-        full reconcile (which dumps routes and addresses: slow on a busy node)."""
+        full reconcile (which dumps routes and addresses: slow on a busy node). Without
+        placements yet (a restarted leader before its first converge) nothing happens."""
+        stop = self._stop
         batch: list[Announcement] = []
+        failed: dict[str, tuple[str | None, str]] = {}
+        tried: list[str] = []
         for vip, ifname in dict(self.placements).items():
             if not still_leader():
                 break
-            await self.lane.run(self.node.add, vip, ifname)
+            tried.append(vip)
+            reason = await self._change(True, vip, ifname)
+            if reason is not None:
+                failed[vip] = (ifname, reason)
+                continue
             self.held[vip] = ifname
             link = await self._link(ifname)
             if link is not None:
                 batch.append((vip, ifname, link))
             if len(batch) >= 32:  # the first VIPs go out while the rest are being added
-                self._announce(batch, None)
+                self._announce(batch, None, stop)
                 batch = []
-        self._announce(batch, None)
+        self._announce(batch, None, stop)
+        self.metrics.vips.set(len(self.held))
+        self._settle(failed, tried)
 
     async def drop_held(self) -> None:
-        """On stepping down: remove what we hold, without the dumps of a full reconcile (the
-        Lease's clock runs for the others)."""
+        """On stepping down: stop the announcements, then remove what we hold, without the
+        dumps of a full reconcile (the Lease's clock runs for the others)."""
+        await self._stop_announcements()
         held, self.held = dict(self.held), {}
+        self.metrics.vips.set(0)
+        failed: dict[str, tuple[str | None, str]] = {}
         for vip, ifname in held.items():
-            await self.lane.run(self.node.remove, vip, ifname)
-            log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
+            reason = await self._change(False, vip, ifname)
+            if reason is None:
+                log.info("VIP dropped", extra={"vip": vip, "interface": ifname})
+            else:
+                failed[vip] = (ifname, reason)  # the reconcile after the step-down retries
+        self._settle(failed, held)
 
-    def _announce(self, items: list[Announcement], count: int | None) -> None:
+    # -- announcements -------------------------------------------------------------------------
+
+    def _announce(
+        self, items: list[Announcement], count: int | None, stop: threading.Event
+    ) -> None:
         """Announce a batch (rounds over all of them, ``announce_interval`` apart) on a
-        thread of its own: the rounds sleep, and a thousand VIPs must not wait in line."""
-        if items:
-            self._track(asyncio.create_task(asyncio.to_thread(self.node.send_many, items, count)))
+        thread of its own: the rounds sleep, and a thousand VIPs must not wait in line.
+        ``stop``: the event of the pass that chose them (a step-down since then: none)."""
+        if items and not stop.is_set():
+            task = asyncio.create_task(asyncio.to_thread(self.node.send_many, items, count, stop))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+            self._track(task)
+
+    async def _stop_announcements(self) -> None:
+        """Stop every announcement started so far and wait (briefly) until none is sending,
+        so that no gratuitous ARP / NA leaves after the caller removes the addresses."""
+        self._stop.set()
+        self._stop = threading.Event()
+        if self._announcing:
+            _, late = await asyncio.wait(set(self._announcing), timeout=ANNOUNCE_STOP_WAIT)
+            if late:
+                log.warning("announcements still sending after the step-down",
+                            extra={"announcements": len(late)})  # fmt: skip
+
+    # -- probing -------------------------------------------------------------------------------
+
+    async def answered(self, timeout: float = PROBE_TIMEOUT) -> set[str]:
+        """The placed VIPs another host answers for on their link (vip.py's ARP probe /
+        neighbour solicitation), e.g. a stopped leader whose kernel still holds them.
+        Blocks neither the event loop nor the VIP lane (a thread of its own); never raises:
+        a probe that cannot run answers "nobody" (see ``VipManager.answered``)."""
+        items: list[Announcement] = []
+        for vip, ifname in dict(self.placements).items():
+            link = await self._link(ifname)
+            if link is not None:
+                items.append((vip, ifname, link))
+        if not items:
+            return set()
+        try:
+            return await asyncio.to_thread(self.node.answered, items, timeout)
+        except Exception as exc:
+            log.debug("probing for the VIPs failed: %s", exc)
+            return set()
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` (a reconcile) without holding up the election; it logs its failure."""
@@ -203,6 +336,7 @@ class VipOwner:
         address the VIP's connections are relayed to (None: the VIP stays where it is).
         Returns vip -> that address for the VIPs moved."""
         relays: dict[str, str] = {}
+        await self._stop_announcements()  # the VIPs leave their interface: no GARP after
         async with self._lock:
             plan: dict[str, tuple[str, str]] = {}  # vip -> (interface, relay address)
             for vip, ifname in dict(self.held).items():
@@ -256,6 +390,21 @@ class VipOwner:
                 log.warning("cannot drop the VIP from lo: %s", exc, extra={"vip": vip})
             del self.retired[vip]
             log.info("VIP dropped", extra={"vip": vip, "interface": LOOPBACK})
+
+
+def problem_text(add: bool, ifname: str, exc: Exception) -> str:
+    """Why a VIP could not be added to / removed from ``ifname``, with what to fix. Always
+    names the interface: a VIP's problem is logged again only when this text changes."""
+    if isinstance(exc, NoSuchInterface):
+        return str(exc)
+    action = "add" if add else "remove"
+    if isinstance(exc, OSError):
+        return (
+            f"the kernel refused to {action} the VIP on interface {ifname}: "
+            f"{exc.strerror or exc}; check spec.directors.interface, that the interface is "
+            "up, and that the agent has CAP_NET_ADMIN"
+        )
+    return f"cannot {action} the VIP on interface {ifname}: {exc!r}"
 
 
 def first_vip(placements: Mapping[str, str]) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ Each implements its ``typing.Protocol``; mypy checks that (``conforming`` below,
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterable, Mapping
 
 from lvs_operator.director.handover import HandoverNode, Relay
@@ -41,9 +42,20 @@ class FakeKernel:
 
 
 class FakeVips:
-    def __init__(self, present: dict[str, str] | None = None) -> None:
+    """The node's addresses. ``failures``: (vip or interface) -> the error its add and
+    remove raise; ``events``: ("add" | "remove" | "frame", vip) in order, one "frame" per
+    announcement frame (rounds ``interval`` apart, stopped like VipManager's);
+    ``answering``: the VIPs ``answered`` reports."""
+
+    def __init__(self, present: dict[str, str] | None = None, interval: float = 0.0) -> None:
         self.addresses = dict(present or {})
         self.announced: list[tuple[str, str, int | None]] = []
+        self.events: list[tuple[str, str]] = []
+        self.failures: dict[str, Exception] = {}
+        self.interval = interval
+        self.rounds = 3  # announcements with count None
+        self.answering: set[str] = set()
+        self.probed: list[tuple[list[Announcement], float]] = []
 
     def routes(self) -> list[Route]:
         return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
@@ -51,20 +63,43 @@ class FakeVips:
     def present(self) -> dict[str, str]:
         return dict(self.addresses)
 
+    def _fail(self, vip: str, ifname: str) -> None:
+        error = self.failures.get(vip) or self.failures.get(ifname)
+        if error is not None:
+            raise error
+
     def add(self, vip: str, ifname: str) -> bool:
+        self._fail(vip, ifname)
+        self.events.append(("add", vip))
         self.addresses[vip] = ifname
         return True
 
     def remove(self, vip: str, ifname: str) -> bool:
+        self._fail(vip, ifname)
         if self.addresses.get(vip) != ifname:  # one interface per VIP here: the last added
             return False
+        self.events.append(("remove", vip))
         return self.addresses.pop(vip, None) is not None
 
     def link_info(self, ifname: str) -> Link | None:
         return (2, "02:00:00:00:00:0b")
 
-    def send_many(self, items: list[Announcement], count: int | None) -> None:
+    def send_many(
+        self, items: list[Announcement], count: int | None, stop: threading.Event
+    ) -> None:
         self.announced += [(vip, ifname, count) for vip, ifname, _ in items]
+        rounds = self.rounds if count is None else count
+        for i in range(rounds):
+            for vip, _, _ in items:
+                if stop.is_set():
+                    return
+                self.events.append(("frame", vip))
+            if i + 1 < rounds and stop.wait(self.interval):
+                return
+
+    def answered(self, items: list[Announcement], timeout: float) -> set[str]:
+        self.probed.append((items, timeout))
+        return {vip for vip, _, _ in items if vip in self.answering}
 
 
 class FakeHandoverKernel:

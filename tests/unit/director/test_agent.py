@@ -293,3 +293,27 @@ async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
     text = agent.metrics.render().decode()
     assert 'lvs_director_peer_reply_age_seconds{group="g1"} NaN' in text  # leader: no probing
     assert 'lvs_director_peer_armed{group="g1"} 0.0' in text
+
+
+async def test_a_restarted_leader_keeps_its_vip_until_it_knows_the_desired_set() -> None:
+    """The agent restarts while its Lease is still valid: it takes the Lease back at once,
+    before its first converge. The VIP its kernel holds is never removed (nor re-added):
+    adopted and announced once the desired set is known."""
+    store = FakeLeaseStore()
+    first = make("node-a", store)
+    await first.startup()
+    vips = FakeVips({VIP: "front"})
+    restarted = make("node-a", store, vips=vips)
+    restarted.watches.reset_vs([vs_obj()])  # listed (the VIP is owned), not converged yet
+    await restarted.startup()
+    assert restarted.elector.is_leader and restarted.ipvs.desired is None
+    await asyncio.gather(*restarted.vips.tasks)  # the take-over's background reconcile
+    await restarted.reconcile_vips()
+    assert vips.addresses == {VIP: "front"} and vips.events == []
+    restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await restarted.converge()
+    await restarted.reconcile_vips()
+    await asyncio.gather(*restarted.vips.tasks)
+    assert vips.addresses == {VIP: "front"}
+    assert [e for e in vips.events if e[0] != "frame"] == []  # no remove, no add
+    assert vips.announced == [(VIP, "front", None)]

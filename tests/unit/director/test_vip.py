@@ -5,15 +5,26 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import threading
+
+import pytest
 
 from lvs_operator.director.vip import (
     Route,
+    VipManager,
+    arp_probe_frame,
     garp_frame,
     host_prefix,
+    neighbour_solicitation,
+    parse_arp_reply,
+    parse_neighbour_advert,
     pick_interface,
     plan_vips,
+    solicited_node,
     unsolicited_na,
 )
+
+MAC = "02:00:00:00:00:0b"
 
 ROUTES = [
     Route(ipaddress.ip_network("0.0.0.0/0"), "eth0", 100),
@@ -81,3 +92,77 @@ def test_standby_plan_drops_stale_vips() -> None:
                      ["10.10.0.100", "2001:db8:0::100"])  # fmt: skip
     assert plan.add == {}
     assert plan.remove == {"10.10.0.100": "front", "2001:db8::100": "front"}
+
+
+def test_arp_probe_frame() -> None:
+    frame = arp_probe_frame("10.10.0.100", MAC)
+    assert len(frame) == 42
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes.fromhex("02000000000b")
+    assert frame[12:14] == b"\x08\x06"
+    assert struct.unpack("!HHBBH", frame[14:22]) == (1, 0x0800, 6, 4, 1)  # a request
+    assert frame[22:28] == bytes.fromhex("02000000000b")  # sender MAC: ours
+    assert frame[28:32] == b"\x00" * 4  # sender IP 0.0.0.0: a probe, teaches no cache
+    assert frame[32:38] == b"\x00" * 6
+    assert frame[38:42] == socket.inet_aton("10.10.0.100")  # target: the VIP
+
+
+def linux_probe_reply(vip: str, their_mac: str, our_mac: str) -> bytes:
+    """What Linux answers an ARP probe with: a reply unicast to the prober, target IP 0."""
+    theirs, ours = (
+        bytes.fromhex(their_mac.replace(":", "")),
+        bytes.fromhex(our_mac.replace(":", "")),
+    )
+    eth = ours + theirs + b"\x08\x06"
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + theirs + socket.inet_aton(vip)
+    return eth + arp + ours + b"\x00" * 4 + b"\x00" * 18  # padded to 60 bytes
+
+
+def test_parse_arp_reply() -> None:
+    reply = linux_probe_reply("10.10.0.100", "02:00:00:00:00:0a", MAC)
+    assert parse_arp_reply(reply) == ("10.10.0.100", "02:00:00:00:00:0a")
+    garp = garp_frame("10.10.0.100", "02:00:00:00:00:0a", reply=True)
+    assert parse_arp_reply(garp) == ("10.10.0.100", "02:00:00:00:00:0a")
+    assert parse_arp_reply(arp_probe_frame("10.10.0.100", MAC)) is None  # a request
+    assert parse_arp_reply(reply[:41]) is None  # short
+    assert parse_arp_reply(reply[:12] + b"\x08\x00" + reply[14:]) is None  # not ARP
+    ipv6_arp = reply[:16] + b"\x86\xdd" + reply[18:]
+    assert parse_arp_reply(ipv6_arp) is None  # not IPv4 over Ethernet
+
+
+def test_neighbour_solicitation_and_advertisement() -> None:
+    assert solicited_node("2001:db8::1:2345:6789") == "ff02::1:ff45:6789"
+    ns = neighbour_solicitation("2001:db8::100", MAC)
+    assert struct.unpack("!BBHI", ns[:8]) == (135, 0, 0, 0)
+    assert ns[8:24] == socket.inet_pton(socket.AF_INET6, "2001:db8::100")
+    assert ns[24:26] == b"\x01\x01" and ns[26:32] == bytes.fromhex("02000000000b")
+    advert = unsolicited_na("2001:db8::100", "02:00:00:00:00:0a")
+    assert parse_neighbour_advert(advert) == ("2001:db8::100", "02:00:00:00:00:0a")
+    assert parse_neighbour_advert(advert[:24]) == ("2001:db8::100", None)  # no option
+    assert parse_neighbour_advert(ns) is None
+    assert parse_neighbour_advert(advert[:20]) is None
+
+
+def test_an_announcement_sends_nothing_once_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = threading.Event()
+    sent: list[str] = []
+
+    def send(vip: str, ifname: str, mac: str, reply: bool) -> None:
+        sent.append(vip)
+        stop.set()  # a step-down right after the first frame
+
+    monkeypatch.setattr(VipManager, "_send_garp", staticmethod(send))
+    manager = VipManager(rt=object(), announce_count=3, announce_interval=0.01)
+    items = [("10.10.0.100", "front", (2, MAC)), ("10.10.0.101", "front", (2, MAC))]
+    manager.send_many(items, None, stop)
+    assert sent == ["10.10.0.100"]
+    manager.send_many(items, None, threading.Event())  # a new leadership: all of them
+    assert len(sent) == 1 + 3 * 2
+
+
+def test_answered_never_raises_and_bounds_its_time() -> None:
+    manager = VipManager(rt=object())
+    assert manager.answered([], 1.0) == set()
+    # no such interface (or no CAP_NET_RAW): no socket, no answer
+    items = [("10.10.0.100", "nosuch0", (99, MAC)), ("2001:db8::100", "nosuch0", (99, MAC))]
+    assert manager.answered(items, 0.05) == set()
+    assert manager.answered([("not an address", "front", (2, MAC))], 0.05) == set()

@@ -1,0 +1,230 @@
+"""VipOwner with the fake node: each VIP stands alone, no announcement after a step-down, a
+restarted leader keeps its VIPs until it knows the desired set, the "anyone answering?" probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+
+import pytest
+
+from lvs_operator.director.lanes import Lane
+from lvs_operator.director.metrics import Metrics
+from lvs_operator.director.vip import NoSuchInterface
+from lvs_operator.director.vip_owner import NO_ROUTE, Announcement, VipOwner
+from tests.unit.director.fakes import FakeVips
+
+A, B, C = "10.10.0.100", "10.10.0.101", "10.10.0.102"
+LOGGER = "lvs_operator.director.vip_owner"
+MISSING = NoSuchInterface(
+    "interface eth9 does not exist on this node: fix spec.directors.interface, or leave it "
+    "out to use the interface routing to the VIP"
+)
+
+
+def owner(node: FakeVips) -> VipOwner:
+    return VipOwner(node, Lane("vip-test"), Metrics("g1"))
+
+
+def problems_gauge(vips: VipOwner) -> str:
+    text = vips.metrics.render().decode()
+    return next(line for line in text.splitlines() if line.startswith("lvs_director_vip_problems"))
+
+
+async def settled(vips: VipOwner) -> None:
+    """Wait for the announcements in flight (threads of their own)."""
+    await asyncio.gather(*vips.tasks)
+
+
+def problem_logs(caplog: pytest.LogCaptureFixture, vip: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.ERROR and getattr(r, "vip", None) == vip]  # fmt: skip
+
+
+# -- 1. failure isolation per VIP ----------------------------------------------------------------
+
+
+async def test_a_failing_vip_is_skipped_and_the_others_are_added_and_announced() -> None:
+    node = FakeVips()
+    node.failures["eth9"] = MISSING
+    vips = owner(node)
+    # the failing VIP comes first: the ones after it are still added
+    await vips.reconcile({A: "eth9", B: None, C: None}, leader=True)
+    await settled(vips)
+    assert node.addresses == {B: "front", C: "front"}
+    assert vips.held == {B: "front", C: "front"}
+    assert {vip for vip, _, _ in node.announced} == {B, C}
+    assert vips.problems == {A: str(MISSING)}
+    assert "eth9" in vips.problems[A] and "spec.directors.interface" in vips.problems[A]
+    assert problems_gauge(vips) == 'lvs_director_vip_problems{group="g1"} 1.0'
+
+
+async def test_a_problem_is_logged_once_per_reason_and_its_recovery_once(caplog) -> None:
+    node = FakeVips()
+    node.failures["eth9"] = MISSING
+    vips = owner(node)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for _ in range(3):  # retries failing the same way are quiet
+            await vips.reconcile({A: "eth9", B: None}, leader=True)
+        assert len(problem_logs(caplog, A)) == 1
+        assert "eth9 does not exist" in problem_logs(caplog, A)[0]
+
+        node.failures["eth9"] = OSError(errno.EPERM, "Operation not permitted")
+        await vips.reconcile({A: "eth9", B: None}, leader=True)
+        await vips.reconcile({A: "eth9", B: None}, leader=True)
+        assert len(problem_logs(caplog, A)) == 2  # a new reason: logged, once
+        assert vips.problems[A].startswith("the kernel refused to add the VIP on interface eth9")
+
+        del node.failures["eth9"]
+        await vips.reconcile({A: "eth9", B: None}, leader=True)
+        await vips.reconcile({A: "eth9", B: None}, leader=True)
+    await settled(vips)
+    assert vips.problems == {} and node.addresses == {A: "eth9", B: "front"}
+    placed = [r for r in caplog.records if r.getMessage() == "VIP placed"]
+    assert [(r.vip, r.interface) for r in placed] == [(A, "eth9")]
+    assert problems_gauge(vips) == 'lvs_director_vip_problems{group="g1"} 0.0'
+    assert (A, "eth9", None) in node.announced  # announced once it is added
+
+
+async def test_a_vip_without_a_route_is_a_problem_the_others_are_placed() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    await vips.reconcile({"192.0.2.1": None, A: None}, leader=True)
+    assert vips.problems == {"192.0.2.1": NO_ROUTE}
+    assert node.addresses == {A: "front"}
+
+
+async def test_take_fast_and_drop_held_go_on_past_a_failing_vip() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    await vips.reconcile({A: None, B: "back", C: None}, leader=False)  # a standby places them
+    node.failures["back"] = OSError(errno.EINVAL, "Invalid argument")
+    await vips.take_fast(lambda: True)
+    assert node.addresses == {A: "front", C: "front"} and vips.held == {A: "front", C: "front"}
+    assert set(vips.problems) == {B}
+    node.failures.clear()
+    node.failures[A] = OSError(errno.EBUSY, "Device or resource busy")
+    await vips.drop_held()
+    await settled(vips)
+    assert node.addresses == {A: "front"}  # C removed; A's failure recorded, the rest went on
+    assert vips.problems[A].startswith("the kernel refused to remove the VIP on interface front")
+    assert vips.held == {}
+
+
+async def test_a_standby_pass_clears_the_problems_of_vips_it_no_longer_adds() -> None:
+    node = FakeVips()
+    node.failures["eth9"] = MISSING
+    vips = owner(node)
+    await vips.reconcile({A: "eth9"}, leader=True)
+    assert set(vips.problems) == {A}
+    await vips.reconcile({A: "eth9"}, leader=False)
+    assert vips.problems == {}
+
+
+# -- 2. no announcement after a step-down ----------------------------------------------------------
+
+
+async def wait_for_frame(node: FakeVips) -> None:
+    while ("frame", A) not in node.events:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_step_down_during_an_announcement_sends_nothing_after_the_drop() -> None:
+    node = FakeVips(interval=0.2)  # three rounds 0.2 s apart
+    vips = owner(node)
+    await vips.reconcile({A: None, B: None}, leader=True)
+    await asyncio.wait_for(wait_for_frame(node), 5)
+    await vips.drop_held()
+    dropped = node.events.index(("remove", A))
+    await asyncio.sleep(0.5)  # past the rounds the announcement would have sent
+    await settled(vips)
+    assert node.addresses == {}
+    assert [e for e in node.events[dropped:] if e[0] == "frame"] == []
+    assert node.events.count(("frame", A)) < 3  # stopped mid-way
+
+
+async def test_a_standby_reconcile_stops_the_announcements_before_removing() -> None:
+    node = FakeVips(interval=0.2)
+    vips = owner(node)
+    vips.own([A])
+    await vips.reconcile({A: None}, leader=True)
+    await asyncio.wait_for(wait_for_frame(node), 5)
+    await vips.reconcile({A: None}, leader=False)  # the step-down seen by a reconcile
+    dropped = node.events.index(("remove", A))
+    await asyncio.sleep(0.5)
+    await settled(vips)
+    assert [e for e in node.events[dropped:] if e[0] == "frame"] == []
+
+
+async def test_announcements_after_a_step_down_start_again_on_takeover() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    await vips.reconcile({A: None}, leader=True)
+    await vips.drop_held()
+    await vips.take_fast(lambda: True)
+    await settled(vips)
+    assert node.events[-3:] == [("frame", A)] * 3  # the new leadership's announcement
+
+
+# -- 3. a restarted leader keeps its VIPs until it knows the desired set ---------------------------
+
+
+async def test_a_restarted_leader_never_removes_a_vip_it_holds_and_adopts_it() -> None:
+    node = FakeVips({A: "front"})
+    vips = owner(node)
+    vips.own([A])  # the VirtualServers were listed, the first converge not done
+    await vips.take_fast(lambda: True)  # no placements yet: nothing
+    await vips.reconcile(None, leader=True)  # desired set unknown: nothing
+    assert node.events == [] and node.addresses == {A: "front"}
+    await vips.reconcile({A: None}, leader=True)
+    await settled(vips)
+    assert [e for e in node.events if e[0] != "frame"] == []  # no remove, no add
+    assert node.addresses == {A: "front"} and vips.held == {A: "front"}
+    assert node.announced == [(A, "front", None)]  # adopted: announced like a takeover
+    await vips.reconcile({A: None}, leader=True)
+    await settled(vips)
+    assert node.announced == [(A, "front", None)]  # once
+
+
+async def test_take_fast_without_placements_does_nothing() -> None:
+    node = FakeVips({A: "front"})
+    vips = owner(node)
+    await vips.take_fast(lambda: True)
+    await settled(vips)
+    assert node.events == [] and node.announced == [] and vips.held == {}
+
+
+async def test_a_standby_without_the_desired_set_still_drops_the_groups_vips() -> None:
+    node = FakeVips({A: "front", "10.10.0.11": "front"})  # a stale VIP and the node's own
+    vips = owner(node)
+    vips.own([A])
+    await vips.reconcile(None, leader=False)
+    assert node.addresses == {"10.10.0.11": "front"}
+
+
+# -- 4. does anyone answer for the VIPs? -----------------------------------------------------------
+
+
+async def test_answered_probes_the_placed_vips() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    assert await vips.answered() == set() and node.probed == []  # nothing placed: no probe
+    await vips.reconcile({A: None, B: None}, leader=False)
+    node.answering = {B}
+    assert await vips.answered(timeout=0.05) == {B}
+    items, timeout = node.probed[-1]
+    assert sorted(items) == [(A, "front", (2, "02:00:00:00:00:0b")),
+                             (B, "front", (2, "02:00:00:00:00:0b"))]  # fmt: skip
+    assert timeout == 0.05
+
+
+async def test_answered_never_raises() -> None:
+    class Broken(FakeVips):
+        def answered(self, items: list[Announcement], timeout: float) -> set[str]:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+    vips = owner(Broken())
+    await vips.reconcile({A: None}, leader=False)
+    assert await vips.answered() == set()
