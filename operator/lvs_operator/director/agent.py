@@ -49,6 +49,7 @@ from .health import HealthChecker
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
+from .loop_watch import LoopWatch
 from .metrics import Metrics
 from .vip_owner import VipNode, VipOwner
 from .watches import Watches
@@ -120,7 +121,7 @@ class Agent:
     # -- convergence ---------------------------------------------------------------------------
 
     async def converge(self) -> None:
-        want = self.ipvs.want()
+        want = await self.ipvs.want()
         self.vips.own(want.vips)
         await self.ipvs.converge(want, self.vips.owned)
         self.elector.set_annotation(PROGRAMMED_ANNOTATION, programmed(want))
@@ -210,6 +211,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop_watch = asyncio.create_task(LoopWatch(self.metrics).run(), name="loop-watch")
         servers = await serve(
             self.cfg.health_port, self.cfg.metrics_port, lambda: self.ready, self.metrics.render
         )
@@ -258,5 +260,7 @@ class Agent:
             server.close()
         with contextlib.suppress(Exception):
             await self.client.close()
+        loop_watch.cancel()
+        await asyncio.gather(loop_watch, return_exceptions=True)
         log.info("stopped", extra={"identity": self.cfg.node_name})
         return code

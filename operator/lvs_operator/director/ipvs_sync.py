@@ -1,6 +1,13 @@
 """IPVS convergence: desired table (desired.py) -> health (health.py) -> drain -> diff
 against the kernel (table.py) -> apply.
 
+The event loop also runs the election (Lease renewals, step-down deadlines): a stall of it
+half a second long can leave two VIP holders. So the work that grows with the table (the
+desired build, the health edit, drain, diff, the memory trim) runs in a thread
+(``off_loop``) on copies of the caches taken on the loop (the watch handlers mutate them
+there); the loop keeps the copying, the probe tasks, the metrics and the logs. ``loop_watch.py``
+measures what is left.
+
 Every director of a group programs IPVS (so a standby is ready to forward the moment it
 takes the VIP). The kernel is converged by diff, never flushed: a restarted agent adopts the
 services on its group's VIPs, and only services on VIPs it owns are ever touched (never
@@ -15,19 +22,30 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping, Set
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping, Set
+from typing import Any, Protocol, TypeVar
+
+from lvs_operator.api.realserverpool import HealthCheck, PoolMember
+from lvs_operator.api.virtualserver import VirtualServer
 
 from . import desired as desired_mod
 from .health import HealthChecker, apply_health, targets_for
 from .lanes import Lane
 from .metrics import Metrics
 from .table import Change, DestKey, IpvsTable, ServiceKey, diff, owned_by_addresses
-from .watches import Watches
+from .watches import ObjectKey, Watches, health_checks
 
 log = logging.getLogger("lvs_operator.director.ipvs_sync")
 
 Connections = Mapping[tuple[ServiceKey, DestKey], int]
+T = TypeVar("T")
+# Runs a blocking function off the event loop (asyncio.to_thread); ``on_loop`` runs it inline
+# (the behaviour before: bench/loop_stall.py compares the two).
+OffLoop = Callable[..., Awaitable[Any]]
+
+
+async def on_loop(fn: Callable[..., T], /, *args: Any) -> T:
+    return fn(*args)
 
 
 class Kernel(Protocol):
@@ -63,10 +81,20 @@ class IpvsSync:
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
         self._reported: set[tuple[str, str, str]] = set()
+        self.off_loop: OffLoop = asyncio.to_thread
+        # the health checks of the services of the last ``want()``: its snapshot of the caches
+        self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
 
-    def want(self) -> desired_mod.Desired:
-        """The desired table from the caches (problems logged once each)."""
-        want = desired_mod.build(self.watches.virtual_servers.values(), self.watches.pools)
+    async def want(self) -> desired_mod.Desired:
+        """The desired table from the caches (problems logged once each).
+
+        The caches are copied on the loop (one consistent view: nothing else runs
+        meanwhile), the table is built from the copy in a thread."""
+        virtual_servers = list(self.watches.virtual_servers.values())
+        pools = dict(self.watches.pools)
+        pool_checks = dict(self.watches.pool_checks)
+        want, checks = await self.off_loop(_build, virtual_servers, pools, pool_checks)
+        self._checks = (want, checks)
         for problem in want.problems:
             key = (problem.namespace, problem.name, problem.message)
             if key not in self._reported:
@@ -77,15 +105,15 @@ class IpvsSync:
     async def converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         """Make the kernel's services on the ``owned`` VIPs match ``want``."""
         t0 = time.monotonic()
-        want = self._with_health(want)
+        want = await self._with_health(want)
         actual, connections = await self.lane.run(self.kernel.read)
-        table = desired_mod.drain(want, actual, connections)
-        changes = diff(table, actual, owned_by_addresses(owned))
+        plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))
+        table, changes = plan.table, plan.changes
         await asyncio.to_thread(self.kernel.prepare, table, self.masquerade_snat)
         if changes:
             await self.lane.run(self.kernel.apply, changes)
-            for change in changes:
-                self.metrics.changes.labels(group=self.group, op=str(change.op)).inc()
+            for op, count in plan.ops.items():
+                self.metrics.changes.labels(group=self.group, op=op).inc(count)
             log.info(
                 "IPVS converged: %d change(s)",
                 len(changes),
@@ -93,25 +121,30 @@ class IpvsSync:
             )
         self.desired = want
         self.metrics.services.set(len(table))
-        self.metrics.destinations.set(table.dest_count())
-        self.metrics.quiesced.set(
-            sum(1 for k, e in table.items() for d in e.destinations if (k, d.key) in want.quiesced)
-        )
+        self.metrics.destinations.set(plan.destinations)
+        self.metrics.quiesced.set(plan.quiesced)
         self.metrics.converge_seconds.observe(time.monotonic() - t0)
         if len(changes) > 100 or len(table) > 100 or not self.ready:
-            trim_memory()  # the peak of a big read / converge back to the system
+            # the peak of a big read / converge back to the system (malloc_trim lets go of
+            # the GIL in the thread; the collection does not, see trim_memory)
+            await self.off_loop(trim_memory)
         if not self.ready:
             self.ready = True
             log.info(
                 "ready: kernel converged",
-                extra={"services": len(table), "destinations": table.dest_count()},
+                extra={"services": len(table), "destinations": plan.destinations},
             )
 
-    def _with_health(self, want: desired_mod.Desired) -> desired_mod.Desired:
+    async def _with_health(self, want: desired_mod.Desired) -> desired_mod.Desired:
         """Start/stop probes for the pools with a healthCheck; quiesce failing members."""
-        decides, timings = targets_for(want.table, self.watches.health_checks())
-        self.health.update(timings)
-        table = apply_health(want.table, decides, self.health.unhealthy())
+        if self._checks is not None and self._checks[0] is want:
+            checks = self._checks[1]
+        else:  # a table not from want(): the checks of the caches now
+            checks = self.watches.health_checks()
+        self._checks = None
+        decides, timings = await self.off_loop(targets_for, want.table, checks)
+        self.health.update(timings)  # on the loop: starts and cancels probe tasks
+        table = await self.off_loop(apply_health, want.table, decides, self.health.unhealthy())
         return dataclasses.replace(want, table=table)
 
     @property
@@ -124,9 +157,50 @@ def programmed(want: desired_mod.Desired) -> str:
     return json.dumps(dict(sorted(want.generations.items())))
 
 
+def _build(
+    virtual_servers: list[VirtualServer],
+    pools: Mapping[ObjectKey, tuple[PoolMember, ...]],
+    pool_checks: Mapping[ObjectKey, HealthCheck | None],
+) -> tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]]:
+    """Off the loop: the desired table and its services' health checks, from cache copies."""
+    return desired_mod.build(virtual_servers, pools), health_checks(virtual_servers, pool_checks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a converge programs, and the figures its metrics report (computed off the loop)."""
+
+    table: IpvsTable
+    changes: list[Change]
+    ops: dict[str, int]  # changes by op
+    destinations: int
+    quiesced: int  # destinations at weight 0 still draining
+
+
+def _plan(
+    want: desired_mod.Desired,
+    actual: IpvsTable,
+    connections: Connections | None,
+    owned: frozenset[str],
+) -> Plan:
+    table = desired_mod.drain(want, actual, connections)
+    changes = diff(table, actual, owned_by_addresses(owned))
+    ops: dict[str, int] = {}
+    for change in changes:
+        ops[str(change.op)] = ops.get(str(change.op), 0) + 1
+    quiesced = sum(
+        1 for k, e in table.items() for d in e.destinations if (k, d.key) in want.quiesced
+    )
+    return Plan(table, changes, ops, table.dest_count(), quiesced)
+
+
 def trim_memory() -> None:
     """Collect, then hand freed heap back to the OS (glibc): RSS after a big converge or
-    list is otherwise its peak for the process's lifetime."""
+    list is otherwise its peak for the process's lifetime.
+
+    Run in a thread: ``malloc_trim`` (a ctypes call) releases the GIL; ``gc.collect`` holds
+    it for the whole collection wherever it runs, which is why the agent freezes its start-up
+    objects (main.py) so a full collection only walks what was made since."""
     import ctypes
     import gc
 

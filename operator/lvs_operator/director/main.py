@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -195,6 +196,16 @@ def warm_up() -> None:
                        "spec": {}, "status": {}}).to_dict()  # fmt: skip
 
 
+def freeze_startup() -> None:
+    """Move every object made so far (modules, the warmed-up decoders) out of the garbage
+    collector's sight (``gc.freeze``; collected first, so no garbage is frozen). A full
+    collection holds the GIL, so stalls the event loop from any thread; the agent runs one
+    after each big converge (ipvs_sync.trim_memory), and it then walks only what was made
+    since: 18 ms -> 3 ms at 1,000 services x 10 destinations here (bench/loop_stall.py)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _open_kernel() -> Kernel:
     from .kernel.dataplane import DataPlane
 
@@ -242,6 +253,8 @@ def run(argv: list[str]) -> int:
         log.error("cannot open the kernel's IPVS or rtnetlink: %s (the agent needs root or "
                   "CAP_NET_ADMIN, and the ip_vs module)", exc)  # fmt: skip
         return 1
+
+    freeze_startup()
 
     async def main() -> int:
         agent = Agent(cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane)

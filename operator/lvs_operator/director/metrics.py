@@ -62,6 +62,16 @@ class Metrics:
             "lvs_director_handover_relays", "planned handovers whose connections in flight "
             "this director relayed to the old leader", ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.loop_stall = Histogram(
+            "lvs_director_event_loop_stall_seconds", "how late the event loop ran a callback "
+            "due every 50 ms (the election waits as long)", ["group"], registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        ).labels(**labels)  # fmt: skip
+        self.loop_longest_stall = Gauge(
+            "lvs_director_event_loop_longest_stall_seconds",
+            "the longest event loop stall since the agent started", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.group = group
 
     def render(self) -> bytes:

@@ -56,6 +56,20 @@ def resources() -> dict[str, Any]:
     }
 
 
+def health_checks(
+    virtual_servers: Iterable[VirtualServer], pool_checks: Mapping[ObjectKey, HealthCheck | None]
+) -> dict[ServiceKey, HealthCheck]:
+    """The health check of each service whose pool has one."""
+    checks: dict[ServiceKey, HealthCheck] = {}
+    for vs in virtual_servers:
+        check = pool_checks.get((vs.namespace, vs.spec.pool_name))
+        if check is None:
+            continue
+        for vport in vs.spec.ports:
+            checks[ServiceKey(vport.protocol, vs.spec.vip, vport.port)] = check
+    return checks
+
+
 class Watches:
     def __init__(self, on_change: Callable[[], None], on_vip: Callable[[str], None]) -> None:
         self.on_change = on_change
@@ -90,14 +104,7 @@ class Watches:
 
     def health_checks(self) -> dict[ServiceKey, HealthCheck]:
         """The health check of each service whose pool has one."""
-        checks: dict[ServiceKey, HealthCheck] = {}
-        for vs in self.virtual_servers.values():
-            check = self.pool_checks.get((vs.namespace, vs.spec.pool_name))
-            if check is None:
-                continue
-            for vport in vs.spec.ports:
-                checks[ServiceKey(vport.protocol, vs.spec.vip, vport.port)] = check
-        return checks
+        return health_checks(self.virtual_servers.values(), self.pool_checks)
 
     # -- VirtualServers ------------------------------------------------------------------------
 
