@@ -85,7 +85,10 @@ class Agent:
         if lease_api is None:
             assert client is not None, "the Lease API needs a client"
             lease_api = KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
-        self.elector = Elector(cfg.election(), lease_api, self._on_leader_change)
+        self.elector = Elector(
+            cfg.election(), lease_api, self._on_leader_change, vip_in_use=self._vip_in_use
+        )
+        self.metrics.authority.set_function(self.elector.authority_left)
         self.vips = VipOwner(vips, self.vip_lane, self.metrics, on_placed=self._placed)
         self.watches = Watches(self.dirty.set, lambda vip: self.vips.own([vip]))
         self.health = HealthChecker(self.dirty.set)
@@ -117,6 +120,19 @@ class Agent:
 
     async def _placed(self) -> None:
         await self.heartbeat.publish(self.vips.placements, self.vips.not_node_addresses())
+        # gated: every VIP of the group is placed here, so the ARP check before a takeover
+        # covers them all (the leader may then rely on it; peer.py)
+        desired = self.ipvs.desired
+        wanted = set(desired.vips) if desired is not None else set()
+        self.heartbeat.set_gated(bool(wanted) and wanted <= set(self.vips.placements))
+
+    async def _vip_in_use(self) -> bool:
+        """Before taking over from a live-looking holder: does another node still answer ARP
+        (or NDP) for one of the group's VIPs? A stopped leader's kernel still holds them."""
+        answered = await self.vips.answered()
+        if answered:
+            self.metrics.takeovers_held.inc()
+        return bool(answered)
 
     # -- convergence ---------------------------------------------------------------------------
 

@@ -64,6 +64,12 @@ class Heartbeat:
         metrics.peer_reply_age.set_function(reply_age)
         metrics.peer_armed.set_function(lambda: 1.0 if health.armed else 0.0)
 
+    def set_gated(self, gated: bool) -> None:
+        """Tell the holder in every probe whether we check ARP before a takeover."""
+        if self.monitor is not None:
+            with self.monitor._lock:
+                self.monitor.health.gated = gated
+
     async def publish(self, placements: Mapping[str, str], exclude: list[str]) -> None:
         """Put where this director answers heartbeats in its Lease annotations (written when
         it leads): --peer-address, else its address on the interface of the group's first

@@ -62,6 +62,15 @@ class Metrics:
             "lvs_director_handover_relays", "planned handovers whose connections in flight "
             "this director relayed to the old leader", ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.takeovers_held = Counter(
+            "lvs_director_takeovers_held", "takeovers not made because another node still "
+            "answered ARP/NDP for the group's VIPs", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.authority = Gauge(
+            "lvs_director_hold_seconds", "leader: how long it may still hold the VIPs without "
+            "a Lease write or a standby's proof (0: not leading)", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.loop_stall = Histogram(
             "lvs_director_event_loop_stall_seconds", "how late the event loop ran a callback "
             "due every 50 ms (the election waits as long)", ["group"], registry=self.registry,
