@@ -143,9 +143,12 @@ class Agent:
         self.elector.set_annotation(PROGRAMMED_ANNOTATION, programmed(want))
 
     async def reconcile_vips(self, announce: bool = False) -> None:
+        leader = self.elector.is_leader
+        if not leader and not self.elector.not_holder:
+            return  # no Lease seen yet, or it names us: nothing here is known to be stale
         desired = self.ipvs.desired
         vips = None if desired is None else desired.vips
-        await self.vips.reconcile(vips, self.elector.is_leader, announce)
+        await self.vips.reconcile(vips, leader, announce)
 
     async def _reconcile_loop(self) -> None:
         await self.watches.synced()

@@ -304,6 +304,14 @@ class Elector:
         release carries (the handover note)."""
         return self._serving or self._releasing
 
+    @property
+    def not_holder(self) -> bool:
+        """A Lease record was seen and it names another director, or nobody: a VIP this
+        standby's kernel holds is stale. False while unknown (no record yet: a restarted
+        leader must not drop the VIPs it is about to take back)."""
+        record = self._record
+        return record is not None and record.holder != self.config.identity
+
     def authority_left(self) -> float:
         """Seconds the leader may still hold the VIPs without news (metrics); 0 if not."""
         if not self.is_leader:
@@ -572,6 +580,9 @@ class Elector:
         now = self.clock.now()
         members = self._fresh_members(start) if self.outage_tolerant else {}
         if current is None:
+            # a deleted Lease is no proof that nobody holds the VIPs
+            if self.vip_in_use is not None and await self._vip_answered():
+                return
             fresh = LeaseRecord(
                 holder=cfg.identity,
                 duration_seconds=cfg.lease_duration,

@@ -317,3 +317,29 @@ async def test_a_restarted_leader_keeps_its_vip_until_it_knows_the_desired_set()
     assert vips.addresses == {VIP: "front"}
     assert [e for e in vips.events if e[0] != "frame"] == []  # no remove, no add
     assert vips.announced == [(VIP, "front", None)]
+
+
+async def test_a_restarted_leader_whose_api_is_down_keeps_its_vip() -> None:
+    """The restarted agent cannot read the Lease (API down): it does not know it is no
+    longer the holder, so nothing in its kernel is stale yet; it converges and keeps the VIP
+    (no standby takes a VIP that still answers ARP), and takes its Lease back when the API
+    returns."""
+    store = FakeLeaseStore()
+    first = make("node-a", store)
+    await first.startup()
+    vips = FakeVips({VIP: "front"})
+    restarted = make("node-a", store, vips=vips, startup_grace=0.05)
+    restarted.elector.api.down = True  # type: ignore[attr-defined]
+    restarted.watches.reset_vs([vs_obj()])
+    restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await restarted.startup()
+    assert not restarted.elector.is_leader
+    await restarted.converge()
+    await restarted.reconcile_vips()
+    assert vips.addresses == {VIP: "front"}
+    assert [e for e in vips.events if e[0] != "frame"] == []
+    restarted.elector.api.down = False  # type: ignore[attr-defined]
+    await restarted.elector.tick()
+    assert restarted.elector.is_leader
+    await asyncio.gather(*restarted.vips.tasks)
+    assert vips.addresses == {VIP: "front"}
