@@ -67,6 +67,12 @@ from tests.integration.helpers import (  # noqa: E402
 )
 
 from lvs_operator.api.contract import GROUP_LABEL  # noqa: E402
+from lvs_operator.director.election import (  # noqa: E402
+    DEFAULT_LEASE_DURATION,
+    DEFAULT_RENEW_DEADLINE,
+    DEFAULT_RETRY_PERIOD,
+)
+from lvs_operator.director.peer import DEFAULT_PEER_INTERVAL, DEFAULT_PEER_TIMEOUT  # noqa: E402
 
 OPERATOR_NS = "lvs-system"
 VIP = "192.0.2.10"
@@ -88,18 +94,15 @@ class Timings:
     """The agents' Lease timings (passed through the controller's flags into the DaemonSet's
     environment, as in production) and their start-up grace."""
 
-    # Relaxed for TCG on a loaded 2-core host (the product's defaults are 2, 1.5, 0.4): a
-    # restarted agent's first Lease writes through the real API server were seen to take ~2 s,
-    # and with a 4 s renew deadline a new leader stepped down again right after taking over.
-    lease_duration: int = 8
-    renew_deadline: float = 6.0
-    retry_period: float = 1.0
+    # The product's defaults (election.py, peer.py): the tiers test what ships. With outage
+    # tolerance a slow Lease write no longer steps a leader down, and a standby never takes a
+    # VIP that still answers ARP, so a stalled agent under TCG is no longer a failover.
+    lease_duration: int = DEFAULT_LEASE_DURATION
+    renew_deadline: float = DEFAULT_RENEW_DEADLINE
+    retry_period: float = DEFAULT_RETRY_PERIOD
     startup_grace: float = 1.0
-    # Peer heartbeat (the product's defaults are 0.1 s, 0.35 s): an agent's event loop was
-    # seen to stall for over a second under TCG while the other one started up, and a
-    # stalled leader must not look dead.
-    peer_interval: float = 0.2
-    peer_timeout: float = 1.5
+    peer_interval: float = DEFAULT_PEER_INTERVAL
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT
 
     @classmethod
     def parse(cls, text: str | None, peer: str | None = None) -> Timings:

@@ -35,7 +35,6 @@ from e2e.system import (
     VIP,
     System,
     Timings,
-    agent_started_at,
     overlaps,
 )
 
@@ -114,10 +113,6 @@ def logs_on_failure(request: pytest.FixtureRequest, system: System) -> Iterator[
 def summary(s: System, say: Callable[[str], None], wall: float) -> None:
     samples = s.samples()
     all_overlaps = overlaps(samples)
-    window = FIGURES.get("agent_crash_window")
-    outside = [
-        o for o in all_overlaps if not window or o["to"] < window[0] or o["from"] > window[1]
-    ]
     longest = max((o["seconds"] for o in all_overlaps), default=0.0)
     lines = [
         "===== e2e figures =====",
@@ -135,12 +130,8 @@ def summary(s: System, say: Callable[[str], None], wall: float) -> None:
         f"node crash failover (last answer via the old director -> first via the new): "
         f"{FIGURES.get('crash_failover')} s (kill -> first answer via new: "
         f"{FIGURES.get('crash_kill_to_new')} s)",
-        f"agent crash: standby holds the VIP {FIGURES.get('agent_crash_takeover')} s after "
-        f"SIGKILL; restarted agent dropped the stale VIP {FIGURES.get('stale_vip_drop')} s after "
-        f"it started ({FIGURES.get('stale_vip_drop_from_kernel_read')} s after its kernel read, "
-        f"{FIGURES.get('stale_vip_drop_from_spawn')} s after spawn)",
-        f"VIP held by two directors: longest {longest} s; outside the agent-crash case: "
-        f"{outside or 'never'} ({len(samples)} samples at 100 ms)",
+        f"agent crash (SIGKILL, restarted): {FIGURES.get('agent_crash')}",
+        f"VIP held by two directors: longest {longest} s ({len(samples)} samples at 100 ms)",
         f"e2e wall time: {wall:.0f} s",
     ]
     say("\n".join(lines))
@@ -482,74 +473,55 @@ def test_5_node_crash_standby_takes_over(system: System) -> None:
     s.show_status("the crashed node returned")
 
 
-def test_6_agent_crash_stale_vip_dropped_on_restart(system: System) -> None:
+def test_6_agent_crash_the_vip_stays_until_the_agent_is_back(system: System) -> None:
+    """SIGKILL of the leading agent alone (its node and kernel stay up): the kernel keeps
+    holding the VIP and IPVS keeps forwarding, so the standby, whose heartbeat stops, must
+    not take the VIP while another node still answers ARP for it (never two holders); the
+    restarted agent takes its Lease back and adopts the VIP without dropping it."""
     s = system
     assert s.vm is not None
     old = s.leader_ns()
     new = OTHER[old]
-    loop, out = s.start_loop("agent-crash", interval=0.05, timeout=0.5, max_seconds=180)
+    standby = s.agents[new]
+    loop, out = s.start_loop("agent-crash", interval=0.05, timeout=0.5, max_seconds=240)
     proc = s.agents.pop(old)
     at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGKILL))
-    FIGURES["agent_crash_window"] = (at, float("inf"))  # narrowed below once known
-    deadline = time.monotonic() + 90
-    while new not in s.call("holders"):
-        assert time.monotonic() < deadline, f"standby never took the VIP\n{s.logs()}"
-        time.sleep(0.2)
-    assert old in s.call("holders"), "the killed agent's kernel should still hold the VIP"
-    # the DaemonSet restarts the agent
-    spawned = s.call("clocks")
     restarted = s.start_agent(old)
-    # however long Python's start-up takes under TCG (15-50 s seen), wait for the agent's own
-    # kernel read; the product's bound (the drop) is checked from there on, below
+    # however long Python's start-up takes under TCG (15-50 s seen), wait for the agent
     startup = agent_startup(restarted)
     assert startup["ok"], (
         f"the restarted agent did not read the kernel within {AGENT_STARTUP_LIMIT:.0f} s of "
         f"its spawn: {startup}"
     )
-    res = s.call("wait_holder", timeout=s.timings.startup_grace + 30)
-    assert res["holder"] == new, f"{res}\n{s.logs()}"
+    assert s.wait_agents_ready([old], timeout=180), s.logs()
+    deadline = time.monotonic() + 60
+    while s.leader() != DIRECTORS[old][0]:
+        assert time.monotonic() < deadline, f"the restarted agent never led again\n{s.logs()}"
+        time.sleep(0.2)
     time.sleep(1.0)
     stats = analyse(s.stop_loop(loop, out), at, old)
-    took = _wait_sample(s, lambda h: new in h, after=at)
-    dropped = _wait_sample(s, lambda h: h == [new], after=at)
-    started = agent_started_at(restarted)
-    kernel_read = _log_times(restarted, "kernel read")
-    assert took is not None and dropped is not None, s.samples()[-10:]
-    FIGURES["agent_crash_takeover"] = round(took["mono"] - at, 2)
-    FIGURES["stale_vip_drop_from_spawn"] = round(dropped["mono"] - spawned["mono"], 2)
-    FIGURES["stale_vip_drop"] = None if started is None else round(dropped["wall"] - started, 2)
-    FIGURES["stale_vip_drop_from_kernel_read"] = (
-        round(dropped["wall"] - kernel_read[0], 2) if kernel_read else None
-    )
-    FIGURES["agent_crash_window"] = (at, dropped["mono"])
-    window = overlaps(s.samples(), at, dropped["mono"])
+    held_back = "not taking over: another node still answers" in standby.output()
+    samples = s.samples()  # a row at each change of the holders
+    before = [r for r in samples if r["mono"] < at][-1:]
+    rows = before + [r for r in samples if r["mono"] >= at]
+    FIGURES["agent_crash"] = {
+        "restart_s": startup.get("since_exec"),
+        "failures": stats["failures"],
+        "standby_held_back": held_back,
+    }
     s.say(
-        f"6. agent on {DIRECTORS[old][0]} killed: {DIRECTORS[new][0]} holds the VIP "
-        f"{FIGURES['agent_crash_takeover']} s later (its heartbeat stopped); the restarted agent "
-        f"dropped the stale VIP {FIGURES['stale_vip_drop']} s after it started "
-        f"({FIGURES['stale_vip_drop_from_kernel_read']} s after its kernel read) "
-        f"({FIGURES['stale_vip_drop_from_spawn']} s after spawn, Python start-up under TCG "
-        f"included: {startup['since_exec']} s to its first log line, {startup['modules']} s of "
-        f"agent imports); overlap {[o['seconds'] for o in window]} s; {stats['failures']} failed "
-        f"requests"
+        f"6. agent on {DIRECTORS[old][0]} killed: its kernel kept the VIP and served; "
+        f"{DIRECTORS[new][0]} "
+        f"{'held back (the VIP still answered ARP)' if held_back else 'never tried'}; "
+        f"the restarted agent ({startup['since_exec']} s to its first log line under TCG) "
+        f"took its Lease back and adopted the VIP; {stats['failures']} failed requests; "
+        f"holders from the kill on: {[r['holders'] for r in rows]}"
     )
-    # Start-up: read the kernel, one election step bounded by the start-up grace, then drop:
-    # the bound is checked from the kernel read on. Beyond the grace the drop is a little
-    # netlink and Python work, as is the kernel read itself, so that margin is this agent's
-    # own kernel read time ("director agent starting" -> "kernel read") at least 1 s: a
-    # ratio to how fast the VM runs right now. A fixed 1 s failed with the host loaded
-    # (agent imports 24 s instead of 3.6 s, kernel read 4.4 s, drop 2.8 s after it).
-    starting = _log_times(restarted, "director agent starting")
-    read_time = kernel_read[0] - starting[0] if kernel_read and starting else 0.0
-    bound = s.timings.startup_grace + max(1.0, 2 * read_time)
-    after_read = FIGURES["stale_vip_drop_from_kernel_read"]
-    assert after_read is not None and after_read <= bound, (
-        f"dropped {after_read} s after the kernel read, bound {bound:.2f} s (grace "
-        f"{s.timings.startup_grace} s + 2 x its read time {read_time:.2f} s)\n{FIGURES}\n"
-        f"{restarted.output()[-3000:]}"
-    )
-    assert s.wait_agents_ready([old], timeout=180)
-    assert s.leader() == DIRECTORS[new][0]
+    assert rows and all(r["holders"] == [old] for r in rows), [
+        r for r in rows if r["holders"] != [old]
+    ][:10]
+    assert held_back, f"the standby never judged the killed agent lost:\n{standby.output()[-3000:]}"
+    assert stats["failures"] == 0, stats
     s.show_status("after the agent crash")
 
 
@@ -607,10 +579,5 @@ def test_7_virtualserver_deleted_everything_released(system: System) -> None:
         proc = s.agents.pop(ns)
         proc.signal(signal.SIGTERM)
         proc.wait(30)
-    window = FIGURES.get("agent_crash_window")
-    stray = [
-        o
-        for o in overlaps(s.samples())
-        if not window or o["to"] < window[0] or o["from"] > window[1] + 0.5
-    ]
-    assert not stray, f"two directors held the VIP outside the agent-crash case: {stray}"
+    stray = overlaps(s.samples())
+    assert not stray, f"two directors held the VIP: {stray}"

@@ -24,12 +24,8 @@ LEASE = f"lvs-director-{GROUP}"
 APP_NS = "demo"
 SCEN = "tests.dataplane.scenarios_agent"
 NODES = {"lvs-dir-a": "dir-a", "lvs-dir-b": "dir-b"}
-# Election timings for the agents in the VM: "duration,deadline,retry" (LVS_DP_LEASE).
-# The defaults (2, 1.5, 0.4) are the product's; under TCG on a loaded 2-core host a Lease
-# renewal round trip was seen to exceed 1.5 s, so the functional tests default to relaxed
-# timings and bench/failover.py measures with the product defaults (--lease).
-RELAXED_LEASE = "6,4.5,1"
-RELAXED_PEER = "0.2,1.5"  # "interval,timeout" (LVS_DP_PEER)
+# Election timings for the agents in the VM: the product's defaults unless LVS_DP_LEASE
+# ("duration,deadline,retry") or LVS_DP_PEER ("interval,timeout") say otherwise (benches).
 
 
 def pool(name: str = "web", weights: dict[str, int] | None = None,
@@ -84,15 +80,18 @@ class Lab:
         import os
 
         self.vm = vm
-        duration, deadline, retry = (lease or os.environ.get("LVS_DP_LEASE") or RELAXED_LEASE
-                                     ).split(",")  # fmt: skip
+        lease = lease or os.environ.get("LVS_DP_LEASE")
+        peer = peer or os.environ.get("LVS_DP_PEER")
         # the first Lease read at start-up takes seconds under TCG: a longer grace
         grace = os.environ.get("LVS_DP_STARTUP_GRACE", "5")
-        # the peer heartbeat likewise (product: 0.1 s, 0.35 s): a stalled loop is not a death
-        interval, timeout = (peer or os.environ.get("LVS_DP_PEER") or RELAXED_PEER).split(",")
-        self.lease_flags = ["--lease-duration", duration, "--renew-deadline", deadline,
-                            "--retry-period", retry, "--startup-grace", grace,
-                            "--peer-interval", interval, "--peer-timeout", timeout]  # fmt: skip
+        self.lease_flags = ["--startup-grace", grace]
+        if lease:
+            duration, deadline, retry = lease.split(",")
+            self.lease_flags += ["--lease-duration", duration, "--renew-deadline", deadline,
+                                 "--retry-period", retry]  # fmt: skip
+        if peer:
+            interval, timeout = peer.split(",")
+            self.lease_flags += ["--peer-interval", interval, "--peer-timeout", timeout]
         self.api = FakeApi().start()
         self.kubeconfig = self.api.kubeconfig(vm.shared / "kubeconfig.json")
         self.api_url = f"http://10.0.2.2:{self.api.port}"
