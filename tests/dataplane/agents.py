@@ -9,6 +9,7 @@ processes in lvs-dir-a / lvs-dir-b.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import time
@@ -189,6 +190,28 @@ class Lab:
             time.sleep(0.1)
         time.sleep(1.0)  # a second of steady traffic before the event
         return proc, out
+
+    def start_sampler(self, name: str, vip: str) -> tuple[GuestProcess, str]:
+        """Which directors hold ``vip`` and answer ARP for it, every 10 ms (its own process in
+        the VM; scenarios_agent.sampler_main)."""
+        out = str(self.vm.shared / f"sampler-{name}.jsonl")
+        with contextlib.suppress(FileNotFoundError):
+            (self.vm.shared / f"sampler-{name}.jsonl").unlink()
+        proc = self.vm.spawn(
+            [self.vm_python(), "-m", SCEN, "sampler", "--out", out, "--vip", vip],
+            name=f"sampler-{name}",
+        )
+        deadline = time.monotonic() + 60
+        while not (self.vm.shared / f"sampler-{name}.jsonl").exists():
+            if time.monotonic() > deadline or not proc.running():
+                raise AssertionError(f"the VIP sampler did not start:\n{proc.output()}")
+            time.sleep(0.1)
+        return proc, out
+
+    def stop_sampler(self, proc: GuestProcess, out: str) -> list[dict[str, Any]]:
+        proc.signal(signal.SIGTERM)
+        proc.wait(30)
+        return self.call("read_samples", path=out)  # type: ignore[no-any-return]
 
     def stop_loop(self, proc: GuestProcess, out: str) -> list[tuple[float, str | None]]:
         proc.signal(signal.SIGTERM)

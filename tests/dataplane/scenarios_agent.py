@@ -393,7 +393,147 @@ def loop_main(argv: list[str]) -> int:
     return 0
 
 
+# -- faults (the fault tier) ---------------------------------------------------------------------
+
+
+def _nft(ns: str, ruleset: str) -> None:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".nft") as f:
+        f.write(ruleset)
+        f.flush()
+        t.nsexec(ns, "nft", "-f", f.name)
+
+
+def cut_api(ns: str, cut: bool = True) -> None:
+    """Drop (silently, as a dead network path does) every packet between director ``ns`` and
+    the API server on the host: its uplink carries nothing else."""
+    if cut:
+        _nft(ns, (
+            "table inet lvs_fault_api {\n"
+            "  chain o { type filter hook output priority 0; oifname \"uplink\" drop; }\n"
+            "  chain i { type filter hook input priority 0; iifname \"uplink\" drop; }\n"
+            "}\n"
+        ))  # fmt: skip
+    else:
+        t.nsexec(ns, "nft", "delete", "table", "inet", "lvs_fault_api", check=False)
+
+
+def cut_heartbeat(ns: str, cut: bool = True, port: int = 9643) -> None:
+    """Drop the UDP heartbeat (both ways) at director ``ns``; ARP and TCP still pass."""
+    if cut:
+        _nft(ns, (
+            "table inet lvs_fault_hb {\n"
+            f"  chain o {{ type filter hook output priority 0; udp dport {port} drop; "
+            f"udp sport {port} drop; }}\n"
+            f"  chain i {{ type filter hook input priority 0; udp dport {port} drop; "
+            f"udp sport {port} drop; }}\n"
+            "}\n"
+        ))  # fmt: skip
+    else:
+        t.nsexec(ns, "nft", "delete", "table", "inet", "lvs_fault_hb", check=False)
+
+
+def sampler_main(argv: list[str]) -> int:
+    """Every ``--interval`` (10 ms): which directors hold the VIP on an interface other than
+    lo (netlink, in each director's namespace), and which answer ARP for it (an ARP probe
+    from the client's namespace; each answer's MAC names its director). A JSON line at each
+    change, and a last line with the sample count and the mean interval. Bounded in time."""
+    import select
+    import socket
+
+    from lvs_operator.director.kernel.addresses import Rtnl, index_of, mac_of
+    from lvs_operator.director.kernel.netns import in_netns
+    from lvs_operator.director.vip import ETH_P_ARP, arp_probe_frame, parse_arp_reply
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--vip", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--max-seconds", type=float, default=600)
+    a = p.parse_args(argv)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    topo = t.default_topology()
+    rtnl: dict[str, tuple[Rtnl, int]] = {}
+    macs: dict[str, str] = {}
+    for d in topo.directors:
+        with in_netns(d):
+            rtnl[d] = (Rtnl(), index_of("lo") or 1)
+            macs[mac_of("front")] = d
+    with in_netns(topo.client):
+        arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        arp.bind(("front", 0))
+        arp.setblocking(False)
+        probe = arp_probe_frame(a.vip, mac_of("front"))
+    end = now() + a.max_seconds
+    last: tuple[list[str], list[str]] | None = None
+    samples, t0 = 0, now()
+    with open(a.out, "a", buffering=1) as out:
+        while not stop and now() < end:
+            tick = now()
+            with contextlib.suppress(OSError):
+                arp.send(probe)
+            holders = sorted(
+                d for d, (sock, lo) in rtnl.items()
+                if any(e.address == a.vip and e.index != lo for e in sock.addresses())
+            )  # fmt: skip
+            answering: set[str] = set()
+            while True:
+                left = tick + a.interval - now()
+                ready, _, _ = select.select([arp], [], [], max(0.0, left))
+                if not ready:
+                    break
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        parsed = parse_arp_reply(arp.recv(128))
+                        if parsed and parsed[0] == a.vip and parsed[1] in macs:
+                            answering.add(macs[parsed[1]])
+            samples += 1
+            state = (holders, sorted(answering))
+            if state != last:
+                out.write(json.dumps({"t": round(tick, 3), "addr": holders,
+                                      "arp": sorted(answering)}) + "\n")  # fmt: skip
+                last = state
+        out.write(json.dumps({"end": round(now(), 3), "samples": samples,
+                              "mean_interval": round((now() - t0) / max(1, samples), 4)})
+                  + "\n")  # fmt: skip
+    return 0
+
+
+def read_samples(path: str) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def two_holders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The intervals during which two directors held the VIP or answered ARP for it."""
+    out: list[dict[str, Any]] = []
+    changes = [r for r in rows if "t" in r]
+    end = next((r["end"] for r in rows if "end" in r), changes[-1]["t"] if changes else 0.0)
+    for row, nxt in itertools.zip_longest(changes, changes[1:]):
+        until = nxt["t"] if nxt else end
+        for key in ("addr", "arp"):
+            if len(row[key]) > 1:
+                out.append({"by": key, "from": row["t"], "seconds": round(until - row["t"], 3),
+                            "who": row[key]})  # fmt: skip
+    return out
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["loop"]:
         sys.exit(loop_main(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} loop --out FILE [--vip V --port P]")
+    if sys.argv[1:2] == ["sampler"]:
+        sys.exit(sampler_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} loop|sampler --out FILE [--vip V --port P]")

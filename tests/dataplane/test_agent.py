@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from tests.dataplane.agents import APP_NS, NODES, Lab, handover_steps, pool, virtual_server
@@ -78,7 +78,16 @@ def test_one_leader_holds_the_vip_and_both_program_ipvs(lab: Lab) -> None:
     assert all(v is not None and v <= 60 for v in rss.values()), rss
     metrics = lab.call("metrics", ns=res["holder"])
     assert 'lvs_director_leader{group="gtest"} 1.0' in metrics
-    assert lab.api.conflicts >= 0  # the emulator answers 409s; counted for the report
+    # the leader lists the standby that hears it (outage tolerance; election.py)
+    deadline = time.monotonic() + 30
+    members: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        annotations = (lab.lease() or {}).get("metadata", {}).get("annotations") or {}
+        members = json.loads(annotations.get("lvs.io/directors", "{}"))
+        if NODES[OTHER[res["holder"]]] in members:
+            break
+        time.sleep(0.5)
+    assert list(members) == [NODES[OTHER[res["holder"]]]], (members, lab.logs())
 
 
 def test_round_robin_masquerade(lab: Lab) -> None:
@@ -232,19 +241,17 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
 @pytest.mark.parametrize("role", ["leader", "standby"])
 def test_agent_restart_with_zero_failed_requests(lab: Lab, role: str) -> None:
     """SIGKILL and restart an agent under traffic: it adopts the kernel (no flush, no VIP
-    drop while it holds the Lease) and no request fails.
-
-    A restart slower than the Lease duration (6 s in the VM) lets the standby take over, as
-    it must; under TCG on a loaded host an agent's Python start-up alone was seen to take
-    15-50 s. That case is a failover, not an adoption: reported, and held to a looser bound
-    (requests in flight while the VIP moves may fail)."""
+    drop) and no request fails. A killed leader's kernel keeps the VIP and keeps forwarding;
+    the standby, whose heartbeat stops, does not take a VIP that still answers ARP, however
+    long the restart takes (15-50 s of Python start-up under TCG on a loaded host)."""
     leader = lab.leader_ns()
     ns = leader if role == "leader" else OTHER[leader]
     holder = lab.holder()
-    # 0.9 s per request: under TCG the restarting agent's start-up (15-50 s of Python) starves
-    # the VM's two vCPUs and an answer was seen to take 0.64 s; that is slow, not failed.
-    # Still below TCP's 1 s SYN retransmission, so a dropped connection attempt fails.
+    # 0.9 s per request: under TCG the restarting agent's start-up starves the VM's two
+    # vCPUs and an answer was seen to take 0.64 s; that is slow, not failed. Still below
+    # TCP's 1 s SYN retransmission, so a dropped connection attempt fails.
     loop, out = lab.start_loop(f"restart-{role}", VIP, 80, timeout=0.9)
+    sampler, samples_out = lab.start_sampler(f"restart-{role}", VIP)
     proc = lab.agents.pop(ns)
     at = lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGKILL))
     t0 = time.monotonic()
@@ -253,12 +260,137 @@ def test_agent_restart_with_zero_failed_requests(lab: Lab, role: str) -> None:
     restart = time.monotonic() - t0
     time.sleep(3)
     results = lab.stop_loop(loop, out)
+    rows = lab.stop_sampler(sampler, samples_out)
     stats = analyse(results, at)
-    moved = lab.holder() != holder
-    print(f"\n[dataplane] {role} agent restart ({restart:.1f}s to ready, start-up {startup}, "
-          f"Lease {'moved: the restart outlasted it' if moved else 'kept'}): {stats}")  # fmt: skip
-    if moved:
-        assert stats["failures"] <= 3, stats
-    else:
-        assert stats["failures"] == 0, stats
-    assert lab.call("wait_vip", vip=VIP, within=60)["holder"] is not None
+    print(f"\n[dataplane] {role} agent restart ({restart:.1f}s to ready, start-up {startup}): "
+          f"{stats}; VIP holders {[r.get('addr') for r in rows if 't' in r]}")  # fmt: skip
+    assert lab.holder() == holder, "the Lease moved: the restart was taken for a failure"
+    assert stats["failures"] == 0, stats
+    assert not lab.call("two_holders", rows=rows), rows
+
+
+# -- the fault tier: API outages, partitions, a stopped or lonely leader ---------------------
+#
+# Each case runs a client loop through the VIP (a new connection every 50 ms) and a sampler of
+# which directors hold the VIP and answer ARP for it (every 10 ms), and asserts that two
+# directors never did, over the whole case.
+
+
+def _fault_case(
+    lab: Lab, name: str, fault: Callable[[], float], heal: Callable[[], None], hold: float
+) -> tuple[dict[str, object], list[dict[str, object]], dict[str, object]]:
+    before = lab.lease()
+    loop, out = lab.start_loop(name, VIP, 80, timeout=0.9)
+    sampler, samples_out = lab.start_sampler(name, VIP)
+    at = fault()
+    time.sleep(hold)
+    heal()
+    time.sleep(3)
+    results = lab.stop_loop(loop, out)
+    rows = lab.stop_sampler(sampler, samples_out)
+    stats = analyse(results, at)
+    overlaps = lab.call("two_holders", rows=rows)
+    after = lab.lease()
+    spec = lambda lease: (lease or {}).get("spec") or {}  # noqa: E731
+    lease = {
+        "holder": (spec(before).get("holderIdentity"), spec(after).get("holderIdentity")),
+        "transitions": (spec(before).get("leaseTransitions"), spec(after).get("leaseTransitions")),
+    }
+    end = next((r for r in rows if "end" in r), {})
+    print(f"\n[dataplane] fault {name}: {stats}; Lease {lease}; sampler {end}; two holders "
+          f"{overlaps or 'never'}")  # fmt: skip
+    assert not overlaps, (overlaps, lab.logs())
+    return stats, rows, lease
+
+
+def test_fault_api_unreachable_for_every_director(lab: Lab) -> None:
+    """60 s without the API server for both directors: the leader keeps the VIP (its
+    standby hears it lead), no request fails, no Lease transition when the API returns."""
+    holder = lab.leader_ns()
+
+    def cut() -> float:
+        for ns in NODES:
+            lab.call("cut_api", ns=ns)
+        return float(lab.call("now"))
+
+    def heal() -> None:
+        for ns in NODES:
+            lab.call("cut_api", ns=ns, cut=False)
+
+    stats, _rows, lease = _fault_case(lab, "api-outage", cut, heal, hold=60)
+    assert stats["failures"] == 0, stats
+    assert lease["holder"] == (NODES[holder], NODES[holder]), lease
+    assert lease["transitions"][0] == lease["transitions"][1], lease  # type: ignore[index]
+    assert lab.leader_ns() == holder
+
+
+def test_fault_leader_cut_from_the_api_only(lab: Lab) -> None:
+    holder = lab.leader_ns()
+
+    def cut() -> float:
+        lab.call("cut_api", ns=holder)
+        return float(lab.call("now"))
+
+    stats, _rows, lease = _fault_case(
+        lab, "leader-api", cut, lambda: lab.call("cut_api", ns=holder, cut=False), hold=20
+    )
+    assert stats["failures"] == 0, stats
+    assert lease["holder"] == (NODES[holder], NODES[holder]), lease
+
+
+def test_fault_directors_cut_from_each_other(lab: Lab) -> None:
+    """The UDP heartbeat blocked between the directors (ARP and the API fine): the standby
+    judges the leader lost but it still answers ARP for the VIP; no takeover, no ping-pong."""
+    holder = lab.leader_ns()
+
+    def cut() -> float:
+        for ns in NODES:
+            lab.call("cut_heartbeat", ns=ns)
+        return float(lab.call("now"))
+
+    def heal() -> None:
+        for ns in NODES:
+            lab.call("cut_heartbeat", ns=ns, cut=False)
+
+    stats, _rows, lease = _fault_case(lab, "heartbeat-cut", cut, heal, hold=15)
+    assert stats["failures"] == 0, stats
+    assert lease["holder"] == (NODES[holder], NODES[holder]), lease
+    assert lease["transitions"][0] == lease["transitions"][1], lease  # type: ignore[index]
+
+
+def test_fault_leader_stopped_for_3s(lab: Lab) -> None:
+    """SIGSTOP of the leading agent for 3 s: its kernel keeps the VIP and forwards; the
+    standby does not take a VIP that answers ARP; after SIGCONT the leader carries on."""
+    holder = lab.leader_ns()
+    pid = lab.agents[holder].pid
+
+    def stop() -> float:
+        return float(lab.call("signal_process", pid=pid, sig=int(signal.SIGSTOP)))
+
+    stats, _rows, lease = _fault_case(
+        lab, "sigstop", stop,
+        lambda: lab.call("signal_process", pid=pid, sig=int(signal.SIGCONT)), hold=3,
+    )  # fmt: skip
+    moved = lease["holder"][0] != lease["holder"][1]  # type: ignore[index]
+    print(f"[dataplane] SIGSTOP 3 s: failover {'happened' if moved else 'none (kernel served)'}")
+    assert stats["failures"] == 0, stats
+
+
+def test_fault_lonely_leader_restart(lab: Lab) -> None:
+    """The only director of its group killed and restarted at once: its kernel keeps the
+    VIP and forwards through the restart, the restarted agent adopts it: 0 failed requests."""
+    holder = lab.leader_ns()
+    standby = OTHER[holder]
+    assert lab.stop_agent(standby) == 0  # the group is down to one director
+    lab.agents.pop(standby, None)
+
+    def kill_and_restart() -> float:
+        proc = lab.agents.pop(holder)
+        at = float(lab.call("signal_process", pid=proc.pid, sig=int(signal.SIGKILL)))
+        lab.start_agent(holder)
+        lab.wait_started([holder])
+        return at
+
+    stats, _rows, lease = _fault_case(lab, "lonely-restart", kill_and_restart, lambda: None, 1)
+    assert stats["failures"] == 0, stats
+    assert lease["holder"] == (NODES[holder], NODES[holder]), lease
