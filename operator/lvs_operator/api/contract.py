@@ -91,6 +91,11 @@ DIRECTORS_ANNOTATION: Final = "lvs.io/directors"
 # A leaving holder's note for its successor (which VIPs, and its own address on each link),
 # so the successor relays the old holder's connections while they drain.
 HANDOVER_ANNOTATION: Final = "lvs.io/handover"
+# {"<vip>": "<reason and fix>"} of the group's VIPs the holder cannot place, add or remove
+# (e.g. spec.directors.interface names an interface the node lacks); the controller turns it
+# into the VirtualServers' Programmed condition.
+VIP_PROBLEMS_ANNOTATION: Final = "lvs.io/vip-problems"
+MAX_VIP_PROBLEM = 300  # characters of one reason kept on the Lease
 
 
 def programmed_key(namespace: str, name: str) -> str:
@@ -120,6 +125,24 @@ def parse_programmed(text: str | None) -> dict[str, int]:
         if isinstance(v, int) and not isinstance(v, bool):
             out[str(k)] = v
     return out
+
+
+def format_vip_problems(problems: Mapping[str, str]) -> str:
+    """The VIP_PROBLEMS_ANNOTATION value (sorted: unchanged problems, unchanged string)."""
+    return json.dumps({k: v[:MAX_VIP_PROBLEM] for k, v in sorted(problems.items())})
+
+
+def parse_vip_problems(text: str | None) -> dict[str, str]:
+    """A VIP_PROBLEMS_ANNOTATION value; anything malformed counts as no problem."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v)[:MAX_VIP_PROBLEM] for k, v in data.items() if isinstance(v, str)}
 
 
 # --- the agent's environment ------------------------------------------------------------------

@@ -18,9 +18,11 @@ from lvs_operator.api.contract import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     PROGRAMMED_ANNOTATION,
+    VIP_PROBLEMS_ANNOTATION,
     daemonset_name,
     lease_name,
     parse_programmed,
+    parse_vip_problems,
 )
 
 from .conditions import parse_timestamp
@@ -38,6 +40,7 @@ class LeaseInfo:
     renew_time: datetime | None = None
     duration_seconds: int | None = None
     programmed: Mapping[str, int] = field(default_factory=dict)
+    vip_problems: Mapping[str, str] = field(default_factory=dict)
 
     def expires_at(self) -> datetime | None:
         if not self.holder or self.renew_time is None or not self.duration_seconds:
@@ -60,6 +63,9 @@ def parse_lease(obj: Mapping[str, Any]) -> LeaseInfo:
         renew_time=parse_timestamp(spec.get("renewTime") or spec.get("acquireTime")),
         duration_seconds=int(duration) if isinstance(duration, int) else None,
         programmed=parse_programmed((meta.get("annotations") or {}).get(PROGRAMMED_ANNOTATION)),
+        vip_problems=parse_vip_problems(
+            (meta.get("annotations") or {}).get(VIP_PROBLEMS_ANNOTATION)
+        ),
     )
 
 
@@ -103,6 +109,7 @@ def group_views(
             group=group,
             active=active,
             programmed=dict(lease.programmed) if lease and active else {},
+            vip_problems=dict(lease.vip_problems) if lease and active else {},
             ready_nodes=tuple(sorted(ready_nodes.get(group, ()))),
         )
     return views

@@ -43,6 +43,7 @@ REJECTED = (INVALID, VIP_NOT_ALLOWED, CONFLICT, POOL_NOT_FOUND)
 PROGRAMMED = "Programmed"
 PENDING = "Pending"
 NO_ACTIVE_DIRECTOR = "NoActiveDirector"
+VIP_NOT_PLACED = "VIPNotPlaced"
 # Ready.
 READY = "Ready"
 NO_READY_REAL_SERVERS = "NoReadyRealServers"
@@ -193,6 +194,7 @@ class DirectorView:
     active: str | None = None
     programmed: Mapping[str, int] = field(default_factory=dict)
     ready_nodes: tuple[str, ...] = ()
+    vip_problems: Mapping[str, str] = field(default_factory=dict)  # vip -> reason
 
 
 def directors_list(view: DirectorView) -> list[dict[str, str]]:
@@ -228,6 +230,15 @@ def vs_conditions(
             f"no director holds Lease {namespace}/{lease_name(group)}: no agent of DaemonSet "
             f"{namespace}/{daemonset_name(group)} is running and elected on a node matching "
             f"{_selector_text(decision)}",
+        )
+    elif decision.vs is not None and (
+        problem := view.vip_problems.get(canonical_ip(decision.vs.spec.vip))
+    ):
+        programmed = c.condition(
+            c.PROGRAMMED,
+            False,
+            VIP_NOT_PLACED,
+            f"director {view.active} cannot hold VIP {decision.vs.spec.vip}: {problem}",
         )
     elif view.programmed.get(programmed_key(ns, name)) == gen:
         programmed = c.condition(

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import signal
 
+from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
 from ..listwatch import KubeClient
 from .config import AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
@@ -149,6 +150,10 @@ class Agent:
         desired = self.ipvs.desired
         vips = None if desired is None else desired.vips
         await self.vips.reconcile(vips, leader, announce)
+        # what the leader cannot place reaches the VirtualServer's status (controller)
+        self.elector.set_annotation(
+            VIP_PROBLEMS_ANNOTATION, format_vip_problems(self.vips.problems)
+        )
 
     async def _reconcile_loop(self) -> None:
         await self.watches.synced()

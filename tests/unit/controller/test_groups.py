@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from lvs_operator.api.contract import daemonset_name, group_name, lease_name
@@ -85,3 +86,20 @@ def test_plan_daemonsets_create_update_noop_delete() -> None:
     assert plan.delete == (daemonset_name("g3"),)
     orphan["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     assert g.plan_daemonsets(groups, existing, CONFIG).delete == ()
+
+
+def test_lease_carries_the_holders_vip_problems() -> None:
+    from lvs_operator.api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
+
+    obj = o.lease("l", holder="node-1", duration=15)
+    text = format_vip_problems({"192.0.2.20": "interface eth9 does not exist" + "x" * 999})
+    obj["metadata"].setdefault("annotations", {})[VIP_PROBLEMS_ANNOTATION] = text
+    lease = g.parse_lease(obj)
+    assert set(lease.vip_problems) == {"192.0.2.20"}
+    assert len(lease.vip_problems["192.0.2.20"]) <= 300
+    assert g.parse_vip_problems("not json") == {} and g.parse_vip_problems(None) == {}
+    leases = {lease_name("g1"): dataclasses.replace(lease, name=lease_name("g1"))}
+    (view,) = g.group_views(["g1"], leases, [], T0).values()
+    assert view.active == "node-1" and view.vip_problems == lease.vip_problems
+    (expired,) = g.group_views(["g1"], leases, [], T0 + timedelta(minutes=1)).values()
+    assert expired.vip_problems == {}  # only a valid Lease speaks

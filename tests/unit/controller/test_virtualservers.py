@@ -175,3 +175,16 @@ def test_events() -> None:
     (c,) = decide(o.vs("a", vip="198.51.100.1")).values()
     evs = v.vs_events(ref, second, v.vs_status(c, None, None, "ns", second, T0))
     assert ("Warning", v.VIP_NOT_ALLOWED) in [(e.type, e.reason) for e in evs]
+
+
+def test_a_vip_the_director_cannot_hold_is_reported_with_its_reason() -> None:
+    (d,) = decide(o.vs("a", generation=4)).values()
+    vip = d.vs.spec.vip
+    reason = "interface eth9 does not exist on this node: fix spec.directors.interface"
+    view = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"), {vip: reason})
+    cs = conds(d, outcome(2, 2), view)
+    assert (cs["Programmed"].status, cs["Programmed"].reason) == ("False", v.VIP_NOT_PLACED)
+    assert "eth9" in cs["Programmed"].message and vip in cs["Programmed"].message
+    assert cs["Ready"].reason == v.VIP_NOT_PLACED
+    other = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"), {"192.0.2.99": reason})
+    assert conds(d, outcome(2, 2), other)["Programmed"].status == "True"  # another VIP's

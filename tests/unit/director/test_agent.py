@@ -343,3 +343,30 @@ async def test_a_restarted_leader_whose_api_is_down_keeps_its_vip() -> None:
     assert restarted.elector.is_leader
     await asyncio.gather(*restarted.vips.tasks)
     assert vips.addresses == {VIP: "front"}
+
+
+async def test_a_vip_on_a_missing_interface_does_not_stop_the_others() -> None:
+    """One VirtualServer names an interface this node lacks: the other VIP is held and
+    announced, the bad one is reported on the Lease (the controller's condition) with the
+    interface named, and nothing raises into the election."""
+    from lvs_operator.api.contract import VIP_PROBLEMS_ANNOTATION, parse_vip_problems
+    from lvs_operator.director.vip import NoSuchInterface
+
+    store = FakeLeaseStore()
+    vips = FakeVips()
+    vips.failures["eth9"] = NoSuchInterface(
+        "interface eth9 does not exist on this node: fix spec.directors.interface"
+    )
+    agent = make(store=store, vips=vips)
+    await agent.startup()
+    good = vs_obj("good")
+    bad = vs_obj("bad", vip="10.10.0.101", directors={"interface": "eth9"})
+    agent.watches.reset_vs([bad, good])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert vips.addresses == {VIP: "front"}
+    await agent.elector.tick()
+    problems = parse_vip_problems(store.record.annotations[VIP_PROBLEMS_ANNOTATION])
+    assert list(problems) == ["10.10.0.101"] and "eth9" in problems["10.10.0.101"]
+    assert agent.elector.is_leader
