@@ -547,7 +547,52 @@ def _first_sample(
     return None
 
 
-def test_7_virtualserver_deleted_everything_released(system: System) -> None:
+BAD_VIP = "192.0.2.20"
+BAD_VS = f"""
+apiVersion: lvs.io/v1alpha1
+kind: VirtualServer
+metadata: {{name: bad-interface, namespace: {APP_NS}}}
+spec:
+  vip: {BAD_VIP}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
+  poolRef: {{name: web}}
+  scheduler: rr
+  forwarding: masquerade
+  directors: {{nodeSelector: {{lvs.io/director: "true"}}, interface: nosuch0}}
+"""
+
+
+def test_7_a_vip_on_a_missing_interface_is_reported_and_the_other_serves(system: System) -> None:
+    """A VirtualServer of the same director group names an interface the directors lack:
+    the good VIP keeps serving (no failed request), the bad one's status says which interface,
+    and the election is untouched."""
+    s = system
+    leader = s.leader()
+    loop, out = s.start_loop("bad-interface", interval=0.05, timeout=0.5, max_seconds=120)
+    s.apply(BAD_VS)
+    deadline = time.monotonic() + 60
+    programmed: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        conditions = (s.virtual_server("bad-interface").get("status") or {}).get("conditions")
+        programmed = next((c for c in conditions or [] if c["type"] == "Programmed"), {})
+        if programmed.get("reason") == "VIPNotPlaced":
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    stats = analyse(s.stop_loop(loop, out), 0.0, None)
+    s.say(
+        f"7. VirtualServer with interface nosuch0: Programmed={programmed.get('status')} "
+        f"({programmed.get('reason')}: {programmed.get('message')}); the good VIP: "
+        f"{stats['failures']} failed requests"
+    )
+    assert programmed.get("reason") == "VIPNotPlaced", (programmed, s.logs())
+    assert "nosuch0" in programmed.get("message", ""), programmed
+    assert stats["failures"] == 0, stats
+    assert s.leader() == leader
+    s.kubectl("delete", "virtualserver", "bad-interface", "-n", APP_NS)
+
+
+def test_8_virtualserver_deleted_everything_released(system: System) -> None:
     s = system
     group = s.group
     s.kubectl("delete", "virtualserver", "web", "-n", APP_NS)
@@ -571,7 +616,7 @@ def test_7_virtualserver_deleted_everything_released(system: System) -> None:
         assert time.monotonic() < deadline, "the group's DaemonSet was not removed"
         time.sleep(0.3)
     s.say(
-        f"7. VirtualServer deleted: IPVS service gone from both directors ({res['seconds']} s), "
+        f"8. VirtualServer deleted: IPVS service gone from both directors ({res['seconds']} s), "
         f"VIP released, DaemonSet lvs-director-{group} removed"
     )
     s.show_status("VirtualServer deleted")
