@@ -52,6 +52,7 @@ from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
+from .vip import raw_sockets_allowed
 from .vip_owner import VipNode, VipOwner
 from .watches import Watches
 
@@ -77,6 +78,7 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.client = client
+        self._can_probe = raw_sockets_allowed()  # the ARP check a gated standby promises
         self.kernel = kernel
         self.dirty = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -125,7 +127,8 @@ class Agent:
         # covers them all (the leader may then rely on it; peer.py)
         desired = self.ipvs.desired
         wanted = set(desired.vips) if desired is not None else set()
-        self.heartbeat.set_gated(bool(wanted) and wanted <= set(self.vips.placements))
+        placed = bool(wanted) and wanted <= set(self.vips.placements)
+        self.heartbeat.set_gated(placed and self._can_probe)
 
     async def _vip_in_use(self) -> bool:
         """Before taking over from a live-looking holder: does another node still answer ARP

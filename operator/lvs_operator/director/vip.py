@@ -359,6 +359,16 @@ class VipManager:
         return found
 
 
+def raw_sockets_allowed() -> bool:
+    """Whether this process may open the raw sockets ``answered`` needs (CAP_NET_RAW): a
+    standby that cannot probe must not tell its leader that it checks ARP (peer.py)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)).close()
+    except OSError:
+        return False
+    return True
+
+
 class _Probe:
     """One socket on one interface, probing for some VIPs of one IP version."""
 
