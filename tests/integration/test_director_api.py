@@ -2,7 +2,7 @@
 
 - the Lease election (``KubeLeaseApi`` + ``Elector``): create, renew, the API server's 409 on a
   stale resourceVersion, release (holderIdentity "") and the standby's takeover through its
-  watch, the ``lvs.io/programmed`` annotation;
+  watch, the ``lvs.io/programmed`` and ``lvs.io/directors`` annotations;
 - the agent's watches: only VirtualServers labelled with its director group arrive (the real
   server filters by labelSelector), and pool status members are read.
 """
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -18,12 +19,15 @@ from lightkube import ALL_NS, AsyncClient
 
 from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.director.election import (
+    DEFAULT_LEASE_DURATION,
     PROGRAMMED_ANNOTATION,
     ElectionConfig,
     Elector,
     KubeLeaseApi,
     LeaseConflict,
+    parse_members,
 )
+from lvs_operator.director.peer import Confirmation
 from lvs_operator.listwatch import list_then_watch
 
 from .helpers import custom_resource
@@ -36,12 +40,16 @@ VS = custom_resource("lvs.io", "v1alpha1", "VirtualServer", "virtualservers")
 async def test_election_on_a_real_lease(akube: AsyncClient, namespace: str) -> None:
     api_a = KubeLeaseApi(akube, namespace, "lvs-director-gint")
     api_b = KubeLeaseApi(akube, namespace, "lvs-director-gint")
-    a = Elector(ElectionConfig("node-a"), api_a)
+    # a hears from b over the heartbeat (outage-tolerant mode, as shipped): its writes list b
+    heard = {"node-b": Confirmation("10.0.0.2", time.monotonic(), gated=True)}
+    a = Elector(ElectionConfig("node-a"), api_a, confirmations=lambda: heard)
     b = Elector(ElectionConfig("node-b"), api_b)
     await a.tick()
     assert a.is_leader
     first = await api_a.get()
-    assert first is not None and first.holder == "node-a" and first.duration_seconds == 2
+    assert first is not None and first.holder == "node-a"
+    assert first.duration_seconds == DEFAULT_LEASE_DURATION
+    assert parse_members(first) == {"node-b": "10.0.0.2"}  # stored and read back as written
 
     a.set_annotation(PROGRAMMED_ANNOTATION, '{"demo/web": 2}')
     await a.tick()
