@@ -143,6 +143,32 @@ def test_conflict_loser_unlabelled_then_takes_over_and_group_goes() -> None:
     assert p.daemonsets.delete == (daemonset_name(GROUP),)
 
 
+def test_one_vip_one_group_one_daemonset() -> None:
+    """A second director group never gets a DaemonSet (nor a label) for a VIP another
+    group holds, even on another port; when the holder goes, the VIP moves."""
+    edge = {"lvs.io/director": "edge"}
+    world = base_world()
+    world.virtualservers.append(
+        o.vs(
+            "tls",
+            namespace="web",
+            ports=[{"port": 8443, "targetPort": "http"}],
+            selector=edge,
+            created="2024-02-01T00:00:00Z",
+        )
+    )
+    converge(world)
+    assert set(world.daemonsets) == {daemonset_name(GROUP)}
+    tls = next(v for v in world.virtualservers if v["metadata"]["name"] == "tls")
+    assert GROUP_LABEL not in tls["metadata"]["labels"]
+    ready = {c["type"]: c for c in tls["status"]["conditions"]}["Ready"]
+    assert ready["reason"] == "Conflict" and "already held by director group" in ready["message"]
+    world.virtualservers = [tls]
+    converge(world)
+    assert tls["metadata"]["labels"][GROUP_LABEL] == group_name(edge)
+    assert set(world.daemonsets) == {daemonset_name(group_name(edge))}
+
+
 def test_new_targetport_adds_a_service_port() -> None:
     world = base_world()
     converge(world)
