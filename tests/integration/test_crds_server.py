@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from lightkube import ApiError, Client
 
-from lvs_operator.api.realserverpool import RealServerPool
+from lvs_operator.api.common import MSG_LABEL_KEY
+from lvs_operator.api.realserverpool import MSG_HTTP_HOST, MSG_HTTP_PATH, RealServerPool
 from lvs_operator.api.virtualserver import VirtualServer
 
-from ..unit.api.cases import BAD, GOOD, Bad, Good
+from ..unit.api.cases import BAD, GOOD, Bad, Good, pool
 from .helpers import REPO, TestCluster, api_error_message, custom_resource
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,50 @@ def test_server_rejects_bad(crds_installed: None, kube: Client, namespace: str, 
     assert any(field == case.path and case.fragment in (msg or "") for field, msg in causes) or (
         f"{case.path}:" in message and case.fragment in message
     ), f"expected {case.path}: ...{case.fragment}...; server said: {message} {causes}"
+
+
+def _refusal(exc: ApiError) -> str:
+    causes = (exc.status.details.causes if exc.status.details else []) or []
+    return " ".join([api_error_message(exc), *(f"{c.field}: {c.message}" for c in causes)])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("path", "/healthz\r\nX-Injected: 1", MSG_HTTP_PATH),
+        ("path", "/healthz\n", MSG_HTTP_PATH),
+        ("host", "web.example.com\r\nX-Injected: 1", MSG_HTTP_HOST),
+    ],
+    ids=["path-crlf", "path-lf", "host-crlf"],
+)
+def test_server_refuses_a_health_check_that_would_inject_a_header(
+    crds_installed: None, kube: Client, namespace: str, field: str, value: str, fragment: str
+) -> None:
+    bad = pool("inject", healthCheck={"type": "http", field: value})
+    with pytest.raises(ApiError) as info:
+        kube.create(_in(namespace, bad))
+    assert info.value.status.code == 422, api_error_message(info.value)
+    said = _refusal(info.value)
+    assert f"spec.healthCheck.{field}" in said and fragment in said, said
+
+
+def test_server_stores_a_safe_health_check_as_given(
+    crds_installed: None, kube: Client, namespace: str
+) -> None:
+    check = {"type": "http", "path": "/status?full=1&name=a%20b", "host": "[2001:db8::7]:8080"}
+    created = kube.create(_in(namespace, pool("safe", healthCheck=check))).to_dict()
+    stored = created["spec"]["healthCheck"]
+    assert (stored["path"], stored["host"]) == (check["path"], check["host"])
+
+
+def test_server_refuses_a_selector_a_service_cannot_carry(
+    crds_installed: None, kube: Client, namespace: str
+) -> None:
+    with pytest.raises(ApiError) as info:
+        kube.create(_in(namespace, pool("badkey", selector={"matchLabels": {"my app": "web"}})))
+    assert info.value.status.code == 422, api_error_message(info.value)
+    said = _refusal(info.value)
+    assert "spec.selector.matchLabels" in said and MSG_LABEL_KEY in said, said
 
 
 def test_kubectl_client_dry_run_of_crds_and_examples(

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import network
 from .validation import Errors, get_list, get_map, get_str
 
 # (namespace, name): how the controller and the agents key the objects they hold.
@@ -20,6 +21,15 @@ def object_key(obj: Mapping[str, Any]) -> ObjectKey:
 
 LABEL_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 MSG_SELECTOR_VALUES = "operators In and NotIn need values; Exists and DoesNotExist take none"
+MSG_LABEL_KEY = (
+    "label keys must be a name of 1-63 characters (letters, digits, '-', '_' and '.', "
+    "beginning and ending with a letter or digit), optionally after a DNS subdomain prefix of "
+    "at most 253 characters and '/', e.g. app.kubernetes.io/name"
+)
+MSG_LABEL_VALUE = (
+    "label values must be empty or 1-63 characters (letters, digits, '-', '_' and '.', "
+    "beginning and ending with a letter or digit)"
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,10 @@ class LabelSelector:
         for key, value in labels.items():
             if not isinstance(value, str):
                 errors.invalid(f"{path}.matchLabels.{key}", value, "must be a string")
+        if not all(network.is_label_key(k) for k in labels):
+            errors.add(f"{path}.matchLabels", f'Invalid value: "object": {MSG_LABEL_KEY}')
+        if not all(network.is_label_value(v) for v in labels.values() if isinstance(v, str)):
+            errors.add(f"{path}.matchLabels", f'Invalid value: "object": {MSG_LABEL_VALUE}')
         reqs: list[LabelSelectorRequirement] = []
         for i, raw in enumerate(
             get_list(errors, obj, "matchExpressions", f"{path}.matchExpressions") or []
@@ -165,6 +179,8 @@ class LabelSelector:
             op = get_str(errors, raw, "operator", f"{rpath}.operator")
             if req_key is None:
                 errors.required(f"{rpath}.key")
+            elif not network.is_label_key(req_key):
+                errors.add(f"{rpath}.key", f'Invalid value: "string": {MSG_LABEL_KEY}')
             if op is None:
                 errors.required(f"{rpath}.operator")
             elif op not in LABEL_SELECTOR_OPERATORS:
@@ -172,6 +188,8 @@ class LabelSelector:
             values = tuple(
                 str(v) for v in (get_list(errors, raw, "values", f"{rpath}.values") or [])
             )
+            if not all(network.is_label_value(v) for v in values):
+                errors.add(f"{rpath}.values", f'Invalid value: "array": {MSG_LABEL_VALUE}')
             if (op in ("In", "NotIn") and not values) or (
                 op in ("Exists", "DoesNotExist") and values
             ):

@@ -25,6 +25,7 @@ from .schema import (
     cel_rule,
     conditions,
     label_selector,
+    matches,
     unicast_address,
 )
 
@@ -267,17 +268,24 @@ def realserverpool_spec_schema() -> Schema:
             ),
             "path": {
                 "type": "string",
-                "maxLength": 1024,
-                "pattern": "^/",
-                "description": "http: the path to GET (default /).",
+                "maxLength": network.HTTP_PATH_MAX,
+                "description": "http: the path to GET (default /): an absolute URI path, "
+                "optionally with ?query; %XX escapes for other characters.",
+                "x-kubernetes-validations": [
+                    cel_rule(matches("self", network.HTTP_PATH_PATTERN), rsp.MSG_HTTP_PATH)
+                ],
             },
             "expectedStatus": bounded_int(
                 100, 599, "http: the status that means healthy (default 200)."
             ),
             "host": {
                 "type": "string",
-                "maxLength": 253,
-                "description": "http: the Host header to send.",
+                "maxLength": network.HTTP_HOST_MAX,
+                "description": "http: the Host header to send (default: the member's "
+                "address): a hostname or an IP address (IPv6 in brackets), optionally :port.",
+                "x-kubernetes-validations": [
+                    cel_rule(matches("self", network.HTTP_HOST_PATTERN), rsp.MSG_HTTP_HOST)
+                ],
             },
             "intervalSeconds": bounded_int(
                 1, 3600, "Time between checks.", rsp.DEFAULT_HEALTH_INTERVAL

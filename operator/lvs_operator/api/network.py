@@ -44,6 +44,35 @@ INTERFACE_MAX = 15
 _INTERFACE = re.compile(INTERFACE_PATTERN)
 
 
+# An http health check's request target (RFC 9110 origin-form, RFC 3986 characters): '/',
+# then path characters (unreserved, sub-delims, ':', '@', '/') or %XX escapes, then
+# optionally '?' and a query. Nothing else: no space, no CR/LF or other control character.
+_URI_CHARS = "A-Za-z0-9._~!$&'()*+,;=:@/-"  # '-' last: a literal in a bracket expression
+_ESCAPE = "%[0-9A-Fa-f]{2}"
+HTTP_PATH_PATTERN = rf"^/([{_URI_CHARS}]|{_ESCAPE})*([?]([?{_URI_CHARS}]|{_ESCAPE})*)?$"
+HTTP_PATH_MAX = 1024
+_HTTP_PATH = re.compile(HTTP_PATH_PATTERN)
+
+# An http health check's Host header: an RFC 1123 hostname (which covers IPv4 addresses) or
+# an IPv6 address in brackets, optionally with ":port".
+_HOST_LABEL = "[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+HTTP_HOST_PATTERN = rf"^({_HOST_LABEL}([.]{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?$"
+HTTP_HOST_MAX = 253
+_HTTP_HOST = re.compile(HTTP_HOST_PATTERN)
+
+# Label keys and values (Kubernetes' qualified names): an optional DNS-subdomain prefix of at
+# most 253 characters and '/', then a name of 1-63 characters; a value is empty or a name.
+_LABEL_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DNS_SUBDOMAIN_BODY = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY_PATTERN = rf"^({_DNS_SUBDOMAIN_BODY}/)?{_LABEL_NAME}$"
+# The prefix's length (the structure above cannot bound it).
+LABEL_KEY_LENGTHS_PATTERN = r"^([^/]{1,253}/)?[^/]{1,63}$"
+LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_LABEL_KEY_LENGTHS = re.compile(LABEL_KEY_LENGTHS_PATTERN)
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+
+
 def parse_ip(text: str) -> IPAddress | None:
     """Parse an address as Kubernetes' CEL ``isIP``/``ip`` do; None when it is not one."""
     if not isinstance(text, str) or "%" in text:
@@ -81,6 +110,36 @@ def is_dns_subdomain(text: str) -> bool:
 
 def is_interface_name(text: str) -> bool:
     return bool(_INTERFACE.match(text))
+
+
+def is_http_path(text: str) -> bool:
+    """A path an http health check may send (``HTTP_PATH_PATTERN``, at most 1024 chars)."""
+    return (
+        isinstance(text, str)
+        and len(text) <= HTTP_PATH_MAX
+        and _HTTP_PATH.fullmatch(text) is not None
+    )
+
+
+def is_http_host(text: str) -> bool:
+    """A Host header an http health check may send (``HTTP_HOST_PATTERN``)."""
+    return (
+        isinstance(text, str)
+        and len(text) <= HTTP_HOST_MAX
+        and _HTTP_HOST.fullmatch(text) is not None
+    )
+
+
+def is_label_key(text: str) -> bool:
+    return (
+        isinstance(text, str)
+        and _LABEL_KEY.fullmatch(text) is not None
+        and _LABEL_KEY_LENGTHS.fullmatch(text) is not None
+    )
+
+
+def is_label_value(text: str) -> bool:
+    return isinstance(text, str) and _LABEL_VALUE.fullmatch(text) is not None
 
 
 def parse_ranges(items: Iterable[str]) -> list[IPNetwork]:

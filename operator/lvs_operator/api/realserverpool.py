@@ -30,6 +30,14 @@ MSG_SERVERS_UNIQUE = "each server address/port pair must be unique"
 MSG_SERVER_ADDRESS = "address must be a unicast IPv4 or IPv6 address"
 MSG_HTTP_ONLY = "path, expectedStatus and host apply to http health checks only"
 MSG_TIMEOUT_INTERVAL = "timeoutSeconds must not exceed intervalSeconds"
+MSG_HTTP_PATH = (
+    "path must be an absolute URI path: '/' then letters, digits, -._~!$&'()*+,;=:@/ or "
+    "%XX escapes, optionally ?query (no spaces, CR/LF or other control characters)"
+)
+MSG_HTTP_HOST = (
+    "host must be a hostname (RFC 1123) or an IP address (IPv6 in brackets), optionally "
+    "with :port (no spaces, CR/LF or other control characters)"
+)
 
 
 class HealthCheckType(StrEnum):
@@ -300,11 +308,20 @@ def _parse_health_check(errors: Errors, raw: Mapping[str, Any]) -> HealthCheck |
         kind = None
     port = get_int(errors, obj, "port", f"{path}.port", network.PORT_MIN, network.PORT_MAX)
     http_path = get_str(errors, obj, "path", f"{path}.path")
-    if http_path is not None and not http_path.startswith("/"):
-        errors.invalid(f"{path}.path", http_path, "should match '^/'")
+    if http_path is not None and len(http_path) > network.HTTP_PATH_MAX:
+        errors.add(f"{path}.path", f"Too long: may not be more than {network.HTTP_PATH_MAX} bytes")
+        http_path = None
+    elif http_path is not None and not network.is_http_path(http_path):
+        errors.add(f"{path}.path", f'Invalid value: "string": {MSG_HTTP_PATH}')
         http_path = None
     status = get_int(errors, obj, "expectedStatus", f"{path}.expectedStatus", 100, 599)
     host = get_str(errors, obj, "host", f"{path}.host")
+    if host is not None and len(host) > network.HTTP_HOST_MAX:
+        errors.add(f"{path}.host", f"Too long: may not be more than {network.HTTP_HOST_MAX} bytes")
+        host = None
+    elif host is not None and not network.is_http_host(host):
+        errors.add(f"{path}.host", f'Invalid value: "string": {MSG_HTTP_HOST}')
+        host = None
     interval = get_int(errors, obj, "intervalSeconds", f"{path}.intervalSeconds", 1, 3600)
     timeout = get_int(errors, obj, "timeoutSeconds", f"{path}.timeoutSeconds", 1, 3600)
     rise = get_int(errors, obj, "riseThreshold", f"{path}.riseThreshold", 1, 100)

@@ -10,7 +10,12 @@ from typing import Any
 
 from . import network
 from . import realserverpool as rsp
-from .common import LABEL_SELECTOR_OPERATORS, MSG_SELECTOR_VALUES
+from .common import (
+    LABEL_SELECTOR_OPERATORS,
+    MSG_LABEL_KEY,
+    MSG_LABEL_VALUE,
+    MSG_SELECTOR_VALUES,
+)
 
 Schema = dict[str, Any]
 
@@ -21,6 +26,22 @@ MAX_SELECTOR_TERMS = 16
 
 PORT_NAME_RULE = (
     f"self.matches('{network.PORT_NAME_PATTERN}') && !self.contains('--') && self.matches('[a-z]')"
+)
+
+
+def cel_string(text: str) -> str:
+    """``text`` as a CEL string literal (double-quoted, so a regex may hold ' and \\)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def matches(var: str, pattern: str) -> str:
+    """CEL: ``var`` matches ``pattern`` (RE2, anchored by the pattern itself)."""
+    return f"{var}.matches({cel_string(pattern)})"
+
+
+LABEL_KEY_RULE = (
+    f"{matches('self', network.LABEL_KEY_PATTERN)} && "
+    f"{matches('self', network.LABEL_KEY_LENGTHS_PATTERN)}"
 )
 
 
@@ -89,6 +110,17 @@ def label_selector() -> Schema:
                 "type": "object",
                 "maxProperties": MAX_SELECTOR_TERMS,
                 "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                "x-kubernetes-validations": [
+                    cel_rule(
+                        f"self.all(k, {matches('k', network.LABEL_KEY_PATTERN)} && "
+                        f"{matches('k', network.LABEL_KEY_LENGTHS_PATTERN)})",
+                        MSG_LABEL_KEY,
+                    ),
+                    cel_rule(
+                        f"self.all(k, {matches('self[k]', network.LABEL_VALUE_PATTERN)})",
+                        MSG_LABEL_VALUE,
+                    ),
+                ],
             },
             "matchExpressions": {
                 "type": "array",
@@ -98,13 +130,23 @@ def label_selector() -> Schema:
                     "type": "object",
                     "required": ["key", "operator"],
                     "properties": {
-                        "key": {"type": "string", "maxLength": MAX_KEY_LENGTH},
+                        "key": {
+                            "type": "string",
+                            "maxLength": MAX_KEY_LENGTH,
+                            "x-kubernetes-validations": [cel_rule(LABEL_KEY_RULE, MSG_LABEL_KEY)],
+                        },
                         "operator": {"type": "string", "enum": list(LABEL_SELECTOR_OPERATORS)},
                         "values": {
                             "type": "array",
                             "maxItems": 64,
                             "x-kubernetes-list-type": "atomic",
                             "items": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                            "x-kubernetes-validations": [
+                                cel_rule(
+                                    f"self.all(v, {matches('v', network.LABEL_VALUE_PATTERN)})",
+                                    MSG_LABEL_VALUE,
+                                )
+                            ],
                         },
                     },
                     "x-kubernetes-validations": [

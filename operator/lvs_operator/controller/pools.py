@@ -34,6 +34,7 @@ MEMBERS_READY = "MembersReady"
 NO_MEMBERS = "NoMembers"
 NO_READY_MEMBERS = "NoReadyMembers"
 SELECTOR_UNSUPPORTED = "SelectorUnsupported"
+SERVICE_REJECTED = "ServiceRejected"
 INVALID = "Invalid"
 
 MSG_SELECTOR_UNSUPPORTED = (
@@ -198,18 +199,33 @@ class PoolOutcome:
         return sum(1 for m in self.members if m.ready and not m.terminating)
 
 
+def service_rejected_message(namespace: str, service: str, server_message: str) -> str:
+    return (
+        f"the API server refused the pool's headless Service {namespace}/{service}, so no pod "
+        f"can be selected (static servers still serve): {server_message}; fix spec.selector"
+    )
+
+
 def evaluate_pool(
     pool: RealServerPool,
     slices: Iterable[Mapping[str, Any]],
     pods: Mapping[PodKey, PodInfo],
+    service_rejected: str | None = None,
 ) -> PoolOutcome:
+    """The pool's members and Ready condition. ``service_rejected``: the message of the
+    API server that refused the pool's Service as the controller builds it now (then its
+    EndpointSlices, if any, are of an older Service and are not used)."""
     selector = pool.spec.selector
     unsupported = selector is not None and not selector.match_labels
-    found, problems = ([], []) if selector is None else pod_members(pool, slices, pods)
+    found, problems = (
+        ([], []) if selector is None or service_rejected else pod_members(pool, slices, pods)
+    )
     members = sort_members([*found, *static_members(pool)])
     ready = sum(1 for m in members if m.ready and not m.terminating)
     if unsupported:
         cond = c.condition(c.READY, False, SELECTOR_UNSUPPORTED, MSG_SELECTOR_UNSUPPORTED)
+    elif service_rejected:
+        cond = c.condition(c.READY, False, SERVICE_REJECTED, service_rejected)
     elif not members:
         cond = c.condition(
             c.READY,

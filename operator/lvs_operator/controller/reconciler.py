@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from .pools import (
     pool_events,
     pool_ref,
     pool_status,
+    service_rejected_message,
 )
 from .virtualservers import evaluate, owned_status, vs_events, vs_ref, vs_status
 
@@ -86,6 +88,15 @@ POOL_STATUS_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class ServiceRejection:
+    """A pool Service the API server refused as invalid: not applied again while the
+    controller would build the same body; the pool's status says why instead."""
+
+    body: Mapping[str, Any]
+    message: str
+
+
 @dataclass
 class World:
     """A snapshot of what the controller watches."""
@@ -98,6 +109,8 @@ class World:
     director_pods: list[DirectorPod] = field(default_factory=list)
     leases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
     daemonsets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by name
+    # Services the API server refused (422): by Service, the body refused and its message.
+    service_rejections: Mapping[Key, ServiceRejection] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +125,7 @@ class Plan:
     daemonset_events: dict[str, list[EventSpec]] = field(default_factory=dict)
     wake_at: datetime | None = None
     pool_namespaces: set[str] = field(default_factory=set)
+    wanted_services: set[Key] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -168,10 +182,16 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             svc_key = (pool.namespace, service_name(pool.name))
             desired = build_service(pool, service_ports(ports.get(key, [])))
             current = world.services.get(svc_key)
-            if desired is not None and not carries(desired, current):
-                out.services.append(desired)
+            rejection = world.service_rejections.get(svc_key)
+            rejected = None
+            if desired is not None:
+                out.wanted_services.add(svc_key)
+                if rejection is not None and rejection.body == desired:
+                    rejected = service_rejected_message(*svc_key, rejection.message)
+                elif not carries(desired, current):
+                    out.services.append(desired)
             slices = world.slices.get(svc_key, []) if desired is not None else []
-            outcome = evaluate_pool(pool, slices, world.pods)
+            outcome = evaluate_pool(pool, slices, world.pods, rejected)
             out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
         outcomes[key] = outcome
         status = pool_status(outcome, generation, previous, now)
@@ -248,6 +268,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._pool_namespaces: set[str] | None = None
         self._warned: set[str] = set()
+        self._service_rejections: dict[Key, ServiceRejection] = {}
         # Read-your-writes: what a write returned, until the watch delivers that version
         # (kind, key) -> (resourceVersion seen before the write, object the write returned).
         self._overlay: dict[tuple[str, Any], tuple[str, dict[str, Any]]] = {}
@@ -303,6 +324,7 @@ class Reconciler:
             director_pods=values("lvs_director_pods"),
             leases=dict(self.leases.store),
             daemonsets=self._overlay_map("daemonset", dict(self.daemonsets.store)),
+            service_rejections=dict(self._service_rejections),
         )
         self._world = world
         return world
@@ -408,7 +430,14 @@ class Reconciler:
                 self._warned.add(w)
                 log.warning("%s", w)
         failed = 0
+        rejections = dict(self._service_rejections)
         failed += await self._each(p.services, self._apply_service, missing_ok=False)
+        if self._service_rejections != rejections:
+            # A Service was refused (or accepted again): plan again, so that the pool's
+            # status written below says so.
+            p = plan(self.snapshot(), self.config, now)
+        for gone in set(self._service_rejections) - p.wanted_services:
+            del self._service_rejections[gone]
         failed += await self._each(p.pool_statuses, self._apply_pool_status)
         for ds in p.daemonsets.apply:
             if await self._each([ds], self._apply_daemonset, missing_ok=False):
@@ -458,10 +487,36 @@ class Reconciler:
         )
 
     async def _apply_service(self, body: dict[str, Any]) -> None:
+        """Apply a pool's Service. One the API server refuses as invalid (422: a selector
+        it does not accept) is not retried while the pool asks for the same: it is logged
+        once and reported on the pool (reason ServiceRejected)."""
         key = object_key(body)
-        returned = await self._server_side_apply(Service, body)
+        try:
+            returned = await self._server_side_apply(Service, body)
+        except ApiError as exc:
+            if exc.status.code != 422:
+                raise
+            message = exc.status.message or "invalid"
+            rejection = ServiceRejection(copy.deepcopy(body), message)
+            if self._service_rejections.get(key) != rejection:
+                log.warning(
+                    "write refused: Service %s/%s of RealServerPool %s/%s: %s",
+                    key[0],
+                    key[1],
+                    key[0],
+                    self._pool_of_service(body),
+                    message,
+                )
+            self._service_rejections[key] = rejection
+            return
+        self._service_rejections.pop(key, None)
         self._remember("service", key, self._world.services.get(key), returned)
         log.info("write: applied Service %s/%s", *key)
+
+    @staticmethod
+    def _pool_of_service(body: Mapping[str, Any]) -> str:
+        owners = (body.get("metadata") or {}).get("ownerReferences") or [{}]
+        return str(owners[0].get("name", "?"))
 
     async def _apply_daemonset(self, body: dict[str, Any]) -> None:
         namespace, name = object_key(body)

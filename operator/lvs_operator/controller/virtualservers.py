@@ -4,8 +4,9 @@ and the status.
 ``evaluate`` decides, for every VirtualServer in the cluster at once, whether it is
 accepted (the controller labels it with its director group, so the agents program it) or
 rejected and why. Conflicts need the whole set: a VIP:port:protocol belongs to the oldest
-VirtualServer claiming it (creationTimestamp, then namespace/name), so when it goes the
-next one takes over.
+VirtualServer claiming it (creationTimestamp, then namespace/name), and a VIP belongs to the
+director group of the oldest VirtualServer claiming it (only that group's leader may announce
+it); when the holder goes the next one takes over.
 """
 
 from __future__ import annotations
@@ -75,10 +76,43 @@ def claims(vs: VirtualServer) -> list[Claim]:
     return [(vip, p.port, str(p.protocol)) for p in vs.spec.ports]
 
 
+def format_vip(vip: str) -> str:
+    return f"[{vip}]" if ":" in vip else vip
+
+
+def selector_text(node_selector: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(node_selector.items()))
+
+
+@dataclass(frozen=True)
+class VipHolder:
+    """The VirtualServer whose director group holds a VIP: the oldest that claims it."""
+
+    key: Key
+    group: str
+    node_selector: str  # selector_text of its spec.directors.nodeSelector
+
+
+def port_conflict_message(claim: Claim, winner: Key) -> str:
+    return (
+        f"{format_claim(claim)} is already served by VirtualServer {winner[0]}/{winner[1]} "
+        f"(created earlier); change spec.vip or the port, or delete the other one"
+    )
+
+
+def group_conflict_message(vip: str, holder: VipHolder) -> str:
+    ns, name = holder.key
+    return (
+        f"VIP {vip} is already held by director group {holder.group} (nodes matching "
+        f"{holder.node_selector}) of VirtualServer {ns}/{name} (created earlier): a VIP belongs "
+        f"to one director group; use the same spec.directors.nodeSelector as {ns}/{name}, "
+        f"change spec.vip, or delete the other one"
+    )
+
+
 def format_claim(claim: Claim) -> str:
     vip, port, proto = claim
-    host = f"[{vip}]" if ":" in vip else vip
-    return f"{host}:{port}/{proto}"
+    return f"{format_vip(vip)}:{port}/{proto}"
 
 
 def vip_message(vip: str, ranges: Sequence[IPNetwork]) -> str | None:
@@ -149,23 +183,25 @@ def evaluate(
         candidates.append((raw, vs))
 
     owners: dict[Claim, Key] = {}
+    holders: dict[str, VipHolder] = {}  # canonical VIP -> the group holding it
     for raw, vs in sorted(candidates, key=lambda rv: order_key(rv[0])):
         key = object_key(raw)
         mine = claims(vs)
         taken = [(cl, owners[cl]) for cl in mine if cl in owners]
         if taken:
             cl, winner = taken[0]
-            decisions[key] = VSDecision(
-                key,
-                raw,
-                vs,
-                CONFLICT,
-                f"{format_claim(cl)} is already served by VirtualServer {winner[0]}/{winner[1]} "
-                f"(created earlier); change spec.vip or the port, or delete the other one",
-            )
+            decisions[key] = VSDecision(key, raw, vs, CONFLICT, port_conflict_message(cl, winner))
+            continue
+        vip = canonical_ip(vs.spec.vip)
+        group = group_name(vs.spec.directors.node_selector)
+        holder = holders.get(vip)
+        if holder is not None and holder.group != group:
+            decisions[key] = VSDecision(key, raw, vs, CONFLICT, group_conflict_message(vip, holder))
             continue
         for cl in mine:
             owners[cl] = key
+        if holder is None:
+            holders[vip] = VipHolder(key, group, selector_text(vs.spec.directors.node_selector))
         if (vs.namespace, vs.spec.pool_name) not in existing_pools:
             decisions[key] = VSDecision(
                 key,
@@ -176,9 +212,7 @@ def evaluate(
                 f"or fix spec.poolRef.name",
             )
             continue
-        decisions[key] = VSDecision(
-            key, raw, vs, ACCEPTED, group=group_name(vs.spec.directors.node_selector)
-        )
+        decisions[key] = VSDecision(key, raw, vs, ACCEPTED, group=group)
     return decisions
 
 
@@ -205,7 +239,7 @@ def directors_list(view: DirectorView) -> list[dict[str, str]]:
 def _selector_text(decision: VSDecision) -> str:
     if decision.vs is None:
         return ""
-    return ",".join(f"{k}={v}" for k, v in sorted(decision.vs.spec.directors.node_selector.items()))
+    return selector_text(decision.vs.spec.directors.node_selector)
 
 
 def vs_conditions(

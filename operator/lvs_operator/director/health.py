@@ -14,6 +14,11 @@ failing target quiesced; the probe loop reads the timings from the current check
 
 The threshold logic (``step``) and the table edit (``apply_health``) are pure and unit-tested;
 ``HealthChecker`` runs one asyncio task per target.
+
+The CRD refuses an http check whose ``path`` or ``host`` holds anything outside RFC 3986's
+characters (so never a CR/LF); in depth, the agent drops such a check (``watches.py`` logs it
+naming the pool), ``targets_for`` probes nothing for it, and ``http_request`` refuses to
+encode it: no header is ever injected into a probe.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import assert_never
 
+from lvs_operator.api import network
 from lvs_operator.api.realserverpool import HealthCheck, HealthCheckType
 
 from .table import DestKey, IpvsTable, ServiceEntry, ServiceKey
@@ -51,6 +57,15 @@ class Probe:
 
 
 DestRef = tuple[ServiceKey, DestKey]
+
+
+def safe_http_fields(check: HealthCheck) -> bool:
+    """Whether an http check's path and host may go into a request as they are."""
+    if check.type is not HealthCheckType.HTTP:
+        return True
+    return network.is_http_path(check.http_path) and (
+        check.host is None or network.is_http_host(check.host)
+    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,8 @@ def targets_for(
     timings: dict[Probe, HealthCheck] = {}
     for key, entry in table.items():
         check = checks.get(key)
-        if check is None:
-            continue
+        if check is None or not safe_http_fields(check):
+            continue  # an unsafe check probes nothing (watches.py logged it)
         for dest in entry.destinations:
             target = Probe.of(dest.address, check.port or dest.port, check)
             decides[(key, dest.key)] = target
@@ -112,6 +127,8 @@ async def probe(target: Probe, timeout: float) -> bool:
     """One probe, each step bounded by ``timeout`` seconds; True when healthy."""
     writer = None
     try:
+        # Built before connecting: a request that cannot be sent safely is never started.
+        request = http_request(target) if target.type is HealthCheckType.HTTP else b""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(target.address, target.port), timeout
         )
@@ -119,7 +136,7 @@ async def probe(target: Probe, timeout: float) -> bool:
             case HealthCheckType.TCP:
                 return True
             case HealthCheckType.HTTP:
-                return await _http_status_is(target, reader, writer, timeout)
+                return await _http_status_is(target, request, reader, writer, timeout)
             case unknown:  # a new type must say here how it probes (mypy checks)
                 assert_never(unknown)
     except (OSError, TimeoutError, ValueError):
@@ -131,16 +148,33 @@ async def probe(target: Probe, timeout: float) -> bool:
                 await writer.wait_closed()
 
 
-async def _http_status_is(
-    target: Probe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
-) -> bool:
-    address = target.address
-    host = target.host or (f"[{address}]" if ":" in address else address)
-    request = (
-        f"GET {target.path} HTTP/1.0\r\nHost: {host}\r\n"
+def http_request(target: Probe) -> bytes:
+    """The GET request of an http probe, in ASCII. ValueError when the path or the Host
+    header would hold anything outside RFC 3986's characters (a CR/LF above all)."""
+    path = target.path or "/"
+    if not network.is_http_path(path):
+        raise ValueError(f"refusing to send http health check path {path!r}")
+    if target.host is not None:
+        if not network.is_http_host(target.host):
+            raise ValueError(f"refusing to send http health check host {target.host!r}")
+        host = target.host
+    else:
+        address = network.canonical_ip(target.address)  # ValueError unless an address
+        host = f"[{address}]" if ":" in address else address
+    return (
+        f"GET {path} HTTP/1.0\r\nHost: {host}\r\n"
         "User-Agent: lvs-operator-health\r\nConnection: close\r\n\r\n"
-    )
-    writer.write(request.encode())
+    ).encode("ascii")
+
+
+async def _http_status_is(
+    target: Probe,
+    request: bytes,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    timeout: float,
+) -> bool:
+    writer.write(request)
     await writer.drain()
     line = await asyncio.wait_for(reader.readline(), timeout)
     parts = line.decode("latin-1").split()

@@ -77,6 +77,7 @@ class Watches:
         self.virtual_servers: dict[ObjectKey, VirtualServer] = {}
         self.pools: dict[ObjectKey, tuple[PoolMember, ...]] = {}
         self.pool_checks: dict[ObjectKey, HealthCheck | None] = {}
+        self._refused: dict[ObjectKey, str] = {}  # pool -> why its check was ignored (logged)
         self.vs_synced = asyncio.Event()
         self.pools_synced = asyncio.Event()
 
@@ -143,12 +144,27 @@ class Watches:
 
     # -- RealServerPools -----------------------------------------------------------------------
 
-    @staticmethod
-    def _check(obj: Mapping[str, Any]) -> HealthCheck | None:
+    def _check(self, obj: Mapping[str, Any]) -> HealthCheck | None:
+        """The pool's health check; None without one, or when the pool fails the model's
+        checks (e.g. an http path with a CR/LF stored before the CRD refused it): then its
+        members are not probed, and one line per change says so, naming the pool."""
+        key = object_key(obj)
         try:
-            return RealServerPool.from_object(obj).spec.health_check
-        except (ValidationError, TypeError, ValueError, KeyError):
+            check = RealServerPool.from_object(obj).spec.health_check
+        except ValidationError as exc:
+            reason = str(exc)
+            if self._refused.get(key) != reason:
+                self._refused[key] = reason
+                log.warning(
+                    "pool's health check ignored: its spec is invalid: %s",
+                    reason,
+                    extra={"pool": "/".join(key)},
+                )
             return None
+        except (TypeError, ValueError, KeyError):
+            return None
+        self._refused.pop(key, None)
+        return check
 
     @staticmethod
     def _members(obj: Mapping[str, Any]) -> tuple[PoolMember, ...]:
@@ -172,6 +188,7 @@ class Watches:
         if kind == "DELETED":
             self.pools.pop(key, None)
             self.pool_checks.pop(key, None)
+            self._refused.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
             members, check = self._members(obj), self._check(obj)
             if self.pools.get(key) == members and self.pool_checks.get(key) == check:

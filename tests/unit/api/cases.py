@@ -14,7 +14,7 @@ from typing import Any
 
 from lvs_operator.api import realserverpool as rsp
 from lvs_operator.api import virtualserver as vs
-from lvs_operator.api.common import MSG_SELECTOR_VALUES
+from lvs_operator.api.common import MSG_LABEL_KEY, MSG_LABEL_VALUE, MSG_SELECTOR_VALUES
 
 API_VERSION = "lvs.io/v1alpha1"
 
@@ -148,6 +148,30 @@ GOOD: list[Good] = [
         ),
     ),
     Good("rsp-tcp-check", pool(healthCheck={"port": 8081})),
+    Good(
+        "rsp-http-check-query-escapes-ipv6-host",
+        pool(
+            healthCheck={
+                "type": "http",
+                "path": "/status/v1;full?probe=lvs&name=a%20b:c@d",
+                "host": "[2001:db8::7]:8080",
+            }
+        ),
+    ),
+    Good(
+        "rsp-http-check-ipv4-host-port", pool(healthCheck={"type": "http", "host": "10.0.0.7:80"})
+    ),
+    Good(
+        "rsp-label-syntax",
+        pool(
+            selector={
+                "matchLabels": {"app.kubernetes.io/name": "web", "Tier_1.x": "", "a": "A-b_c.9"},
+                "matchExpressions": [
+                    {"key": "example.com/canary", "operator": "NotIn", "values": ["", "yes"]}
+                ],
+            }
+        ),
+    ),
 ]
 # pool(selector=None, ...) means "no selector": drop the key.
 for _good in GOOD:
@@ -362,10 +386,10 @@ BAD: list[Bad] = [
         "Unsupported value",
     ),
     Bad(
-        "rsp-check-path",
-        pool(healthCheck={"type": "http", "path": "healthz"}),
+        "rsp-check-path-too-long",
+        pool(healthCheck={"type": "http", "path": "/" + "a" * 1024}),
         "spec.healthCheck.path",
-        "should match",
+        "Too long",
     ),
     Bad(
         "rsp-check-status",
@@ -419,6 +443,123 @@ BAD: list[Bad] = [
         ),
         "spec.servers",
         rsp.MSG_SERVERS_UNIQUE,
+    ),
+    Bad(
+        "rsp-check-path",
+        pool(healthCheck={"type": "http", "path": "healthz"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-path-crlf",
+        pool(healthCheck={"type": "http", "path": "/healthz\r\nX-Injected: 1"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-path-lf",
+        pool(healthCheck={"type": "http", "path": "/healthz\n"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-path-space",
+        pool(healthCheck={"type": "http", "path": "/health z HTTP/1.1"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-path-bad-escape",
+        pool(healthCheck={"type": "http", "path": "/a%0"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-path-fragment",
+        pool(healthCheck={"type": "http", "path": "/a#top"}),
+        "spec.healthCheck.path",
+        rsp.MSG_HTTP_PATH,
+    ),
+    Bad(
+        "rsp-check-host-crlf",
+        pool(healthCheck={"type": "http", "host": "example.com\r\nX-Injected: 1"}),
+        "spec.healthCheck.host",
+        rsp.MSG_HTTP_HOST,
+    ),
+    Bad(
+        "rsp-check-host-path",
+        pool(healthCheck={"type": "http", "host": "example.com/x"}),
+        "spec.healthCheck.host",
+        rsp.MSG_HTTP_HOST,
+    ),
+    Bad(
+        "rsp-check-host-underscore",
+        pool(healthCheck={"type": "http", "host": "my_host"}),
+        "spec.healthCheck.host",
+        rsp.MSG_HTTP_HOST,
+    ),
+    Bad(
+        "rsp-label-key-space",
+        pool(selector={"matchLabels": {"my app": "web"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-label-key-two-slashes",
+        pool(selector={"matchLabels": {"example.com/a/b": "web"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-label-key-name-too-long",
+        pool(selector={"matchLabels": {"a" * 64: "web"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-label-key-prefix-too-long",
+        pool(selector={"matchLabels": {("a" * 60 + ".") * 4 + "abcdefghijklmnopq/x": "web"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-label-key-uppercase-prefix",
+        pool(selector={"matchLabels": {"Example.com/app": "web"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-label-value",
+        pool(selector={"matchLabels": {"app": "web server"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_VALUE,
+    ),
+    Bad(
+        "rsp-label-value-dash-end",
+        pool(selector={"matchLabels": {"app": "web-"}}),
+        "spec.selector.matchLabels",
+        MSG_LABEL_VALUE,
+    ),
+    Bad(
+        "rsp-expression-key",
+        pool(
+            selector={
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "-tier", "operator": "Exists"}],
+            }
+        ),
+        "spec.selector.matchExpressions[0].key",
+        MSG_LABEL_KEY,
+    ),
+    Bad(
+        "rsp-expression-value",
+        pool(
+            selector={
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "a/b"]}]
+            }
+        ),
+        "spec.selector.matchExpressions[0].values",
+        MSG_LABEL_VALUE,
     ),
     Bad(
         "rsp-tcp-with-path",

@@ -108,6 +108,26 @@ def test_only_match_expressions_is_reported() -> None:
     assert "matchLabels" in cond.message
 
 
+def test_a_refused_service_is_reported_not_no_members() -> None:
+    pool = parse(
+        o.pool(servers=[{"address": "198.51.100.1"}], selector={"matchLabels": {"app": "web"}})
+    )
+    stale = [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")])]
+    message = p.service_rejected_message("web", "lvs-web", 'Service "lvs-web" is invalid: x')
+    outcome = p.evaluate_pool(pool, stale, {}, message)
+    (cond,) = outcome.conditions
+    assert (cond.status, cond.reason) == ("False", p.SERVICE_REJECTED)
+    assert cond.reason != p.NO_MEMBERS
+    assert "refused the pool's headless Service web/lvs-web" in cond.message
+    assert 'Service "lvs-web" is invalid: x' in cond.message and "spec.selector" in cond.message
+    # The slices of an older Service are not used; static servers still are.
+    assert [m.source for m in outcome.members] == ["static"]
+    # It is a Warning Event, like the other problems.
+    status = p.pool_status(outcome, 1, None, T0)
+    (event,) = p.pool_events(REF, None, status)
+    assert (event.type, event.reason) == ("Warning", p.SERVICE_REJECTED)
+
+
 def test_static_servers_and_empty_pool() -> None:
     pool = parse(
         o.pool(

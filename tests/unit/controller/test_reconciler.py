@@ -9,7 +9,7 @@ from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.groups import DirectorPod
 from lvs_operator.controller.manifests import service_name
 from lvs_operator.controller.pools import PodInfo
-from lvs_operator.controller.reconciler import Plan, World, plan
+from lvs_operator.controller.reconciler import Plan, ServiceRejection, World, plan
 
 from . import objects as o
 
@@ -96,6 +96,27 @@ def test_first_pass_writes_everything_then_nothing() -> None:
     assert plan(world, CONFIG, T0 + timedelta(hours=1)).writes == 0
 
 
+def test_a_refused_service_is_not_applied_again_and_the_pool_says_why() -> None:
+    world = base_world()
+    (svc,) = plan(world, CONFIG, T0).services
+    key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+    world.service_rejections = {key: ServiceRejection(svc, 'Service "lvs-web" is invalid: bad')}
+    p = plan(world, CONFIG, T0)
+    assert p.services == [] and key in p.wanted_services
+    ((_, status),) = p.pool_statuses
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["reason"] == "ServiceRejected" and "invalid: bad" in ready["message"]
+    assert status["members"] == []  # the slices are of no Service the pool asks for
+    # The pool asks for another Service (a new port): it is applied again.
+    world.virtualservers.append(
+        o.vs("tls", ports=[{"port": 443, "targetPort": 8443}], created="2024-03-01T00:00:00Z")
+    )
+    p = plan(world, CONFIG, T0)
+    assert [s["metadata"]["name"] for s in p.services] == [key[1]]
+    ((_, status),) = p.pool_statuses
+    assert {c["type"]: c for c in status["conditions"]}["Ready"]["reason"] != "ServiceRejected"
+
+
 def test_lease_programs_and_expires() -> None:
     world = base_world()
     converge(world)
@@ -141,6 +162,32 @@ def test_conflict_loser_unlabelled_then_takes_over_and_group_goes() -> None:
     world.virtualservers = []
     p = plan(world, CONFIG, T0)
     assert p.daemonsets.delete == (daemonset_name(GROUP),)
+
+
+def test_one_vip_one_group_one_daemonset() -> None:
+    """A second director group never gets a DaemonSet (nor a label) for a VIP another
+    group holds, even on another port; when the holder goes, the VIP moves."""
+    edge = {"lvs.io/director": "edge"}
+    world = base_world()
+    world.virtualservers.append(
+        o.vs(
+            "tls",
+            namespace="web",
+            ports=[{"port": 8443, "targetPort": "http"}],
+            selector=edge,
+            created="2024-02-01T00:00:00Z",
+        )
+    )
+    converge(world)
+    assert set(world.daemonsets) == {daemonset_name(GROUP)}
+    tls = next(v for v in world.virtualservers if v["metadata"]["name"] == "tls")
+    assert GROUP_LABEL not in tls["metadata"]["labels"]
+    ready = {c["type"]: c for c in tls["status"]["conditions"]}["Ready"]
+    assert ready["reason"] == "Conflict" and "already held by director group" in ready["message"]
+    world.virtualservers = [tls]
+    converge(world)
+    assert tls["metadata"]["labels"][GROUP_LABEL] == group_name(edge)
+    assert set(world.daemonsets) == {daemonset_name(group_name(edge))}
 
 
 def test_new_targetport_adds_a_service_port() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import logging
 from typing import Any
 
+import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
@@ -42,10 +44,13 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 class FakeClient:
     """Answers writes like an API server would (a new resourceVersion each time)."""
 
-    def __init__(self, missing_namespace: str | None = None) -> None:
+    def __init__(
+        self, missing_namespace: str | None = None, refuse_services: str | None = None
+    ) -> None:
         self.calls: list[tuple[str, str, str]] = []
         self.rv = 1000
         self.missing_namespace = missing_namespace
+        self.refuse_services = refuse_services  # a 422 message for every Service
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def _kind(self, res: Any) -> str:
@@ -57,6 +62,8 @@ class FakeClient:
         if namespace == self.missing_namespace:
             raise ApiError(status=Status(code=404, message=f'namespaces "{namespace}" not found'))
         self.calls.append(("patch", kind, f"{namespace}/{name}"))
+        if kind == "Service" and self.refuse_services:
+            raise ApiError(status=Status(code=422, message=self.refuse_services))
         self.rv += 1
         key = (kind.removesuffix("Status"), namespace, name)
         obj = _merge(self.objects.get(key, {}), body)
@@ -190,3 +197,47 @@ async def test_loop_retries_failed_writes_and_keeps_serving_events() -> None:
     await asyncio.sleep(1.0)  # the scheduled retry
     task.cancel()
     assert len(calls) == 3 and calls[2] >= 1.0
+
+
+async def test_a_refused_service_is_reported_on_the_pool_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusal = 'Service "lvs-web" is invalid: spec.selector: Invalid value: "my app"'
+    client = FakeClient(refuse_services=refusal)
+    r = reconciler(client)
+    caplog.set_level(logging.INFO, logger="lvs_operator.controller.reconciler")
+    failed, _ = await r.reconcile_once()
+    assert failed == 0  # reported, not retried
+    # The pool's first status already says why (no NoMembers first).
+    pool = client.objects[("RealServerPool", "web", "web")]
+    ready = {c["type"]: c for c in pool["status"]["conditions"]}["Ready"]
+    assert ready["reason"] == "ServiceRejected" and refusal in ready["message"]
+    assert [c for c in client.calls if c[1] == "RealServerPoolStatus"] == [
+        ("patch", "RealServerPoolStatus", "web/web")
+    ]
+    events = [reason for verb, _, reason in client.calls if verb == "create"]
+    assert "ServiceRejected" in events and "NoMembers" not in events
+    warned = [rec for rec in caplog.records if "write refused: Service" in rec.getMessage()]
+    assert len(warned) == 1 and "RealServerPool web/web" in warned[0].getMessage()
+
+    # Next passes: the same Service is not sent again, nothing is logged again.
+    r.indices["lvs_pools"][("web", "web")] = [pool]  # type: ignore[index]
+    client.calls.clear()
+    for _ in range(3):
+        failed, _ = await r.reconcile_once()
+        assert failed == 0
+    assert [c for c in client.calls if c[1] == "Service"] == []
+    assert len([x for x in caplog.records if "write refused" in x.getMessage()]) == 1
+
+    # The pool's selector is fixed: the new Service is applied, and the status follows.
+    client.refuse_services = None
+    changed = copy.deepcopy(pool)
+    changed["spec"]["selector"] = {"matchLabels": {"app": "web", "tier": "front"}}
+    changed["metadata"]["generation"] = 2
+    r.indices["lvs_pools"][("web", "web")] = [changed]  # type: ignore[index]
+    failed, _ = await r.reconcile_once()
+    assert failed == 0
+    assert ("patch", "Service", f"web/{service_name('web')}") in client.calls
+    status = client.objects[("RealServerPool", "web", "web")]["status"]
+    assert {c["type"]: c for c in status["conditions"]}["Ready"]["reason"] == "MembersReady"
+    assert r._service_rejections == {}

@@ -82,6 +82,107 @@ def test_pool_not_found_still_claims_its_vip() -> None:
     assert ds[("web", "b")].reason == v.CONFLICT
 
 
+OTHER_SELECTOR = {"lvs.io/director": "edge"}
+OTHER_GROUP = group_name(OTHER_SELECTOR)
+
+
+def test_a_vip_belongs_to_one_director_group_across_namespaces() -> None:
+    # The case: same VIP, other port, other node selector, other namespace.
+    a = o.vs("a", namespace="other", ports=[{"port": 80}])
+    b = o.vs("b", ports=[{"port": 8443}], selector=OTHER_SELECTOR, created="2024-01-02T00:00:00Z")
+    ds = decide(b, a)
+    assert ds[("other", "a")].accepted and ds[("other", "a")].group == GROUP
+    loser = ds[("web", "b")]
+    assert loser.reason == v.CONFLICT and loser.group is None and not loser.accepted
+    assert "VIP 192.0.2.10 is already held by director group " + GROUP in loser.message
+    assert "VirtualServer other/a" in loser.message
+    assert "lvs.io/director=true" in loser.message  # the holder's selector: what to use
+    assert "spec.directors.nodeSelector" in loser.message
+    # Only one group is left wanting the VIP.
+    assert {d.group for d in ds.values() if d.accepted} == {GROUP}
+    # The holder goes: the other group takes the VIP over.
+    (only,) = decide(b).values()
+    assert only.accepted and only.group == OTHER_GROUP
+
+
+def test_same_group_shares_a_vip_on_other_ports() -> None:
+    a = o.vs("a", ports=[{"port": 80}])
+    b = o.vs("b", namespace="other", ports=[{"port": 443}], created="2024-01-02T00:00:00Z")
+    c = o.vs(
+        "c",
+        ports=[{"port": 8443}],
+        selector={"lvs.io/director": "true"},  # spelled out: the same group as the default
+        created="2024-01-03T00:00:00Z",
+    )
+    ds = decide(a, b, c)
+    assert all(d.accepted and d.group == GROUP for d in ds.values())
+
+
+def test_group_conflict_ties_break_oldest_then_name() -> None:
+    # Same creationTimestamp: namespace/name decides, whatever the input order.
+    a = o.vs("a", ports=[{"port": 80}], selector=OTHER_SELECTOR)
+    b = o.vs("b", ports=[{"port": 443}])
+    for order in ((a, b), (b, a)):
+        ds = decide(*order)
+        assert ds[("web", "a")].accepted and ds[("web", "a")].group == OTHER_GROUP
+        assert ds[("web", "b")].reason == v.CONFLICT
+        assert "VirtualServer web/a" in ds[("web", "b")].message
+    # Older wins even with a later name.
+    z = o.vs("z", ports=[{"port": 80}], created="2023-12-31T00:00:00Z")
+    ds = decide(a, z)
+    assert ds[("web", "z")].accepted and ds[("web", "a")].reason == v.CONFLICT
+
+
+def test_group_conflict_ipv6_spellings_and_refused_ones_hold_nothing() -> None:
+    a = o.vs("a", vip="2001:db8::1", ports=[{"port": 80}])
+    b = o.vs(
+        "b",
+        vip="2001:0db8:0:0::1",
+        ports=[{"port": 443}],
+        selector=OTHER_SELECTOR,
+        created="2024-01-02T00:00:00Z",
+    )
+    # c is of b's group: refused because of a, not accepted because b "holds" it.
+    c = o.vs(
+        "c",
+        vip="2001:db8::1",
+        ports=[{"port": 8443}],
+        selector=OTHER_SELECTOR,
+        created="2024-01-03T00:00:00Z",
+    )
+    ds = decide(a, b, c)
+    assert ds[("web", "a")].accepted
+    for name in ("b", "c"):
+        assert ds[("web", name)].reason == v.CONFLICT
+        assert "VIP 2001:db8::1 is already held" in ds[("web", name)].message
+        assert "VirtualServer web/a" in ds[("web", name)].message
+
+
+def test_a_vip_held_by_a_pool_not_found_one_is_still_held() -> None:
+    # As for the VIP:port claims: a VirtualServer waiting for its pool keeps its VIP.
+    missing = o.vs("a", pool="nope", ports=[{"port": 80}])
+    other = o.vs(
+        "b", ports=[{"port": 443}], selector=OTHER_SELECTOR, created="2024-02-01T00:00:00Z"
+    )
+    ds = decide(missing, other)
+    assert ds[("web", "a")].reason == v.POOL_NOT_FOUND
+    assert ds[("web", "b")].reason == v.CONFLICT
+
+
+def test_group_conflict_is_reported_like_a_port_conflict() -> None:
+    a = o.vs("a", ports=[{"port": 80}])
+    b = o.vs("b", ports=[{"port": 443}], selector=OTHER_SELECTOR, created="2024-01-02T00:00:00Z")
+    d = decide(a, b)[("web", "b")]
+    cs = conds(d, None, None)
+    for type_ in ("Ready", "Programmed"):
+        assert cs[type_].status == "False" and cs[type_].reason == v.CONFLICT
+        assert cs[type_].message == d.message
+    status = v.vs_status(d, None, None, "lvs-system", None, T0)
+    assert "directorGroup" not in status
+    events = v.vs_events(v.vs_ref(d), None, status)
+    assert [(e.type, e.reason, e.message) for e in events] == [("Warning", v.CONFLICT, d.message)]
+
+
 def test_deleting_objects_are_left_out() -> None:
     gone = o.vs("a")
     gone["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
+
+import pytest
 
 from lvs_operator.api.realserverpool import HealthCheck, HealthCheckType
 from lvs_operator.director.health import (
@@ -11,7 +14,9 @@ from lvs_operator.director.health import (
     Probe,
     State,
     apply_health,
+    http_request,
     probe,
+    safe_http_fields,
     step,
     targets_for,
 )
@@ -150,3 +155,78 @@ async def test_an_interval_edit_keeps_a_failing_target_quiesced() -> None:
     assert timeouts[-1] == 3
     assert checker.unhealthy() == {Probe("10.20.0.22", 8080, HealthCheckType.TCP)}  # rise 2
     await checker.close()
+
+
+# --- never a header injection ------------------------------------------------------------------
+
+UNSAFE_PATHS = ("/h\r\nX-Injected: 1", "/h\n", "/h\r", "/a b", "/\x00", "h", "/caf\u00e9")
+UNSAFE_HOSTS = ("web\r\nX-Injected: 1", "web\n", "a b", "web/x", "")
+
+
+def _http(**kw: Any) -> HealthCheck:
+    return HealthCheck(type=HealthCheckType.HTTP, timeout_seconds=1, **kw)
+
+
+def test_http_request_is_plain_ascii_with_the_checks_path_and_host() -> None:
+    check = _http(path="/status?full=1&x=%20", host="www.example.com:8080")
+    assert http_request(Probe.of("10.0.0.1", 80, check)) == (
+        b"GET /status?full=1&x=%20 HTTP/1.0\r\nHost: www.example.com:8080\r\n"
+        b"User-Agent: lvs-operator-health\r\nConnection: close\r\n\r\n"
+    )
+    # Without a host: the member's address (IPv6 in brackets); without a path: "/".
+    request = http_request(Probe.of("2001:db8::7", 80, _http()))
+    assert request.startswith(b"GET / HTTP/1.0\r\nHost: [2001:db8::7]\r\n")
+
+
+def test_http_request_refuses_what_would_inject_a_header() -> None:
+    for path in UNSAFE_PATHS:
+        with pytest.raises(ValueError):
+            http_request(Probe.of("10.0.0.1", 80, _http(path=path)))
+    for host in UNSAFE_HOSTS:
+        with pytest.raises(ValueError):
+            http_request(Probe.of("10.0.0.1", 80, _http(host=host)))
+    with pytest.raises(ValueError):  # the address itself, when it is the Host
+        http_request(Probe("10.0.0.1\r\nX: y", 80, HealthCheckType.HTTP, "/", None, 200))
+
+
+async def test_an_unsafe_probe_sends_nothing() -> None:
+    received: list[bytes] = []
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        received.append(await reader.read(65536))
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for path in UNSAFE_PATHS:
+            assert not await probe(Probe.of("127.0.0.1", port, _http(path=path)), 1)
+        for host in UNSAFE_HOSTS:
+            assert not await probe(Probe.of("127.0.0.1", port, _http(host=host)), 1)
+        await asyncio.sleep(0.05)
+        assert connections == [] and received == []
+        # A safe one goes through, and what arrives has exactly the request's lines.
+        assert await probe(Probe.of("127.0.0.1", port, _http(path="/ok", host="web")), 1)
+        await asyncio.sleep(0.05)
+        (request,) = received
+        assert request.split(b"\r\n")[:2] == [b"GET /ok HTTP/1.0", b"Host: web"]
+        assert b"X-Injected" not in request
+    finally:
+        server.close()
+
+
+def test_targets_skip_an_unsafe_check() -> None:
+    svc = IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    table = IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080, 2)])])
+    for check in (_http(path="/h\r\nX: 1"), _http(host="a\r\nX: 1")):
+        assert safe_http_fields(check) is False
+        decides, timings = targets_for(table, {svc.key: check})
+        assert decides == {} and timings == {}
+        # Nothing probed, nothing quiesced: the destination keeps its weight.
+        assert apply_health(table, decides, frozenset()) == table
+    assert safe_http_fields(_http(path="/h", host="[2001:db8::1]:80"))
+    assert safe_http_fields(HealthCheck())
