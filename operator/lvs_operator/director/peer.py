@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -135,8 +134,7 @@ def _valid_nonce(nonce: str) -> bool:
 def _mac(kind: bytes, text: bytes, key: bytes | None) -> bytes:
     if key is None:
         return NO_MAC
-    digest = hmac.new(key, kind + b" " + text, hashlib.sha256).digest()[:MAC_LEN]
-    return digest.hex().encode("ascii")
+    return hmac.digest(key, kind + b" " + text, "sha256")[:MAC_LEN].hex().encode("ascii")
 
 
 def _sign(kind: bytes, text: bytes, key: bytes | None) -> bytes:
