@@ -64,6 +64,8 @@ class Heartbeat:
                 port,
                 peer_mod.MIN_KEY_LEN,
             )
+        else:
+            log.info("peer heartbeat authenticated with the group's key", extra={"file": key_file})
         rejected = metrics.peer_rejected
         self._reject_log = peer_mod.RejectLog("heartbeat messages")
 

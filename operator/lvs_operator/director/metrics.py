@@ -63,6 +63,8 @@ class Metrics:
             "or missing MAC (reason=mac: another key, or spoofed) or a replayed probe "
             "(reason=replay)", ["group", "reason"], registry=self.registry,
         )  # fmt: skip
+        for reason in ("mac", "replay"):  # exported at 0 from the start (alerts on rate)
+            self.peer_rejected.labels(group=group, reason=reason)
         self.handover_relays = Counter(
             "lvs_director_handover_relays", "planned handovers whose connections in flight "
             "this director relayed to the old leader", ["group"], registry=self.registry,
