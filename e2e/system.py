@@ -22,6 +22,7 @@ would report on a pod (readiness) the host does it through the status subresourc
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -47,7 +48,7 @@ from lightkube.models.authentication_v1 import TokenRequestSpec  # noqa: E402
 from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 from lightkube.resources.apps_v1 import DaemonSet, Deployment  # noqa: E402
 from lightkube.resources.coordination_v1 import Lease  # noqa: E402
-from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount  # noqa: E402
+from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount  # noqa: E402
 from tests.dataplane.vm import (  # noqa: E402
     DEFAULT_PRELOAD,
     SETUP_HINT,
@@ -66,7 +67,12 @@ from tests.integration.helpers import (  # noqa: E402
     wait_for,
 )
 
-from lvs_operator.api.contract import GROUP_LABEL  # noqa: E402
+from lvs_operator.api.contract import (  # noqa: E402
+    ENV_PEER_KEY_FILE,
+    GROUP_LABEL,
+    PEER_SECRET_KEY,
+    peer_secret_name,
+)
 from lvs_operator.director.election import (  # noqa: E402
     DEFAULT_LEASE_DURATION,
     DEFAULT_RENEW_DEADLINE,
@@ -593,7 +599,24 @@ class System:
         env["LVS_RETRY_PERIOD_SECONDS"] = str(t.retry_period)
         env["LVS_PEER_INTERVAL_SECONDS"] = str(t.peer_interval)
         env["LVS_PEER_TIMEOUT_SECONDS"] = str(t.peer_timeout)
+        # the group's heartbeat key, from the Secret the controller made and the DaemonSet
+        # mounts: the agents sign their heartbeats as in production (a path other than the
+        # default must exist, so a missing key fails the agent's start, not the assertion)
+        env[ENV_PEER_KEY_FILE] = str(self.peer_key_file())
         return env
+
+    def peer_key_file(self) -> Path:
+        assert self.admin is not None and self.vm is not None
+        secret = wait_for(
+            lambda: self.admin.get(  # type: ignore[union-attr]
+                Secret, peer_secret_name(self.group), namespace=OPERATOR_NS
+            ),
+            timeout=30,
+            message="the group's heartbeat-key Secret (the controller creates it)",
+        )
+        path = self.vm.shared / f"peer-{self.group}.key"  # this cluster's: written each time
+        path.write_bytes(base64.b64decode(secret.data[PEER_SECRET_KEY]))
+        return path
 
     def start_agent(self, ns: str) -> GuestProcess:
         assert self.vm is not None

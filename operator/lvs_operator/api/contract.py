@@ -157,6 +157,7 @@ ENV_LEASE_NAME: Final = "LVS_LEASE_NAME"
 ENV_HEALTH_PORT: Final = "LVS_HEALTH_PORT"
 ENV_METRICS_PORT: Final = "LVS_METRICS_PORT"
 ENV_PEER_PORT: Final = "LVS_PEER_PORT"
+ENV_PEER_KEY_FILE: Final = "LVS_PEER_KEY_FILE"
 # Set by the controller only when its own flags say so (else the agent's defaults hold).
 ENV_LEASE_DURATION_SECONDS: Final = "LVS_LEASE_DURATION_SECONDS"
 ENV_RENEW_DEADLINE_SECONDS: Final = "LVS_RENEW_DEADLINE_SECONDS"
@@ -185,6 +186,7 @@ CONTROLLER_SET_ENV: Final = (
     ENV_HEALTH_PORT,
     ENV_METRICS_PORT,
     ENV_PEER_PORT,
+    ENV_PEER_KEY_FILE,
 )
 # ... and those it sets only when configured.
 CONTROLLER_OPTIONAL_ENV: Final = (
@@ -204,3 +206,20 @@ METRICS_PATH: Final = "/metrics"  # Prometheus text format
 
 # The agent's entry point in the image (lvs_operator/cli.py).
 DIRECTOR_COMMAND: Final = ("lvs-operator", "director")
+
+
+# --- the heartbeat key of a group -------------------------------------------------------------
+#
+# A Secret per group in the operator's namespace (created by the controller when missing:
+# PEER_KEY_BYTES random bytes under PEER_SECRET_KEY), mounted read-only into the group's
+# agents; they sign and check every heartbeat message with it (director/peer.py).
+
+PEER_SECRET_KEY: Final = "key"
+PEER_KEY_DIR: Final = "/etc/lvs-operator/peer"
+DEFAULT_PEER_KEY_FILE: Final = PEER_KEY_DIR + "/" + PEER_SECRET_KEY
+PEER_KEY_BYTES: Final = 32
+
+
+def peer_secret_name(group: str) -> str:
+    """The Secret holding a group's heartbeat key (in the operator's namespace)."""
+    return DIRECTOR_PREFIX + group + "-peer"

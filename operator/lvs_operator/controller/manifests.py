@@ -1,6 +1,6 @@
-"""Pure builders of the objects the controller owns: a headless Service per pool and a
-DaemonSet of director agents per director group; plus the comparison that decides whether
-an existing object already carries what a builder wants.
+"""Pure builders of the objects the controller owns: a headless Service per pool, and per
+director group a DaemonSet of director agents and the Secret of their heartbeat key; plus
+the comparison that decides whether an existing object already carries what a builder wants.
 
 The names, label keys and environment variables the agents rely on come from
 ``lvs_operator.api.contract``.
@@ -8,8 +8,10 @@ The names, label keys and environment variables the agents rely on come from
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from lvs_operator.api.contract import (
     NAME_LABEL,
     daemonset_name,
     lease_name,
+    peer_secret_name,
 )
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
@@ -36,6 +39,7 @@ FIELD_MANAGER = contract.CONTROLLER_FIELD_MANAGER
 POOL_COMPONENT = "pool"
 DIRECTOR_COMPONENT = "director"
 DIRECTOR_CONTAINER = "director"
+PEER_KEY_VOLUME = "peer-key"
 # On a pool's Service: the pool it serves (label values are at most 63 characters, pool
 # names up to 253, so a long name is shortened with a hash; the ownerReference is exact).
 POOL_LABEL = "lvs.io/pool"
@@ -197,6 +201,7 @@ def director_env(group: str, config: ControllerConfig) -> list[dict[str, Any]]:
         {"name": contract.ENV_HEALTH_PORT, "value": str(config.health_port)},
         {"name": contract.ENV_METRICS_PORT, "value": str(config.metrics_port)},
         {"name": contract.ENV_PEER_PORT, "value": str(config.peer_port)},
+        {"name": contract.ENV_PEER_KEY_FILE, "value": contract.DEFAULT_PEER_KEY_FILE},
     ]
     t = config.timings
     for name, value in (
@@ -215,7 +220,9 @@ def build_daemonset(
     """The DaemonSet of director agents of a group, in the operator's namespace.
 
     hostNetwork (the VIP lives on the node), NET_ADMIN + NET_RAW only (IPVS, addresses,
-    gratuitous ARP), never privileged; probes on the agent's health port.
+    gratuitous ARP), never privileged; probes on the agent's health port. The group's
+    heartbeat key (``build_peer_secret``) is mounted read-only; not optional: an agent does
+    not start without it (the kubelet waits for the Secret), rather than run unauthenticated.
     """
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -237,6 +244,9 @@ def build_daemonset(
             {"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"},
             # the agents' heartbeat to each other (director/peer.py; contract.ENV_PEER_PORT)
             {"name": "heartbeat", "containerPort": config.peer_port, "protocol": "UDP"},
+        ],
+        "volumeMounts": [
+            {"name": PEER_KEY_VOLUME, "mountPath": contract.PEER_KEY_DIR, "readOnly": True}
         ],
         "livenessProbe": probe(contract.HEALTHZ_PATH, 10, 3),
         "readinessProbe": probe(contract.READYZ_PATH, 5, 2),
@@ -260,6 +270,16 @@ def build_daemonset(
         "serviceAccountName": config.director_service_account,
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
+        "volumes": [
+            {
+                "name": PEER_KEY_VOLUME,
+                "secret": {
+                    "secretName": peer_secret_name(group),
+                    "items": [{"key": contract.PEER_SECRET_KEY, "path": contract.PEER_SECRET_KEY}],
+                    "defaultMode": 0o400,  # root's only (the agent runs as root)
+                },
+            }
+        ],
     }
     if config.director_tolerations:
         pod_spec["tolerations"] = [dict(t) for t in config.director_tolerations]
@@ -278,6 +298,35 @@ def build_daemonset(
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {"metadata": {"labels": director_labels(group)}, "spec": pod_spec},
         },
+    }
+
+
+def build_peer_secret(
+    group: str, config: ControllerConfig, owner_uid: str, key: bytes | None = None
+) -> dict[str, Any]:
+    """The Secret of a group's heartbeat key: ``contract.PEER_KEY_BYTES`` random bytes (or
+    ``key``), created once and never rewritten (an agent reads its key at start). Owned by
+    the group's DaemonSet, so the garbage collector removes it with the group."""
+    key = secrets.token_bytes(contract.PEER_KEY_BYTES) if key is None else key
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": peer_secret_name(group),
+            "namespace": config.namespace,
+            "labels": director_labels(group),
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "DaemonSet",
+                    "name": daemonset_name(group),
+                    "uid": owner_uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "data": {contract.PEER_SECRET_KEY: base64.b64encode(key).decode("ascii")},
     }
 
 

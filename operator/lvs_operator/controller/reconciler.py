@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from typing import Any, cast
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Event, Service
+from lightkube.resources.core_v1 import Event, Secret, Service
 from lightkube.types import PatchType
 
 from lvs_operator import GROUP, VERSION
@@ -37,6 +38,7 @@ from lvs_operator.api.contract import (
     MANAGED_BY_LABEL,
     daemonset_name,
     lease_name,
+    peer_secret_name,
 )
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.resources import RealServerPoolResource, VirtualServerResource
@@ -58,6 +60,7 @@ from .groups import (
 from .manifests import (
     DIRECTOR_COMPONENT,
     FIELD_MANAGER,
+    build_peer_secret,
     build_service,
     carries,
     service_name,
@@ -118,6 +121,7 @@ class Plan:
     services: list[dict[str, Any]] = field(default_factory=list)
     pool_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
     daemonsets: DaemonSetPlan = field(default_factory=DaemonSetPlan)
+    peer_secrets: tuple[str, ...] = ()  # groups whose heartbeat-key Secret must exist
     labels: list[tuple[Key, str | None]] = field(default_factory=list)
     vs_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
@@ -203,6 +207,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     # Director groups.
     groups = desired_groups(decisions.values())
     out.daemonsets = plan_daemonsets(groups, world.daemonsets, config)
+    out.peer_secrets = tuple(sorted(groups))
     leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
     views = group_views(groups, leases, world.director_pods, now)
     out.wake_at = next_lease_expiry(leases.values(), now)
@@ -245,6 +250,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# How long a group's heartbeat-key Secret, once seen to exist, is not asked for again (the
+# controller cannot read Secrets: it asks by creating, which a present one refuses).
+PEER_SECRET_RECHECK = 300.0
+
+
 class Reconciler:
     """Holds the kopf indexes and namespace informers, and runs ``plan`` + writes."""
 
@@ -273,6 +283,8 @@ class Reconciler:
         # (kind, key) -> (resourceVersion seen before the write, object the write returned).
         self._overlay: dict[tuple[str, Any], tuple[str, dict[str, Any]]] = {}
         self._world = World()
+        # DaemonSet name -> when its group's heartbeat-key Secret was last known to exist
+        self._peer_secrets: dict[str, float] = {}
         self.passes = 0
         self.writes = 0
         owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
@@ -439,12 +451,16 @@ class Reconciler:
         for gone in set(self._service_rejections) - p.wanted_services:
             del self._service_rejections[gone]
         failed += await self._each(p.pool_statuses, self._apply_pool_status)
+        for group in p.daemonsets.create_groups:  # a new DaemonSet: ask again
+            self._peer_secrets.pop(daemonset_name(group), None)
         for ds in p.daemonsets.apply:
             if await self._each([ds], self._apply_daemonset, missing_ok=False):
                 failed += 1
                 continue
             for ev in p.daemonset_events.get(ds["metadata"]["name"], []):
                 await self._post_event(ev, now)
+        secrets = self._peer_secrets_due(p)
+        failed += await self._each(secrets, self._create_peer_secret, missing_ok=False)
         failed += await self._each(p.labels, self._label)
         failed += await self._each(p.vs_statuses, self._apply_vs_status)
         if self.indexed.is_set():  # destructive: only with complete indexes
@@ -468,7 +484,7 @@ class Reconciler:
                 if exc.status.code == 404:
                     hint = " (does its namespace exist? the operator's is --namespace)"
                 elif exc.status.code == 403:
-                    hint = " (grant it in deploy/rbac/controller.yaml)"
+                    hint = " (grant it in deploy/rbac/controller.yaml, the chart's Role)"
                 log.error("write failed: %s: %s%s", fn.__name__, exc.status.message, hint)
         return failed
 
@@ -524,7 +540,50 @@ class Reconciler:
         self._remember("daemonset", name, self._world.daemonsets.get(name), returned)
         log.info("write: applied DaemonSet %s/%s", namespace, name)
 
+    def _peer_secrets_due(self, p: Plan) -> list[tuple[str, str, bool]]:
+        """(group, uid of its DaemonSet, DaemonSet new) of the groups whose key Secret is not
+        known to exist; a group whose DaemonSet is not written yet waits (it owns the
+        Secret)."""
+        due = []
+        clock = time.monotonic()
+        for group in p.peer_secrets:
+            name = daemonset_name(group)
+            seen = self._peer_secrets.get(name)
+            if seen is not None and clock - seen < PEER_SECRET_RECHECK:
+                continue
+            entry = self._overlay.get(("daemonset", name))
+            ds = entry[1] if entry is not None else self._world.daemonsets.get(name)
+            uid = str(_meta(ds or {}).get("uid") or "")
+            if uid:
+                due.append((group, uid, group in p.daemonsets.create_groups))
+        return due
+
+    async def _create_peer_secret(self, item: tuple[str, str, bool]) -> None:
+        """Create the group's heartbeat key unless it exists (never read, never rewritten:
+        the agents read it at start, and the controller needs no right to read Secrets)."""
+        group, uid, new = item
+        body = build_peer_secret(group, self.config, uid)
+        name = peer_secret_name(group)
+        try:
+            await self.client.create(cast(Secret, Secret.from_dict(body)))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+            # present. Unless the DaemonSet is new this pass: it may be the key of a deleted
+            # one, about to be garbage-collected; the next pass asks again
+            if not new:
+                self._peer_secrets[daemonset_name(group)] = time.monotonic()
+            return
+        self._peer_secrets[daemonset_name(group)] = time.monotonic()
+        log.info(
+            "write: created Secret %s/%s: the heartbeat key of director group %s",
+            self.config.namespace,
+            name,
+            group,
+        )
+
     async def _delete_daemonset(self, name: str) -> None:
+        self._peer_secrets.pop(name, None)
         await self.client.delete(DaemonSet, name, namespace=self.config.namespace)
         log.info(
             "write: deleted DaemonSet %s/%s: its director group has no VirtualServer left",

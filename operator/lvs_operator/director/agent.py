@@ -75,6 +75,7 @@ class Agent:
         netlink: Lane | None = None,
         vip_lane: Lane | None = None,
         handover_node: HandoverNode | None = None,
+        peer_key: bytes | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -110,7 +111,7 @@ class Agent:
 
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
-            self.elector, self.metrics, node_address,
+            self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
         )  # fmt: skip
 
     @property

@@ -49,6 +49,8 @@ class AgentConfig:
     peer_interval: float = peer_mod.DEFAULT_PEER_INTERVAL
     peer_timeout: float = peer_mod.DEFAULT_PEER_TIMEOUT
     peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
+    # the group's heartbeat key; missing at the default path: unauthenticated (with a warning)
+    peer_key_file: str = contract.DEFAULT_PEER_KEY_FILE
     kubeconfig: str | None = None
     log_level: str = "INFO"
 

@@ -2,7 +2,9 @@
 publish on the Lease where this director answers.
 
 The standby probes the holder at the address the holder published on the Lease, and takes
-the Lease when it stops answering, before the Lease expires.
+the Lease when it stops answering, before the Lease expires. Both ends sign and check every
+message with the group's key (``--peer-key-file``, the Secret the DaemonSet mounts); without
+one they run unauthenticated and say so once at start.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ class Heartbeat:
         elector: Elector,
         metrics: Metrics,
         node_address: NodeAddress,
+        key: bytes | None = None,
+        key_file: str = "",
     ) -> None:
         self.identity = identity
+        self.key = key
         self.port = port  # 0: off
         self.address = address  # --peer-address; "": this node's on the first VIP's link
         self.elector = elector
@@ -43,10 +48,39 @@ class Heartbeat:
         self.monitor: peer_mod.HeartbeatMonitor | None = None
         self.responder: peer_mod.HeartbeatResponder | None = None
         self._published = ""
+        self._on_reject: Callable[[str, str], None] | None = None
         if not port:
             return
+        if key is None:
+            log.warning(
+                "peer heartbeat is NOT authenticated (no key at %s): anyone who can send UDP to "
+                "port %s can forge a leader's answers or a standby's acknowledgements, and spoof "
+                "probes from a standby's address to spend its reply budget, so that it sees a "
+                "healthy leader as silent. Fix: mount the group's Secret (the controller creates "
+                "it and mounts it in the DaemonSets it builds) or give --peer-key-file "
+                "(LVS_PEER_KEY_FILE) a file of >= %d random bytes, the same on every director of "
+                "the group",
+                key_file or "--peer-key-file",
+                port,
+                peer_mod.MIN_KEY_LEN,
+            )
+        else:
+            log.info("peer heartbeat authenticated with the group's key", extra={"file": key_file})
+        rejected = metrics.peer_rejected
+        self._reject_log = peer_mod.RejectLog("heartbeat messages")
+
+        def on_reject(reason: str, source: str) -> None:
+            rejected.labels(group=metrics.group, reason=reason).inc()
+            self._reject_log(reason, source)
+
+        self._on_reject = on_reject
         monitor = peer_mod.HeartbeatMonitor(
-            elector.wake, interval=interval, timeout=timeout, identity=identity
+            elector.wake,
+            interval=interval,
+            timeout=timeout,
+            identity=identity,
+            key=key,
+            on_reject=on_reject,
         )
         self.monitor = monitor
         elector.holder_unreachable = monitor.unreachable
@@ -96,7 +130,12 @@ class Heartbeat:
             return
         host = "::" if self.address and ":" in self.address else "0.0.0.0"
         responder = peer_mod.HeartbeatResponder(
-            self.identity, lambda: self.elector.serving, host=host, port=self.port
+            self.identity,
+            lambda: self.elector.serving,
+            host=host,
+            port=self.port,
+            key=self.key,
+            on_reject=self._on_reject,
         )
         try:
             await responder.start()

@@ -116,6 +116,11 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
     option("--peer-address", contract.ENV_PEER_ADDRESS, "",
            "the address the other directors probe (default: this node's address on the "
            "interface of the group's first VIP)")  # fmt: skip
+    option("--peer-key-file", contract.ENV_PEER_KEY_FILE, contract.DEFAULT_PEER_KEY_FILE,
+           "the group's heartbeat key (>= 16 bytes, the same on every director of the group; "
+           "the DaemonSet mounts the group's Secret here); every probe and reply is signed "
+           "with it and unsigned ones are dropped. Missing at the default path: the heartbeat "
+           "runs unauthenticated (a warning says so); missing elsewhere: an error")  # fmt: skip
     option("--kubeconfig", "KUBECONFIG")
     option("--log-level", contract.ENV_LOG_LEVEL, "INFO")
     a = p.parse_args(argv)
@@ -152,6 +157,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         peer_interval=a.peer_interval,
         peer_timeout=a.peer_timeout,
         peer_address=a.peer_address,
+        peer_key_file=a.peer_key_file,
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
@@ -224,6 +230,15 @@ def process_age() -> float | None:
         return None
 
 
+def load_peer_key(cfg: AgentConfig) -> bytes | None:
+    """The heartbeat key (None: unauthenticated). A file missing at the default path is no
+    key (a DaemonSet without the Secret); one named explicitly must exist."""
+    if not cfg.peer_port:
+        return None
+    required = cfg.peer_key_file != contract.DEFAULT_PEER_KEY_FILE
+    return peer_mod.load_key(cfg.peer_key_file, required=required)
+
+
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level, quiet=QUIET_LOGGERS)
@@ -254,10 +269,19 @@ def run(argv: list[str]) -> int:
                   "CAP_NET_ADMIN, and the ip_vs module)", exc)  # fmt: skip
         return 1
 
+    try:
+        peer_key = load_peer_key(cfg)
+    except ValueError as exc:
+        log.error("%s (--peer-key-file, %s)", exc, contract.ENV_PEER_KEY_FILE)
+        return 1
+
     freeze_startup()
 
     async def main() -> int:
-        agent = Agent(cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane)
+        agent = Agent(
+            cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane,
+            peer_key=peer_key,
+        )  # fmt: skip
         return await agent.run()
 
     try:

@@ -58,6 +58,13 @@ class Metrics:
             "standby: 1 if a silent leader would be taken over at once (steady answers seen)",
             ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.peer_rejected = Counter(
+            "lvs_director_peer_rejected", "heartbeat probes and replies dropped as forged: a bad "
+            "or missing MAC (reason=mac: another key, or spoofed) or a replayed probe "
+            "(reason=replay)", ["group", "reason"], registry=self.registry,
+        )  # fmt: skip
+        for reason in ("mac", "replay"):  # exported at 0 from the start (alerts on rate)
+            self.peer_rejected.labels(group=group, reason=reason)
         self.handover_relays = Counter(
             "lvs_director_handover_relays", "planned handovers whose connections in flight "
             "this director relayed to the old leader", ["group"], registry=self.registry,

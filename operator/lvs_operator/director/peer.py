@@ -8,20 +8,41 @@ resourceVersion, so of two directors acting on the same view only one wins.
 
 Wire format (UDP, ASCII, no trailing newline, single spaces)::
 
-    probe:  LVSHB1 <nonce> <identity> <ack> <g>     nonce = 16 lowercase hex chars,
-                                                    identity = the prober's node name,
-                                                    ack = the nonce of the newest "leading"
-                                                    reply it got from this holder, or "-",
-                                                    g = 1: the prober checks ARP before any
-                                                    takeover ("gated"), 0: it does not
-    reply:  LVSHB1 <nonce> <identity> <1|0>         1 = leading, identity = the node name
+    probe:  LVSHB2 <nonce> <identity> <ack> <g> <seq> <mac>
+                                nonce = 16 lowercase hex chars,
+                                identity = the prober's node name,
+                                ack = the nonce of the newest "leading" reply it got from
+                                this holder, or "-",
+                                g = 1: the prober checks ARP before any takeover ("gated"),
+                                0: it does not,
+                                seq = 16 lowercase hex chars, strictly increasing per prober
+                                (its wall clock in ns, or the last seq + 1 if that is more)
+    reply:  LVSHB2 <nonce> <identity> <1|0> <mac>
+                                1 = leading, identity = the responder's node name
 
-(A probe of the nonce alone is still answered; it confirms nothing.) The ack is how the
-leader learns that a standby *heard* it leading, and since when at least (the time the
-acknowledged reply was sent): the standby cannot judge the holder silent before that time
-plus its timeout, which bounds how long the leader may keep its VIPs without the API server
-(election.py, "Outage tolerance"). A gated prober never takes over while another node answers
-ARP for the group's VIPs, so its silence alone does not end the leader's hold.
+    mac = the first 16 bytes of HMAC-SHA256(key, "probe " + text) (or "reply " + text), as 32
+          lowercase hex chars, where text is the message up to the space before the mac; "-"
+          when this director has no key (unauthenticated).
+
+(A probe of the nonce alone, ``LVSHB2 <nonce> <mac>``, is still answered; it confirms
+nothing and no agent sends one.) The ack is how the leader learns that a standby *heard* it
+leading, and since when at least (the time the acknowledged reply was sent): the standby
+cannot judge the holder silent before that time plus its timeout, which bounds how long the
+leader may keep its VIPs without the API server (election.py, "Outage tolerance"). A gated
+prober never takes over while another node answers ARP for the group's VIPs, so its silence
+alone does not end the leader's hold.
+
+Authentication (``key``: the group's Secret, mounted by the DaemonSet): with a key, every
+message must carry the MAC over all its fields, else it is dropped and counted
+(``rejected``), *before* the responder charges the sender's reply budget (below), so a
+spoofer without the key can neither forge a leading answer, an ack or a gate flag, nor spend
+the standby's budget. A keyed responder also drops a probe whose seq is not above the newest
+it accepted from that identity (a replay of a recorded probe; an identity silent for
+``FORGET_AFTER`` is forgotten, so a prober whose clock stepped back recovers). A reply
+answers one pending nonce only, so a replayed reply is stale. The magic changed with the
+format (LVSHB1 had no mac): an agent of the old version and one of this one do not answer
+each other (failover falls back to the Lease while both run, e.g. during a rolling update).
+Without a key everything is accepted unchecked, as before; the agent warns once at start.
 
 Anything else (other magic, other lengths, bad characters, oversized) is dropped. A reply is
 at most the probe plus the identity (<= 253 chars) and the responder rate-limits its replies
@@ -45,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -76,18 +98,25 @@ DEFAULT_REPLY_RATE = 100.0  # replies per second to one address (a standby sends
 _MAX_BUCKETS = 1024
 _MAX_REMEMBERED = 4096  # "leading" replies whose ack would count (~20 s of 10 standbys)
 
-MAGIC = b"LVSHB1"
+MAGIC = b"LVSHB2"
 NONCE_LEN = 16
+SEQ_LEN = 16
+MAC_LEN = 16  # bytes of HMAC-SHA256 kept (32 hex chars on the wire)
+MIN_KEY_LEN = 16
 MAX_IDENTITY = 253
-PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN
-MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN + 2
+NO_MAC = b"-"
 NO_ACK = "-"
-MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2
+_MAC_FIELD = 1 + 2 * MAC_LEN
+PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN  # the nonce part every message starts with
+MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN + 2 + 1 + SEQ_LEN + _MAC_FIELD
+MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2 + _MAC_FIELD
 MAX_DATAGRAM = 512  # anything larger is dropped unread
+FORGET_AFTER = 600.0  # a keyed responder forgets a prober's newest seq after this silence
 
 Address = tuple[str, int]
 
 _NONCE = re.compile(rb"[0-9a-f]{16}")
+_MAC = re.compile(rb"[0-9a-f]{32}|-")
 _IDENTITY = re.compile(rb"[\x21-\x7e]{1,253}")
 
 
@@ -102,28 +131,55 @@ def _valid_nonce(nonce: str) -> bool:
     return nonce.isascii() and _NONCE.fullmatch(nonce.encode("ascii")) is not None
 
 
+def _mac(kind: bytes, text: bytes, key: bytes | None) -> bytes:
+    if key is None:
+        return NO_MAC
+    return hmac.digest(key, kind + b" " + text, "sha256")[:MAC_LEN].hex().encode("ascii")
+
+
+def _sign(kind: bytes, text: bytes, key: bytes | None) -> bytes:
+    return text + b" " + _mac(kind, text, key)
+
+
+def verify(kind: str, data: bytes, key: bytes) -> bool:
+    """Whether ``data`` (a well-formed "probe" or "reply") carries the MAC of ``key``."""
+    text, _, mac = data.rpartition(b" ")
+    expected = _mac(kind.encode("ascii"), text, key)
+    return bool(text) and hmac.compare_digest(mac, expected)
+
+
 def make_probe(
-    nonce: str, identity: str = "", ack: str | None = None, gated: bool = False
+    nonce: str,
+    identity: str = "",
+    ack: str | None = None,
+    gated: bool = False,
+    seq: int = 0,
+    key: bytes | None = None,
 ) -> bytes:
     """A probe; with ``identity`` it also carries ``ack`` (the nonce of the newest "leading"
-    reply received from the holder, None: none yet) and whether the prober is gated."""
+    reply received from the holder, None: none yet), whether the prober is gated and its
+    sequence number; signed with ``key`` (None: unauthenticated, mac "-")."""
     if not _valid_nonce(nonce):
         raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
     probe = MAGIC + b" " + nonce.encode("ascii")
     if not identity:
-        return probe
+        return _sign(b"probe", probe, key)
     if not valid_identity(identity):
         raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars: {identity!r}")
     if ack is not None and not _valid_nonce(ack):
         raise ValueError(f"ack must be a nonce: {ack!r}")
-    return (
-        probe
-        + b" "
-        + identity.encode("ascii")
-        + b" "
-        + (ack or NO_ACK).encode("ascii")
-        + (b" 1" if gated else b" 0")
+    if not 0 <= seq < 1 << (4 * SEQ_LEN):
+        raise ValueError(f"seq must fit {SEQ_LEN} hex chars: {seq}")
+    text = b" ".join(
+        (
+            probe,
+            identity.encode("ascii"),
+            (ack or NO_ACK).encode("ascii"),
+            b"1" if gated else b"0",
+            f"{seq:016x}".encode("ascii"),
+        )
     )
+    return _sign(b"probe", text, key)
 
 
 @dataclass(frozen=True)
@@ -132,28 +188,34 @@ class Probe:
     identity: str = ""  # "": an anonymous probe (answered, confirms nothing)
     ack: str | None = None
     gated: bool = False
+    seq: int = 0
 
 
 def parse_probe_full(data: bytes) -> Probe | None:
-    """A well-formed probe, else None."""
+    """A well-formed probe, else None (the MAC is checked by ``verify``, not here)."""
     if len(data) > MAX_PROBE_LEN or not data.startswith(MAGIC + b" "):
         return None
     parts = data.split(b" ")
-    if len(parts) not in (2, 5) or not _NONCE.fullmatch(parts[1]):
+    if len(parts) not in (3, 7) or not _NONCE.fullmatch(parts[1]):
+        return None
+    if not _MAC.fullmatch(parts[-1]):
         return None
     nonce = parts[1].decode("ascii")
-    if len(parts) == 2:
+    if len(parts) == 3:
         return Probe(nonce)
-    identity, ack, gated = parts[2], parts[3], parts[4]
+    identity, ack, gated, seq = parts[2], parts[3], parts[4], parts[5]
     if not _IDENTITY.fullmatch(identity) or gated not in (b"0", b"1"):
         return None
     if ack != NO_ACK.encode("ascii") and not _NONCE.fullmatch(ack):
+        return None
+    if not _NONCE.fullmatch(seq):  # same shape: 16 lowercase hex chars
         return None
     return Probe(
         nonce,
         identity.decode("ascii"),
         None if ack == b"-" else ack.decode("ascii"),
         gated == b"1",
+        int(seq, 16),
     )
 
 
@@ -163,22 +225,86 @@ def parse_probe(data: bytes) -> str | None:
     return None if probe is None else probe.nonce
 
 
-def make_reply(nonce: str, identity: str, leader: bool) -> bytes:
+def make_reply(nonce: str, identity: str, leader: bool, key: bytes | None = None) -> bytes:
+    if not _valid_nonce(nonce):
+        raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
     if not valid_identity(identity):
         raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars: {identity!r}")
-    return make_probe(nonce) + b" " + identity.encode("ascii") + (b" 1" if leader else b" 0")
+    text = b" ".join(
+        (MAGIC, nonce.encode("ascii"), identity.encode("ascii"), b"1" if leader else b"0")
+    )
+    return _sign(b"reply", text, key)
 
 
 def parse_reply(data: bytes) -> tuple[str, str, bool] | None:
-    """(nonce, identity, leader) of a well-formed reply, else None."""
+    """(nonce, identity, leader) of a well-formed reply, else None (the MAC is checked by
+    ``verify``, not here)."""
     if len(data) > MAX_REPLY_LEN:
         return None
     parts = data.split(b" ")
-    if len(parts) != 4 or parts[0] != MAGIC or parts[3] not in (b"0", b"1"):
+    if len(parts) != 5 or parts[0] != MAGIC or parts[3] not in (b"0", b"1"):
         return None
     if not _NONCE.fullmatch(parts[1]) or not _IDENTITY.fullmatch(parts[2]):
         return None
+    if not _MAC.fullmatch(parts[4]):
+        return None
     return parts[1].decode("ascii"), parts[2].decode("ascii"), parts[3] == b"1"
+
+
+def load_key(path: str, required: bool = False) -> bytes | None:
+    """The group's heartbeat key: the bytes of the file at ``path``, used as they are.
+    None when ``path`` is "" or, unless ``required``, the file does not exist (then the
+    heartbeat runs unauthenticated). ValueError if it cannot be read or is shorter than
+    MIN_KEY_LEN bytes: a key that is set but unusable must not silently turn into none."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read(4096)
+    except FileNotFoundError:
+        if required:
+            raise ValueError(f"peer key file {path} does not exist") from None
+        return None
+    except OSError as exc:
+        raise ValueError(f"cannot read the peer key file {path}: {exc}") from None
+    if len(key) < MIN_KEY_LEN:
+        raise ValueError(
+            f"the peer key in {path} has {len(key)} bytes; at least {MIN_KEY_LEN} are needed "
+            "(the controller's Secret holds 32 random bytes)"
+        )
+    return key
+
+
+class RejectLog:
+    """Logs rejected heartbeat messages: the first at once, then at most one line per
+    ``every`` seconds saying how many there were (a flood must not flood the log)."""
+
+    def __init__(
+        self, what: str, every: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.what, self.every, self._clock = what, every, clock
+        self._next = 0.0
+        self._count = 0
+        self._lock = threading.Lock()  # the responder's and the monitor's threads call it
+
+    def __call__(self, reason: str, source: str) -> None:
+        with self._lock:
+            self._count += 1
+            now = self._clock()
+            if now < self._next:
+                return
+            count, first = self._count, self._next == 0.0
+            self._count = 0
+            self._next = now + self.every
+        log.warning(
+            "%s rejected: %d in the last %s (newest from %s: %s); a director with another "
+            "key (the group's Secret) or spoofed packets",
+            self.what,
+            count,
+            "moment" if first else f"{self.every:.0f} s",
+            source,
+            "bad or missing MAC" if reason == "mac" else "a replayed probe",
+        )
 
 
 # -- addresses ---------------------------------------------------------------------------------
@@ -245,10 +371,18 @@ class PeerHealth:
         outstanding: int = 8,
         nonce: Callable[[], str] | None = None,
         identity: str = "",
+        key: bytes | None = None,
+        wall_ns: Callable[[], int] = time.time_ns,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         if timeout <= 0 or arm_after < 0 or outstanding < 1:
             raise ValueError("timeout must be > 0, arm_after >= 0, outstanding >= 1")
         self.identity = identity  # ours, sent with the ack in every probe ("": anonymous)
+        self.key = key  # the group's; None: unauthenticated
+        self._wall_ns = wall_ns  # seeds the probes' seq: above any of a previous run's
+        self._probe_seq = 0
+        self.on_reject = on_reject  # (reason, source address) of a dropped reply
+        self.rejected = 0  # replies without the key's MAC
         self.gated = False  # we check ARP before any takeover (the agent sets it)
         self.timeout = timeout
         self.arm_after = arm_after
@@ -282,7 +416,8 @@ class PeerHealth:
         self._pending[nonce] = self._seq
         while len(self._pending) > self.outstanding:
             self._pending.popitem(last=False)
-        return make_probe(nonce, self.identity, self._ack, self.gated)
+        self._probe_seq = max(self._probe_seq + 1, self._wall_ns())
+        return make_probe(nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key)
 
     def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
         """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
@@ -290,6 +425,11 @@ class PeerHealth:
         if parsed is None or self.address is None or not self.holder:
             return False
         nonce, identity, leader = parsed
+        if self.key is not None and not verify("reply", data, self.key):
+            self.rejected += 1
+            if self.on_reject is not None:
+                self.on_reject("mac", str(source[0]) if source else "?")
+            return False
         if not source or not _same_ip(str(source[0]), self.address[0]):
             return False
         seq = self._pending.get(nonce)
@@ -362,10 +502,16 @@ class HeartbeatResponder:
         *,
         rate: float = DEFAULT_REPLY_RATE,
         clock: Callable[[], float] = time.monotonic,
+        key: bytes | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         if not valid_identity(identity):
             raise ValueError(f"identity must be 1-{MAX_IDENTITY} visible ASCII chars")
         self.identity = identity
+        self.key = key  # the group's; None: unauthenticated
+        self.on_reject = on_reject  # (reason "mac" or "replay", source address)
+        # keyed: prober identity -> (its newest accepted seq, when); older seqs are replays
+        self._seqs: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.is_leader = is_leader
         self.host, self.port = host, port
         self.rate = rate
@@ -382,6 +528,7 @@ class HeartbeatResponder:
         self._thread: threading.Thread | None = None
         self.replies = 0
         self.dropped = 0  # malformed or over the rate
+        self.rejected = 0  # keyed: bad or missing MAC, or replayed (never charged a budget)
 
     @property
     def address(self) -> Address | None:
@@ -447,12 +594,45 @@ class HeartbeatResponder:
             self._buckets.popitem(last=False)
         return allowed
 
+    def _fresh(self, probe: Probe) -> bool:
+        """Keyed: whether an authentic probe is newer than every one accepted from its
+        prober (else it is a recorded one sent again); records it."""
+        if not probe.identity:
+            return True  # anonymous: confirms nothing, no agent sends one
+        now = self._clock()
+        newest = self._seqs.get(probe.identity)
+        if newest is not None and probe.seq <= newest[0] and now - newest[1] < FORGET_AFTER:
+            return False
+        self._seqs[probe.identity] = (probe.seq, now)
+        self._seqs.move_to_end(probe.identity)
+        while len(self._seqs) > _MAX_BUCKETS:
+            self._seqs.popitem(last=False)
+        return True
+
+    def _reject(self, reason: str, ip: str) -> None:
+        self.rejected += 1
+        if self.on_reject is not None:
+            self.on_reject(reason, ip)
+
     def _on_probe(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
         probe = parse_probe_full(data) if len(data) <= MAX_DATAGRAM else None
-        if probe is None or not self._allow(str(addr[0])):
+        if probe is None:
             self.dropped += 1
             return
-        self.note_ack(probe, str(addr[0]))
+        ip = str(addr[0])
+        # authenticity and freshness first: only a probe made with the key may spend its
+        # source's reply budget, so a spoofer cannot exhaust the standby's
+        if self.key is not None:
+            if not verify("probe", data, self.key):
+                self._reject("mac", ip)
+                return
+            if not self._fresh(probe):
+                self._reject("replay", ip)
+                return
+        if not self._allow(ip):
+            self.dropped += 1
+            return
+        self.note_ack(probe, ip)
         try:
             leader = bool(self.is_leader())
         except Exception as exc:  # never answer with a guess
@@ -460,7 +640,7 @@ class HeartbeatResponder:
             return
         sent_at = self._clock()
         try:
-            sock.sendto(make_reply(probe.nonce, self.identity, leader), addr)
+            sock.sendto(make_reply(probe.nonce, self.identity, leader, self.key), addr)
         except OSError as exc:
             log.debug("heartbeat reply to %s failed: %s", addr[0], exc)
             return
@@ -511,6 +691,8 @@ class HeartbeatMonitor:
         arm_after: float = DEFAULT_ARM_AFTER,
         clock: Callable[[], float] = time.monotonic,
         identity: str = "",
+        key: bytes | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         if not 0 < interval < timeout:
             raise ValueError(
@@ -518,7 +700,9 @@ class HeartbeatMonitor:
             )
         self.on_lost = on_lost
         self.interval = interval
-        self.health = PeerHealth(timeout=timeout, arm_after=arm_after, identity=identity)
+        self.health = PeerHealth(
+            timeout=timeout, arm_after=arm_after, identity=identity, key=key, on_reject=on_reject
+        )
         self._clock = clock
         # the health state is shared by the loop (set_target, unreachable) and the thread
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ the test where needed: it writes the group's Lease as the agent would.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,11 +24,11 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.authorization_v1 import SelfSubjectAccessReview
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Node, Pod, Service
+from lightkube.resources.core_v1 import Node, Pod, Secret, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
-from lvs_operator.api.contract import daemonset_name, group_name, lease_name
+from lvs_operator.api.contract import daemonset_name, group_name, lease_name, peer_secret_name
 
 from ..helpers import TestCluster, wait_for
 from .conftest import ControllerProcess
@@ -463,6 +464,16 @@ def test_director_group_daemonset_lease_and_status(
         assert c.livenessProbe.httpGet.path == "/healthz"
         assert c.readinessProbe.httpGet.path == "/readyz"
         assert len(list(admin.list(DaemonSet, namespace=opns, labels={GROUP_LABEL: group}))) == 1
+        # the group's heartbeat key: created after the DaemonSet, owned by it, mounted by it
+        key = wait_for(
+            lambda: admin.get(Secret, peer_secret_name(group), namespace=opns), timeout=30
+        )
+        assert len(base64.b64decode(key.data["key"])) == 32
+        (owner,) = key.metadata.ownerReferences
+        assert (owner.kind, owner.name, owner.uid) == ("DaemonSet", ds_name, ds.metadata.uid)
+        (volume,) = spec.volumes
+        assert volume.secret.secretName == peer_secret_name(group)
+        assert env["LVS_PEER_KEY_FILE"].value == "/etc/lvs-operator/peer/key"
 
         # kwok runs the agents' pods on the two labelled nodes: two directors, both standby.
         vs = wait_obj(
@@ -678,6 +689,11 @@ def test_controller_is_not_cluster_admin(
         assert allowed("create", "daemonsets", "apps", running_controller.namespace)
         assert not allowed("create", "daemonsets", "apps", "default")
         assert not allowed("get", "secrets", "", "default")
+        # the groups' heartbeat keys: created in its namespace, never read, nowhere else
+        assert allowed("create", "secrets", "", running_controller.namespace)
+        assert not allowed("get", "secrets", "", running_controller.namespace)
+        assert not allowed("list", "secrets", "", running_controller.namespace)
+        assert not allowed("create", "secrets", "", "default")
         assert not allowed("create", "clusterroles", "rbac.authorization.k8s.io")
         assert not allowed("escalate", "clusterroles", "rbac.authorization.k8s.io")
         assert not allowed("update", "virtualservers", "lvs.io", "default")

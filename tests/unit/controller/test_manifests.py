@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from lvs_operator.api.contract import GROUP_LABEL, MANAGED_BY_LABEL, lease_name
+import base64
+from typing import Any
+
+from lvs_operator.api.contract import GROUP_LABEL, MANAGED_BY_LABEL, lease_name, peer_secret_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
 from lvs_operator.controller.config import ControllerConfig, DirectorTimings
 from lvs_operator.controller.manifests import (
     ServicePort,
     build_daemonset,
+    build_peer_secret,
     build_service,
     carries,
     is_subset,
@@ -140,6 +144,56 @@ def test_build_daemonset_contract() -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9641, "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["resources"]["requests"]["cpu"] == "50m"
+
+
+def test_daemonset_mounts_the_groups_heartbeat_key() -> None:
+    ds = build_daemonset("gabc", {"lvs.io/director": "true"}, ControllerConfig())
+    pod = ds["spec"]["template"]["spec"]
+    (volume,) = pod["volumes"]
+    assert volume == {
+        "name": "peer-key",
+        "secret": {
+            "secretName": "lvs-director-gabc-peer",
+            "items": [{"key": "key", "path": "key"}],
+            "defaultMode": 0o400,
+        },
+    }
+    assert "optional" not in volume["secret"]  # no key, no agent: never unauthenticated
+    (c,) = pod["containers"]
+    assert c["volumeMounts"] == [
+        {"name": "peer-key", "mountPath": "/etc/lvs-operator/peer", "readOnly": True}
+    ]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LVS_PEER_KEY_FILE"] == "/etc/lvs-operator/peer/key"
+    assert env["LVS_PEER_KEY_FILE"] == volume_path(c["volumeMounts"][0], volume)
+
+
+def volume_path(mount: dict[str, Any], volume: dict[str, Any]) -> str:
+    (item,) = volume["secret"]["items"]
+    return f"{mount['mountPath']}/{item['path']}"
+
+
+def test_build_peer_secret() -> None:
+    config = ControllerConfig(namespace="lvs-system")
+    secret = build_peer_secret("gabc", config, "uid-1")
+    assert secret["metadata"]["name"] == peer_secret_name("gabc") == "lvs-director-gabc-peer"
+    assert secret["metadata"]["namespace"] == "lvs-system"
+    assert secret["metadata"]["labels"][GROUP_LABEL] == "gabc"
+    assert secret["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "name": "lvs-director-gabc",
+            "uid": "uid-1",
+            "controller": True,
+        }
+    ]
+    assert secret["type"] == "Opaque"
+    key = base64.b64decode(secret["data"]["key"])
+    assert len(key) == 32
+    assert base64.b64decode(build_peer_secret("gabc", config, "uid-1")["data"]["key"]) != key
+    fixed = build_peer_secret("gabc", config, "uid-1", key=b"k" * 32)
+    assert fixed["data"] == {"key": base64.b64encode(b"k" * 32).decode()}
 
 
 def test_build_daemonset_without_optional_parts() -> None:

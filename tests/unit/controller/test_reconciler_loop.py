@@ -52,6 +52,7 @@ class FakeClient:
         self.missing_namespace = missing_namespace
         self.refuse_services = refuse_services  # a 422 message for every Service
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.create_error: int | None = None  # the status a Secret create fails with
 
     def _kind(self, res: Any) -> str:
         name = getattr(res, "__name__", str(res))
@@ -71,6 +72,7 @@ class FakeClient:
         obj["metadata"].update(
             {"name": name, "namespace": namespace, "resourceVersion": str(self.rv)}
         )
+        obj["metadata"].setdefault("uid", f"uid-{kind}-{name}")
         self.objects[key] = obj
         return Returned(obj)
 
@@ -78,7 +80,17 @@ class FakeClient:
         self.calls.append(("delete", self._kind(res), f"{namespace}/{name}"))
 
     async def create(self, obj: Any, **_: Any) -> Any:
-        self.calls.append(("create", type(obj).__name__, obj.reason))
+        if type(obj).__name__ != "Secret":
+            self.calls.append(("create", type(obj).__name__, obj.reason))
+            return obj
+        meta = obj.metadata
+        self.calls.append(("create", "Secret", f"{meta.namespace}/{meta.name}"))
+        key = ("Secret", meta.namespace, meta.name)
+        if self.create_error is not None:
+            raise ApiError(status=Status(code=self.create_error, message="create refused"))
+        if key in self.objects:
+            raise ApiError(status=Status(code=409, message="already exists"))
+        self.objects[key] = obj.to_dict()
         return obj
 
 
@@ -142,6 +154,52 @@ def _returned(r: Reconciler, kind: str) -> dict[Any, dict[str, Any]]:
         if k == kind:
             out[(k, key) if kind != "service" else (k, *key)] = obj
     return out
+
+
+async def test_each_groups_heartbeat_key_secret_is_created_once_after_its_daemonset() -> None:
+    import base64
+
+    client = FakeClient()
+    r = reconciler(client)
+    failed, _ = await r.reconcile_once()
+    assert failed == 0
+    kinds = [kind for _, kind, _ in client.calls if kind in ("DaemonSet", "Secret")]
+    assert kinds == ["DaemonSet", "Secret"]  # the DaemonSet first: it owns the Secret
+    ((key, secret),) = [(k, v) for k, v in client.objects.items() if k[0] == "Secret"]
+    ((ds_key, ds),) = [(k, v) for k, v in client.objects.items() if k[0] == "DaemonSet"]
+    assert key[1] == CONFIG.namespace and key[2] == ds_key[2] + "-peer"
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "DaemonSet",
+        ds_key[2],
+        ds["metadata"]["uid"],
+    )
+    assert len(base64.b64decode(secret["data"]["key"])) == 32
+    mounted = ds["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    assert mounted == key[2]
+    # known to exist: not asked again on the next passes
+    client.calls.clear()
+    assert (await r.reconcile_once())[0] == 0
+    assert [c for c in client.calls if c[1] == "Secret"] == []
+
+
+async def test_an_existing_key_secret_is_kept_and_a_refused_create_is_retried() -> None:
+    client = FakeClient()
+    r = reconciler(client)
+    client.create_error = 403
+    failed, _ = await r.reconcile_once()
+    assert failed == 1  # retried with backoff; the agents wait for their key meanwhile
+    client.create_error = None
+    secret_name = next(c[2] for c in client.calls if c[1] == "Secret").split("/")[1]
+    client.objects[("Secret", CONFIG.namespace, secret_name)] = {"data": {"key": "mine"}}
+    client.calls.clear()
+    failed, _ = await r.reconcile_once()
+    assert failed == 0  # present (409): kept as it is, e.g. a key the admin provided
+    assert [c[1] for c in client.calls if c[0] == "create" and c[1] == "Secret"] == ["Secret"]
+    assert client.objects[("Secret", CONFIG.namespace, secret_name)] == {"data": {"key": "mine"}}
+    client.calls.clear()
+    assert (await r.reconcile_once())[0] == 0
+    assert [c for c in client.calls if c[1] == "Secret"] == []
 
 
 async def test_missing_operator_namespace_fails_and_posts_no_group_event() -> None:

@@ -53,33 +53,39 @@ def armed_health(arm_after: float = 0.3) -> tuple[PeerHealth, float]:
 
 def test_probe_and_reply_round_trip() -> None:
     probe = make_probe("0123456789abcdef")
-    assert probe == b"LVSHB1 0123456789abcdef"
+    assert probe == b"LVSHB2 0123456789abcdef -"  # unauthenticated: mac "-"
     assert parse_probe(probe) == "0123456789abcdef"
     reply = make_reply("0123456789abcdef", "node-a", True)
-    assert reply == b"LVSHB1 0123456789abcdef node-a 1"
+    assert reply == b"LVSHB2 0123456789abcdef node-a 1 -"
     assert parse_reply(reply) == ("0123456789abcdef", "node-a", True)
     assert parse_reply(make_reply("0123456789abcdef", "node-a", False)) == (
         "0123456789abcdef",
         "node-a",
         False,
     )
-    longest = make_reply("0123456789abcdef", "n" * 253, True)
+    key = b"k" * 32
+    longest = make_reply("0123456789abcdef", "n" * 253, True, key)
     assert len(longest) == MAX_REPLY_LEN
-    assert len(longest) <= len(probe) + 253 + 3  # reply = probe + identity + flag
+    # reply = probe + identity + flag: a poor reflector
+    assert len(longest) <= len(make_probe("0123456789abcdef", key=key)) + 253 + 3
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        b"LVSHB1",
-        b"LVSHB1 0123456789ABCDEF",  # upper case
-        b"LVSHB1 0123456789abcde",  # short
-        b"LVSHB1 0123456789abcdefg",
-        b"LVSHB1 0123456789abcdef\n",
-        b"LVSHB2 0123456789abcdef",
-        b"LVSHB1  123456789abcdef",
-        b"LVSHB1 0123456789abcdef" + b" " * 300,
+        b"LVSHB2",
+        b"LVSHB2 0123456789ABCDEF -",  # upper case
+        b"LVSHB2 0123456789abcde -",  # short
+        b"LVSHB2 0123456789abcdefg -",
+        b"LVSHB2 0123456789abcdef -\n",
+        b"LVSHB2 0123456789abcdef",  # no mac field
+        b"LVSHB1 0123456789abcdef",  # the previous version
+        b"LVSHB1 0123456789abcdef -",
+        b"LVSHB2  123456789abcdef -",
+        b"LVSHB2 0123456789abcdef " + b"0" * 31,  # mac too short
+        b"LVSHB2 0123456789abcdef " + b"A" * 32,  # mac upper case
+        b"LVSHB2 0123456789abcdef -" + b" " * 300,
     ],
 )
 def test_malformed_probes_are_ignored(data: bytes) -> None:
@@ -89,16 +95,20 @@ def test_malformed_probes_are_ignored(data: bytes) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"LVSHB1 0123456789abcdef node-a",
-        b"LVSHB1 0123456789abcdef node-a 2",
-        b"LVSHB1 0123456789abcdef node-a 1 ",
-        b"LVSHB1 0123456789abcdef node-a 1\n",
-        b"LVSHB1 0123456789abcdef  node-a 1",
-        b"LVSHB1 0123456789abcdef node\x00a 1",
-        b"LVSHB1 0123456789abcdef n\xc3\xa9 1",
-        b"LVSHB1 0123456789abcdeX node-a 1",
-        b"LVSHB1 0123456789abcdef " + b"n" * 254 + b" 1",
-        b"XXXXXX 0123456789abcdef node-a 1",
+        b"LVSHB2 0123456789abcdef node-a -",
+        b"LVSHB2 0123456789abcdef node-a 1",  # no mac field
+        b"LVSHB1 0123456789abcdef node-a 1",  # the previous version
+        b"LVSHB1 0123456789abcdef node-a 1 -",
+        b"LVSHB2 0123456789abcdef node-a 2 -",
+        b"LVSHB2 0123456789abcdef node-a 1 - ",
+        b"LVSHB2 0123456789abcdef node-a 1 -\n",
+        b"LVSHB2 0123456789abcdef  node-a 1 -",
+        b"LVSHB2 0123456789abcdef node\x00a 1 -",
+        b"LVSHB2 0123456789abcdef n\xc3\xa9 1 -",
+        b"LVSHB2 0123456789abcdeX node-a 1 -",
+        b"LVSHB2 0123456789abcdef node-a 1 xyz",
+        b"LVSHB2 0123456789abcdef " + b"n" * 254 + b" 1 -",
+        b"XXXXXX 0123456789abcdef node-a 1 -",
     ],
 )
 def test_malformed_replies_are_ignored(data: bytes) -> None:
@@ -429,25 +439,25 @@ async def test_responder_drops_malformed_and_rate_limits() -> None:
         Client, remote_addr=responder.address, family=socket.AF_INET
     )
     try:
-        transport.sendto(b"LVSHB1 nonsense")
-        transport.sendto(b"LVSHB1 0123456789abcdef" + b"x" * 600)
+        transport.sendto(b"LVSHB2 nonsense")
+        transport.sendto(b"LVSHB2 0123456789abcdef -" + b"x" * 600)
         for i in range(5):
             transport.sendto(make_probe(f"{i:016x}"))
         replies = [await asyncio.wait_for(got.get(), 1.0) for _ in range(3)]
         await asyncio.sleep(0.05)
         assert got.empty()  # the burst of 3 is spent
-        assert replies[0] == b"LVSHB1 0000000000000000 node-a 1"
+        assert replies[0] == b"LVSHB2 0000000000000000 node-a 1 -"
         assert responder.replies == 3 and responder.dropped == 4
         # another address has its own budget: a flood cannot starve the standby's probes
         other, _ = await loop.create_datagram_endpoint(
             Client, local_addr=("127.0.0.2", 0), remote_addr=responder.address
         )
         other.sendto(make_probe("00000000000000aa"))
-        assert await asyncio.wait_for(got.get(), 1.0) == b"LVSHB1 00000000000000aa node-a 1"
+        assert await asyncio.wait_for(got.get(), 1.0) == b"LVSHB2 00000000000000aa node-a 1 -"
         other.close()
         t[0] += 1.0  # refilled
         transport.sendto(make_probe("00000000000000ff"))
-        assert await asyncio.wait_for(got.get(), 1.0) == b"LVSHB1 00000000000000ff node-a 1"
+        assert await asyncio.wait_for(got.get(), 1.0) == b"LVSHB2 00000000000000ff node-a 1 -"
     finally:
         transport.close()
         responder.close()
@@ -505,13 +515,17 @@ async def test_elector_takes_over_as_soon_as_the_leader_stops_answering() -> Non
 def test_probe_carries_identity_ack_and_gate() -> None:
     from lvs_operator.director.peer import Probe, parse_probe_full
 
-    data = make_probe("0123456789abcdef", "node-b", "fedcba9876543210", gated=True)
-    assert parse_probe_full(data) == Probe("0123456789abcdef", "node-b", "fedcba9876543210", True)
+    data = make_probe("0123456789abcdef", "node-b", "fedcba9876543210", gated=True, seq=7)
+    assert data == b"LVSHB2 0123456789abcdef node-b fedcba9876543210 1 0000000000000007 -"
+    assert parse_probe_full(data) == Probe(
+        "0123456789abcdef", "node-b", "fedcba9876543210", True, 7
+    )
     assert parse_probe_full(make_probe("0123456789abcdef", "node-b")) == Probe(
         "0123456789abcdef", "node-b", None, False
     )
     assert parse_probe_full(data + b" x") is None
-    assert parse_probe_full(data[:-1] + b"2") is None
+    flag = data.index(b" 1 ") + 1
+    assert parse_probe_full(data[:flag] + b"2" + data[flag + 1 :]) is None
 
 
 def test_responder_confirms_only_acks_of_its_leading_replies() -> None:

@@ -79,10 +79,27 @@ def test_same_service_accounts(rendered: list[dict[str, Any]]) -> None:
 
 
 def test_controller_gets_no_rbac_or_secret_rights(rendered: list[dict[str, Any]]) -> None:
-    """Least privilege: nothing that could escalate, whatever deploy/rbac says."""
-    for role in by_kind(rendered, ROLE_KINDS).values():
+    """Least privilege: nothing that could escalate, whatever deploy/rbac says. Secrets: only
+    the controller, only in its namespace, only create (the groups' heartbeat keys); nobody
+    reads one through the API (the kubelet mounts the key into the agents)."""
+    for (kind, name), role in by_kind(rendered, ROLE_KINDS).items():
         for rule in role["rules"]:
             assert "rbac.authorization.k8s.io" not in rule["apiGroups"]
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-            assert "secrets" not in rule["resources"]
+            if "secrets" in rule["resources"]:
+                assert (kind, name) == ("Role", "lvs-operator"), (kind, name)
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["create"]
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_reference_rbac_grants_secret_create_only_to_the_controller_role() -> None:
+    """The same, on deploy/rbac (checked without helm)."""
+    grants = [
+        (d["kind"], d["metadata"]["name"], rule)
+        for d in reference_docs()
+        if d["kind"] in ROLE_KINDS
+        for rule in d.get("rules") or []
+        if "secrets" in rule["resources"]
+    ]
+    assert [(k, n, r["verbs"]) for k, n, r in grants] == [("Role", "lvs-operator", ["create"])]
+    assert grants[0][2]["apiGroups"] == [""]
