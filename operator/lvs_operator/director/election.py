@@ -226,6 +226,7 @@ class Elector:
         holder_heard: HolderHeard | None = None,
         confirmations: Confirmations | None = None,
         vip_in_use: VipInUse | None = None,
+        gated: Callable[[], bool] | None = None,
         on_record: OnRecord | None = None,
     ) -> None:
         self.config = config
@@ -244,6 +245,9 @@ class Elector:
         self.holder_heard = holder_heard
         self.confirmations = confirmations
         self.vip_in_use = vip_in_use
+        # gated(): this director checks ARP for *every* VIP of the group before a takeover
+        # (and tells the leader so in its probes): its takeover needs no listing
+        self.gated = gated
         self.on_record = on_record
         self.is_leader = False
         self._serving = False  # leader, or stepping down and on_change(False) not done yet
@@ -263,6 +267,7 @@ class Elector:
         self._backoff = 0.0
         self._led_since = 0.0
         self._blocked_by_vip = False  # logged once per episode
+        self._waiting_logged = False
         self.last_stepdown_reason = ""
         self._wake = asyncio.Event()
         self._stopped = False
@@ -396,13 +401,21 @@ class Elector:
             log.warning("reading heartbeat confirmations failed: %s", exc or type(exc).__name__)
             return {}
 
+    def _keep_for(self, c: Confirmed) -> float:
+        """How long a member's proof keeps it listed: a gated member's silence does not bound
+        our hold, so it stays listed (removing it would only churn writes under jitter) for
+        the Lease duration; a strict one is removed quickly, before its silence makes us
+        step down."""
+        cfg = self.config
+        return float(cfg.lease_duration) if c.gated else cfg.remove_after
+
     def _fresh_members(self, now: float) -> dict[str, str]:
-        """The standbys to list in the next write: confirmed within ``remove_after``."""
+        """The standbys to list in the next write."""
         cfg = self.config
         return {
             name: c.address
             for name, c in self._confirmed().items()
-            if name != cfg.identity and now - c.at < cfg.remove_after
+            if name != cfg.identity and now - c.at < self._keep_for(c)
         }
 
     def _authority_until(self) -> float:
@@ -466,7 +479,7 @@ class Elector:
             for name in self._listed:
                 c = confirmed.get(name)
                 if c is not None:
-                    wake = min(wake, max(c.at + cfg.remove_after, self._next_write))
+                    wake = min(wake, max(c.at + self._keep_for(c), self._next_write))
             wake = min(wake, now + 0.25)
         return max(0.005, wake - now)
 
@@ -534,6 +547,12 @@ class Elector:
             )
 
     def _wrote(self, written: LeaseRecord, sent_at: float, members: Mapping[str, str]) -> None:
+        if self.outage_tolerant and dict(members) != self._listed:
+            log.info(
+                "standbys listed on the Lease: %s",
+                ", ".join(sorted(members)) or "none",
+                extra={"identity": self.config.identity},
+            )
         self._record = written
         self._last_renew = sent_at
         self._listed = dict(members) if self.outage_tolerant else {}
@@ -557,10 +576,23 @@ class Elector:
             delay = min(delay, self._retake_after - now)
         return max(0.005, delay)
 
-    def _expiry(self, record: LeaseRecord) -> float:
-        """How long this director must see ``record`` unchanged before it may take it."""
+    def _eligible(self, record: LeaseRecord) -> bool:
+        """Whether this standby may take ``record`` by heartbeat loss or plain expiry: the
+        record lists it (or lists nobody: classic mode), or it is gated (it takes over only
+        where no node answers for the VIPs, which the holder's hold does not rely on)."""
         members = parse_members(record)
         if members is None or self.config.identity in members:
+            return True
+        if self.gated is None:
+            return False
+        try:
+            return bool(self.gated())
+        except Exception:
+            return False
+
+    def _expiry(self, record: LeaseRecord) -> float:
+        """How long this director must see ``record`` unchanged before it may take it."""
+        if self._eligible(record):
             return float(record.duration_seconds)
         return record.duration_seconds + self.config.outage_hold
 
@@ -641,10 +673,19 @@ class Elector:
         holder = current.holder
         if self._holder_heard(holder):
             return ""  # it answers "leading": never, expired or not
-        listed = parse_members(current)
-        is_listed = listed is None or self.config.identity in listed
-        if is_listed and self._holder_lost(holder):
+        eligible = self._eligible(current)
+        lost = self._holder_lost(holder)
+        if eligible and lost:
             return f"peer heartbeat from {holder!r} lost"
+        if lost and not self._waiting_logged:
+            self._waiting_logged = True
+            log.warning(
+                "the holder is silent, but this director is neither listed on the Lease nor "
+                "checking ARP for every VIP of the group: it waits for the Lease to expire "
+                "(%.0fs) plus the outage hold",
+                current.duration_seconds,
+                extra={"identity": self.config.identity, "holder": holder},
+            )
         if self.clock.monotonic() - self._observed_at >= self._expiry(current):
             return f"Lease of {holder!r} expired"
         return ""
@@ -689,6 +730,7 @@ class Elector:
         self._wrote(record, sent_at, members)
         self._led_since = sent_at
         self._blocked_by_vip = False
+        self._waiting_logged = False
         await self._set_leader(True, why)
 
     async def _step_down(self, why: str) -> None:

@@ -85,6 +85,7 @@ class Heartbeat:
         self.monitor = monitor
         elector.holder_unreachable = monitor.unreachable
         elector.holder_heard = monitor.heard_leading
+        elector.gated = lambda: monitor.health.gated
         elector.on_record = lambda record: monitor.follow(
             record.holder, record.annotations, identity
         )
