@@ -23,6 +23,7 @@ from lvs_operator.director.election import (
     parse_members,
 )
 from lvs_operator.director.peer import (
+    HeartbeatMonitor,
     HeartbeatResponder,
     PeerHealth,
     make_reply,
@@ -485,3 +486,42 @@ async def test_gated_standby_not_yet_listed_fails_over_at_expiry_not_after_the_h
         await group.run(0.1)
     assert group["b"].elector.is_leader
     assert group.now - crashed_at <= a.elector.config.lease_duration + 1
+
+
+async def test_over_loopback_the_leader_lists_a_probing_standby_within_a_second() -> None:
+    """The real responder and monitor threads on 127.0.0.1, the real clock: a standby that
+    starts probing the leader is listed on the Lease within about a second (the listing
+    follows its acknowledgements; arming takes a second of answers too)."""
+    store = FakeLeaseStore()
+    leader = Elector(ElectionConfig("a"), FakeLeaseApi(store))
+    responder = HeartbeatResponder("a", lambda: leader.serving, host="127.0.0.1", port=0)
+    await responder.start()
+    leader.confirmations = responder.confirmations
+    monitor = HeartbeatMonitor(identity="b")
+    await monitor.start()
+    task = asyncio.create_task(leader.run())
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not leader.is_leader and loop.time() - t0 < 5:
+            await asyncio.sleep(0.01)
+        assert responder.address is not None
+        monitor.set_target("a", responder.address)
+        t1 = loop.time()
+        members: dict[str, str] | None = {}
+        while loop.time() - t1 < 10:
+            members = parse_members(store.record) if store.record else None
+            if members:
+                break
+            await asyncio.sleep(0.02)
+        listed_after = loop.time() - t1
+        assert members == {"b": "127.0.0.1"}, members
+        assert listed_after < 3.0, listed_after  # generous: a loaded machine
+        await asyncio.sleep(1.5)
+        assert monitor.health.armed
+        assert parse_members(store.record) == {"b": "127.0.0.1"}  # still listed
+    finally:
+        await leader.release()
+        await asyncio.wait_for(task, 5)
+        await monitor.close()
+        responder.close()
