@@ -465,11 +465,11 @@ def test_director_group_daemonset_lease_and_status(
         assert c.readinessProbe.httpGet.path == "/readyz"
         assert len(list(admin.list(DaemonSet, namespace=opns, labels={GROUP_LABEL: group}))) == 1
         # the group's heartbeat key: created after the DaemonSet, owned by it, mounted by it
-        key = wait_for(
+        secret = wait_for(
             lambda: admin.get(Secret, peer_secret_name(group), namespace=opns), timeout=30
         )
-        assert len(base64.b64decode(key.data["key"])) == 32
-        (owner,) = key.metadata.ownerReferences
+        assert len(base64.b64decode(secret.data["key"])) == 32
+        (owner,) = secret.metadata.ownerReferences
         assert (owner.kind, owner.name, owner.uid) == ("DaemonSet", ds_name, ds.metadata.uid)
         (volume,) = spec.volumes
         assert volume.secret.secretName == peer_secret_name(group)
