@@ -4,7 +4,7 @@ Run by hand (not in CI) on a machine prepared by ``make setup`` (control plane +
 Debian's ``keepalived`` installed (``apt-get install keepalived``; the host's service is not
 used: keepalived runs inside the VM's director namespaces):
 
-    python bench/e2e_failover.py [--runs 5] [--lease 2,1.5,0.4] [--peer 0.1,0.35]
+    python bench/e2e_failover.py [--runs 5] [--lease 10,7,2] [--peer 0.05,0.3]
                                  [--skip-keepalived]
 
 Same set-up as the e2e tier (e2e/system.py): the real control plane, the controller, two

@@ -454,7 +454,7 @@ def test_5_node_crash_standby_takes_over(system: System) -> None:
     stats = analyse(s.stop_loop(loop, out), at, old)
     assert res["holder"] == new, f"{res}\n{s.logs()}"
     assert stats["old_to_new"] is not None, stats
-    # heartbeat silence 0.4 s + the ARP check + a Lease write through the real API server +
+    # heartbeat silence 0.3 s + the ARP check + a Lease write through the real API server +
     # the VIP add, seen by a client whose requests time out after 0.5 s: 1.07 s measured here
     assert stats["old_to_new"] < 2.0, stats
     FIGURES["crash_failover"] = stats["old_to_new"]

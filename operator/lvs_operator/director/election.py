@@ -70,7 +70,7 @@ PROGRAMMED_ANNOTATION = contract.PROGRAMMED_ANNOTATION
 DEFAULT_LEASE_DURATION = 10
 DEFAULT_RENEW_DEADLINE = 7.0  # classic mode only
 DEFAULT_RETRY_PERIOD = 2.0
-DEFAULT_PEER_TIMEOUT = 0.4  # = peer.DEFAULT_PEER_TIMEOUT (a standby's silence threshold)
+DEFAULT_PEER_TIMEOUT = 0.3  # = peer.DEFAULT_PEER_TIMEOUT (a standby's silence threshold)
 DEFAULT_OUTAGE_HOLD = 120.0
 STEPDOWN_MARGIN = 0.1  # the leader's VIPs are gone this long before a standby may judge it
 MAX_BACKOFF = 30.0

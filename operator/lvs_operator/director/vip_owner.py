@@ -42,7 +42,7 @@ NO_ROUTE = (
     "no route to the VIP on this node: add a route to its subnet, or set spec.directors.interface"
 )
 ANNOUNCE_STOP_WAIT = 0.2  # seconds a step-down waits for announcements to stop (one frame)
-PROBE_TIMEOUT = 0.1  # seconds ``answered`` listens: three probes 20 ms apart, then answers
+PROBE_TIMEOUT = 0.06  # seconds ``answered`` listens: three probes 20 ms apart, then answers
 
 
 class VipNode(Protocol):
