@@ -230,12 +230,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument(
         "--lease",
-        default="2,1.5,0.4,1",
+        default=None,
         help="our agents' duration,renew-deadline,retry[,start-up grace] (default: the product's)",
     )
     p.add_argument(
         "--peer",
-        default="0.1,0.35",
+        default=None,
         help="our agents' peer heartbeat interval,timeout (default: the product's)",
     )
     p.add_argument("--skip-keepalived", action="store_true")
@@ -250,7 +250,10 @@ def main(argv: list[str]) -> int:
         res = s.call("wait_answers", timeout=120)
         if not res["ok"]:
             raise RuntimeError(f"no answer through the VIP: {res}\n{s.logs()}")
-        ours = f"ours ({timings.lease_duration}/{timings.renew_deadline}/{timings.retry_period})"
+        ours = (
+            f"ours ({timings.lease_duration}/{timings.renew_deadline}/{timings.retry_period}, "
+            f"peer {timings.peer_interval}/{timings.peer_timeout})"
+        )
         if not a.skip_ours:
             table[ours] = medians(run_cases(ours, lambda k, n: ours_once(s, k, n), a.runs))
         if not a.skip_keepalived:
