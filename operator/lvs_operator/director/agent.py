@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
 from ..listwatch import KubeClient
@@ -59,6 +60,7 @@ from .watches import Watches
 log = logging.getLogger("lvs_operator.director.agent")
 
 DRAIN_RECHECK = 2.0  # seconds between looks at quiesced destinations' connection counts
+PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
 
 
 class Agent:
@@ -109,10 +111,13 @@ class Agent:
         async def node_address(ifname: str, version: int, exclude: list[str]) -> str | None:
             return await self.vip_lane.run(node.link_address, ifname, version, exclude)
 
+        self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
         )  # fmt: skip
+        if self.heartbeat.monitor is not None:
+            self.heartbeat.monitor.on_suspect = self._precheck_soon
 
     @property
     def ready(self) -> bool:
@@ -131,10 +136,33 @@ class Agent:
         placed = bool(wanted) and wanted <= set(self.vips.placements)
         self.heartbeat.set_gated(placed and self._can_probe)
 
+    def _precheck_soon(self) -> None:
+        """The holder is about to be judged silent: probe for the VIPs now, so the takeover
+        does not wait for the probe's listening window after the judgement."""
+        if self._precheck is None or self._precheck.done():
+            self._precheck = asyncio.create_task(self._probe_vips())
+
+    async def _probe_vips(self) -> tuple[float, set[str]]:
+        started = time.monotonic()
+        return started, await self.vips.answered()
+
     async def _vip_in_use(self) -> bool:
         """Before taking over from a live-looking holder: does another node still answer ARP
-        (or NDP) for one of the group's VIPs? A stopped leader's kernel still holds them."""
-        answered = await self.vips.answered()
+        (or NDP) for one of the group's VIPs? A stopped leader's kernel still holds them.
+
+        A probe that started at most PRECHECK_MAX_AGE ago (on the heartbeat's suspicion) and
+        found nobody is used as is: a VIP absent from every other node stays absent unless a
+        node that holds the Lease adds it, and that node's Lease write would make our
+        takeover's write fail (409)."""
+        answered: set[str] | None = None
+        pre = self._precheck
+        if pre is not None:
+            with contextlib.suppress(Exception):
+                started, found = await pre
+                if time.monotonic() - started <= PRECHECK_MAX_AGE:
+                    answered = found
+        if answered is None:
+            answered = await self.vips.answered()
         if answered:
             self.metrics.takeovers_held.inc()
         return bool(answered)

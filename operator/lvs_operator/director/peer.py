@@ -694,12 +694,19 @@ class HeartbeatMonitor:
         identity: str = "",
         key: bytes | None = None,
         on_reject: Callable[[str, str], None] | None = None,
+        on_suspect: Callable[[], None] | None = None,
+        suspect_lead: float = 0.1,
     ) -> None:
         if not 0 < interval < timeout:
             raise ValueError(
                 f"heartbeat interval ({interval}s) must be > 0 and below the timeout ({timeout}s)"
             )
         self.on_lost = on_lost
+        # on_suspect(): once per silence, ``suspect_lead`` before the holder is judged lost
+        # (armed standbys only), so a takeover's checks can start early
+        self.on_suspect = on_suspect
+        self.suspect_lead = min(suspect_lead, timeout / 2)
+        self._suspect_fired = False
         self.interval = interval
         self.health = PeerHealth(
             timeout=timeout, arm_after=arm_after, identity=identity, key=key, on_reject=on_reject
@@ -814,6 +821,8 @@ class HeartbeatMonitor:
             deadline = self.health.deadline()
         if deadline is not None and not self._lost_fired:
             wake = min(wake, deadline)
+            if not self._suspect_fired:
+                wake = min(wake, deadline - self.suspect_lead)
         self._wait(max(0.005, wake - self._clock()))
 
     def _wait(self, timeout: float) -> None:
@@ -866,6 +875,13 @@ class HeartbeatMonitor:
     def _check(self, now: float) -> None:
         with self._lock:
             health = self.health
+            deadline = health.deadline()
+            suspect = deadline is not None and now >= deadline - self.suspect_lead
+            if not suspect:
+                self._suspect_fired = False
+            elif not self._suspect_fired:
+                self._suspect_fired = True
+                self._tell(self._call_on_suspect)
             if not health.unreachable(health.holder, now):
                 self._lost_fired = False  # (answering again:) a later loss fires again
                 return
@@ -882,6 +898,19 @@ class HeartbeatMonitor:
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
                 loop.call_soon_threadsafe(self._call_on_lost)
+
+    def _tell(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(callback)
+
+    def _call_on_suspect(self) -> None:
+        if self.on_suspect is not None:
+            try:
+                self.on_suspect()
+            except Exception:
+                log.exception("heartbeat on_suspect callback failed")
 
     def _call_on_lost(self) -> None:
         if self.on_lost is not None:

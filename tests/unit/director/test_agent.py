@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from typing import Any
 
 from lvs_operator.director.agent import Agent
@@ -370,3 +371,24 @@ async def test_a_vip_on_a_missing_interface_does_not_stop_the_others() -> None:
     problems = parse_vip_problems(store.record.annotations[VIP_PROBLEMS_ANNOTATION])
     assert list(problems) == ["10.10.0.101"] and "eth9" in problems["10.10.0.101"]
     assert agent.elector.is_leader
+
+
+async def test_a_fresh_vip_probe_from_the_heartbeats_suspicion_is_not_repeated() -> None:
+    """The heartbeat suspects the holder just before judging it lost: the probe for the VIPs
+    starts then, and the takeover uses its answer instead of waiting for a probe of its own;
+    an old answer is never used."""
+    vips = FakeVips()
+    agent = make(vips=vips)
+    agent.vips.placements = {VIP: "front"}
+    agent._precheck_soon()
+    assert agent._precheck is not None
+    await agent._precheck
+    probes = len(vips.probed)
+    assert await agent._vip_in_use() is False
+    assert len(vips.probed) == probes  # the suspicion's probe stood for it
+    stale: asyncio.Future[tuple[float, set[str]]] = asyncio.get_running_loop().create_future()
+    stale.set_result((time.monotonic() - 10, set()))
+    agent._precheck = stale  # type: ignore[assignment]
+    vips.answering = {VIP}
+    assert await agent._vip_in_use() is True  # probed again, and someone answers
+    assert len(vips.probed) == probes + 1

@@ -546,3 +546,39 @@ def test_responder_confirms_only_acks_of_its_leading_replies() -> None:
     responder.note_ack(Probe("00000000000000dd", "node-b", None, False), "10.0.0.2")
     assert responder.confirmations()["node-b"].gated is False
     assert responder.confirmations()["node-b"].at == 9.5
+
+
+async def test_monitor_suspects_the_holder_before_it_judges_it_lost() -> None:
+    """Armed, then the holder goes silent: ``on_suspect`` once, ``suspect_lead`` before
+    ``on_lost`` once (the takeover's ARP probe starts on the suspicion)."""
+    import asyncio
+
+    from lvs_operator.director.peer import HeartbeatMonitor
+
+    loop = asyncio.get_running_loop()
+    events: list[tuple[str, float]] = []
+    responder = HeartbeatResponder("node-a", lambda: True, host="127.0.0.1", port=0)
+    await responder.start()
+    monitor = HeartbeatMonitor(
+        lambda: events.append(("lost", loop.time())),
+        interval=0.05, timeout=0.3, arm_after=0.2, identity="node-b",
+        on_suspect=lambda: events.append(("suspect", loop.time())),
+    )  # fmt: skip
+    await monitor.start()
+    try:
+        assert responder.address is not None
+        monitor.set_target("node-a", responder.address)
+        t0 = loop.time()
+        while not monitor.health.armed and loop.time() - t0 < 10:
+            await asyncio.sleep(0.02)
+        assert monitor.health.armed and events == []
+        responder.close()
+        t0 = loop.time()
+        while len(events) < 2 and loop.time() - t0 < 10:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert [name for name, _ in events] == ["suspect", "lost"], events
+        assert events[1][1] - events[0][1] >= 0.05  # ahead of the judgement
+    finally:
+        await monitor.close()
+        responder.close()
