@@ -49,6 +49,8 @@ ICMP6_FILTER = 1  # <netinet/icmp6.h>: socket option of IPPROTO_ICMPV6
 PACKET_OUTGOING = 4  # AF_PACKET pkttype of a frame this host sent
 PROBE_COUNT = 3  # probes per VIP, PROBE_GAP apart: one lost frame is no false "free"
 PROBE_GAP = 0.02
+PROBE_ROUNDS = 2  # a silent window is checked once more before "nobody answers"
+MAX_FRAMES = 256  # read per socket per look
 
 
 class NoSuchInterface(LookupError):
@@ -329,7 +331,6 @@ class VipManager:
         found: set[str] = set()
         if not items:
             return found
-        deadline = time.monotonic() + timeout
         probes: list[_Probe] = []
         try:
             # one socket per interface and IP version
@@ -343,13 +344,22 @@ class VipManager:
                 except OSError as exc:
                     log.debug("cannot probe for the VIPs: %s", exc,
                               extra={"interface": ifname, "vips": vips})  # fmt: skip
-            for i in range(PROBE_COUNT):
+            # "nobody answered" lets a takeover through, so it must not come from a window
+            # this process (or its VM) slept through: answers are read from the socket even
+            # after the deadline, and a silent window is followed by a second one
+            for _ in range(PROBE_ROUNDS):
+                deadline = time.monotonic() + timeout
+                for i in range(PROBE_COUNT):
+                    for probe in probes:
+                        probe.send()
+                    last = i + 1 == PROBE_COUNT
+                    gap = min(deadline, time.monotonic() + PROBE_GAP)
+                    _collect(probes, deadline if last else gap, found)
+                    if time.monotonic() >= deadline:
+                        break
                 for probe in probes:
-                    probe.send()
-                last = i + 1 == PROBE_COUNT
-                _collect(probes, deadline if last else min(deadline, time.monotonic() + PROBE_GAP),
-                         found)  # fmt: skip
-                if time.monotonic() >= deadline:
+                    probe.receive(found)  # what queued while we were not looking
+                if found:
                     break
         except Exception as exc:  # a probe only informs: never fail the caller
             log.debug("probing for the VIPs failed: %s", exc)
@@ -394,9 +404,10 @@ class _Probe:
         """One waiting answer: (VIP, the answering MAC if known), or None if not one."""
         raise NotImplementedError
 
-    def receive(self, found: set[str], until: float) -> None:
-        """Read what is waiting (non-blocking) into ``found``; a busy link stops at ``until``."""
-        while time.monotonic() < until:
+    def receive(self, found: set[str]) -> None:
+        """Read what is waiting (non-blocking) into ``found``; at most MAX_FRAMES, so a
+        flood cannot keep us here."""
+        for _ in range(MAX_FRAMES):
             try:
                 answer = self._read()
             except (BlockingIOError, InterruptedError):
@@ -464,7 +475,7 @@ def _collect(probes: list[_Probe], until: float, found: set[str]) -> None:
         ready, _, _ = select.select([p.sock for p in probes], [], [], left)
         for probe in probes:
             if probe.sock in ready:
-                probe.receive(found, until)
+                probe.receive(found)
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,35 @@ def test_answered_never_raises_and_bounds_its_time() -> None:
     items = [("10.10.0.100", "nosuch0", (99, MAC)), ("2001:db8::100", "nosuch0", (99, MAC))]
     assert manager.answered(items, 0.05) == set()
     assert manager.answered([("not an address", "front", (2, MAC))], 0.05) == set()
+
+
+def test_answers_that_queued_while_the_prober_slept_still_count() -> None:
+    """A loaded host stalled the standby past its listening window; the holder's ARP reply
+    was waiting in the socket, and used to be dropped as late: "nobody answers", a takeover,
+    two holders (seen under load in the data-plane tier). Whatever queued is read."""
+    import socket as socket_mod
+
+    from lvs_operator.director import vip as vip_mod
+
+    ours, holder = socket_mod.socketpair(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    ours.setblocking(False)
+
+    class Probe(vip_mod._Probe):
+        def __init__(self) -> None:
+            super().__init__("front", 2, "02:00:00:00:00:01", ["10.10.0.100"])
+            self.sock = ours
+
+        def _send(self, vip: str) -> None:
+            pass
+
+        def _read(self) -> tuple[str, str | None] | None:
+            return vip_mod.parse_arp_reply(self.sock.recv(128))
+
+    holder.send(vip_mod.garp_frame("10.10.0.100", "02:00:00:00:00:02", reply=True))
+    found: set[str] = set()
+    try:
+        Probe().receive(found)  # long after any deadline
+    finally:
+        ours.close()
+        holder.close()
+    assert found == {"10.10.0.100"}
