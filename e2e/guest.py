@@ -30,6 +30,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -461,17 +462,41 @@ def loop_main(a: argparse.Namespace) -> int:
     Bounded by --max-seconds."""
     stop = _stopper()
     end = now() + a.max_seconds
+    lock = threading.Lock()
+    # --concurrent: a request starts every interval even while earlier ones hang (a bounded
+    # number in flight), so the first answer after a failover is seen within one interval
+    # instead of after the hung request's timeout.
+    slots = threading.BoundedSemaphore(int(a.timeout / a.interval) + 2)
+
+    def one(ts: float, out: Any) -> None:
+        try:
+            name, director = _get(a.vip, a.port, a.timeout)
+            row: list[Any] = [round(ts, 4), name, director, None]
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            row = [round(ts, 4), None, None, f"{type(exc).__name__}: {exc}"[:120]]
+        row.append(round(now() - ts, 4))
+        with lock:
+            out.write(json.dumps(row) + "\n")
+
+    def release_after(ts: float, out: Any) -> None:
+        try:
+            one(ts, out)
+        finally:
+            slots.release()
+
+    threads: list[threading.Thread] = []
     with open(a.out, "a", buffering=1) as out:
         while not stop[0] and now() < end:
             ts = now()
-            try:
-                name, director = _get(a.vip, a.port, a.timeout)
-                row: list[Any] = [round(ts, 4), name, director, None]
-            except (OSError, http.client.HTTPException, RuntimeError) as exc:
-                row = [round(ts, 4), None, None, f"{type(exc).__name__}: {exc}"[:120]]
-            row.append(round(now() - ts, 4))
-            out.write(json.dumps(row) + "\n")
+            if not a.concurrent:
+                one(ts, out)
+            elif slots.acquire(timeout=a.timeout):
+                th = threading.Thread(target=release_after, args=(ts, out), daemon=True)
+                th.start()
+                threads = [x for x in threads if x.is_alive()] + [th]
             time.sleep(max(0.0, a.interval - (now() - ts)))
+        for th in threads:
+            th.join(a.timeout + 1)
     return 0
 
 
@@ -582,6 +607,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--max-seconds", type=float, default=300)
+    p.add_argument("--concurrent", action="store_true", help="loop: do not wait for a hung request")
     a = p.parse_args(argv)
     return {"loop": loop_main, "sampler": sampler_main, "hold": hold_main}[a.mode](a)
 

@@ -687,9 +687,15 @@ class System:
         return rows
 
     def start_loop(
-        self, name: str, interval: float = 0.05, timeout: float = 2.0, max_seconds: float = 120
+        self,
+        name: str,
+        interval: float = 0.05,
+        timeout: float = 2.0,
+        max_seconds: float = 120,
+        concurrent: bool = False,
     ) -> tuple[GuestProcess, str]:
-        """A request loop in the client (see e2e/guest.py), after its first answer."""
+        """A request loop in the client (see e2e/guest.py), after its first answer;
+        ``concurrent``: a request every ``interval`` even while others hang."""
         assert self.vm is not None
         out = str(self.vm.shared / f"loop-{name}.jsonl")
         proc = self.vm.spawn(
@@ -706,6 +712,7 @@ class System:
                 str(timeout),
                 "--max-seconds",
                 str(max_seconds),
+                *(["--concurrent"] if concurrent else []),
             ],
             name=f"loop-{name}",
         )
