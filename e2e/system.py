@@ -339,19 +339,21 @@ class System:
             out = self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
         self.say("installed the operator's RBAC:\n" + _indent(out))
 
-    def token_kubeconfig(self, account: str, server: str, path: Path) -> Path:
-        """A kubeconfig authenticating as ``account`` in the operator's namespace."""
+    def token_kubeconfig(
+        self, account: str, server: str, path: Path, namespace: str = OPERATOR_NS
+    ) -> Path:
+        """A kubeconfig authenticating as ServiceAccount ``account`` of ``namespace``."""
         assert self.admin is not None and self.cluster is not None
         wait_for(
-            lambda: self.admin.get(ServiceAccount, account, namespace=OPERATOR_NS),  # type: ignore[union-attr]
+            lambda: self.admin.get(ServiceAccount, account, namespace=namespace),  # type: ignore[union-attr]
             timeout=30,
             message=f"ServiceAccount {account}",
         )
         request = ServiceAccount.Token(
-            metadata=ObjectMeta(name=account, namespace=OPERATOR_NS),
+            metadata=ObjectMeta(name=account, namespace=namespace),
             spec=TokenRequestSpec(audiences=[], expirationSeconds=24 * 3600),
         )
-        token = self.admin.create(request, account, namespace=OPERATOR_NS).status.token
+        token = self.admin.create(request, account, namespace=namespace).status.token
         ca = path.parent / f"{path.stem}.ca.crt"
         shutil.copyfile(self.cluster.info["ca"], ca)
         config = {
@@ -364,7 +366,7 @@ class System:
             "contexts": [
                 {
                     "name": account,
-                    "context": {"cluster": "e2e", "user": account, "namespace": OPERATOR_NS},
+                    "context": {"cluster": "e2e", "user": account, "namespace": namespace},
                 }
             ],
             "current-context": account,

@@ -67,12 +67,15 @@ def virtual_server(name: str, vip: str, port: int, target: int | str | None = "h
     body: dict[str, Any] = {"vip": vip, "ports": [p], "poolRef": {"name": pool_name},
                             "directors": {"nodeSelector": {"lvs.io/director": "true"}}}  # fmt: skip
     body.update(spec)
+    # as the controller leaves it: labelled for the group, and accepted in the status (what
+    # the agents trust; the label only selects what they watch)
     return {
         "apiVersion": "lvs.io/v1alpha1",
         "kind": "VirtualServer",
         "metadata": {"name": name, "namespace": APP_NS,
                      "labels": {"lvs.io/director-group": GROUP}},
         "spec": body,
+        "status": {"directorGroup": GROUP, "acceptedVIP": vip},
     }  # fmt: skip
 
 

@@ -136,6 +136,24 @@ def wait_vip(vip: str, within: float = 60, exclude: str | None = None) -> dict[s
     return {"holder": None, "holders": holders, "seconds": round(now() - t0, 2)}
 
 
+def vip_entries(ns: str, vip: str) -> list[dict[str, Any]]:
+    """The kernel's records of ``vip`` in director ``ns``: interface index, prefix length,
+    IFA_PROTO and seconds of lifetime left (None: forever)."""
+    from lvs_operator.director.kernel.addresses import Rtnl
+    from lvs_operator.director.kernel.netns import in_netns
+
+    with in_netns(ns):
+        rt = Rtnl()
+    try:
+        return [
+            {"index": e.index, "prefixlen": e.prefixlen, "proto": e.proto, "valid_lft": e.valid_lft}
+            for e in rt.addresses()
+            if e.address == vip
+        ]
+    finally:
+        rt.close()
+
+
 def ipvs(ns: str) -> str:
     return t.nsexec(ns, "ipvsadm", "-Ln", check=False)
 

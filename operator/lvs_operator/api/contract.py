@@ -158,6 +158,9 @@ ENV_HEALTH_PORT: Final = "LVS_HEALTH_PORT"
 ENV_METRICS_PORT: Final = "LVS_METRICS_PORT"
 ENV_PEER_PORT: Final = "LVS_PEER_PORT"
 ENV_PEER_KEY_FILE: Final = "LVS_PEER_KEY_FILE"
+# The controller's own --vip-ranges (comma-separated CIDRs): the agent refuses a VIP outside
+# them too, whatever the VirtualServer says ("": not checked by the agent)
+ENV_VIP_RANGES: Final = "LVS_VIP_RANGES"
 # Set by the controller only when its own flags say so (else the agent's defaults hold).
 ENV_LEASE_DURATION_SECONDS: Final = "LVS_LEASE_DURATION_SECONDS"
 ENV_RENEW_DEADLINE_SECONDS: Final = "LVS_RENEW_DEADLINE_SECONDS"
@@ -173,6 +176,7 @@ ENV_PEER_INTERVAL_SECONDS: Final = "LVS_PEER_INTERVAL_SECONDS"
 ENV_PEER_TIMEOUT_SECONDS: Final = "LVS_PEER_TIMEOUT_SECONDS"
 ENV_PEER_ADDRESS: Final = "LVS_PEER_ADDRESS"
 ENV_OUTAGE_HOLD_SECONDS: Final = "LVS_OUTAGE_HOLD_SECONDS"
+ENV_VIP_LIFETIME_SECONDS: Final = "LVS_VIP_LIFETIME_SECONDS"
 # Both processes read it (the controller's --log-level, the agent's).
 ENV_LOG_LEVEL: Final = "LVS_LOG_LEVEL"
 
@@ -187,6 +191,7 @@ CONTROLLER_SET_ENV: Final = (
     ENV_METRICS_PORT,
     ENV_PEER_PORT,
     ENV_PEER_KEY_FILE,
+    ENV_VIP_RANGES,
 )
 # ... and those it sets only when configured.
 CONTROLLER_OPTIONAL_ENV: Final = (

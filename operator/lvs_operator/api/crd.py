@@ -207,6 +207,9 @@ def virtualserver_status_schema() -> Schema:
         "properties": {
             "observedGeneration": {"type": "integer", "minimum": 0},
             "directorGroup": {"type": "string", "maxLength": 63},
+            # the VIP the controller accepted for directorGroup: director agents program
+            # only a VirtualServer whose spec.vip is this (tenants cannot write status)
+            "acceptedVIP": {"type": "string", "maxLength": 45},
             "activeDirector": {"type": "string", "maxLength": 253},
             "directors": {
                 "type": "array",

@@ -158,6 +158,7 @@ class DirectorStatus:
 class VirtualServerStatus:
     observed_generation: int = 0
     director_group: str = ""
+    accepted_vip: str = ""  # the VIP the controller accepted for director_group
     active_director: str = ""
     directors: tuple[DirectorStatus, ...] = ()
     ready_real_servers: int = 0
@@ -170,6 +171,7 @@ class VirtualServerStatus:
         return cls(
             observed_generation=int(obj.get("observedGeneration") or 0),
             director_group=str(obj.get("directorGroup", "")),
+            accepted_vip=str(obj.get("acceptedVIP", "")),
             active_director=str(obj.get("activeDirector", "")),
             directors=tuple(
                 DirectorStatus(str(d.get("node", "")), str(d.get("role", "")))

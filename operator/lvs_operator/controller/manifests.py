@@ -202,6 +202,7 @@ def director_env(group: str, config: ControllerConfig) -> list[dict[str, Any]]:
         {"name": contract.ENV_METRICS_PORT, "value": str(config.metrics_port)},
         {"name": contract.ENV_PEER_PORT, "value": str(config.peer_port)},
         {"name": contract.ENV_PEER_KEY_FILE, "value": contract.DEFAULT_PEER_KEY_FILE},
+        {"name": contract.ENV_VIP_RANGES, "value": ",".join(str(r) for r in config.vip_ranges)},
     ]
     t = config.timings
     for name, value in (

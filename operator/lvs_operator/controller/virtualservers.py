@@ -56,6 +56,7 @@ NO_STANDBY_DIRECTOR = "NoStandbyDirector"
 STATUS_FIELDS = (
     "observedGeneration",
     "directorGroup",
+    "acceptedVIP",
     "activeDirector",
     "directors",
     "readyRealServers",
@@ -339,6 +340,8 @@ def vs_status(
     status: dict[str, Any] = {"observedGeneration": gen}
     if decision.accepted and decision.group:
         status["directorGroup"] = decision.group
+        if decision.vs is not None:
+            status["acceptedVIP"] = canonical_ip(decision.vs.spec.vip)
         if view is not None:
             if view.active:
                 status["activeDirector"] = view.active

@@ -43,7 +43,7 @@ import time
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
 from ..listwatch import KubeClient
-from .config import AgentConfig
+from .config import LIFETIME_RENEWALS, AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
 from .handover import HandoverKernel, HandoverNode, PlannedHandover
@@ -96,7 +96,9 @@ class Agent:
         )
         self.metrics.authority.set_function(self.elector.authority_left)
         self.vips = VipOwner(vips, self.vip_lane, self.metrics, on_placed=self._placed)
-        self.watches = Watches(self.dirty.set, lambda vip: self.vips.own([vip]))
+        self.watches = Watches(
+            self.dirty.set, lambda vip: self.vips.own([vip]), cfg.group, cfg.vip_ranges
+        )
         self.health = HealthChecker(self.dirty.set)
         self.ipvs = IpvsSync(
             kernel, self.netlink, self.watches, self.health, self.metrics, cfg.group,
@@ -227,6 +229,19 @@ class Agent:
             except Exception:
                 log.exception("VIP refresh failed")
 
+    async def _vip_lifetime_loop(self) -> None:
+        """The dead-man switch (vip.py): renew the lifetime of what this node holds, a few
+        times per lifetime. Runs until the handover has drained (the VIPs on lo lapse too)."""
+        if self.cfg.vip_lifetime <= 0:
+            return
+        every = self.cfg.vip_lifetime / LIFETIME_RENEWALS
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.vips.renew_lifetimes()
+            except Exception:
+                log.exception("renewing the VIPs' lifetime failed", extra={"group": self.cfg.group})
+
     async def _on_leader_change(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)
         self.metrics.transitions.inc()
@@ -242,25 +257,34 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Take one election step; if not the leader, drop the group's VIPs left on this node.
+        """Before any slow work (reading the whole IPVS table, converging): take one election
+        step, then deal with the group's VIPs left on this node. Still the leader: restart
+        their lifetime (adopted; they must not lapse during the start-up). Not: drop them.
 
         Both bounded by ``startup_grace`` (the informers are already listing): which VIPs
         are the group's comes from its VirtualServers. Without the list in time nothing is
-        dropped here; the first converge's VIP reconcile does it."""
+        done here: the first converge's VIP reconcile does it, and a stale VIP lapses by
+        itself meanwhile."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.cfg.startup_grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.elector.tick(), max(0.05, end - loop.time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.watches.vs_synced.wait(), max(0.05, end - loop.time()))
+        if self.elector.is_leader:
+            if self.watches.vs_synced.is_set():
+                adopted = await self.vips.adopt_present()
+                if adopted:
+                    log.info("restarted leader: the VIPs still here are kept",
+                             extra={"vips": adopted})  # fmt: skip
+        else:
+            await self.reconcile_vips()  # drops stale VIPs
         actual, _ = await self.netlink.run(self.kernel.read)
         await self.handover.clean_leftover()
         log.info(
             "kernel read",
             extra={"services": len(actual), "addresses": sorted({k.address for k in actual})},
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.elector.tick(), max(0.05, end - loop.time()))
-        if not self.elector.is_leader:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.watches.vs_synced.wait(), max(0.05, end - loop.time()))
-            await self.reconcile_vips()  # drops stale VIPs
 
     async def run(self) -> int:
         assert self.client is not None, "run() watches the API"
@@ -278,10 +302,12 @@ class Agent:
                    "lease": self.cfg.lease_ref},
         )  # fmt: skip
         tasks = [
-            *self.watches.start(self.client, self.cfg.group),
+            *self.watches.start(self.client),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._vip_refresh_loop(), name="vip-refresh"),
         ]
+        # not in ``tasks``: it outlives them, until the handover's drain is over
+        lifetimes = asyncio.create_task(self._vip_lifetime_loop(), name="vip-lifetimes")
         await self.startup()
         if not self.elector.is_leader:
             # A standby joins the election once its initial lists are in: an agent still
@@ -310,6 +336,8 @@ class Agent:
         await asyncio.gather(*tasks, *self.vips.tasks, return_exceptions=True)
         if self.vips.retired:
             await self.handover.drain()
+        lifetimes.cancel()
+        await asyncio.gather(lifetimes, return_exceptions=True)
         await self.health.close()
         await self.heartbeat.close()
         for server in servers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api import contract
+from ..api.network import IPNetwork
 from . import handover as handover_mod
 from . import peer as peer_mod
 from .election import (
@@ -22,6 +23,11 @@ DEFAULT_VIP_REFRESH = 10.0
 DEFAULT_RESYNC = 30.0
 DEFAULT_ANNOUNCE_COUNT = 3
 DEFAULT_STARTUP_GRACE = 1.0
+# Seconds a VIP outlives the last renewal by its agent (the kernel then removes it): an agent
+# that dies takes its VIPs with it within this, below the Lease duration. Renewed
+# LIFETIME_RENEWALS times per lifetime, so a renewal late by a few seconds costs nothing.
+DEFAULT_VIP_LIFETIME = 8
+LIFETIME_RENEWALS = 4
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class AgentConfig:
     retry_period: float = DEFAULT_RETRY_PERIOD
     outage_hold: float = DEFAULT_OUTAGE_HOLD  # longest hold of the VIPs without the API
     vip_refresh: float = DEFAULT_VIP_REFRESH  # 0: no periodic re-announcement
+    vip_lifetime: int = DEFAULT_VIP_LIFETIME  # 0: VIPs stay until removed (no dead-man switch)
     announce_count: int = DEFAULT_ANNOUNCE_COUNT
     announce_interval: float = 0.2
     resync: float = DEFAULT_RESYNC
@@ -51,6 +58,8 @@ class AgentConfig:
     peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
     # the group's heartbeat key; missing at the default path: unauthenticated (with a warning)
     peer_key_file: str = contract.DEFAULT_PEER_KEY_FILE
+    # the controller's --vip-ranges (the same setting): None: not checked here
+    vip_ranges: tuple[IPNetwork, ...] | None = None
     kubeconfig: str | None = None
     log_level: str = "INFO"
 

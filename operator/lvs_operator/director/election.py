@@ -23,7 +23,8 @@ Two modes:
     ``lease_duration + outage_hold`` without a change of the record.
   * **standby**: never takes a Lease, expired or not, while the holder answered "leading"
     within ``peer_timeout``; never takes it while another node still answers ARP for the
-    group's VIPs (``vip_in_use``).
+    group's VIPs (``vip_in_use``; looked at every ``VIP_RECHECK`` seconds while it does: a
+    dead agent's VIPs lapse, vip.py).
   * **leader**: keeps its VIPs — with or without the API server — while every member listed
     by a write that may have succeeded confirmed within ``peer_timeout - margin``, and for at
     most ``outage_hold`` after its last successful write. A member silent for
@@ -74,6 +75,9 @@ DEFAULT_PEER_TIMEOUT = 0.3  # = peer.DEFAULT_PEER_TIMEOUT (a standby's silence t
 DEFAULT_OUTAGE_HOLD = 120.0
 STEPDOWN_MARGIN = 0.1  # the leader's VIPs are gone this long before a standby may judge it
 MAX_BACKOFF = 30.0
+# A standby held back by a VIP that still answers ARP looks again this often: the VIP of a
+# dead agent lapses (vip.py's lifetime) and is taken within this of its going.
+VIP_RECHECK = 0.25
 MEMBERS_ANNOTATION = contract.DIRECTORS_ANNOTATION
 
 
@@ -574,6 +578,8 @@ class Elector:
                 delay = min(delay, expires - now)
         if self._retake_after > now:
             delay = min(delay, self._retake_after - now)
+        if self._blocked_by_vip:
+            delay = min(delay, VIP_RECHECK)
         return max(0.005, delay)
 
     def _eligible(self, record: LeaseRecord) -> bool:

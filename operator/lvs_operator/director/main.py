@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lvs_operator.api.contract import lease_name
 
 from ..api import contract
+from ..api.network import parse_ranges
 from ..logs import setup_logging
 from . import handover as handover_mod
 from . import peer as peer_mod
@@ -31,6 +32,7 @@ from .config import (
     DEFAULT_METRICS_PORT,
     DEFAULT_RESYNC,
     DEFAULT_STARTUP_GRACE,
+    DEFAULT_VIP_LIFETIME,
     DEFAULT_VIP_REFRESH,
     AgentConfig,
 )
@@ -85,6 +87,10 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
     option("--outage-hold", contract.ENV_OUTAGE_HOLD_SECONDS, DEFAULT_OUTAGE_HOLD,
            "longest time the leader keeps the VIPs while no Lease write succeeds (the API server "
            "is down or slow), as long as every standby hears it lead", type=float)  # fmt: skip
+    option("--vip-lifetime", contract.ENV_VIP_LIFETIME_SECONDS, DEFAULT_VIP_LIFETIME,
+           "integer seconds: a VIP lapses (the kernel removes it) this long after its agent last "
+           "renewed it, so a dead agent's VIPs leave its node; 0: they stay until removed",
+           type=int)  # fmt: skip
     option("--vip-refresh-interval", contract.ENV_VIP_REFRESH_SECONDS, DEFAULT_VIP_REFRESH,
            "re-check and re-announce held VIPs (0: off)", type=float)  # fmt: skip
     option("--announce-count", contract.ENV_ANNOUNCE_COUNT, DEFAULT_ANNOUNCE_COUNT,
@@ -121,6 +127,10 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
            "the DaemonSet mounts the group's Secret here); every probe and reply is signed "
            "with it and unsigned ones are dropped. Missing at the default path: the heartbeat "
            "runs unauthenticated (a warning says so); missing elsewhere: an error")  # fmt: skip
+    option("--vip-ranges", contract.ENV_VIP_RANGES, "",
+           "comma-separated CIDRs: a VirtualServer whose VIP lies outside is not programmed, "
+           "whatever its status says (the controller sets its own --vip-ranges here); empty: "
+           "not checked by the agent")  # fmt: skip
     option("--kubeconfig", "KUBECONFIG")
     option("--log-level", contract.ENV_LOG_LEVEL, "INFO")
     a = p.parse_args(argv)
@@ -135,6 +145,10 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
     ]
     if missing:
         p.error("missing " + ", ".join(missing) + ": the DaemonSet sets them from the downward API")
+    try:
+        vip_ranges = tuple(parse_ranges(a.vip_ranges.split(","))) if a.vip_ranges else None
+    except ValueError as exc:
+        p.error(f"--vip-ranges ({contract.ENV_VIP_RANGES}): {exc}")
     cfg = AgentConfig(
         node_name=a.node_name,
         pod_name=a.pod_name,
@@ -148,6 +162,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         retry_period=a.retry_period,
         outage_hold=a.outage_hold,
         vip_refresh=a.vip_refresh_interval,
+        vip_lifetime=a.vip_lifetime,
         announce_count=a.announce_count,
         resync=a.resync_interval,
         masquerade_snat=not a.no_masquerade_snat,
@@ -158,6 +173,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         peer_timeout=a.peer_timeout,
         peer_address=a.peer_address,
         peer_key_file=a.peer_key_file,
+        vip_ranges=vip_ranges,
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
@@ -167,6 +183,11 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
             ipaddress.ip_address(cfg.peer_address)
     except ValueError as exc:
         p.error(str(exc))
+    if cfg.vip_lifetime != 0 and cfg.vip_lifetime < 2:
+        p.error(
+            f"--vip-lifetime ({cfg.vip_lifetime}s) must be 0 (off) or at least 2 seconds (it "
+            "is renewed every quarter of it)"
+        )
     if cfg.peer_port and not 0 < cfg.peer_interval < cfg.peer_timeout:
         p.error(
             f"--peer-interval ({cfg.peer_interval}s) must be > 0 and shorter than "
@@ -258,7 +279,9 @@ def run(argv: list[str]) -> int:
         from .vip import VipManager
 
         return VipManager(
-            announce_count=cfg.announce_count, announce_interval=cfg.announce_interval
+            announce_count=cfg.announce_count,
+            announce_interval=cfg.announce_interval,
+            lifetime=cfg.vip_lifetime or None,
         )
 
     try:  # each socket opened on the thread that uses it

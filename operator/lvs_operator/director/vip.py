@@ -14,6 +14,15 @@ An announcement stops between two frames when its ``stop`` event is set (step-do
 probe, a neighbour solicitation): before a takeover, a VIP still held elsewhere (a stopped
 leader whose kernel still answers ARP) is seen.
 
+**Only what it added.** Every VIP goes on with IFA_PROTO ``VIP_PROTO`` and, by default, a
+finite lifetime (``lifetime`` seconds) that the leader renews while it holds the VIP: an
+agent that dies (SIGKILL, OOM kill, a crash loop) loses its VIPs to the kernel within the
+lifetime, instead of keeping them until a restart that may never come (the dead-man switch).
+``present`` lists only such addresses, so nothing removes an address someone else added (a
+node's own /32, kube-proxy's ClusterIPs): on kernels older than 6.1, which do not keep
+IFA_PROTO, "ours" is "a host address with a finite lifetime". A VIP that is already an
+address of the node, not added by an agent, is refused (``ForeignAddress``), never adopted.
+
 Pure parts (interface choice, packet builders) are unit-tested; ``VipManager`` does the
 netlink (rtnl.py, standard library only) and raw-socket work and needs CAP_NET_ADMIN and
 CAP_NET_RAW.
@@ -31,9 +40,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvs_operator.api.network import canonical_ip
+
+if TYPE_CHECKING:
+    from .kernel.addresses import AddrEntry
 
 log = logging.getLogger("lvs_operator.director.vip")
 
@@ -51,6 +63,20 @@ PROBE_COUNT = 3  # probes per VIP, PROBE_GAP apart: one lost frame is no false "
 PROBE_GAP = 0.02
 PROBE_ROUNDS = 2  # a silent window is checked once more before "nobody answers"
 MAX_FRAMES = 256  # read per socket per look
+VIP_PROTO = 76  # IFA_PROTO of the addresses the agent adds ("L"; 0-3 are the kernel's)
+PROTO_KERNEL = (6, 1)  # first kernel release that keeps IFA_PROTO
+
+
+def kernel_keeps_proto(release: str | None = None) -> bool:
+    import os
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= PROTO_KERNEL
+
+
+class ForeignAddress(RuntimeError):
+    """The VIP is already an address of this node that no agent added."""
 
 
 class NoSuchInterface(LookupError):
@@ -167,6 +193,8 @@ class VipManager:
         rt: Any = None,
         announce_count: int = 3,
         announce_interval: float = 0.2,
+        lifetime: int | None = None,
+        keeps_proto: bool | None = None,
     ) -> None:
         if rt is None:
             from .kernel.addresses import Rtnl
@@ -175,7 +203,15 @@ class VipManager:
         self.rt = rt
         self.announce_count = announce_count
         self.announce_interval = announce_interval
+        self.lifetime = lifetime or None  # seconds; None: VIPs stay until removed
+        self.keeps_proto = kernel_keeps_proto() if keeps_proto is None else keeps_proto
         self._lock = threading.Lock()  # one netlink socket: one request at a time
+
+    def ours(self, entry: AddrEntry) -> bool:
+        """Did an agent add this address (see the module's docstring)?"""
+        if self.keeps_proto:
+            return bool(entry.proto == VIP_PROTO)
+        return entry.valid_lft is not None or self.lifetime is None
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -214,13 +250,13 @@ class VipManager:
         return out
 
     def present(self) -> dict[str, str]:
-        """Host addresses (/32, /128) on this node: address -> interface name."""
+        """Host addresses (/32, /128) an agent added on this node: address -> interface."""
         out: dict[str, str] = {}
         names: dict[int, str] = {}
         with self._lock:
             dump = self.rt.addresses()
         for a in dump:
-            if a.prefixlen != (32 if a.family == socket.AF_INET else 128):
+            if a.prefixlen != (32 if a.family == socket.AF_INET else 128) or not self.ours(a):
                 continue
             if a.index not in names:
                 names[a.index] = self._ifname(a.index)
@@ -230,18 +266,68 @@ class VipManager:
     # -- changes -------------------------------------------------------------------------------
 
     def add(self, vip: str, ifname: str) -> bool:
-        """Add ``vip`` as a host address on ``ifname``; False if it was already there."""
+        """Add ``vip`` as a host address on ``ifname``; False if an agent's was already
+        there (its lifetime restarts: adopted). Raises ForeignAddress if the node has it
+        from someone else."""
         index = self._index(ifname)
         flags = (IFA_F_NODAD | IFA_F_NOPREFIXROUTE) if ":" in vip else 0
         try:
             with self._lock:
-                self.rt.add_address(index, vip, host_prefix(vip), flags)
+                self.rt.add_address(index, vip, host_prefix(vip), flags, VIP_PROTO, self.lifetime)
         except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                return False
-            raise
+            if exc.errno != errno.EEXIST:
+                raise
+            with self._lock:
+                dump = self.rt.addresses()
+            agents = [
+                a
+                for a in dump
+                if a.index == index
+                and canonical_ip(a.address) == canonical_ip(vip)
+                and a.prefixlen == host_prefix(vip)
+                and self.ours(a)
+            ]
+            if not agents:
+                raise ForeignAddress(
+                    f"{vip} is already an address of this node on {ifname}, not added by "
+                    "lvs-operator: left alone and not announced; remove it from the node or "
+                    "choose another VIP"
+                ) from None
+            self.renew([(vip, ifname)])
+            return False
         log.info("VIP added", extra={"vip": vip, "interface": ifname})
         return True
+
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
+        """Restart the lifetime of the VIPs of ``items`` ((vip, interface) pairs) that an
+        agent's address holds on that interface now; the VIPs that failed (each logged).
+
+        Only present ones: the kernel's "replace" would add an address that is gone (a VIP
+        just moved to lo, or one that lapsed while this process was stopped, which a standby
+        may hold by now). One call does the look and the renewals, and every address change
+        of the agent runs on the same thread, so nothing changes in between."""
+        failed: list[str] = []
+        if self.lifetime is None:
+            return failed
+        items = list(items)
+        if not items:
+            return failed
+        here = self.present()
+        for vip, ifname in items:
+            if here.get(canonical_ip(vip)) != ifname:
+                continue
+            flags = (IFA_F_NODAD | IFA_F_NOPREFIXROUTE) if ":" in vip else 0
+            try:
+                index = self._index(ifname)
+                with self._lock:
+                    self.rt.renew_address(
+                        index, vip, host_prefix(vip), flags, VIP_PROTO, self.lifetime
+                    )
+            except (OSError, LookupError) as exc:
+                log.warning("VIP lifetime not renewed: %s", exc,
+                            extra={"vip": vip, "interface": ifname})  # fmt: skip
+                failed.append(vip)
+        return failed
 
     def remove(self, vip: str, ifname: str) -> bool:
         try:

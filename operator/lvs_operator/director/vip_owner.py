@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from .handover import LOOPBACK
 from .lanes import Lane
 from .metrics import Metrics
-from .vip import NoSuchInterface, Route, pick_interface, plan_vips
+from .vip import ForeignAddress, NoSuchInterface, Route, pick_interface, plan_vips
 
 log = logging.getLogger("lvs_operator.director.vip_owner")
 
@@ -55,6 +55,8 @@ class VipNode(Protocol):
     def add(self, vip: str, ifname: str) -> bool: ...
 
     def remove(self, vip: str, ifname: str) -> bool: ...
+
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]: ...
 
     def link_info(self, ifname: str) -> Link | None: ...
 
@@ -82,6 +84,7 @@ class VipOwner:
         self.held: dict[str, str] = {}
         self.retired: dict[str, str] = {}
         self.problems: dict[str, str] = {}  # vip -> reason (names the interface and the fix)
+        self.adopted: set[str] = set()  # held since start-up, not announced yet
         self._links: dict[str, Link] = {}
         self._lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()  # announcements, background reconciles
@@ -213,7 +216,7 @@ class VipOwner:
             new: list[Announcement] = []
             again: list[Announcement] = []
             for vip, ifname in self.held.items():
-                fresh = vip in plan.add or vip not in before
+                fresh = vip in plan.add or vip not in before or vip in self.adopted
                 if not (fresh or announce):
                     continue
                 link = await self._link(ifname)
@@ -221,6 +224,8 @@ class VipOwner:
                     (new if fresh else again).append((vip, ifname, link))
             self._announce(new, None, stop)
             self._announce(again, 1, stop)
+            if vips is not None:
+                self.adopted.clear()
 
     async def take_fast(self, still_leader: Callable[[], bool]) -> None:
         """On takeover: add the VIPs where they were last placed and announce them, before the
@@ -263,6 +268,30 @@ class VipOwner:
             else:
                 failed[vip] = (ifname, reason)  # the reconcile after the step-down retries
         self._settle(failed, held)
+
+    # -- lifetimes (the dead-man switch: vip.py) -------------------------------------------------
+
+    async def renew_lifetimes(self) -> None:
+        """Restart the lifetime of what this node holds: the VIPs while leader, and those
+        retired to lo while a handover drains. A VIP no longer on its interface is left out
+        (vip.py's ``renew`` looks first)."""
+        items = list(self.held.items()) + [(vip, LOOPBACK) for vip in self.retired]
+        if items:
+            await self.lane.run(self.node.renew, items)
+
+    async def adopt_present(self) -> list[str]:
+        """A restarted leader, before anything slow: restart the lifetime of the group's
+        VIPs (``owned``, from its VirtualServers) that this node still has, so they do not
+        lapse while the agent reads the kernel and converges. Returns them."""
+        present = await self.lane.run(self.node.present)
+        items = [(vip, ifname) for vip, ifname in present.items() if vip in self.owned]
+        if items:
+            await self.lane.run(self.node.renew, items)
+            # held (so renewed) from now on; announced by the first reconcile that knows them
+            self.held.update(items)
+            self.adopted.update(vip for vip, _ in items)
+            self.metrics.vips.set(len(self.held))
+        return sorted(vip for vip, _ in items)
 
     # -- announcements -------------------------------------------------------------------------
 
@@ -395,7 +424,7 @@ class VipOwner:
 def problem_text(add: bool, ifname: str, exc: Exception) -> str:
     """Why a VIP could not be added to / removed from ``ifname``, with what to fix. Always
     names the interface: a VIP's problem is logged again only when this text changes."""
-    if isinstance(exc, NoSuchInterface):
+    if isinstance(exc, (NoSuchInterface, ForeignAddress)):
         return str(exc)
     action = "add" if add else "remove"
     if isinstance(exc, OSError):

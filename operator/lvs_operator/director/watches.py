@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lvs_operator.api.contract import GROUP_LABEL
-from lvs_operator.api.network import canonical_ip
+from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
 from lvs_operator.api.realserverpool import (
     HealthCheck,
     PoolMember,
@@ -70,10 +70,54 @@ def health_checks(
     return checks
 
 
+def refusal(vs: VirtualServer, group: str, vip_ranges: Sequence[IPNetwork] | None) -> str | None:
+    """Why this agent must not program ``vs`` (None: it may).
+
+    Trust (docs/director.md): the group label only selects what the agent watches; tenants
+    who may edit VirtualServers can set it. What authorises a VirtualServer is the status,
+    which only the controller writes (status subresource): accepted for this group
+    (``directorGroup``) with this very VIP (``acceptedVIP``; from a controller that does not
+    write it yet, the status must be of the current generation). And the VIP must lie in
+    the controller's ranges, which reach the agent as ``--vip-ranges``."""
+    status = vs.status
+    if status.director_group != group:
+        return (
+            f"not accepted for director group {group} by the controller (its status says "
+            f"{status.director_group or 'no group'}): the {GROUP_LABEL} label alone is not "
+            "enough"
+        )
+    vip = canonical_ip(vs.spec.vip)
+    if status.accepted_vip:
+        accepted = canonical_ip(status.accepted_vip)
+    else:
+        accepted = vip if status.observed_generation == vs.meta.generation else ""
+    if accepted != vip:
+        return (
+            f"spec.vip {vip} is not the VIP the controller accepted "
+            f"({accepted or 'none for this generation'}): waiting for the controller"
+        )
+    address = parse_ip(vip)
+    if vip_ranges is not None and (address is None or not in_ranges(address, vip_ranges)):
+        return (
+            f"VIP {vip} lies outside this agent's --vip-ranges "
+            f"({', '.join(str(r) for r in vip_ranges) or 'none'})"
+        )
+    return None
+
+
 class Watches:
-    def __init__(self, on_change: Callable[[], None], on_vip: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        on_vip: Callable[[str], None],
+        group: str = "",
+        vip_ranges: Sequence[IPNetwork] | None = None,
+    ) -> None:
         self.on_change = on_change
         self.on_vip = on_vip
+        self.group = group
+        self.vip_ranges = vip_ranges
+        self._refusals: dict[ObjectKey, str] = {}  # VirtualServer -> why not programmed (logged)
         self.virtual_servers: dict[ObjectKey, VirtualServer] = {}
         self.pools: dict[ObjectKey, tuple[PoolMember, ...]] = {}
         self.pool_checks: dict[ObjectKey, HealthCheck | None] = {}
@@ -81,11 +125,11 @@ class Watches:
         self.vs_synced = asyncio.Event()
         self.pools_synced = asyncio.Event()
 
-    def start(self, client: KubeClient, group: str) -> list[asyncio.Task[None]]:
+    def start(self, client: KubeClient) -> list[asyncio.Task[None]]:
         from lightkube import ALL_NS
 
         vs_res, pool_res = resources()["VirtualServer"], resources()["RealServerPool"]
-        by_group = {GROUP_LABEL: group}
+        by_group = {GROUP_LABEL: self.group}
         watch_vs = list_then_watch(
             client, vs_res, namespace=ALL_NS, labels=by_group, reset=self.reset_vs,
             apply=self.apply_vs, what="VirtualServers", server_timeout=SERVER_TIMEOUT,
@@ -110,12 +154,24 @@ class Watches:
     # -- VirtualServers ------------------------------------------------------------------------
 
     def _parse_vs(self, obj: Raw) -> VirtualServer | None:
+        """The VirtualServer if this agent may program it; else None, and one log line per
+        change of the reason (naming the object)."""
+        key = object_key(obj)
         try:
-            return VirtualServer.from_object(obj)
+            vs = VirtualServer.from_object(obj)
+            reason = refusal(vs, self.group, self.vip_ranges)
         except ValidationError as exc:
-            # the controller only labels valid ones: an old controller or a hand edit
-            log.warning("VirtualServer ignored: %s", exc, extra={"vs": "/".join(object_key(obj))})
-            return None
+            # the controller only accepts valid ones: an old controller or a hand edit
+            vs, reason = None, f"its spec is invalid: {exc}"
+        if reason is None:
+            if self._refusals.pop(key, None) is not None:
+                log.info("VirtualServer accepted by the controller: programmed",
+                         extra={"vs": "/".join(key)})  # fmt: skip
+            return vs
+        if self._refusals.get(key) != reason:
+            self._refusals[key] = reason
+            log.warning("VirtualServer not programmed: %s", reason, extra={"vs": "/".join(key)})
+        return None
 
     def _store_vs(self, key: ObjectKey, vs: VirtualServer | None) -> None:
         if vs is None:
@@ -126,6 +182,9 @@ class Watches:
 
     def reset_vs(self, items: Iterable[Raw]) -> None:
         self.virtual_servers = {}
+        items = list(items)
+        listed = {object_key(obj) for obj in items}
+        self._refusals = {k: v for k, v in self._refusals.items() if k in listed}
         for obj in items:
             self._store_vs(object_key(obj), self._parse_vs(obj))
         self.vs_synced.set()
@@ -135,6 +194,7 @@ class Watches:
         key = object_key(obj)
         if kind == "DELETED":
             self.virtual_servers.pop(key, None)
+            self._refusals.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
             self._store_vs(key, self._parse_vs(obj))
         else:

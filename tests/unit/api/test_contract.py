@@ -7,6 +7,7 @@ side renames and the other does not fails here rather than in a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from lvs_operator.api import contract
@@ -80,6 +81,7 @@ def test_the_agent_understands_the_controller_environment() -> None:
         metrics_port=19642,
         peer_port=19643,
         timings=DirectorTimings(7, 5.0, 1.0),
+        vip_ranges=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/64")),
     )
     downward = {
         contract.ENV_NODE_NAME: "node-a",
@@ -96,6 +98,11 @@ def test_the_agent_understands_the_controller_environment() -> None:
     assert agent.lease_name == contract.lease_name("g1")
     assert (agent.health_port, agent.metrics_port, agent.peer_port) == (19641, 19642, 19643)
     assert (agent.lease_duration, agent.renew_deadline, agent.retry_period) == (7, 5.0, 1.0)
+    assert agent.vip_ranges == config.vip_ranges  # the agent checks the controller's ranges
+    bare = {
+        str(e["name"]): str(e.get("value", "x")) for e in director_env("g1", ControllerConfig())
+    }
+    assert parse_args([], bare).vip_ranges is None  # none configured: not checked by the agent
 
 
 def test_the_agent_defaults_are_the_contract_ones() -> None:

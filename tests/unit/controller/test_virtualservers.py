@@ -239,6 +239,7 @@ def test_status_fields_and_idempotence() -> None:
     status = v.vs_status(d, outcome(1, 2), view, "lvs-system", None, T0)
     assert status["observedGeneration"] == 2
     assert status["directorGroup"] == GROUP
+    assert status["acceptedVIP"] == d.vs.spec.vip  # what the agents trust (not the label)
     assert status["activeDirector"] == "n2"
     assert status["directors"] == [
         {"node": "n1", "role": "standby"},
@@ -255,6 +256,7 @@ def test_status_fields_and_idempotence() -> None:
     (r,) = decide(o.vs("a", pool="nope")).values()
     rejected = v.vs_status(r, None, None, "lvs-system", None, T0)
     assert "directorGroup" not in rejected and rejected["readyOfTotal"] == "0/0"
+    assert "acceptedVIP" not in rejected
 
 
 def test_events() -> None:

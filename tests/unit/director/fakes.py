@@ -43,7 +43,7 @@ class FakeKernel:
 
 class FakeVips:
     """The node's addresses. ``failures``: (vip or interface) -> the error its add and
-    remove raise; ``events``: ("add" | "remove" | "frame", vip) in order, one "frame" per
+    remove raise; ``events``: ("add" | "remove" | "renew" | "frame", vip) in order, one "frame" per
     announcement frame (rounds ``interval`` apart, stopped like VipManager's);
     ``answering``: the VIPs ``answered`` reports."""
 
@@ -80,6 +80,13 @@ class FakeVips:
             return False
         self.events.append(("remove", vip))
         return self.addresses.pop(vip, None) is not None
+
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
+        """Like VipManager's: only what is on that interface now is renewed."""
+        for vip, ifname in items:
+            if self.addresses.get(vip) == ifname:
+                self.events.append(("renew", vip))
+        return []
 
     def link_info(self, ifname: str) -> Link | None:
         return (2, "02:00:00:00:00:0b")

@@ -27,11 +27,13 @@ K80 = ServiceKey(Protocol.TCP, VIP, 80)
 
 
 def vs_obj(name: str = "web", generation: int = 3, **spec: Any) -> dict[str, Any]:
+    """A VirtualServer as the controller leaves it: accepted for group g1 (status)."""
     body = {"vip": VIP, "ports": [{"port": 80, "targetPort": 8080}], "poolRef": {"name": "pool"},
             "scheduler": "rr"}  # fmt: skip
     body.update(spec)
+    status = {"observedGeneration": generation, "directorGroup": "g1", "acceptedVIP": body["vip"]}
     return {"metadata": {"name": name, "namespace": "demo", "generation": generation},
-            "spec": body}  # fmt: skip
+            "spec": body, "status": status}  # fmt: skip
 
 
 def pool_obj(*members: dict[str, Any]) -> dict[str, Any]:
@@ -90,9 +92,14 @@ async def test_standby_programs_ipvs_but_drops_a_stale_vip_at_startup() -> None:
     vips = FakeVips({VIP: "front", "10.10.0.11": "front"})  # a stale VIP and the node's own
     standby = make("node-b", store, kernel, vips)
     standby.watches.reset_vs([vs_obj()])  # the informer's first list
+    reads: list[dict[str, str]] = []  # the node's addresses when the kernel was read
+    read = kernel.read
+    kernel.read = lambda: (reads.append(dict(vips.addresses)), read())[1]  # type: ignore[method-assign]
     await standby.startup()
     assert not standby.elector.is_leader
     assert vips.addresses == {"10.10.0.11": "front"}
+    # before the slow read of the whole IPVS table
+    assert reads and reads[0] == {"10.10.0.11": "front"}
 
 
 async def test_other_ipvs_services_and_addresses_are_never_touched() -> None:
@@ -299,7 +306,8 @@ async def test_heartbeat_address_is_this_nodes_on_the_vips_link() -> None:
 async def test_a_restarted_leader_keeps_its_vip_until_it_knows_the_desired_set() -> None:
     """The agent restarts while its Lease is still valid: it takes the Lease back at once,
     before its first converge. The VIP its kernel holds is never removed (nor re-added):
-    adopted and announced once the desired set is known."""
+    its lifetime is restarted at once (it must not lapse during the start-up), and it is
+    announced once the desired set is known."""
     store = FakeLeaseStore()
     first = make("node-a", store)
     await first.startup()
@@ -310,14 +318,16 @@ async def test_a_restarted_leader_keeps_its_vip_until_it_knows_the_desired_set()
     assert restarted.elector.is_leader and restarted.ipvs.desired is None
     await asyncio.gather(*restarted.vips.tasks)  # the take-over's background reconcile
     await restarted.reconcile_vips()
-    assert vips.addresses == {VIP: "front"} and vips.events == []
+    assert vips.addresses == {VIP: "front"} and vips.events == [("renew", VIP)]
     restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await restarted.converge()
     await restarted.reconcile_vips()
     await asyncio.gather(*restarted.vips.tasks)
     assert vips.addresses == {VIP: "front"}
-    assert [e for e in vips.events if e[0] != "frame"] == []  # no remove, no add
+    assert [e for e in vips.events if e[0] != "frame"] == [("renew", VIP)]  # no remove, no add
     assert vips.announced == [(VIP, "front", None)]
+    await restarted.vips.renew_lifetimes()
+    assert vips.events[-1] == ("renew", VIP)
 
 
 async def test_a_restarted_leader_whose_api_is_down_keeps_its_vip() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from lvs_operator.director.election import (
     MEMBERS_ANNOTATION,
+    VIP_RECHECK,
     ElectionConfig,
     Elector,
     parse_members,
@@ -51,6 +52,7 @@ class Node:
         self.next_tick = 0.0
         self.task: asyncio.Future[float] | None = None
         self.changes: list[tuple[float, bool]] = []
+        self.was_lost = False  # the heartbeat had lost the holder at the last step
         clock = group.clock
         self.health = PeerHealth(timeout=TIMEOUT, arm_after=ARM, identity=name)
         self.health.gated = group.gated
@@ -107,9 +109,15 @@ class Node:
 
 class Group:
     def __init__(
-        self, *names: str, arp: bool = True, gated: bool = False, **timings: float
+        self,
+        *names: str,
+        arp: bool = True,
+        gated: bool = False,
+        edge_wake: bool = False,
+        **timings: float,
     ) -> None:
         self.gated = gated  # the standbys tell the leader they check ARP before a takeover
+        self.edge_wake = edge_wake
         self.clock = FakeClock()
         self.store = FakeLeaseStore()
         self.arp = arp
@@ -164,9 +172,11 @@ class Group:
                 if node.task is not None and node.task.done():
                     node.next_tick = self.now + node.task.result()
                     node.task = None
-                woken = not node.elector.is_leader and node.elector._holder_lost(
-                    node.elector.holder
-                )  # the monitor wakes the elector on a loss
+                lost = not node.elector.is_leader and node.elector._holder_lost(node.elector.holder)
+                # the agent's monitor wakes it once per loss (edge_wake); most cases here
+                # wake it at every step of a loss, which covers its own retries
+                woken = lost and not (self.edge_wake and node.was_lost)
+                node.was_lost = lost
                 due = self.now >= node.next_tick - 1e-9 or woken
                 if node.alive and node.task is None and due:
                     node.task = asyncio.ensure_future(node.elector.tick())
@@ -525,3 +535,23 @@ async def test_over_loopback_the_leader_lists_a_probing_standby_within_a_second(
         await asyncio.wait_for(task, 5)
         await monitor.close()
         responder.close()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+async def test_a_dead_agents_vip_lapses_and_the_standby_takes_it_at_once(gated: bool) -> None:
+    """SIGKILL of the leading agent with no restart: its kernel keeps the VIP, and answers
+    ARP for it, only until the VIP's lifetime runs out (vip.py's dead-man switch); the
+    standby, held back until then, looks again every VIP_RECHECK and takes over within that
+    of the lapse. Never two holders."""
+    group = Group("a", "b", gated=gated, edge_wake=True)
+    await group.settle()
+    group["a"].frozen = True  # the agent is gone for good; its kernel keeps the VIP
+    await group.run(8.0)  # the shipped lifetime
+    assert group.holders == ["a"] and not group["b"].elector.is_leader
+    group["a"].vip = False  # the kernel removes the lapsed VIP
+    lapsed = group.now
+    while not group["b"].elector.is_leader and group.now - lapsed < 5:
+        await group.run(STEP)
+    assert group.holders == ["b"]
+    assert group.now - lapsed <= VIP_RECHECK + 2 * STEP
+    assert group.two_holders == 0

@@ -31,3 +31,13 @@ def test_process_age_is_this_process_s() -> None:
 
     age = process_age()
     assert age is not None and 0 <= age < 24 * 3600
+
+
+def test_vip_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "gabc"}
+    assert parse_args([], env).vip_lifetime == 8  # below the Lease duration (10)
+    assert parse_args([], {**env, "LVS_VIP_LIFETIME_SECONDS": "0"}).vip_lifetime == 0
+    assert parse_args(["--vip-lifetime", "30"], env).vip_lifetime == 30
+    with pytest.raises(SystemExit):
+        parse_args(["--vip-lifetime", "1"], env)
+    assert "at least 2 seconds" in capsys.readouterr().err

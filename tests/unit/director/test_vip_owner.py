@@ -228,3 +228,40 @@ async def test_answered_never_raises() -> None:
     vips = owner(Broken())
     await vips.reconcile({A: None}, leader=False)
     assert await vips.answered() == set()
+
+
+# -- lifetimes: what the dead-man switch renews --------------------------------------------------
+
+
+async def test_the_leader_renews_what_it_holds_and_what_drains_on_lo() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    await vips.reconcile({A: None, B: None}, leader=True)
+    await settled(vips)
+    node.events.clear()
+    await vips.renew_lifetimes()
+    assert sorted(node.events) == [("renew", A), ("renew", B)]
+    vips.held.pop(B)
+    node.addresses[B] = "lo"  # moved to lo by a handover: retired
+    vips.retired[B] = "front"
+    node.events.clear()
+    await vips.renew_lifetimes()
+    assert sorted(node.events) == [("renew", A), ("renew", B)]
+
+
+async def test_a_standby_renews_nothing_and_a_vip_gone_is_not_renewed() -> None:
+    node = FakeVips({A: "front"})
+    vips = owner(node)
+    await vips.renew_lifetimes()  # holds nothing
+    assert node.events == []
+    vips.held = {A: "front", B: "front"}  # B lapsed meanwhile: not on the node
+    await vips.renew_lifetimes()
+    assert node.events == [("renew", A)]
+
+
+async def test_adopt_present_keeps_only_the_groups_vips() -> None:
+    node = FakeVips({A: "front", C: "front"})
+    vips = owner(node)
+    vips.own([A, B])
+    assert await vips.adopt_present() == [A]
+    assert vips.held == {A: "front"} and node.events == [("renew", A)]

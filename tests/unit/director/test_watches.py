@@ -60,3 +60,76 @@ def test_an_unsafe_health_check_is_dropped_and_logged_once_per_change(
     watches.apply_pool("MODIFIED", pool(host="web\r\nX-Injected: 1", rv="6"))
     assert len(refusals(caplog)) == 3
     assert watches.health_checks() == {}  # no VirtualServer uses it here anyway
+
+
+# -- which VirtualServers the agent programs: the trust rules -------------------------------------
+
+
+def vs(vip: str = "192.0.2.10", generation: int = 2, status: dict[str, Any] | None = None,
+       name: str = "web") -> dict[str, Any]:  # fmt: skip
+    """A VirtualServer carrying the group label (which a tenant can set)."""
+    return {
+        "metadata": {"name": name, "namespace": "shop", "generation": generation,
+                     "labels": {"lvs.io/director-group": "g1"}},
+        "spec": {"vip": vip, "ports": [{"port": 80}], "poolRef": {"name": "web"}},
+        "status": status or {},
+    }  # fmt: skip
+
+
+ACCEPTED = {"observedGeneration": 2, "directorGroup": "g1", "acceptedVIP": "192.0.2.10"}
+
+
+def not_programmed(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "not programmed" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("obj", "why"),
+    [
+        # a tenant labels a VirtualServer the controller never accepted (or refused)
+        (vs(), "not accepted for director group g1"),
+        (vs(status={**ACCEPTED, "directorGroup": "g2"}), "its status says g2"),
+        # a tenant edits spec.vip of an accepted one: not until the controller accepts it
+        (vs(vip="10.0.0.1", generation=3, status=ACCEPTED), "not the VIP the controller accepted"),
+        # a controller that does not write acceptedVIP: only a status of this generation
+        (vs(generation=3, status={"observedGeneration": 2, "directorGroup": "g1"}),
+         "none for this generation"),
+        # the agent's own ranges, whatever the status says
+        (vs(vip="198.51.100.1", status={**ACCEPTED, "acceptedVIP": "198.51.100.1"}),
+         "outside this agent's --vip-ranges (192.0.2.0/24)"),
+    ],
+)  # fmt: skip
+def test_only_what_the_controller_accepted_for_the_group_is_programmed(
+    caplog: pytest.LogCaptureFixture, obj: dict[str, Any], why: str
+) -> None:
+    import ipaddress
+
+    caplog.set_level(logging.WARNING, logger="lvs_operator.director.watches")
+    owned: list[str] = []
+    watches = Watches(lambda: None, owned.append, "g1", [ipaddress.ip_network("192.0.2.0/24")])
+    watches.reset_vs([obj])
+    assert watches.virtual_servers == {} and owned == []  # not programmed, its VIP not owned
+    (line,) = not_programmed(caplog)
+    assert why in line
+    watches.apply_vs("MODIFIED", obj)  # the same again: no second line
+    assert len(not_programmed(caplog)) == 1
+
+
+def test_accepted_ones_are_programmed_and_a_refusal_ends_when_the_controller_accepts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="lvs_operator.director.watches")
+    owned: list[str] = []
+    watches = Watches(lambda: None, owned.append, "g1", None)
+    watches.reset_vs([vs(status=ACCEPTED)])
+    assert list(watches.virtual_servers) == [("shop", "web")] and owned == ["192.0.2.10"]
+    # old controller, status of this generation: accepted too
+    watches.apply_vs("MODIFIED", vs(status={"observedGeneration": 2, "directorGroup": "g1"}))
+    assert list(watches.virtual_servers) == [("shop", "web")]
+    # the tenant moves the VIP: dropped until the controller accepts the new one
+    watches.apply_vs("MODIFIED", vs(vip="192.0.2.99", generation=3, status=ACCEPTED))
+    assert watches.virtual_servers == {}
+    moved = {"observedGeneration": 3, "directorGroup": "g1", "acceptedVIP": "192.0.2.99"}
+    watches.apply_vs("MODIFIED", vs(vip="192.0.2.99", generation=3, status=moved))
+    assert watches.virtual_servers[("shop", "web")].spec.vip == "192.0.2.99"
+    assert any("accepted by the controller" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,7 @@ from .netlink import (
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_EXCL,
+    NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -34,7 +35,8 @@ from .netlink import (
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR, RTM_GETROUTE = 20, 21, 22, 26
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS, IFA_PROTO = 1, 2, 6, 8, 11
+INFINITY_LIFE_TIME = 0xFFFFFFFF
 RTA_DST, RTA_OIF, RTA_PRIORITY, RTA_TABLE = 1, 4, 6, 15
 RT_TABLE_MAIN, RTN_UNICAST = 254, 1
 SIOCGIFHWADDR = 0x8927
@@ -44,6 +46,7 @@ _RTMSG = struct.Struct(
     "=BBBBBBBBI"
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _U32 = struct.Struct("=I")
+_CACHEINFO = struct.Struct("=IIII")  # ifa_prefered, ifa_valid, cstamp, tstamp
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class AddrEntry:
     prefixlen: int
     index: int
     address: str
+    proto: int | None = None  # IFA_PROTO: who added it (None: not reported)
+    valid_lft: int | None = None  # seconds left; None: forever (or not reported)
 
 
 class Rtnl(NetlinkSocket):
@@ -113,22 +118,44 @@ class Rtnl(NetlinkSocket):
             attrs = parse_attrs(payload, _IFADDR.size)
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if raw:
-                out.append(AddrEntry(family, prefixlen, index, socket.inet_ntop(family, raw)))
+                proto = attrs[IFA_PROTO][0] if attrs.get(IFA_PROTO) else None
+                valid: int | None = None
+                if len(attrs.get(IFA_CACHEINFO, b"")) >= _CACHEINFO.size:
+                    valid = _CACHEINFO.unpack_from(attrs[IFA_CACHEINFO])[1]
+                    valid = None if valid == INFINITY_LIFE_TIME else valid
+                address = socket.inet_ntop(family, raw)
+                out.append(AddrEntry(family, prefixlen, index, address, proto, valid))
         return out
 
     def _addr(self, msg_type: int, flags: int, index: int, address: str, prefixlen: int,
-              ifa_flags: int = 0) -> None:  # fmt: skip
+              ifa_flags: int = 0, proto: int = 0,
+              lifetime: int | None = None) -> None:  # fmt: skip
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         raw = socket.inet_pton(family, address)
         body = _IFADDR.pack(family, prefixlen, ifa_flags & 0xFF, 0, index)
         body += nla(IFA_LOCAL, raw) + nla(IFA_ADDRESS, raw)
         if ifa_flags:
             body += nla(IFA_FLAGS, _U32.pack(ifa_flags))
+        if proto:
+            body += nla(IFA_PROTO, bytes([proto]))
+        if lifetime is not None:
+            body += nla(IFA_CACHEINFO, _CACHEINFO.pack(lifetime, lifetime, 0, 0))
         self._request(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, body)
 
-    def add_address(self, index: int, address: str, prefixlen: int, ifa_flags: int = 0) -> None:
-        """Raises NetlinkError(EEXIST) if it is there already."""
-        self._addr(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, address, prefixlen, ifa_flags)
+    def add_address(self, index: int, address: str, prefixlen: int, ifa_flags: int = 0,
+                    proto: int = 0, lifetime: int | None = None) -> None:  # fmt: skip
+        """Raises NetlinkError(EEXIST) if it is there already. ``proto``: IFA_PROTO (who
+        added it; kernels from 6.1 keep it); ``lifetime``: seconds until the kernel removes
+        the address by itself (None: never)."""
+        self._addr(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, index, address, prefixlen, ifa_flags,
+                   proto, lifetime)  # fmt: skip
+
+    def renew_address(self, index: int, address: str, prefixlen: int, ifa_flags: int,
+                      proto: int, lifetime: int | None) -> None:  # fmt: skip
+        """Restart an address's lifetime (RTM_NEWADDR with NLM_F_REPLACE). The kernel
+        adds the address if it is gone, so callers renew only what they hold."""
+        self._addr(RTM_NEWADDR, NLM_F_REPLACE, index, address, prefixlen, ifa_flags, proto,
+                   INFINITY_LIFE_TIME if lifetime is None else lifetime)  # fmt: skip
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         """Raises NetlinkError(EADDRNOTAVAIL) if it is not there."""

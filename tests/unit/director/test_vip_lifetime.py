@@ -1,0 +1,215 @@
+"""The VIP addresses the agent adds: marked as its own (IFA_PROTO), with a lifetime the
+leader renews (the dead-man switch), and nothing else on the node ever touched.
+
+``KernelAddresses`` plays the kernel's rtnetlink for addresses, with the semantics the
+agent depends on: EEXIST on an exclusive add, and "replace" adding an address that is gone
+(which is why ``renew`` looks first)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import replace
+
+import pytest
+
+from lvs_operator.director.kernel import addresses as kaddr
+from lvs_operator.director.kernel.addresses import AddrEntry, Rtnl
+from lvs_operator.director.kernel.netlink import (
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    parse_attrs,
+)
+from lvs_operator.director.vip import (
+    VIP_PROTO,
+    ForeignAddress,
+    VipManager,
+    kernel_keeps_proto,
+)
+
+INDEX = {"front": 2, "lo": 1}
+NAME = {v: k for k, v in INDEX.items()}
+
+
+class KernelAddresses:
+    def __init__(self, entries: list[AddrEntry] | None = None) -> None:
+        self.entries = list(entries or [])
+        self.calls: list[tuple[str, str, int | None]] = []  # (op, address, lifetime)
+
+    def addresses(self) -> list[AddrEntry]:
+        return list(self.entries)
+
+    def _find(self, index: int, address: str) -> int | None:
+        for i, e in enumerate(self.entries):
+            if e.index == index and e.address == address:
+                return i
+        return None
+
+    def add_address(self, index: int, address: str, prefixlen: int, ifa_flags: int = 0,
+                    proto: int = 0, lifetime: int | None = None) -> None:  # fmt: skip
+        self.calls.append(("add", address, lifetime))
+        if self._find(index, address) is not None:
+            raise OSError(errno.EEXIST, "File exists")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.entries.append(AddrEntry(family, prefixlen, index, address, proto or None, lifetime))
+
+    def renew_address(self, index: int, address: str, prefixlen: int, ifa_flags: int,
+                      proto: int, lifetime: int | None) -> None:  # fmt: skip
+        self.calls.append(("renew", address, lifetime))
+        i = self._find(index, address)
+        if i is None:  # the kernel's replace adds what is gone
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            self.entries.append(AddrEntry(family, prefixlen, index, address, proto, lifetime))
+        else:
+            self.entries[i] = replace(self.entries[i], proto=proto, valid_lft=lifetime)
+
+    def del_address(self, index: int, address: str, prefixlen: int) -> None:
+        self.calls.append(("del", address, None))
+        i = self._find(index, address)
+        if i is None:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        del self.entries[i]
+
+
+@pytest.fixture(autouse=True)
+def interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kaddr, "index_of", INDEX.get)
+    monkeypatch.setattr(kaddr, "name_of", NAME.__getitem__)
+
+
+def v4(address: str, index: int = 2, prefixlen: int = 32, proto: int | None = None,
+       lft: int | None = None) -> AddrEntry:  # fmt: skip
+    return AddrEntry(socket.AF_INET, prefixlen, index, address, proto, lft)
+
+
+def manager(
+    kernel: KernelAddresses, lifetime: int | None = 8, keeps_proto: bool = True
+) -> VipManager:
+    return VipManager(rt=kernel, lifetime=lifetime, keeps_proto=keeps_proto)
+
+
+# -- what "ours" is ------------------------------------------------------------------------------
+
+
+def test_present_lists_only_the_addresses_an_agent_added() -> None:
+    kernel = KernelAddresses([
+        v4("192.0.2.10", proto=VIP_PROTO, lft=8),  # an agent's VIP
+        v4("10.10.0.11"),  # the node's own /32, permanent
+        v4("10.96.0.1", index=1),  # a ClusterIP-like host address on another interface
+        v4("192.0.2.11", lft=3600),  # someone's /32 with a lifetime (e.g. DHCP)
+    ])  # fmt: skip
+    assert manager(kernel).present() == {"192.0.2.10": "front"}
+
+
+def test_without_ifa_proto_a_finite_lifetime_marks_ours() -> None:
+    """Kernels before 6.1 drop IFA_PROTO: the lifetime is the mark; permanent ones are never
+    ours. Without a lifetime configured there is no mark at all: every host address counts
+    (and only the group's VIPs are ever removed, as before)."""
+    entries = [v4("192.0.2.10", lft=8), v4("10.10.0.11")]
+    assert manager(KernelAddresses(entries), keeps_proto=False).present() == {"192.0.2.10": "front"}
+    assert set(manager(KernelAddresses(entries), lifetime=None, keeps_proto=False).present()) == {
+        "192.0.2.10",
+        "10.10.0.11",
+    }
+
+
+@pytest.mark.parametrize(
+    ("release", "keeps"),
+    [("6.1.0-57-amd64", True), ("6.12.3", True), ("5.15.0-91-generic", False), ("4.19.0", False)],
+)
+def test_kernel_keeps_proto(release: str, keeps: bool) -> None:
+    assert kernel_keeps_proto(release) is keeps
+
+
+# -- adding ----------------------------------------------------------------------------------------
+
+
+def test_add_marks_the_vip_and_gives_it_the_lifetime() -> None:
+    kernel = KernelAddresses()
+    assert manager(kernel).add("192.0.2.10", "front") is True
+    assert kernel.entries == [v4("192.0.2.10", proto=VIP_PROTO, lft=8)]
+
+
+def test_a_vip_that_is_already_the_nodes_own_address_is_refused_and_left_alone() -> None:
+    for existing in (v4("192.0.2.10"), v4("192.0.2.10", prefixlen=24, proto=VIP_PROTO)):
+        kernel = KernelAddresses([existing])
+        with pytest.raises(ForeignAddress, match="not added by lvs-operator"):
+            manager(kernel).add("192.0.2.10", "front")
+        assert kernel.entries == [existing]  # neither marked nor given a lifetime
+        assert [c[0] for c in kernel.calls] == ["add"]
+
+
+def test_adding_an_agents_vip_again_adopts_it_and_restarts_its_lifetime() -> None:
+    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO, lft=2)])
+    assert manager(kernel).add("192.0.2.10", "front") is False
+    assert kernel.entries == [v4("192.0.2.10", proto=VIP_PROTO, lft=8)]
+
+
+# -- renewing --------------------------------------------------------------------------------------
+
+
+def test_renew_restarts_what_is_held_and_never_brings_back_what_is_gone() -> None:
+    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO, lft=1)])
+    failed = manager(kernel).renew([
+        ("192.0.2.10", "front"),
+        ("192.0.2.11", "front"),  # lapsed (or removed): a standby may hold it by now
+        ("192.0.2.10", "lo"),  # moved: not on this interface
+    ])  # fmt: skip
+    assert failed == []
+    assert kernel.entries == [v4("192.0.2.10", proto=VIP_PROTO, lft=8)]
+    assert [c for c in kernel.calls if c[0] == "renew"] == [("renew", "192.0.2.10", 8)]
+
+
+def test_no_lifetime_no_renewals() -> None:
+    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO)])
+    assert manager(kernel, lifetime=None).renew([("192.0.2.10", "front")]) == []
+    assert kernel.calls == []
+
+
+# -- the messages ----------------------------------------------------------------------------------
+
+
+def test_rtnetlink_messages_carry_the_mark_and_the_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[int, int, bytes]] = []
+    rt = Rtnl.__new__(Rtnl)  # no socket: the requests are captured
+    monkeypatch.setattr(rt, "_request", lambda t, f, body: sent.append((t, f, body)) or [])
+    rt.add_address(2, "192.0.2.10", 32, 0, VIP_PROTO, 8)
+    rt.renew_address(2, "192.0.2.10", 32, 0, VIP_PROTO, 8)
+    rt.renew_address(2, "192.0.2.10", 32, 0, VIP_PROTO, None)
+    (t_add, f_add, add), (_, f_renew, renew), (_, _, forever) = sent
+    assert t_add == kaddr.RTM_NEWADDR
+    assert f_add & NLM_F_CREATE and f_add & NLM_F_EXCL and not f_add & NLM_F_REPLACE
+    assert f_renew & NLM_F_REPLACE and not f_renew & NLM_F_EXCL
+    for body in (add, renew):
+        attrs = parse_attrs(body, 8)
+        assert attrs[kaddr.IFA_PROTO][0] == VIP_PROTO
+        assert struct.unpack("=IIII", attrs[kaddr.IFA_CACHEINFO]) == (8, 8, 0, 0)
+    cache = struct.unpack("=IIII", parse_attrs(forever, 8)[kaddr.IFA_CACHEINFO])
+    assert cache[:2] == (kaddr.INFINITY_LIFE_TIME, kaddr.INFINITY_LIFE_TIME)
+
+
+def test_a_dump_reports_the_mark_and_the_lifetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvs_operator.director.kernel.netlink import nla
+
+    def ifaddr(address: str, proto: int | None, valid: int) -> bytes:
+        body = struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 2)
+        body += nla(kaddr.IFA_LOCAL, socket.inet_aton(address))
+        body += nla(kaddr.IFA_CACHEINFO, struct.pack("=IIII", valid, valid, 0, 0))
+        if proto is not None:
+            body += nla(kaddr.IFA_PROTO, bytes([proto]))
+        return body
+
+    rt = Rtnl.__new__(Rtnl)
+    replies = [
+        (20, ifaddr("192.0.2.10", VIP_PROTO, 7)),
+        (20, ifaddr("10.10.0.11", None, 0xFFFFFFFF)),
+    ]
+    monkeypatch.setattr(rt, "_request", lambda t, f, body: replies)
+    assert rt.addresses() == [
+        v4("192.0.2.10", proto=VIP_PROTO, lft=7),
+        v4("10.10.0.11"),
+    ]
