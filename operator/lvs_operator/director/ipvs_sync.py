@@ -81,6 +81,7 @@ class IpvsSync:
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
         self._reported: set[tuple[str, str, str]] = set()
+        self._prepare_error = ""  # the last prepare failure logged ("" : none)
         self.off_loop: OffLoop = asyncio.to_thread
         # the health checks of the services of the last ``want()``: its snapshot of the caches
         self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
@@ -109,7 +110,19 @@ class IpvsSync:
         actual, connections = await self.lane.run(self.kernel.read)
         plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))
         table, changes = plan.table, plan.changes
-        await asyncio.to_thread(self.kernel.prepare, table, self.masquerade_snat)
+        try:
+            await asyncio.to_thread(self.kernel.prepare, table, self.masquerade_snat)
+            self._prepare_error = ""
+        except Exception as exc:
+            # SNAT is what masquerade needs on top of IPVS; never a reason to hold back the
+            # IPVS changes (a real server leaving must leave the table). Retried next converge.
+            self.metrics.prepare_errors.inc()
+            reason = str(exc) or type(exc).__name__
+            if reason != self._prepare_error:
+                log.error("nftables masquerade / sysctls not set (IPVS changes go ahead; "
+                          "retried on the next converge): %s", reason,
+                          extra={"group": self.group})  # fmt: skip
+            self._prepare_error = reason
         if changes:
             await self.lane.run(self.kernel.apply, changes)
             for op, count in plan.ops.items():

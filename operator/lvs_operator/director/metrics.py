@@ -40,6 +40,11 @@ class Metrics:
         self.converge_errors = Counter(
             "lvs_director_converge_errors", "failed converges", ["group"], registry=self.registry
         ).labels(**labels)
+        self.prepare_errors = Counter(
+            "lvs_director_prepare_errors", "converges whose sysctls or nftables masquerade "
+            "could not be set (the IPVS changes were still applied; the reason is logged)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.changes = Counter(
             "lvs_director_ipvs_changes", "IPVS operations applied", ["group", "op"],
             registry=self.registry,

@@ -29,6 +29,7 @@ class FakeKernel:
         self.connections: dict[tuple[ServiceKey, DestKey], int] = {}
         self.applied: list[Change] = []
         self.prepared: list[bool] = []
+        self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
 
     def read(self) -> tuple[IpvsTable, Connections]:
         return self.table, dict(self.connections)
@@ -39,6 +40,8 @@ class FakeKernel:
 
     def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
         self.prepared.append(masquerade_snat)
+        if self.prepare_error is not None:
+            raise self.prepare_error
 
 
 class FakeVips:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
+
+import pytest
 
 from lvs_operator.director.agent import Agent
 from lvs_operator.director.config import AgentConfig
@@ -402,3 +405,27 @@ async def test_a_fresh_vip_probe_from_the_heartbeats_suspicion_is_not_repeated()
     vips.answering = {VIP}
     assert await agent._vip_in_use() is True  # probed again, and someone answers
     assert len(vips.probed) == probes + 1
+
+
+async def test_an_nft_failure_never_holds_back_the_ipvs_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The masquerade rule cannot be written (nft missing, a netlink error): the IPVS
+    changes still go in (a real server leaving must leave the table), the failure is logged
+    once and counted, and the next converge tries again."""
+    kernel = FakeKernel()
+    kernel.prepare_error = RuntimeError("nft: No such file or directory")
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
+    with caplog.at_level(logging.ERROR, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+        assert [d.address for d in kernel.table[K80].destinations] == ["10.20.0.21", "10.20.0.22"]
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+        await agent.converge()
+    assert [d.address for d in kernel.table[K80].destinations] == ["10.20.0.21"]
+    assert len(kernel.prepared) == 2  # tried again
+    lines = [r.getMessage() for r in caplog.records if "masquerade" in r.getMessage()]
+    assert len(lines) == 1 and "No such file" in lines[0]
+    assert 'lvs_director_prepare_errors_total{group="g1"} 2.0' in agent.metrics.render().decode()
