@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
-from lvs_operator.api.realserverpool import (
-    HealthCheck,
-    PoolMember,
-    RealServerPool,
-    RealServerPoolStatus,
-)
+from lvs_operator.api.realserverpool import HealthCheck, PoolMember, parse_spec
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
 from lvs_operator.listwatch import KubeClient, Raw, list_then_watch
@@ -122,6 +118,7 @@ class Watches:
         self.pools: dict[ObjectKey, tuple[PoolMember, ...]] = {}
         self.pool_checks: dict[ObjectKey, HealthCheck | None] = {}
         self._refused: dict[ObjectKey, str] = {}  # pool -> why its check was ignored (logged)
+        self._bad_members: dict[ObjectKey, list[str]] = {}  # pool -> members left out (logged)
         self.vs_synced = asyncio.Event()
         self.pools_synced = asyncio.Event()
 
@@ -210,7 +207,7 @@ class Watches:
         members are not probed, and one line per change says so, naming the pool."""
         key = object_key(obj)
         try:
-            check = RealServerPool.from_object(obj).spec.health_check
+            check = parse_spec(obj.get("spec"), name="/".join(key)).health_check
         except ValidationError as exc:
             reason = str(exc)
             if self._refused.get(key) != reason:
@@ -226,19 +223,47 @@ class Watches:
         self._refused.pop(key, None)
         return check
 
-    @staticmethod
-    def _members(obj: Mapping[str, Any]) -> tuple[PoolMember, ...]:
-        try:
-            return RealServerPoolStatus.from_object(obj.get("status")).members
-        except (TypeError, ValueError, KeyError) as exc:
-            log.warning(
-                "pool status unreadable: %s", exc, extra={"pool": "/".join(object_key(obj))}
-            )
-            return ()
+    def _members(self, obj: Mapping[str, Any]) -> tuple[PoolMember, ...] | None:
+        """The pool's members from its status. A member that cannot be read (a bad weight,
+        an address that is none) is left out, alone, and said once per change; a status
+        whose member list cannot be read at all gives None: keep the members seen before
+        (never empty a serving pool because of one bad write)."""
+        key = object_key(obj)
+        name = "/".join(key)
+        status = obj.get("status")
+        raw: object = (status.get("members") or []) if isinstance(status, Mapping) else None
+        if status is None:
+            raw = []  # no status yet: no members
+        if not isinstance(raw, list):
+            log.warning("pool status unreadable (no list of members): keeping the members "
+                        "seen before", extra={"pool": name})  # fmt: skip
+            return None
+        members: list[PoolMember] = []
+        bad: list[str] = []
+        for i, item in enumerate(raw):
+            try:
+                member = PoolMember.from_object(item)
+                ipaddress.ip_address(member.address)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                bad.append(f"member {i}: {exc}")
+                continue
+            members.append(member)
+        if bad and self._bad_members.get(key) != bad:
+            log.warning("pool members left out: %s", "; ".join(bad[:5]), extra={"pool": name})
+        if bad:
+            self._bad_members[key] = bad
+        else:
+            self._bad_members.pop(key, None)
+        return tuple(members)
 
     def reset_pools(self, items: Iterable[Raw]) -> None:
         items = list(items)
-        self.pools = {object_key(obj): self._members(obj) for obj in items}
+        pools: dict[ObjectKey, tuple[PoolMember, ...]] = {}
+        for obj in items:
+            key = object_key(obj)
+            members = self._members(obj)
+            pools[key] = self.pools.get(key, ()) if members is None else members
+        self.pools = pools
         self.pool_checks = {object_key(obj): self._check(obj) for obj in items}
         self.pools_synced.set()
         self.on_change()
@@ -249,8 +274,10 @@ class Watches:
             self.pools.pop(key, None)
             self.pool_checks.pop(key, None)
             self._refused.pop(key, None)
+            self._bad_members.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
-            members, check = self._members(obj), self._check(obj)
+            read, check = self._members(obj), self._check(obj)
+            members = self.pools.get(key, ()) if read is None else read
             if self.pools.get(key) == members and self.pool_checks.get(key) == check:
                 return  # nothing the agent uses changed
             self.pools[key] = members

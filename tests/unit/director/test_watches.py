@@ -133,3 +133,34 @@ def test_accepted_ones_are_programmed_and_a_refusal_ends_when_the_controller_acc
     watches.apply_vs("MODIFIED", vs(vip="192.0.2.99", generation=3, status=moved))
     assert watches.virtual_servers[("shop", "web")].spec.vip == "192.0.2.99"
     assert any("accepted by the controller" in r.getMessage() for r in caplog.records)
+
+
+# -- pool members: a bad one is skipped alone --------------------------------------------------
+
+
+def pool_status(members: object, rv: str = "1") -> dict[str, Any]:
+    obj = pool(rv=rv)
+    obj["status"] = {"members": members}
+    return obj
+
+
+def test_a_bad_member_is_left_out_alone_and_an_unreadable_status_keeps_the_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="lvs_operator.director.watches")
+    key = ("shop", "web")
+    good = {"address": "198.51.100.7", "weight": 1, "ready": True}
+    watches = Watches(on_change=lambda: None, on_vip=lambda vip: None)
+    watches.reset_pools([pool_status([good, {"address": "198.51.100.8", "weight": "heavy"}])])
+    assert [m.address for m in watches.pools[key]] == ["198.51.100.7"]
+    watches.apply_pool("MODIFIED", pool_status([good, {"address": "not-an-ip"}], rv="2"))
+    assert [m.address for m in watches.pools[key]] == ["198.51.100.7"]
+    lines = [r.getMessage() for r in caplog.records if "members left out" in r.getMessage()]
+    assert len(lines) == 2 and "member 1" in lines[0] and "not-an-ip" in lines[1]
+    assert all(r.__dict__.get("pool") == "shop/web" for r in caplog.records)
+    # a status the controller would never write: the members seen before stay
+    watches.apply_pool("MODIFIED", pool_status("garbage", rv="3"))
+    assert [m.address for m in watches.pools[key]] == ["198.51.100.7"]
+    watches.reset_pools([pool_status({"oops": 1}, rv="4")])
+    assert [m.address for m in watches.pools[key]] == ["198.51.100.7"]
+    assert any("keeping the members seen before" in r.getMessage() for r in caplog.records)
