@@ -43,6 +43,7 @@ import time
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
 from ..listwatch import KubeClient
+from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
@@ -102,7 +103,7 @@ class Agent:
         self.health = HealthChecker(self.dirty.set)
         self.ipvs = IpvsSync(
             kernel, self.netlink, self.watches, self.health, self.metrics, cfg.group,
-            cfg.masquerade_snat,
+            cfg.masquerade_snat, WithdrawalBrake(cfg.brake),
         )  # fmt: skip
         node = handover_node or HandoverKernel()
         self.handover = PlannedHandover(
@@ -193,6 +194,9 @@ class Agent:
         await self.watches.synced()
         while True:
             timeout = DRAIN_RECHECK if self.ipvs.drain_pending else self.cfg.resync
+            release = self.ipvs.brake.next_release()
+            if release is not None:  # a held withdrawal goes ahead on time
+                timeout = max(0.05, min(timeout, release - time.monotonic() + 0.05))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), timeout)
             self.dirty.clear()

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..api import contract
 from ..api.network import IPNetwork
 from . import handover as handover_mod
 from . import peer as peer_mod
+from .brake import BrakeConfig
 from .election import (
     DEFAULT_LEASE_DURATION,
     DEFAULT_OUTAGE_HOLD,
@@ -58,6 +59,7 @@ class AgentConfig:
     peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
     # the group's heartbeat key; missing at the default path: unauthenticated (with a warning)
     peer_key_file: str = contract.DEFAULT_PEER_KEY_FILE
+    brake: BrakeConfig = field(default_factory=BrakeConfig)  # the withdrawal brake (brake.py)
     # the controller's --vip-ranges (the same setting): None: not checked here
     vip_ranges: tuple[IPNetwork, ...] | None = None
     kubeconfig: str | None = None

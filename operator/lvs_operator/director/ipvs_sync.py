@@ -29,6 +29,7 @@ from lvs_operator.api.realserverpool import HealthCheck, PoolMember
 from lvs_operator.api.virtualserver import VirtualServer
 
 from . import desired as desired_mod
+from .brake import WithdrawalBrake
 from .health import HealthChecker, apply_health, targets_for
 from .lanes import Lane
 from .metrics import Metrics
@@ -70,6 +71,7 @@ class IpvsSync:
         metrics: Metrics,
         group: str,
         masquerade_snat: bool,
+        brake: WithdrawalBrake | None = None,
     ) -> None:
         self.kernel = kernel
         self.lane = lane
@@ -78,6 +80,7 @@ class IpvsSync:
         self.metrics = metrics
         self.group = group
         self.masquerade_snat = masquerade_snat
+        self.brake = brake or WithdrawalBrake()
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
         self._reported: set[tuple[str, str, str]] = set()
@@ -106,6 +109,8 @@ class IpvsSync:
     async def converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         """Make the kernel's services on the ``owned`` VIPs match ``want``."""
         t0 = time.monotonic()
+        want = self.brake.apply(want, self.desired, t0)
+        self.metrics.withdrawals_held.set(len(self.brake.held))
         want = await self._with_health(want)
         actual, connections = await self.lane.run(self.kernel.read)
         plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))

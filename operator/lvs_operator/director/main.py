@@ -24,6 +24,7 @@ from lvs_operator.api.contract import lease_name
 from ..api import contract
 from ..api.network import parse_ranges
 from ..logs import setup_logging
+from . import brake as brake_mod
 from . import handover as handover_mod
 from . import peer as peer_mod
 from .config import (
@@ -91,6 +92,12 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
            "integer seconds: a VIP lapses (the kernel removes it) this long after its agent last "
            "renewed it, so a dead agent's VIPs leave its node; 0: they stay until removed",
            type=int)  # fmt: skip
+    option("--withdrawal-share", contract.ENV_WITHDRAWAL_SHARE, brake_mod.DEFAULT_SHARE,
+           "a converge that would remove more than this share of the group's services (and at "
+           "least 2) keeps them, with their VIPs, for --withdrawal-hold", type=float)  # fmt: skip
+    option("--withdrawal-hold", contract.ENV_WITHDRAWAL_HOLD_SECONDS, brake_mod.DEFAULT_HOLD,
+           "seconds a mass withdrawal waits; it goes ahead if still wanted then (0: no brake)",
+           type=float)  # fmt: skip
     option("--vip-refresh-interval", contract.ENV_VIP_REFRESH_SECONDS, DEFAULT_VIP_REFRESH,
            "re-check and re-announce held VIPs (0: off)", type=float)  # fmt: skip
     option("--announce-count", contract.ENV_ANNOUNCE_COUNT, DEFAULT_ANNOUNCE_COUNT,
@@ -174,6 +181,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         peer_address=a.peer_address,
         peer_key_file=a.peer_key_file,
         vip_ranges=vip_ranges,
+        brake=brake_mod.BrakeConfig(share=a.withdrawal_share, hold=max(0.0, a.withdrawal_hold)),
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
@@ -183,6 +191,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
             ipaddress.ip_address(cfg.peer_address)
     except ValueError as exc:
         p.error(str(exc))
+    if not 0 <= cfg.brake.share < 1:
+        p.error(f"--withdrawal-share ({cfg.brake.share}) must be at least 0 and below 1")
     if cfg.vip_lifetime != 0 and cfg.vip_lifetime < 2:
         p.error(
             f"--vip-lifetime ({cfg.vip_lifetime}s) must be 0 (off) or at least 2 seconds (it "

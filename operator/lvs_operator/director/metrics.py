@@ -40,6 +40,11 @@ class Metrics:
         self.converge_errors = Counter(
             "lvs_director_converge_errors", "failed converges", ["group"], registry=self.registry
         ).labels(**labels)
+        self.withdrawals_held = Gauge(
+            "lvs_director_withdrawals_held", "services kept although no VirtualServer wants "
+            "them any more: too many went at once (the withdrawal brake; they go when still "
+            "unwanted after the hold)", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.prepare_errors = Counter(
             "lvs_director_prepare_errors", "converges whose sysctls or nftables masquerade "
             "could not be set (the IPVS changes were still applied; the reason is logged)",

@@ -429,3 +429,28 @@ async def test_an_nft_failure_never_holds_back_the_ipvs_changes(
     lines = [r.getMessage() for r in caplog.records if "masquerade" in r.getMessage()]
     assert len(lines) == 1 and "No such file" in lines[0]
     assert 'lvs_director_prepare_errors_total{group="g1"} 2.0' in agent.metrics.render().decode()
+
+
+async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:
+    """Every VirtualServer of the group disappears from the agent's view at once (say the
+    controller's --vip-ranges was emptied): the services and the VIP stay for the hold,
+    counted in lvs_director_withdrawals_held; then they go."""
+    from lvs_operator.director.brake import BrakeConfig
+
+    kernel, vips = FakeKernel(), FakeVips()
+    agent = make(kernel=kernel, vips=vips, store=FakeLeaseStore(), brake=BrakeConfig(hold=0.3))
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj("web"), vs_obj("api", ports=[{"port": 81, "targetPort": 8080}])])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert len(kernel.table) == 2 and vips.addresses == {VIP: "front"}
+    agent.watches.reset_vs([])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert len(kernel.table) == 2 and vips.addresses == {VIP: "front"}  # braked
+    assert 'lvs_director_withdrawals_held{group="g1"} 2.0' in agent.metrics.render().decode()
+    await asyncio.sleep(0.35)
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert len(kernel.table) == 0 and vips.addresses == {}  # confirmed by time
