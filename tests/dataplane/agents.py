@@ -96,6 +96,9 @@ class Lab:
         if peer:
             interval, timeout = peer.split(",")
             self.lease_flags += ["--peer-interval", interval, "--peer-timeout", timeout]
+        # the group's heartbeat key, as the DaemonSet mounts it from the controller's Secret
+        self.peer_key = vm.shared / "peer.key"
+        self.peer_key.write_bytes(os.urandom(32))
         self.api = FakeApi().start()
         self.kubeconfig = self.api.kubeconfig(vm.shared / "kubeconfig.json")
         self.api_url = f"http://10.0.2.2:{self.api.port}"
@@ -121,7 +124,8 @@ class Lab:
         argv = [
             self.vm_python(), "-m", "lvs_operator.cli", "director",
             "--node-name", NODES[ns], "--namespace", NAMESPACE, "--group", GROUP,
-            "--kubeconfig", str(self.kubeconfig), *self.lease_flags, *extra,
+            "--kubeconfig", str(self.kubeconfig), "--peer-key-file", str(self.peer_key),
+            *self.lease_flags, *extra,
         ]  # fmt: skip
         proc = self.vm.spawn(argv, netns=ns, name=f"agent-{NODES[ns]}",
                              env={"POD_NAME": f"lvs-director-{NODES[ns]}"})  # fmt: skip

@@ -452,6 +452,63 @@ def cut_heartbeat(ns: str, cut: bool = True, port: int = 9643) -> None:
         t.nsexec(ns, "nft", "delete", "table", "inet", "lvs_fault_hb", check=False)
 
 
+def lossy_heartbeat(ns: str, percent: int = 5, on: bool = True, port: int = 9643) -> None:
+    """Drop ``percent`` % of the UDP heartbeat at director ``ns``, at random, each way."""
+    if on:
+        drop = f"numgen random mod 100 < {int(percent)} drop"
+        _nft(ns, (
+            "table inet lvs_fault_loss {\n"
+            f"  chain o {{ type filter hook output priority 0; udp dport {port} {drop}; }}\n"
+            f"  chain i {{ type filter hook input priority 0; udp sport {port} {drop}; }}\n"
+            "}\n"
+        ))  # fmt: skip
+    else:
+        t.nsexec(ns, "nft", "delete", "table", "inet", "lvs_fault_loss", check=False)
+
+
+def spoof_main(argv: list[str]) -> int:
+    """Send heartbeat probes to ``--target`` with the source address ``--source`` (another
+    director's) and its ``--identity``, ``--rate`` per second for ``--seconds``, from the
+    client's namespace on the same link (raw IP: the spoofer has that address nowhere). They
+    are well formed but signed with a key of the spoofer's own. Prints the number sent."""
+    import socket
+    import struct
+
+    from lvs_operator.director.peer import make_probe
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--identity", required=True)
+    p.add_argument("--port", type=int, default=9643)
+    p.add_argument("--rate", type=float, default=1000)
+    p.add_argument("--seconds", type=float, default=10)
+    a = p.parse_args(argv)
+    topo = t.default_topology()
+    with t.in_netns(topo.client):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    key = os.urandom(32)
+    src, dst = socket.inet_aton(a.source), socket.inet_aton(a.target)
+    packets = []  # made before the clock starts: signing each one is slow under TCG
+    for i in range(1000):
+        payload = make_probe(os.urandom(8).hex(), a.identity, None, True, time.time_ns() + i, key)
+        udp = struct.pack("!HHHH", 40000 + i, a.port, 8 + len(payload), 0) + payload
+        # version/IHL, TOS, total length, id, flags/fragment, TTL, UDP, checksum (the kernel
+        # fills in the checksum for IPPROTO_RAW)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, src, dst)
+        packets.append(ip + udp)
+    sent, t0 = 0, now()
+    while now() - t0 < a.seconds:
+        due = int((now() - t0) * a.rate)
+        while sent < due:  # in bursts: the guest's sleep is coarse
+            with contextlib.suppress(OSError):
+                sock.sendto(packets[sent % len(packets)], (a.target, 0))
+            sent += 1
+        time.sleep(0.005)
+    print(json.dumps({"sent": sent, "seconds": round(now() - t0, 2)}), flush=True)
+    return 0
+
+
 def sampler_main(argv: list[str]) -> int:
     """Every ``--interval`` (10 ms): which directors hold the VIP on an interface other than
     lo (netlink, in each director's namespace), and which answer ARP for it (an ARP probe
@@ -554,4 +611,6 @@ if __name__ == "__main__":
         sys.exit(loop_main(sys.argv[2:]))
     if sys.argv[1:2] == ["sampler"]:
         sys.exit(sampler_main(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} loop|sampler --out FILE [--vip V --port P]")
+    if sys.argv[1:2] == ["spoof"]:
+        sys.exit(spoof_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} loop|sampler|spoof ...")

@@ -451,6 +451,68 @@ def test_fault_leader_stopped_for_3s(lab: Lab) -> None:
     assert stats["failures"] == 0, stats
 
 
+def rejected_forgeries(lab: Lab, ns: str) -> float:
+    """The agent's count of heartbeat messages dropped for a bad MAC."""
+    for line in lab.call("metrics", ns=ns).splitlines():
+        if line.startswith("lvs_director_peer_rejected_total{") and 'reason="mac"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_fault_spoofed_probes_and_a_lossy_heartbeat(lab: Lab) -> None:
+    """Probes spoofed from the standby's address and identity, 1,000 per second for 10 s
+    (signed with a key that is not the group's), while 5 % of the standby's heartbeat is
+    lost at random each way: no takeover, no failed request; the leader drops the forgeries
+    before they cost the standby anything (counted). Then, the loss still on, a real crash
+    of the leader's node still fails over within the crash bound."""
+    from tests.dataplane import topology as topo_mod
+
+    holder = lab.leader_ns()
+    standby = OTHER[holder]
+    front = topo_mod.default_topology().front
+    forged_before = rejected_forgeries(lab, holder)
+    spoofer: list[object] = []
+
+    def fault() -> float:
+        lab.call("lossy_heartbeat", ns=standby, percent=5)
+        spoofer.append(lab.vm.spawn(
+            [lab.vm_python(), "-m", "tests.dataplane.scenarios_agent", "spoof",
+             "--target", front[holder], "--source", front[standby],
+             "--identity", NODES[standby], "--rate", "1000", "--seconds", "10"],
+            name="spoofer",
+        ))  # fmt: skip
+        return float(lab.call("now"))
+
+    def heal() -> None:
+        proc = spoofer[0]
+        assert proc.wait(60) == 0, proc.output()  # type: ignore[attr-defined]
+
+    stats, _rows, lease, _, _ = _fault_case(lab, "spoof-loss", fault, heal, hold=10)
+    sent = json.loads(spoofer[0].output().strip().splitlines()[-1])  # type: ignore[attr-defined]
+    forged = rejected_forgeries(lab, holder) - forged_before
+    print(f"[dataplane] spoofed probes: {sent}, dropped by the leader as forged: {forged:.0f}")
+    assert stats["failures"] == 0, stats
+    assert lease["holder"] == (NODES[holder], NODES[holder]), lease
+    assert lease["transitions"][0] == lease["transitions"][1], lease
+    assert sent["sent"] >= 9000, sent
+    assert forged >= 0.9 * sent["sent"], (forged, sent)  # they arrived, and were dropped
+    # a real crash, the loss still on
+    loop, out = lab.start_loop("spoof-crash", VIP, 80)
+    proc = lab.agents.pop(holder)
+    moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=VIP, new=standby,
+                     link_down=holder)  # fmt: skip
+    time.sleep(2)
+    crash = {**analyse(lab.stop_loop(loop, out), moved["at"]), **moved}
+    lab.call("lossy_heartbeat", ns=standby, on=False)
+    # the dead node's kernel lets the VIP lapse before it is back on the link
+    assert lab.call("wait_vip_dropped", ns=holder, vip=VIP, within=LAPSE_BOUND + 5) is not None
+    lab.call("link_up", ns=holder)
+    print(f"[dataplane] crash with 5 % heartbeat loss: {crash}")
+    # the same bound as the crash without loss (test_failover_when_the_active_director_dies)
+    assert crash["vip_moved_after"] is not None and crash["vip_moved_after"] < 2.0, crash
+    assert crash["recovered_after"] is not None and crash["recovered_after"] < 2.0, crash
+
+
 KUBELET_BACKOFF = 10.0  # kubelet's first restart back-off for a crashing container
 
 
