@@ -98,9 +98,12 @@ def group_views(
     now: datetime,
 ) -> dict[str, DirectorView]:
     ready_nodes: dict[str, set[str]] = {}
+    groups_on: dict[str, set[str]] = {}  # node -> groups with an agent pod there
     for pod in pods:
         if pod.ready and pod.node:
             ready_nodes.setdefault(pod.group, set()).add(pod.node)
+        if pod.node:
+            groups_on.setdefault(pod.node, set()).add(pod.group)
     views = {}
     for group in groups:
         lease = leases.get(lease_name(group))
@@ -111,6 +114,11 @@ def group_views(
             programmed=dict(lease.programmed) if lease and active else {},
             vip_problems=dict(lease.vip_problems) if lease and active else {},
             ready_nodes=tuple(sorted(ready_nodes.get(group, ()))),
+            shared_nodes={
+                node: tuple(sorted(others - {group}))
+                for node, others in sorted(groups_on.items())
+                if group in others and len(others) > 1
+            },
         )
     return views
 

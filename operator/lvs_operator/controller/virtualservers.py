@@ -52,6 +52,7 @@ NO_READY_REAL_SERVERS = "NoReadyRealServers"
 AS_EXPECTED = "AsExpected"
 REAL_SERVERS_NOT_READY = "RealServersNotReady"
 NO_STANDBY_DIRECTOR = "NoStandbyDirector"
+DIRECTOR_NODE_SHARED = "DirectorNodeShared"
 
 STATUS_FIELDS = (
     "observedGeneration",
@@ -230,6 +231,8 @@ class DirectorView:
     programmed: Mapping[str, int] = field(default_factory=dict)
     ready_nodes: tuple[str, ...] = ()
     vip_problems: Mapping[str, str] = field(default_factory=dict)  # vip -> reason
+    # node -> the other groups with an agent there (their selectors overlap)
+    shared_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def directors_list(view: DirectorView) -> list[dict[str, str]]:
@@ -311,6 +314,19 @@ def vs_conditions(
                 NO_STANDBY_DIRECTOR,
                 f"{len(view.ready_nodes)} director agent(s) ready: failover needs at least 2 "
                 f"nodes matching {_selector_text(decision)}",
+            )
+        )
+    if view.shared_nodes:
+        shared = ", ".join(
+            f"{node} (also {', '.join(others)})"
+            for node, others in list(view.shared_nodes.items())[:5]
+        )
+        issues.append(
+            (
+                DIRECTOR_NODE_SHARED,
+                f"nodes run director agents of more than one group: {shared}; their host ports "
+                "(health, metrics, the UDP heartbeat) collide. Make the groups' "
+                "spec.directors.nodeSelector match disjoint nodes",
             )
         )
     if issues:

@@ -56,6 +56,21 @@ def test_director_pods_and_views() -> None:
     assert expired["g1"].active is None and expired["g1"].programmed == {}
 
 
+def test_nodes_shared_by_two_groups_are_seen_by_both() -> None:
+    """Overlapping node selectors put two groups' agents on one node (their host ports
+    collide): each group's view names the node and the other group, ready or not."""
+    pods = [
+        g.director_pod(pod("a1", "n1", group="g1")),
+        g.director_pod(pod("a2", "n2", group="g1")),
+        g.director_pod(pod("b2", "n2", ready=False, group="g2")),  # crash-looping there
+    ]
+    views = g.group_views(["g1", "g2"], {}, [p for p in pods if p], T0)
+    assert views["g1"].shared_nodes == {"n2": ("g2",)}
+    assert views["g2"].shared_nodes == {"n2": ("g1",)}
+    alone = g.group_views(["g1"], {}, [p for p in pods[:2] if p], T0)
+    assert alone["g1"].shared_nodes == {}
+
+
 def test_desired_groups_only_accepted() -> None:
     objs = [
         o.vs("a", selector={"role": "lb"}),

@@ -217,6 +217,14 @@ def test_conditions_director_states() -> None:
     assert none["Ready"].reason == v.NO_ACTIVE_DIRECTOR
     assert (none["Degraded"].status, none["Degraded"].reason) == ("True", v.NO_STANDBY_DIRECTOR)
 
+    shared = v.DirectorView(
+        GROUP, "n1", {"web/a": 4}, ("n1", "n2"), shared_nodes={"n2": ("gother",)}
+    )
+    cs = conds(d, outcome(2, 2), shared)
+    assert (cs["Degraded"].status, cs["Degraded"].reason) == ("True", v.DIRECTOR_NODE_SHARED)
+    assert "n2 (also gother)" in cs["Degraded"].message
+    assert "nodeSelector" in cs["Degraded"].message and cs["Ready"].status == "True"
+
     pending = v.DirectorView(GROUP, "n1", {"web/a": 3}, ("n1", "n2"))
     cs = conds(d, outcome(2, 2), pending)
     assert cs["Programmed"].reason == v.PENDING and "generation 4" in cs["Programmed"].message
