@@ -549,11 +549,16 @@ def test_6_agent_crash_the_vip_stays_for_its_lifetime(system: System) -> None:
     else:
         # not before its lifetime (the kernel served until then), not after the Lease duration
         assert VIP_LIFETIME - 0.5 <= lost - at <= LAPSE_BOUND, (lost - at, rows)
-        taken = next((max(lost, r["mono"]) for r in rows if r["holders"] == [new]), None)
-        assert taken is not None and taken - lost < 2.0, (taken, lost, rows)
-        assert s.leader() == DIRECTORS[new][0], s.logs()
-        late = [e for e in stats["errors"] if not lost - at - 1.0 <= e[0] <= taken - at + 1.0]
-        assert not late, (late, lost - at, taken - at, stats)
+        back_row = next((r for r in rows if r["mono"] >= lost and len(r["holders"]) == 1), None)
+        assert back_row is not None, rows
+        back = max(lost, back_row["mono"])
+        if back_row["holders"] == [new]:  # the standby took it, at once
+            assert back - lost < 2.0, (back, lost, rows)
+            assert s.leader() == DIRECTORS[new][0], s.logs()
+        else:  # the agent came back in the moment between the lapse and the standby's write
+            assert s.leader() == DIRECTORS[old][0], (rows, s.logs())
+        late = [e for e in stats["errors"] if not lost - at - 1.0 <= e[0] <= back - at + 1.0]
+        assert not late, (late, lost - at, back - at, stats)
     s.show_status("after the agent crash")
 
 

@@ -329,11 +329,16 @@ def test_agent_restart(lab: Lab, role: str) -> None:
     assert role == "leader", f"a standby's restart moved the VIP: {rows}"
     # it lapsed: not before its lifetime (the kernel served until then), not after the bound
     assert DEFAULT_VIP_LIFETIME - 0.5 <= lost - at <= LAPSE_BOUND, (lost - at, rows)
-    taken = first_sample(rows, lost, lambda addr, arp: addr == [OTHER[ns]])
-    assert taken is not None and taken - lost < 2.0, (taken, lost, rows)
-    assert lab.holder() == NODES[OTHER[ns]]
-    late = [r for r in results if r[1] is None and not lost - 1.0 <= r[0] <= taken + 1.0]
-    assert not late, (late, lost, taken, stats)  # failures only around the takeover
+    back = first_sample(rows, lost, lambda addr, arp: len(addr) == 1)
+    assert back is not None, rows
+    holder_after = next(r["addr"][0] for r in vip_changes(rows, back) if len(r["addr"]) == 1)
+    if holder_after == OTHER[ns]:  # the standby took it, at once
+        assert back - lost < 2.0, (back, lost, rows)
+        assert lab.holder() == NODES[OTHER[ns]]
+    else:  # the agent came back in the moment between the lapse and the standby's write
+        assert holder_after == ns and lab.holder() == holder, (rows, lab.holder())
+    late = [r for r in results if r[1] is None and not lost - 1.0 <= r[0] <= back + 1.0]
+    assert not late, (late, lost, back, stats)  # failures only while nobody held it
 
 
 # -- the fault tier: API outages, partitions, a stopped or lonely leader ---------------------
