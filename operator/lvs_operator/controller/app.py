@@ -21,7 +21,7 @@ from typing import Any
 
 from lvs_operator import logs
 from lvs_operator.api import contract
-from lvs_operator.api.network import parse_ranges
+from lvs_operator.api.network import is_label_key, is_label_value, parse_ranges
 
 from .config import (
     DEFAULT_DIRECTOR_IMAGE,
@@ -96,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         "--director-resources",
         default=_env("LVS_DIRECTOR_RESOURCES", json.dumps(DEFAULT_DIRECTOR_RESOURCES)),
         help="JSON resources of the agent container (default %(default)s)",
+    )
+    p.add_argument(
+        "--director-node-label",
+        default=_env("LVS_DIRECTOR_NODE_LABEL", f"{contract.DIRECTOR_NODE_LABEL}=true"),
+        help="key=value every director DaemonSet also requires of its nodes, whatever a "
+        "VirtualServer's spec.directors.nodeSelector says (env LVS_DIRECTOR_NODE_LABEL; "
+        "default %(default)s; empty: none, a VirtualServer may put directors on any node)",
     )
     p.add_argument(
         "--director-priority-class",
@@ -191,8 +198,18 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
             "--director-health-port and --director-metrics-port must differ: the agents serve "
             "both on the node's network"
         )
+    pin: dict[str, str] = {}
+    if args.director_node_label:
+        key, sep, value = args.director_node_label.partition("=")
+        if not sep or not is_label_key(key) or not is_label_value(value):
+            raise ConfigError(
+                f"--director-node-label: {args.director_node_label!r} is not key=value with a "
+                "valid label key and value (e.g. lvs.io/director=true)"
+            )
+        pin = {key: value}
     return ControllerConfig(
         namespace=args.namespace,
+        director_node_pin=pin,
         vip_ranges=ranges,
         director_image=args.director_image,
         director_image_pull_policy=args.director_image_pull_policy,

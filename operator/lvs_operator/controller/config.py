@@ -11,6 +11,7 @@ from lvs_operator.api.contract import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_METRICS_PORT,
     DEFAULT_PEER_PORT,
+    DIRECTOR_NODE_LABEL,
 )
 from lvs_operator.api.network import IPNetwork
 
@@ -50,3 +51,8 @@ class ControllerConfig:
     metrics_port: int = DEFAULT_METRICS_PORT
     peer_port: int = DEFAULT_PEER_PORT  # UDP heartbeat between the agents
     timings: DirectorTimings = field(default_factory=DirectorTimings)
+    # every director DaemonSet also requires this node label (--director-node-label): a
+    # VirtualServer's nodeSelector can narrow the director nodes, never leave them
+    director_node_pin: Mapping[str, str] = field(
+        default_factory=lambda: {DIRECTOR_NODE_LABEL: "true"}
+    )

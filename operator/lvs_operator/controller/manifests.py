@@ -267,7 +267,8 @@ def build_daemonset(
     pod_spec: dict[str, Any] = {
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
-        "nodeSelector": dict(node_selector),
+        # the operator's pin last: a VirtualServer cannot choose nodes outside it
+        "nodeSelector": {**node_selector, **config.director_node_pin},
         "serviceAccountName": config.director_service_account,
         "terminationGracePeriodSeconds": 30,
         "containers": [container],

@@ -433,7 +433,8 @@ def test_director_group_daemonset_lease_and_status(
     ds_name = daemonset_name(group)
     nodes = [n.metadata.name for n in admin.list(Node)][:2]
     assert len(nodes) == 2, "the test cluster needs at least 2 nodes"
-    _label_nodes(admin, nodes, {key: value})
+    # the VirtualServer's selector, and the operator's director label every DaemonSet requires
+    _label_nodes(admin, nodes, {key: value, "lvs.io/director": "true"})
     try:
         admin.create(deployment("web", 2, {"app": "web"}), namespace=namespace)
         admin.create(pool("web", selector={"matchLabels": {"app": "web"}}), namespace=namespace)
@@ -451,7 +452,8 @@ def test_director_group_daemonset_lease_and_status(
         assert ds.metadata.labels["app.kubernetes.io/managed-by"] == "lvs-operator"
         spec = ds.spec.template.spec
         assert spec.hostNetwork is True and spec.dnsPolicy == "ClusterFirstWithHostNet"
-        assert spec.nodeSelector == selector and spec.serviceAccountName == "lvs-director"
+        assert spec.nodeSelector == {**selector, "lvs.io/director": "true"}
+        assert spec.serviceAccountName == "lvs-director"
         (c,) = spec.containers
         assert c.securityContext.privileged is False
         assert c.securityContext.capabilities.add == ["NET_ADMIN", "NET_RAW"]
@@ -561,7 +563,7 @@ def test_director_group_daemonset_lease_and_status(
             message="the group's DaemonSet to be deleted",
         )
     finally:
-        _label_nodes(admin, nodes, {key: None})
+        _label_nodes(admin, nodes, {key: None, "lvs.io/director": None})
         with contextlib.suppress(ApiError):
             admin.delete(Lease, lease_name(group), namespace=opns)
 

@@ -133,3 +133,15 @@ def test_director_port_defaults_match_the_agents() -> None:
     assert controller_config.DEFAULT_PEER_PORT == peer.DEFAULT_PEER_PORT
     assert controller_config.DEFAULT_HEALTH_PORT == agent_config.DEFAULT_HEALTH_PORT
     assert controller_config.DEFAULT_METRICS_PORT == agent_config.DEFAULT_METRICS_PORT
+
+
+def test_director_node_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_DIRECTOR_NODE_LABEL", raising=False)
+    assert config().director_node_pin == {"lvs.io/director": "true"}
+    assert config("--director-node-label=example.com/lb=edge").director_node_pin == {
+        "example.com/lb": "edge"
+    }
+    assert config("--director-node-label=").director_node_pin == {}
+    for bad in ("nolabel", "bad key=x", "k=bad value"):
+        with pytest.raises(app.ConfigError, match="--director-node-label"):
+            config(f"--director-node-label={bad}")

@@ -146,6 +146,20 @@ def test_build_daemonset_contract() -> None:
     assert c["resources"]["requests"]["cpu"] == "50m"
 
 
+def test_a_virtualservers_selector_narrows_the_director_nodes_never_leaves_them() -> None:
+    """Tenants choose spec.directors.nodeSelector: the operator's director label is always
+    required too, and wins over a value the tenant gives it."""
+    pin = ControllerConfig()
+    tenant = {"kubernetes.io/hostname": "control-plane-1", "lvs.io/director": "false"}
+    ds = build_daemonset("gabc", tenant, pin)
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubernetes.io/hostname": "control-plane-1",
+        "lvs.io/director": "true",
+    }
+    off = build_daemonset("gabc", tenant, ControllerConfig(director_node_pin={}))
+    assert off["spec"]["template"]["spec"]["nodeSelector"] == tenant
+
+
 def test_daemonset_mounts_the_groups_heartbeat_key() -> None:
     ds = build_daemonset("gabc", {"lvs.io/director": "true"}, ControllerConfig())
     pod = ds["spec"]["template"]["spec"]
