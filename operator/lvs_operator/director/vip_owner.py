@@ -440,5 +440,6 @@ def first_vip(placements: Mapping[str, str]) -> tuple[str, str] | None:
     """The group's first VIP (by address) and its interface: the link the VIPs move over."""
     if not placements:
         return None
-    vip = min(placements, key=ipaddress.ip_address)
+    # IPv4 first: addresses of two families do not compare (a dual-stack group)
+    vip = min(placements, key=lambda v: (ipaddress.ip_address(v).version, ipaddress.ip_address(v)))
     return vip, placements[vip]

@@ -265,3 +265,12 @@ async def test_adopt_present_keeps_only_the_groups_vips() -> None:
     vips.own([A, B])
     assert await vips.adopt_present() == [A]
     assert vips.held == {A: "front"} and node.events == [("renew", A)]
+
+
+def test_the_first_vip_of_a_dual_stack_group() -> None:
+    """IPv4 and IPv6 VIPs in one group: no TypeError comparing them; IPv4 first."""
+    from lvs_operator.director.vip_owner import first_vip
+
+    placements = {"2001:db8::10": "front", "192.0.2.10": "front", "2001:db8::1": "front"}
+    assert first_vip(placements) == ("192.0.2.10", "front")
+    assert first_vip({"2001:db8::10": "a", "2001:db8::1": "b"}) == ("2001:db8::1", "b")
