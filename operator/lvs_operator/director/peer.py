@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
@@ -491,6 +492,43 @@ class PeerHealth:
 RECV_TIMEOUT = 0.2  # the threads check for close() this often
 
 
+def unmapped(ip: str) -> str:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 address it is."""
+    if ip.startswith("::ffff:"):
+        with contextlib.suppress(ValueError):
+            mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+            if mapped is not None:
+                return str(mapped)
+    return ip
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port); "0.0.0.0" becomes "::" with both families where
+    the node has IPv6, else stays IPv4 only."""
+    if host == "0.0.0.0" and socket.has_ipv6:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:
+            pass  # no IPv6 in this kernel or namespace: IPv4 only
+        else:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HeartbeatResponder:
     """Answers probes with this director's identity and whether it leads."""
 
@@ -537,14 +575,10 @@ class HeartbeatResponder:
         return self._address
 
     async def start(self) -> None:
-        """Bind (OSError if the port is taken) and answer on a thread of its own."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
+        """Bind (OSError if the port is taken) and answer on a thread of its own. The
+        default host "0.0.0.0" binds both families where the node has IPv6 (the agent may
+        publish either, e.g. its address on an IPv6 VIP's link)."""
+        sock = _bind_udp(self.host, self.port)
         sock.settimeout(RECV_TIMEOUT)
         name = sock.getsockname()
         self._sock, self._address = sock, (str(name[0]), int(name[1]))
@@ -620,7 +654,7 @@ class HeartbeatResponder:
         if probe is None:
             self.dropped += 1
             return
-        ip = str(addr[0])
+        ip = unmapped(str(addr[0]))  # an IPv4 prober on the dual-stack socket: its IPv4
         # authenticity and freshness first: only a probe made with the key may spend its
         # source's reply budget, so a spoofer cannot exhaust the standby's
         if self.key is not None:

@@ -582,3 +582,40 @@ async def test_monitor_suspects_the_holder_before_it_judges_it_lost() -> None:
     finally:
         await monitor.close()
         responder.close()
+
+
+async def test_the_default_responder_answers_both_families() -> None:
+    """Bound to "0.0.0.0" (the default): IPv4 and IPv6 probers are both answered (an agent
+    may publish its address on an IPv6 VIP's link), and an IPv4 prober is known by its IPv4
+    address."""
+    import socket as _socket
+
+    responder = HeartbeatResponder("leader", lambda: True, host="0.0.0.0", port=0)
+    await responder.start()
+    try:
+        assert responder.address is not None
+        port = responder.address[1]
+        for family, host in ((_socket.AF_INET, "127.0.0.1"), (_socket.AF_INET6, "::1")):
+            with _socket.socket(family, _socket.SOCK_DGRAM) as sock:
+                sock.settimeout(2)
+                sock.sendto(make_probe("0" * 15 + "1", "standby", None, False, 1), (host, port))
+                reply = sock.recv(1024)
+            assert parse_reply(reply) is not None, (host, reply)
+        # the IPv4 prober's acknowledgement is recorded under its IPv4 address
+        with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            first = "0" * 15 + "2"
+            sock.sendto(make_probe(first, "standby", None, False, 2), ("127.0.0.1", port))
+            sock.recv(1024)
+            sock.sendto(make_probe("0" * 15 + "3", "standby", first, False, 3), ("127.0.0.1", port))
+            sock.recv(1024)
+        assert responder.confirmations()["standby"].address == "127.0.0.1"
+    finally:
+        responder.close()
+
+
+def test_unmapped() -> None:
+    from lvs_operator.director.peer import unmapped
+
+    assert unmapped("::ffff:10.10.0.12") == "10.10.0.12"
+    assert unmapped("2001:db8::1") == "2001:db8::1" and unmapped("10.0.0.1") == "10.0.0.1"

@@ -370,7 +370,8 @@ async def test_with_a_key_no_warning_and_rejections_are_counted(
         assert hb.responder is not None and hb.responder.address is not None
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for i in range(5):
-                sock.sendto(make_probe(f"{i:016x}", "x", None, False, i), hb.responder.address)
+                probe = make_probe(f"{i:016x}", "x", None, False, i)
+                sock.sendto(probe, ("127.0.0.1", hb.responder.address[1]))
             await wait_for(lambda: hb.responder.rejected == 5)
         text = metrics.render().decode()
         assert 'lvs_director_peer_rejected_total{group="g1",reason="mac"} 5.0' in text
