@@ -279,16 +279,6 @@ class VipOwner:
         if items:
             await self.lane.run(self.node.renew, items)
 
-    async def renew_present(self, only: Iterable[str] | None) -> None:
-        """Restart the lifetime of the agent-added VIPs on this node: of those in ``only``,
-        or of all (None: the group's VIPs not known yet)."""
-        present = await self.lane.run(self.node.present)
-        keep = None if only is None else set(only)
-        items = [(v, i) for v, i in present.items() if keep is None or v in keep]
-        items += [(vip, LOOPBACK) for vip in self.retired]
-        if items:
-            await self.lane.run(self.node.renew, items)
-
     async def adopt_present(self) -> list[str]:
         """A restarted leader, before anything slow: restart the lifetime of the group's
         VIPs (``owned``, from its VirtualServers) that this node still has, so they do not
