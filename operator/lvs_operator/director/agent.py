@@ -242,9 +242,21 @@ class Agent:
         while True:
             await asyncio.sleep(every)
             try:
-                await self.vips.renew_lifetimes()
+                await self.renew_vips()
             except Exception:
                 log.exception("renewing the VIPs' lifetime failed", extra={"group": self.cfg.group})
+
+    async def renew_vips(self) -> None:
+        """One renewal. A leader that knows its VIPs renews those it holds. Until it knows
+        them (a restart before the first converge), and while the Lease is not known to name
+        another director (a restart that cannot read the Lease yet), every agent-added VIP
+        still on the node is renewed, as the process's first step did (main.py): none of
+        them can have a second holder while it is here and answers ARP."""
+        leader, known = self.elector.is_leader, self.ipvs.desired is not None
+        if (leader and not known) or (not leader and not self.elector.not_holder):
+            await self.vips.renew_present(self.vips.owned if known else None)
+        else:
+            await self.vips.renew_lifetimes()
 
     async def _on_leader_change(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)

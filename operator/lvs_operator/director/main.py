@@ -270,6 +270,38 @@ def load_peer_key(cfg: AgentConfig) -> bytes | None:
     return peer_mod.load_key(cfg.peer_key_file, required=required)
 
 
+def keep_vips_through_restart(cfg: AgentConfig) -> None:
+    """First thing, before the imports and the reads that take seconds: restart the
+    lifetime of the VIPs an agent added that are still on this node (vip.py).
+
+    A restarted leader's VIPs must not lapse while it starts (under emulation that is longer
+    than a lifetime); it confirms or drops them once it has read the Lease. Only a VIP no
+    other node answers ARP for is renewed: no standby takes a VIP this node still answers
+    for, so renewing it makes no second holder; one another node answers for (this node
+    was cut off, and its standby took over) is left to lapse, and one already gone is not
+    brought back. A crash loop extends them by one lifetime per start, and kubelet's
+    back-off (10 s, doubling) outlasts that."""
+    if cfg.vip_lifetime <= 0:
+        return
+    try:
+        from .vip import VipManager
+
+        vips = VipManager(lifetime=cfg.vip_lifetime)
+        try:
+            kept, taken = vips.renew_unclaimed(vips.present().items())
+        finally:
+            vips.rt.close()
+    except Exception as exc:  # only a head start: the start-up does the real work
+        log.warning("could not renew the VIPs left on this node: %s", exc)
+        return
+    if kept:
+        log.info("VIPs still on this node kept for one lifetime until the Lease is read",
+                 extra={"vips": sorted(kept), "seconds": cfg.vip_lifetime})  # fmt: skip
+    if taken:
+        log.warning("VIPs left on this node are answered by another node: left to lapse",
+                    extra={"vips": taken})  # fmt: skip
+
+
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level, quiet=QUIET_LOGGERS)
@@ -278,6 +310,7 @@ def run(argv: list[str]) -> int:
         "seconds_since_exec": process_age(),  # the interpreter, its site and the imports so far
     })  # fmt: skip
     t0 = time.monotonic()
+    keep_vips_through_restart(cfg)
     from .agent import Agent
     from .lanes import Lane
 

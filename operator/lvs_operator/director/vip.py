@@ -62,6 +62,7 @@ PACKET_OUTGOING = 4  # AF_PACKET pkttype of a frame this host sent
 PROBE_COUNT = 3  # probes per VIP, PROBE_GAP apart: one lost frame is no false "free"
 PROBE_GAP = 0.02
 PROBE_ROUNDS = 2  # a silent window is checked once more before "nobody answers"
+CLAIM_PROBE = 0.06  # seconds a renewal without the Lease listens for another holder
 MAX_FRAMES = 256  # read per socket per look
 VIP_PROTO = 76  # IFA_PROTO of the addresses the agent adds ("L"; 0-3 are the kernel's)
 PROTO_KERNEL = (6, 1)  # first kernel release that keeps IFA_PROTO
@@ -328,6 +329,26 @@ class VipManager:
                             extra={"vip": vip, "interface": ifname})  # fmt: skip
                 failed.append(vip)
         return failed
+
+    def renew_unclaimed(self, items: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        """Renew the VIPs of ``items`` that no other host answers ARP / NDP for (a probe
+        first, as before a takeover); returns (renewed, left: another host answers). For a
+        node whose Lease standing is not known yet (a restart): its kernel's VIPs are kept
+        only while nobody else holds them, e.g. not after the node was cut off and its
+        standby took over."""
+        items = list(items)
+        links: dict[str, tuple[int, str] | None] = {}
+        probe: list[tuple[str, str, tuple[int, str]]] = []
+        for vip, ifname in items:
+            if ifname not in links:
+                links[ifname] = self.link_info(ifname)
+            link = links[ifname]
+            if link is not None:  # lo has no link-layer address: nobody else answers there
+                probe.append((vip, ifname, link))
+        taken = self.answered(probe, CLAIM_PROBE) if probe else set()
+        keep = [(vip, ifname) for vip, ifname in items if vip not in taken]
+        failed = set(self.renew(keep))
+        return [v for v, _ in keep if v not in failed], sorted(taken)
 
     def remove(self, vip: str, ifname: str) -> bool:
         try:

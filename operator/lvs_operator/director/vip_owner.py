@@ -85,6 +85,7 @@ class VipOwner:
         self.retired: dict[str, str] = {}
         self.problems: dict[str, str] = {}  # vip -> reason (names the interface and the fix)
         self.adopted: set[str] = set()  # held since start-up, not announced yet
+        self._left: set[str] = set()  # VIPs another node answers for: not renewed (logged)
         self._links: dict[str, Link] = {}
         self._lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()  # announcements, background reconciles
@@ -278,6 +279,32 @@ class VipOwner:
         items = list(self.held.items()) + [(vip, LOOPBACK) for vip in self.retired]
         if items:
             await self.lane.run(self.node.renew, items)
+
+    async def renew_present(self, only: Iterable[str] | None) -> None:
+        """Restart the lifetime of the agent-added VIPs on this node that no other node
+        answers for: of those in ``only``, or of all (None: the group's VIPs not known
+        yet). A VIP another node answers for is left to lapse (this node was cut off and
+        a standby took over), logged once."""
+        present = await self.lane.run(self.node.present)
+        wanted = None if only is None else set(only)
+        items = [(v, i) for v, i in present.items() if wanted is None or v in wanted]
+        if items:
+            probe: list[Announcement] = []
+            for vip, ifname in items:
+                link = await self._link(ifname)
+                if link is not None:  # lo: nobody else answers there
+                    probe.append((vip, ifname, link))
+            # the probe on a thread of its own (it listens), the renewal on the VIP lane
+            # (which orders every address change: it never re-adds a VIP removed meanwhile)
+            taken = await asyncio.to_thread(self.node.answered, probe, PROBE_TIMEOUT)
+            unclaimed = [(vip, ifname) for vip, ifname in items if vip not in taken]
+            if unclaimed:
+                await self.lane.run(self.node.renew, unclaimed)
+            for vip in taken:
+                if vip not in self._left:
+                    log.warning("VIP left to lapse: another node answers for it",
+                                extra={"vip": vip})  # fmt: skip
+            self._left = set(taken)
 
     async def adopt_present(self) -> list[str]:
         """A restarted leader, before anything slow: restart the lifetime of the group's

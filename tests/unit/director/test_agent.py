@@ -454,3 +454,44 @@ async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:
     await agent.converge()
     await agent.reconcile_vips()
     assert len(kernel.table) == 0 and vips.addresses == {}  # confirmed by time
+
+
+async def test_which_vips_a_renewal_keeps() -> None:
+    """A restarted leader renews every agent-added VIP still on its node until it knows its
+    VIPs (first converge), then only those it holds; a restart that cannot read the Lease
+    renews them too (they must not lapse under a leader that is coming back); a standby that
+    has read a Lease naming another renews nothing (its stale VIPs lapse)."""
+    store = FakeLeaseStore()
+    first = make("node-a", store)
+    await first.startup()
+    vips = FakeVips({VIP: "front", "10.10.0.77": "front"})
+    restarted = make("node-a", store, vips=vips)
+    await restarted.startup()  # leader again; the VirtualServers not listed yet
+    assert restarted.elector.is_leader and restarted.ipvs.desired is None
+    vips.events.clear()
+    await restarted.renew_vips()
+    assert sorted(vips.events) == [("renew", VIP), ("renew", "10.10.0.77")]
+    restarted.watches.reset_vs([vs_obj()])
+    restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await restarted.converge()
+    await restarted.reconcile_vips()
+    await asyncio.gather(*restarted.vips.tasks)  # its announcements
+    vips.events.clear()
+    await restarted.renew_vips()
+    assert vips.events == [("renew", VIP)]  # known now: only what it holds
+
+    blind = FakeLeaseStore()
+    blind_api_down = make("node-a", blind, vips=FakeVips({VIP: "front"}))
+    blind_api_down.elector.api.down = True  # type: ignore[attr-defined]
+    await blind_api_down.startup()
+    assert not blind_api_down.elector.is_leader and not blind_api_down.elector.not_holder
+    await blind_api_down.renew_vips()
+    assert blind_api_down.vips.node.events == [("renew", VIP)]  # type: ignore[attr-defined]
+
+    standby_vips = FakeVips({VIP: "front"})
+    standby = make("node-b", store, vips=standby_vips)
+    await standby.elector.tick()  # reads the Lease: node-a holds it
+    assert standby.elector.not_holder
+    standby_vips.events.clear()
+    await standby.renew_vips()
+    assert standby_vips.events == []

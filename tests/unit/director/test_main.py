@@ -41,3 +41,55 @@ def test_vip_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--vip-lifetime", "1"], env)
     assert "at least 2 seconds" in capsys.readouterr().err
+
+
+def test_a_restart_keeps_the_vips_still_here_before_anything_slow(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """First thing at start: the agent's VIPs still on the node get one more lifetime (a
+    restarted leader's must not lapse while it starts); nothing without a lifetime; a
+    failure is a warning, never fatal."""
+    import logging
+
+    from lvs_operator.director import main, vip
+
+    calls: list[tuple[str, object]] = []
+
+    class Manager:
+        def __init__(self, lifetime: int | None = None, **_: object) -> None:
+            calls.append(("lifetime", lifetime))
+            self.rt = self
+
+        def present(self) -> dict[str, str]:
+            return {"192.0.2.10": "front", "192.0.2.11": "front"}
+
+        def renew_unclaimed(self, items: object) -> tuple[list[str], list[str]]:
+            calls.append(("renew", sorted(items)))  # type: ignore[call-overload]
+            return ["192.0.2.10"], ["192.0.2.11"]  # another node answers for .11
+
+        def close(self) -> None:
+            calls.append(("close", None))
+
+    monkeypatch.setattr(vip, "VipManager", Manager)
+    env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "g"}
+    caplog.set_level(logging.INFO, logger="lvs_operator.director.main")
+    main.keep_vips_through_restart(parse_args([], env))
+    assert calls == [
+        ("lifetime", 8),
+        ("renew", [("192.0.2.10", "front"), ("192.0.2.11", "front")]),
+        ("close", None),
+    ]
+    (line,) = [r for r in caplog.records if "kept for one lifetime" in r.getMessage()]
+    assert line.__dict__["vips"] == ["192.0.2.10"]
+    (left,) = [r for r in caplog.records if "left to lapse" in r.getMessage()]
+    assert left.__dict__["vips"] == ["192.0.2.11"]
+    calls.clear()
+    main.keep_vips_through_restart(parse_args(["--vip-lifetime", "0"], env))
+    assert calls == []
+
+    def broken(**_: object) -> None:
+        raise OSError("no netlink")
+
+    monkeypatch.setattr(vip, "VipManager", broken)
+    main.keep_vips_through_restart(parse_args([], env))  # no exception
+    assert any("could not renew" in r.getMessage() for r in caplog.records)

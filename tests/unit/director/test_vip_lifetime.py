@@ -213,3 +213,32 @@ def test_a_dump_reports_the_mark_and_the_lifetime(monkeypatch: pytest.MonkeyPatc
         v4("192.0.2.10", proto=VIP_PROTO, lft=7),
         v4("10.10.0.11"),
     ]
+
+
+def test_renew_unclaimed_leaves_a_vip_another_node_answers_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart that has not read the Lease: its kernel's VIPs are renewed only while no
+    other node answers ARP for them (this node may have been cut off while its standby took
+    over); lo has no link-layer address and is not probed."""
+    kernel = KernelAddresses([
+        v4("192.0.2.10", proto=VIP_PROTO, lft=1),
+        v4("192.0.2.11", proto=VIP_PROTO, lft=1),
+        v4("192.0.2.12", index=1, proto=VIP_PROTO, lft=1),
+    ])  # fmt: skip
+    vips = manager(kernel)
+    probed: list[list[str]] = []
+    monkeypatch.setattr(
+        vips, "link_info", lambda i: None if i == "lo" else (2, "02:00:00:00:00:0a")
+    )
+
+    def answered(items: list[tuple[str, str, tuple[int, str]]], timeout: float) -> set[str]:
+        probed.append([vip for vip, _, _ in items])
+        return {"192.0.2.11"}
+
+    monkeypatch.setattr(vips, "answered", answered)
+    kept, taken = vips.renew_unclaimed(vips.present().items())
+    assert sorted(kept) == ["192.0.2.10", "192.0.2.12"] and taken == ["192.0.2.11"]
+    assert probed == [["192.0.2.10", "192.0.2.11"]]
+    lifetimes = {e.address: e.valid_lft for e in kernel.entries}
+    assert lifetimes == {"192.0.2.10": 8, "192.0.2.11": 1, "192.0.2.12": 8}

@@ -274,3 +274,17 @@ def test_the_first_vip_of_a_dual_stack_group() -> None:
     placements = {"2001:db8::10": "front", "192.0.2.10": "front", "2001:db8::1": "front"}
     assert first_vip(placements) == ("192.0.2.10", "front")
     assert first_vip({"2001:db8::10": "a", "2001:db8::1": "b"}) == ("2001:db8::1", "b")
+
+
+async def test_renew_present_leaves_a_vip_another_node_answers_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = FakeVips({A: "front", B: "front"})
+    node.answering = {B}  # this node was cut off; its standby holds B now
+    vips = owner(node)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await vips.renew_present(None)
+        await vips.renew_present(None)
+    assert node.events == [("renew", A), ("renew", A)]
+    lines = [r for r in caplog.records if "left to lapse" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].__dict__["vip"] == B  # said once
