@@ -249,9 +249,9 @@ class Agent:
     async def renew_vips(self) -> None:
         """One renewal. A leader that knows its VIPs renews those it holds. Until it knows
         them (a restart before the first converge), and while the Lease is not known to name
-        another director (a restart that cannot read the Lease yet), every agent-added VIP
-        still on the node is renewed, as the process's first step did (main.py): none of
-        them can have a second holder while it is here and answers ARP."""
+        another director (a restart that cannot read the Lease yet), the agent-added VIPs
+        still on the node that no other node answers ARP for are renewed, as the process's
+        first step did (main.py); one another node answers for is left to lapse."""
         leader, known = self.elector.is_leader, self.ipvs.desired is not None
         if (leader and not known) or (not leader and not self.elector.not_holder):
             await self.vips.renew_present(self.vips.owned if known else None)
