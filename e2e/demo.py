@@ -336,8 +336,8 @@ class Demo:
         say(
             f"crash failover {DIRECTORS[old][0]} -> {DIRECTORS[new][0]}: {st['old_to_new']} s "
             f"from the last answer via the dead director to the first via the new one "
-            f"({st['failures']} requests failed meanwhile; the standby waits for the Lease to "
-            f"expire: {s.timings})"
+            f"({st['failures']} requests failed meanwhile; the standby takes over once the "
+            f"heartbeat is silent and no node answers ARP for the VIP: {s.timings})"
         )
         self.table(force=True)
         say(f"{DIRECTORS[old][0]} comes back: network restored, agent restarted -> standby")
