@@ -66,9 +66,11 @@ def objects(services: int, dests: int) -> tuple[list[dict[str, Any]], dict[str, 
 def agent() -> Agent:
     cfg = AgentConfig(node_name="bench", namespace="lvs-system", group="g1", lease_name="lease",
                       lease_duration=60, renew_deadline=45.0)  # fmt: skip
-    return Agent(cfg, client=None, kernel=FakeKernel(), vips=FakeVips(),
-                 lease_api=FakeLeaseApi(FakeLeaseStore()),
-                 handover_node=FakeHandoverKernel())  # fmt: skip
+    a = Agent(cfg, client=None, kernel=FakeKernel(), vips=FakeVips(),
+              lease_api=FakeLeaseApi(FakeLeaseStore()),
+              handover_node=FakeHandoverKernel())  # fmt: skip
+    a.watches.reset_next_vs([])  # nothing moving in
+    return a
 
 
 async def timed(a: Agent, watch: LoopWatch) -> tuple[float, float]:

@@ -65,6 +65,10 @@ def lease_name(group: str) -> str:
 # On each VirtualServer (written by the controller): its director group. The agents list and
 # watch VirtualServers by this label, so each sees only its own group's.
 GROUP_LABEL: Final = "lvs.io/director-group"
+# On a VirtualServer moving to another director group (its node selector changed): the group
+# it moves to. That group's agents watch by this label too and program its IPVS services
+# without the VIP until the controller hands the VIP over (make-before-break).
+NEXT_GROUP_LABEL: Final = "lvs.io/next-director-group"
 # On objects the controller creates (DaemonSets, Services), so it can find and clean them up.
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "lvs-operator"

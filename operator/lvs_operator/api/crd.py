@@ -210,6 +210,9 @@ def virtualserver_status_schema() -> Schema:
             # the VIP the controller accepted for directorGroup: director agents program
             # only a VirtualServer whose spec.vip is this (tenants cannot write status)
             "acceptedVIP": {"type": "string", "maxLength": 45},
+            # while the VirtualServer moves to another director group: that group, which
+            # programs its services without the VIP until the controller hands it over
+            "nextDirectorGroup": {"type": "string", "maxLength": 63},
             "activeDirector": {"type": "string", "maxLength": 253},
             "directors": {
                 "type": "array",

@@ -159,6 +159,8 @@ class VirtualServerStatus:
     observed_generation: int = 0
     director_group: str = ""
     accepted_vip: str = ""  # the VIP the controller accepted for director_group
+    # the group it moves to (make-before-break): programmed there without the VIP meanwhile
+    next_director_group: str = ""
     active_director: str = ""
     directors: tuple[DirectorStatus, ...] = ()
     ready_real_servers: int = 0
@@ -172,6 +174,7 @@ class VirtualServerStatus:
             observed_generation=int(obj.get("observedGeneration") or 0),
             director_group=str(obj.get("directorGroup", "")),
             accepted_vip=str(obj.get("acceptedVIP", "")),
+            next_director_group=str(obj.get("nextDirectorGroup", "")),
             active_director=str(obj.get("activeDirector", "")),
             directors=tuple(
                 DirectorStatus(str(d.get("node", "")), str(d.get("role", "")))

@@ -129,12 +129,23 @@ def next_lease_expiry(leases: Iterable[LeaseInfo], now: datetime) -> datetime | 
     return min(times) if times else None
 
 
-def desired_groups(decisions: Iterable[VSDecision]) -> dict[str, dict[str, str]]:
-    """Group → node selector, for the groups with at least one accepted VirtualServer."""
-    out: dict[str, dict[str, str]] = {}
+def desired_groups(decisions: Iterable[VSDecision]) -> dict[str, dict[str, str] | None]:
+    """Group → node selector, for the groups with at least one accepted VirtualServer; a
+    group that VirtualServers are only leaving (they move to another) → None: its DaemonSet
+    stays as it is until they have left."""
+    out: dict[str, dict[str, str] | None] = {}
+    serving: set[str] = set()  # groups a VirtualServer is moving away from
     for d in decisions:
-        if d.accepted and d.group and d.vs is not None:
-            out[d.group] = dict(d.vs.spec.directors.node_selector)
+        if not (d.accepted and d.group and d.vs is not None):
+            continue
+        selector = dict(d.vs.spec.directors.node_selector)
+        if d.next_group:
+            out[d.next_group] = selector
+            serving.add(d.group)
+        else:
+            out[d.group] = selector
+    for group in serving:
+        out.setdefault(group, None)
     return out
 
 
@@ -146,25 +157,35 @@ class DaemonSetPlan:
 
 
 def plan_daemonsets(
-    groups: Mapping[str, Mapping[str, str]],
+    groups: Mapping[str, Mapping[str, str] | None],
     existing: Mapping[str, Mapping[str, Any]],
     config: ControllerConfig,
+    leases: Mapping[str, LeaseInfo] | None = None,
+    now: datetime | None = None,
 ) -> DaemonSetPlan:
     """What to write so the operator namespace holds exactly one DaemonSet per group.
 
-    ``existing``: the controller's DaemonSets in its namespace, by name.
+    ``existing``: the controller's DaemonSets in its namespace, by name. A group whose
+    selector is None (VirtualServers are leaving it) keeps its DaemonSet as it is.
+    ``leases`` (by name) at ``now``: a DaemonSet no longer wanted is deleted only once its
+    group's leader reports nothing programmed (or its Lease ran out): the leader drops the
+    VIPs it serves when their VirtualServers leave, not at the kill.
     """
     apply = []
     created = []
     for group, selector in sorted(groups.items()):
-        desired = build_daemonset(group, selector, config)
         current = existing.get(daemonset_name(group))
+        if selector is None:
+            continue  # being left: as it is (a DaemonSet that is gone is not made again)
+        desired = build_daemonset(group, selector, config)
         if current is None:
             created.append(group)
             apply.append(desired)
         elif not carries(desired, current):
             apply.append(desired)
     wanted = {daemonset_name(g) for g in groups}
+    if leases is not None and now is not None:
+        wanted |= busy_daemonsets(existing, leases, now)
     delete = tuple(
         sorted(
             name
@@ -173,6 +194,19 @@ def plan_daemonsets(
         )
     )
     return DaemonSetPlan(tuple(apply), tuple(created), delete)
+
+
+def busy_daemonsets(
+    existing: Mapping[str, Mapping[str, Any]], leases: Mapping[str, LeaseInfo], now: datetime
+) -> set[str]:
+    """The DaemonSets whose group's leader reports something programmed on a valid Lease."""
+    busy = set()
+    for name, obj in existing.items():
+        group = ((obj.get("metadata") or {}).get("labels") or {}).get(GROUP_LABEL)
+        lease = leases.get(lease_name(group)) if group else None
+        if lease is not None and lease.programmed and lease.active_holder(now) is not None:
+            busy.add(name)
+    return busy
 
 
 # --- kopf wiring ----------------------------------------------------------------------------

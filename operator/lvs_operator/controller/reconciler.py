@@ -36,6 +36,7 @@ from lvs_operator.api.contract import (
     GROUP_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    NEXT_GROUP_LABEL,
     daemonset_name,
     lease_name,
     peer_secret_name,
@@ -76,7 +77,14 @@ from .pools import (
     pool_status,
     service_rejected_message,
 )
-from .virtualservers import evaluate, owned_status, vs_events, vs_ref, vs_status
+from .virtualservers import (
+    complete_moves,
+    evaluate,
+    owned_status,
+    vs_events,
+    vs_ref,
+    vs_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +124,21 @@ class World:
     service_rejections: Mapping[Key, ServiceRejection] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GroupLabels:
+    """A VirtualServer's group labels: the group serving it, and the one it moves to."""
+
+    group: str | None = None
+    next_group: str | None = None
+
+
 @dataclass
 class Plan:
     services: list[dict[str, Any]] = field(default_factory=list)
     pool_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
     daemonsets: DaemonSetPlan = field(default_factory=DaemonSetPlan)
     peer_secrets: tuple[str, ...] = ()  # groups whose heartbeat-key Secret must exist
-    labels: list[tuple[Key, str | None]] = field(default_factory=list)
+    labels: list[tuple[Key, GroupLabels]] = field(default_factory=list)
     vs_statuses: list[tuple[Key, dict[str, Any]]] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
     # Posted only once the DaemonSet they speak of was written.
@@ -170,6 +186,12 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
         out.pool_namespaces.add(key[0])
 
     decisions = evaluate(world.virtualservers, pools.keys(), config.vip_ranges)
+    leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
+    # a VIP moving to another group goes once that group has programmed its services
+    staged_groups = desired_groups(decisions.values())
+    decisions = complete_moves(
+        decisions, group_views(staged_groups, leases, world.director_pods, now)
+    )
 
     ports: dict[Key, list[VirtualPort]] = {}
     for d in decisions.values():
@@ -206,9 +228,8 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
 
     # Director groups.
     groups = desired_groups(decisions.values())
-    out.daemonsets = plan_daemonsets(groups, world.daemonsets, config)
-    out.peer_secrets = tuple(sorted(groups))
-    leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
+    out.daemonsets = plan_daemonsets(groups, world.daemonsets, config, leases, now)
+    out.peer_secrets = tuple(sorted(g for g, selector in groups.items() if selector is not None))
     views = group_views(groups, leases, world.director_pods, now)
     out.wake_at = next_lease_expiry(leases.values(), now)
 
@@ -216,28 +237,30 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     created = set(out.daemonsets.create_groups)
     for key, d in sorted(decisions.items()):
         labels = _meta(d.raw).get("labels") or {}
-        want = d.group if d.accepted else None
-        if labels.get(GROUP_LABEL) != want:
+        want = GroupLabels(d.group, d.next_group) if d.accepted else GroupLabels()
+        if GroupLabels(labels.get(GROUP_LABEL), labels.get(NEXT_GROUP_LABEL)) != want:
             out.labels.append((key, want))
         previous = d.raw.get("status")
         pool_outcome = outcomes.get(d.pool_key) if d.pool_key else None
         view = views.get(d.group) if d.group else None
-        status = vs_status(d, pool_outcome, view, config.namespace, previous, now)
+        next_view = views.get(d.next_group) if d.next_group else None
+        status = vs_status(d, pool_outcome, view, config.namespace, previous, now, next_view)
         if status != owned_status(previous):
             out.vs_statuses.append((key, status))
             out.events.extend(vs_events(vs_ref(d), previous, status))
-        if d.accepted and d.group in created and d.vs is not None:
+        new_group = d.next_group or d.group
+        if d.accepted and new_group in created and d.vs is not None:
             selector = ",".join(
                 f"{k}={v}" for k, v in sorted(d.vs.spec.directors.node_selector.items())
             )
-            out.daemonset_events.setdefault(daemonset_name(d.group), []).append(
+            out.daemonset_events.setdefault(daemonset_name(new_group), []).append(
                 EventSpec(
                     vs_ref(d),
                     NORMAL,
                     "DirectorGroupCreated",
-                    f"created DaemonSet {config.namespace}/{daemonset_name(d.group)} of director "
-                    f"agents on nodes matching {selector}; they elect through Lease "
-                    f"{config.namespace}/{lease_name(d.group)}",
+                    f"created DaemonSet {config.namespace}/{daemonset_name(new_group)} of "
+                    f"director agents on nodes matching {selector}; they elect through Lease "
+                    f"{config.namespace}/{lease_name(new_group)}",
                 )
             )
     return out
@@ -461,8 +484,11 @@ class Reconciler:
                 await self._post_event(ev, now)
         secrets = self._peer_secrets_due(p)
         failed += await self._each(secrets, self._create_peer_secret, missing_ok=False)
-        failed += await self._each(p.labels, self._label)
+        # the status first: it is what authorises the agents (watches.refusal), so when a VIP
+        # moves to another group both groups' agents learn it from it before their label
+        # watches see the object leave or arrive
         failed += await self._each(p.vs_statuses, self._apply_vs_status)
+        failed += await self._each(p.labels, self._label)
         if self.indexed.is_set():  # destructive: only with complete indexes
             failed += await self._each(list(p.daemonsets.delete), self._delete_daemonset)
         for ev in p.events:
@@ -591,20 +617,23 @@ class Reconciler:
             name,
         )
 
-    async def _label(self, item: tuple[Key, str | None]) -> None:
-        (ns, name), group = item
+    async def _label(self, item: tuple[Key, GroupLabels]) -> None:
+        (ns, name), want = item
+        labels = {GROUP_LABEL: want.group, NEXT_GROUP_LABEL: want.next_group}
         returned = await self.client.patch(
             VirtualServerResource,
             name,
-            {"metadata": {"labels": {GROUP_LABEL: group}}},
+            {"metadata": {"labels": labels}},
             namespace=ns,
             patch_type=PatchType.MERGE,
         )
         self._remember("vs", (ns, name), self._current_vs((ns, name)), returned)
-        if group:
-            log.info("write: VirtualServer %s/%s labelled %s=%s", ns, name, GROUP_LABEL, group)
-        else:
-            log.info("write: VirtualServer %s/%s label %s removed", ns, name, GROUP_LABEL)
+        log.info(
+            "write: VirtualServer %s/%s labels %s",
+            ns,
+            name,
+            ", ".join(f"{k}={v}" if v else f"{k} removed" for k, v in labels.items()),
+        )
 
     async def _apply_status(
         self, resource: Any, kind: str, key: Key, status: dict[str, Any]

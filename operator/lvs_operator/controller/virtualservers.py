@@ -7,12 +7,21 @@ rejected and why. Conflicts need the whole set: a VIP:port:protocol belongs to t
 VirtualServer claiming it (creationTimestamp, then namespace/name), and a VIP belongs to the
 director group of the oldest VirtualServer claiming it (only that group's leader may announce
 it); when the holder goes the next one takes over.
+
+A VIP moves to another group make-before-break (``complete_moves``): when the holder's node
+selector changes, the VIP's VirtualServers stay in the group that announces it
+(``status.directorGroup``) and are staged in the new one (``status.nextDirectorGroup``),
+whose agents program their IPVS services without the VIP. Once the new group's leader
+reports every one of them programmed at its generation, the controller names the new group
+in their status: the old group drops the VIP and the new leader adds it as soon as no other
+node answers ARP for it. A group with no active director has nothing to keep: the move is
+then immediate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -53,11 +62,13 @@ AS_EXPECTED = "AsExpected"
 REAL_SERVERS_NOT_READY = "RealServersNotReady"
 NO_STANDBY_DIRECTOR = "NoStandbyDirector"
 DIRECTOR_NODE_SHARED = "DirectorNodeShared"
+MOVING = "MovingToDirectorGroup"
 
 STATUS_FIELDS = (
     "observedGeneration",
     "directorGroup",
     "acceptedVIP",
+    "nextDirectorGroup",
     "activeDirector",
     "directors",
     "readyRealServers",
@@ -145,11 +156,18 @@ class VSDecision:
     vs: VirtualServer | None
     reason: str
     message: str = ""
-    group: str | None = None
+    group: str | None = None  # the director group that programs it and announces its VIP
+    # the group its node selector asks for, while the VIP is still announced by ``group``
+    # (make-before-break: programmed there without the VIP until complete_moves says so)
+    next_group: str | None = None
 
     @property
     def accepted(self) -> bool:
         return self.reason == ACCEPTED
+
+    @property
+    def vip(self) -> str:
+        return "" if self.vs is None else canonical_ip(self.vs.spec.vip)
 
     @property
     def generation(self) -> int:
@@ -215,7 +233,67 @@ def evaluate(
             )
             continue
         decisions[key] = VSDecision(key, raw, vs, ACCEPTED, group=group)
-    return decisions
+    return stage_moves(decisions)
+
+
+def serving_group(decision: VSDecision) -> str | None:
+    """The group whose agents serve this VirtualServer now, by its status (the controller
+    wrote it): accepted there for the VIP it still has; None if none."""
+    if decision.vs is None:
+        return None
+    status = decision.vs.status
+    accepted = status.accepted_vip and canonical_ip(status.accepted_vip) == decision.vip
+    return status.director_group if status.director_group and accepted else None
+
+
+def stage_moves(decisions: Mapping[Key, VSDecision]) -> dict[Key, VSDecision]:
+    """A VIP whose group changed stays with the group announcing it (the serving group of
+    its oldest accepted VirtualServer) and moves as a whole: every accepted VirtualServer of
+    it is programmed by that group and staged in the new one."""
+    by_vip: dict[str, list[VSDecision]] = {}
+    for d in decisions.values():
+        if d.accepted:
+            by_vip.setdefault(d.vip, []).append(d)
+    out = dict(decisions)
+    for same_vip in by_vip.values():
+        target = same_vip[0].group  # one group per VIP (evaluate)
+        serving = next(
+            (
+                g
+                for d in sorted(same_vip, key=lambda d: order_key(d.raw))
+                if (g := serving_group(d))
+            ),
+            target,
+        )
+        if serving != target:
+            for d in same_vip:
+                out[d.key] = replace(d, group=serving, next_group=target)
+    return out
+
+
+def complete_moves(
+    decisions: Mapping[Key, VSDecision], views: Mapping[str, DirectorView]
+) -> dict[Key, VSDecision]:
+    """Hand each moving VIP to its new group once that group's leader reports every one of
+    its VirtualServers programmed at its generation, or at once when the old group has no
+    active director (nothing there to keep)."""
+    moving: dict[str, list[VSDecision]] = {}
+    for d in decisions.values():
+        if d.accepted and d.next_group:
+            moving.setdefault(d.vip, []).append(d)
+    out = dict(decisions)
+    for same_vip in moving.values():
+        old, new = views.get(same_vip[0].group or ""), views.get(same_vip[0].next_group or "")
+        nothing_served = old is None or old.active is None
+        staged = (
+            new is not None
+            and new.active is not None
+            and all(new.programmed.get(programmed_key(*d.key)) == d.generation for d in same_vip)
+        )
+        if nothing_served or staged:
+            for d in same_vip:
+                out[d.key] = replace(d, group=d.next_group, next_group=None)
+    return out
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -247,9 +325,18 @@ def _selector_text(decision: VSDecision) -> str:
 
 
 def vs_conditions(
-    decision: VSDecision, pool: PoolOutcome | None, view: DirectorView | None, namespace: str
+    decision: VSDecision,
+    pool: PoolOutcome | None,
+    view: DirectorView | None,
+    namespace: str,
+    next_view: DirectorView | None = None,
+    was_ready: bool = False,
 ) -> tuple[c.Condition, ...]:
-    """Ready, Programmed and Degraded (without times) of one VirtualServer."""
+    """Ready, Programmed and Degraded (without times) of one VirtualServer.
+
+    ``next_view``: the group it moves to, if it moves. ``was_ready``: Ready was True. A
+    VirtualServer that was ready stays ready while the active director still serves an
+    earlier generation of it (an edit is being programmed: Programmed says Pending)."""
     if not decision.accepted:
         return (
             c.condition(c.READY, False, decision.reason, decision.message),
@@ -292,7 +379,16 @@ def vs_conditions(
     ready_n = pool.ready if pool else 0
     total_n = pool.total if pool else 0
     pool_name = decision.vs.spec.pool_name if decision.vs else ""
-    if programmed.status != c.TRUE:
+    serving = view.programmed.get(programmed_key(ns, name)) if view.active else None
+    if programmed.reason == PENDING and was_ready and serving is not None and ready_n > 0:
+        ready = c.condition(
+            c.READY,
+            True,
+            READY,
+            f"{ready_n}/{total_n} real servers ready on {view.active}, which serves "
+            f"generation {serving} (generation {gen} pending)",
+        )
+    elif programmed.status != c.TRUE:
         ready = c.condition(c.READY, False, programmed.reason, programmed.message)
     elif ready_n == 0:
         ready = c.condition(
@@ -306,6 +402,23 @@ def vs_conditions(
             c.READY, True, READY, f"{ready_n}/{total_n} real servers ready on {view.active}"
         )
     issues: list[tuple[str, str]] = []
+    if decision.next_group:
+        moving_to = next_view or DirectorView(decision.next_group)
+        if moving_to.active is None:
+            waiting = (
+                f"no director holds Lease {namespace}/{lease_name(decision.next_group)} yet "
+                f"(DaemonSet {namespace}/{daemonset_name(decision.next_group)})"
+            )
+        else:
+            waiting = f"waiting for its director {moving_to.active} to program it"
+        issues.append(
+            (
+                MOVING,
+                f"moving to director group {decision.next_group} (nodes matching "
+                f"{_selector_text(decision)}): {waiting}; director group {group} keeps the "
+                "VIP until then",
+            )
+        )
     if 0 < ready_n < total_n:
         issues.append((REAL_SERVERS_NOT_READY, f"{ready_n} of {total_n} real servers ready"))
     if len(view.ready_nodes) < 2:
@@ -345,11 +458,14 @@ def vs_status(
     namespace: str,
     previous: Mapping[str, Any] | None,
     now: datetime,
+    next_view: DirectorView | None = None,
 ) -> dict[str, Any]:
     """The VirtualServer's whole status (the controller is its only writer)."""
     gen = decision.generation
+    before = c.conditions_from(previous)
+    was_ready = (c.find(before, c.READY) or c.condition(c.READY, False, "")).status == c.TRUE
     conds = c.merge_conditions(
-        c.conditions_from(previous), vs_conditions(decision, pool, view, namespace), now, gen
+        before, vs_conditions(decision, pool, view, namespace, next_view, was_ready), now, gen
     )
     ready_n = pool.ready if pool and decision.accepted else 0
     total_n = pool.total if pool and decision.accepted else 0
@@ -358,6 +474,8 @@ def vs_status(
         status["directorGroup"] = decision.group
         if decision.vs is not None:
             status["acceptedVIP"] = canonical_ip(decision.vs.spec.vip)
+        if decision.next_group:
+            status["nextDirectorGroup"] = decision.next_group
         if view is not None:
             if view.active:
                 status["activeDirector"] = view.active

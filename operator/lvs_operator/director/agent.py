@@ -62,6 +62,7 @@ log = logging.getLogger("lvs_operator.director.agent")
 
 DRAIN_RECHECK = 2.0  # seconds between looks at quiesced destinations' connection counts
 PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
+HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answers for
 
 
 class Agent:
@@ -115,6 +116,7 @@ class Agent:
             return await self.vip_lane.run(node.link_address, ifname, version, exclude)
 
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
+        self._hand_in: asyncio.Task[None] | None = None
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
@@ -175,7 +177,8 @@ class Agent:
     async def converge(self) -> None:
         want = await self.ipvs.want()
         self.vips.own(want.vips)
-        await self.ipvs.converge(want, self.vips.owned)
+        # staged VIPs (moving in): their services are this group's, their address not yet
+        await self.ipvs.converge(want, self.vips.owned | want.staged_vips)
         self.elector.set_annotation(PROGRAMMED_ANNOTATION, programmed(want))
 
     async def reconcile_vips(self, announce: bool = False) -> None:
@@ -189,6 +192,14 @@ class Agent:
         self.elector.set_annotation(
             VIP_PROBLEMS_ANNOTATION, format_vip_problems(self.vips.problems)
         )
+        if self.vips.arriving and (self._hand_in is None or self._hand_in.done()):
+            # another node still answers for a VIP this leader wants (it comes from another
+            # director group): look again shortly; it is added once nobody answers
+            self._hand_in = asyncio.create_task(self._hand_in_again())
+
+    async def _hand_in_again(self) -> None:
+        await asyncio.sleep(HAND_IN_RECHECK)
+        self.vips.background(self.reconcile_vips())
 
     async def _reconcile_loop(self) -> None:
         await self.watches.synced()

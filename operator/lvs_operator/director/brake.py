@@ -2,9 +2,10 @@
 keeps them, for a while, and says so.
 
 A mass withdrawal is usually a mistake upstream, not an intent: an emptied or narrowed
-``--vip-ranges`` (the controller refuses everything), a node-selector edit that moves every
-VirtualServer to another group, a GitOps tool deleting and re-creating objects, a bad
-controller release. Removing the services at once would drop every VIP and reset every
+``--vip-ranges`` (the controller refuses everything), a GitOps tool deleting and re-creating
+objects, a bad controller release. (A node-selector edit is not one: the controller moves a
+VIP to another group only once that group has programmed it, and that withdrawal goes at
+once.) Removing the services at once would drop every VIP and reset every
 connection, and re-adding them later would not bring the connections back. So when more
 than ``share`` of the services the last converge programmed (and at least ``minimum``)
 would go at once, they stay — in IPVS and with their VIPs — and only a withdrawal still
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Set
 from dataclasses import dataclass, field, replace
 
 from .desired import Desired
@@ -55,10 +57,26 @@ class WithdrawalBrake:
             return None
         return min(self.held_since.values()) + self.config.hold
 
-    def apply(self, want: Desired, previous: Desired | None, now: float) -> Desired:
-        """``want``, with the services of ``previous`` it withdraws kept while braked."""
+    def apply(
+        self,
+        want: Desired,
+        previous: Desired | None,
+        now: float,
+        moved: Set[ServiceKey] = frozenset(),
+    ) -> Desired:
+        """``want``, with the services of ``previous`` it withdraws kept while braked.
+
+        Not braked, and not counted: ``moved``, the services of VirtualServers the
+        controller handed to another group (make-before-break: that group programmed them
+        first), and services staged without their VIP (they carry no traffic here)."""
         cfg = self.config
         gone = set(previous.table) - set(want.table) if previous is not None else set()
+        if previous is not None:
+            gone = {
+                k
+                for k in gone
+                if k not in moved and str(ipaddress.ip_address(k.address)) in previous.vips
+            }
         # a service wanted again (or no longer braked) is forgotten
         self.held_since = {k: t for k, t in self.held_since.items() if k in gone}
         if previous is None or cfg.hold <= 0:

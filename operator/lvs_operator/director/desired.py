@@ -23,7 +23,7 @@ namespace/name keeps it, the other is reported.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 from lvs_operator.api.realserverpool import PoolMember
@@ -58,6 +58,9 @@ class Desired:
     generations: Mapping[str, int] = field(default_factory=dict)
     vips: Mapping[str, str | None] = field(default_factory=dict)  # vip -> interface override
     problems: tuple[Problem, ...] = ()
+    # VIPs whose services are programmed without the address: their VirtualServers are
+    # moving to this group, another still announces them (watches.staged)
+    staged_vips: frozenset[str] = frozenset()
 
 
 def resolve_port(member: PoolMember, vport: VirtualPort) -> int | None:
@@ -85,13 +88,18 @@ def _family(address: str) -> int | None:
 
 
 def build(
-    virtual_servers: Iterable[VirtualServer], pools: Mapping[PoolKey, Iterable[PoolMember]]
+    virtual_servers: Iterable[VirtualServer],
+    pools: Mapping[PoolKey, Iterable[PoolMember]],
+    staged: Set[tuple[str, str]] = frozenset(),
 ) -> Desired:
+    """``staged``: the VirtualServers (namespace, name) moving in: their services are in
+    the table, their VIPs not in ``vips`` (in ``staged_vips``)."""
     entries: dict[ServiceKey, ServiceEntry] = {}
     owner: dict[ServiceKey, str] = {}
     quiesced: set[tuple[ServiceKey, DestKey]] = set()
     generations: dict[str, int] = {}
     vips: dict[str, str | None] = {}
+    staged_vips: set[str] = set()
     problems: list[Problem] = []
 
     for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
@@ -146,13 +154,19 @@ def build(
             added = True
         if added:
             generations[ref] = vs.meta.generation or 0
-            vips.setdefault(str(ipaddress.ip_address(spec.vip)), spec.directors.interface)
+            vip = str(ipaddress.ip_address(spec.vip))
+            if (vs.namespace, vs.name) in staged:
+                staged_vips.add(vip)
+            else:
+                vips.setdefault(vip, spec.directors.interface)
     return Desired(
         table=IpvsTable.of(entries.values()),
         quiesced=frozenset(quiesced),
         generations=generations,
         vips=vips,
         problems=tuple(problems),
+        # a VIP one VirtualServer serves is served (the controller moves a VIP whole)
+        staged_vips=frozenset(staged_vips - set(vips)),
     )
 
 

@@ -95,9 +95,10 @@ class IpvsSync:
         The caches are copied on the loop (one consistent view: nothing else runs
         meanwhile), the table is built from the copy in a thread."""
         virtual_servers = list(self.watches.virtual_servers.values())
+        staged = frozenset(self.watches.staged)
         pools = dict(self.watches.pools)
         pool_checks = dict(self.watches.pool_checks)
-        want, checks = await self.off_loop(_build, virtual_servers, pools, pool_checks)
+        want, checks = await self.off_loop(_build, virtual_servers, pools, pool_checks, staged)
         self._checks = (want, checks)
         for problem in want.problems:
             key = (problem.namespace, problem.name, problem.message)
@@ -109,7 +110,8 @@ class IpvsSync:
     async def converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         """Make the kernel's services on the ``owned`` VIPs match ``want``."""
         t0 = time.monotonic()
-        want = self.brake.apply(want, self.desired, t0)
+        moved, self.watches.moved = self.watches.moved, set()
+        want = self.brake.apply(want, self.desired, t0, moved)
         self.metrics.withdrawals_held.set(len(self.brake.held))
         want = await self._with_health(want)
         actual, connections = await self.lane.run(self.kernel.read)
@@ -179,9 +181,11 @@ def _build(
     virtual_servers: list[VirtualServer],
     pools: Mapping[ObjectKey, tuple[PoolMember, ...]],
     pool_checks: Mapping[ObjectKey, HealthCheck | None],
+    staged: frozenset[ObjectKey] = frozenset(),
 ) -> tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]]:
     """Off the loop: the desired table and its services' health checks, from cache copies."""
-    return desired_mod.build(virtual_servers, pools), health_checks(virtual_servers, pool_checks)
+    desired = desired_mod.build(virtual_servers, pools, staged)
+    return desired, health_checks(virtual_servers, pool_checks)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,6 +43,9 @@ NO_ROUTE = (
 )
 ANNOUNCE_STOP_WAIT = 0.2  # seconds a step-down waits for announcements to stop (one frame)
 PROBE_TIMEOUT = 0.06  # seconds ``answered`` listens: three probes 20 ms apart, then answers
+# A VIP another node answers for is not added (the hand-over from another director group:
+# its leader drops it within a converge); past this many seconds that is reported.
+HAND_IN_PATIENCE = 2.0
 
 
 class VipNode(Protocol):
@@ -86,6 +89,8 @@ class VipOwner:
         self.problems: dict[str, str] = {}  # vip -> reason (names the interface and the fix)
         self.adopted: set[str] = set()  # held since start-up, not announced yet
         self._left: set[str] = set()  # VIPs another node answers for: not renewed (logged)
+        # VIPs the leader wants that another node still answers for -> since when (monotonic)
+        self.arriving: dict[str, float] = {}
         self._links: dict[str, Link] = {}
         self._lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()  # announcements, background reconciles
@@ -204,7 +209,19 @@ class VipOwner:
                 else:
                     failed[vip] = (ifname, reason)
             not_added: set[str] = set()
+            waiting = await self._answered_elsewhere(plan.add) if leader else set()
+            now = asyncio.get_running_loop().time()
+            self.arriving = {v: self.arriving.get(v, now) for v in waiting}
+            for vip in waiting:
+                not_added.add(vip)
+                if now - self.arriving[vip] >= HAND_IN_PATIENCE:
+                    failed[vip] = (
+                        plan.add[vip],
+                        hand_in_text(vip, plan.add[vip], now - self.arriving[vip]),
+                    )
             for vip, ifname in plan.add.items():
+                if vip in waiting:
+                    continue
                 reason = await self._change(True, vip, ifname)
                 if reason is not None:
                     failed[vip] = (ifname, reason)
@@ -347,6 +364,22 @@ class VipOwner:
 
     # -- probing -------------------------------------------------------------------------------
 
+    async def _answered_elsewhere(self, vips: Mapping[str, str]) -> set[str]:
+        """Of the VIPs about to be added (vip -> interface), those another node answers ARP
+        (NDP) for: one VIP, one holder, also when it comes from another director group."""
+        items: list[Announcement] = []
+        for vip, ifname in vips.items():
+            link = await self._link(ifname)
+            if link is not None:
+                items.append((vip, ifname, link))
+        if not items:
+            return set()
+        try:
+            return await asyncio.to_thread(self.node.answered, items, PROBE_TIMEOUT)
+        except Exception as exc:
+            log.debug("probing for the VIPs failed: %s", exc)
+            return set()
+
     async def answered(self, timeout: float = PROBE_TIMEOUT) -> set[str]:
         """The placed VIPs another host answers for on their link (vip.py's ARP probe /
         neighbour solicitation), e.g. a stopped leader whose kernel still holds them.
@@ -446,6 +479,15 @@ class VipOwner:
                 log.warning("cannot drop the VIP from lo: %s", exc, extra={"vip": vip})
             del self.retired[vip]
             log.info("VIP dropped", extra={"vip": vip, "interface": LOOPBACK})
+
+
+def hand_in_text(vip: str, ifname: str, waited: float) -> str:
+    return (
+        f"another node still answers ARP/NDP for the VIP on interface {ifname} after "
+        f"{waited:.0f}s: not added until it lets go (the director group it moves from keeps it "
+        "while its agent is down, at most --vip-lifetime seconds; a host using the address "
+        "keeps it for ever: find it by its MAC)"
+    )
 
 
 def problem_text(add: bool, ifname: str, exc: Exception) -> str:

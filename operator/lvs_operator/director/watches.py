@@ -1,6 +1,12 @@
 """The agent's caches of the API: the group's VirtualServers and every RealServerPool's
 members and health check, kept by list+watch (``lvs_operator.listwatch``).
 
+Two watches of VirtualServers: those labelled with the group (it serves them) and those
+labelled as moving to it (``NEXT_GROUP_LABEL``: it programs their IPVS services, never their
+VIP, until the controller names the group in their status; the controller's docstring in
+controller/virtualservers.py tells the whole hand-over). A VirtualServer that leaves one
+watch as it joins the other (the hand-over's label change) is kept throughout.
+
 A cache change calls ``on_change()`` (the agent converges); a VIP seen in a VirtualServer
 calls ``on_vip(vip)`` (the agent owns it from then on). The first converge waits for both
 initial lists (``vs_synced``, ``pools_synced``), so a restart never removes anything
@@ -16,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from lvs_operator.api.contract import GROUP_LABEL
+from lvs_operator.api.contract import GROUP_LABEL, NEXT_GROUP_LABEL
 from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
 from lvs_operator.api.realserverpool import HealthCheck, PoolMember, parse_spec
 from lvs_operator.api.validation import ValidationError
@@ -76,7 +82,7 @@ def refusal(vs: VirtualServer, group: str, vip_ranges: Sequence[IPNetwork] | Non
     write it yet, the status must be of the current generation). And the VIP must lie in
     the controller's ranges, which reach the agent as ``--vip-ranges``."""
     status = vs.status
-    if status.director_group != group:
+    if status.director_group != group and status.next_director_group != group:
         return (
             f"not accepted for director group {group} by the controller (its status says "
             f"{status.director_group or 'no group'}): the {GROUP_LABEL} label alone is not "
@@ -101,6 +107,28 @@ def refusal(vs: VirtualServer, group: str, vip_ranges: Sequence[IPNetwork] | Non
     return None
 
 
+def staged(vs: VirtualServer, group: str) -> bool:
+    """Moving to ``group`` but still served by another: program its services, not its VIP."""
+    return vs.status.director_group != group and vs.status.next_director_group == group
+
+
+def moved_away(vs: VirtualServer, group: str) -> bool:
+    """The controller handed it to another group (make-before-break done): its withdrawal
+    here is an intent, not a glitch (brake.py lets it go at once)."""
+    status = vs.status
+    return bool(status.director_group) and group not in (
+        status.director_group,
+        status.next_director_group,
+    )
+
+
+def service_keys(vs: VirtualServer) -> set[ServiceKey]:
+    return {ServiceKey(p.protocol, vs.spec.vip, p.port) for p in vs.spec.ports}
+
+
+MAIN, NEXT = "main", "next"  # the two VirtualServer watches: serving, moving in
+
+
 class Watches:
     def __init__(
         self,
@@ -114,7 +142,13 @@ class Watches:
         self.group = group
         self.vip_ranges = vip_ranges
         self._refusals: dict[ObjectKey, str] = {}  # VirtualServer -> why not programmed (logged)
-        self.virtual_servers: dict[ObjectKey, VirtualServer] = {}
+        # what each VirtualServer watch holds (MAIN: labelled with the group; NEXT: moving in)
+        self._stores: dict[str, dict[ObjectKey, VirtualServer]] = {MAIN: {}, NEXT: {}}
+        self._listed: set[str] = set()  # the watches whose initial list is in
+        self.virtual_servers: dict[ObjectKey, VirtualServer] = {}  # both, MAIN first
+        self.staged: set[ObjectKey] = set()  # programmed without their VIP (moving in)
+        # services of VirtualServers handed to another group since the last converge
+        self.moved: set[ServiceKey] = set()
         self.pools: dict[ObjectKey, tuple[PoolMember, ...]] = {}
         self.pool_checks: dict[ObjectKey, HealthCheck | None] = {}
         self._refused: dict[ObjectKey, str] = {}  # pool -> why its check was ignored (logged)
@@ -126,10 +160,15 @@ class Watches:
         from lightkube import ALL_NS
 
         vs_res, pool_res = resources()["VirtualServer"], resources()["RealServerPool"]
-        by_group = {GROUP_LABEL: self.group}
         watch_vs = list_then_watch(
-            client, vs_res, namespace=ALL_NS, labels=by_group, reset=self.reset_vs,
-            apply=self.apply_vs, what="VirtualServers", server_timeout=SERVER_TIMEOUT,
+            client, vs_res, namespace=ALL_NS, labels={GROUP_LABEL: self.group},
+            reset=self.reset_vs, apply=self.apply_vs, what="VirtualServers",
+            server_timeout=SERVER_TIMEOUT,
+        )  # fmt: skip
+        watch_next = list_then_watch(
+            client, vs_res, namespace=ALL_NS, labels={NEXT_GROUP_LABEL: self.group},
+            reset=self.reset_next_vs, apply=self.apply_next_vs,
+            what="VirtualServers moving in", server_timeout=SERVER_TIMEOUT,
         )  # fmt: skip
         watch_pools = list_then_watch(
             client, pool_res, namespace=ALL_NS, labels=None, reset=self.reset_pools,
@@ -137,6 +176,7 @@ class Watches:
         )  # fmt: skip
         return [
             asyncio.create_task(watch_vs, name="watch-vs"),
+            asyncio.create_task(watch_next, name="watch-vs-next"),
             asyncio.create_task(watch_pools, name="watch-pools"),
         ]
 
@@ -165,39 +205,79 @@ class Watches:
                 log.info("VirtualServer accepted by the controller: programmed",
                          extra={"vs": "/".join(key)})  # fmt: skip
             return vs
+        known = self.virtual_servers.get(key)
+        if vs is not None and known is not None and moved_away(vs, self.group):
+            # handed over: its services go now (the brake is for glitches, not for this)
+            self.moved |= service_keys(known)
+            reason = f"moved to director group {vs.status.director_group}"
         if self._refusals.get(key) != reason:
             self._refusals[key] = reason
             log.warning("VirtualServer not programmed: %s", reason, extra={"vs": "/".join(key)})
         return None
 
-    def _store_vs(self, key: ObjectKey, vs: VirtualServer | None) -> None:
-        if vs is None:
-            self.virtual_servers.pop(key, None)
-        else:
-            self.virtual_servers[key] = vs
-            self.on_vip(canonical_ip(vs.spec.vip))
+    def _merge(self) -> None:
+        """The VirtualServers to program: both watches' (the one serving them first)."""
+        merged = {**self._stores[NEXT], **self._stores[MAIN]}
+        self.staged = {k for k, vs in merged.items() if staged(vs, self.group)}
+        for key, vs in merged.items():
+            if key not in self.staged:
+                self.on_vip(canonical_ip(vs.spec.vip))
+        self.virtual_servers = merged
 
-    def reset_vs(self, items: Iterable[Raw]) -> None:
-        self.virtual_servers = {}
+    def _reset(self, which: str, items: Iterable[Raw]) -> None:
         items = list(items)
-        listed = {object_key(obj) for obj in items}
-        self._refusals = {k: v for k, v in self._refusals.items() if k in listed}
+        store: dict[ObjectKey, VirtualServer] = {}
         for obj in items:
-            self._store_vs(object_key(obj), self._parse_vs(obj))
-        self.vs_synced.set()
+            vs = self._parse_vs(obj)
+            if vs is not None:
+                store[object_key(obj)] = vs
+        self._stores[which] = store
+        self._listed.add(which)
+        listed = set(self._stores[MAIN]) | set(self._stores[NEXT])
+        listed |= {object_key(obj) for obj in items}
+        self._refusals = {k: v for k, v in self._refusals.items() if k in listed}
+        self._merge()
+        if self._listed >= {MAIN, NEXT}:
+            self.vs_synced.set()
         self.on_change()
 
-    def apply_vs(self, kind: str, obj: Raw) -> None:
+    def _apply(self, which: str, kind: str, obj: Raw) -> None:
         key = object_key(obj)
+        store, other = self._stores[which], self._stores[NEXT if which == MAIN else MAIN]
         if kind == "DELETED":
-            self.virtual_servers.pop(key, None)
-            self._refusals.pop(key, None)
+            gone = store.pop(key, None)
+            if gone is not None and which == NEXT and not staged(gone, self.group):
+                # the hand-over: its status names this group, and its label moves it to the
+                # other watch, which may not have said so yet
+                other.setdefault(key, gone)
+            elif key not in other:
+                self._refusals.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
-            self._store_vs(key, self._parse_vs(obj))
+            vs = self._parse_vs(obj)
+            if vs is None:
+                store.pop(key, None)
+                other.pop(key, None)  # refused: whichever watch said so last
+            else:
+                store[key] = vs
+                if key in other:
+                    other[key] = vs  # the newer state for both
         else:
             return
+        self._merge()
         log.debug("VirtualServer %s", kind.lower(), extra={"vs": "/".join(key)})
         self.on_change()
+
+    def reset_vs(self, items: Iterable[Raw]) -> None:
+        self._reset(MAIN, items)
+
+    def apply_vs(self, kind: str, obj: Raw) -> None:
+        self._apply(MAIN, kind, obj)
+
+    def reset_next_vs(self, items: Iterable[Raw]) -> None:
+        self._reset(NEXT, items)
+
+    def apply_next_vs(self, kind: str, obj: Raw) -> None:
+        self._apply(NEXT, kind, obj)
 
     # -- RealServerPools -----------------------------------------------------------------------
 

@@ -3,13 +3,20 @@ from __future__ import annotations
 import copy
 import ipaddress
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from lvs_operator.api.contract import GROUP_LABEL, daemonset_name, group_name, lease_name
+from lvs_operator.api.contract import (
+    GROUP_LABEL,
+    NEXT_GROUP_LABEL,
+    daemonset_name,
+    group_name,
+    lease_name,
+)
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.groups import DirectorPod
 from lvs_operator.controller.manifests import service_name
 from lvs_operator.controller.pools import PodInfo
-from lvs_operator.controller.reconciler import Plan, ServiceRejection, World, plan
+from lvs_operator.controller.reconciler import GroupLabels, Plan, ServiceRejection, World, plan
 
 from . import objects as o
 
@@ -28,12 +35,13 @@ def apply(world: World, p: Plan) -> None:
     for key, status in p.pool_statuses:
         by_key[key]["status"] = copy.deepcopy(status)
     vss = {(x["metadata"]["namespace"], x["metadata"]["name"]): x for x in world.virtualservers}
-    for key, group in p.labels:
+    for key, want in p.labels:
         labels = vss[key]["metadata"].setdefault("labels", {})
-        if group is None:
-            labels.pop(GROUP_LABEL, None)
-        else:
-            labels[GROUP_LABEL] = group
+        for label, value in ((GROUP_LABEL, want.group), (NEXT_GROUP_LABEL, want.next_group)):
+            if value is None:
+                labels.pop(label, None)
+            else:
+                labels[label] = value
     for key, status in p.vs_statuses:
         vss[key]["status"] = copy.deepcopy(status)
     daemonsets = dict(world.daemonsets)
@@ -82,7 +90,7 @@ def test_first_pass_writes_everything_then_nothing() -> None:
     assert pstatus["members"][0]["weight"] == 5
     assert pstatus["members"][0]["ports"] == [{"name": "http", "port": 8080}]
     assert [d["metadata"]["name"] for d in first.daemonsets.apply] == [daemonset_name(GROUP)]
-    assert first.labels == [(("web", "site"), GROUP)]
+    assert first.labels == [(("web", "site"), GroupLabels(GROUP))]
     ((_, vstatus),) = first.vs_statuses
     assert vstatus["readyOfTotal"] == "1/2" and vstatus["directorGroup"] == GROUP
     reasons = {e.reason for e in first.events} | {
@@ -217,3 +225,145 @@ def test_deleting_pool_is_skipped_and_vs_reports_pool_missing() -> None:
     ((_, status),) = p.vs_statuses
     assert status["conditions"][0]["reason"] == "PoolNotFound"
     assert p.labels == []
+
+
+# --- a VIP moving to another director group (make-before-break) -----------------------------
+
+EDGE = {"lvs.io/director": "edge"}
+EDGE_GROUP = group_name(EDGE)
+RENEW = "2024-01-01T00:00:00.000000Z"
+
+
+def _vs_named(world: World, name: str) -> dict[str, Any]:
+    return next(v for v in world.virtualservers if v["metadata"]["name"] == name)
+
+
+def _conds(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj["status"]["conditions"]}
+
+
+def _leader(group: str, programmed: dict[str, int], holder: str = "n1") -> dict[str, Any]:
+    return o.lease(lease_name(group), holder=holder, renew=RENEW, programmed=programmed)
+
+
+def _serving_world() -> World:
+    """``site`` served by the default group's leader, Ready."""
+    world = base_world()
+    world.director_pods = [
+        DirectorPod("d1", GROUP, "n1", True),
+        DirectorPod("d2", GROUP, "n2", True),
+    ]
+    converge(world)
+    world.leases = {lease_name(GROUP): _leader(GROUP, {"web/site": 1})}
+    converge(world)
+    assert _conds(_vs_named(world, "site"))["Ready"]["status"] == "True"
+    return world
+
+
+def _edit_selector(vs: dict[str, Any], selector: dict[str, str]) -> None:
+    vs["spec"]["directors"] = {"nodeSelector": selector}
+    vs["metadata"]["generation"] += 1
+
+
+def test_a_selector_edit_stages_the_vip_in_the_new_group_then_hands_it_over() -> None:
+    world = _serving_world()
+    site = _vs_named(world, "site")
+    _edit_selector(site, EDGE)
+    p = plan(world, CONFIG, T0)
+    # the old group keeps serving (and programs the new generation); the new one is staged
+    assert p.labels == [(("web", "site"), GroupLabels(GROUP, EDGE_GROUP))]
+    ((_, status),) = p.vs_statuses
+    assert status["directorGroup"] == GROUP and status["nextDirectorGroup"] == EDGE_GROUP
+    assert [d["metadata"]["name"] for d in p.daemonsets.apply] == [daemonset_name(EDGE_GROUP)]
+    assert p.daemonsets.delete == ()
+    conds = {c["type"]: c for c in status["conditions"]}
+    # generation 2 not programmed yet, but the old group still serves generation 1: Ready
+    assert conds["Programmed"]["reason"] == "Pending"
+    assert (
+        conds["Ready"]["status"] == "True" and "generation 2 pending" in conds["Ready"]["message"]
+    )
+    assert conds["Degraded"]["reason"] == "MovingToDirectorGroup"
+    assert "no director holds Lease" in conds["Degraded"]["message"]
+    assert "DirectorGroupCreated" in {e.reason for evs in p.daemonset_events.values() for e in evs}
+    converge(world)
+    # the old group programs generation 2; the new group's leader has not: nothing moves
+    world.leases = {
+        lease_name(GROUP): _leader(GROUP, {"web/site": 2}),
+        lease_name(EDGE_GROUP): _leader(EDGE_GROUP, {}, holder="e1"),
+    }
+    converge(world)
+    assert site["status"]["directorGroup"] == GROUP
+    assert _conds(site)["Ready"]["status"] == "True"
+    assert "waiting for its director e1" in _conds(site)["Degraded"]["message"]
+    # the new group's leader reports it programmed at generation 2: the VIP is handed over
+    world.leases[lease_name(EDGE_GROUP)] = _leader(EDGE_GROUP, {"web/site": 2}, holder="e1")
+    p = plan(world, CONFIG, T0)
+    assert p.labels == [(("web", "site"), GroupLabels(EDGE_GROUP))]
+    ((_, status),) = p.vs_statuses
+    assert status["directorGroup"] == EDGE_GROUP and "nextDirectorGroup" not in status
+    assert status["activeDirector"] == "e1"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    # the old group's DaemonSet stays while its leader still reports the VirtualServer
+    assert p.daemonsets.delete == ()
+    converge(world)
+    world.leases[lease_name(GROUP)] = _leader(GROUP, {})
+    assert plan(world, CONFIG, T0).daemonsets.delete == (daemonset_name(GROUP),)
+
+
+def test_a_move_from_a_group_without_a_leader_is_immediate() -> None:
+    world = _serving_world()
+    world.leases = {}
+    site = _vs_named(world, "site")
+    _edit_selector(site, EDGE)
+    converge(world)
+    assert site["status"]["directorGroup"] == EDGE_GROUP
+    assert "nextDirectorGroup" not in site["status"]
+    assert set(world.daemonsets) == {daemonset_name(EDGE_GROUP)}
+
+
+def test_a_vip_moves_whole_and_a_port_left_behind_is_refused() -> None:
+    world = _serving_world()
+    world.virtualservers.append(
+        o.vs("tls", ports=[{"port": 443, "targetPort": "http"}], created="2024-02-01T00:00:00Z")
+    )
+    world.virtualservers.append(
+        o.vs(
+            "api",
+            ports=[{"port": 8443, "targetPort": "http"}],
+            created="2024-03-01T00:00:00Z",
+            selector=EDGE,
+        )
+    )
+    converge(world)
+    site, tls, api = (_vs_named(world, n) for n in ("site", "tls", "api"))
+    assert _conds(api)["Ready"]["reason"] == "Conflict"  # the VIP is the default group's
+    # the holder moves alone: the younger one of the old group is refused (one VIP, one group)
+    _edit_selector(site, EDGE)
+    converge(world)
+    assert _conds(tls)["Ready"]["reason"] == "Conflict"
+    assert EDGE_GROUP in _conds(tls)["Ready"]["message"]
+    # ... and the one already asking for the new group joins the move, served meanwhile by
+    # the group that announces the VIP
+    assert api["status"]["directorGroup"] == GROUP
+    assert api["status"]["nextDirectorGroup"] == EDGE_GROUP
+    assert api["metadata"]["labels"] == {GROUP_LABEL: GROUP, NEXT_GROUP_LABEL: EDGE_GROUP}
+    # the hand-over waits for every VirtualServer of the VIP
+    world.leases[lease_name(EDGE_GROUP)] = _leader(EDGE_GROUP, {"web/site": 2}, holder="e1")
+    converge(world)
+    assert site["status"]["directorGroup"] == GROUP
+    world.leases[lease_name(EDGE_GROUP)] = _leader(
+        EDGE_GROUP, {"web/site": 2, "web/api": 1}, holder="e1"
+    )
+    converge(world)
+    assert site["status"]["directorGroup"] == api["status"]["directorGroup"] == EDGE_GROUP
+    assert api["metadata"]["labels"] == {GROUP_LABEL: EDGE_GROUP}
+
+
+def test_a_vip_change_with_the_selector_is_no_move() -> None:
+    world = _serving_world()
+    site = _vs_named(world, "site")
+    _edit_selector(site, EDGE)
+    site["spec"]["vip"] = "192.0.2.11"
+    converge(world)
+    assert site["status"]["directorGroup"] == EDGE_GROUP
+    assert "nextDirectorGroup" not in site["status"]

@@ -125,8 +125,9 @@ async def test_writes_in_order_then_nothing_while_the_watch_lags() -> None:
         ("patch", "Service"),
         ("patch", "RealServerPoolStatus"),
         ("patch", "DaemonSet"),
-        ("patch", "VirtualServer"),  # the group label
+        # the status (what authorises the agents) before the group labels they watch by
         ("patch", "VirtualServerStatus"),
+        ("patch", "VirtualServer"),
     ]
     events = {reason for verb, _, reason in client.calls if verb == "create"}
     assert {"DirectorGroupCreated", "MembersReady", "NoActiveDirector"} <= events

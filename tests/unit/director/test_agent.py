@@ -64,9 +64,11 @@ def make(
     cfg_kw.setdefault("renew_deadline", 45.0)
     cfg = AgentConfig(node_name=identity, namespace="lvs-system", group="g1", lease_name="lease",
                       **cfg_kw)  # fmt: skip
-    return Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
-                 lease_api=FakeLeaseApi(store or FakeLeaseStore()),
-                 handover_node=handover or FakeHandoverKernel())  # fmt: skip
+    agent = Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
+                  lease_api=FakeLeaseApi(store or FakeLeaseStore()),
+                  handover_node=handover or FakeHandoverKernel())  # fmt: skip
+    agent.watches.reset_next_vs([])  # the list of VirtualServers moving in: none
+    return agent
 
 
 async def test_leader_programs_ipvs_holds_vip_and_reports_generations() -> None:
@@ -495,3 +497,95 @@ async def test_which_vips_a_renewal_keeps() -> None:
     standby_vips.events.clear()
     await standby.renew_vips()
     assert standby_vips.events == []
+
+
+# -- a VIP moving between director groups (make-before-break) ------------------------------------
+
+
+def moving_in(name: str = "web", generation: int = 3) -> dict[str, Any]:
+    """Served by group g0, moving to this agent's group g1 (status and labels as the
+    controller writes them while g1 is not yet confirmed)."""
+    obj = vs_obj(name, generation)
+    obj["status"] = {**obj["status"], "directorGroup": "g0", "nextDirectorGroup": "g1"}
+    return obj
+
+
+async def test_a_vip_moving_in_is_programmed_without_its_address_then_handed_in() -> None:
+    """The new group programs the services and reports the generation (what the controller
+    waits for) but never adds the VIP while another group announces it; once the status
+    names it, its leader adds the VIP only when no other node answers ARP for it."""
+    store, kernel, vips = FakeLeaseStore(), FakeKernel(), FakeVips()
+    agent = make(store=store, kernel=kernel, vips=vips)
+    await agent.startup()
+    assert agent.elector.is_leader
+    agent.watches.reset_vs([])
+    agent.watches.reset_next_vs([moving_in()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert [d.address for d in kernel.table[K80].destinations] == ["10.20.0.21"]
+    assert vips.addresses == {} and VIP not in agent.vips.owned
+    await agent.elector.tick()
+    assert json.loads(store.record.annotations[PROGRAMMED_ANNOTATION]) == {"demo/web": 3}
+
+    # the hand-over: the status names g1; the old group's leader still answers for the VIP
+    vips.answering = {VIP}
+    accepted = vs_obj()
+    agent.watches.apply_next_vs("MODIFIED", accepted)
+    agent.watches.apply_next_vs("DELETED", accepted)  # its label moves it to the other watch
+    assert ("demo", "web") in agent.watches.virtual_servers  # before the other watch says so
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert vips.addresses == {} and VIP in agent.vips.arriving
+    agent.watches.apply_vs("ADDED", accepted)
+    vips.answering = set()  # the old leader dropped it
+    for _ in range(100):  # the agent looks again by itself, every HAND_IN_RECHECK
+        if vips.addresses:
+            break
+        await asyncio.sleep(0.02)
+    assert vips.addresses == {VIP: "front"} and agent.vips.arriving == {}
+    assert len(kernel.table) == 1
+
+
+async def test_a_vip_another_node_keeps_is_reported_not_taken() -> None:
+    from lvs_operator.director import vip_owner
+
+    vips = FakeVips()
+    agent = make(vips=vips, store=FakeLeaseStore())
+    await agent.startup()
+    vips.answering = {VIP}  # a host on the link uses the address
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert vips.addresses == {} and agent.vips.problems == {}
+    agent.vips.arriving[VIP] -= vip_owner.HAND_IN_PATIENCE  # as if it had waited that long
+    await agent.reconcile_vips()
+    assert vips.addresses == {}
+    assert "another node still answers ARP/NDP" in agent.vips.problems[VIP]
+    store = agent.elector.api.store  # type: ignore[attr-defined]
+    await agent.elector.tick()
+    assert VIP in store.record.annotations["lvs.io/vip-problems"]
+
+
+async def test_a_vip_handed_to_another_group_goes_at_once_despite_the_brake() -> None:
+    """The old group: every VirtualServer of it moves away (the controller's hand-over, after
+    the new group programmed them). That is an intent: no brake, services and VIP go."""
+    from lvs_operator.director.brake import BrakeConfig
+
+    kernel, vips = FakeKernel(), FakeVips()
+    agent = make(kernel=kernel, vips=vips, store=FakeLeaseStore(), brake=BrakeConfig(hold=60))
+    await agent.startup()
+    web, api = vs_obj("web"), vs_obj("api", ports=[{"port": 81, "targetPort": 8080}])
+    agent.watches.reset_vs([web, api])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert len(kernel.table) == 2 and vips.addresses == {VIP: "front"}
+    for obj in (web, api):
+        obj["status"] = {**obj["status"], "directorGroup": "g2"}
+        agent.watches.apply_vs("MODIFIED", obj)
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert len(kernel.table) == 0 and vips.addresses == {}
+    assert 'lvs_director_withdrawals_held{group="g1"} 0.0' in agent.metrics.render().decode()

@@ -86,3 +86,20 @@ def test_a_service_wanted_again_is_released_from_the_hold_and_no_hold_means_no_b
     off = WithdrawalBrake(BrakeConfig(hold=0))
     assert off.apply(desired(), before, now=0.0) == desired()
     assert WithdrawalBrake().apply(desired(), None, now=0.0) == desired()  # first converge
+
+
+def test_moved_and_staged_services_are_never_braked_nor_their_vips_kept() -> None:
+    """A withdrawal the controller handed to another group (``moved``) goes at once, and so do
+    services that were staged without their VIP; a kept VIP is only one that was held."""
+    held, staged = desired("192.0.2.1", "192.0.2.2"), desired("192.0.2.3", "192.0.2.4")
+    previous = Desired(
+        IpvsTable.of([*held.table.values(), *staged.table.values()]),
+        vips=held.vips,
+        staged_vips=frozenset(staged.vips),
+    )
+    brake = WithdrawalBrake(BrakeConfig(share=0.4, minimum=2, hold=60))
+    out = brake.apply(Desired(IpvsTable()), previous, 0.0, moved=set(held.table))
+    assert len(out.table) == 0 and dict(out.vips) == {} and brake.held == frozenset()
+    # without the hand-over the held ones are braked, and only their VIPs kept
+    out = brake.apply(Desired(IpvsTable()), previous, 0.0)
+    assert set(out.table) == set(held.table) and set(out.vips) == {"192.0.2.1", "192.0.2.2"}

@@ -215,3 +215,11 @@ def test_changes_in_the_desired_table_diff_in_place() -> None:
     ).table
     ops = [(str(c.op), c.dest.address if c.dest else None) for c in diff(after, before)]
     assert ops == [("edit-service", None), ("add-dest", "10.20.0.23"), ("del-dest", "10.20.0.22")]
+
+
+def test_a_staged_virtualserver_has_its_services_and_generation_but_not_its_vip() -> None:
+    moving = vs("moving", vip="10.10.0.101")
+    d = build([vs(), moving], {POOL: pods("10.20.0.21")}, staged={("demo", "moving")})
+    assert ServiceKey(Protocol.TCP, "10.10.0.101", 80) in d.table
+    assert d.generations == {"demo/web": 1, "demo/moving": 1}
+    assert d.vips == {"10.10.0.100": None} and d.staged_vips == {"10.10.0.101"}

@@ -164,3 +164,59 @@ def test_a_bad_member_is_left_out_alone_and_an_unreadable_status_keeps_the_pool(
     watches.reset_pools([pool_status({"oops": 1}, rv="4")])
     assert [m.address for m in watches.pools[key]] == ["198.51.100.7"]
     assert any("keeping the members seen before" in r.getMessage() for r in caplog.records)
+
+
+# -- a VirtualServer moving in from another director group ---------------------------------------
+
+MOVING_IN = {**ACCEPTED, "directorGroup": "g0", "nextDirectorGroup": "g1"}
+
+
+@pytest.mark.parametrize("main_first", [False, True])
+def test_a_virtualserver_moving_in_is_staged_then_kept_through_the_label_change(
+    main_first: bool,
+) -> None:
+    owned: list[str] = []
+    watches = Watches(lambda: None, owned.append, "g1", None)
+    watches.reset_vs([])
+    watches.reset_next_vs([vs(status=MOVING_IN)])
+    key = ("shop", "web")
+    assert watches.vs_synced.is_set()
+    assert list(watches.virtual_servers) == [key] and watches.staged == {key}
+    assert owned == []  # staged: its VIP is not this group's yet
+    # the hand-over: the status first (both watches still see their label), then the labels
+    handed = vs(status=ACCEPTED)
+    watches.apply_next_vs("MODIFIED", handed)
+    assert watches.staged == set() and owned == ["192.0.2.10"]
+    events = [(watches.apply_next_vs, "DELETED"), (watches.apply_vs, "ADDED")]
+    for apply, kind in reversed(events) if main_first else events:
+        apply(kind, handed)
+        assert list(watches.virtual_servers) == [key] and watches.staged == set()
+    # then deleted for good
+    watches.apply_vs("DELETED", handed)
+    assert watches.virtual_servers == {}
+
+
+def test_a_move_called_off_drops_the_staged_one() -> None:
+    watches = Watches(lambda: None, lambda vip: None, "g1", None)
+    watches.reset_vs([])
+    watches.reset_next_vs([vs(status=MOVING_IN)])
+    staying = {**ACCEPTED, "directorGroup": "g0"}  # the selector was set back
+    watches.apply_next_vs("MODIFIED", vs(status=staying))
+    assert watches.virtual_servers == {} and watches.staged == set()
+    watches.apply_next_vs("DELETED", vs(status=staying))
+    assert watches.virtual_servers == {}
+
+
+def test_a_virtualserver_handed_to_another_group_is_marked_moved() -> None:
+    from lvs_operator.director.table import Protocol, ServiceKey
+
+    watches = Watches(lambda: None, lambda vip: None, "g1", None)
+    watches.reset_next_vs([])
+    watches.reset_vs([vs(status=ACCEPTED)])
+    watches.apply_vs("MODIFIED", vs(status={**ACCEPTED, "directorGroup": "g2"}))
+    assert watches.virtual_servers == {}
+    assert watches.moved == {ServiceKey(Protocol.TCP, "192.0.2.10", 80)}
+    # refused for another reason (a group it never served): not a move
+    watches.moved.clear()
+    watches.apply_vs("MODIFIED", vs(name="other", status={**ACCEPTED, "directorGroup": "g2"}))
+    assert watches.moved == set()
