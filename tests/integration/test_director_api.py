@@ -143,3 +143,73 @@ async def test_watch_sees_only_the_groups_virtual_servers(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_new_groups_agent_keeps_a_virtualserver_through_the_hand_over(
+    akube: AsyncClient, namespace: str, crds: list[str]
+) -> None:
+    """The agent's two VirtualServer watches against the real server, the controller's writes
+    of a hand-over made by hand in its order (status, then labels): the VirtualServer is
+    staged, then served, and never missing from the agent's view in between, although the
+    server sends the label change as DELETED (with the object as it was) on one watch and
+    ADDED on the other, in no guaranteed order across the two."""
+    from lightkube.types import PatchType
+
+    from lvs_operator.api.contract import NEXT_GROUP_LABEL
+    from lvs_operator.director.watches import Watches
+
+    group, old, key = "gnew", "gold", (namespace, "moving")
+    absent_after_seen: list[str] = []
+    watches = Watches(lambda: None, lambda vip: None, group, None)
+
+    def check() -> None:
+        if key not in watches.virtual_servers and seen:
+            absent_after_seen.append("missing")
+
+    seen: list[bool] = []
+    apply_main, apply_next = watches.apply_vs, watches.apply_next_vs
+
+    def main(kind: str, o: dict[str, Any]) -> None:
+        apply_main(kind, o)
+        check()
+
+    def nxt(kind: str, o: dict[str, Any]) -> None:
+        apply_next(kind, o)
+        check()
+
+    watches.apply_vs, watches.apply_next_vs = main, nxt  # type: ignore[method-assign,assignment]
+    body = _vs(namespace, "moving", old, "192.0.2.40")
+    body.metadata.labels[NEXT_GROUP_LABEL] = group
+    await akube.create(body)
+    staged = {"directorGroup": old, "nextDirectorGroup": group, "acceptedVIP": "192.0.2.40"}
+    await akube.patch(
+        VS.Status, "moving", {"status": staged}, namespace=namespace, patch_type=PatchType.MERGE
+    )
+    tasks = watches.start(akube)
+    try:
+        await asyncio.wait_for(watches.vs_synced.wait(), 10)
+        for _ in range(100):
+            if key in watches.virtual_servers:
+                break
+            await asyncio.sleep(0.05)
+        assert watches.staged == {key}
+        seen.append(True)
+        served = {"directorGroup": group, "nextDirectorGroup": None, "acceptedVIP": "192.0.2.40"}
+        await akube.patch(
+            VS.Status, "moving", {"status": served}, namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )  # fmt: skip
+        await akube.patch(
+            VS, "moving", {"metadata": {"labels": {GROUP_LABEL: group, NEXT_GROUP_LABEL: None}}},
+            namespace=namespace, patch_type=PatchType.MERGE,
+        )  # fmt: skip
+        for _ in range(100):
+            if key in watches._stores["main"] and key not in watches._stores["next"]:
+                break
+            await asyncio.sleep(0.05)
+        assert key in watches._stores["main"] and key not in watches._stores["next"]
+        assert watches.staged == set() and absent_after_seen == []
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
