@@ -120,10 +120,10 @@ class Lab:
         lease = self.lease()
         return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
-    def start_agent(self, ns: str, *extra: str) -> GuestProcess:
+    def start_agent(self, ns: str, *extra: str, group: str = GROUP) -> GuestProcess:
         argv = [
             self.vm_python(), "-m", "lvs_operator.cli", "director",
-            "--node-name", NODES[ns], "--namespace", NAMESPACE, "--group", GROUP,
+            "--node-name", NODES[ns], "--namespace", NAMESPACE, "--group", group,
             "--kubeconfig", str(self.kubeconfig), "--peer-key-file", str(self.peer_key),
             *self.lease_flags, *extra,
         ]  # fmt: skip

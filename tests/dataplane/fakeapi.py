@@ -8,7 +8,9 @@ Just what the director agent uses, with the server behaviour its election depend
 - ``metadata.generation`` bumped when ``spec`` changes (custom resources);
 - list and watch (``?watch=1``, from a ``resourceVersion``, ``timeoutSeconds``), across all
   namespaces or one, filtered by ``labelSelector`` (equality terms) and
-  ``fieldSelector=metadata.name=...``;
+  ``fieldSelector=metadata.name=...``; as the real watch cache does, a change that makes an
+  object leave a watch's selection is sent to it as DELETED with the object as it was, and
+  one that makes it enter as ADDED;
 - Leases (``coordination.k8s.io/v1``), VirtualServers and RealServerPools (``lvs.io/v1alpha1``),
   Events (accepted and kept).
 
@@ -93,7 +95,8 @@ def _matches(obj: Mapping[str, Any], labels: str | None, fields: str | None) -> 
 class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-        self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # rv, type, prefix/plural
+        # rv, type, prefix/plural, object, the object before (None: created or deleted)
+        self.history: list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]] = []
         self.rv = 100
         self.conflicts = 0  # 409s answered (a test can assert the agents met them)
         self._lock = threading.Lock()
@@ -110,8 +113,10 @@ class FakeApi:
         prefix, plural = resource.rsplit("/", 1)
         return (prefix, plural, namespace, name)
 
-    def _record(self, kind: str, resource: str, obj: dict[str, Any]) -> None:
-        self.history.append((self.rv, kind, resource, copy.deepcopy(obj)))
+    def _record(
+        self, kind: str, resource: str, obj: dict[str, Any], prev: dict[str, Any] | None = None
+    ) -> None:
+        self.history.append((self.rv, kind, resource, copy.deepcopy(obj), prev))
         if self._loop is not None and self._cond is not None:
             cond = self._cond
 
@@ -143,7 +148,8 @@ class FakeApi:
                 gen = old["metadata"].get("generation", 1)
                 meta["generation"] = gen + (1 if obj.get("spec") != old.get("spec") else 0)
         self.objects[key] = obj
-        self._record("ADDED" if old is None or create else "MODIFIED", resource, obj)
+        prev = copy.deepcopy(old) if old is not None else None
+        self._record("ADDED" if old is None or create else "MODIFIED", resource, obj, prev)
         return copy.deepcopy(obj)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -320,13 +326,22 @@ class FakeApi:
             while loop.time() < end and not self._closing:
                 with self._lock:
                     events = [
-                        (rv, t, o)
-                        for rv, t, res, o in self.history
+                        (rv, t, o, prev)
+                        for rv, t, res, o, prev in self.history
                         if rv > since and res == resource
                     ]
                     latest = self.rv
-                for _rv, type_, obj in events:
-                    if self._selected(request, resource, namespace, obj):
+                for rv, type_, obj, prev in events:
+                    now_in = self._selected(request, resource, namespace, obj)
+                    was_in = prev is not None and self._selected(request, resource, namespace, prev)
+                    if type_ == "MODIFIED" and was_in and not now_in:
+                        # left the selection: DELETED, the object as it was (the real cache)
+                        gone = copy.deepcopy(prev)
+                        gone["metadata"]["resourceVersion"] = str(rv)
+                        type_, obj, now_in = "DELETED", gone, True
+                    elif type_ == "MODIFIED" and now_in and prev is not None and not was_in:
+                        type_ = "ADDED"
+                    if now_in:
                         line = json.dumps({"type": type_, "object": obj}) + "\n"
                         await response.write(line.encode())
                 since = max(since, latest)

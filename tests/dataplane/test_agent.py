@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import pytest
-from tests.dataplane.agents import APP_NS, NODES, Lab, handover_steps, pool, virtual_server
+from tests.dataplane.agents import APP_NS, LEASE, NODES, Lab, handover_steps, pool, virtual_server
 from tests.dataplane.scenarios_agent import agent_log_delay, analyse
 from tests.dataplane.vm import Vm, agent_startup
 
@@ -598,3 +598,82 @@ def test_fault_lonely_leader_restart(lab: Lab) -> None:
     assert back is not None, rows
     late = [r for r in results if r[1] is None and not lost - 1.0 <= r[0] <= back + 1.0]
     assert not late, (late, lost, back)
+
+
+VIP_MOVE = "10.10.0.104"
+MOVE_GROUP = "gmove"
+
+
+def _wait(pred: Callable[[], Any], within: float, what: str) -> Any:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {within:.0f} s")
+
+
+def test_a_vip_moves_to_another_director_group_make_before_break(lab: Lab) -> None:
+    """A node-selector edit moves a VirtualServer from group gtest (lvs-dir-a alone) to group
+    gmove (lvs-dir-b alone); the controller's writes are played in its order. Staged, the
+    new group programs the services and reports them, without the VIP; handed over, the old
+    leader drops the VIP and services at once (no brake) and the new leader adds the VIP once
+    nobody answers ARP for it. Never two holders or ARP answerers (sampled every 10 ms over
+    the whole case); the hand-over's gap and failed requests are printed."""
+    old, new = "lvs-dir-a", "lvs-dir-b"
+    assert lab.stop_agent(new) == 0  # a leader hands over to lvs-dir-a on SIGTERM
+    lab.start_agent(new, group=MOVE_GROUP)
+    lab.wait_started([new])
+    vs = virtual_server("moving", VIP_MOVE, 80, "http", scheduler="rr")
+    lab.apply(vs)
+    wait_answers(lab, VIP_MOVE, 80)
+    assert lab.call("wait_vip", vip=VIP_MOVE, within=30)["holder"] == old
+    loop, out = lab.start_loop("move", VIP_MOVE, 80, timeout=0.9)
+    sampler, samples_out = lab.start_sampler("move", VIP_MOVE)
+    new_lease = f"lvs-director-{MOVE_GROUP}"
+
+    def programmed(lease: str) -> dict[str, int]:
+        obj = lab.api.get("Lease", "lvs-system", lease) or {}
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        return dict(json.loads(annotations.get("lvs.io/programmed") or "{}"))
+
+    try:
+        staged = json.loads(json.dumps(vs))
+        staged["metadata"]["labels"]["lvs.io/next-director-group"] = MOVE_GROUP
+        staged["status"]["nextDirectorGroup"] = MOVE_GROUP
+        lab.apply(staged)
+        staged_at = float(lab.call("now"))
+        _wait(lambda: "demo/moving" in programmed(new_lease), 60, "the new group programs it")
+        time.sleep(1)  # it keeps the VIP off meanwhile (the sampler says)
+        at = float(lab.call("now"))
+        handed = json.loads(json.dumps(staged))  # the status first, then the labels
+        handed["status"] = {"directorGroup": MOVE_GROUP, "acceptedVIP": VIP_MOVE}
+        lab.apply(handed)
+        handed["metadata"]["labels"] = {"lvs.io/director-group": MOVE_GROUP}
+        lab.apply(handed)
+        res = lab.call("wait_vip", vip=VIP_MOVE, within=30, exclude=old)
+        _wait(lambda: "demo/moving" not in programmed(LEASE), 30, "the old group let go")
+        time.sleep(2)
+    finally:
+        results = lab.stop_loop(loop, out)
+        rows = lab.stop_sampler(sampler, samples_out)
+    stats = analyse(results, at)
+    overlaps = lab.call("two_holders", rows=rows)
+    early = [r for r in vip_changes(rows, staged_at) if float(r["t"]) < at and new in r["addr"]]  # type: ignore[arg-type,operator]
+    lost = first_sample(rows, at, lambda addr, arp: old not in addr and old not in arp)
+    taken = None if lost is None else first_sample(rows, lost, lambda a, arp: a == [new])
+    gap = None if taken is None or lost is None else round(taken - lost, 3)
+    print(f"\n[dataplane] group move: {stats}; the old leader let go "
+          f"{None if lost is None else round(lost - at, 3)}s after the hand-over, the new one "
+          f"held the VIP {gap}s later; two holders {overlaps or 'never'}")  # fmt: skip
+    assert res["holder"] == new, (res, lab.logs())
+    assert not early, early  # staged: never the VIP
+    assert not overlaps, (overlaps, lab.logs())
+    assert lost is not None and taken is not None, rows
+    # the new leader probes again every 50 ms while the old one answers
+    assert gap is not None and gap < 1.0, (gap, rows)
+    assert lab.call("wait_vip_dropped", ns=old, vip=VIP_MOVE, within=5) is not None
+    lab.api.delete("VirtualServer", "demo", "moving")
+    assert lab.call("wait_vip_dropped", ns=new, vip=VIP_MOVE, within=30) is not None
+    assert lab.stop_agent(new) == 0  # the next case's fixture starts it in group gtest

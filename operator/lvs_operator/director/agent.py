@@ -55,7 +55,7 @@ from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
 from .vip import raw_sockets_allowed
-from .vip_owner import VipNode, VipOwner
+from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner
 from .watches import Watches
 
 log = logging.getLogger("lvs_operator.director.agent")
@@ -198,7 +198,10 @@ class Agent:
             self._hand_in = asyncio.create_task(self._hand_in_again())
 
     async def _hand_in_again(self) -> None:
-        await asyncio.sleep(HAND_IN_RECHECK)
+        # after the patience (reported by then) the look is slower: a host keeping the
+        # address for good must not get three ARP probes every 0.1 s for ever
+        waited = asyncio.get_running_loop().time() - min(self.vips.arriving.values(), default=0)
+        await asyncio.sleep(HAND_IN_RECHECK if waited < HAND_IN_PATIENCE else 1.0)
         self.vips.background(self.reconcile_vips())
 
     async def _reconcile_loop(self) -> None:

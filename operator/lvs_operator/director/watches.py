@@ -127,6 +127,10 @@ def service_keys(vs: VirtualServer) -> set[ServiceKey]:
 
 
 MAIN, NEXT = "main", "next"  # the two VirtualServer watches: serving, moving in
+# Seconds after a hand-over's label change (seen by one watch only) before the agent reads
+# the object itself, in case the other watch never says anything (the object was deleted
+# between the controller's status and label writes).
+TRANSFER_CHECK = 5.0
 
 
 class Watches:
@@ -155,11 +159,14 @@ class Watches:
         self._bad_members: dict[ObjectKey, list[str]] = {}  # pool -> members left out (logged)
         self.vs_synced = asyncio.Event()
         self.pools_synced = asyncio.Event()
+        self._client: KubeClient | None = None
+        self._checks: set[asyncio.Task[None]] = set()  # transfers being verified
 
     def start(self, client: KubeClient) -> list[asyncio.Task[None]]:
         from lightkube import ALL_NS
 
         vs_res, pool_res = resources()["VirtualServer"], resources()["RealServerPool"]
+        self._client = client
         watch_vs = list_then_watch(
             client, vs_res, namespace=ALL_NS, labels={GROUP_LABEL: self.group},
             reset=self.reset_vs, apply=self.apply_vs, what="VirtualServers",
@@ -249,7 +256,9 @@ class Watches:
             if gone is not None and which == NEXT and not staged(gone, self.group):
                 # the hand-over: its status names this group, and its label moves it to the
                 # other watch, which may not have said so yet
-                other.setdefault(key, gone)
+                if key not in other:
+                    other[key] = gone
+                    self._verify_later(key)
             elif key not in other:
                 self._refusals.pop(key, None)
         elif kind in ("ADDED", "MODIFIED"):
@@ -266,6 +275,42 @@ class Watches:
         self._merge()
         log.debug("VirtualServer %s", kind.lower(), extra={"vs": "/".join(key)})
         self.on_change()
+
+    def _verify_later(self, key: ObjectKey) -> None:
+        """A VirtualServer kept through a hand-over's label change: read it after a while,
+        so one deleted in between (no watch will tell) does not stay programmed."""
+        if self._client is None:
+            return
+        task = asyncio.create_task(self._verify(key, self._client))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _verify(self, key: ObjectKey, client: KubeClient) -> None:
+        from lightkube import ApiError
+
+        await asyncio.sleep(TRANSFER_CHECK)
+        try:
+            obj = await client.get(resources()["VirtualServer"], key[1], namespace=key[0])
+        except ApiError as exc:
+            if exc.status.code != 404:
+                log.warning("cannot read a VirtualServer after its hand-over: %s",
+                            exc.status.message, extra={"vs": "/".join(key)})  # fmt: skip
+                return
+            raw: Raw | None = None
+        else:
+            raw = obj.to_dict()
+        labels = ((raw or {}).get("metadata") or {}).get("labels") or {}
+        if raw is not None and labels.get(GROUP_LABEL) == self.group:
+            self._apply(MAIN, "MODIFIED", raw)
+        elif raw is not None and labels.get(NEXT_GROUP_LABEL) == self.group:
+            self._apply(NEXT, "MODIFIED", raw)
+        elif key in self._stores[MAIN] or key in self._stores[NEXT]:
+            log.info("VirtualServer gone since its hand-over: not programmed",
+                     extra={"vs": "/".join(key)})  # fmt: skip
+            self._stores[MAIN].pop(key, None)
+            self._stores[NEXT].pop(key, None)
+            self._merge()
+            self.on_change()
 
     def reset_vs(self, items: Iterable[Raw]) -> None:
         self._reset(MAIN, items)

@@ -3,6 +3,7 @@ CRD refused it) keeps no health check, and the agent says so once per change, na
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -220,3 +221,40 @@ def test_a_virtualserver_handed_to_another_group_is_marked_moved() -> None:
     watches.moved.clear()
     watches.apply_vs("MODIFIED", vs(name="other", status={**ACCEPTED, "directorGroup": "g2"}))
     assert watches.moved == set()
+
+
+class OneObjectClient:
+    """Answers the agent's GET of one VirtualServer (None: 404)."""
+
+    def __init__(self, obj: dict[str, Any] | None) -> None:
+        self.obj = obj
+
+    async def get(self, res: Any, name: str, namespace: str) -> Any:
+        from lightkube import ApiError
+        from lightkube.models.meta_v1 import Status
+
+        if self.obj is None:
+            raise ApiError(status=Status(code=404, message="not found"))
+        return type("Obj", (), {"to_dict": lambda _self: self.obj})()
+
+
+@pytest.mark.parametrize("present", [False, True])
+async def test_a_virtualserver_kept_through_a_hand_over_is_read_back(
+    monkeypatch: pytest.MonkeyPatch, present: bool
+) -> None:
+    """Deleted between the controller's status and label writes, a VirtualServer leaves the
+    moving-in watch but never arrives in the other: the agent reads it back and drops it; one
+    that is there (labelled with the group) stays."""
+    from lvs_operator.director import watches as w
+
+    monkeypatch.setattr(w, "TRANSFER_CHECK", 0.01)
+    watches = Watches(lambda: None, lambda vip: None, "g1", None)
+    handed = vs(status=ACCEPTED)
+    watches._client = OneObjectClient(handed if present else None)  # type: ignore[assignment]
+    watches.reset_vs([])
+    watches.reset_next_vs([vs(status=MOVING_IN)])
+    watches.apply_next_vs("MODIFIED", handed)
+    watches.apply_next_vs("DELETED", handed)
+    assert list(watches.virtual_servers) == [("shop", "web")]
+    await asyncio.gather(*watches._checks)
+    assert list(watches.virtual_servers) == ([("shop", "web")] if present else [])
