@@ -178,9 +178,9 @@ async def test_the_new_groups_agent_keeps_a_virtualserver_through_the_hand_over(
         check()
 
     watches.apply_vs, watches.apply_next_vs = main, nxt  # type: ignore[method-assign,assignment]
-    body = _vs(namespace, "moving", old, "192.0.2.40")
-    body.metadata.labels[NEXT_GROUP_LABEL] = group
-    await akube.create(body)
+    body = _vs(namespace, "moving", old, "192.0.2.40").to_dict()
+    body["metadata"]["labels"][NEXT_GROUP_LABEL] = group
+    await akube.create(VS.from_dict(body))
     staged = {"directorGroup": old, "nextDirectorGroup": group, "acceptedVIP": "192.0.2.40"}
     await akube.patch(
         VS.Status, "moving", {"status": staged}, namespace=namespace, patch_type=PatchType.MERGE

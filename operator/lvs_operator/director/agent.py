@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
@@ -247,20 +248,22 @@ class Agent:
             except Exception:
                 log.exception("VIP refresh failed")
 
-    async def _vip_lifetime_loop(self) -> None:
+    def _vip_lifetime_thread(self, stop: threading.Event) -> None:
         """The dead-man switch (vip.py): renew the lifetime of what this node holds, a few
-        times per lifetime. Runs until the handover has drained (the VIPs on lo lapse too)."""
-        if self.cfg.vip_lifetime <= 0:
-            return
+        times per lifetime, on a thread of its own so that a stalled event loop (a first
+        import or a big decode under load) cannot let a held VIP lapse. Runs until the
+        handover has drained (the VIPs on lo lapse too)."""
         every = self.cfg.vip_lifetime / LIFETIME_RENEWALS
-        while True:
-            await asyncio.sleep(every)
+        while not stop.wait(every):
             try:
-                await self.renew_vips()
+                self.renew_vips_blocking()
             except Exception:
                 log.exception("renewing the VIPs' lifetime failed", extra={"group": self.cfg.group})
 
     async def renew_vips(self) -> None:
+        await asyncio.to_thread(self.renew_vips_blocking)
+
+    def renew_vips_blocking(self) -> None:
         """One renewal. A leader that knows its VIPs renews those it holds. Until it knows
         them (a restart before the first converge), and while the Lease is not known to name
         another director (a restart that cannot read the Lease yet), the agent-added VIPs
@@ -268,9 +271,9 @@ class Agent:
         first step did (main.py); one another node answers for is left to lapse."""
         leader, known = self.elector.is_leader, self.ipvs.desired is not None
         if (leader and not known) or (not leader and not self.elector.not_holder):
-            await self.vips.renew_present(self.vips.owned if known else None)
+            self.vips.renew_present_blocking(set(self.vips.owned) if known else None)
         else:
-            await self.vips.renew_lifetimes()
+            self.vips.renew_lifetimes_blocking()
 
     async def _on_leader_change(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)
@@ -336,8 +339,14 @@ class Agent:
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._vip_refresh_loop(), name="vip-refresh"),
         ]
-        # not in ``tasks``: it outlives them, until the handover's drain is over
-        lifetimes = asyncio.create_task(self._vip_lifetime_loop(), name="vip-lifetimes")
+        # not a task: it outlives them, until the handover's drain is over
+        stop_renewing = threading.Event()
+        lifetimes = threading.Thread(
+            target=self._vip_lifetime_thread, args=(stop_renewing,), name="vip-lifetimes",
+            daemon=True,
+        )  # fmt: skip
+        if self.cfg.vip_lifetime > 0:
+            lifetimes.start()
         await self.startup()
         if not self.elector.is_leader:
             # A standby joins the election once its initial lists are in: an agent still
@@ -366,8 +375,9 @@ class Agent:
         await asyncio.gather(*tasks, *self.vips.tasks, return_exceptions=True)
         if self.vips.retired:
             await self.handover.drain()
-        lifetimes.cancel()
-        await asyncio.gather(lifetimes, return_exceptions=True)
+        stop_renewing.set()
+        if lifetimes.is_alive():
+            await asyncio.to_thread(lifetimes.join, 5.0)
         await self.health.close()
         await self.heartbeat.close()
         for server in servers:

@@ -22,6 +22,7 @@ stopped (and waited for) before a step-down removes the addresses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import threading
@@ -289,39 +290,52 @@ class VipOwner:
 
     # -- lifetimes (the dead-man switch: vip.py) -------------------------------------------------
 
+    # Renewals block (a thread of their own, agent.py): the event loop can stall for seconds
+    # under load (a first import, a big decode) and a VIP must not lapse meanwhile. Every
+    # address change still goes through the VIP lane, in order with the loop's; the state
+    # read here (held, retired, owned) is copied whole first.
+
     async def renew_lifetimes(self) -> None:
+        await asyncio.to_thread(self.renew_lifetimes_blocking)
+
+    def renew_lifetimes_blocking(self) -> None:
         """Restart the lifetime of what this node holds: the VIPs while leader, and those
         retired to lo while a handover drains. A VIP no longer on its interface is left out
         (vip.py's ``renew`` looks first)."""
-        items = list(self.held.items()) + [(vip, LOOPBACK) for vip in self.retired]
+        held, retired = dict(self.held), dict(self.retired)
+        items = list(held.items()) + [(vip, LOOPBACK) for vip in retired]
         if items:
-            await self.lane.run(self.node.renew, items)
+            self.lane.call(lambda: self.node.renew(items))
 
     async def renew_present(self, only: Iterable[str] | None) -> None:
+        await asyncio.to_thread(self.renew_present_blocking, None if only is None else set(only))
+
+    def renew_present_blocking(self, only: set[str] | None) -> None:
         """Restart the lifetime of the agent-added VIPs on this node that no other node
         answers for: of those in ``only``, or of all (None: the group's VIPs not known
         yet). A VIP another node answers for is left to lapse (this node was cut off and
         a standby took over), logged once."""
-        present = await self.lane.run(self.node.present)
-        wanted = None if only is None else set(only)
-        items = [(v, i) for v, i in present.items() if wanted is None or v in wanted]
-        if items:
-            probe: list[Announcement] = []
-            for vip, ifname in items:
-                link = await self._link(ifname)
-                if link is not None:  # lo: nobody else answers there
-                    probe.append((vip, ifname, link))
-            # the probe on a thread of its own (it listens), the renewal on the VIP lane
-            # (which orders every address change: it never re-adds a VIP removed meanwhile)
-            taken = await asyncio.to_thread(self.node.answered, probe, PROBE_TIMEOUT)
-            unclaimed = [(vip, ifname) for vip, ifname in items if vip not in taken]
-            if unclaimed:
-                await self.lane.run(self.node.renew, unclaimed)
-            for vip in taken:
-                if vip not in self._left:
-                    log.warning("VIP left to lapse: another node answers for it",
-                                extra={"vip": vip})  # fmt: skip
-            self._left = set(taken)
+        present = self.lane.call(self.node.present)
+        items = [(v, i) for v, i in present.items() if only is None or v in only]
+        if not items:
+            return
+        probe: list[Announcement] = []
+        for vip, ifname in items:
+            link = self._links.get(ifname)
+            if link is None:
+                link = self.lane.call(functools.partial(self.node.link_info, ifname))
+            if link is not None:  # lo: nobody else answers there
+                probe.append((vip, ifname, link))
+        # the probe here (it listens), the renewal on the VIP lane (which orders every address
+        # change: it never re-adds a VIP removed meanwhile)
+        taken = self.node.answered(probe, PROBE_TIMEOUT) if probe else set()
+        unclaimed = [(vip, ifname) for vip, ifname in items if vip not in taken]
+        if unclaimed:
+            self.lane.call(lambda: self.node.renew(unclaimed))
+        for vip in taken:
+            if vip not in self._left:
+                log.warning("VIP left to lapse: another node answers for it", extra={"vip": vip})
+        self._left = set(taken)
 
     async def adopt_present(self) -> list[str]:
         """A restarted leader, before anything slow: restart the lifetime of the group's

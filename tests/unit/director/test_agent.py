@@ -589,3 +589,25 @@ async def test_a_vip_handed_to_another_group_goes_at_once_despite_the_brake() ->
     await agent.reconcile_vips()
     assert len(kernel.table) == 0 and vips.addresses == {}
     assert 'lvs_director_withdrawals_held{group="g1"} 0.0' in agent.metrics.render().decode()
+
+
+async def test_a_stalled_event_loop_does_not_let_the_held_vip_lapse() -> None:
+    """The lifetime renewal runs on a thread of its own: a loop blocked for longer than the
+    renewal interval (a first import, a big decode under load) still renews the held VIP."""
+    import threading
+
+    vips = FakeVips()
+    agent = make(vips=vips, store=FakeLeaseStore(), vip_lifetime=0.4)  # a renewal every 0.1 s
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert vips.addresses == {VIP: "front"}
+    stop = threading.Event()
+    thread = threading.Thread(target=agent._vip_lifetime_thread, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(0.55)  # the event loop stalls (on purpose: no await)
+    stop.set()
+    thread.join(2)
+    assert vips.events.count(("renew", VIP)) >= 3, vips.events
