@@ -41,6 +41,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Protocol
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
 from ..listwatch import KubeClient
@@ -66,6 +67,12 @@ PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
 HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answers for
 
 
+class EarlyRenewal(Protocol):
+    """The process's first-step VIP renewal (main.py), running until the agent's own."""
+
+    def stop(self, timeout: float = 1.0) -> None: ...
+
+
 class Agent:
     """Lifecycle and wiring: the caches feed IPVS convergence, the election moves the VIPs."""
 
@@ -81,8 +88,11 @@ class Agent:
         vip_lane: Lane | None = None,
         handover_node: HandoverNode | None = None,
         peer_key: bytes | None = None,
+        early_renewal: EarlyRenewal | None = None,
     ) -> None:
         self.cfg = cfg
+        # the process's first-step renewal (main.py), until this agent's own takes over
+        self.early_renewal = early_renewal
         self.client = client
         self._can_probe = raw_sockets_allowed()  # the ARP check a gated standby promises
         self.kernel = kernel
@@ -347,6 +357,10 @@ class Agent:
         )  # fmt: skip
         if self.cfg.vip_lifetime > 0:
             lifetimes.start()
+        if self.early_renewal is not None:
+            # before any address change of this agent (the start-up drops stale VIPs): the
+            # early renewal uses a socket of its own, outside the VIP lane's order
+            await asyncio.to_thread(self.early_renewal.stop)
         await self.startup()
         if not self.elector.is_leader:
             # A standby joins the election once its initial lists are in: an agent still

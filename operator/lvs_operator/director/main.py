@@ -15,6 +15,7 @@ import gc
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from .config import (
     DEFAULT_STARTUP_GRACE,
     DEFAULT_VIP_LIFETIME,
     DEFAULT_VIP_REFRESH,
+    LIFETIME_RENEWALS,
     AgentConfig,
 )
 from .election import (
@@ -270,36 +272,69 @@ def load_peer_key(cfg: AgentConfig) -> bytes | None:
     return peer_mod.load_key(cfg.peer_key_file, required=required)
 
 
-def keep_vips_through_restart(cfg: AgentConfig) -> None:
-    """First thing, before the imports and the reads that take seconds: restart the
-    lifetime of the VIPs an agent added that are still on this node (vip.py).
+class EarlyRenewal:
+    """The renewal of a restarting agent's VIPs from its first step until the agent's own
+    renewal thread runs (agent.py hands over with ``stop``)."""
 
-    A restarted leader's VIPs must not lapse while it starts (under emulation that is longer
-    than a lifetime); it confirms or drops them once it has read the Lease. Only a VIP no
-    other node answers ARP for is renewed: no standby takes a VIP this node still answers
-    for, so renewing it makes no second holder; one another node answers for (this node
-    was cut off, and its standby took over) is left to lapse, and one already gone is not
-    brought back. A crash loop extends them by one lifetime per start, and kubelet's
-    back-off (10 s, doubling) outlasts that."""
+    def __init__(self, thread: threading.Thread, stop: threading.Event) -> None:
+        self.thread, self._stop = thread, stop
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop and wait (briefly): no renewal of this thread runs after the agent's first
+        address change."""
+        self._stop.set()
+        self.thread.join(timeout)
+
+
+def keep_vips_through_restart(cfg: AgentConfig) -> EarlyRenewal | None:
+    """First thing, before the imports and the reads that take seconds: restart the
+    lifetime of the VIPs an agent added that are still on this node (vip.py), and keep doing
+    so every quarter lifetime, on a thread, until the agent's own renewal takes over.
+
+    A restarted leader's VIPs must not lapse while it starts (under emulation the imports
+    alone take longer than a lifetime); it confirms or drops them once it has read the
+    Lease. Only a VIP no other node answers ARP for is renewed: no standby takes a VIP this
+    node still answers for, so renewing it makes no second holder; one another node answers
+    for (this node was cut off, and its standby took over) is left to lapse, and one already
+    gone is not brought back. A crash loop extends them by one lifetime per start, and
+    kubelet's back-off (10 s, doubling) outlasts that."""
     if cfg.vip_lifetime <= 0:
-        return
+        return None
     try:
         from .vip import VipManager
 
         vips = VipManager(lifetime=cfg.vip_lifetime)
-        try:
-            kept, taken = vips.renew_unclaimed(vips.present().items())
-        finally:
-            vips.rt.close()
     except Exception as exc:  # only a head start: the start-up does the real work
         log.warning("could not renew the VIPs left on this node: %s", exc)
-        return
-    if kept:
-        log.info("VIPs still on this node kept for one lifetime until the Lease is read",
-                 extra={"vips": sorted(kept), "seconds": cfg.vip_lifetime})  # fmt: skip
-    if taken:
-        log.warning("VIPs left on this node are answered by another node: left to lapse",
-                    extra={"vips": taken})  # fmt: skip
+        return None
+
+    def renew_once(first: bool) -> None:
+        try:
+            kept, taken = vips.renew_unclaimed(vips.present().items())
+        except Exception as exc:
+            log.warning("could not renew the VIPs left on this node: %s", exc)
+            return
+        if kept and first:
+            log.info("VIPs still on this node kept until the Lease is read",
+                     extra={"vips": sorted(kept), "seconds": cfg.vip_lifetime})  # fmt: skip
+        if taken and first:
+            log.warning("VIPs left on this node are answered by another node: left to lapse",
+                        extra={"vips": taken})  # fmt: skip
+
+    renew_once(True)
+    stop = threading.Event()
+    every = cfg.vip_lifetime / LIFETIME_RENEWALS
+
+    def loop() -> None:
+        try:
+            while not stop.wait(every):
+                renew_once(False)
+        finally:
+            vips.rt.close()
+
+    thread = threading.Thread(target=loop, name="vip-early-renewal", daemon=True)
+    thread.start()
+    return EarlyRenewal(thread, stop)
 
 
 def run(argv: list[str]) -> int:
@@ -310,7 +345,7 @@ def run(argv: list[str]) -> int:
         "seconds_since_exec": process_age(),  # the interpreter, its site and the imports so far
     })  # fmt: skip
     t0 = time.monotonic()
-    keep_vips_through_restart(cfg)
+    early = keep_vips_through_restart(cfg)
     from .agent import Agent
     from .lanes import Lane
 
@@ -346,7 +381,7 @@ def run(argv: list[str]) -> int:
     async def main() -> int:
         agent = Agent(
             cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane,
-            peer_key=peer_key,
+            peer_key=peer_key, early_renewal=early,
         )  # fmt: skip
         return await agent.run()
 

@@ -50,6 +50,7 @@ def test_a_restart_keeps_the_vips_still_here_before_anything_slow(
     restarted leader's must not lapse while it starts); nothing without a lifetime; a
     failure is a warning, never fatal."""
     import logging
+    import time
 
     from lvs_operator.director import main, vip
 
@@ -73,23 +74,28 @@ def test_a_restart_keeps_the_vips_still_here_before_anything_slow(
     monkeypatch.setattr(vip, "VipManager", Manager)
     env = {"NODE_NAME": "n1", "POD_NAMESPACE": "lvs-system", "LVS_DIRECTOR_GROUP": "g"}
     caplog.set_level(logging.INFO, logger="lvs_operator.director.main")
-    main.keep_vips_through_restart(parse_args([], env))
-    assert calls == [
-        ("lifetime", 8),
-        ("renew", [("192.0.2.10", "front"), ("192.0.2.11", "front")]),
-        ("close", None),
-    ]
-    (line,) = [r for r in caplog.records if "kept for one lifetime" in r.getMessage()]
+    early = main.keep_vips_through_restart(parse_args(["--vip-lifetime", "2"], env))
+    assert early is not None
+    renewal = ("renew", [("192.0.2.10", "front"), ("192.0.2.11", "front")])
+    assert calls == [("lifetime", 2), renewal]  # the first, at once
+    time.sleep(1.2)  # then every quarter lifetime, on its thread, until the agent's takes over
+    early.stop()
+    assert not early.thread.is_alive()
+    assert calls[-1] == ("close", None) and calls.count(renewal) >= 3, calls
+    done = len(calls)
+    time.sleep(0.7)
+    assert len(calls) == done  # stopped
+    (line,) = [r for r in caplog.records if "kept until the Lease is read" in r.getMessage()]
     assert line.__dict__["vips"] == ["192.0.2.10"]
     (left,) = [r for r in caplog.records if "left to lapse" in r.getMessage()]
     assert left.__dict__["vips"] == ["192.0.2.11"]
     calls.clear()
-    main.keep_vips_through_restart(parse_args(["--vip-lifetime", "0"], env))
+    assert main.keep_vips_through_restart(parse_args(["--vip-lifetime", "0"], env)) is None
     assert calls == []
 
     def broken(**_: object) -> None:
         raise OSError("no netlink")
 
     monkeypatch.setattr(vip, "VipManager", broken)
-    main.keep_vips_through_restart(parse_args([], env))  # no exception
+    assert main.keep_vips_through_restart(parse_args([], env)) is None  # no exception
     assert any("could not renew" in r.getMessage() for r in caplog.records)
