@@ -151,15 +151,19 @@ def traffic_masquerade() -> dict[str, Any]:
     out["snat_again_changed"] = nft.ensure_masquerade_snat(
         *nft.masquerade_targets(ipvs.read_table(netns=d)), netns=d
     )
-    out["rr"] = t.count_answers(topo.client, topo.vip, 80, n=30)
+    failures: list[str] = []
+    out["failures"] = failures
+    out["rr"] = t.count_answers(topo.client, topo.vip, 80, n=30, failures=failures)
     conn = t.NsHTTPConnection(topo.client, topo.vip, 80)
     out["seen_client"] = conn.get()[1].get("X-Client")
     conn.close()
     changes = ipvs.converge(IpvsTable.of([_web("wrr", (1, 2, 3))]),
                             owned_by_addresses([topo.vip]), netns=d)  # fmt: skip
     out["wrr_ops"] = _ops(changes)
-    out["wrr"] = t.count_answers(topo.client, topo.vip, 80, n=60)
+    out["wrr"] = t.count_answers(topo.client, topo.vip, 80, n=60, failures=failures)
     out["nft"] = t.nsexec(d, "nft", "list", "table", "inet", nft.NFT_TABLE)
+    if failures:  # what the director's IPVS held for the client (a reused port's old entry?)
+        out["connections"] = t.nsexec(d, "ipvsadm", "-Lnc")[-4000:]
     out["snat_removed"] = nft.remove_masquerade_snat(netns=d)
     out["without_snat"] = t.count_answers(topo.client, topo.vip, 80, n=3, timeout=1.0)
     t.reset(topo)

@@ -342,7 +342,7 @@ def test_agent_restart(lab: Lab, role: str) -> None:
         assert holder_after == ns and lab.holder() == holder, (rows, lab.holder())
     late = [r for r in results if r[1] is None and not lost - 1.0 <= r[0] <= back + 1.0]
     # failures only while nobody held it (the restarted agent's log says what it did)
-    assert not late, (late, lost, back, stats, rows, lab.agents[ns].output()[-5000:])
+    assert not late, (late, lost, back, stats, rows, lab.logs())
 
 
 # -- the fault tier: API outages, partitions, a stopped or lonely leader ---------------------
@@ -563,7 +563,7 @@ def test_fault_leader_agent_killed_restarted_after_backoff(lab: Lab) -> None:
     assert taken is not None and taken - lost < 2.0, (taken, lost, rows)
     assert lease["holder"] == (NODES[holder], NODES[standby]), lease
     late = [r for r in results if r[1] is None and not lost - 1.0 <= r[0] <= taken + 1.0]
-    assert not late, (late, lost, taken, stats)  # failures only around the takeover
+    assert not late, (late, lost, taken, stats, rows, lab.logs())  # only around the takeover
 
 
 def test_fault_lonely_leader_restart(lab: Lab) -> None:

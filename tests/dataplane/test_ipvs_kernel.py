@@ -48,14 +48,15 @@ def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str,
     # the table it wrote is read back by the nft command in the director's namespace
     assert out["nft_backend"] == "libnftables"
     assert out["snat_again_changed"] is False
-    assert out["rr"] == {"rs1": 10, "rs2": 10, "rs3": 10}, out["nft"]
+    assert out["rr"] == {"rs1": 10, "rs2": 10, "rs3": 10}, (out["failures"], out["nft"])
     assert out["seen_client"] == "10.20.0.11"  # the director's back address: SNAT at work
     assert out["wrr_ops"] == [
         "edit-service TCP/10.10.0.100:80 wrr",
         "edit-dest TCP/10.10.0.100:80 -> 10.20.0.22:8080 masquerade w2",
         "edit-dest TCP/10.10.0.100:80 -> 10.20.0.23:8080 masquerade w3",
     ]
-    assert out["wrr"] == {"rs1": 10, "rs2": 20, "rs3": 30}
+    assert out["wrr"] == {"rs1": 10, "rs2": 20, "rs3": 30}, (
+        out["failures"], out.get("connections"))
     assert out["snat_removed"] is True
     # real servers route via the router, not the director: without SNAT nothing comes back
     assert out["without_snat"] == {"error": 3}

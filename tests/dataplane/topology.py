@@ -358,19 +358,25 @@ def http_get(ns: str | None, host: str, port: int, timeout: float = 2.0,
 
 def count_answers(ns: str | None = CLIENT, host: str = VIP, port: int = 80, n: int = 30,
                   timeout: float = 2.0, deadline: float = 120.0,
-                  source: str | None = None) -> dict[str, int]:  # fmt: skip
+                  source: str | None = None,
+                  failures: list[str] | None = None) -> dict[str, int]:  # fmt: skip
     """Send ``n`` requests, each on a new connection; count answers per server name.
-    Failures are counted under ``"error"``. Bounded by ``timeout`` each and ``deadline`` all."""
+    Failures are counted under ``"error"`` (and described in ``failures``: which request,
+    the exception, how long it took). Bounded by ``timeout`` each and ``deadline`` all."""
     counts: Counter[str] = Counter()
     end = time.monotonic() + deadline
-    for _ in range(n):
-        if time.monotonic() > end:
+    for i in range(n):
+        start = time.monotonic()
+        if start > end:
             counts["error"] += 1
             continue
         try:
             counts[http_get(ns, host, port, timeout=timeout, source=source)] += 1
-        except (OSError, http.client.HTTPException, RuntimeError):
+        except (OSError, http.client.HTTPException, RuntimeError) as e:
             counts["error"] += 1
+            if failures is not None:
+                took = time.monotonic() - start
+                failures.append(f"request {i}/{n}: {type(e).__name__}: {e} after {took:.2f}s")
     return dict(counts)
 
 
