@@ -56,7 +56,9 @@ def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str,
         "edit-dest TCP/10.10.0.100:80 -> 10.20.0.23:8080 masquerade w3",
     ]
     assert out["wrr"] == {"rs1": 10, "rs2": 20, "rs3": 30}, (
-        out["failures"], out.get("connections"))
+        out["failures"],
+        out.get("connections"),
+    )
     assert out["snat_removed"] is True
     # real servers route via the router, not the director: without SNAT nothing comes back
     assert out["without_snat"] == {"error": 3}
