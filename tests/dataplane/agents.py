@@ -173,10 +173,10 @@ class Lab:
         holder = self.holder()
         return next(ns for ns, node in NODES.items() if node == holder)
 
-    def logs(self) -> str:
+    def logs(self, tail: int = 6000) -> str:
         out = []
         for ns, proc in self.agents.items():
-            out.append(f"--- {ns} ---\n{proc.output()[-6000:]}")
+            out.append(f"--- {ns} ---\n{proc.output()[-tail:]}")
         return "\n".join(out)
 
     def start_loop(

@@ -73,3 +73,11 @@ def topology(vm: Vm) -> dict[str, object]:
     topo: dict[str, object] = vm.call("tests.dataplane.topology:build", timeout=180)
     vm.call("tests.dataplane.topology:start_http_servers", timeout=60)
     return topo
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item: fixtures print diagnostics for a failed test."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)

@@ -73,9 +73,10 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
 
 
 @pytest.fixture(autouse=True)
-def both_agents(lab: Lab) -> Iterator[None]:
+def both_agents(lab: Lab, request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test starts with both agents running and ready, whatever the test before it left
-    (a failed test must not turn the next one into a KeyError)."""
+    (a failed test must not turn the next one into a KeyError). A failed test prints every
+    agent's log (an assertion's message is cut short)."""
     missing = [ns for ns in NODES if ns not in lab.agents or not lab.agents[ns].running()]
     for ns in missing:
         lab.agents.pop(ns, None)
@@ -83,6 +84,9 @@ def both_agents(lab: Lab) -> Iterator[None]:
     if missing:
         lab.wait_started(missing)
     yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"\n[dataplane] {request.node.name} failed; the agents' logs:\n{lab.logs(40000)}")
 
 
 def wait_answers(lab: Lab, vip: str, port: int) -> None:
