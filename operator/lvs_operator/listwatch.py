@@ -96,7 +96,7 @@ async def list_then_watch(
                         exc.status.message, delay, advice)  # fmt: skip
         except Exception as exc:
             log.warning("list/watch of %s failed (%s), relisting in %.1f s", what,
-                        exc or type(exc).__name__, delay)  # fmt: skip
+                        str(exc) or type(exc).__name__, delay)  # fmt: skip
         await asyncio.sleep(delay)
         delay = min(delay * 2, backoff.most)
 

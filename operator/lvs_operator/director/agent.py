@@ -151,6 +151,7 @@ class Agent:
         wanted = set(desired.vips) if desired is not None else set()
         placed = bool(wanted) and wanted <= set(self.vips.placements)
         self.heartbeat.set_gated(placed and self._can_probe)
+        self.heartbeat.start_probing()  # settled: its first placement is done
 
     def _precheck_soon(self) -> None:
         """The holder is about to be judged silent: probe for the VIPs now, so the takeover

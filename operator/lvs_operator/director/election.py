@@ -402,7 +402,9 @@ class Elector:
         try:
             return self.confirmations()
         except Exception as exc:  # no news is no confirmation
-            log.warning("reading heartbeat confirmations failed: %s", exc or type(exc).__name__)
+            log.warning(
+                "reading heartbeat confirmations failed: %s", str(exc) or type(exc).__name__
+            )
             return {}
 
     def _keep_for(self, c: Confirmed) -> float:
@@ -492,8 +494,9 @@ class Elector:
         now = self.clock.monotonic()
         if self.outage_tolerant and now < self._last_renew + cfg.outage_hold:
             why = (
-                f"no write succeeded and director {self._silent_member()!r} did not confirm "
-                f"within {cfg.confirm_within:.2f}s (it could take over)"
+                f"director {self._silent_member()!r}, listed on the Lease, did not confirm "
+                f"within {cfg.confirm_within:.2f}s and no write has removed it since (it "
+                "could take over)"
             )
         elif self.outage_tolerant:
             why = f"no Lease write succeeded for the outage hold ({cfg.outage_hold:.0f}s)"
@@ -546,7 +549,7 @@ class Elector:
             self._next_write = self.clock.monotonic() + min(cfg.retry_period, 0.25)
             log.warning(
                 "lease renewal failed: %s",
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,
                 extra={"identity": cfg.identity},
             )
 
@@ -611,7 +614,7 @@ class Elector:
             try:
                 current = await asyncio.wait_for(self.api.get(), timeout)
             except Exception as exc:
-                log.warning("reading the Lease failed: %s", exc or type(exc).__name__)
+                log.warning("reading the Lease failed: %s", str(exc) or type(exc).__name__)
                 return
             self._stale_view = False
         start = self.clock.monotonic()
@@ -634,7 +637,7 @@ class Elector:
             except LeaseConflict:
                 return  # someone else created it first
             except Exception as exc:
-                log.warning("creating the Lease failed: %s", exc or type(exc).__name__)
+                log.warning("creating the Lease failed: %s", str(exc) or type(exc).__name__)
                 return
             await self._became_leader(written, start, members, "created the Lease")
             return
@@ -665,7 +668,7 @@ class Elector:
             self._stale_view = True  # another director was faster: read it next tick
             return
         except Exception as exc:
-            log.warning("acquiring the Lease failed: %s", exc or type(exc).__name__)
+            log.warning("acquiring the Lease failed: %s", str(exc) or type(exc).__name__)
             return
         if own:
             why = "took back its own Lease"
@@ -701,7 +704,7 @@ class Elector:
         try:
             answered = await self.vip_in_use()
         except Exception as exc:
-            log.warning("VIP check failed: %s", exc or type(exc).__name__)
+            log.warning("VIP check failed: %s", str(exc) or type(exc).__name__)
             answered = False  # the heartbeat and the Lease decided; the check only adds
         if answered and not self._blocked_by_vip:
             log.warning(
@@ -718,7 +721,7 @@ class Elector:
         try:
             return bool(self.holder_unreachable(holder))
         except Exception as exc:
-            log.warning("peer heartbeat check failed: %s", exc or type(exc).__name__)
+            log.warning("peer heartbeat check failed: %s", str(exc) or type(exc).__name__)
             return False
 
     def _holder_heard(self, holder: str) -> bool:
@@ -727,7 +730,7 @@ class Elector:
         try:
             return bool(self.holder_heard(holder))
         except Exception as exc:
-            log.warning("peer heartbeat check failed: %s", exc or type(exc).__name__)
+            log.warning("peer heartbeat check failed: %s", str(exc) or type(exc).__name__)
             return False
 
     async def _became_leader(
@@ -778,7 +781,7 @@ class Elector:
             try:
                 self.on_record(record)
             except Exception as exc:
-                log.warning("on_record callback failed: %s", exc or type(exc).__name__)
+                log.warning("on_record callback failed: %s", str(exc) or type(exc).__name__)
 
     def _taken_by_other(self, record: LeaseRecord) -> bool:
         """Whether a watched record shows our Lease taken over. The watch may lag behind our

@@ -81,6 +81,7 @@ class Heartbeat:
             identity=identity,
             key=key,
             on_reject=on_reject,
+            probing=False,  # start_probing(), once this agent has settled
         )
         self.monitor = monitor
         elector.holder_unreachable = monitor.unreachable
@@ -104,6 +105,13 @@ class Heartbeat:
         if self.monitor is not None:
             with self.monitor._lock:
                 self.monitor.health.gated = gated
+
+    def start_probing(self) -> None:
+        """This agent has settled (its first placement is done): probe the holder from now
+        on. Before, its probes would come irregularly (start-up starves its threads) and a
+        holder listing it would step down at the first gap."""
+        if self.monitor is not None:
+            self.monitor.start_probing()
 
     async def publish(self, placements: Mapping[str, str], exclude: list[str]) -> None:
         """Put where this director answers heartbeats in its Lease annotations (written when

@@ -730,6 +730,7 @@ class HeartbeatMonitor:
         on_reject: Callable[[str, str], None] | None = None,
         on_suspect: Callable[[], None] | None = None,
         suspect_lead: float = 0.1,
+        probing: bool = True,
     ) -> None:
         if not 0 < interval < timeout:
             raise ValueError(
@@ -757,6 +758,10 @@ class HeartbeatMonitor:
         self._next_probe = 0.0
         self._lost_fired = False
         self._closed = False
+        # Every probe is a confirmation the holder may list us by, and then its hold depends
+        # on our next ones: an agent still starting (imports, first kernel read) probes
+        # irregularly, so it starts probing only once it has settled (start_probing()).
+        self._probing = probing
         self.probes = 0
         self.replies = 0
         self.send_errors = 0
@@ -795,6 +800,17 @@ class HeartbeatMonitor:
             if address is not None and ipaddress.ip_address(address[0]).is_unspecified:
                 address = None
         self.set_target(holder, address)
+
+    def start_probing(self) -> None:
+        """Begin probing the holder (a monitor made with ``probing=False``)."""
+        if not self._probing:
+            self._probing = True
+            self._poke()
+            log.info("probing the Lease holder's heartbeat")
+
+    @property
+    def probing(self) -> bool:
+        return self._probing
 
     def unreachable(self, holder: str) -> bool:
         with self._lock:
@@ -839,7 +855,7 @@ class HeartbeatMonitor:
         """Send the probe that is due, check the holder, wait for answers or the next event."""
         with self._lock:
             address = self.health.address
-        if address is None:
+        if address is None or not self._probing:
             self._wait(RECV_TIMEOUT * 5)
             return
         now = self._clock()

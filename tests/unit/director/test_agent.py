@@ -218,6 +218,26 @@ async def test_takeover_adds_the_vips_before_any_dump() -> None:
     assert vips.announced == [(VIP, "front", None)]
 
 
+async def test_a_standby_probes_the_holders_heartbeat_only_once_settled() -> None:
+    """Each probe is a confirmation the holder may list the standby by, and a listed standby
+    that goes quiet makes the holder step down: a standby still starting (imports, first
+    kernel read: its threads starved) must not probe until its first placement is done."""
+    store = FakeLeaseStore()
+    leader = make("node-a", store)
+    await leader.startup()
+    standby = make("node-b", store)
+    await standby.startup()
+    monitor = standby.heartbeat.monitor
+    assert monitor is not None and leader.heartbeat.monitor is not None
+    assert not monitor.probing and not leader.heartbeat.monitor.probing
+    standby.watches.reset_vs([vs_obj()])
+    standby.watches.reset_pools([pool_obj()])
+    await standby.converge()
+    assert not monitor.probing  # programmed, but no placement yet
+    await standby.reconcile_vips()
+    assert monitor.probing
+
+
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:
     """SIGTERM on the leader: VIP to lo before it leaves the interface, ARP off, the note on
     the released Lease; the new leader installs the relay before it adds the VIP; the old

@@ -349,6 +349,20 @@ async def test_monitor_is_armed_by_replies_then_loses_a_closed_responder(
     assert not monitor.unreachable("node-b")
 
 
+async def test_a_monitor_made_not_probing_sends_nothing_until_told(responder) -> None:
+    monitor = HeartbeatMonitor(None, interval=0.02, timeout=0.1, arm_after=0.05, probing=False)
+    await monitor.start()
+    try:
+        monitor.set_target("node-a", responder.address)
+        await asyncio.sleep(0.2)
+        assert monitor.probes == 0 and responder.replies == 0  # nothing to list us by
+        monitor.start_probing()
+        await wait_for(lambda: monitor.health.armed)
+        assert responder.replies > 0
+    finally:
+        await monitor.close()
+
+
 async def test_monitor_loses_a_holder_that_stops_leading(responder) -> None:
     # A silence timeout far beyond the wait below: the loss can only come from the holder's
     # next answer ("not leading"), however slow the machine is (an absolute bound on the
