@@ -253,8 +253,19 @@ def test_a_node_selector_edit_moves_the_vip_without_a_gap_in_ready(
             what="staged in the new group",
         )
         assert vs["status"]["directorGroup"] == old
-        assert vs["metadata"]["labels"] == {GROUP_LABEL: old, "lvs.io/next-director-group": new}
         assert condition(vs, "Degraded")["reason"] == "MovingToDirectorGroup"
+        # the labels follow the status in a write of their own (the status authorises)
+        vs = wait_obj(
+            admin,
+            VS,
+            "web",
+            namespace,
+            lambda o: (
+                o["metadata"].get("labels") == {GROUP_LABEL: old, "lvs.io/next-director-group": new}
+            ),
+            what="labelled with both groups",
+        )
+        assert vs["status"]["directorGroup"] == old
         wait_for(lambda: admin.get(DaemonSet, daemonset_name(new), namespace=opns), timeout=30)
         assert admin.get(DaemonSet, daemonset_name(old), namespace=opns)
         gen2 = vs["metadata"]["generation"]
