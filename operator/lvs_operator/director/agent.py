@@ -105,8 +105,9 @@ class Agent:
             assert client is not None, "the Lease API needs a client"
             lease_api = KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
         self.elector = Elector(
-            cfg.election(), lease_api, self._on_leader_change, vip_in_use=self._vip_in_use
-        )
+            cfg.election(), lease_api, self._on_leader_change, vip_in_use=self._vip_in_use,
+            early_take=self._early_take,
+        )  # fmt: skip
         self.metrics.authority.set_function(self.elector.authority_left)
         self.vips = VipOwner(vips, self.vip_lane, self.metrics, on_placed=self._placed)
         self.watches = Watches(
@@ -194,7 +195,7 @@ class Agent:
         self.elector.set_annotation(PROGRAMMED_ANNOTATION, programmed(want))
 
     async def reconcile_vips(self, announce: bool = False) -> None:
-        leader = self.elector.is_leader
+        leader = self.elector.is_leader or self.elector.taking_early
         if not leader and not self.elector.not_holder:
             return  # no Lease seen yet, or it names us: nothing here is known to be stale
         desired = self.ipvs.desired
@@ -297,6 +298,14 @@ class Agent:
             log.info("standby: dropping the VIPs", extra={"lease": self.cfg.lease_ref})
             await self.vips.drop_held()  # then a reconcile catches anything else
         self.vips.background(self.reconcile_vips())
+
+    async def _early_take(self, up: bool) -> None:
+        """A heartbeat-loss takeover with nobody else able to take the VIPs (election.py):
+        up and announced while the Lease write is in flight; off again if it fails."""
+        if up:
+            await self.vips.take_fast(lambda: self.elector.taking_early or self.elector.is_leader)
+        else:
+            await self.vips.drop_held()
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -79,6 +79,11 @@ MAX_BACKOFF = 30.0
 # dead agent lapses (vip.py's lifetime) and is taken within this of its going.
 VIP_RECHECK = 0.25
 MEMBERS_ANNOTATION = contract.DIRECTORS_ANNOTATION
+# Early take (a heartbeat-loss takeover where nobody else can be taking the VIPs): they go
+# up while the Lease write is in flight, the write is bounded by this, and a failed one
+# takes them back and allows no early take for EARLY_TAKE_BACKOFF.
+EARLY_TAKE_WRITE_BOUND = 1.0
+EARLY_TAKE_BACKOFF = 30.0
 
 
 class LeaseConflict(Exception):
@@ -232,6 +237,7 @@ class Elector:
         vip_in_use: VipInUse | None = None,
         gated: Callable[[], bool] | None = None,
         on_record: OnRecord | None = None,
+        early_take: OnChange | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -253,6 +259,12 @@ class Elector:
         # (and tells the leader so in its probes): its takeover needs no listing
         self.gated = gated
         self.on_record = on_record
+        # early_take(True): put the VIPs up before the takeover's Lease write returns;
+        # early_take(False): take them back (the write failed)
+        self.early_take = early_take
+        self.taking_early = False  # the VIPs are up ahead of the Lease write
+        self._early_blocked_until = 0.0
+        self._renewal_seen_at = -math.inf  # local time a holder's renewal last arrived
         self.is_leader = False
         self._serving = False  # leader, or stepping down and on_change(False) not done yet
         self._releasing = False  # release() until its write is done
@@ -662,19 +674,66 @@ class Elector:
             transitions=current.transitions + (0 if own else 1),
             annotations=self._merged(current, members),
         )
+        early = not free and self._early_take_allowed(current)
+        if early:
+            await self._take_early(True, why)
+            timeout = min(timeout, EARLY_TAKE_WRITE_BOUND)
+        landed: LeaseRecord | None = None
         try:
-            written = await asyncio.wait_for(self.api.update(taken), timeout)
+            landed = await asyncio.wait_for(self.api.update(taken), timeout)
         except LeaseConflict:
             self._stale_view = True  # another director was faster: read it next tick
             return
         except Exception as exc:
             log.warning("acquiring the Lease failed: %s", str(exc) or type(exc).__name__)
             return
+        finally:
+            if early and landed is None:  # failed, timed out or cancelled (stopping)
+                await self._take_early(False, "the Lease write did not succeed")
+        written = landed
         if own:
             why = "took back its own Lease"
         elif not current.holder:
             why = "Lease was free"
         await self._became_leader(written, start, members, why)
+
+    def _early_take_allowed(self, current: LeaseRecord) -> bool:
+        """Whether this takeover may put the VIPs up while its Lease write is in flight:
+        nobody else can be taking them. The holder is silent on the heartbeat and no node
+        answers ARP for the VIPs (just checked), and the Lease lists this director as the
+        holder's only standby, so no other standby takes over by heartbeat loss (a director
+        unlisted and gated could, in the moment between its first probe and the holder's
+        next write: docs/director.md). The API delivered the holder's renewals lately (a
+        write is likely to return soon; during an outage the VIPs would go up and down)."""
+        if self.early_take is None or self.vip_in_use is None:
+            return False
+        now = self.clock.monotonic()
+        if now < self._early_blocked_until:
+            return False
+        members = parse_members(current)
+        if members is None or set(members) != {self.config.identity}:
+            return False
+        if not self._holder_lost(current.holder):
+            return False  # expiry, not the heartbeat: slower anyway, no need
+        return now - self._renewal_seen_at <= self.config.retry_period + 1.0
+
+    async def _take_early(self, up: bool, why: str) -> None:
+        assert self.early_take is not None
+        if not up and not self.taking_early:
+            return
+        self.taking_early = up
+        log.info(
+            "%s: %s",
+            "VIPs up ahead of the Lease write" if up else "VIPs taken back",
+            why,
+            extra={"identity": self.config.identity},
+        )
+        if not up:
+            self._early_blocked_until = self.clock.monotonic() + EARLY_TAKE_BACKOFF
+        try:
+            await self.early_take(up)
+        except Exception:
+            log.exception("early take (%s) failed", "up" if up else "back")
 
     def _takeover_reason(self, current: LeaseRecord) -> str:
         """Why this standby may take ``current`` from its live-looking holder ("": it may
@@ -738,6 +797,7 @@ class Elector:
     ) -> None:
         self._wrote(record, sent_at, members)
         self._led_since = sent_at
+        self.taking_early = False  # on_change(True) below takes them over
         self._blocked_by_vip = False
         self._waiting_logged = False
         await self._set_leader(True, why)
@@ -772,8 +832,11 @@ class Elector:
     def _observe(self, record: LeaseRecord | None) -> None:
         if record is None:
             return
+        now = self.clock.monotonic()
         if self._record is None or record.identity_key() != self._record.identity_key():
-            self._observed_at = self.clock.monotonic()
+            self._observed_at = now
+        if self._record is None or record.resource_version != self._record.resource_version:
+            self._renewal_seen_at = now
         if not self.is_leader:
             self._record = record
         self.holder = record.holder

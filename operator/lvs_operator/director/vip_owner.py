@@ -257,6 +257,8 @@ class VipOwner:
         for vip, ifname in dict(self.placements).items():
             if not still_leader():
                 break
+            if self.held.get(vip) == ifname:
+                continue  # up already (an early take ahead of the Lease write): announced
             tried.append(vip)
             reason = await self._change(True, vip, ifname)
             if reason is not None:

@@ -50,6 +50,10 @@ class FakeLeaseApi:
     def __init__(self, store: FakeLeaseStore) -> None:
         self.store = store
         self.down = False
+        # a slow API: each update lands this long after it is sent, on ``clock`` (a
+        # FakeClock advanced by the test)
+        self.write_delay = 0.0
+        self.clock: FakeClock | None = None
 
     def _check(self) -> None:
         if self.down:
@@ -67,6 +71,11 @@ class FakeLeaseApi:
 
     async def update(self, record: LeaseRecord) -> LeaseRecord:
         self._check()
+        if self.write_delay and self.clock is not None:
+            lands = self.clock.monotonic() + self.write_delay
+            while self.clock.monotonic() < lands:
+                await asyncio.sleep(0)
+            self._check()
         current = self.store.record
         if current is None:
             raise LeaseConflict("not found")

@@ -13,7 +13,11 @@ import pytest
 
 from lvs_operator.director.agent import Agent
 from lvs_operator.director.config import AgentConfig
-from lvs_operator.director.election import PROGRAMMED_ANNOTATION
+from lvs_operator.director.election import (
+    MEMBERS_ANNOTATION,
+    PROGRAMMED_ANNOTATION,
+    format_members,
+)
 from lvs_operator.director.handover import HANDOVER_ANNOTATION, Handover, Relay
 from lvs_operator.director.table import (
     IpvsDestination,
@@ -236,6 +240,59 @@ async def test_a_standby_probes_the_holders_heartbeat_only_once_settled() -> Non
     assert not monitor.probing  # programmed, but no placement yet
     await standby.reconcile_vips()
     assert monitor.probing
+
+
+async def _standby_that_lost_its_holder(
+    store: FakeLeaseStore, vips: FakeVips
+) -> tuple[Agent, Agent]:
+    """node-a leads; node-b, placed and listed as its only standby, has lost its heartbeat."""
+    leader = make("node-a", store)
+    await leader.startup()
+    standby = make("node-b", store, vips=vips)
+    await standby.startup()
+    standby.watches.reset_vs([vs_obj()])
+    standby.watches.reset_pools([pool_obj()])
+    await standby.converge()
+    await standby.reconcile_vips()
+    assert store.record is not None
+    members = {MEMBERS_ANNOTATION: format_members({"node-b": "10.10.0.12"})}
+    annotations = {**store.record.annotations, **members}
+    store._store(dataclasses.replace(store.record, annotations=annotations))
+    standby.elector.holder_unreachable = lambda holder: holder == "node-a"
+    return leader, standby
+
+
+async def test_a_heartbeat_takeover_adds_the_vip_once_ahead_of_the_lease_write() -> None:
+    store = FakeLeaseStore()
+    vips = FakeVips()
+    _, standby = await _standby_that_lost_its_holder(store, vips)
+    await standby.elector.tick()
+    assert standby.elector.is_leader and store.record is not None
+    assert store.record.holder == "node-b"
+    assert vips.addresses == {VIP: "front"}
+    assert [e for e in vips.events if e[0] == "add"] == [("add", VIP)]  # not again as leader
+    await asyncio.sleep(0.05)  # the announcement runs on its own thread
+    assert vips.announced == [(VIP, "front", None)]
+
+
+async def test_an_early_take_whose_lease_write_fails_drops_the_vip() -> None:
+    store = FakeLeaseStore()
+    vips = FakeVips()
+    _, standby = await _standby_that_lost_its_holder(store, vips)
+    api = standby.elector.api
+    assert isinstance(api, FakeLeaseApi)
+    real_update = api.update
+
+    async def update_then_fail(record):  # type: ignore[no-untyped-def]
+        assert vips.addresses == {VIP: "front"}  # up while the write is in flight
+        api.down = True
+        return await real_update(record)
+
+    api.update = update_then_fail  # type: ignore[method-assign]
+    await standby.elector.tick()
+    assert not standby.elector.is_leader and not standby.elector.taking_early
+    assert vips.addresses == {}
+    assert store.record is not None and store.record.holder == "node-a"
 
 
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:

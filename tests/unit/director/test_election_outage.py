@@ -64,6 +64,12 @@ class Node:
             self.changes.append((clock.monotonic(), leader))
             self.vip = leader
 
+        self.early: list[tuple[float, bool]] = []  # early takes: (time, up)
+
+        async def early_take(up: bool) -> None:
+            self.early.append((clock.monotonic(), up))
+            self.vip = up
+
         async def vip_in_use() -> bool:
             return group.arp and any(
                 n.vip and n is not self and not n.crashed and group.linked(self, n, arp=True)
@@ -81,7 +87,9 @@ class Node:
             vip_in_use=vip_in_use if group.arp else None,
             gated=lambda: self.health.gated,
             on_record=lambda r: self.health.target(r.holder, self._address_of(r.holder)),
+            early_take=early_take,
         )
+        self.api.clock = clock
 
     def _address_of(self, holder: str) -> tuple[str, int] | None:
         node = self.group.nodes.get(holder)
@@ -554,4 +562,75 @@ async def test_a_dead_agents_vip_lapses_and_the_standby_takes_it_at_once(gated: 
         await group.run(STEP)
     assert group.holders == ["b"]
     assert group.now - lapsed <= VIP_RECHECK + 2 * STEP
+    assert group.two_holders == 0
+
+
+# -- early take: the VIPs up while the takeover's Lease write is in flight ------------------
+
+
+async def test_a_crash_puts_the_vip_up_before_a_slow_lease_write_returns(group: Group) -> None:
+    """Two directors, the API answering but slowly (0.3 s per write): the standby that lost
+    the holder's heartbeat, with no ARP answer, adds the VIP at once, then the write lands."""
+    await group.settle()
+    group["b"].api.write_delay = 0.3
+    group["a"].crashed = True
+    group["a"].vip = False
+    crashed_at = group.now
+    while not group["b"].vip and group.now - crashed_at < 5:
+        await group.run(STEP)
+    assert group["b"].vip and not group["b"].elector.is_leader  # ahead of the write
+    assert group.now - crashed_at <= TIMEOUT + PROBE + 2 * STEP
+    await group.run(1)
+    assert group["b"].elector.is_leader and group.holders == ["b"]
+    assert [up for _, up in group["b"].early] == [True]
+    assert group.two_holders == 0
+
+
+async def test_an_early_take_whose_write_fails_takes_the_vip_back_and_backs_off(
+    group: Group,
+) -> None:
+    """The write fails (here: the API goes down while it is in flight): the VIP comes off
+    again, and no early take follows for the backoff: no flapping."""
+    await group.settle()
+    group["b"].api.write_delay = 0.3
+    group["a"].crashed = True
+    group["a"].vip = False
+    crashed_at = group.now
+    while not group["b"].early and group.now - crashed_at < 5:
+        await group.run(STEP)
+    group.api_down(True, "b")
+    await group.run(10)
+    assert [up for _, up in group["b"].early] == [True, False]
+    assert group.holders == []
+    group.api_down(False, "b")
+    await group.run(3)
+    assert group.holders == ["b"] and group["b"].elector.is_leader
+    assert [up for _, up in group["b"].early] == [True, False]  # the write decided, alone
+    assert group.two_holders == 0
+
+
+async def test_no_early_take_while_the_api_has_been_silent(group: Group) -> None:
+    """The holder's renewals stopped arriving (an outage) well before its crash: the write
+    is unlikely to return soon, so the VIP waits for it (no up-and-down)."""
+    await group.settle()
+    group.api_down()
+    await group.run(5)
+    group["a"].crashed = True
+    group["a"].vip = False
+    await group.run(5)
+    assert group["b"].early == [] and group.holders == []
+    group.api_down(False)
+    await group.run(3)
+    assert group.holders == ["b"] and group["b"].early == []
+
+
+async def test_no_early_take_with_two_standbys() -> None:
+    """Three directors: the other standby could be taking over too; the write decides first."""
+    group = Group("a", "b", "c")
+    await group.settle()
+    group["a"].crashed = True
+    group["a"].vip = False
+    await group.run(3)
+    assert len(group.holders) == 1
+    assert group["b"].early == [] and group["c"].early == []
     assert group.two_holders == 0
