@@ -35,6 +35,9 @@ def setup(api_host: str = "10.0.2.2") -> dict[str, Any]:
     """Uplinks from the directors to the API server on the host."""
     topo = t.default_topology()
     t.reset(topo)
+    # the agent tests' client loops make thousands of connections: the whole default range
+    low, high = t.DEFAULT_PORT_RANGE
+    t.sysctl(topo.client, t.PORT_RANGE_KEY, f"{low} {high}")
     out = {}
     for i, d in enumerate(topo.directors, start=1):
         out[d] = t.connect_uplink(d, i)

@@ -44,6 +44,8 @@ def test_converge_reads_back_and_edits_minimally(
 
 def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str, Any]) -> None:
     out = vm.call("tests.dataplane.scenarios_ipvs:traffic_masquerade")
+    if out["failures"]:  # printed whole: an assertion's message is cut short
+        print(f"\n[dataplane] failed requests: {out['failures']}\n{out.get('connections')}")
     # the agent's nftables path is the in-process library (the guest has Debian's nftables);
     # the table it wrote is read back by the nft command in the director's namespace
     assert out["nft_backend"] == "libnftables"

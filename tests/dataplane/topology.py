@@ -436,12 +436,40 @@ def dump_state(path: str) -> None:
     Path(path).write_text(json.dumps(out, indent=1))
 
 
+# The client's ephemeral ports per test: the kernel's default range (32768-60999) for the
+# agent tests, and for each reset the next of these windows below it. The directors' IPVS
+# connection entries outlive a test (TIME_WAIT 2 min, ESTABLISHED 15 min) and the next
+# test's table revives their destinations (IPVS keeps removed ones in its trash): a new
+# connection from a port such an entry still holds went into the stale entry and timed out
+# (seen twice in the masquerade case: "request 39/60: TimeoutError after 2.01s").
+DEFAULT_PORT_RANGE = (32768, 60999)
+PORT_WINDOWS = [(10000 + i * 2048, 10000 + i * 2048 + 2047) for i in range(11)]
+PORT_RANGE_KEY = "net.ipv4.ip_local_port_range"
+
+
+def client_port_range(ns: str) -> tuple[int, int]:
+    with in_netns(ns):
+        low, high = Path("/proc/sys", PORT_RANGE_KEY.replace(".", "/")).read_text().split()
+    return int(low), int(high)
+
+
+def next_client_ports(ns: str) -> tuple[int, int]:
+    """Move ``ns``'s ephemeral ports to the next window: ports no director tracks."""
+    low, _ = client_port_range(ns)
+    index = next((i for i, (a, _) in enumerate(PORT_WINDOWS) if a == low), -1)
+    window = PORT_WINDOWS[(index + 1) % len(PORT_WINDOWS)]
+    sysctl(ns, PORT_RANGE_KEY, f"{window[0]} {window[1]}")
+    return window
+
+
 def reset(topo: Topology | None = None) -> None:
     """Between tests: empty the directors' IPVS tables and nft rules, drop VIPs, restore the
-    real servers' routes via the router. Namespaces and HTTP servers stay."""
+    real servers' routes via the router, give the client fresh ephemeral ports. Namespaces
+    and HTTP servers stay."""
     topo = topo or default_topology()
     for d in topo.directors:
         nsexec(d, "ipvsadm", "-C", check=False)
         nsexec(d, "nft", "flush", "ruleset", check=False)
         sh("ip", "-n", d, "addr", "flush", "dev", "front", "to", f"{topo.vip}/32", check=False)
     route_back_via_router(topo)
+    next_client_ports(topo.client)
