@@ -183,6 +183,9 @@ class Lab:
         self, name: str, vip: str, port: int, timeout: float | None = None
     ) -> tuple[GuestProcess, str]:
         out = str(self.vm.shared / f"loop-{name}.json")
+        for stale in ("", ".started", ".failures"):  # a loop of the same name before
+            with contextlib.suppress(FileNotFoundError):
+                (self.vm.shared / f"loop-{name}.json{stale}").unlink()
         extra = [] if timeout is None else ["--timeout", str(timeout)]
         proc = self.vm.spawn(
             [self.vm_python(), "-m", SCEN, "loop", "--out", out, "--vip", vip,

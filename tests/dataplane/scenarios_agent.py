@@ -379,6 +379,15 @@ def read_loop(path: str) -> list[tuple[float, str | None]]:
     return [tuple(x) for x in json.loads(p.read_text())]  # type: ignore[misc]
 
 
+def read_loop_failures(path: str, at: float = 0.0) -> list[dict[str, Any]]:
+    """The loop's failed requests, ``ts`` made relative to guest time ``at``."""
+    p = Path(path + ".failures")
+    if not p.exists():
+        return []
+    rows: list[dict[str, Any]] = json.loads(p.read_text())
+    return [r | {"ts": round(r["ts"] - at, 3)} for r in rows]
+
+
 def loop_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--vip", default=t.VIP)
@@ -396,18 +405,30 @@ def loop_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     results: list[tuple[float, str | None]] = []
+    failures: list[dict[str, Any]] = []  # what each failed request saw (read_loop_failures)
     started = Path(a.out + ".started")
     end = now() + a.max_seconds
     while not stop and now() < end:
         ts = now()
+        conn = t.NsHTTPConnection(None, a.vip, a.port, timeout=a.timeout)
+        name: str | None = None
         try:
-            name: str | None = t.http_get(None, a.vip, a.port, timeout=a.timeout)
-        except (OSError, http.client.HTTPException, RuntimeError):
-            name = None
+            name = conn.get_name()
+        except (OSError, http.client.HTTPException, RuntimeError) as e:
+            port = None
+            with contextlib.suppress(OSError, AttributeError):
+                port = conn.sock.getsockname()[1] if conn.sock else None
+            failures.append({"ts": ts, "took": round(now() - ts, 3),
+                             "error": f"{type(e).__name__}: {e}",
+                             # None: the handshake never completed
+                             "local_port": port})  # fmt: skip
+        finally:
+            conn.close()
         results.append((ts, name))
         if not started.exists() and name:
             started.write_text(str(ts))
         time.sleep(a.interval)
+    Path(a.out + ".failures").write_text(json.dumps(failures))
     tmp = Path(a.out + ".tmp")
     tmp.write_text(json.dumps(results))
     os.replace(tmp, a.out)

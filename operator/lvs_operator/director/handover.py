@@ -21,8 +21,8 @@ The handover keeps them on the old leader:
    VIP -- the rest of a connection that began on the old leader -- unchanged at layer 2 to
    the old leader (``fwd ... to``). That ends after ``drain`` seconds (the table is deleted).
 3. **Old leader** waits until none of its connections to the VIPs is established for a
-   moment (``drained``), bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and
-   exits. The answers of the relayed connections go from the old leader straight to the
+   moment (``drained``) and another director answers ARP for each VIP (announced there),
+   bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and exits. The answers of the relayed connections go from the old leader straight to the
    client (source address: the VIP).
 
 UDP is not relayed: a datagram after the switch is scheduled by the new leader, as it would
@@ -292,8 +292,18 @@ class PlannedHandover:
         relays = plan_relays(note, self.vips.placements)
         if not relays:
             return
+        asked = time.monotonic()
+        ran: list[float] = []
+
+        def install() -> None:
+            start = time.monotonic()
+            try:
+                self.node.install_relays(relays, note.drain + 60)
+            finally:
+                ran.extend([start - asked, time.monotonic() - start])
+
         try:
-            await self.lane.run(self.node.install_relays, relays, note.drain + 60)
+            await self.lane.run(install)
         except Exception as exc:
             log.warning(
                 "cannot relay the old leader's connections (they may be reset): %s",
@@ -309,6 +319,9 @@ class PlannedHandover:
                 "vips": [v for r in relays for v in r.vips],
                 "via": sorted({r.via for r in relays}),
                 "seconds": note.drain,
+                # queued behind other VIP-lane work, then the nftables transaction itself
+                "install_waited": round(ran[0], 3),
+                "install_took": round(ran[1], 3),
             },
         )
         if self._relay_end is not None:
@@ -371,29 +384,47 @@ class PlannedHandover:
 
     async def drain(self) -> None:
         """After the release: wait until no connection to the retired VIPs is established
-        (for a moment), at most ``drain`` seconds; then drop them and restore the sysctls."""
+        (for a moment) *and* another director answers ARP for each of them, at most
+        ``drain`` seconds; then drop them and restore the sysctls.
+
+        Both, because short connections are rarely seen established by a poll: while the new
+        leader is still getting ready (its relay and VIPs took over 1 s in a loaded test VM)
+        clients keep sending to this node, which looks idle. Dropping the VIPs then left
+        nobody serving them (a request failed in the gap); until they are announced
+        elsewhere, this node keeps serving them from lo."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         end = t0 + self.drain_seconds
         watch = DrainWatch(quiet=min(1.0, self.drain_seconds / 4))
         vips = set(self.vips.retired)
-        established = 0
+        established, taken_over, readable = 0, False, True
         while loop.time() < end:
             try:
                 conns = await self.connections()
             except Exception as exc:
                 log.warning("handover: cannot read the connections: %s", exc)
+                readable = False
                 break
             established = sum(
                 n for (service, _), n in (conns or {}).items() if service.address in vips
             )
             if watch.observe(established, loop.time()):
-                break
+                # probed only once quiet; a takeover, once seen, stays seen
+                taken_over = taken_over or vips <= await self.vips.answered_retired()
+                if taken_over:
+                    break
             await asyncio.sleep(0.2)
-        log.info(
-            "handover drained" if established == 0 else "handover drain time is up",
-            extra={"seconds": round(loop.time() - t0, 2), "established": established},
-        )
+        extra = {"seconds": round(loop.time() - t0, 2), "established": established}
+        if established == 0 and taken_over:
+            log.info("handover drained", extra=extra)
+        elif readable and not taken_over:
+            log.warning(
+                "handover drain time is up and no other director answers for the VIPs: "
+                "dropping them (check the new leader's log)",
+                extra=extra | {"vips": sorted(vips)},
+            )
+        else:
+            log.info("handover drain time is up", extra=extra)
         await self.vips.drop_retired()
         for ifname, previous in self._arp_saved.items():
             await self.lane.run(self.node.restore_sysctls, ifname, previous)

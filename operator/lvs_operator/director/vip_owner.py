@@ -401,8 +401,16 @@ class VipOwner:
         neighbour solicitation), e.g. a stopped leader whose kernel still holds them.
         Blocks neither the event loop nor the VIP lane (a thread of its own); never raises:
         a probe that cannot run answers "nobody" (see ``VipManager.answered``)."""
+        return await self._answered(dict(self.placements), timeout)
+
+    async def answered_retired(self, timeout: float = PROBE_TIMEOUT) -> set[str]:
+        """The VIPs retired to lo (a planned handover) that another host answers for on the
+        link each left: the new leader has announced them (``answered``'s probe)."""
+        return await self._answered(dict(self.retired), timeout)
+
+    async def _answered(self, where: dict[str, str], timeout: float) -> set[str]:
         items: list[Announcement] = []
-        for vip, ifname in dict(self.placements).items():
+        for vip, ifname in where.items():
             link = await self._link(ifname)
             if link is not None:
                 items.append((vip, ifname, link))

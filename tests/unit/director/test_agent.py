@@ -335,9 +335,37 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
     await asyncio.sleep(0.3)
     assert not drain.done() and old_vips.addresses == {VIP: "lo"}  # still serving it
     old_kernel.connections[(K80, dest)] = 0
+    await asyncio.sleep(1.0)  # idle for longer than the quiet moment (0.5 s here)...
+    # ...but until the VIP is answered for elsewhere, clients still come here
+    assert not drain.done() and old_vips.addresses == {VIP: "lo"}
+    old_vips.answering = {VIP}  # the new leader's announcement, seen by the ARP probe
     await asyncio.wait_for(drain, 3)
     assert old_vips.addresses == {} and old.vips.retired == {}
     assert old_hk.sysctls == {"arp_ignore": "0", "arp_announce": "0"}  # restored
+
+
+async def test_a_handover_nobody_takes_keeps_serving_until_the_drain_time() -> None:
+    """The old leader's connections are done but no director announces the VIP: it keeps
+    serving it from lo for the whole drain time, then drops it."""
+    store = FakeLeaseStore()
+    old_vips = FakeVips()
+    old = make("node-a", store, vips=old_vips, handover=FakeHandoverKernel("10.10.0.11"),
+               handover_drain=1.2)  # fmt: skip
+    await old.startup()
+    old.watches.reset_vs([vs_obj()])
+    old.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await old.converge()
+    await old.reconcile_vips()
+    await old.handover.retire()
+    assert await old.elector.release()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    drain = asyncio.create_task(old.handover.drain())
+    await asyncio.sleep(0.8)  # past the quiet moment (0.3 s): nobody answers, still here
+    assert not drain.done() and old_vips.addresses == {VIP: "lo"}
+    await asyncio.wait_for(drain, 3)
+    assert loop.time() - t0 >= 1.2
+    assert old_vips.addresses == {}
 
 
 async def test_a_stale_or_own_handover_note_starts_no_relay() -> None:
