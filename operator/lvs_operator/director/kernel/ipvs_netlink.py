@@ -47,8 +47,14 @@ IPVS_GENL_VERSION = 1
 # commands
 CMD_NEW_SERVICE, CMD_SET_SERVICE, CMD_DEL_SERVICE, CMD_GET_SERVICE = 1, 2, 3, 4
 CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST, CMD_GET_DEST = 5, 6, 7, 8
+CMD_NEW_DAEMON, CMD_DEL_DAEMON, CMD_GET_DAEMON = 9, 10, 11
 # IPVS_CMD_ATTR_*
-ATTR_SERVICE, ATTR_DEST = 1, 2
+ATTR_SERVICE, ATTR_DEST, ATTR_DAEMON = 1, 2, 3
+# IPVS_DAEMON_ATTR_*: the connection synchronisation daemons (ip_vs_sync.c)
+DAEMON_STATE, DAEMON_MCAST_IFN, DAEMON_SYNC_ID, DAEMON_SYNC_MAXLEN = 1, 2, 3, 4
+DAEMON_MCAST_GROUP, DAEMON_MCAST_GROUP6, DAEMON_MCAST_PORT, DAEMON_MCAST_TTL = 5, 6, 7, 8
+SYNC_MASTER, SYNC_BACKUP = 1, 2  # IP_VS_STATE_*
+IFNAME_MAX = 15  # IP_VS_IFNAME_MAXLEN (16) with its NUL
 # IPVS_SVC_ATTR_*
 SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
 SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK = 6, 7, 8, 9
@@ -126,6 +132,67 @@ def dest_attrs(family: int, address: str, port: int, fwd: int = 0, weight: int =
             nla(DEST_L_THRESH, _U32.pack(l_thresh)),
         ]
     return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """One of the kernel's two IPVS sync daemons (master: sends the connection table;
+    backup: receives it). ``group`` "" and ``port``/``ttl``/``maxlen`` 0: the kernel's
+    defaults (224.0.0.81, 8848, 1, the interface's MTU)."""
+
+    state: int  # SYNC_MASTER | SYNC_BACKUP
+    ifname: str
+    sync_id: int
+    group: str = ""
+    port: int = 0
+    ttl: int = 0
+    maxlen: int = 0
+
+
+def daemon_attrs(daemon: SyncDaemon) -> bytes:
+    """The nested IPVS_CMD_ATTR_DAEMON of a NEW_DAEMON request."""
+    if not 0 < len(daemon.ifname.encode()) <= IFNAME_MAX:
+        raise ValueError(f"interface name {daemon.ifname!r}: 1-{IFNAME_MAX} bytes")
+    parts = [
+        nla(DAEMON_STATE, _U32.pack(daemon.state)),
+        nla(DAEMON_MCAST_IFN, daemon.ifname.encode() + b"\0"),
+        nla(DAEMON_SYNC_ID, _U32.pack(daemon.sync_id)),
+    ]
+    if daemon.maxlen:
+        parts.append(nla(DAEMON_SYNC_MAXLEN, _U16.pack(daemon.maxlen)))
+    if daemon.group:
+        family = socket.AF_INET6 if ":" in daemon.group else socket.AF_INET
+        attr = DAEMON_MCAST_GROUP6 if family == socket.AF_INET6 else DAEMON_MCAST_GROUP
+        parts.append(nla(attr, addr_bytes(family, daemon.group)))
+    if daemon.port:
+        parts.append(nla(DAEMON_MCAST_PORT, _U16.pack(daemon.port)))  # host order
+    if daemon.ttl:
+        parts.append(nla(DAEMON_MCAST_TTL, bytes([daemon.ttl])))
+    return nested(ATTR_DAEMON, b"".join(parts))
+
+
+def daemon_state_attrs(state: int) -> bytes:
+    """The nested IPVS_CMD_ATTR_DAEMON of a DEL_DAEMON request (the state says which)."""
+    return nested(ATTR_DAEMON, nla(DAEMON_STATE, _U32.pack(state)))
+
+
+def parse_daemon(attrs: dict[int, bytes]) -> SyncDaemon:
+    """A GET_DAEMON answer's nested attributes."""
+    group = ""
+    if attrs.get(DAEMON_MCAST_GROUP6):
+        group = socket.inet_ntop(socket.AF_INET6, attrs[DAEMON_MCAST_GROUP6][:16])
+    elif attrs.get(DAEMON_MCAST_GROUP):
+        group = socket.inet_ntop(socket.AF_INET, attrs[DAEMON_MCAST_GROUP][:4])
+    ttl = attrs.get(DAEMON_MCAST_TTL)
+    return SyncDaemon(
+        state=u32(attrs.get(DAEMON_STATE)),
+        ifname=cstr(attrs.get(DAEMON_MCAST_IFN)),
+        sync_id=u32(attrs.get(DAEMON_SYNC_ID)),
+        group=group,
+        port=u16(attrs.get(DAEMON_MCAST_PORT)),
+        ttl=ttl[0] if ttl else 0,
+        maxlen=u16(attrs.get(DAEMON_SYNC_MAXLEN)),
+    )
 
 
 def u16(b: bytes | None, default: int = 0) -> int:
@@ -248,6 +315,19 @@ class IpvsNetlink(NetlinkSocket):
         body = nested(ATTR_SERVICE, service_key)
         return [parse_attrs(a[ATTR_DEST]) for a in self.dump(CMD_GET_DEST, body)
                 if ATTR_DEST in a]  # fmt: skip
+
+    def daemons(self) -> list[SyncDaemon]:
+        """The sync daemons running in this namespace (at most a master and a backup)."""
+        return [parse_daemon(parse_attrs(a[ATTR_DAEMON])) for a in self.dump(CMD_GET_DAEMON)
+                if ATTR_DAEMON in a]  # fmt: skip
+
+    def start_daemon(self, daemon: SyncDaemon) -> int:
+        """Start a sync daemon; the errno (0: started; EEXIST: one of that state runs)."""
+        return self.execute([(CMD_NEW_DAEMON, daemon_attrs(daemon))])[0]
+
+    def stop_daemon(self, state: int) -> int:
+        """Stop the master or the backup; the errno (0: stopped; ESRCH: none ran)."""
+        return self.execute([(CMD_DEL_DAEMON, daemon_state_attrs(state))])[0]
 
     def execute(self, requests: Sequence[tuple[int, bytes]]) -> list[int]:
         """Send (cmd, attributes) requests in batches; return the errno of each (0 = done).
