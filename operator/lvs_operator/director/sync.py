@@ -1,0 +1,82 @@
+"""Connection synchronisation (issue 15, work in progress on this branch): which IPVS sync
+daemons (kernel/ipvs_netlink.py) a director runs.
+
+Every director of a group runs a **backup** daemon, always: it receives the leader's
+connection table, so the moment it takes over, its IPVS knows the established connections.
+The leader runs a **master** as well (the kernel runs both at once; the master does not
+hear its own multicast). A takeover starts the master, a step-down stops it; the backup is
+never stopped by a leadership change, so no update is missed around one.
+
+Each group has its own sync id (the kernel's is 8 bits) and multicast group, derived from
+the group's name, so that two groups on one segment do not fill each other's tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from .kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
+
+DEFAULT_PORT = 8848  # the kernel's IP_VS_SYNC_PORT
+DEFAULT_TTL = 1  # the segment only: directors share the VIP's L2 anyway (gratuitous ARP)
+
+
+def sync_id(group: str) -> int:
+    """The group's sync id, 1-255 (0 would make a backup accept every group's)."""
+    return 1 + hashlib.sha256(group.encode()).digest()[0] % 255
+
+
+def multicast_group(group: str) -> str:
+    """The group's IPv4 multicast group, in the organisation-local scope 239.255.0.0/16."""
+    digest = hashlib.sha256(group.encode()).digest()
+    return f"239.255.{digest[1]}.{digest[2] or 1}"
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    ifname: str = ""  # "": the link of the group's first VIP
+    port: int = DEFAULT_PORT
+    ttl: int = DEFAULT_TTL
+    enabled: bool = True
+
+
+def desired_daemons(
+    group: str, leader: bool, vip_link: str | None, settings: SyncSettings
+) -> set[SyncDaemon]:
+    """The daemons this director should run: none without a link to sync on."""
+    ifname = settings.ifname or vip_link
+    if not settings.enabled or not ifname:
+        return set()
+    backup = SyncDaemon(
+        SYNC_BACKUP, ifname, sync_id(group), multicast_group(group), settings.port, settings.ttl
+    )
+    return {backup, replace(backup, state=SYNC_MASTER)} if leader else {backup}
+
+
+def same(want: SyncDaemon, have: SyncDaemon) -> bool:
+    """Whether a running daemon is the one wanted (the kernel reports the message length it
+    computed from the MTU when none was asked for)."""
+    return replace(have, maxlen=want.maxlen if not want.maxlen else have.maxlen) == want
+
+
+@dataclass(frozen=True)
+class DaemonPlan:
+    stop: tuple[int, ...] = ()  # states
+    start: tuple[SyncDaemon, ...] = ()
+
+
+def plan_daemons(desired: Iterable[SyncDaemon], running: Iterable[SyncDaemon]) -> DaemonPlan:
+    """Stop what runs but is not wanted (or differs), start what is wanted and missing. A
+    daemon that is right is left alone: restarting a backup would lose updates."""
+    want = {d.state: d for d in desired}
+    have = {d.state: d for d in running}
+    stop, start = [], []
+    for state in (SYNC_MASTER, SYNC_BACKUP):
+        w, h = want.get(state), have.get(state)
+        if h is not None and (w is None or not same(w, h)):
+            stop.append(state)
+        if w is not None and (h is None or not same(w, h)):
+            start.append(w)
+    return DaemonPlan(tuple(stop), tuple(start))

@@ -1,0 +1,57 @@
+"""Which IPVS sync daemons a director runs (director/sync.py): pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lvs_operator.director.kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
+from lvs_operator.director.sync import (
+    DaemonPlan,
+    SyncSettings,
+    desired_daemons,
+    multicast_group,
+    plan_daemons,
+    sync_id,
+)
+
+
+def test_every_director_backs_up_and_the_leader_also_sends() -> None:
+    standby = desired_daemons("g1", False, "eth0", SyncSettings())
+    leader = desired_daemons("g1", True, "eth0", SyncSettings())
+    assert {d.state for d in standby} == {SYNC_BACKUP}
+    assert {d.state for d in leader} == {SYNC_BACKUP, SYNC_MASTER}
+    assert standby <= leader  # a takeover adds the master, the backup stays as it is
+    (backup,) = standby
+    assert (backup.ifname, backup.port, backup.ttl) == ("eth0", 8848, 1)
+    assert desired_daemons("g1", True, None, SyncSettings()) == set()  # no link yet
+    assert desired_daemons("g1", True, "eth0", SyncSettings(enabled=False)) == set()
+    (own,) = desired_daemons("g1", False, "eth0", SyncSettings(ifname="sync0"))
+    assert own.ifname == "sync0"
+
+
+def test_groups_get_their_own_sync_id_and_multicast_group() -> None:
+    ids = {sync_id(f"g{i:010x}") for i in range(200)}
+    assert all(1 <= i <= 255 for i in ids) and len(ids) > 100
+    assert multicast_group("g1").startswith("239.255.")
+    assert multicast_group("g1") != multicast_group("g2")
+    assert sync_id("g1") == sync_id("g1")
+
+
+def test_a_takeover_starts_the_master_and_touches_no_running_backup() -> None:
+    standby = desired_daemons("g1", False, "eth0", SyncSettings())
+    leader = desired_daemons("g1", True, "eth0", SyncSettings())
+    (backup,) = standby
+    running = [replace(backup, maxlen=1472)]  # as the kernel reports it (from the MTU)
+    plan = plan_daemons(leader, running)
+    assert plan.stop == () and [d.state for d in plan.start] == [SYNC_MASTER]
+    assert plan_daemons(standby, running) == DaemonPlan()
+    # a step-down stops the master only
+    master = next(d for d in leader if d.state == SYNC_MASTER)
+    assert plan_daemons(standby, [*running, master]) == DaemonPlan(stop=(SYNC_MASTER,))
+    # a daemon on the wrong link is restarted
+    moved = desired_daemons("g1", False, "eth1", SyncSettings())
+    plan = plan_daemons(moved, running)
+    assert plan.stop == (SYNC_BACKUP,) and [d.ifname for d in plan.start] == ["eth1"]
+    # another group's leftover master goes
+    other = SyncDaemon(SYNC_MASTER, "eth0", sync_id("g2"))
+    assert plan_daemons(standby, [*running, other]).stop == (SYNC_MASTER,)
