@@ -301,3 +301,56 @@ def ack_overflow() -> dict[str, Any]:
         out["final"] = len(k.read_table())
     t.nsexec(d, "ipvsadm", "-C")
     return out
+
+
+def sync_daemons() -> dict[str, Any]:
+    """Connection synchronisation between the two directors over the front link: dir-a runs
+    the master (it serves the VIP), dir-b the backup, both programmed with the same service;
+    an established connection through dir-a must appear in dir-b's connection table, and the
+    daemons read back as started (issue 15's first step: the kernel side)."""
+    from lvs_operator.director import sync as sync_mod
+    from lvs_operator.director.kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER
+
+    topo = t.default_topology()
+    t.reset(topo)
+    a, b = topo.directors
+    group = "gsync"
+    settings = sync_mod.SyncSettings(ifname="front")
+    out: dict[str, Any] = {}
+    d = _setup_masquerade()
+    assert d == a
+    sysctl.ensure_sysctls(netns=b)
+    ipvs.converge(IpvsTable.of([_web()]), owned_by_addresses([topo.vip]), netns=b)
+    started: dict[str, list[int]] = {}
+    for ns, leader in ((b, False), (a, True)):
+        with ipvs.IpvsKernel(ns) as k:
+            want = sync_mod.desired_daemons(group, leader, "front", settings)
+            started[ns] = sorted(k._nl.start_daemon(x) for x in want)
+    out["started"] = started
+    with ipvs.IpvsKernel(a) as k:
+        out["master_read"] = sorted(x.state for x in k._nl.daemons())
+    with ipvs.IpvsKernel(b) as k:
+        out["backup_read"] = sorted(x.state for x in k._nl.daemons())
+    out["states"] = {"master": SYNC_MASTER, "backup": SYNC_BACKUP}
+    conn = t.NsHTTPConnection(topo.client, topo.vip, 80, timeout=5.0)
+    out["served_by"] = conn.get_name()
+    port = conn.sock.getsockname()[1] if conn.sock is not None else None
+    out["client_port"] = port
+    # the master sends on a timer (sync_period / every 50 packets): wait for the entry
+    seen = ""
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        seen = t.nsexec(b, "ipvsadm", "-Lnc")
+        if f":{port} " in seen:
+            break
+        time.sleep(0.5)
+    out["backup_has_connection"] = f":{port} " in seen
+    out["backup_connections"] = seen[-2000:]
+    conn.close()
+    for ns in (a, b):
+        with ipvs.IpvsKernel(ns) as k:
+            for state in (SYNC_MASTER, SYNC_BACKUP):
+                k._nl.stop_daemon(state)
+    t.nsexec(b, "ipvsadm", "-C", check=False)
+    t.reset(topo)
+    return out

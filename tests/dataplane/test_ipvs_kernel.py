@@ -110,3 +110,14 @@ def test_lost_netlink_answers_are_reported(vm: Vm, topology: dict[str, Any]) -> 
     assert out["error"] and "answers lost" in out["error"], out
     assert out["present_after_error"] == 600 and out["repair_ops"] == 0
     assert out["final"] == 600
+
+
+def test_connection_sync_master_to_backup(vm: Vm, topology: dict[str, Any]) -> None:
+    out = vm.call("tests.dataplane.scenarios_ipvs:sync_daemons")
+    print(f"\n[dataplane] sync daemons: {out['started']}; connection on the backup: "
+          f"{out['backup_has_connection']}")  # fmt: skip
+    assert out["started"] == {"lvs-dir-b": [0], "lvs-dir-a": [0, 0]}, out
+    states = out["states"]
+    assert out["master_read"] == sorted([states["master"], states["backup"]]), out
+    assert out["backup_read"] == [states["backup"]], out
+    assert out["backup_has_connection"], out["backup_connections"]
