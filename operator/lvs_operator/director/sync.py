@@ -13,11 +13,18 @@ the group's name, so that two groups on one segment do not fill each other's tab
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
-from collections.abc import Iterable
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from .kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
+
+log = logging.getLogger("lvs_operator.director.sync")
 
 DEFAULT_PORT = 8848  # the kernel's IP_VS_SYNC_PORT
 DEFAULT_TTL = 1  # the segment only: directors share the VIP's L2 anyway (gratuitous ARP)
@@ -80,3 +87,80 @@ def plan_daemons(desired: Iterable[SyncDaemon], running: Iterable[SyncDaemon]) -
         if w is not None and (h is None or not same(w, h)):
             start.append(w)
     return DaemonPlan(tuple(stop), tuple(start))
+
+
+class DaemonKernel(Protocol):
+    """The kernel's sync daemons in the agent's namespace (kernel/ipvs_netlink.IpvsNetlink)."""
+
+    def daemons(self) -> list[SyncDaemon]: ...
+
+    def start_daemon(self, daemon: SyncDaemon) -> int: ...
+
+    def stop_daemon(self, state: int) -> int: ...
+
+
+Run = Callable[..., Awaitable[Any]]  # runs a blocking kernel call off the event loop
+
+
+class ConnectionSync:
+    """Keeps this director's sync daemons as ``desired_daemons`` says: called at start-up,
+    on every leadership change and when the group's VIP link changes. Errors are logged once
+    per change (with the fix where one is known) and never raised: connection sync is a
+    bonus on top of failover, never a reason to stop serving."""
+
+    def __init__(self, group: str, settings: SyncSettings, kernel: DaemonKernel, run: Run):
+        self.group, self.settings, self.kernel, self.run = group, settings, kernel, run
+        self.running: set[SyncDaemon] = set()
+        self.problem = ""
+        self._lock = asyncio.Lock()
+
+    async def apply(self, leader: bool, vip_link: str | None) -> DaemonPlan:
+        async with self._lock:  # a leadership change and a placement must not interleave
+            desired = desired_daemons(self.group, leader, vip_link, self.settings)
+            try:
+                running = await self.run(self.kernel.daemons)
+            except Exception as exc:
+                self._report(f"reading the IPVS sync daemons failed: {exc}")
+                return DaemonPlan()
+            plan = plan_daemons(desired, running)
+            problems = []
+            for state in plan.stop:
+                err = await self.run(self.kernel.stop_daemon, state)
+                if err not in (0, errno.ESRCH):
+                    problems.append(f"stopping the {STATE_NAMES[state]}: {os.strerror(err)}")
+            for daemon in plan.start:
+                err = await self.run(self.kernel.start_daemon, daemon)
+                if err == 0:
+                    log.info("IPVS sync daemon started", extra={
+                        "state": STATE_NAMES[daemon.state], "interface": daemon.ifname,
+                        "sync_id": daemon.sync_id, "group": daemon.group})  # fmt: skip
+                elif err != errno.EEXIST:
+                    problems.append(f"starting the {STATE_NAMES[daemon.state]} on "
+                                    f"{daemon.ifname}: {os.strerror(err)}{_hint(err)}")  # fmt: skip
+            try:
+                self.running = set(await self.run(self.kernel.daemons))
+            except Exception:
+                self.running = set()
+            self._report("; ".join(problems))
+            return plan
+
+    def _report(self, problem: str) -> None:
+        if problem and problem != self.problem:
+            log.error("connection sync: %s", problem, extra={"group": self.group})
+        elif not problem and self.problem:
+            log.info("connection sync: running", extra={"group": self.group})
+        self.problem = problem
+
+
+STATE_NAMES = {SYNC_MASTER: "master", SYNC_BACKUP: "backup"}
+
+
+def _hint(err: int) -> str:
+    if err == errno.ENODEV:
+        return (
+            " (no such interface on this node: set the sync interface, or leave it empty "
+            "to sync on the VIP's link)"
+        )
+    if err == errno.EPERM:
+        return " (the agent needs CAP_NET_ADMIN)"
+    return ""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 from dataclasses import replace
+
+import pytest
 
 from lvs_operator.director.kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
 from lvs_operator.director.sync import (
+    ConnectionSync,
     DaemonPlan,
     SyncSettings,
     desired_daemons,
@@ -55,3 +60,74 @@ def test_a_takeover_starts_the_master_and_touches_no_running_backup() -> None:
     # another group's leftover master goes
     other = SyncDaemon(SYNC_MASTER, "eth0", sync_id("g2"))
     assert plan_daemons(standby, [*running, other]).stop == (SYNC_MASTER,)
+
+
+# -- ConnectionSync against a fake kernel ------------------------------------------------------
+
+
+class FakeDaemonKernel:
+    """The kernel's two daemon slots; ``refuse``: ifname -> errno a start on it returns."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, SyncDaemon] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.refuse: dict[str, int] = {}
+
+    def daemons(self) -> list[SyncDaemon]:
+        return list(self.slots.values())
+
+    def start_daemon(self, daemon: SyncDaemon) -> int:
+        self.calls.append(("start", daemon.state))
+        if daemon.ifname in self.refuse:
+            return self.refuse[daemon.ifname]
+        if daemon.state in self.slots:
+            return errno.EEXIST
+        self.slots[daemon.state] = replace(daemon, maxlen=1472)  # the kernel fills it in
+        return 0
+
+    def stop_daemon(self, state: int) -> int:
+        self.calls.append(("stop", state))
+        return 0 if self.slots.pop(state, None) is not None else errno.ESRCH
+
+
+async def run_inline(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+async def test_leadership_changes_start_and_stop_only_the_master() -> None:
+    kernel = FakeDaemonKernel()
+    sync = ConnectionSync("g1", SyncSettings(), kernel, run_inline)
+    await sync.apply(False, "eth0")
+    assert kernel.calls == [("start", SYNC_BACKUP)]
+    await sync.apply(True, "eth0")
+    assert kernel.calls[1:] == [("start", SYNC_MASTER)]  # the backup kept: no update missed
+    await sync.apply(True, "eth0")
+    assert kernel.calls[2:] == []  # nothing to do
+    await sync.apply(False, "eth0")
+    assert kernel.calls[2:] == [("stop", SYNC_MASTER)]
+    assert {d.state for d in sync.running} == {SYNC_BACKUP} and sync.problem == ""
+
+
+async def test_a_refused_start_is_reported_with_the_fix_once_and_never_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kernel = FakeDaemonKernel()
+    kernel.refuse["sync0"] = errno.ENODEV
+    sync = ConnectionSync("g1", SyncSettings(ifname="sync0"), kernel, run_inline)
+    with caplog.at_level(logging.ERROR, logger="lvs_operator.director.sync"):
+        await sync.apply(True, "eth0")
+        await sync.apply(True, "eth0")
+    assert "no such interface on this node" in sync.problem
+    assert len([r for r in caplog.records if "connection sync" in r.getMessage()]) == 1
+    kernel.refuse.clear()
+    await sync.apply(True, "eth0")
+    assert sync.problem == "" and len(sync.running) == 2
+
+
+async def test_a_daemon_on_the_wrong_link_is_replaced() -> None:
+    kernel = FakeDaemonKernel()
+    sync = ConnectionSync("g1", SyncSettings(), kernel, run_inline)
+    await sync.apply(False, "eth0")
+    await sync.apply(False, "eth1")  # the VIP's link changed
+    assert kernel.calls == [("start", SYNC_BACKUP), ("stop", SYNC_BACKUP), ("start", SYNC_BACKUP)]
+    assert [d.ifname for d in sync.running] == ["eth1"]
