@@ -56,8 +56,9 @@ from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
+from .sync import ConnectionSync, DaemonKernel, SyncSettings
 from .vip import raw_sockets_allowed
-from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner
+from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner, first_vip
 from .watches import Watches
 
 log = logging.getLogger("lvs_operator.director.agent")
@@ -89,6 +90,7 @@ class Agent:
         handover_node: HandoverNode | None = None,
         peer_key: bytes | None = None,
         early_renewal: EarlyRenewal | None = None,
+        daemons: DaemonKernel | None = None,
     ) -> None:
         self.cfg = cfg
         # the process's first-step renewal (main.py), until this agent's own takes over
@@ -127,6 +129,19 @@ class Agent:
         async def node_address(ifname: str, version: int, exclude: list[str]) -> str | None:
             return await self.vip_lane.run(node.link_address, ifname, version, exclude)
 
+        # the kernel's IPVS sync daemons (None: no connection sync, e.g. unit fakes)
+        self.sync = (
+            ConnectionSync(
+                cfg.group,
+                SyncSettings(ifname=cfg.sync_interface, enabled=cfg.connection_sync),
+                daemons,
+                self.netlink.run,
+            )
+            if daemons is not None
+            else None
+        )
+        self._sync_task: asyncio.Task[None] | None = None
+        self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None
         self.heartbeat = Heartbeat(
@@ -153,6 +168,26 @@ class Agent:
         placed = bool(wanted) and wanted <= set(self.vips.placements)
         self.heartbeat.set_gated(placed and self._can_probe)
         self.heartbeat.start_probing()  # settled: its first placement is done
+        self._sync_daemons_soon()
+
+    def _sync_daemons_soon(self) -> None:
+        """Bring the sync daemons in line with the role and the VIP's link, off the path of
+        the VIPs (a takeover's VIPs never wait for it)."""
+        if self.sync is None:
+            return
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.create_task(self._sync_daemons())
+        else:
+            self._sync_again = True
+
+    async def _sync_daemons(self) -> None:
+        assert self.sync is not None
+        while True:
+            self._sync_again = False
+            first = first_vip(self.vips.placements)
+            await self.sync.apply(self.elector.is_leader, first[1] if first else None)
+            if not self._sync_again:
+                return
 
     def _precheck_soon(self) -> None:
         """The holder is about to be judged silent: probe for the VIPs now, so the takeover
@@ -298,6 +333,7 @@ class Agent:
             log.info("standby: dropping the VIPs", extra={"lease": self.cfg.lease_ref})
             await self.vips.drop_held()  # then a reconcile catches anything else
         self.vips.background(self.reconcile_vips())
+        self._sync_daemons_soon()  # the master follows the leadership
 
     async def _early_take(self, up: bool) -> None:
         """A heartbeat-loss takeover with nobody else able to take the VIPs (election.py):
@@ -393,6 +429,9 @@ class Agent:
         if self.elector.is_leader and self.cfg.handover_drain > 0:
             await self.handover.retire()
         await self.elector.release()  # drops the VIPs (on_change) before freeing the Lease
+        if self._sync_task is not None:
+            # the master stops with the leadership: the kernel's daemon outlives the process
+            await asyncio.wait([self._sync_task], timeout=2.0)
         for task in tasks:
             task.cancel()
         await self.handover.stop_relay()

@@ -57,6 +57,8 @@ class AgentConfig:
     peer_interval: float = peer_mod.DEFAULT_PEER_INTERVAL
     peer_timeout: float = peer_mod.DEFAULT_PEER_TIMEOUT
     peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
+    connection_sync: bool = True  # the kernel's IPVS sync daemons (sync.py)
+    sync_interface: str = ""  # "": the link of the group's first VIP
     # the group's heartbeat key; missing at the default path: unauthenticated (with a warning)
     peer_key_file: str = contract.DEFAULT_PEER_KEY_FILE
     brake: BrakeConfig = field(default_factory=BrakeConfig)  # the withdrawal brake (brake.py)

@@ -48,7 +48,7 @@ from .election import (
 
 if TYPE_CHECKING:
     from ..listwatch import KubeClient
-    from .ipvs_sync import Kernel
+    from .kernel.dataplane import DataPlane
     from .vip_owner import VipNode
 
 log = logging.getLogger("lvs_operator.director.main")
@@ -131,6 +131,16 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
     option("--peer-address", contract.ENV_PEER_ADDRESS, "",
            "the address the other directors probe (default: this node's address on the "
            "interface of the group's first VIP)")  # fmt: skip
+    p.add_argument(
+        "--no-connection-sync",
+        action="store_true",
+        default=(env.get(contract.ENV_CONNECTION_SYNC) or "true").lower() in ("0", "false", "no"),
+        help="LVS_CONNECTION_SYNC=false: no IPVS sync daemons (established connections are "
+        "then reset by a crash failover)",
+    )
+    option("--sync-interface", contract.ENV_SYNC_INTERFACE, "",
+           "the link the IPVS sync daemons multicast on (default: the interface of the "
+           "group's first VIP)")  # fmt: skip
     option("--peer-key-file", contract.ENV_PEER_KEY_FILE, contract.DEFAULT_PEER_KEY_FILE,
            "the group's heartbeat key (>= 16 bytes, the same on every director of the group; "
            "the DaemonSet mounts the group's Secret here); every probe and reply is signed "
@@ -181,6 +191,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         peer_interval=a.peer_interval,
         peer_timeout=a.peer_timeout,
         peer_address=a.peer_address,
+        connection_sync=not a.no_connection_sync,
+        sync_interface=a.sync_interface,
         peer_key_file=a.peer_key_file,
         vip_ranges=vip_ranges,
         brake=brake_mod.BrakeConfig(share=a.withdrawal_share, hold=max(0.0, a.withdrawal_hold)),
@@ -245,7 +257,7 @@ def freeze_startup() -> None:
     gc.freeze()
 
 
-def _open_kernel() -> Kernel:
+def _open_kernel() -> DataPlane:
     from .kernel.dataplane import DataPlane
 
     return DataPlane()
@@ -381,7 +393,7 @@ def run(argv: list[str]) -> int:
     async def main() -> int:
         agent = Agent(
             cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane,
-            peer_key=peer_key, early_renewal=early,
+            peer_key=peer_key, early_renewal=early, daemons=kernel,
         )  # fmt: skip
         return await agent.run()
 

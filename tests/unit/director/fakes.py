@@ -6,12 +6,16 @@ Each implements its ``typing.Protocol``; mypy checks that (``conforming`` below,
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
+from lvs_operator.director.kernel.ipvs_netlink import SyncDaemon
+from lvs_operator.director.sync import DaemonKernel
 from lvs_operator.director.table import (
     Change,
     DestKey,
@@ -144,6 +148,31 @@ class FakeHandoverKernel:
         return had
 
 
-def conforming() -> tuple[Kernel, VipNode, HandoverNode]:
+def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel]:
     """Never called: mypy rejects it if a fake no longer implements its Protocol."""
-    return FakeKernel(), FakeVips(), FakeHandoverKernel()
+    return FakeKernel(), FakeVips(), FakeHandoverKernel(), FakeDaemonKernel()
+
+
+class FakeDaemonKernel:
+    """The kernel's two daemon slots; ``refuse``: ifname -> errno a start on it returns."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, SyncDaemon] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.refuse: dict[str, int] = {}
+
+    def daemons(self) -> list[SyncDaemon]:
+        return list(self.slots.values())
+
+    def start_daemon(self, daemon: SyncDaemon) -> int:
+        self.calls.append(("start", daemon.state))
+        if daemon.ifname in self.refuse:
+            return self.refuse[daemon.ifname]
+        if daemon.state in self.slots:
+            return errno.EEXIST
+        self.slots[daemon.state] = replace(daemon, maxlen=1472)  # the kernel fills it in
+        return 0
+
+    def stop_daemon(self, state: int) -> int:
+        self.calls.append(("stop", state))
+        return 0 if self.slots.pop(state, None) is not None else errno.ESRCH

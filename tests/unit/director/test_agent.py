@@ -27,7 +27,7 @@ from lvs_operator.director.table import (
     ServiceKey,
 )
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
-from tests.unit.director.fakes import FakeHandoverKernel, FakeKernel, FakeVips
+from tests.unit.director.fakes import FakeDaemonKernel, FakeHandoverKernel, FakeKernel, FakeVips
 
 VIP = "10.10.0.100"
 K80 = ServiceKey(Protocol.TCP, VIP, 80)
@@ -58,6 +58,7 @@ def make(
     kernel: FakeKernel | None = None,
     vips: FakeVips | None = None,
     handover: FakeHandoverKernel | None = None,
+    daemons: FakeDaemonKernel | None = None,
     **cfg_kw: Any,
 ) -> Agent:
     # The agent runs on the real clock here: generous Lease timings, so a loaded machine (a
@@ -70,7 +71,7 @@ def make(
                       **cfg_kw)  # fmt: skip
     agent = Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
                   lease_api=FakeLeaseApi(store or FakeLeaseStore()),
-                  handover_node=handover or FakeHandoverKernel())  # fmt: skip
+                  handover_node=handover or FakeHandoverKernel(), daemons=daemons)  # fmt: skip
     agent.watches.reset_next_vs([])  # the list of VirtualServers moving in: none
     return agent
 
@@ -293,6 +294,35 @@ async def test_an_early_take_whose_lease_write_fails_drops_the_vip() -> None:
     assert not standby.elector.is_leader and not standby.elector.taking_early
     assert vips.addresses == {}
     assert store.record is not None and store.record.holder == "node-a"
+
+
+async def test_the_sync_daemons_follow_placement_and_leadership() -> None:
+    """Connection sync (sync.py): a standby runs the backup once placed, on the VIP's link;
+    taking over starts the master; releasing the Lease stops it (the kernel's daemon would
+    outlive the process)."""
+    from lvs_operator.director.kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER
+
+    store = FakeLeaseStore()
+    leader = make("node-a", store)
+    await leader.startup()
+    daemons = FakeDaemonKernel()
+    standby = make("node-b", store, daemons=daemons)
+    await standby.startup()
+    standby.watches.reset_vs([vs_obj()])
+    standby.watches.reset_pools([pool_obj()])
+    await standby.converge()
+    await standby.reconcile_vips()
+    assert standby._sync_task is not None
+    await standby._sync_task
+    assert {(d.state, d.ifname) for d in daemons.slots.values()} == {(SYNC_BACKUP, "front")}
+    await leader.elector.release()
+    await standby.elector.tick()
+    assert standby.elector.is_leader
+    await standby._sync_task
+    assert set(daemons.slots) == {SYNC_BACKUP, SYNC_MASTER}
+    await standby.elector.release()
+    await standby._sync_task
+    assert set(daemons.slots) == {SYNC_BACKUP}
 
 
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:

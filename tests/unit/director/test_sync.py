@@ -18,6 +18,7 @@ from lvs_operator.director.sync import (
     plan_daemons,
     sync_id,
 )
+from tests.unit.director.fakes import FakeDaemonKernel
 
 
 def test_every_director_backs_up_and_the_leader_also_sends() -> None:
@@ -63,31 +64,6 @@ def test_a_takeover_starts_the_master_and_touches_no_running_backup() -> None:
 
 
 # -- ConnectionSync against a fake kernel ------------------------------------------------------
-
-
-class FakeDaemonKernel:
-    """The kernel's two daemon slots; ``refuse``: ifname -> errno a start on it returns."""
-
-    def __init__(self) -> None:
-        self.slots: dict[int, SyncDaemon] = {}
-        self.calls: list[tuple[str, int]] = []
-        self.refuse: dict[str, int] = {}
-
-    def daemons(self) -> list[SyncDaemon]:
-        return list(self.slots.values())
-
-    def start_daemon(self, daemon: SyncDaemon) -> int:
-        self.calls.append(("start", daemon.state))
-        if daemon.ifname in self.refuse:
-            return self.refuse[daemon.ifname]
-        if daemon.state in self.slots:
-            return errno.EEXIST
-        self.slots[daemon.state] = replace(daemon, maxlen=1472)  # the kernel fills it in
-        return 0
-
-    def stop_daemon(self, state: int) -> int:
-        self.calls.append(("stop", state))
-        return 0 if self.slots.pop(state, None) is not None else errno.ESRCH
 
 
 async def run_inline(fn, *args):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from lvs_operator.director.table import Change, DestKey, IpvsTable, ServiceKey
 
 from . import nft, sysctl
 from .ipvs import IpvsKernel
+from .ipvs_netlink import SyncDaemon
 
 log = logging.getLogger("lvs_operator.director.kernel")
 
@@ -34,6 +35,15 @@ class DataPlane:
 
     def apply(self, changes: list[Change]) -> None:
         self._ipvs.apply(changes)
+
+    def daemons(self) -> list[SyncDaemon]:
+        return self._ipvs.daemons()
+
+    def start_daemon(self, daemon: SyncDaemon) -> int:
+        return self._ipvs.start_daemon(daemon)
+
+    def stop_daemon(self, state: int) -> int:
+        return self._ipvs.stop_daemon(state)
 
     def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
         ipv6 = any(k.family == 6 for k in table)

@@ -194,6 +194,16 @@ class IpvsKernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # the sync daemons (sync.py): at most a master and a backup per namespace
+    def daemons(self) -> list[nl.SyncDaemon]:
+        return self._nl.daemons()
+
+    def start_daemon(self, daemon: nl.SyncDaemon) -> int:
+        return self._nl.start_daemon(daemon)
+
+    def stop_daemon(self, state: int) -> int:
+        return self._nl.stop_daemon(state)
+
     def read(self) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], ConnCounts]]:
         """The kernel's table and every destination's connection counters: one service
         dump, then one destination dump per service."""
