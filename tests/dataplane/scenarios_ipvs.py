@@ -325,12 +325,12 @@ def sync_daemons() -> dict[str, Any]:
     for ns, leader in ((b, False), (a, True)):
         with ipvs.IpvsKernel(ns) as k:
             want = sync_mod.desired_daemons(group, leader, "front", settings)
-            started[ns] = sorted(k._nl.start_daemon(x) for x in want)
+            started[ns] = sorted(k.start_daemon(x) for x in want)
     out["started"] = started
     with ipvs.IpvsKernel(a) as k:
-        out["master_read"] = sorted(x.state for x in k._nl.daemons())
+        out["master_read"] = sorted(x.state for x in k.daemons())
     with ipvs.IpvsKernel(b) as k:
-        out["backup_read"] = sorted(x.state for x in k._nl.daemons())
+        out["backup_read"] = sorted(x.state for x in k.daemons())
     out["states"] = {"master": SYNC_MASTER, "backup": SYNC_BACKUP}
     conn = t.NsHTTPConnection(topo.client, topo.vip, 80, timeout=5.0)
     out["served_by"] = conn.get_name()
@@ -350,7 +350,7 @@ def sync_daemons() -> dict[str, Any]:
     for ns in (a, b):
         with ipvs.IpvsKernel(ns) as k:
             for state in (SYNC_MASTER, SYNC_BACKUP):
-                k._nl.stop_daemon(state)
+                k.stop_daemon(state)
     t.nsexec(b, "ipvsadm", "-C", check=False)
     t.reset(topo)
     return out
