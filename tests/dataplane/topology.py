@@ -469,6 +469,9 @@ def reset(topo: Topology | None = None) -> None:
     topo = topo or default_topology()
     for d in topo.directors:
         nsexec(d, "ipvsadm", "-C", check=False)
+        # a killed agent's sync daemons outlive it (kernel threads of the namespace)
+        for state in ("master", "backup"):
+            nsexec(d, "ipvsadm", "--stop-daemon", state, check=False)
         nsexec(d, "nft", "flush", "ruleset", check=False)
         sh("ip", "-n", d, "addr", "flush", "dev", "front", "to", f"{topo.vip}/32", check=False)
     route_back_via_router(topo)
