@@ -22,8 +22,8 @@ The handover keeps them on the old leader:
    the old leader (``fwd ... to``). That ends after ``drain`` seconds (the table is deleted).
 3. **Old leader** waits until none of its connections to the VIPs is established for a
    moment (``drained``) and another director answers ARP for each VIP (announced there),
-   bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and exits. The answers of the relayed connections go from the old leader straight to the
-   client (source address: the VIP).
+   bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and exits. The answers of
+   the relayed connections go from the old leader straight to the client (source: the VIP).
 
 UDP is not relayed: a datagram after the switch is scheduled by the new leader, as it would
 be without a handover. A crash has no handover (nothing runs on the dead node to relay to).
