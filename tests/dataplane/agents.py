@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.dataplane import topology as topo_mod
@@ -222,6 +224,32 @@ class Lab:
         proc.signal(signal.SIGTERM)
         proc.wait(30)
         return self.call("read_samples", path=out)  # type: ignore[no-any-return]
+
+    def start_held(self, name: str, vip: str, port: int, count: int) -> tuple[GuestProcess, str]:
+        """``count`` long-lived connections through vip:port, each asking every 100 ms
+        (held_connections.py), once every one of them has answered."""
+        out = str(self.vm.shared / f"held-{name}.json")
+        for stale in ("", ".started"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(out + stale).unlink()
+        proc = self.vm.spawn(
+            [self.vm_python(), "-m", "tests.dataplane.held_connections", "--out", out,
+             "--vip", vip, "--port", str(port), "--count", str(count)],
+            netns=topo_mod.CLIENT, name=f"held-{name}",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not Path(out + ".started").exists():
+            if time.monotonic() > deadline or not proc.running():
+                raise AssertionError(f"held connections {name} never all answered:\n"
+                                     f"{proc.output()}")  # fmt: skip
+            time.sleep(0.1)
+        return proc, out
+
+    def stop_held(self, proc: GuestProcess, out: str) -> dict[str, Any]:
+        proc.signal(signal.SIGTERM)
+        proc.wait(30)
+        p = Path(out)
+        return json.loads(p.read_text()) if p.exists() else {}  # type: ignore[no-any-return]
 
     def stop_loop(self, proc: GuestProcess, out: str) -> list[tuple[float, str | None]]:
         proc.signal(signal.SIGTERM)

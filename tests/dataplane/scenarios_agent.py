@@ -324,6 +324,20 @@ def wait_vip_dropped(ns: str, vip: str, within: float = 60) -> float | None:
     return None
 
 
+def wait_synced(ns: str, vip: str, port: int, count: int, within: float = 30) -> float | None:
+    """Until director ``ns``'s IPVS lists ``count`` established connections to vip:port
+    (a backup's copy from the sync daemons): the seconds it took, or None."""
+    t0 = now()
+    needle = f" {vip}:{port} "
+    while now() - t0 < within:
+        table = t.nsexec(ns, "ipvsadm", "-Lnc", check=False)
+        if sum(1 for line in table.splitlines() if "ESTABLISHED" in line and needle in line
+               ) >= count:  # fmt: skip
+            return round(now() - t0, 2)
+        time.sleep(0.2)
+    return None
+
+
 # -- the request loop (its own process) ---------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from tests.dataplane.agents import APP_NS, LEASE, NODES, Lab, handover_steps, pool, virtual_server
+from tests.dataplane.held_connections import survival
 from tests.dataplane.scenarios_agent import agent_log_delay, analyse
 from tests.dataplane.vm import Vm, agent_startup
 
@@ -261,6 +262,56 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
         assert since_start is not None and since_start < 10, lab.logs()
     lab.wait_started([old])
     assert lab.call("vip_holders", vip=VIP) == [new]
+
+
+# forwarding -> (VirtualServer, VIP, port), as the tests above made them
+FORWARDED = {"direct": ("web-dr", VIP_DR, 8080), "tunnel": ("web-tun", VIP_TUN, 8080)}
+HELD = 50  # long-lived connections, each asking every 100 ms
+
+
+@pytest.mark.parametrize("forwarding", ["direct", "tunnel"])
+def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: str) -> None:
+    """Connection synchronisation (sync.py): the leader's sync daemon copies its connections
+    to the standby's, so after a crash (links cut, agent killed) the new leader forwards the
+    established ones to the same real servers: at least 49 of 50 keep working. Sticky
+    clients keep their real server (the persistence templates are synced too)."""
+    name, vip, port = FORWARDED[forwarding]
+    out = lab.call("realserver", vips=[vip], mode=forwarding)
+    assert all(r["rc"] == 0 for r in out.values()), out
+    lab.apply(virtual_server(name, vip, port, None, scheduler="rr", forwarding=forwarding))
+    lab.apply(virtual_server("web-sticky", VIP_STICKY, 80, "http", scheduler="rr",
+                             persistence={"timeoutSeconds": 60}))  # fmt: skip
+    wait_answers(lab, vip, port)
+    wait_answers(lab, VIP_STICKY, 80)
+    old = lab.leader_ns()
+    new = OTHER[old]
+    sticky = lab.call("count", vip=VIP_STICKY, port=80, n=6)
+    held, held_out = lab.start_held(f"crash-{forwarding}", vip, port, HELD)
+    # what was synced survives: wait until the standby's copy is complete (the lag printed)
+    synced = lab.call("wait_synced", ns=new, vip=vip, port=port, count=HELD, within=30)
+    assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
+    time.sleep(1)
+    proc = lab.agents.pop(old)
+    moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=vip, new=new,
+                     link_down=old)  # fmt: skip
+    time.sleep(5)
+    rows = lab.stop_held(held, held_out)
+    sticky_after = lab.call("count", vip=VIP_STICKY, port=80, n=6)
+    stats = survival(rows.get("connections", []), moved["at"], rows.get("end", 0.0))
+    print(f"\n[dataplane] crash failover, {forwarding}: {stats['survived']}/{HELD} established "
+          f"connections kept working; the standby's copy complete {synced} s after they "
+          f"opened; VIP moved {moved['vip_moved_after']} s after the crash; longest wait "
+          f"for an answer across it {stats['max_stall']} s; sticky client {sticky} -> "
+          f"{sticky_after}; {stats}")  # fmt: skip
+    lab.call("link_up", ns=old)
+    assert lab.call("wait_vip_dropped", ns=old, vip=vip, within=30) is not None, lab.logs()
+    lab.start_agent(old)
+    lab.wait_started([old])
+    assert moved["vip_moved_after"] is not None, moved
+    assert stats["connections"] == HELD, stats
+    assert stats["survived"] >= HELD - 1, stats
+    assert stats["switched_server"] == 0, stats
+    assert len(sticky) == 1 and sticky_after == sticky, (sticky, sticky_after)
 
 
 def test_planned_handover_on_sigterm(lab: Lab) -> None:

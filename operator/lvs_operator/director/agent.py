@@ -56,7 +56,7 @@ from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
-from .sync import ConnectionSync, DaemonKernel, SyncSettings
+from .sync import SYNC_BACKUP, SYNC_MASTER, ConnectionSync, DaemonKernel, SyncSettings
 from .vip import raw_sockets_allowed
 from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner, first_vip
 from .watches import Watches
@@ -140,6 +140,11 @@ class Agent:
             if daemons is not None
             else None
         )
+        if self.sync is not None:
+            sync = self.sync
+            self.metrics.sync_master.set_function(lambda: sync.runs(SYNC_MASTER))
+            self.metrics.sync_backup.set_function(lambda: sync.runs(SYNC_BACKUP))
+            self.metrics.sync_problem.set_function(lambda: 1 if sync.problem else 0)
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None

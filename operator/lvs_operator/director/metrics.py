@@ -98,6 +98,17 @@ class Metrics:
             "the longest event loop stall since the agent started", ["group"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        sync = Gauge(
+            "lvs_director_sync_daemon", "1 while this node's kernel runs the IPVS connection "
+            "sync daemon in this state (read back after each change)", ["group", "state"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.sync_master = sync.labels(group=group, state="master")
+        self.sync_backup = sync.labels(group=group, state="backup")
+        self.sync_problem = Gauge(
+            "lvs_director_sync_problem", "1 while the sync daemons are not as wanted (the "
+            "reason and its fix are in the agent's log)", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.group = group
 
     def render(self) -> bytes:

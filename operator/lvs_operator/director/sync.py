@@ -1,5 +1,5 @@
-"""Connection synchronisation (issue 15, work in progress on this branch): which IPVS sync
-daemons (kernel/ipvs_netlink.py) a director runs.
+"""Connection synchronisation: which IPVS sync daemons (kernel/ipvs_netlink.py) a director
+runs, and keeping them so.
 
 Every director of a group runs a **backup** daemon, always: it receives the leader's
 connection table, so the moment it takes over, its IPVS knows the established connections.
@@ -143,6 +143,10 @@ class ConnectionSync:
                 self.running = set()
             self._report("; ".join(problems))
             return plan
+
+    def runs(self, state: int) -> int:
+        """1 if the kernel ran a daemon in ``state`` at the last read-back (metrics)."""
+        return 1 if any(d.state == state for d in self.running) else 0
 
     def _report(self, problem: str) -> None:
         if problem and problem != self.problem:

@@ -315,11 +315,16 @@ async def test_the_sync_daemons_follow_placement_and_leadership() -> None:
     assert standby._sync_task is not None
     await standby._sync_task
     assert {(d.state, d.ifname) for d in daemons.slots.values()} == {(SYNC_BACKUP, "front")}
+    metrics = standby.metrics.render().decode()
+    assert 'lvs_director_sync_daemon{group="g1",state="backup"} 1.0' in metrics
+    assert 'lvs_director_sync_daemon{group="g1",state="master"} 0.0' in metrics
+    assert 'lvs_director_sync_problem{group="g1"} 0.0' in metrics
     await leader.elector.release()
     await standby.elector.tick()
     assert standby.elector.is_leader
     await standby._sync_task
     assert set(daemons.slots) == {SYNC_BACKUP, SYNC_MASTER}
+    assert 'state="master"} 1.0' in standby.metrics.render().decode()
     await standby.elector.release()
     await standby._sync_task
     assert set(daemons.slots) == {SYNC_BACKUP}
