@@ -33,7 +33,7 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: held\r\n\r\n"
 
 
 def now() -> float:
-    return time.time()
+    return time.monotonic()  # the guest's clock of scenarios_agent (one per VM)
 
 
 @dataclass
