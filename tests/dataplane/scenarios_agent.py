@@ -338,6 +338,19 @@ def wait_synced(ns: str, vip: str, port: int, count: int, within: float = 30) ->
     return None
 
 
+def wait_template(ns: str, vip: str, port: int, within: float = 30) -> str | None:
+    """Until director ``ns``'s IPVS lists a persistence template for vip:port (client port
+    0, state NONE): the line, or None."""
+    t0 = now()
+    needle = f" {vip}:{port} "
+    while now() - t0 < within:
+        for line in t.nsexec(ns, "ipvsadm", "-Lnc", check=False).splitlines():
+            if "NONE" in line and needle in line and ":0 " in line:
+                return line.strip()
+        time.sleep(0.2)
+    return None
+
+
 # -- the request loop (its own process) ---------------------------------------------------------
 
 

@@ -290,6 +290,9 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     # what was synced survives: wait until the standby's copy is complete (the lag printed)
     synced = lab.call("wait_synced", ns=new, vip=vip, port=port, count=HELD, within=30)
     assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
+    # the sticky client's persistence template is on the standby too
+    template = lab.call("wait_template", ns=new, vip=VIP_STICKY, port=80, within=30)
+    assert template is not None, lab.call("ipvs", ns=new)
     time.sleep(1)
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=vip, new=new,
@@ -302,7 +305,7 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
           f"connections kept working; the standby's copy complete {synced} s after they "
           f"opened; VIP moved {moved['vip_moved_after']} s after the crash; longest wait "
           f"for an answer across it {stats['max_stall']} s; sticky client {sticky} -> "
-          f"{sticky_after}; {stats}")  # fmt: skip
+          f"{sticky_after} (the standby's template: {template}); {stats}")  # fmt: skip
     lab.call("link_up", ns=old)
     assert lab.call("wait_vip_dropped", ns=old, vip=vip, within=30) is not None, lab.logs()
     lab.start_agent(old)

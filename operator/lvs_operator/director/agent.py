@@ -214,13 +214,25 @@ class Agent:
         takeover's write fail (409)."""
         answered: set[str] | None = None
         pre = self._precheck
+        asked = time.monotonic()
+        age: float | None = None
         if pre is not None:
             with contextlib.suppress(Exception):
                 started, found = await pre
-                if time.monotonic() - started <= PRECHECK_MAX_AGE:
+                age = time.monotonic() - started
+                if age <= PRECHECK_MAX_AGE:
                     answered = found
         if answered is None:
+            # the takeover waits for this probe's listening window (where a failover's time
+            # goes: logged)
             answered = await self.vips.answered()
+            log.info(
+                "probed for the VIPs before the takeover",
+                extra={
+                    "precheck_age": None if age is None else round(age, 3),
+                    "seconds": round(time.monotonic() - asked, 3),
+                },
+            )
         if answered:
             self.metrics.takeovers_held.inc()
         return bool(answered)
