@@ -134,6 +134,23 @@ def test_round_robin_masquerade(lab: Lab) -> None:
     wait_answers(lab, VIP, 80)
     counts = lab.call("count", vip=VIP, port=80, n=30)
     assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=lab.leader_ns())
+    # the leader's /metrics shows that traffic from the kernel's counters (traffic.py: read
+    # every 10 s on its own thread), per service and per real server
+    leader = lab.leader_ns()
+    svc = f'group="gtest",port="80",protocol="TCP",vip="{VIP}"'
+    deadline, scheduled, text = time.monotonic() + 30, 0.0, ""
+    while time.monotonic() < deadline:
+        text = lab.call("metrics", ns=leader)
+        scheduled = next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith(f"lvs_director_service_connections_total{{{svc}}}")),
+                         0.0)  # fmt: skip
+        if scheduled >= 30:
+            break
+        time.sleep(1)
+    assert scheduled >= 30, [line for line in text.splitlines() if "service_" in line]
+    for rs in ("10.20.0.21", "10.20.0.22", "10.20.0.23"):
+        assert f'lvs_director_destination_bytes_total{{destination="{rs}:8080",direction="out"' \
+            in text, text  # fmt: skip
 
 
 def test_weighted_round_robin(lab: Lab) -> None:

@@ -41,6 +41,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
@@ -57,6 +58,8 @@ from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
 from .sync import SYNC_BACKUP, SYNC_MASTER, ConnectionSync, DaemonKernel, SyncSettings
+from .table import ServiceKey
+from .traffic import StatsReader, TrafficCollector, TrafficPoller
 from .vip import raw_sockets_allowed
 from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner, first_vip
 from .watches import Watches
@@ -91,6 +94,7 @@ class Agent:
         peer_key: bytes | None = None,
         early_renewal: EarlyRenewal | None = None,
         daemons: DaemonKernel | None = None,
+        traffic: Callable[[], StatsReader] | None = None,
     ) -> None:
         self.cfg = cfg
         # the process's first-step renewal (main.py), until this agent's own takes over
@@ -146,6 +150,12 @@ class Agent:
             self.metrics.sync_backup.set_function(lambda: sync.runs(SYNC_BACKUP))
             self.metrics.sync_problem.set_function(lambda: 1 if sync.problem else 0)
         self._sync_task: asyncio.Task[None] | None = None
+        # traffic per service and real server for /metrics (traffic.py; None: unit fakes)
+        self.traffic: TrafficPoller | None = None
+        if traffic is not None and cfg.traffic_interval > 0:
+            collector = TrafficCollector(cfg.group, self._own_services)
+            self.metrics.registry.register(collector)
+            self.traffic = TrafficPoller(collector, traffic, cfg.traffic_interval)
         self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None
@@ -174,6 +184,10 @@ class Agent:
         self.heartbeat.set_gated(placed and self._can_probe)
         self.heartbeat.start_probing()  # settled: its first placement is done
         self._sync_daemons_soon()
+
+    def _own_services(self) -> set[ServiceKey] | None:
+        desired = self.ipvs.desired
+        return None if desired is None else set(desired.table)
 
     def _sync_daemons_soon(self) -> None:
         """Bring the sync daemons in line with the role and the VIP's link, off the path of
@@ -420,6 +434,8 @@ class Agent:
         )  # fmt: skip
         if self.cfg.vip_lifetime > 0:
             lifetimes.start()
+        if self.traffic is not None:
+            self.traffic.start()
         if self.early_renewal is not None:
             # before any address change of this agent (the start-up drops stale VIPs): the
             # early renewal uses a socket of its own, outside the VIP lane's order
@@ -458,6 +474,8 @@ class Agent:
         stop_renewing.set()
         if lifetimes.is_alive():
             await asyncio.to_thread(lifetimes.join, 5.0)
+        if self.traffic is not None:
+            await asyncio.to_thread(self.traffic.stop)
         await self.health.close()
         await self.heartbeat.close()
         for server in servers:

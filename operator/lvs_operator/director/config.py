@@ -9,6 +9,7 @@ from ..api import contract
 from ..api.network import IPNetwork
 from . import handover as handover_mod
 from . import peer as peer_mod
+from . import traffic as traffic_mod
 from .brake import BrakeConfig
 from .election import (
     DEFAULT_LEASE_DURATION,
@@ -59,6 +60,7 @@ class AgentConfig:
     peer_address: str = ""  # published for the heartbeat; "": this node's on the VIP's link
     connection_sync: bool = True  # the kernel's IPVS sync daemons (sync.py)
     sync_interface: str = ""  # "": the link of the group's first VIP
+    traffic_interval: float = traffic_mod.DEFAULT_INTERVAL  # IPVS counters read (0: off)
     # the group's heartbeat key; missing at the default path: unauthenticated (with a warning)
     peer_key_file: str = contract.DEFAULT_PEER_KEY_FILE
     brake: BrakeConfig = field(default_factory=BrakeConfig)  # the withdrawal brake (brake.py)

@@ -45,10 +45,12 @@ from .election import (
     DEFAULT_RENEW_DEADLINE,
     DEFAULT_RETRY_PERIOD,
 )
+from .traffic import DEFAULT_INTERVAL as DEFAULT_TRAFFIC_INTERVAL
 
 if TYPE_CHECKING:
     from ..listwatch import KubeClient
     from .kernel.dataplane import DataPlane
+    from .traffic import StatsReader
     from .vip_owner import VipNode
 
 log = logging.getLogger("lvs_operator.director.main")
@@ -138,6 +140,9 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         help="LVS_CONNECTION_SYNC=false: no IPVS sync daemons (established connections are "
         "then reset by a crash failover)",
     )
+    option("--traffic-interval", contract.ENV_TRAFFIC_INTERVAL, DEFAULT_TRAFFIC_INTERVAL,
+           "read the IPVS traffic counters for /metrics this often, on a thread and socket of "
+           "their own (0: no traffic metrics)", type=float)  # fmt: skip
     option("--sync-interface", contract.ENV_SYNC_INTERFACE, "",
            "the link the IPVS sync daemons multicast on (default: the interface of the "
            "group's first VIP)")  # fmt: skip
@@ -193,6 +198,7 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         peer_address=a.peer_address,
         connection_sync=not a.no_connection_sync,
         sync_interface=a.sync_interface,
+        traffic_interval=max(0.0, a.traffic_interval),
         peer_key_file=a.peer_key_file,
         vip_ranges=vip_ranges,
         brake=brake_mod.BrakeConfig(share=a.withdrawal_share, hold=max(0.0, a.withdrawal_hold)),
@@ -255,6 +261,12 @@ def freeze_startup() -> None:
     since: 18 ms -> 3 ms at 1,000 services x 10 destinations here (bench/loop_stall.py)."""
     gc.collect()
     gc.freeze()
+
+
+def _open_stats() -> StatsReader:
+    from .kernel.ipvs import IpvsKernel
+
+    return IpvsKernel()
 
 
 def _open_kernel() -> DataPlane:
@@ -393,7 +405,7 @@ def run(argv: list[str]) -> int:
     async def main() -> int:
         agent = Agent(
             cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane,
-            peer_key=peer_key, early_renewal=early, daemons=kernel,
+            peer_key=peer_key, early_renewal=early, daemons=kernel, traffic=_open_stats,
         )  # fmt: skip
         return await agent.run()
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
+from lvs_operator.director.kernel.ipvs import ServiceStats
 from lvs_operator.director.kernel.ipvs_netlink import SyncDaemon
 from lvs_operator.director.sync import DaemonKernel
 from lvs_operator.director.table import (
@@ -23,6 +24,7 @@ from lvs_operator.director.table import (
     ServiceKey,
     apply_to_table,
 )
+from lvs_operator.director.traffic import StatsReader
 from lvs_operator.director.vip import Route
 from lvs_operator.director.vip_owner import Announcement, Link, VipNode
 
@@ -148,9 +150,9 @@ class FakeHandoverKernel:
         return had
 
 
-def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel]:
+def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel, StatsReader]:
     """Never called: mypy rejects it if a fake no longer implements its Protocol."""
-    return FakeKernel(), FakeVips(), FakeHandoverKernel(), FakeDaemonKernel()
+    return FakeKernel(), FakeVips(), FakeHandoverKernel(), FakeDaemonKernel(), FakeStatsReader()
 
 
 class FakeDaemonKernel:
@@ -176,3 +178,21 @@ class FakeDaemonKernel:
     def stop_daemon(self, state: int) -> int:
         self.calls.append(("stop", state))
         return 0 if self.slots.pop(state, None) is not None else errno.ESRCH
+
+
+class FakeStatsReader:
+    """The kernel's traffic counters (traffic.StatsReader): ``services`` as set, or
+    ``error`` raised."""
+
+    def __init__(self, services: list[ServiceStats] | None = None) -> None:
+        self.services = services or []
+        self.error: Exception | None = None
+        self.closed = False
+
+    def read_stats(self) -> list[ServiceStats]:
+        if self.error is not None:
+            raise self.error
+        return list(self.services)
+
+    def close(self) -> None:
+        self.closed = True

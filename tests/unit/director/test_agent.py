@@ -20,6 +20,7 @@ from lvs_operator.director.election import (
 )
 from lvs_operator.director.handover import HANDOVER_ANNOTATION, Handover, Relay
 from lvs_operator.director.table import (
+    DestKey,
     IpvsDestination,
     IpvsService,
     IpvsTable,
@@ -27,7 +28,13 @@ from lvs_operator.director.table import (
     ServiceKey,
 )
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
-from tests.unit.director.fakes import FakeDaemonKernel, FakeHandoverKernel, FakeKernel, FakeVips
+from tests.unit.director.fakes import (
+    FakeDaemonKernel,
+    FakeHandoverKernel,
+    FakeKernel,
+    FakeStatsReader,
+    FakeVips,
+)
 
 VIP = "10.10.0.100"
 K80 = ServiceKey(Protocol.TCP, VIP, 80)
@@ -59,6 +66,7 @@ def make(
     vips: FakeVips | None = None,
     handover: FakeHandoverKernel | None = None,
     daemons: FakeDaemonKernel | None = None,
+    traffic: FakeStatsReader | None = None,
     **cfg_kw: Any,
 ) -> Agent:
     # The agent runs on the real clock here: generous Lease timings, so a loaded machine (a
@@ -71,7 +79,8 @@ def make(
                       **cfg_kw)  # fmt: skip
     agent = Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
                   lease_api=FakeLeaseApi(store or FakeLeaseStore()),
-                  handover_node=handover or FakeHandoverKernel(), daemons=daemons)  # fmt: skip
+                  handover_node=handover or FakeHandoverKernel(), daemons=daemons,
+                  traffic=None if traffic is None else lambda: traffic)  # fmt: skip
     agent.watches.reset_next_vs([])  # the list of VirtualServers moving in: none
     return agent
 
@@ -328,6 +337,29 @@ async def test_the_sync_daemons_follow_placement_and_leadership() -> None:
     await standby.elector.release()
     await standby._sync_task
     assert set(daemons.slots) == {SYNC_BACKUP}
+
+
+async def test_traffic_metrics_cover_the_groups_services_once_converged() -> None:
+    """/metrics shows each of the group's services and real servers with the kernel's
+    counters (traffic.py), read on the poller's own thread, not at the scrape."""
+    from lvs_operator.director.kernel.ipvs import DestinationStats, ServiceStats
+    from lvs_operator.director.kernel.ipvs_netlink import Counters
+
+    dest = DestinationStats(DestKey("10.20.0.21", 8080), Counters(4, 40, 30, 400, 3000), 1, 0)
+    reader = FakeStatsReader([ServiceStats(K80, Counters(4, 40, 30, 400, 3000), (dest,))])
+    agent = make("node-a", traffic=reader, traffic_interval=10.0)
+    assert agent.traffic is not None
+    agent.traffic.read_once(reader)
+    assert 'vip="10.10.0.100"' not in agent.metrics.render().decode()  # desired not known
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    text = agent.metrics.render().decode()
+    assert ('lvs_director_service_connections_total{group="g1",port="80",protocol="TCP",'
+            'vip="10.10.0.100"} 4.0') in text  # fmt: skip
+    assert 'destination="10.20.0.21:8080"' in text
+    assert make("node-b", traffic=reader, traffic_interval=0).traffic is None  # off
 
 
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:

@@ -158,6 +158,21 @@ def _nl_dest(attrs: dict[int, bytes], service_af: int) -> tuple[IpvsDestination,
 
 
 @dataclass(frozen=True)
+class DestinationStats:
+    key: DestKey
+    counters: nl.Counters
+    active: int  # established TCP connections now
+    inactive: int  # in other states (e.g. TIME_WAIT)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    key: ServiceKey
+    counters: nl.Counters
+    destinations: tuple[DestinationStats, ...]
+
+
+@dataclass(frozen=True)
 class ConnCounts:
     """A destination's connection counters: ``active`` (established TCP), ``inactive``
     (other states, e.g. TIME_WAIT), ``persistent`` (persistence templates)."""
@@ -221,6 +236,23 @@ class IpvsKernel:
                 counts[(service.key, dest.key)] = conns
             entries.append(ServiceEntry(service, tuple(dests)))
         return IpvsTable.of(entries), counts
+
+    def read_stats(self) -> list[ServiceStats]:
+        """Every service's and destination's traffic counters (the same dumps as ``read``;
+        the kernel sends the counters with every entry)."""
+        out = []
+        for attrs in self._nl.dump_services():
+            service = _nl_service(attrs)
+            if service is None:
+                continue
+            af = AF_INET if service.family == 4 else AF_INET6
+            dests = []
+            for dattrs in self._nl.dump_dests(_nl_service_key(service)):
+                dest, conns = _nl_dest(dattrs, af)
+                dests.append(DestinationStats(dest.key, nl.parse_counters(dattrs),
+                                              conns.active, conns.inactive))  # fmt: skip
+            out.append(ServiceStats(service.key, nl.parse_counters(attrs), tuple(dests)))
+        return out
 
     def read_table(self) -> IpvsTable:
         return self.read()[0]

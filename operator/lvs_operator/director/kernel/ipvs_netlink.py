@@ -16,6 +16,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,10 @@ SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK = 6, 7, 8, 9
 DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH = 1, 2, 3, 4, 5, 6
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_ADDR_FAMILY = 11
+# the traffic counters, nested in a service or a destination: IPVS_SVC_ATTR_STATS(64) and
+# IPVS_DEST_ATTR_STATS(64) have the same numbers; IPVS_STATS_ATTR_* inside
+STATS, STATS64 = 10, 12
+STATS_CONNS, STATS_INPKTS, STATS_OUTPKTS, STATS_INBYTES, STATS_OUTBYTES = 1, 2, 3, 4, 5
 
 _GENL = struct.Struct("=BBH")  # genlmsghdr: cmd, version, reserved
 _U16 = struct.Struct("=H")
@@ -193,6 +198,38 @@ def parse_daemon(attrs: dict[int, bytes]) -> SyncDaemon:
         ttl=ttl[0] if ttl else 0,
         maxlen=u16(attrs.get(DAEMON_SYNC_MAXLEN)),
     )
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A service's or destination's traffic since it was added (what ``ipvsadm -Ln
+    --stats`` shows): connections scheduled, packets and bytes in (client -> real server)
+    and out."""
+
+    connections: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def parse_counters(attrs: dict[int, bytes]) -> Counters:
+    """The counters of a service's or destination's attributes: the 64-bit set where the
+    kernel sends it (Linux >= 4.1), else the older one (32-bit counts, 64-bit bytes). Each
+    value's width is its attribute's length."""
+    blob = attrs.get(STATS64) or attrs.get(STATS)
+    if not blob:
+        return Counters()
+    stats = parse_attrs(blob)
+
+    def value(kind: int) -> int:
+        b = stats.get(kind)
+        return int.from_bytes(b[:8], sys.byteorder) if b else 0
+
+    return Counters(
+        value(STATS_CONNS), value(STATS_INPKTS), value(STATS_OUTPKTS),
+        value(STATS_INBYTES), value(STATS_OUTBYTES),
+    )  # fmt: skip
 
 
 def u16(b: bytes | None, default: int = 0) -> int:

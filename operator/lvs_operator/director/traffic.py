@@ -1,0 +1,199 @@
+"""Traffic per virtual service and per real server, from the kernel's IPVS counters (what
+``ipvsadm -Ln --stats`` shows), as Prometheus metrics.
+
+A thread of its own (``TrafficPoller``) reads the counters every ``--traffic-interval``
+seconds on a netlink socket of its own: never on the IPVS lane (a converge does not wait for
+it) nor on the event loop. ``/metrics`` serves the last reading (``TrafficCollector``), so a
+scrape costs no kernel call, and the figures are at most one interval old
+(``lvs_director_traffic_read_timestamp_seconds`` says when).
+
+Only the group's own services are exported (the desired table's), each labelled ``vip``,
+``port``, ``protocol``, and its destinations ``destination`` (address:port). Cardinality: one
+series set per service and per destination: at 1,000 services x 10 real servers, 11,000 of
+each metric (about 80,000 series in all); ``--traffic-interval 0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from .kernel.ipvs import ServiceStats
+    from .kernel.ipvs_netlink import Counters
+    from .table import ServiceKey
+
+log = logging.getLogger("lvs_operator.director.traffic")
+
+DEFAULT_INTERVAL = 10.0
+
+
+class StatsReader(Protocol):
+    """The kernel's counters (kernel/ipvs.IpvsKernel; a fake in the unit tests)."""
+
+    def read_stats(self) -> list[ServiceStats]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    at: float  # wall clock (epoch seconds)
+    took: float  # seconds the read took
+    services: tuple[ServiceStats, ...]
+
+
+def traffic_metrics(group: str, reading: Reading | None,
+                    wanted: set[ServiceKey] | None) -> list[Metric]:  # fmt: skip
+    """The metric families of one reading: the services in ``wanted`` only (None: not known
+    yet, nothing exported)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    svc = ["group", "vip", "port", "protocol"]
+    dst = [*svc, "destination"]
+    svc_conns = CounterMetricFamily(
+        "lvs_director_service_connections",
+        "connections IPVS scheduled to the service (since the service was added)",
+        labels=svc,
+    )
+    svc_packets = CounterMetricFamily(
+        "lvs_director_service_packets",
+        "packets of the service; direction in: client to real server, out: back",
+        labels=[*svc, "direction"],
+    )
+    svc_bytes = CounterMetricFamily(
+        "lvs_director_service_bytes",
+        "bytes of the service; direction as for packets",
+        labels=[*svc, "direction"],
+    )
+    dst_conns = CounterMetricFamily(
+        "lvs_director_destination_connections",
+        "connections IPVS scheduled to the real server (since it was added)",
+        labels=dst,
+    )
+    dst_packets = CounterMetricFamily(
+        "lvs_director_destination_packets",
+        "packets to and from the real server",
+        labels=[*dst, "direction"],
+    )
+    dst_bytes = CounterMetricFamily(
+        "lvs_director_destination_bytes",
+        "bytes to and from the real server",
+        labels=[*dst, "direction"],
+    )
+    dst_active = GaugeMetricFamily(
+        "lvs_director_destination_active_connections",
+        "established TCP connections to the real server through this director now",
+        labels=dst,
+    )
+    dst_inactive = GaugeMetricFamily(
+        "lvs_director_destination_inactive_connections",
+        "connections to the real server in other states (e.g. TIME_WAIT)",
+        labels=dst,
+    )
+    read_at = GaugeMetricFamily(
+        "lvs_director_traffic_read_timestamp_seconds",
+        "when the traffic counters were last read from the kernel (0: never)",
+        labels=["group"],
+    )
+    read_seconds = GaugeMetricFamily(
+        "lvs_director_traffic_read_seconds", "how long the last read of the counters took",
+        labels=["group"])  # fmt: skip
+    read_at.add_metric([group], reading.at if reading else 0.0)
+    read_seconds.add_metric([group], reading.took if reading else 0.0)
+
+    def flows(labels: list[str], c: Counters, packets: CounterMetricFamily,
+              nbytes: CounterMetricFamily) -> None:  # fmt: skip
+        packets.add_metric([*labels, "in"], c.packets_in)
+        packets.add_metric([*labels, "out"], c.packets_out)
+        nbytes.add_metric([*labels, "in"], c.bytes_in)
+        nbytes.add_metric([*labels, "out"], c.bytes_out)
+
+    if reading is not None and wanted is not None:
+        for service in reading.services:
+            if service.key not in wanted:
+                continue  # another owner's service: not ours to report
+            k = service.key
+            labels = [group, k.address, str(k.port), k.protocol.value]
+            svc_conns.add_metric(labels, service.counters.connections)
+            flows(labels, service.counters, svc_packets, svc_bytes)
+            for dest in service.destinations:
+                dl = [*labels, str(dest.key)]
+                dst_conns.add_metric(dl, dest.counters.connections)
+                flows(dl, dest.counters, dst_packets, dst_bytes)
+                dst_active.add_metric(dl, dest.active)
+                dst_inactive.add_metric(dl, dest.inactive)
+    return [svc_conns, svc_packets, svc_bytes, dst_conns, dst_packets, dst_bytes, dst_active,
+            dst_inactive, read_at, read_seconds]  # fmt: skip
+
+
+class TrafficCollector:
+    """Registered in the agent's registry: yields the last reading's metrics."""
+
+    def __init__(self, group: str, wanted: Callable[[], set[ServiceKey] | None]) -> None:
+        self.group = group
+        self.wanted = wanted
+        self.reading: Reading | None = None  # replaced whole by the poller (atomic)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            wanted = self.wanted()
+        except Exception:
+            wanted = None
+        yield from traffic_metrics(self.group, self.reading, wanted)
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no fixed description: the registry must not call collect() at register
+
+
+class TrafficPoller:
+    """Reads the counters every ``interval`` seconds into ``collector`` (its own thread and
+    its own reader, made in that thread: a netlink socket serves one thread)."""
+
+    def __init__(self, collector: TrafficCollector, reader: Callable[[], StatsReader],
+                 interval: float) -> None:  # fmt: skip
+        self.collector, self.make_reader, self.interval = collector, reader, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._problem = ""
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def read_once(self, reader: StatsReader) -> None:
+        t0 = time.monotonic()
+        try:
+            services = reader.read_stats()
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+            if problem != self._problem:
+                log.warning("reading the IPVS traffic counters failed: %s", problem)
+            self._problem = problem
+            return
+        if self._problem:
+            log.info("reading the IPVS traffic counters works again")
+        self._problem = ""
+        self.collector.reading = Reading(time.time(), time.monotonic() - t0, tuple(services))
+
+    def _run(self) -> None:
+        try:
+            reader = self.make_reader()
+        except Exception as exc:
+            log.warning("no IPVS traffic counters (cannot open netlink): %s", exc)
+            return
+        while not self._stop.is_set():
+            self.read_once(reader)
+            self._stop.wait(self.interval)
+        reader.close()
