@@ -115,6 +115,7 @@ class Agent:
             early_take=self._early_take,
         )  # fmt: skip
         self.metrics.authority.set_function(self.elector.authority_left)
+        self.metrics.watch_lease(self._lease_seen)
         self.vips = VipOwner(vips, self.vip_lane, self.metrics, on_placed=self._placed)
         self.watches = Watches(
             self.dirty.set, lambda vip: self.vips.own([vip]), cfg.group, cfg.vip_ranges
@@ -184,6 +185,13 @@ class Agent:
         self.heartbeat.set_gated(placed and self._can_probe)
         self.heartbeat.start_probing()  # settled: its first placement is done
         self._sync_daemons_soon()
+
+    def _lease_seen(self) -> tuple[str, float | None] | None:
+        record = self.elector.record
+        if record is None:
+            return None
+        renewed = record.renew_time.timestamp() if record.renew_time is not None else None
+        return record.holder, renewed
 
     def _own_services(self) -> set[ServiceKey] | None:
         desired = self.ipvs.desired

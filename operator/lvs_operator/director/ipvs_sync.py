@@ -144,6 +144,7 @@ class IpvsSync:
         self.metrics.destinations.set(plan.destinations)
         self.metrics.quiesced.set(plan.quiesced)
         self.metrics.converge_seconds.observe(time.monotonic() - t0)
+        self.metrics.last_converge.set(time.time())
         if len(changes) > 100 or len(table) > 100 or not self.ready:
             # the peak of a big read / converge back to the system (malloc_trim lets go of
             # the GIL in the thread; the collection does not, see trim_memory)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
 
 class Metrics:
     def __init__(self, group: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            GCCollector,
+            Histogram,
+            ProcessCollector,
+        )
 
         self.registry = CollectorRegistry()
         labels = {"group": group}
@@ -98,6 +112,18 @@ class Metrics:
             "the longest event loop stall since the agent started", ["group"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.last_converge = Gauge(
+            "lvs_director_last_converge_timestamp_seconds", "when the kernel last matched the "
+            "desired table (a converge that succeeded; 0: not yet)", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.lease_age = Gauge(
+            "lvs_director_lease_age_seconds", "since the group's Lease was last renewed, as "
+            "this director last saw it (NaN: not seen yet)", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        # the process itself: RSS (a design goal), CPU, open files, Python's GC
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         sync = Gauge(
             "lvs_director_sync_daemon", "1 while this node's kernel runs the IPVS connection "
             "sync daemon in this state (read back after each change)", ["group", "state"],
@@ -111,7 +137,45 @@ class Metrics:
         ).labels(**labels)  # fmt: skip
         self.group = group
 
+    def watch_lease(self, holder: Callable[[], tuple[str, float | None] | None]) -> None:
+        """``holder()``: (the Lease holder this director last saw, its renewal as epoch
+        seconds) or None: ``lvs_director_lease_age_seconds`` and
+        ``lvs_director_lease_holder_info{holder}``."""
+
+        def age() -> float:
+            seen = holder()
+            if seen is None or seen[1] is None:
+                return float("nan")
+            return max(0.0, time.time() - seen[1])
+
+        self.lease_age.set_function(age)
+        self.registry.register(_LeaseHolder(self.group, holder))
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
         return bytes(generate_latest(self.registry))
+
+
+class _LeaseHolder:
+    """``lvs_director_lease_holder_info{group, holder}`` 1 (a label that changes with the
+    holder: a collector, not a fixed gauge)."""
+
+    def __init__(self, group: str, holder: Callable[[], tuple[str, float | None] | None]):
+        self.group, self.holder = group, holder
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "lvs_director_lease_holder_info",
+            "1 for the director this one last saw holding the group's Lease (none: free)",
+            labels=["group", "holder"],
+        )
+        seen = self.holder()
+        if seen is not None and seen[0]:
+            family.add_metric([self.group, seen[0]], 1.0)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return []

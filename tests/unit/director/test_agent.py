@@ -362,6 +362,28 @@ async def test_traffic_metrics_cover_the_groups_services_once_converged() -> Non
     assert make("node-b", traffic=reader, traffic_interval=0).traffic is None  # off
 
 
+async def test_metrics_show_the_process_the_last_converge_and_the_lease() -> None:
+    agent = make("node-a")
+    text = agent.metrics.render().decode()
+    assert 'lvs_director_last_converge_timestamp_seconds{group="g1"} 0.0' in text
+    assert 'lvs_director_lease_age_seconds{group="g1"} NaN' in text
+    assert "lvs_director_lease_holder_info{" not in text
+    assert "process_resident_memory_bytes " in text  # RSS: a design goal
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    assert agent.elector.is_leader
+    text = agent.metrics.render().decode()
+    assert 'lvs_director_lease_holder_info{group="g1",holder="node-a"} 1.0' in text
+    age = next(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("lvs_director_lease_age_seconds{"))  # fmt: skip
+    assert 0 <= age < 5
+    last = next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("lvs_director_last_converge_timestamp_seconds{"))  # fmt: skip
+    assert abs(last - time.time()) < 5
+
+
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:
     """SIGTERM on the leader: VIP to lo before it leaves the interface, ARP off, the note on
     the released Lease; the new leader installs the relay before it adds the VIP; the old
