@@ -346,6 +346,30 @@ def _rows(path: str) -> list[Any]:
     return _read_jsonl(path)
 
 
+def _events(s: System) -> list[dict[str, Any]]:
+    """The Events on VirtualServer web (reason, reporting instance, message)."""
+    selector = "involvedObject.kind=VirtualServer,involvedObject.name=web"
+    out = s.kubectl("get", "events", "-n", APP_NS, "-o", "json", "--field-selector", selector)
+    return [{"name": e["metadata"]["name"], "reason": e.get("reason"),
+             "by": e.get("reportingInstance"), "message": e.get("message")}
+            for e in json.loads(out).get("items", [])]  # fmt: skip
+
+
+def _wait_event(
+    s: System, reason: str, message_part: str, seen: set[str], timeout: float = 20
+) -> dict[str, Any] | None:
+    """A new Event (not in ``seen``: names of those before) with ``reason`` and a message
+    containing ``message_part``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in _events(s):
+            if (e["name"] not in seen and e["reason"] == reason
+                    and message_part in (e["message"] or "")):  # fmt: skip
+                return e
+        time.sleep(0.5)
+    return None
+
+
 def test_4_planned_handover_loses_no_request(system: System) -> None:
     """SIGTERM to the active agent: it moves the VIP to lo (still serving, no longer answering
     ARP) and releases the Lease with a handover note; the standby installs a relay for the old
@@ -361,6 +385,7 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
     for n in range(HANDOVERS):
         old = s.leader_ns()
         new = OTHER[old]
+        events_before = {e["name"] for e in _events(s)}
         loop, out = s.start_loop(f"handover-{n}", interval=0.05, timeout=HANDOVER_TIMEOUT)
         proc = s.agents.pop(old)
         at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGTERM))
@@ -406,6 +431,11 @@ def test_4_planned_handover_loses_no_request(system: System) -> None:
         assert not s.call("holds_anywhere", ns=old), "the old director kept the VIP on lo"
         assert s.wait_agents_ready([old], timeout=180), s.logs()
         assert s.call("holders") == [new]
+        # the new director says so on the VirtualServer (an Event, through the real API
+        # server with the director's RBAC), naming its node
+        node = DIRECTORS[new][0]
+        said = _wait_event(s, "VIPTakenOver", f"director {node} ", events_before)
+        assert said is not None, (_events(s), s.logs())
         times.append(stats["to_new_director"])
         moves.append(moved)
         lost.append(len(in_window))

@@ -41,6 +41,8 @@ class KubeClient(Protocol):
 
     async def get(self, *args: Any, **kwargs: Any) -> Any: ...
 
+    async def create(self, *args: Any, **kwargs: Any) -> Any: ...  # the agent's Events
+
     async def close(self) -> None: ...
 
 

@@ -7,11 +7,23 @@ status with the same outcome is a no-op (and costs no write: the caller compares
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from lvs_operator.api.common import Condition
+from lvs_operator.api.events import (
+    CONTROLLER,
+    NORMAL,
+    WARNING,
+    EventSpec,
+    ObjectRef,
+    build_event,
+    timestamp,
+)
+
+# Events live in api/events.py (the director agents post them too); re-exported here
+__all__ = ["NORMAL", "WARNING", "EventSpec", "ObjectRef", "build_event", "timestamp"]
 
 READY = "Ready"
 PROGRAMMED = "Programmed"
@@ -20,14 +32,7 @@ DEGRADED = "Degraded"
 TRUE = "True"
 FALSE = "False"
 
-NORMAL = "Normal"
-WARNING = "Warning"
-COMPONENT = "lvs-operator"
-
-
-def timestamp(now: datetime) -> str:
-    """RFC 3339 in UTC, second precision, as Kubernetes writes it."""
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+COMPONENT = CONTROLLER
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
@@ -76,57 +81,3 @@ def conditions_from(status: Mapping[str, Any] | None) -> tuple[Condition, ...]:
 def changed(before: Condition | None, after: Condition) -> bool:
     """Whether a condition changed in a way worth an Event (status or reason)."""
     return before is None or (before.status, before.reason) != (after.status, after.reason)
-
-
-# --- Events ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    uid: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """One Kubernetes Event to post about an object."""
-
-    ref: ObjectRef
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-def build_event(spec: EventSpec, now: datetime) -> dict[str, Any]:
-    """A core/v1 Event (what ``kubectl describe`` shows), named by the server."""
-    ts = timestamp(now)
-    ref: dict[str, Any] = {
-        "apiVersion": spec.ref.api_version,
-        "kind": spec.ref.kind,
-        "namespace": spec.ref.namespace,
-        "name": spec.ref.name,
-    }
-    if spec.ref.uid:
-        ref["uid"] = spec.ref.uid
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{spec.ref.name}.", "namespace": spec.ref.namespace},
-        "involvedObject": ref,
-        "type": spec.type,
-        "reason": spec.reason,
-        "message": spec.message[:1024],
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": COMPONENT,
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-    }

@@ -50,6 +50,7 @@ from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
+from .events import AgentEvents, EventPoster, vip_events
 from .handover import HandoverKernel, HandoverNode, PlannedHandover
 from .health import HealthChecker
 from .heartbeat import Heartbeat
@@ -95,6 +96,7 @@ class Agent:
         early_renewal: EarlyRenewal | None = None,
         daemons: DaemonKernel | None = None,
         traffic: Callable[[], StatsReader] | None = None,
+        events: EventPoster | None = None,
     ) -> None:
         self.cfg = cfg
         # the process's first-step renewal (main.py), until this agent's own takes over
@@ -116,6 +118,7 @@ class Agent:
         )  # fmt: skip
         self.metrics.authority.set_function(self.elector.authority_left)
         self.metrics.watch_lease(self._lease_seen)
+        self.events = AgentEvents(events, cfg.node_name)
         self.vips = VipOwner(vips, self.vip_lane, self.metrics, on_placed=self._placed)
         self.watches = Watches(
             self.dirty.set, lambda vip: self.vips.own([vip]), cfg.group, cfg.vip_ranges
@@ -371,6 +374,9 @@ class Agent:
         else:
             log.info("standby: dropping the VIPs", extra={"lease": self.cfg.lease_ref})
             await self.vips.drop_held()  # then a reconcile catches anything else
+        for spec in vip_events(self.cfg.node_name, self.cfg.group, leader,
+                               self.watches.virtual_servers, self.vips.owned):  # fmt: skip
+            self.events.emit(spec)  # queued: posted off the takeover's path
         self.vips.background(self.reconcile_vips())
         self._sync_daemons_soon()  # the master follows the leadership
 
@@ -484,6 +490,7 @@ class Agent:
             await asyncio.to_thread(lifetimes.join, 5.0)
         if self.traffic is not None:
             await asyncio.to_thread(self.traffic.stop)
+        await self.events.close()
         await self.health.close()
         await self.heartbeat.close()
         for server in servers:

@@ -234,6 +234,18 @@ def kube_client(cfg: AgentConfig) -> KubeClient:
     return client
 
 
+class KubeEventPoster:
+    """Events through the agent's API client (lightkube's ``create``)."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
+
+    async def post(self, event: dict[str, Any]) -> None:
+        from lightkube.resources.core_v1 import Event
+
+        await self.client.create(Event.from_dict(event))
+
+
 def warm_up() -> None:
     """Import and exercise the API models before the event loop runs: the first decode of a
     type builds its decoder (seconds under emulation), which would otherwise stall the first
@@ -403,9 +415,11 @@ def run(argv: list[str]) -> int:
     freeze_startup()
 
     async def main() -> int:
+        client = kube_client(cfg)
         agent = Agent(
-            cfg, kube_client(cfg), kernel, vips, netlink=netlink, vip_lane=vip_lane,
+            cfg, client, kernel, vips, netlink=netlink, vip_lane=vip_lane,
             peer_key=peer_key, early_renewal=early, daemons=kernel, traffic=_open_stats,
+            events=KubeEventPoster(client),
         )  # fmt: skip
         return await agent.run()
 

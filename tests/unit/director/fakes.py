@@ -6,12 +6,15 @@ Each implements its ``typing.Protocol``; mypy checks that (``conforming`` below,
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import Any
 
+from lvs_operator.director.events import EventPoster
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
 from lvs_operator.director.kernel.ipvs import ServiceStats
@@ -150,9 +153,10 @@ class FakeHandoverKernel:
         return had
 
 
-def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel, StatsReader]:
+def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel, StatsReader, EventPoster]:
     """Never called: mypy rejects it if a fake no longer implements its Protocol."""
-    return FakeKernel(), FakeVips(), FakeHandoverKernel(), FakeDaemonKernel(), FakeStatsReader()
+    return (FakeKernel(), FakeVips(), FakeHandoverKernel(), FakeDaemonKernel(),
+            FakeStatsReader(), FakeEventPoster())  # fmt: skip
 
 
 class FakeDaemonKernel:
@@ -196,3 +200,20 @@ class FakeStatsReader:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeEventPoster:
+    """Collects the Events the agent posts (events.EventPoster); ``error``: raised instead;
+    ``delay``: seconds each post takes."""
+
+    def __init__(self) -> None:
+        self.posted: list[dict[str, Any]] = []
+        self.error: Exception | None = None
+        self.delay = 0.0
+
+    async def post(self, event: dict[str, Any]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        self.posted.append(event)

@@ -30,6 +30,7 @@ from lvs_operator.director.table import (
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
 from tests.unit.director.fakes import (
     FakeDaemonKernel,
+    FakeEventPoster,
     FakeHandoverKernel,
     FakeKernel,
     FakeStatsReader,
@@ -67,6 +68,7 @@ def make(
     handover: FakeHandoverKernel | None = None,
     daemons: FakeDaemonKernel | None = None,
     traffic: FakeStatsReader | None = None,
+    events: FakeEventPoster | None = None,
     **cfg_kw: Any,
 ) -> Agent:
     # The agent runs on the real clock here: generous Lease timings, so a loaded machine (a
@@ -80,7 +82,8 @@ def make(
     agent = Agent(cfg, client=None, kernel=kernel or FakeKernel(), vips=vips or FakeVips(),
                   lease_api=FakeLeaseApi(store or FakeLeaseStore()),
                   handover_node=handover or FakeHandoverKernel(), daemons=daemons,
-                  traffic=None if traffic is None else lambda: traffic)  # fmt: skip
+                  traffic=None if traffic is None else lambda: traffic,
+                  events=events)  # fmt: skip
     agent.watches.reset_next_vs([])  # the list of VirtualServers moving in: none
     return agent
 
@@ -360,6 +363,25 @@ async def test_traffic_metrics_cover_the_groups_services_once_converged() -> Non
             'vip="10.10.0.100"} 4.0') in text  # fmt: skip
     assert 'destination="10.20.0.21:8080"' in text
     assert make("node-b", traffic=reader, traffic_interval=0).traffic is None  # off
+
+
+async def test_a_takeover_and_a_release_post_events_on_the_virtual_server() -> None:
+    store = FakeLeaseStore()
+    poster = FakeEventPoster()
+    agent = make("node-a", store, events=poster)
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.startup()
+    await agent.converge()
+    await agent.reconcile_vips()
+    if not agent.elector.is_leader:
+        await agent.elector.tick()
+    assert agent.elector.is_leader
+    await agent.elector.release()
+    await agent.events.close()
+    reasons = [(e["involvedObject"]["name"], e["reason"]) for e in poster.posted]
+    assert reasons == [("web", "VIPTakenOver"), ("web", "VIPReleased")], poster.posted
+    assert "director node-a (group g1) now holds VIP 10.10.0.100" in poster.posted[0]["message"]
 
 
 async def test_metrics_show_the_process_the_last_converge_and_the_lease() -> None:
