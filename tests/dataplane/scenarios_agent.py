@@ -14,6 +14,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,6 +160,11 @@ def vip_entries(ns: str, vip: str) -> list[dict[str, Any]]:
 
 def ipvs(ns: str) -> str:
     return t.nsexec(ns, "ipvsadm", "-Ln", check=False)
+
+
+def ipvs_connections(ns: str) -> str:
+    """The connection table (``ipvsadm -Lnc``), persistence templates included."""
+    return t.nsexec(ns, "ipvsadm", "-Lnc", check=False)
 
 
 def wait_ipvs(ns: str, needle: str, present: bool = True, within: float = 30) -> bool:
@@ -339,13 +345,14 @@ def wait_synced(ns: str, vip: str, port: int, count: int, within: float = 30) ->
 
 
 def wait_template(ns: str, vip: str, port: int, within: float = 30) -> str | None:
-    """Until director ``ns``'s IPVS lists a persistence template for vip:port (client port
-    0, state NONE): the line, or None."""
+    """Until director ``ns``'s IPVS lists a persistence template for vip:port: the entry
+    whose client port is 0 (its state reads ASSURED on the VM's 6.1 kernel, NONE on older
+    ones): the line, or None."""
     t0 = now()
-    needle = f" {vip}:{port} "
+    template = re.compile(rf"\s\S+:0\s+{re.escape(vip)}:{port}\s")
     while now() - t0 < within:
         for line in t.nsexec(ns, "ipvsadm", "-Lnc", check=False).splitlines():
-            if "NONE" in line and needle in line and ":0 " in line:
+            if template.search(line):
                 return line.strip()
         time.sleep(0.2)
     return None

@@ -309,7 +309,11 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
     # the sticky client's persistence template is on the standby too
     template = lab.call("wait_template", ns=new, vip=VIP_STICKY, port=80, within=30)
-    assert template is not None, lab.call("ipvs", ns=new)
+    assert template is not None, {  # the sticky VIP's entries on both directors
+        ns: [line for line in lab.call("ipvs_connections", ns=ns).splitlines()
+             if f" {VIP_STICKY}:" in line]
+        for ns in (new, old)
+    }  # fmt: skip
     time.sleep(1)
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=vip, new=new,
