@@ -66,10 +66,17 @@ async def list_then_watch(
     backoff: Backoff = Backoff(),
     server_timeout: int | None = None,
     hint: str = "",
+    on_restart: Callable[[str], None] | None = None,
 ) -> None:
     """Run until cancelled. ``namespace``: one namespace, or lightkube's ``ALL_NS``;
-    ``hint``: what to do about a 403, for the warning."""
+    ``hint``: what to do about a 403, for the warning; ``on_restart(reason)`` is told of
+    each relist after the first: ``expired`` (410), ``failed`` or ``ended`` (the watch
+    stream ended)."""
     from lightkube import ApiError
+
+    def restarted(reason: str) -> None:
+        if on_restart is not None:
+            on_restart(reason)
 
     selector = dict(labels or {}) or None
     delay = backoff.first
@@ -87,18 +94,22 @@ async def list_then_watch(
                 **extra,
             ):
                 apply(kind, obj.to_dict())
+            restarted("ended")
         except asyncio.CancelledError:
             raise
         except ApiError as exc:
             if exc.status.code == 410:  # the watch fell too far behind: list again now
                 log.info("watch of %s expired, relisting", what)
+                restarted("expired")
                 continue
             advice = f"; {hint}" if hint and exc.status.code == 403 else ""
             log.warning("list/watch of %s failed (%s), relisting in %.1f s%s", what,
                         exc.status.message, delay, advice)  # fmt: skip
+            restarted("failed")
         except Exception as exc:
             log.warning("list/watch of %s failed (%s), relisting in %.1f s", what,
                         str(exc) or type(exc).__name__, delay)  # fmt: skip
+            restarted("failed")
         await asyncio.sleep(delay)
         delay = min(delay * 2, backoff.most)
 
@@ -116,6 +127,7 @@ class Informer:
         on_change: Callable[[], None],
         labels: Mapping[str, str] | None = None,
         hint: str = "",
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -123,6 +135,7 @@ class Informer:
         self.labels: dict[str, str] = dict(labels or {})
         self.on_change = on_change
         self.hint = hint
+        self.on_restart = on_restart
         self.store: dict[str, Raw] = {}
         self.synced = asyncio.Event()
         self.kind = getattr(resource, "__name__", str(resource))
@@ -151,4 +164,5 @@ class Informer:
             what=f"{self.kind} in namespace {self.namespace}",
             backoff=Backoff(first=1.0, most=30.0),
             hint=self.hint,
+            on_restart=self.on_restart,
         )

@@ -18,12 +18,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from lvs_operator import logs
 from lvs_operator.api import contract
 from lvs_operator.api.network import is_label_key, is_label_value, parse_ranges
 
 from .config import (
+    DEFAULT_CONTROLLER_METRICS_PORT,
     DEFAULT_DIRECTOR_IMAGE,
     DEFAULT_DIRECTOR_RESOURCES,
     DEFAULT_DIRECTOR_SERVICE_ACCOUNT,
@@ -38,6 +40,7 @@ from .config import (
 log = logging.getLogger("lvs_operator.controller")
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
 
 
 def _env(name: str, default: str = "") -> str:
@@ -145,6 +148,14 @@ def parser() -> argparse.ArgumentParser:
         default=_env_float(contract.ENV_RETRY_PERIOD_SECONDS),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
+    metrics_port = _env_int(ENV_METRICS_PORT)  # 0 is a value here: off
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_CONTROLLER_METRICS_PORT if metrics_port is None else metrics_port,
+        help=f"the controller's own /metrics port (env {ENV_METRICS_PORT}; default "
+        "%(default)s; 0: off)",
+    )
     p.add_argument(
         "--liveness",
         default=_env("LVS_CONTROLLER_LIVENESS", DEFAULT_LIVENESS),
@@ -193,6 +204,12 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     ):
         if not 1 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a port number 1-65535")
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port: {args.metrics_port} is not a port number 0-65535")
+    if args.metrics_port and args.metrics_port == _liveness_port(args.liveness):
+        raise ConfigError(
+            f"--metrics-port and --liveness must use different ports (both {args.metrics_port})"
+        )
     if args.director_health_port == args.director_metrics_port:
         raise ConfigError(
             "--director-health-port and --director-metrics-port must differ: the agents serve "
@@ -220,12 +237,23 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         health_port=args.director_health_port,
         metrics_port=args.director_metrics_port,
         peer_port=args.director_peer_port,
+        controller_metrics_port=args.metrics_port,
         timings=DirectorTimings(
             lease_duration_seconds=args.lease_duration_seconds,
             renew_deadline_seconds=args.renew_deadline_seconds,
             retry_period_seconds=args.retry_period_seconds,
         ),
     )
+
+
+def _liveness_port(url: str) -> int | None:
+    """The port of kopf's liveness endpoint URL (None: off or not an http URL with one)."""
+    if url in ("", "none"):
+        return None
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 # kopf is chatty at INFO about every watch stream, the HTTP clients about every request.
@@ -302,6 +330,7 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
     from lightkube import AsyncClient, KubeConfig
 
     from .manifests import FIELD_MANAGER
+    from .metrics import ControllerMetrics
     from .reconciler import Reconciler
 
     kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
@@ -311,7 +340,17 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
         log.error("%s", problem)
         await client.close()
         return 1
-    reconciler = Reconciler(config, client)
+    metrics = ControllerMetrics()
+    metrics_server = None
+    if config.controller_metrics_port:
+        try:
+            metrics_server = await metrics.serve(config.controller_metrics_port)
+        except OSError as exc:
+            log.error("cannot serve /metrics on port %d (--metrics-port): %s",
+                      config.controller_metrics_port, exc)  # fmt: skip
+            await client.close()
+            return 1
+    reconciler = Reconciler(config, client, metrics=metrics)
     registry = build_registry(reconciler, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -346,6 +385,8 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
             pass
         except Exception:
             log.exception("%s failed", t.get_name())
+    if metrics_server is not None:
+        metrics_server.close()
     await client.close()
     log.info("stopped")
     for t in done:

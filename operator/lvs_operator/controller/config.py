@@ -15,6 +15,8 @@ from lvs_operator.api.contract import (
 )
 from lvs_operator.api.network import IPNetwork
 
+from .metrics import DEFAULT_PORT as DEFAULT_CONTROLLER_METRICS_PORT
+
 DEFAULT_NAMESPACE = "lvs-system"
 DEFAULT_DIRECTOR_IMAGE = f"lvs-operator:{__version__}"
 DEFAULT_DIRECTOR_SERVICE_ACCOUNT = "lvs-director"
@@ -51,6 +53,8 @@ class ControllerConfig:
     metrics_port: int = DEFAULT_METRICS_PORT
     peer_port: int = DEFAULT_PEER_PORT  # UDP heartbeat between the agents
     timings: DirectorTimings = field(default_factory=DirectorTimings)
+    # the controller's own /metrics (--metrics-port; 0: off); the ports above are the agents'
+    controller_metrics_port: int = DEFAULT_CONTROLLER_METRICS_PORT
     # every director DaemonSet also requires this node label (--director-node-label): a
     # VirtualServer's nodeSelector can narrow the director nodes, never leave them
     director_node_pin: Mapping[str, str] = field(

@@ -16,7 +16,8 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -66,6 +67,20 @@ from .manifests import (
     carries,
     service_name,
     service_ports,
+)
+from .metrics import (
+    EVENT_FAILED,
+    EVENT_POSTED,
+    PASS_ERROR,
+    PASS_FAILED_WRITES,
+    PASS_OK,
+    WRITE_EXISTS,
+    WRITE_FAILED,
+    WRITE_NOT_FOUND,
+    WRITE_OK,
+    WRITE_REFUSED,
+    ControllerMetrics,
+    ObjectCondition,
 )
 from .pools import (
     PodInfo,
@@ -147,6 +162,9 @@ class Plan:
     pool_namespaces: set[str] = field(default_factory=set)
     wanted_services: set[Key] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    # every VirtualServer's and pool's conditions, counted (lvs_controller_objects)
+    conditions: Counter[ObjectCondition] = field(default_factory=Counter)
+    groups: tuple[str, ...] = ()  # the director groups whose DaemonSet stays or comes
 
     @property
     def writes(self) -> int:
@@ -166,6 +184,11 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _rv(obj: Mapping[str, Any]) -> str:
     return str(_meta(obj).get("resourceVersion") or "")
+
+
+def _count_conditions(out: Counter[ObjectCondition], kind: str, status: Mapping[str, Any]) -> None:
+    for cond in status.get("conditions") or []:
+        out[ObjectCondition(kind, cond["type"], cond["status"], cond.get("reason") or "")] += 1
 
 
 def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
@@ -221,6 +244,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
         outcomes[key] = outcome
         status = pool_status(outcome, generation, previous, now)
+        _count_conditions(out.conditions, rsp.KIND, status)
         if status != {k: v for k, v in (previous or {}).items() if k in POOL_STATUS_FIELDS}:
             out.pool_statuses.append((key, status))
             if pool is not None:
@@ -230,6 +254,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     groups = desired_groups(decisions.values())
     out.daemonsets = plan_daemonsets(groups, world.daemonsets, config, leases, now)
     out.peer_secrets = tuple(sorted(g for g, selector in groups.items() if selector is not None))
+    out.groups = tuple(sorted(groups))
     views = group_views(groups, leases, world.director_pods, now)
     out.wake_at = next_lease_expiry(leases.values(), now)
 
@@ -245,6 +270,7 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
         view = views.get(d.group) if d.group else None
         next_view = views.get(d.next_group) if d.next_group else None
         status = vs_status(d, pool_outcome, view, config.namespace, previous, now, next_view)
+        _count_conditions(out.conditions, vsm.KIND, status)
         if status != owned_status(previous):
             out.vs_statuses.append((key, status))
             out.events.extend(vs_events(vs_ref(d), previous, status))
@@ -291,11 +317,16 @@ class Reconciler:
     )
 
     def __init__(
-        self, config: ControllerConfig, client: AsyncClient, debounce: float = 0.05
+        self,
+        config: ControllerConfig,
+        client: AsyncClient,
+        debounce: float = 0.05,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.debounce = debounce
+        self.metrics = metrics or ControllerMetrics()
         self.indices: Mapping[str, Any] | None = None
         self.indexed = asyncio.Event()  # kopf called a handler: its indexes are populated
         self._wake = asyncio.Event()
@@ -312,10 +343,14 @@ class Reconciler:
         self.writes = 0
         owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
         rbac = "grant the controller list/watch on them in its namespace (the chart's Role)"
-        self.leases = Informer(client, Lease, config.namespace, self.wake, hint=rbac)
+        self.leases = Informer(
+            client, Lease, config.namespace, self.wake, hint=rbac,
+            on_restart=lambda reason: self.metrics.watch_restarted("Lease", reason),
+        )  # fmt: skip
         self.daemonsets = Informer(
-            client, DaemonSet, config.namespace, self.wake, labels=owned, hint=rbac
-        )
+            client, DaemonSet, config.namespace, self.wake, labels=owned, hint=rbac,
+            on_restart=lambda reason: self.metrics.watch_restarted("DaemonSet", reason),
+        )  # fmt: skip
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -456,6 +491,18 @@ class Reconciler:
 
     async def reconcile_once(self) -> tuple[int, datetime | None]:
         """One pass: plan, then write. Returns (failed writes, when to look again)."""
+        t0 = time.monotonic()
+        try:
+            failed, wake_at = await self._pass()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.pass_done(time.monotonic() - t0, PASS_ERROR)
+            raise
+        self.metrics.pass_done(time.monotonic() - t0, PASS_FAILED_WRITES if failed else PASS_OK)
+        return failed, wake_at
+
+    async def _pass(self) -> tuple[int, datetime | None]:
         now = utcnow()
         p = plan(self.snapshot(), self.config, now)
         self._pool_namespaces = p.pool_namespaces
@@ -466,46 +513,72 @@ class Reconciler:
                 log.warning("%s", w)
         failed = 0
         rejections = dict(self._service_rejections)
-        failed += await self._each(p.services, self._apply_service, missing_ok=False)
+        failed += await self._each(
+            p.services, self._apply_service, "Service", "apply", missing_ok=False
+        )
         if self._service_rejections != rejections:
             # A Service was refused (or accepted again): plan again, so that the pool's
             # status written below says so.
             p = plan(self.snapshot(), self.config, now)
         for gone in set(self._service_rejections) - p.wanted_services:
             del self._service_rejections[gone]
-        failed += await self._each(p.pool_statuses, self._apply_pool_status)
+        self.metrics.set_objects(p.conditions)
+        self.metrics.set_director_groups(p.groups)
+        failed += await self._each(
+            p.pool_statuses, self._apply_pool_status, "RealServerPool/status", "apply"
+        )
         for group in p.daemonsets.create_groups:  # a new DaemonSet: ask again
             self._peer_secrets.pop(daemonset_name(group), None)
         for ds in p.daemonsets.apply:
-            if await self._each([ds], self._apply_daemonset, missing_ok=False):
+            if await self._each(
+                [ds], self._apply_daemonset, "DaemonSet", "apply", missing_ok=False
+            ):
                 failed += 1
                 continue
             for ev in p.daemonset_events.get(ds["metadata"]["name"], []):
                 await self._post_event(ev, now)
         secrets = self._peer_secrets_due(p)
-        failed += await self._each(secrets, self._create_peer_secret, missing_ok=False)
+        failed += await self._each(
+            secrets, self._create_peer_secret, "Secret", "create", missing_ok=False
+        )
         # the status first: it is what authorises the agents (watches.refusal), so when a VIP
         # moves to another group both groups' agents learn it from it before their label
         # watches see the object leave or arrive
-        failed += await self._each(p.vs_statuses, self._apply_vs_status)
-        failed += await self._each(p.labels, self._label)
+        failed += await self._each(
+            p.vs_statuses, self._apply_vs_status, "VirtualServer/status", "apply"
+        )
+        failed += await self._each(p.labels, self._label, "VirtualServer", "patch")
         if self.indexed.is_set():  # destructive: only with complete indexes
-            failed += await self._each(list(p.daemonsets.delete), self._delete_daemonset)
+            failed += await self._each(
+                list(p.daemonsets.delete), self._delete_daemonset, "DaemonSet", "delete"
+            )
         for ev in p.events:
             await self._post_event(ev, now)
         return failed, p.wake_at
 
-    async def _each(self, items: list[Any], fn: Any, missing_ok: bool = True) -> int:
-        """Run one writer per item; returns how many failed (they are retried)."""
+    async def _each(
+        self,
+        items: list[Any],
+        fn: Callable[[Any], Awaitable[str | None]],
+        kind: str,
+        verb: str,
+        missing_ok: bool = True,
+    ) -> int:
+        """Run one writer per item (it may return its outcome, else ``WRITE_OK``); returns
+        how many failed (they are retried). Each write is counted by ``kind``, ``verb`` and
+        outcome."""
         failed = 0
         for item in items:
             try:
-                await fn(item)
+                outcome = await fn(item) or WRITE_OK
                 self.writes += 1
+                self.metrics.wrote(kind, verb, outcome)
             except ApiError as exc:
                 if exc.status.code == 404 and missing_ok:
+                    self.metrics.wrote(kind, verb, WRITE_NOT_FOUND)
                     continue  # the object went meanwhile: its deletion event comes next
                 failed += 1
+                self.metrics.wrote(kind, verb, WRITE_FAILED)
                 hint = ""
                 if exc.status.code == 404:
                     hint = " (does its namespace exist? the operator's is --namespace)"
@@ -528,7 +601,7 @@ class Reconciler:
             force=True,
         )
 
-    async def _apply_service(self, body: dict[str, Any]) -> None:
+    async def _apply_service(self, body: dict[str, Any]) -> str | None:
         """Apply a pool's Service. One the API server refuses as invalid (422: a selector
         it does not accept) is not retried while the pool asks for the same: it is logged
         once and reported on the pool (reason ServiceRejected)."""
@@ -550,10 +623,11 @@ class Reconciler:
                     message,
                 )
             self._service_rejections[key] = rejection
-            return
+            return WRITE_REFUSED
         self._service_rejections.pop(key, None)
         self._remember("service", key, self._world.services.get(key), returned)
         log.info("write: applied Service %s/%s", *key)
+        return None
 
     @staticmethod
     def _pool_of_service(body: Mapping[str, Any]) -> str:
@@ -584,7 +658,7 @@ class Reconciler:
                 due.append((group, uid, group in p.daemonsets.create_groups))
         return due
 
-    async def _create_peer_secret(self, item: tuple[str, str, bool]) -> None:
+    async def _create_peer_secret(self, item: tuple[str, str, bool]) -> str | None:
         """Create the group's heartbeat key unless it exists (never read, never rewritten:
         the agents read it at start, and the controller needs no right to read Secrets)."""
         group, uid, new = item
@@ -599,7 +673,7 @@ class Reconciler:
             # one, about to be garbage-collected; the next pass asks again
             if not new:
                 self._peer_secrets[daemonset_name(group)] = time.monotonic()
-            return
+            return WRITE_EXISTS
         self._peer_secrets[daemonset_name(group)] = time.monotonic()
         log.info(
             "write: created Secret %s/%s: the heartbeat key of director group %s",
@@ -607,6 +681,7 @@ class Reconciler:
             name,
             group,
         )
+        return None
 
     async def _delete_daemonset(self, name: str) -> None:
         self._peer_secrets.pop(name, None)
@@ -661,6 +736,9 @@ class Reconciler:
         try:
             await self.client.create(cast(Event, Event.from_dict(build_event(spec, now))))
         except ApiError as exc:
+            self.metrics.wrote("Event", "create", EVENT_FAILED)
             log.warning(
                 "could not post Event %s on %s: %s", spec.reason, spec.ref.key, exc.status.message
             )
+            return
+        self.metrics.wrote("Event", "create", EVENT_POSTED)

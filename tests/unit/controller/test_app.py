@@ -145,3 +145,37 @@ def test_director_node_label(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("nolabel", "bad key=x", "k=bad value"):
         with pytest.raises(app.ConfigError, match="--director-node-label"):
             config(f"--director-node-label={bad}")
+
+
+def test_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's own /metrics: a port none of the agents' defaults use; 0 turns it off."""
+    from lvs_operator.api import contract
+
+    monkeypatch.delenv(app.ENV_METRICS_PORT, raising=False)
+    default = config().controller_metrics_port
+    assert default > 0
+    agents = (contract.DEFAULT_HEALTH_PORT, contract.DEFAULT_METRICS_PORT)
+    assert default not in (*agents, contract.DEFAULT_PEER_PORT)
+    assert config("--metrics-port=0").controller_metrics_port == 0
+    assert config("--metrics-port=19640").controller_metrics_port == 19640
+    monkeypatch.setenv(app.ENV_METRICS_PORT, "0")
+    assert config().controller_metrics_port == 0
+    monkeypatch.setenv(app.ENV_METRICS_PORT, "9650")
+    assert config().controller_metrics_port == 9650
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--metrics-port=70000"], "not a port number 0-65535"),
+        (["--metrics-port=8080"], "--metrics-port and --liveness"),
+        (["--metrics-port=9000", "--liveness=http://0.0.0.0:9000/healthz"], "different ports"),
+    ],
+)
+def test_bad_metrics_port_says_why(argv: list[str], message: str) -> None:
+    with pytest.raises(app.ConfigError, match=message):
+        config(*argv)
+
+
+def test_metrics_port_may_equal_liveness_port_when_liveness_is_off() -> None:
+    assert config("--metrics-port=8080", "--liveness=none").controller_metrics_port == 8080
