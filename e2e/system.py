@@ -404,6 +404,7 @@ class System:
                 else []
             ),
             "--liveness=none",
+            "--metrics-port=0",  # the host's 9640 may be taken
             "--log-level=info",
         ]
         self.controller = ControllerProcess(argv, self.workdir / "controller.log")

@@ -45,6 +45,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "director.timings.retryPeriodSeconds (%v) must be less than director.timings.renewDeadlineSeconds (%v): a director must retry renewing before its deadline" $t.retryPeriodSeconds $t.renewDeadlineSeconds) -}}
 {{- end -}}
 {{- end -}}
+{{- if eq (int .Values.controller.healthPort) (int .Values.controller.metricsPort) -}}
+{{- fail (printf "controller.healthPort and controller.metricsPort must differ (both are %v): the controller serves both" .Values.controller.healthPort) -}}
+{{- end -}}
 {{- if eq (int .Values.director.healthPort) (int .Values.director.metricsPort) -}}
 {{- fail (printf "director.healthPort and director.metricsPort must differ (both are %v): the agents serve both on the node's network" .Values.director.healthPort) -}}
 {{- end -}}

@@ -145,6 +145,7 @@ class ControllerProcess(helpers.ControllerProcess):
                 f"--director-image={DIRECTOR_IMAGE}",
                 "--lease-duration-seconds=6",
                 "--liveness=none",
+                "--metrics-port=0",  # several runs may share this machine
                 "--log-level=info",
             ],
             log_path,

@@ -280,8 +280,10 @@ class HostController:
         env = {e.name: e.value for e in c.env or [] if e.value is not None}
         env["POD_NAMESPACE"] = OPERATOR_NS
         args = [a.replace("$(POD_NAMESPACE)", OPERATOR_NS) for a in c.args]
-        # The pod's health port would collide with anything on this machine's 8080.
-        args = [a for a in args if not a.startswith("--liveness")] + ["--liveness=none"]
+        # The pod's health and metrics ports would collide with anything on this machine's
+        # 8080 and 9640.
+        args = [a for a in args if not a.startswith(("--liveness", "--metrics-port"))]
+        args += ["--liveness=none", "--metrics-port=0"]
         return args, env, pod.serviceAccountName
 
     def start(self) -> None:

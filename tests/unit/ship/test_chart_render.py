@@ -107,7 +107,7 @@ def test_values_reach_the_controller(helm: str) -> None:
 def test_probes_use_the_liveness_endpoint(helm: str) -> None:
     c = container(template(helm, ["controller.healthPort=18080"]))
     assert "--liveness=http://0.0.0.0:18080/healthz" in c["args"]
-    assert c["ports"] == [{"name": "health", "containerPort": 18080, "protocol": "TCP"}]
+    assert c["ports"][0] == {"name": "health", "containerPort": 18080, "protocol": "TCP"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
@@ -116,16 +116,50 @@ def test_director_image_can_differ(helm: str) -> None:
     assert "--director-image=other/agent:0.1.0" in c["args"]
 
 
-def test_metrics_service_and_monitor(helm: str) -> None:
-    kinds = {d["kind"] for d in template(helm, ["metrics.serviceMonitor.enabled=true"])}
-    assert {"Service", "ServiceMonitor"} <= kinds
+def named(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_metrics_services_and_monitors(helm: str) -> None:
+    docs = template(helm, ["metrics.serviceMonitor.enabled=true"])
+    services, monitors = named(docs, "Service"), named(docs, "ServiceMonitor")
+    assert set(services) == {"lvs-director-metrics", "lvs-operator-metrics"}
+    assert set(monitors) == {"lvs-director", "lvs-operator"}
+    for monitor in monitors.values():  # each selects one of the Services, by its port's name
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        (svc,) = [s for s in services.values() if wanted <= s["metadata"]["labels"].items()]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
     kinds = {d["kind"] for d in template(helm, ["metrics.enabled=false"])}
     assert "Service" not in kinds and "ServiceMonitor" not in kinds
+    assert "ServiceMonitor" not in {d["kind"] for d in template(helm)}  # off by default
+
+
+def test_controller_metrics_port_reaches_the_controller_and_its_service(helm: str) -> None:
+    docs = template(helm, ["controller.metricsPort=19640", "metrics.serviceMonitor.enabled=true"])
+    config, _ = parse_controller_args(container(docs), "lvs-system")
+    assert config.controller_metrics_port == 19640
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert ports["metrics"] == 19640
+    svc = named(docs, "Service")["lvs-operator-metrics"]
+    pod_labels = controller(docs)["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = svc["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (19640, "metrics")
+
+
+def test_controller_metrics_can_be_turned_off(helm: str) -> None:
+    docs = template(helm, ["controller.metricsPort=0", "metrics.serviceMonitor.enabled=true"])
+    config, _ = parse_controller_args(container(docs), "lvs-system")
+    assert config.controller_metrics_port == 0
+    assert "metrics" not in {p["name"] for p in container(docs)["ports"]}
+    assert set(named(docs, "Service")) == {"lvs-director-metrics"}
+    assert set(named(docs, "ServiceMonitor")) == {"lvs-director"}
 
 
 def test_metrics_service_selects_the_agents_the_controller_creates(helm: str) -> None:
     manifests = pytest.importorskip("lvs_operator.controller.manifests")
-    (svc,) = [d for d in template(helm) if d["kind"] == "Service"]
+    svc = named(template(helm), "Service")["lvs-director-metrics"]
     pod_labels = manifests.director_labels("g0123456789")
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (port,) = svc["spec"]["ports"]

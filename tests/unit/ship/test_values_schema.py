@@ -42,6 +42,12 @@ SCHEMA_REJECTS: list[tuple[str, tuple[str | int, ...], Any, str]] = [
     ("controller.replicas=2", ("controller", "replicas"), 2, "replicas"),
     ("metrics.enabled=maybe", ("metrics", "enabled"), "maybe", "/metrics/enabled"),
     (
+        "controller.metricsPort=-1",
+        ("controller", "metricsPort"),
+        -1,
+        "/controller/metricsPort",
+    ),
+    (
         "metrics.serviceMonitor.interval=often",
         ("metrics", "serviceMonitor", "interval"),
         "often",
@@ -63,6 +69,10 @@ TEMPLATE_REJECTS: list[tuple[list[str], str]] = [
         "director.timings.retryPeriodSeconds (5) must be less than",
     ),
     (["director.metricsPort=9641"], "director.healthPort and director.metricsPort must differ"),
+    (
+        ["controller.metricsPort=8080"],
+        "controller.healthPort and controller.metricsPort must differ",
+    ),
     (
         ["director.serviceAccount.name=lvs-operator"],
         "serviceAccount.name and director.serviceAccount.name must differ",
