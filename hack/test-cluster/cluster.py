@@ -157,15 +157,42 @@ def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
 
 
-def apt_install(*pkgs: str) -> None:
+def apt_install(*pkgs: str, recommends: bool = True) -> None:
     if os.geteuid() != 0 or not have("apt-get"):
         raise Fail(
             f"missing {' '.join(pkgs)}; install it (Debian: apt-get install -y {' '.join(pkgs)})"
         )
     say(f"installing {' '.join(pkgs)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    extra = [] if recommends else ["--no-install-recommends"]
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *pkgs], check=True, env=env, timeout=900)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *extra, *pkgs], check=True, env=env, timeout=900
+    )
+
+
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
+def install_promtool() -> None:
+    """promtool (the unit tier checks and tests the chart's alert rules with it) from Debian's
+    ``prometheus`` package, whose own server must not run: policy-rc.d refuses to start it
+    during the install (unless one is already there), and its unit is disabled after."""
+    placed = False
+    if os.geteuid() == 0 and not POLICY_RC_D.exists():
+        POLICY_RC_D.write_text(
+            "#!/bin/sh\n# lvs-operator: no service starts while installing\nexit 101\n"
+        )
+        POLICY_RC_D.chmod(0o755)
+        placed = True
+    try:
+        apt_install("prometheus", recommends=False)
+    finally:
+        if placed:
+            POLICY_RC_D.unlink(missing_ok=True)
+    if have("systemctl"):  # works without a running systemd too (removes the symlink)
+        subprocess.run(["systemctl", "disable", "--now", "prometheus"], check=False,
+                       capture_output=True, timeout=60)  # fmt: skip
 
 
 def go_env() -> dict[str, str]:
@@ -362,6 +389,8 @@ def build_lock() -> Iterator[None]:
 def cmd_build(args: argparse.Namespace) -> None:
     if not have("openssl"):
         apt_install("openssl")
+    if not have("promtool"):
+        install_promtool()
     with build_lock():
         timings: dict[str, float] = {}
         all_targets = targets()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -49,3 +50,17 @@ def template(helm: str, sets: Sequence[str] = (), namespace: str = "lvs-system")
         args += ["--set", s]
     text = render.helm_template(helm, *args, namespace=namespace)
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+HOW_TO_GET_PROMTOOL = (
+    "hack/test-cluster/cluster.sh build (installs Debian's prometheus package for it), or "
+    "apt-get install --no-install-recommends prometheus"
+)
+
+
+def find_promtool() -> str:
+    """promtool, or a skip naming how to get it."""
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip(f"promtool is not installed; get it with: {HOW_TO_GET_PROMTOOL}")
+    return found
