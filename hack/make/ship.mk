@@ -16,7 +16,8 @@ chart-lint:  ## helm lint --strict the chart (default values and a full example)
 	$(HELM) lint --strict charts/lvs-operator
 	$(HELM) lint --strict charts/lvs-operator --set 'vipRanges={192.0.2.0/24,2001:db8::/64}' \
 		--set director.timings.leaseDurationSeconds=4 --set director.timings.renewDeadlineSeconds=3 \
-		--set director.timings.retryPeriodSeconds=1 --set metrics.serviceMonitor.enabled=true
+		--set director.timings.retryPeriodSeconds=1 --set metrics.serviceMonitor.enabled=true \
+		--set metrics.prometheusRule.enabled=true --set metrics.dashboard.enabled=true
 
 manifests:  ## copy crds/ into the chart; render deploy/lvs-operator.yaml and the Argo CD patch
 	$(PYTHON) hack/ship/render.py

@@ -42,6 +42,18 @@ SCHEMA_REJECTS: list[tuple[str, tuple[str | int, ...], Any, str]] = [
     ("controller.replicas=2", ("controller", "replicas"), 2, "replicas"),
     ("metrics.enabled=maybe", ("metrics", "enabled"), "maybe", "/metrics/enabled"),
     (
+        "metrics.dashboard.namespace=Not_A_Namespace",
+        ("metrics", "dashboard", "namespace"),
+        "Not_A_Namespace",
+        "/metrics/dashboard/namespace",
+    ),
+    (
+        "metrics.prometheusRule.enabled=yes",
+        ("metrics", "prometheusRule", "enabled"),
+        "yes",
+        "/metrics/prometheusRule/enabled",
+    ),
+    (
         "controller.metricsPort=-1",
         ("controller", "metricsPort"),
         -1,
