@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -219,7 +220,8 @@ async def test_metrics_are_served_over_http() -> None:
     metrics.pass_done(0.02, m.PASS_OK)
     metrics.wrote("Service", "apply", m.WRITE_OK)
     server = await metrics.serve(0)
-    port = server.sockets[0].getsockname()[1]
+    # port 0: each address family gets a port of its own; ask the IPv4 one
+    (port,) = [s.getsockname()[1] for s in server.sockets if s.family == socket.AF_INET]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
