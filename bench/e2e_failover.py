@@ -33,6 +33,7 @@ every figure is an upper bound of what real hardware does.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import statistics
 import sys
@@ -80,6 +81,24 @@ def start_loop(s: System, name: str, kind: str) -> tuple[GuestProcess, str]:
 # -- our agents --------------------------------------------------------------------------------
 
 
+TIMELINE = False  # --timeline: print the new leader's log lines around each crash
+
+
+def timeline(s: System, ns: str, at: float, span: float = 1.5) -> None:
+    """The agent's log lines in ``ns`` from 0.1 s before guest time ``at`` to ``span`` after,
+    each with its time since ``at``: where a failover's time goes."""
+    offset = float(s.call("wall_minus_monotonic"))
+    for line in s.agents[ns].output().splitlines():
+        try:
+            rec = json.loads(line)
+            t = float(rec["ts"]) - offset - at
+        except (ValueError, KeyError, TypeError):
+            continue
+        if -0.1 <= t <= span:
+            extra = {k: v for k, v in rec.items() if k not in ("ts", "msg", "level", "logger")}
+            out(f"    {t:+.3f} s  {rec.get('msg', '')}  {extra if extra else ''}")
+
+
 def ours_once(s: System, kind: str, n: int) -> dict[str, Any]:
     old = s.leader_ns()
     new = OTHER[old]
@@ -96,6 +115,8 @@ def ours_once(s: System, kind: str, n: int) -> dict[str, Any]:
     s.call("wait_holder", exclude=old, timeout=90)
     time.sleep(1.5)
     stats = analyse(s.stop_loop(loop, path), at, old)
+    if TIMELINE:
+        timeline(s, new, at)
     if kind == "crash":
         s.call("add_director", ns=old)
     s.start_agent(old)
@@ -253,8 +274,11 @@ def main(argv: list[str]) -> int:
         help="our agents' peer heartbeat interval,timeout (default: the product's)",
     )
     p.add_argument("--skip-keepalived", action="store_true")
+    p.add_argument("--timeline", action="store_true", help="print the new leader's log lines")
     p.add_argument("--skip-ours", action="store_true", help="only the keepalived pair")
     a = p.parse_args(argv)
+    global TIMELINE
+    TIMELINE = a.timeline
     t0 = time.monotonic()
     timings = Timings.parse(a.lease, a.peer)
     s = System(Path(tempfile.mkdtemp(prefix="lvs-bench-")), timings=timings, say=out)

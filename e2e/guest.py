@@ -56,6 +56,12 @@ def now() -> float:
     return time.monotonic()
 
 
+def wall_minus_monotonic() -> float:
+    """The guest's wall clock minus its monotonic one: turns the agents' log times (wall)
+    into the loops' guest times (monotonic)."""
+    return time.time() - time.monotonic()
+
+
 def clocks() -> dict[str, float]:
     """The guest's monotonic and wall clocks (to line up agent log times with samples)."""
     return {"mono": time.monotonic(), "wall": time.time()}

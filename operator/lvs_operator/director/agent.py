@@ -61,14 +61,21 @@ from .metrics import Metrics
 from .sync import SYNC_BACKUP, SYNC_MASTER, ConnectionSync, DaemonKernel, SyncSettings
 from .table import ServiceKey
 from .traffic import StatsReader, TrafficCollector, TrafficPoller
-from .vip import raw_sockets_allowed
-from .vip_owner import HAND_IN_PATIENCE, VipNode, VipOwner, first_vip
+from .vip import PROBE_ROUNDS, raw_sockets_allowed
+from .vip_owner import HAND_IN_PATIENCE, PROBE_TIMEOUT, VipNode, VipOwner, first_vip
 from .watches import Watches
 
 log = logging.getLogger("lvs_operator.director.agent")
 
 DRAIN_RECHECK = 2.0  # seconds between looks at quiesced destinations' connection counts
 PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
+# the probe starts this long before the holder is judged silent: a silent probe listens
+# PROBE_ROUNDS windows of PROBE_TIMEOUT, and its result should be in by the judgement (with
+# 0.1 s, the takeover waited 0.07-0.09 s for it: bench/e2e_failover.py --timeline). A gated
+# standby's shorter limit (0.2 s) caps the lead at 0.1 s: its takeover waits the rest of the
+# probe (0.04-0.07 s in the bench's VM), still sooner than a whole --peer-timeout.
+PRECHECK_LEAD = PROBE_ROUNDS * PROBE_TIMEOUT + 0.03
+PRECHECK_WAIT_LOGGED = 0.02
 HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answers for
 
 
@@ -168,7 +175,7 @@ class Agent:
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
         )  # fmt: skip
         if self.heartbeat.monitor is not None:
-            self.heartbeat.monitor.on_suspect = self._precheck_soon
+            self.heartbeat.monitor.suspect_with(self._precheck_soon, PRECHECK_LEAD)
 
     @property
     def ready(self) -> bool:
@@ -247,6 +254,10 @@ class Agent:
                 age = time.monotonic() - started
                 if age <= PRECHECK_MAX_AGE:
                     answered = found
+                waited = time.monotonic() - asked
+                if waited > PRECHECK_WAIT_LOGGED:  # the lead was too short for this node
+                    log.info("waited for the VIP probe before the takeover",
+                             extra={"seconds": round(waited, 3)})  # fmt: skip
         if answered is None:
             # the takeover waits for this probe's listening window (where a failover's time
             # goes: logged)

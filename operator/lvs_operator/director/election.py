@@ -22,7 +22,8 @@ Two modes:
     Lease by heartbeat loss or by plain expiry; an unlisted one only after
     ``lease_duration + outage_hold`` without a change of the record.
   * **standby**: never takes a Lease, expired or not, while the holder answered "leading"
-    within ``peer_timeout``; never takes it while another node still answers ARP for the
+    within ``peer_timeout`` (a gated standby: ``GATED_TIMEOUT_SHARE`` of it, peer.py: its
+    takeover rests on the ARP check); never takes it while another node still answers ARP for the
     group's VIPs (``vip_in_use``; looked at every ``VIP_RECHECK`` seconds while it does: a
     dead agent's VIPs lapse, vip.py).
   * **leader**: keeps its VIPs — with or without the API server — while every member listed

@@ -95,6 +95,12 @@ DEFAULT_PEER_PORT = contract.DEFAULT_PEER_PORT
 # answers ARP (the check before a takeover), so a false alarm costs a probe, not a failover
 DEFAULT_PEER_INTERVAL = 0.05
 DEFAULT_PEER_TIMEOUT = 0.3
+# A gated standby (it checks ARP before any takeover, and every VIP of the group is placed on
+# its node) judges the holder silent after this share of the timeout: its takeover rests on
+# the ARP check alone (a holder whose kernel still has a VIP answers for it), not on the
+# leader stepping down first, so it needs no margin over the leader's bound
+# (docs/director.md, "Outage tolerance").
+GATED_TIMEOUT_SHARE = 2 / 3
 DEFAULT_ARM_AFTER = 1.0
 DEFAULT_REPLY_RATE = 100.0  # replies per second to one address (a standby sends 20)
 _MAX_BUCKETS = 1024
@@ -387,6 +393,7 @@ class PeerHealth:
         self.rejected = 0  # replies without the key's MAC
         self.gated = False  # we check ARP before any takeover (the agent sets it)
         self.timeout = timeout
+        self.gated_timeout = timeout * GATED_TIMEOUT_SHARE
         self.arm_after = arm_after
         self.outstanding = outstanding
         self._nonce = nonce or (lambda: secrets.token_hex(NONCE_LEN // 2))
@@ -454,27 +461,32 @@ class PeerHealth:
             self.armed = True
         return True
 
+    @property
+    def limit(self) -> float:
+        """The silence after which the holder is judged lost: shorter while gated."""
+        return self.gated_timeout if self.gated else self.timeout
+
     def unreachable(self, holder: str, now: float) -> bool:
         if not holder or holder != self.holder or not self.armed or self.last_ok is None:
             return False
-        return self.disowned or now - self.last_ok >= self.timeout
+        return self.disowned or now - self.last_ok >= self.limit
 
     def heard_leading(self, holder: str, now: float) -> bool:
-        """Whether ``holder`` answered "leading" within the timeout (armed or not): while it
+        """Whether ``holder`` answered "leading" within the limit (armed or not): while it
         does, no standby takes its Lease, expired or not."""
         return (
             bool(holder)
             and holder == self.holder
             and self.last_ok is not None
             and not self.disowned
-            and now - self.last_ok < self.timeout
+            and now - self.last_ok < self.limit
         )
 
     def deadline(self) -> float | None:
         """When ``unreachable`` turns True if no reply comes (None: it cannot by silence)."""
         if not self.armed or self.disowned or self.last_ok is None:
             return None
-        return self.last_ok + self.timeout
+        return self.last_ok + self.limit
 
     def lost_for(self, now: float) -> float:
         """Seconds since the last good reply (0 if none yet)."""
@@ -740,7 +752,7 @@ class HeartbeatMonitor:
         # on_suspect(): once per silence, ``suspect_lead`` before the holder is judged lost
         # (armed standbys only), so a takeover's checks can start early
         self.on_suspect = on_suspect
-        self.suspect_lead = min(suspect_lead, timeout / 2)
+        self.suspect_lead = suspect_lead  # at most half the limit: effective_lead
         self._suspect_fired = False
         self.interval = interval
         self.health = PeerHealth(
@@ -839,6 +851,19 @@ class HeartbeatMonitor:
 
     # -- the thread ----------------------------------------------------------------------------
 
+    def suspect_with(self, callback: Callable[[], None], lead: float) -> None:
+        """Call ``callback`` once per silence, ``lead`` seconds (at most half the limit)
+        before the holder is judged lost: long enough for the takeover's own check to be
+        done by then."""
+        self.on_suspect = callback
+        self.suspect_lead = lead
+
+    @property
+    def effective_lead(self) -> float:
+        """The suspicion's lead: longer than half the limit, it would suspect a holder that
+        missed a reply or two."""
+        return min(self.suspect_lead, self.health.limit / 2)
+
     def _poke(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
@@ -865,6 +890,10 @@ class HeartbeatMonitor:
             self._send(address, probe)
             now = self._clock()
             self._next_probe = now + self.interval
+        # replies that queued while this thread was not running count before any judgement
+        # (a thread starved for longer than the limit must not judge from stale state)
+        self._wait(0)
+        now = self._clock()
         self._check(now)
         wake = self._next_probe
         with self._lock:
@@ -872,7 +901,7 @@ class HeartbeatMonitor:
         if deadline is not None and not self._lost_fired:
             wake = min(wake, deadline)
             if not self._suspect_fired:
-                wake = min(wake, deadline - self.suspect_lead)
+                wake = min(wake, deadline - self.effective_lead)
         self._wait(max(0.005, wake - self._clock()))
 
     def _wait(self, timeout: float) -> None:
@@ -926,7 +955,7 @@ class HeartbeatMonitor:
         with self._lock:
             health = self.health
             deadline = health.deadline()
-            suspect = deadline is not None and now >= deadline - self.suspect_lead
+            suspect = deadline is not None and now >= deadline - self.effective_lead
             if not suspect:
                 self._suspect_fired = False
             elif not self._suspect_fired:

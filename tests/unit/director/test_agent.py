@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lvs_operator.director.agent import Agent
+from lvs_operator.director.agent import PRECHECK_LEAD, PRECHECK_MAX_AGE, Agent
 from lvs_operator.director.config import AgentConfig
 from lvs_operator.director.election import (
     MEMBERS_ANNOTATION,
@@ -27,6 +27,8 @@ from lvs_operator.director.table import (
     Protocol,
     ServiceKey,
 )
+from lvs_operator.director.vip import PROBE_ROUNDS
+from lvs_operator.director.vip_owner import PROBE_TIMEOUT
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
 from tests.unit.director.fakes import (
     FakeDaemonKernel,
@@ -827,3 +829,15 @@ async def test_a_stalled_event_loop_does_not_let_the_held_vip_lapse() -> None:
     stop.set()
     thread.join(2)
     assert vips.events.count(("renew", VIP)) >= 3, vips.events
+
+
+async def test_the_vip_probe_starts_early_enough_to_be_done_by_the_judgement() -> None:
+    """The heartbeat's suspicion comes PRECHECK_LEAD before the judgement, longer than a
+    silent probe listens (all its rounds): the takeover finds the answer ready."""
+    agent = make()
+    monitor = agent.heartbeat.monitor
+    assert monitor is not None
+    assert monitor.on_suspect == agent._precheck_soon
+    assert monitor.suspect_lead == PRECHECK_LEAD
+    assert PROBE_ROUNDS * PROBE_TIMEOUT < PRECHECK_LEAD <= agent.cfg.peer_timeout / 2
+    assert PRECHECK_LEAD < PRECHECK_MAX_AGE  # the early answer is still fresh at the judgement

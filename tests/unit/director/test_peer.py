@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from lvs_operator.director.peer import (
+    GATED_TIMEOUT_SHARE,
     HEARTBEAT_ANNOTATION,
     MAX_REPLY_LEN,
     HeartbeatMonitor,
@@ -178,6 +179,25 @@ def test_armed_then_silent_for_the_timeout_is_unreachable() -> None:
     assert health.deadline() == pytest.approx(last + 0.35)
     assert ping(health, last + 1)  # answers again
     assert not health.unreachable("node-a", last + 1.1)
+
+
+def test_a_gated_standby_judges_sooner() -> None:
+    """Gated (it checks ARP before any takeover, every VIP placed on its node): the holder
+    is judged silent after GATED_TIMEOUT_SHARE of the timeout, and "heard leading" ends
+    then too; not gated, the whole timeout holds (the leader's own bound relies on it)."""
+    health, last = armed_health()
+    health.gated = True
+    limit = 0.35 * GATED_TIMEOUT_SHARE
+    assert health.limit == pytest.approx(limit)
+    assert health.heard_leading("node-a", last + limit - 0.01)
+    assert not health.unreachable("node-a", last + limit - 0.01)
+    assert health.unreachable("node-a", last + limit + 0.001)
+    assert not health.heard_leading("node-a", last + limit + 0.001)
+    assert health.deadline() == pytest.approx(last + limit)
+    health.gated = False  # a VIP of the group not placed here any more: strict again
+    assert not health.unreachable("node-a", last + limit + 0.001)
+    assert health.heard_leading("node-a", last + limit + 0.001)
+    assert health.deadline() == pytest.approx(last + 0.35)
 
 
 def test_arm_after_zero_arms_on_the_first_reply() -> None:
@@ -633,3 +653,18 @@ def test_unmapped() -> None:
 
     assert unmapped("::ffff:10.10.0.12") == "10.10.0.12"
     assert unmapped("2001:db8::1") == "2001:db8::1" and unmapped("10.0.0.1") == "10.0.0.1"
+
+
+async def test_a_suspicion_lead_is_at_most_half_the_limit() -> None:
+    """``suspect_with``: a lead longer than half the limit would suspect a holder that
+    missed one or two replies; it is cut to half (of the gated limit, when gated)."""
+    monitor = HeartbeatMonitor(interval=0.05, timeout=0.3, probing=False)
+    try:
+        monitor.suspect_with(lambda: None, 0.15)
+        assert monitor.effective_lead == pytest.approx(0.15)
+        monitor.suspect_with(lambda: None, 0.25)
+        assert monitor.effective_lead == pytest.approx(0.15)
+        monitor.health.gated = True
+        assert monitor.effective_lead == pytest.approx(0.3 * GATED_TIMEOUT_SHARE / 2)
+    finally:
+        await monitor.close()
