@@ -668,3 +668,33 @@ async def test_a_suspicion_lead_is_at_most_half_the_limit() -> None:
         assert monitor.effective_lead == pytest.approx(0.3 * GATED_TIMEOUT_SHARE / 2)
     finally:
         await monitor.close()
+
+
+async def test_a_starved_monitor_reads_queued_replies_before_it_judges(
+    responder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The monitor's thread did not run for longer than the limit (a busy node) while the
+    holder's reply waited in the socket: the reply counts first, so the holder is not judged
+    silent from stale state (the step is driven by hand, the clock is fake)."""
+    import logging
+    import time as _time
+
+    now = [0.0]
+    monitor = HeartbeatMonitor(interval=0.05, timeout=0.3, arm_after=0.0, clock=lambda: now[0])
+    try:
+        monitor.set_target("node-a", responder.address)
+        monitor._step()  # the first probe, answered within the wait that ends the step
+        assert monitor.health.armed and monitor.health.last_ok == 0.0
+        now[0] = 0.1
+        with monitor._lock:
+            probe = monitor.health.next_probe(now[0])
+        monitor._send(responder.address, probe)
+        monitor._next_probe = 10.0  # no further probe: only the queued reply can help
+        _time.sleep(0.1)  # the reply arrives while the thread "sleeps"
+        now[0] = 0.5  # past the limit since the last reply read
+        with caplog.at_level(logging.INFO, logger="lvs_operator.director.peer"):
+            monitor._step()
+        assert monitor.health.last_ok == 0.5
+        assert "peer heartbeat lost" not in caplog.text
+    finally:
+        await monitor.close()
