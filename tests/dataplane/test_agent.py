@@ -308,6 +308,9 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     # what was synced survives: wait until the standby's copy is complete (the lag printed)
     synced = lab.call("wait_synced", ns=new, vip=vip, port=port, count=HELD, within=30)
     assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
+    # ... and its /metrics says what its backup received (the sticky VIP's entries too)
+    received = metric_value(lab.call("metrics", ns=new), "lvs_director_synced_connections")
+    assert received is not None and received >= HELD, received
     # the sticky client's persistence template is on the standby too
     template = lab.call("wait_template", ns=new, vip=VIP_STICKY, port=80, within=30)
     assert template is not None, {  # the sticky VIP's entries on both directors
@@ -539,6 +542,14 @@ def test_fault_leader_stopped_for_3s(lab: Lab) -> None:
     moved = lease["holder"][0] != lease["holder"][1]  # type: ignore[index]
     print(f"[dataplane] SIGSTOP 3 s: failover {'happened' if moved else 'none (kernel served)'}")
     assert stats["failures"] == 0, stats
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of the first sample of metric ``name`` in a /metrics text (None: absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
 
 
 def rejected_forgeries(lab: Lab, ns: str) -> float:

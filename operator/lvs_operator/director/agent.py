@@ -160,6 +160,7 @@ class Agent:
             self.metrics.sync_master.set_function(lambda: sync.runs(SYNC_MASTER))
             self.metrics.sync_backup.set_function(lambda: sync.runs(SYNC_BACKUP))
             self.metrics.sync_problem.set_function(lambda: 1 if sync.problem else 0)
+            self.metrics.synced_connections.set_function(sync.synced_connections)
         self._sync_task: asyncio.Task[None] | None = None
         # traffic per service and real server for /metrics (traffic.py; None: unit fakes)
         self.traffic: TrafficPoller | None = None

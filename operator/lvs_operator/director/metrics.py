@@ -131,6 +131,11 @@ class Metrics:
         )  # fmt: skip
         self.sync_master = sync.labels(group=group, state="master")
         self.sync_backup = sync.labels(group=group, state="backup")
+        self.synced_connections = Gauge(
+            "lvs_director_synced_connections", "connections in this node's IPVS table that "
+            "its backup sync daemon received from the leader (origin SYNC; read on scrape)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.sync_problem = Gauge(
             "lvs_director_sync_problem", "1 while the sync daemons are not as wanted (the "
             "reason and its fix are in the agent's log)", ["group"], registry=self.registry,

@@ -27,6 +27,9 @@ from .kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
 log = logging.getLogger("lvs_operator.director.sync")
 
 DEFAULT_PORT = 8848  # the kernel's IP_VS_SYNC_PORT
+# the connection table with each entry's origin: LOCAL (forwarded here) or SYNC (learned
+# from the master); per network namespace, like the agent's IPVS
+CONN_SYNC_TABLE = "/proc/net/ip_vs_conn_sync"
 DEFAULT_TTL = 1  # the segment only: directors share the VIP's L2 anyway (gratuitous ARP)
 
 
@@ -89,6 +92,32 @@ def plan_daemons(desired: Iterable[SyncDaemon], running: Iterable[SyncDaemon]) -
     return DaemonPlan(tuple(stop), tuple(start))
 
 
+def count_synced(lines: Iterable[str]) -> int:
+    """The entries of ``/proc/net/ip_vs_conn_sync`` (header first) whose origin is SYNC:
+    what the backup daemon received. 0 for a table without an Origin column."""
+    it = iter(lines)
+    header = next(it, "").split()
+    if "Origin" not in header:
+        return 0
+    col = header.index("Origin")
+    count = 0
+    for line in it:
+        fields = line.split()
+        if len(fields) > col and fields[col].upper() == "SYNC":
+            count += 1
+    return count
+
+
+def read_synced(path: str = CONN_SYNC_TABLE) -> int | None:
+    """``count_synced`` of this namespace's table (None: it cannot be read, e.g. no ip_vs).
+    Reads the whole table: O(connections), paid on each scrape of a running backup."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as table:
+            return count_synced(table)
+    except OSError:
+        return None
+
+
 class DaemonKernel(Protocol):
     """The kernel's sync daemons in the agent's namespace (kernel/ipvs_netlink.IpvsNetlink)."""
 
@@ -108,8 +137,16 @@ class ConnectionSync:
     per change (with the fix where one is known) and never raised: connection sync is a
     bonus on top of failover, never a reason to stop serving."""
 
-    def __init__(self, group: str, settings: SyncSettings, kernel: DaemonKernel, run: Run):
+    def __init__(
+        self,
+        group: str,
+        settings: SyncSettings,
+        kernel: DaemonKernel,
+        run: Run,
+        synced: Callable[[], int | None] = read_synced,
+    ):
         self.group, self.settings, self.kernel, self.run = group, settings, kernel, run
+        self._synced = synced  # the count of entries the backup received (read_synced)
         self.running: set[SyncDaemon] = set()
         self.problem = ""
         self._lock = asyncio.Lock()
@@ -147,6 +184,14 @@ class ConnectionSync:
     def runs(self, state: int) -> int:
         """1 if the kernel ran a daemon in ``state`` at the last read-back (metrics)."""
         return 1 if any(d.state == state for d in self.running) else 0
+
+    def synced_connections(self) -> int:
+        """Connections this node's backup daemon received (0 while it runs none): a standby
+        whose leader serves connections but that shows none here receives no sync traffic
+        (multicast filtered, another interface, another sync id)."""
+        if not self.runs(SYNC_BACKUP):
+            return 0
+        return self._synced() or 0
 
     def _report(self, problem: str) -> None:
         if problem and problem != self.problem:

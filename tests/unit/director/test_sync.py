@@ -13,6 +13,7 @@ from lvs_operator.director.sync import (
     ConnectionSync,
     DaemonPlan,
     SyncSettings,
+    count_synced,
     desired_daemons,
     multicast_group,
     plan_daemons,
@@ -107,3 +108,32 @@ async def test_a_daemon_on_the_wrong_link_is_replaced() -> None:
     await sync.apply(False, "eth1")  # the VIP's link changed
     assert kernel.calls == [("start", SYNC_BACKUP), ("stop", SYNC_BACKUP), ("start", SYNC_BACKUP)]
     assert [d.ifname for d in sync.running] == ["eth1"]
+
+
+# the kernel's /proc/net/ip_vs_conn_sync (ip_vs_conn.c): one entry forwarded here (LOCAL),
+# two received from the master (SYNC), one of them IPv6
+CONN_SYNC_TABLE = """\
+Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Origin Expires
+TCP C0000202 9C40 C000020A 0050 0AF40001 1F90 ESTABLISHED LOCAL      899
+TCP C0000203 9C41 C000020A 0050 0AF40002 1F90 ESTABLISHED SYNC       898
+TCP 2001:0db8:0000:0000:0000:0000:0000:0002 9C42 2001:0db8:0000:0000:0000:0000:0000:000a 0050 \
+2001:0db8:0000:0000:0000:0000:0001:0001 1F90 ESTABLISHED SYNC       897
+"""
+
+
+def test_count_synced_counts_the_entries_the_backup_received() -> None:
+    assert count_synced(CONN_SYNC_TABLE.splitlines()) == 2
+    assert count_synced(CONN_SYNC_TABLE.splitlines()[:1]) == 0  # an empty table
+    assert count_synced([]) == 0
+    assert count_synced(["Pro FromIP FPrt", "TCP C0000202 9C40"]) == 0  # no Origin column
+
+
+async def test_synced_connections_are_counted_only_while_a_backup_runs() -> None:
+    kernel = FakeDaemonKernel()
+    table: list[int | None] = [2]
+    sync = ConnectionSync("g1", SyncSettings(), kernel, run_inline, synced=lambda: table[0])
+    assert sync.synced_connections() == 0  # no daemon yet: nothing could have arrived
+    await sync.apply(False, "eth0")
+    assert sync.synced_connections() == 2
+    table[0] = None  # the table cannot be read
+    assert sync.synced_connections() == 0
