@@ -1,0 +1,57 @@
+"""The agent's HTTP endpoints (director/endpoints.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from lvs_operator.director.endpoints import serve
+
+
+async def get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def test_a_slow_metrics_render_does_not_stall_the_event_loop() -> None:
+    """/metrics at scale takes most of a second to render (bench/scrape_cost.py): it runs on
+    a thread, and the loop (elections, VIPs) keeps its pace meanwhile."""
+    rendered_on: list[str] = []
+
+    def metrics() -> bytes:
+        rendered_on.append(threading.current_thread().name)
+        time.sleep(0.3)  # a big render (it holds the GIL in slices; sleep releases it)
+        return b"lvs_director_leader 1\n"
+
+    assert await serve(0, 0, lambda: True, metrics) == []  # both ports 0: nothing served
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # a free port
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    servers = await serve(0, port, lambda: True, metrics)
+    try:
+        loop = asyncio.get_running_loop()
+        longest, last = 0.0, loop.time()
+
+        async def ticker() -> None:
+            nonlocal longest, last
+            while True:
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                longest, last = max(longest, now - last), now
+
+        tick = asyncio.create_task(ticker())
+        body = await get(port, "/metrics")
+        tick.cancel()
+        assert b"200 OK" in body and body.endswith(b"lvs_director_leader 1\n")
+        assert rendered_on and rendered_on[0] != threading.main_thread().name
+        assert longest < 0.15, longest
+        assert b"404" in await get(port, "/nothing")
+    finally:
+        for s in servers:
+            s.close()
