@@ -46,6 +46,8 @@ FRONT = {CLIENT: "192.0.2.2", "e2e-dir-a": "192.0.2.11", "e2e-dir-b": "192.0.2.1
 BACK = {"e2e-dir-a": "10.244.255.251", "e2e-dir-b": "10.244.255.252"}
 DIRECTOR_OF_SOURCE = {v: k for k, v in BACK.items()}
 UPLINK_INDEX = {"e2e-dir-a": 1, "e2e-dir-b": 2}
+CLIENT_UPLINK_INDEX = 3  # the client's way to the host (Prometheus scrapes the controller)
+PROMETHEUS_PORT = 9090
 POD_PREFIX = 16
 HTTP_PORT = 8080
 STATE = Path("/run/lvs-e2e")
@@ -620,3 +622,31 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# -- Prometheus (in the client's namespace) ------------------------------------------------------
+
+
+def connect_client_uplink() -> str:
+    """The client's namespace gets a way to the host (10.0.2.2: the controller's /metrics);
+    returns the client's uplink address, where Prometheus answers the root namespace."""
+    return t.connect_uplink(CLIENT, CLIENT_UPLINK_INDEX)
+
+
+def prom_query(expr: str, at: float | None = None, timeout: float = 10) -> list[dict[str, Any]]:
+    """An instant query to the e2e's Prometheus (at wall time ``at``; None: now): its
+    result vector. Raises on an error answer."""
+    from urllib.parse import urlencode
+
+    address = f"10.99.{CLIENT_UPLINK_INDEX}.2"
+    query = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
+    url = f"http://{address}:{PROMETHEUS_PORT}/api/v1/query?{urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = json.loads(resp.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"query {expr!r}: {body}")
+    return list(body["data"]["result"])
+
+
+def wall() -> float:
+    return time.time()

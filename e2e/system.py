@@ -68,6 +68,8 @@ from tests.integration.helpers import (  # noqa: E402
 )
 
 from lvs_operator.api.contract import (  # noqa: E402
+    DEFAULT_METRICS_PORT,
+    ENV_METRICS_PORT,
     ENV_PEER_KEY_FILE,
     GROUP_LABEL,
     PEER_SECRET_KEY,
@@ -93,6 +95,17 @@ OTHER = {"e2e-dir-a": "e2e-dir-b", "e2e-dir-b": "e2e-dir-a"}
 VS = custom_resource("lvs.io", "v1alpha1", "VirtualServer", "virtualservers")
 RSP = custom_resource("lvs.io", "v1alpha1", "RealServerPool", "realserverpools")
 CLUSTER_HINT = "run hack/test-cluster/cluster.sh build (or make setup)"
+CLIENT = "e2e-client"  # e2e/guest.py's client namespace
+PROMETHEUS_PORT = 9090  # = e2e/guest.py's
+
+
+def free_port() -> int:
+    """A TCP port free on the host's loopback now (the VM reaches it as 10.0.2.2)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,7 @@ class System:
         self._vm_thread: threading.Thread | None = None
         self.sampler: GuestProcess | None = None
         self.sampler_out = ""
+        self.controller_metrics_port = 0  # chosen when the controller starts
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -377,6 +391,8 @@ class System:
 
     def start_controller(self, vip_ranges: str = VIP_RANGES) -> ControllerProcess:
         assert self.cluster is not None
+        if not self.controller_metrics_port:
+            self.controller_metrics_port = free_port()
         kubeconfig = self.token_kubeconfig(
             "lvs-operator", self.cluster.server, self.workdir / "controller.kubeconfig"
         )
@@ -404,7 +420,8 @@ class System:
                 else []
             ),
             "--liveness=none",
-            "--metrics-port=0",  # the host's 9640 may be taken
+            # a free port (the host's 9640 may be taken): the e2e's Prometheus scrapes it
+            f"--metrics-port={self.controller_metrics_port}",
             "--log-level=info",
         ]
         self.controller = ControllerProcess(argv, self.workdir / "controller.log")
@@ -414,6 +431,35 @@ class System:
             f"(VIP ranges {vip_ranges}; log {self.controller.log_path})"
         )
         return self.controller
+
+    def start_prometheus(self) -> GuestProcess:
+        """Debian's Prometheus (the host's binary: the VM shares its root filesystem) in the
+        client's namespace, scraping both agents (their metrics port, on the front
+        addresses) and the controller (on the host, through the client's uplink) every
+        second, with the chart's alert rules (charts/lvs-operator/files/alerts.yaml, as
+        shipped) evaluated every second. Query it with ``call("prom_query", expr=...)``."""
+        assert self.vm is not None
+        self.call("connect_client_uplink")
+        env = self.agent_env(next(iter(DIRECTORS)))
+        port = int(env.get(ENV_METRICS_PORT, DEFAULT_METRICS_PORT))
+        agents = [f"{ip}:{port}" for _, ip in DIRECTORS.values()]
+        every_second = dict(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
+        controller = [f"10.0.2.2:{self.controller_metrics_port}"]
+        config = {
+            "global": every_second,
+            "rule_files": [str(REPO / "charts" / "lvs-operator" / "files" / "alerts.yaml")],
+            "scrape_configs": [
+                {"job_name": "lvs-director", "static_configs": [{"targets": agents}]},
+                {"job_name": "lvs-operator", "static_configs": [{"targets": controller}]},
+            ],
+        }
+        conf = self.vm.shared / "prometheus.yml"
+        conf.write_text(yaml.safe_dump(config))
+        data = "/run/e2e-prometheus"
+        argv = ["sh", "-c", f"rm -rf {data} && mkdir -p {data} && exec prometheus "
+                f"--config.file={conf} --storage.tsdb.path={data} "
+                f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}"]  # fmt: skip
+        return self.vm.spawn(argv, netns=CLIENT, name="prometheus")
 
     def add_director_nodes(self) -> None:
         assert self.cluster is not None

@@ -755,6 +755,82 @@ def condition_reason(obj: dict[str, Any], kind: str) -> str | None:
     return next((c.get("reason") for c in conditions if c.get("type") == kind), None)
 
 
+NO_LEADER_ALERT = 'ALERTS{alertname="LVSDirectorGroupWithoutLeader"}'
+
+
+def _served_connections(s: System) -> dict[str, float]:
+    """destination -> connections IPVS scheduled to it for the VIP, summed over directors,
+    as Prometheus has them now."""
+    rows = s.call("prom_query", expr=f'sum by (destination) '
+                  f'(lvs_director_destination_connections_total{{vip="{VIP}"}})')  # fmt: skip
+    return {r["metric"]["destination"]: float(r["value"][1]) for r in rows}
+
+
+def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: System) -> None:
+    """A real Prometheus (Debian's) scrapes both agents and the controller every second and
+    evaluates the chart's alert rules as shipped: each real server's connection counter rises
+    by the share of the requests it answered (within 10 %); the "no director holds the
+    Lease" alert stays silent while a director leads, and fires once every agent is stopped
+    (its `for` is 1 minute). The agents then come back."""
+    s = system
+    assert s.vm is not None
+    prom = s.start_prometheus()
+    try:
+        deadline = time.monotonic() + 90
+        up: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                up = s.call("prom_query", expr="up == 1")
+                if len(up) == 3:  # two agents and the controller
+                    break
+            time.sleep(1)
+        assert len(up) == 3, (up, prom.output()[-3000:])
+        # quiet for a traffic interval (10 s): the counters before the loop are complete
+        time.sleep(12)
+        before = _served_connections(s)
+        seq = s.call("sequence", n=60)
+        assert "error" not in seq, seq
+        answered = {name: seq.count(name) for name in set(seq)}
+        time.sleep(13)  # the agents' next counter read (every 10 s), then a scrape
+        after = _served_connections(s)
+        ip_of = {name: s.pod_ip(name) for name in answered}
+        delta = {name: after.get(f"{ip}:8080", 0.0) - before.get(f"{ip}:8080", 0.0)
+                 for name, ip in ip_of.items()}  # fmt: skip
+        total = sum(delta.values())
+        s.say(f"7c. Prometheus: connections per real server {delta} for answers {answered}")
+        assert total > 0, (before, after)
+        for name, count in answered.items():
+            share, counted = count / len(seq), delta[name] / total
+            assert abs(counted - share) <= 0.1 * share, (name, answered, delta)
+        assert s.call("prom_query", expr=NO_LEADER_ALERT) == []
+        # every agent stopped: nobody leads, nobody is scraped; the controller still runs
+        # the group
+        stopped_at = time.monotonic()
+        for ns in list(s.agents):
+            proc = s.agents.pop(ns)
+            s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGKILL))
+        firing: list[dict[str, Any]] = []
+        while time.monotonic() - stopped_at < 150:
+            firing = [a for a in s.call("prom_query", expr=NO_LEADER_ALERT)
+                      if a["metric"].get("alertstate") == "firing"]  # fmt: skip
+            if firing:
+                break
+            time.sleep(2)
+        waited = time.monotonic() - stopped_at
+        s.say(f"    every agent stopped: the alert fired after {waited:.0f} s: "
+              f"{[a['metric'] for a in firing]}")  # fmt: skip
+        assert firing and firing[0]["metric"].get("group") == s.group, firing
+    finally:
+        for ns in DIRECTORS:
+            if ns not in s.agents:
+                s.start_agent(ns)
+        prom.signal(signal.SIGTERM)
+        prom.wait(30)
+    assert s.wait_agents_ready(list(DIRECTORS), timeout=240), s.logs()
+    res = s.call("wait_answers", timeout=120)
+    assert res["ok"], f"{res}\n{s.logs()}"
+
+
 def test_8_virtualserver_deleted_everything_released(system: System) -> None:
     s = system
     group = s.group
