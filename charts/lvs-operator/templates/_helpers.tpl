@@ -2,6 +2,7 @@
 
 {{- define "lvs-operator.commonLabels" -}}
 app.kubernetes.io/part-of: lvs-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
 {{- end -}}
@@ -15,6 +16,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/name: lvs-operator
 app.kubernetes.io/component: controller
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The names of imagePullSecrets, comma-separated (the controller's flag for the agents). */}}
+{{- define "lvs-operator.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}{{- $names = append $names .name -}}{{- end -}}
+{{- join "," $names -}}
 {{- end -}}
 
 {{- define "lvs-operator.image" -}}

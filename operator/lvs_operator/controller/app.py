@@ -22,7 +22,12 @@ from urllib.parse import urlsplit
 
 from lvs_operator import logs
 from lvs_operator.api import contract
-from lvs_operator.api.network import is_label_key, is_label_value, parse_ranges
+from lvs_operator.api.network import (
+    is_dns_subdomain,
+    is_label_key,
+    is_label_value,
+    parse_ranges,
+)
 
 from .config import (
     DEFAULT_CONTROLLER_METRICS_PORT,
@@ -41,6 +46,7 @@ log = logging.getLogger("lvs_operator.controller")
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
+ENV_DIRECTOR_IMAGE_PULL_SECRETS = "LVS_DIRECTOR_IMAGE_PULL_SECRETS"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -84,6 +90,12 @@ def parser() -> argparse.ArgumentParser:
         "--director-image-pull-policy",
         default=_env("LVS_DIRECTOR_IMAGE_PULL_POLICY", "IfNotPresent"),
         choices=["Always", "IfNotPresent", "Never"],
+    )
+    p.add_argument(
+        "--director-image-pull-secrets",
+        default=_env(ENV_DIRECTOR_IMAGE_PULL_SECRETS),
+        help="comma-separated names of Secrets in the operator's namespace the kubelet pulls "
+        f"the agents' image with (env {ENV_DIRECTOR_IMAGE_PULL_SECRETS}; default none)",
     )
     p.add_argument(
         "--director-service-account",
@@ -215,6 +227,14 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
             "--director-health-port and --director-metrics-port must differ: the agents serve "
             "both on the node's network"
         )
+    names = args.director_image_pull_secrets.split(",")
+    pull_secrets = tuple(n.strip() for n in names if n.strip())
+    for name in pull_secrets:
+        if not is_dns_subdomain(name):
+            raise ConfigError(
+                f"--director-image-pull-secrets: {name!r} is not a Secret name (lowercase "
+                "letters, digits, '-' and '.'); give comma-separated names, e.g. regcred,mirror"
+            )
     pin: dict[str, str] = {}
     if args.director_node_label:
         key, sep, value = args.director_node_label.partition("=")
@@ -230,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         vip_ranges=ranges,
         director_image=args.director_image,
         director_image_pull_policy=args.director_image_pull_policy,
+        director_image_pull_secrets=pull_secrets,
         director_service_account=args.director_service_account,
         director_tolerations=tuple(tolerations),
         director_resources=resources,

@@ -43,6 +43,8 @@ class ControllerConfig:
     vip_ranges: tuple[IPNetwork, ...] = ()
     director_image: str = DEFAULT_DIRECTOR_IMAGE
     director_image_pull_policy: str = "IfNotPresent"
+    # names of Secrets in the operator's namespace the kubelet pulls the agents' image with
+    director_image_pull_secrets: tuple[str, ...] = ()
     director_service_account: str = DEFAULT_DIRECTOR_SERVICE_ACCOUNT
     director_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_DIRECTOR_TOLERATIONS
     director_resources: Mapping[str, Any] = field(

@@ -179,3 +179,17 @@ def test_bad_metrics_port_says_why(argv: list[str], message: str) -> None:
 
 def test_metrics_port_may_equal_liveness_port_when_liveness_is_off() -> None:
     assert config("--metrics-port=8080", "--liveness=none").controller_metrics_port == 8080
+
+
+def test_director_image_pull_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_DIRECTOR_IMAGE_PULL_SECRETS", raising=False)
+    assert config().director_image_pull_secrets == ()
+    c = config("--director-image-pull-secrets=regcred, mirror.io")
+    assert c.director_image_pull_secrets == ("regcred", "mirror.io")
+    monkeypatch.setenv("LVS_DIRECTOR_IMAGE_PULL_SECRETS", "regcred")
+    assert config().director_image_pull_secrets == ("regcred",)
+
+
+def test_bad_image_pull_secret_names_the_flag() -> None:
+    with pytest.raises(app.ConfigError, match="--director-image-pull-secrets: 'Reg_Cred'"):
+        config("--director-image-pull-secrets=Reg_Cred")

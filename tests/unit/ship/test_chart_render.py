@@ -197,3 +197,30 @@ def render_with_json(helm: str, timings: str) -> list[dict[str, Any]]:
 
     text = render.helm_template(helm, "--set-json", f"director.timings={timings}")
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_image_pull_secrets_reach_the_controller_and_its_directors(helm: str) -> None:
+    config, _ = parse_controller_args(container(template(helm)), "lvs-system")
+    assert config.director_image_pull_secrets == ()
+    docs = template(helm, ["imagePullSecrets[0].name=regcred", "imagePullSecrets[1].name=mirror"])
+    pod = controller(docs)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    config, _ = parse_controller_args(container(docs), "lvs-system")
+    assert config.director_image_pull_secrets == ("regcred", "mirror")
+
+
+def test_every_object_says_helm_manages_it(helm: str) -> None:
+    docs = template(
+        helm,
+        [
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.dashboard.enabled=true",
+        ],
+    )
+    unlabelled = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") != "Helm"
+    ]
+    assert unlabelled == []
