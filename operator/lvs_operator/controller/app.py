@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from .config import (
     DEFAULT_PEER_PORT,
     ControllerConfig,
     DirectorTimings,
+    OwnerDeployment,
 )
 
 log = logging.getLogger("lvs_operator.controller")
@@ -47,6 +49,7 @@ log = logging.getLogger("lvs_operator.controller")
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
 ENV_DIRECTOR_IMAGE_PULL_SECRETS = "LVS_DIRECTOR_IMAGE_PULL_SECRETS"
+ENV_OWNER_DEPLOYMENT = "LVS_CONTROLLER_DEPLOYMENT"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -169,6 +172,13 @@ def parser() -> argparse.ArgumentParser:
         "%(default)s; 0: off)",
     )
     p.add_argument(
+        "--owner-deployment",
+        default=_env(ENV_OWNER_DEPLOYMENT),
+        help="name of the controller's own Deployment in --namespace (env "
+        f"{ENV_OWNER_DEPLOYMENT}; set by the chart and deploy/): the owner of every director "
+        "DaemonSet, so that deleting it removes them; empty: no owner (run by hand)",
+    )
+    p.add_argument(
         "--liveness",
         default=_env("LVS_CONTROLLER_LIVENESS", DEFAULT_LIVENESS),
         help="kopf's liveness endpoint URL, or 'none' (default %(default)s)",
@@ -235,6 +245,11 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
                 f"--director-image-pull-secrets: {name!r} is not a Secret name (lowercase "
                 "letters, digits, '-' and '.'); give comma-separated names, e.g. regcred,mirror"
             )
+    if args.owner_deployment and not is_dns_subdomain(args.owner_deployment):
+        raise ConfigError(
+            f"--owner-deployment ({ENV_OWNER_DEPLOYMENT}): {args.owner_deployment!r} is not a "
+            "Deployment name; give the name of the controller's Deployment, e.g. lvs-operator"
+        )
     pin: dict[str, str] = {}
     if args.director_node_label:
         key, sep, value = args.director_node_label.partition("=")
@@ -346,7 +361,38 @@ async def preflight(client: Any) -> str | None:
     return None
 
 
-async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str | None) -> int:
+async def resolve_owner(
+    client: Any, namespace: str, name: str
+) -> tuple[OwnerDeployment | None, str | None]:
+    """(the controller's Deployment as owner, None), or (None, why it cannot be read)."""
+    from lightkube import ApiError
+    from lightkube.resources.apps_v1 import Deployment
+
+    try:
+        obj = await client.get(Deployment, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None, (
+                f"--owner-deployment ({ENV_OWNER_DEPLOYMENT}): no Deployment {namespace}/{name}: "
+                "set it to the name of the controller's own Deployment, or leave it empty "
+                "when running the controller by hand"
+            )
+        if exc.status.code == 403:
+            return None, (
+                f"not allowed to get Deployment {namespace}/{name} (--owner-deployment): grant "
+                "`get` on deployments in the Role of deploy/rbac/controller.yaml "
+                f"({exc.status.message})"
+            )
+        raise
+    return OwnerDeployment(name=obj.metadata.name, uid=obj.metadata.uid), None
+
+
+async def main(
+    config: ControllerConfig,
+    kubeconfig: str | None,
+    liveness: str | None,
+    owner_name: str = "",
+) -> int:
     import kopf
     from lightkube import AsyncClient, KubeConfig
 
@@ -357,6 +403,17 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
     kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
     client = AsyncClient(kc, field_manager=FIELD_MANAGER)
     problem = await preflight(client)
+    if not problem and owner_name:
+        owner, problem = await resolve_owner(client, config.namespace, owner_name)
+        config = dataclasses.replace(config, owner=owner)
+    elif not problem:
+        log.warning(
+            "no --owner-deployment (env %s): the director DaemonSets get no ownerReference, "
+            "so deleting the controller leaves them running; delete them with `kubectl -n %s "
+            "delete daemonset -l app.kubernetes.io/managed-by=lvs-operator`",
+            ENV_OWNER_DEPLOYMENT,
+            config.namespace,
+        )
     if problem:
         log.error("%s", problem)
         await client.close()
@@ -379,10 +436,11 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
         loop.add_signal_handler(sig, stop.set)
 
     log.info(
-        "starting: namespace=%s vip-ranges=%s director-image=%s",
+        "starting: namespace=%s vip-ranges=%s director-image=%s owner=%s",
         config.namespace,
         ",".join(str(r) for r in config.vip_ranges) or "(none: every VIP is refused)",
         config.director_image,
+        f"Deployment/{config.owner.name}" if config.owner else "(none)",
     )
     worker = asyncio.create_task(reconciler.run(), name="reconciler")
     operator = asyncio.create_task(
@@ -432,4 +490,4 @@ def run(argv: Sequence[str]) -> int:
             "LVS_VIP_RANGES) lists the CIDRs its VIPs may use"
         )
     liveness = None if args.liveness in ("", "none") else args.liveness
-    return asyncio.run(main(config, args.kubeconfig, liveness))
+    return asyncio.run(main(config, args.kubeconfig, liveness, args.owner_deployment))

@@ -295,14 +295,18 @@ def build_daemonset(
         pod_spec["tolerations"] = [dict(t) for t in config.director_tolerations]
     if config.director_priority_class:
         pod_spec["priorityClassName"] = config.director_priority_class
+    metadata: dict[str, Any] = {
+        "name": daemonset_name(group),
+        "namespace": config.namespace,
+        "labels": director_labels(group),
+    }
+    if config.owner is not None:
+        # the controller's Deployment (same namespace): removing it removes the directors
+        metadata["ownerReferences"] = [config.owner.owner_reference()]
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {
-            "name": daemonset_name(group),
-            "namespace": config.namespace,
-            "labels": director_labels(group),
-        },
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": director_selector_labels(group)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},

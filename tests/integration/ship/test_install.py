@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Namespace, Node, Pod, Service, ServiceAccount
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Namespace, Node, Pod, Secret, Service, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import (
     ClusterRole,
     ClusterRoleBinding,
@@ -165,8 +166,8 @@ def director_pods_scheduled(kube: Any, kubectl: Kubectl, nodes: list[str], ds: A
 
 
 def remove_example_and_groups(kube: Any, kubectl: Kubectl, controller: HostController) -> None:
-    """Users delete their VirtualServers before uninstalling: the controller then removes the
-    director groups' DaemonSets (they live in the operator's namespace, owned by no one)."""
+    """VirtualServers deleted before uninstalling: the controller itself removes the director
+    groups' DaemonSets (test_helm_uninstall_removes_the_directors covers the other order)."""
     kubectl("-n", EXAMPLE_NS, "delete", "virtualservers", "--all", "--wait=true")
     wait_for(
         lambda: not director_daemonsets(kube),
@@ -281,3 +282,59 @@ def test_kubectl_apply_plain_manifests(ship: Any, kube: Any) -> None:
     kubectl("delete", "--wait=true", "-f", str(REPO / "deploy"))
     nothing_left_but_crds(kube)
     wait_gone(kube, Namespace, OPERATOR_NS)
+
+
+def test_helm_uninstall_removes_the_directors(ship: Any, kube: Any) -> None:
+    """The director DaemonSets are owned by the controller's Deployment: `helm uninstall` with
+    VirtualServers still in place leaves no DaemonSet, heartbeat-key Secret or Lease of the
+    operator behind (the garbage collector removes them); a pool's Service stays with its
+    pool, in the pool's namespace."""
+    helm, kubectl, controller, _nodes = ship
+    helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+         "--set", f"vipRanges={{{VIP_RANGE}}}", "--wait", "--timeout", "120s")  # fmt: skip
+    dep = deployment_available(kube, "lvs-operator")
+    apply_example(kubectl, kube)
+    controller.start()
+    ds = virtualserver_waits_for_its_directors(kube, controller)
+    assert [(o.kind, o.name, o.uid) for o in ds.metadata.ownerReferences or []] == [
+        ("Deployment", "lvs-operator", dep.metadata.uid)
+    ], controller.log_tail()
+    secret_name = f"{ds.metadata.name}-peer"
+    wait_for(
+        lambda: kube.get(Secret, secret_name, namespace=OPERATOR_NS),
+        timeout=30,
+        message=f"the group's heartbeat-key Secret {secret_name}",
+    )
+    pool_services = list(kube.list(Service, namespace=EXAMPLE_NS, labels=POOL_SERVICE_LABELS))
+    assert pool_services, "the pools' headless Services"
+
+    # The controller runs on this machine, not in the Deployment's pod: it stops as the pod
+    # would with the uninstall (else it would re-create what the garbage collector removes).
+    controller.stop()
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+
+    def operator_leftovers() -> list[str]:
+        daemonsets = [f"DaemonSet/{d.metadata.name}" for d in director_daemonsets(kube)]
+        secrets = [
+            f"Secret/{x.metadata.name}"
+            for x in kube.list(Secret, namespace=OPERATOR_NS)
+            if x.metadata.name.startswith("lvs-director-")
+        ]
+        leases = [
+            f"Lease/{x.metadata.name}"
+            for x in kube.list(Lease, namespace=OPERATOR_NS)
+            if x.metadata.name.startswith("lvs-director-")
+        ]
+        return daemonsets + secrets + leases
+
+    wait_for(
+        lambda: not operator_leftovers(),
+        timeout=60,
+        message=lambda: f"the garbage collector to remove {operator_leftovers()}",
+    )
+    # owned by the pool, not by the operator: still there while the pool is
+    kept = kube.list(Service, namespace=EXAMPLE_NS, labels=POOL_SERVICE_LABELS)
+    assert {s.metadata.name for s in kept} == {s.metadata.name for s in pool_services}
+
+
+POOL_SERVICE_LABELS = {"app.kubernetes.io/managed-by": "lvs-operator"}

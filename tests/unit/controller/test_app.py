@@ -193,3 +193,48 @@ def test_director_image_pull_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_image_pull_secret_names_the_flag() -> None:
     with pytest.raises(app.ConfigError, match="--director-image-pull-secrets: 'Reg_Cred'"):
         config("--director-image-pull-secrets=Reg_Cred")
+
+
+def test_owner_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_CONTROLLER_DEPLOYMENT", raising=False)
+    assert app.parser().parse_args([]).owner_deployment == ""
+    monkeypatch.setenv("LVS_CONTROLLER_DEPLOYMENT", "lvs-operator")
+    assert app.parser().parse_args([]).owner_deployment == "lvs-operator"
+    with pytest.raises(app.ConfigError, match=r"--owner-deployment \(LVS_CONTROLLER_DEPLOYMENT\)"):
+        config("--owner-deployment=Not A Name")
+
+
+class _Deployments:
+    """Answers the controller's GET of its own Deployment (or refuses it with ``code``)."""
+
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+        self.asked: list[tuple[str, str]] = []
+
+    async def get(self, res: object, name: str, namespace: str) -> object:
+        from types import SimpleNamespace
+
+        self.asked.append((namespace, name))
+        if self.code is not None:
+            from lightkube import ApiError
+            from lightkube.models.meta_v1 import Status
+
+            raise ApiError(status=Status(code=self.code, message="nope"))
+        return SimpleNamespace(metadata=SimpleNamespace(name=name, uid="uid-d"))
+
+
+async def test_resolve_owner_reads_the_deployment_once() -> None:
+    from lvs_operator.controller.config import OwnerDeployment
+
+    client = _Deployments(None)
+    owner, problem = await app.resolve_owner(client, "lvs-system", "lvs-operator")
+    assert (owner, problem) == (OwnerDeployment("lvs-operator", "uid-d"), None)
+    assert client.asked == [("lvs-system", "lvs-operator")]
+
+
+async def test_resolve_owner_says_how_to_fix_it() -> None:
+    owner, missing = await app.resolve_owner(_Deployments(404), "lvs-system", "nope")
+    assert owner is None and missing
+    assert "no Deployment lvs-system/nope" in missing and "LVS_CONTROLLER_DEPLOYMENT" in missing
+    owner, denied = await app.resolve_owner(_Deployments(403), "lvs-system", "lvs-operator")
+    assert owner is None and denied and "deploy/rbac/controller.yaml" in denied

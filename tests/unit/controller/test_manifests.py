@@ -6,7 +6,7 @@ from typing import Any
 from lvs_operator.api.contract import GROUP_LABEL, MANAGED_BY_LABEL, lease_name, peer_secret_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
-from lvs_operator.controller.config import ControllerConfig, DirectorTimings
+from lvs_operator.controller.config import ControllerConfig, DirectorTimings, OwnerDeployment
 from lvs_operator.controller.manifests import (
     ServicePort,
     build_daemonset,
@@ -267,3 +267,17 @@ def test_everything_the_controller_builds_says_who_manages_it() -> None:
         secret["metadata"]["labels"],
     ):
         assert labels[MANAGED_BY_LABEL] == "lvs-operator"
+
+
+def test_daemonset_is_owned_by_the_controllers_deployment_when_known() -> None:
+    alone = build_daemonset("gabc", {}, ControllerConfig())
+    assert "ownerReferences" not in alone["metadata"]
+    owned = build_daemonset(
+        "gabc", {}, ControllerConfig(owner=OwnerDeployment(name="lvs-operator", uid="uid-d"))
+    )
+    assert owned["metadata"]["ownerReferences"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "lvs-operator", "uid": "uid-d"}
+    ]
+    # an existing DaemonSet without the owner is rewritten (adopted) on the next pass
+    assert not carries(owned, alone)
+    assert carries(owned, owned)

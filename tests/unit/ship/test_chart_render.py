@@ -224,3 +224,18 @@ def test_every_object_says_helm_manages_it(helm: str) -> None:
         if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") != "Helm"
     ]
     assert unlabelled == []
+
+
+def test_the_controller_knows_its_deployment(helm: str) -> None:
+    """The Deployment the controller names as owner of the director DaemonSets is this one,
+    and its Role may read it (by name)."""
+    docs = template(helm)
+    _, ns = parse_controller_args(container(docs), "lvs-system")
+    assert ns.owner_deployment == controller(docs)["metadata"]["name"]
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lvs-operator"]
+    assert {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "resourceNames": [ns.owner_deployment],
+        "verbs": ["get"],
+    } in role["rules"]
