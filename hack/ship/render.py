@@ -33,6 +33,7 @@ NAMESPACE = "lvs-system"
 RELEASE = "lvs-operator"
 KINDS = ("VirtualServer", "RealServerPool")
 GROUP = "lvs.io"
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 
 HOW_TO_GET_HELM = "hack/test-cluster/cluster.sh build (or put helm v3.14+/v4 on PATH)"
 
@@ -88,6 +89,8 @@ def render_manifest(helm: str) -> str:
         f"  name: {NAMESPACE}\n"
         "  labels:\n"
         "    app.kubernetes.io/part-of: lvs-operator\n"
+        "    # the director agents' pods need it (hostNetwork, NET_ADMIN, NET_RAW)\n"
+        f"    {PSA_ENFORCE_LABEL}: privileged\n"
     )
     return header + helm_template(helm)
 

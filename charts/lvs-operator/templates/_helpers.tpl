@@ -59,6 +59,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq (int .Values.director.healthPort) (int .Values.director.metricsPort) -}}
 {{- fail (printf "director.healthPort and director.metricsPort must differ (both are %v): the agents serve both on the node's network" .Values.director.healthPort) -}}
 {{- end -}}
+{{- /* On a live install only (lookup finds nothing under helm template or Argo CD): a namespace
+     whose Pod Security label refuses the director agents' pods fails the install now, rather
+     than leave DaemonSets whose pods are never created. */ -}}
+{{- $ns := lookup "v1" "Namespace" "" .Release.Namespace -}}
+{{- if $ns -}}
+{{- $enforce := get ($ns.metadata.labels | default dict) "pod-security.kubernetes.io/enforce" -}}
+{{- if and $enforce (ne $enforce "privileged") -}}
+{{- fail (printf "namespace %s enforces Pod Security %q, which refuses the director agents' pods (hostNetwork, NET_ADMIN, NET_RAW): allow them with: kubectl label namespace %s pod-security.kubernetes.io/enforce=privileged --overwrite" .Release.Namespace $enforce .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
 {{- if eq .Values.serviceAccount.name .Values.director.serviceAccount.name -}}
 {{- fail (printf "serviceAccount.name and director.serviceAccount.name must differ (both are %q): the controller and the agents get different permissions" .Values.serviceAccount.name) -}}
 {{- end -}}

@@ -338,3 +338,30 @@ def test_helm_uninstall_removes_the_directors(ship: Any, kube: Any) -> None:
 
 
 POOL_SERVICE_LABELS = {"app.kubernetes.io/managed-by": "lvs-operator"}
+
+
+def test_helm_install_refuses_a_namespace_whose_pod_security_refuses_the_directors(
+    ship: Any, kube: Any
+) -> None:
+    """A namespace enforcing Pod Security `baseline` would admit the controller but never the
+    director agents' pods: the install fails at once, naming the label to set; with the
+    label set as the chart's README says, it installs."""
+    helm, kubectl, _controller, _nodes = ship
+    kubectl("create", "namespace", OPERATOR_NS)
+    kubectl("label", "namespace", OPERATOR_NS, "pod-security.kubernetes.io/enforce=baseline")
+    install = ("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+    refused = helm(*install, check=False)
+    assert refused.returncode != 0
+    assert 'enforces Pod Security "baseline"' in refused.stderr, refused.stderr
+    assert (
+        f"kubectl label namespace {OPERATOR_NS} pod-security.kubernetes.io/enforce=privileged"
+        in refused.stderr
+    )
+    assert not list(kube.list(Deployment, namespace=OPERATOR_NS))
+    kubectl(
+        "label", "namespace", OPERATOR_NS, "--overwrite",
+        "pod-security.kubernetes.io/enforce=privileged",
+    )  # fmt: skip
+    helm(*install)
+    deployment_available(kube, "lvs-operator")
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")

@@ -239,3 +239,25 @@ def test_the_controller_knows_its_deployment(helm: str) -> None:
         "resourceNames": [ns.owner_deployment],
         "verbs": ["get"],
     } in role["rules"]
+
+
+def test_older_kubernetes_is_refused_before_anything_is_applied(helm: str) -> None:
+    from .support import render
+
+    with pytest.raises(RuntimeError, match=r"requires kubeVersion: >=1\.31\.0-0"):
+        render.helm_template(helm, "--kube-version", "1.30.9")
+    assert "kind: Deployment" in render.helm_template(helm, "--kube-version", "1.31.0")
+
+
+def test_plain_manifests_label_their_namespace_for_the_directors_pods() -> None:
+    import yaml
+
+    from .support import REPO
+
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "lvs-operator.yaml").read_text()) if d]
+    (ns,) = [d for d in docs if d["kind"] == "Namespace"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # everything else the file holds lives in that namespace (or is cluster-scoped)
+    assert {d["metadata"].get("namespace", ns["metadata"]["name"]) for d in docs} == {
+        ns["metadata"]["name"]
+    }
