@@ -29,6 +29,7 @@ from lvs_operator.api.network import (
     is_label_value,
     parse_ranges,
 )
+from lvs_operator.options import env_text, integer, number, one_of
 
 from .config import (
     DEFAULT_CONTROLLER_METRICS_PORT,
@@ -50,20 +51,12 @@ DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
 ENV_DIRECTOR_IMAGE_PULL_SECRETS = "LVS_DIRECTOR_IMAGE_PULL_SECRETS"
 ENV_OWNER_DEPLOYMENT = "LVS_CONTROLLER_DEPLOYMENT"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--director-image-pull-policy",
         default=_env("LVS_DIRECTOR_IMAGE_PULL_POLICY", "IfNotPresent"),
-        choices=["Always", "IfNotPresent", "Never"],
+        type=one_of("LVS_DIRECTOR_IMAGE_PULL_POLICY", PULL_POLICIES),
+        metavar="{" + ",".join(PULL_POLICIES) + "}",
     )
     p.add_argument(
         "--director-image-pull-secrets",
@@ -129,45 +123,44 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--director-health-port",
-        type=int,
-        default=_env_int(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
+        type=integer(contract.ENV_HEALTH_PORT),
+        default=env_text(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
         help="the agents' /healthz + /readyz port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-metrics-port",
-        type=int,
-        default=_env_int(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
+        type=integer(contract.ENV_METRICS_PORT),
+        default=env_text(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
         help="the agents' metrics port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-peer-port",
-        type=int,
-        default=_env_int(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
+        type=integer(contract.ENV_PEER_PORT),
+        default=env_text(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
         help="the agents' UDP heartbeat port on the node (default %(default)s)",
     )
     p.add_argument(
         "--lease-duration-seconds",
-        type=int,
-        default=_env_int(contract.ENV_LEASE_DURATION_SECONDS),
+        type=integer(contract.ENV_LEASE_DURATION_SECONDS),
+        default=env_text(contract.ENV_LEASE_DURATION_SECONDS),
         help="passed to the agents as LVS_LEASE_DURATION_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--renew-deadline-seconds",
-        type=float,
-        default=_env_float(contract.ENV_RENEW_DEADLINE_SECONDS),
+        type=number(contract.ENV_RENEW_DEADLINE_SECONDS),
+        default=env_text(contract.ENV_RENEW_DEADLINE_SECONDS),
         help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--retry-period-seconds",
-        type=float,
-        default=_env_float(contract.ENV_RETRY_PERIOD_SECONDS),
+        type=number(contract.ENV_RETRY_PERIOD_SECONDS),
+        default=env_text(contract.ENV_RETRY_PERIOD_SECONDS),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
-    metrics_port = _env_int(ENV_METRICS_PORT)  # 0 is a value here: off
     p.add_argument(
         "--metrics-port",
-        type=int,
-        default=DEFAULT_CONTROLLER_METRICS_PORT if metrics_port is None else metrics_port,
+        type=integer(ENV_METRICS_PORT),
+        default=env_text(ENV_METRICS_PORT) or DEFAULT_CONTROLLER_METRICS_PORT,  # "0": off
         help=f"the controller's own /metrics port (env {ENV_METRICS_PORT}; default "
         "%(default)s; 0: off)",
     )
@@ -191,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default=_env(contract.ENV_LOG_LEVEL, "info"),
-        choices=["debug", "info", "warning", "error"],
+        type=one_of(contract.ENV_LOG_LEVEL, LOG_LEVELS),
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
     )
     return p
 
@@ -395,12 +389,20 @@ async def main(
 ) -> int:
     import kopf
     from lightkube import AsyncClient, KubeConfig
+    from lightkube.core.exceptions import ConfigError as KubeConfigError
 
     from .manifests import FIELD_MANAGER
     from .metrics import ControllerMetrics
     from .reconciler import Reconciler
 
-    kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    try:
+        kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    except KubeConfigError as exc:
+        log.error(
+            "no cluster to connect to: %s (give --kubeconfig, set KUBECONFIG, or run in a pod)",
+            exc,
+        )
+        return 2
     client = AsyncClient(kc, field_manager=FIELD_MANAGER)
     problem = await preflight(client)
     if not problem and owner_name:
@@ -474,11 +476,25 @@ async def main(
     return 0
 
 
+def kubeconfig_problem(flag: str | None, env_value: str | None) -> str | None:
+    """Why the kubeconfig named by --kubeconfig (else env KUBECONFIG) cannot be used, or None
+    (neither given: ~/.kube/config or the in-cluster ServiceAccount, checked at connection)."""
+    if flag:
+        return None if os.path.isfile(flag) else f"--kubeconfig: no such file: {flag}"
+    for path in (env_value or "").split(os.pathsep):
+        if path and not os.path.isfile(path):
+            return f"env KUBECONFIG: no such file: {path} (unset it, or fix the path)"
+    return None
+
+
 def run(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
+        problem = kubeconfig_problem(args.kubeconfig, os.environ.get("KUBECONFIG"))
+        if problem:
+            raise ConfigError(problem)
     except ConfigError as exc:
         print(f"lvs-operator controller: {exc}", file=sys.stderr)
         return 2
