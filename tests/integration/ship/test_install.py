@@ -10,11 +10,15 @@ then remove everything and check that only the CRDs remain.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Namespace, Node, Pod, Secret, Service, ServiceAccount
@@ -47,6 +51,7 @@ from .support import (
     director_daemonsets,
     example_pods_ready,
     replica_sets,
+    run,
     wait_gone,
 )
 
@@ -365,3 +370,81 @@ def test_helm_install_refuses_a_namespace_whose_pod_security_refuses_the_directo
     helm(*install)
     deployment_available(kube, "lvs-operator")
     helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+
+
+def previous_chart(tmp: Path) -> Path:
+    """The chart as a previous release shipped it: the same, but its VirtualServer CRD does
+    not know spec.directors.interface yet."""
+    old = tmp / "lvs-operator-previous"
+    shutil.copytree(CHART, old)
+    crd_path = old / "crds" / "lvs.io_virtualservers.yaml"
+    crd = yaml.safe_load(crd_path.read_text())
+    for version in crd["spec"]["versions"]:
+        directors = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "directors"
+        ]
+        del directors["properties"]["interface"]
+    crd_path.write_text(yaml.safe_dump(crd))
+    return old
+
+
+def interface_kept(kube: Any, name: str) -> bool:
+    """Create a VirtualServer with spec.directors.interface and see whether the API server
+    kept it (a structural schema prunes the fields it does not know)."""
+    vs = VirtualServer.from_dict(
+        {
+            "apiVersion": "lvs.io/v1alpha1",
+            "kind": "VirtualServer",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "vip": "192.0.2.30",
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                "poolRef": {"name": "web"},
+                "directors": {"interface": "eth1"},
+            },
+        }
+    )
+    created = kube.create(vs)
+    return (created["spec"].get("directors") or {}).get("interface") == "eth1"
+
+
+def test_documented_crd_step_before_helm_upgrade_serves_the_new_schema(
+    ship: Any, kube: Any, tmp_path: Path
+) -> None:
+    """Helm installs crds/ once and never upgrades them; the chart's README has the step that
+    does, before `helm upgrade`: `helm show crds <chart> | kubectl apply --server-side
+    --force-conflicts -f -`. Installed by a previous release (Helm created the CRDs), the
+    step and the upgrade make the API server serve the new schema."""
+    helm, kubectl, _controller, _nodes = ship
+    names = ["virtualservers.lvs.io", "realserverpools.lvs.io"]
+    try:
+        kubectl("delete", "--ignore-not-found", "--wait=true", "crd", *names)
+        helm("install", RELEASE, str(previous_chart(tmp_path)), "-n", OPERATOR_NS,
+             "--create-namespace", "--wait", "--timeout", "120s")  # fmt: skip
+        wait_for(lambda: crds_present(kube) == names, timeout=30, message="CRDs created by Helm")
+        assert wait_for(
+            lambda: kube.get(CustomResourceDefinition, names[0]).status.acceptedNames.kind,
+            timeout=30,
+            message="the previous CRD established",
+        )
+        assert not interface_kept(kube, "before-upgrade")
+
+        crds = run([helm.exe, "show", "crds", str(CHART)]).stdout
+        apply = subprocess.run(
+            [kubectl.exe, f"--kubeconfig={kubectl.kubeconfig}", "apply", "--server-side",
+             "--force-conflicts", "-f", "-"],
+            input=crds, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert apply.returncode == 0, apply.stderr
+        helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NS, "--reuse-values", "--wait",
+             "--timeout", "120s")  # fmt: skip
+        assert wait_for(
+            lambda: interface_kept(kube, f"after-upgrade-{int(time.monotonic() * 1000)}"),
+            timeout=30,
+            message="the new schema (spec.directors.interface) served",
+        )
+    finally:
+        kubectl("delete", "--ignore-not-found", "-n", "default", "virtualservers", "--all",
+                check=False)  # fmt: skip
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)
