@@ -61,9 +61,16 @@ def find_tool(name: str) -> str | None:
     return str(cached) if cached.is_file() and os.access(cached, os.X_OK) else None
 
 
+# The oldest Kubernetes the chart supports: helm template otherwise assumes the version of
+# its own client libraries (v1.29 for helm 3.14), which the chart's check refuses. A later
+# --kube-version in ``args`` wins.
+KUBE_VERSION = "v1.31.0"
+
+
 def helm_template(helm: str, *args: str, namespace: str = NAMESPACE) -> str:
+    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", namespace]
     r = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", namespace, *args],
+        [*cmd, "--kube-version", KUBE_VERSION, *args],
         capture_output=True,
         text=True,
         timeout=120,

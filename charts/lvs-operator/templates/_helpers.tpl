@@ -37,6 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Checks the JSON schema cannot express; each fails with a message naming the values. */}}
 {{- define "lvs-operator.validate" -}}
+{{- $kube := .Capabilities.KubeVersion.Version -}}
+{{- if and (not (hasPrefix "v0.0.0" $kube)) (semverCompare "<1.31.0-0" $kube) -}}
+{{- fail (printf "Kubernetes %s is too old for lvs-operator: its CRDs' validation rules use the CEL IP library of Kubernetes 1.31 or later" $kube) -}}
+{{- end -}}
 {{- range $i, $r := .Values.vipRanges -}}
 {{- if not (regexMatch "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])|[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$" $r) -}}
 {{- fail (printf "vipRanges[%d] = %q is not a network in CIDR notation: an IPv4 address with a /0-32 prefix (e.g. 192.0.2.0/24) or an IPv6 address with a /0-128 prefix (e.g. 2001:db8::/64)" $i $r) -}}
