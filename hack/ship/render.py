@@ -33,6 +33,7 @@ NAMESPACE = "lvs-system"
 RELEASE = "lvs-operator"
 KINDS = ("VirtualServer", "RealServerPool")
 GROUP = "lvs.io"
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 
 HOW_TO_GET_HELM = "hack/test-cluster/cluster.sh build (or put helm v3.14+/v4 on PATH)"
 
@@ -60,9 +61,16 @@ def find_tool(name: str) -> str | None:
     return str(cached) if cached.is_file() and os.access(cached, os.X_OK) else None
 
 
+# The oldest Kubernetes the chart supports: helm template otherwise assumes the version of
+# its own client libraries (v1.29 for helm 3.14), which the chart's check refuses. A later
+# --kube-version in ``args`` wins.
+KUBE_VERSION = "v1.31.0"
+
+
 def helm_template(helm: str, *args: str, namespace: str = NAMESPACE) -> str:
+    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", namespace]
     r = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", namespace, *args],
+        [*cmd, "--kube-version", KUBE_VERSION, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,6 +96,8 @@ def render_manifest(helm: str) -> str:
         f"  name: {NAMESPACE}\n"
         "  labels:\n"
         "    app.kubernetes.io/part-of: lvs-operator\n"
+        "    # the director agents' pods need it (hostNetwork, NET_ADMIN, NET_RAW)\n"
+        f"    {PSA_ENFORCE_LABEL}: privileged\n"
     )
     return header + helm_template(helm)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,13 @@ from urllib.parse import urlsplit
 
 from lvs_operator import logs
 from lvs_operator.api import contract
-from lvs_operator.api.network import is_label_key, is_label_value, parse_ranges
+from lvs_operator.api.network import (
+    is_dns_subdomain,
+    is_label_key,
+    is_label_value,
+    parse_ranges,
+)
+from lvs_operator.options import env_text, integer, number, one_of
 
 from .config import (
     DEFAULT_CONTROLLER_METRICS_PORT,
@@ -35,26 +42,21 @@ from .config import (
     DEFAULT_PEER_PORT,
     ControllerConfig,
     DirectorTimings,
+    OwnerDeployment,
 )
 
 log = logging.getLogger("lvs_operator.controller")
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
+ENV_DIRECTOR_IMAGE_PULL_SECRETS = "LVS_DIRECTOR_IMAGE_PULL_SECRETS"
+ENV_OWNER_DEPLOYMENT = "LVS_CONTROLLER_DEPLOYMENT"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,7 +85,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--director-image-pull-policy",
         default=_env("LVS_DIRECTOR_IMAGE_PULL_POLICY", "IfNotPresent"),
-        choices=["Always", "IfNotPresent", "Never"],
+        type=one_of("LVS_DIRECTOR_IMAGE_PULL_POLICY", PULL_POLICIES),
+        metavar="{" + ",".join(PULL_POLICIES) + "}",
+    )
+    p.add_argument(
+        "--director-image-pull-secrets",
+        default=_env(ENV_DIRECTOR_IMAGE_PULL_SECRETS),
+        help="comma-separated names of Secrets in the operator's namespace the kubelet pulls "
+        f"the agents' image with (env {ENV_DIRECTOR_IMAGE_PULL_SECRETS}; default none)",
     )
     p.add_argument(
         "--director-service-account",
@@ -114,47 +123,53 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--director-health-port",
-        type=int,
-        default=_env_int(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
+        type=integer(contract.ENV_HEALTH_PORT),
+        default=env_text(contract.ENV_HEALTH_PORT) or DEFAULT_HEALTH_PORT,
         help="the agents' /healthz + /readyz port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-metrics-port",
-        type=int,
-        default=_env_int(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
+        type=integer(contract.ENV_METRICS_PORT),
+        default=env_text(contract.ENV_METRICS_PORT) or DEFAULT_METRICS_PORT,
         help="the agents' metrics port on the node (default %(default)s)",
     )
     p.add_argument(
         "--director-peer-port",
-        type=int,
-        default=_env_int(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
+        type=integer(contract.ENV_PEER_PORT),
+        default=env_text(contract.ENV_PEER_PORT) or DEFAULT_PEER_PORT,
         help="the agents' UDP heartbeat port on the node (default %(default)s)",
     )
     p.add_argument(
         "--lease-duration-seconds",
-        type=int,
-        default=_env_int(contract.ENV_LEASE_DURATION_SECONDS),
+        type=integer(contract.ENV_LEASE_DURATION_SECONDS),
+        default=env_text(contract.ENV_LEASE_DURATION_SECONDS),
         help="passed to the agents as LVS_LEASE_DURATION_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--renew-deadline-seconds",
-        type=float,
-        default=_env_float(contract.ENV_RENEW_DEADLINE_SECONDS),
+        type=number(contract.ENV_RENEW_DEADLINE_SECONDS),
+        default=env_text(contract.ENV_RENEW_DEADLINE_SECONDS),
         help="passed to the agents as LVS_RENEW_DEADLINE_SECONDS (default: theirs)",
     )
     p.add_argument(
         "--retry-period-seconds",
-        type=float,
-        default=_env_float(contract.ENV_RETRY_PERIOD_SECONDS),
+        type=number(contract.ENV_RETRY_PERIOD_SECONDS),
+        default=env_text(contract.ENV_RETRY_PERIOD_SECONDS),
         help="passed to the agents as LVS_RETRY_PERIOD_SECONDS (default: theirs)",
     )
-    metrics_port = _env_int(ENV_METRICS_PORT)  # 0 is a value here: off
     p.add_argument(
         "--metrics-port",
-        type=int,
-        default=DEFAULT_CONTROLLER_METRICS_PORT if metrics_port is None else metrics_port,
+        type=integer(ENV_METRICS_PORT),
+        default=env_text(ENV_METRICS_PORT) or DEFAULT_CONTROLLER_METRICS_PORT,  # "0": off
         help=f"the controller's own /metrics port (env {ENV_METRICS_PORT}; default "
         "%(default)s; 0: off)",
+    )
+    p.add_argument(
+        "--owner-deployment",
+        default=_env(ENV_OWNER_DEPLOYMENT),
+        help="name of the controller's own Deployment in --namespace (env "
+        f"{ENV_OWNER_DEPLOYMENT}; set by the chart and deploy/): the owner of every director "
+        "DaemonSet, so that deleting it removes them; empty: no owner (run by hand)",
     )
     p.add_argument(
         "--liveness",
@@ -169,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         default=_env(contract.ENV_LOG_LEVEL, "info"),
-        choices=["debug", "info", "warning", "error"],
+        type=one_of(contract.ENV_LOG_LEVEL, LOG_LEVELS),
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
     )
     return p
 
@@ -215,6 +231,19 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
             "--director-health-port and --director-metrics-port must differ: the agents serve "
             "both on the node's network"
         )
+    names = args.director_image_pull_secrets.split(",")
+    pull_secrets = tuple(n.strip() for n in names if n.strip())
+    for name in pull_secrets:
+        if not is_dns_subdomain(name):
+            raise ConfigError(
+                f"--director-image-pull-secrets: {name!r} is not a Secret name (lowercase "
+                "letters, digits, '-' and '.'); give comma-separated names, e.g. regcred,mirror"
+            )
+    if args.owner_deployment and not is_dns_subdomain(args.owner_deployment):
+        raise ConfigError(
+            f"--owner-deployment ({ENV_OWNER_DEPLOYMENT}): {args.owner_deployment!r} is not a "
+            "Deployment name; give the name of the controller's Deployment, e.g. lvs-operator"
+        )
     pin: dict[str, str] = {}
     if args.director_node_label:
         key, sep, value = args.director_node_label.partition("=")
@@ -230,6 +259,7 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         vip_ranges=ranges,
         director_image=args.director_image,
         director_image_pull_policy=args.director_image_pull_policy,
+        director_image_pull_secrets=pull_secrets,
         director_service_account=args.director_service_account,
         director_tolerations=tuple(tolerations),
         director_resources=resources,
@@ -325,17 +355,67 @@ async def preflight(client: Any) -> str | None:
     return None
 
 
-async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str | None) -> int:
+async def resolve_owner(
+    client: Any, namespace: str, name: str
+) -> tuple[OwnerDeployment | None, str | None]:
+    """(the controller's Deployment as owner, None), or (None, why it cannot be read)."""
+    from lightkube import ApiError
+    from lightkube.resources.apps_v1 import Deployment
+
+    try:
+        obj = await client.get(Deployment, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None, (
+                f"--owner-deployment ({ENV_OWNER_DEPLOYMENT}): no Deployment {namespace}/{name}: "
+                "set it to the name of the controller's own Deployment, or leave it empty "
+                "when running the controller by hand"
+            )
+        if exc.status.code == 403:
+            return None, (
+                f"not allowed to get Deployment {namespace}/{name} (--owner-deployment): grant "
+                "`get` on deployments in the Role of deploy/rbac/controller.yaml "
+                f"({exc.status.message})"
+            )
+        raise
+    return OwnerDeployment(name=obj.metadata.name, uid=obj.metadata.uid), None
+
+
+async def main(
+    config: ControllerConfig,
+    kubeconfig: str | None,
+    liveness: str | None,
+    owner_name: str = "",
+) -> int:
     import kopf
     from lightkube import AsyncClient, KubeConfig
+    from lightkube.core.exceptions import ConfigError as KubeConfigError
 
     from .manifests import FIELD_MANAGER
     from .metrics import ControllerMetrics
     from .reconciler import Reconciler
 
-    kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    try:
+        kc = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    except KubeConfigError as exc:
+        log.error(
+            "no cluster to connect to: %s (give --kubeconfig, set KUBECONFIG, or run in a pod)",
+            exc,
+        )
+        return 2
     client = AsyncClient(kc, field_manager=FIELD_MANAGER)
     problem = await preflight(client)
+    if not problem and owner_name:
+        owner, problem = await resolve_owner(client, config.namespace, owner_name)
+        config = dataclasses.replace(config, owner=owner)
+    elif not problem:
+        log.warning(
+            "no --owner-deployment (env %s): the director DaemonSets get no ownerReference, "
+            "so deleting the controller leaves them running; delete them with `kubectl -n %s "
+            "delete daemonset -l app.kubernetes.io/managed-by=lvs-operator`",
+            ENV_OWNER_DEPLOYMENT,
+            config.namespace,
+        )
     if problem:
         log.error("%s", problem)
         await client.close()
@@ -358,10 +438,11 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
         loop.add_signal_handler(sig, stop.set)
 
     log.info(
-        "starting: namespace=%s vip-ranges=%s director-image=%s",
+        "starting: namespace=%s vip-ranges=%s director-image=%s owner=%s",
         config.namespace,
         ",".join(str(r) for r in config.vip_ranges) or "(none: every VIP is refused)",
         config.director_image,
+        f"Deployment/{config.owner.name}" if config.owner else "(none)",
     )
     worker = asyncio.create_task(reconciler.run(), name="reconciler")
     operator = asyncio.create_task(
@@ -395,11 +476,25 @@ async def main(config: ControllerConfig, kubeconfig: str | None, liveness: str |
     return 0
 
 
+def kubeconfig_problem(flag: str | None, env_value: str | None) -> str | None:
+    """Why the kubeconfig named by --kubeconfig (else env KUBECONFIG) cannot be used, or None
+    (neither given: ~/.kube/config or the in-cluster ServiceAccount, checked at connection)."""
+    if flag:
+        return None if os.path.isfile(flag) else f"--kubeconfig: no such file: {flag}"
+    for path in (env_value or "").split(os.pathsep):
+        if path and not os.path.isfile(path):
+            return f"env KUBECONFIG: no such file: {path} (unset it, or fix the path)"
+    return None
+
+
 def run(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
+        problem = kubeconfig_problem(args.kubeconfig, os.environ.get("KUBECONFIG"))
+        if problem:
+            raise ConfigError(problem)
     except ConfigError as exc:
         print(f"lvs-operator controller: {exc}", file=sys.stderr)
         return 2
@@ -411,4 +506,4 @@ def run(argv: Sequence[str]) -> int:
             "LVS_VIP_RANGES) lists the CIDRs its VIPs may use"
         )
     liveness = None if args.liveness in ("", "none") else args.liveness
-    return asyncio.run(main(config, args.kubeconfig, liveness))
+    return asyncio.run(main(config, args.kubeconfig, liveness, args.owner_deployment))

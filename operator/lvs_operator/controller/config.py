@@ -38,11 +38,27 @@ class DirectorTimings:
 
 
 @dataclass(frozen=True)
+class OwnerDeployment:
+    """The controller's own Deployment, which every director DaemonSet names as its owner so
+    that deleting the Deployment (``helm uninstall``, ``kubectl delete -f deploy/``) lets the
+    garbage collector remove the DaemonSets, and with them their heartbeat-key Secrets."""
+
+    name: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        # not `controller: true`: the Deployment's own controller does not manage DaemonSets
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name, "uid": self.uid}
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     namespace: str = DEFAULT_NAMESPACE
     vip_ranges: tuple[IPNetwork, ...] = ()
     director_image: str = DEFAULT_DIRECTOR_IMAGE
     director_image_pull_policy: str = "IfNotPresent"
+    # names of Secrets in the operator's namespace the kubelet pulls the agents' image with
+    director_image_pull_secrets: tuple[str, ...] = ()
     director_service_account: str = DEFAULT_DIRECTOR_SERVICE_ACCOUNT
     director_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_DIRECTOR_TOLERATIONS
     director_resources: Mapping[str, Any] = field(
@@ -60,3 +76,6 @@ class ControllerConfig:
     director_node_pin: Mapping[str, str] = field(
         default_factory=lambda: {DIRECTOR_NODE_LABEL: "true"}
     )
+    # the controller's Deployment (--owner-deployment, resolved at start); None: run by hand,
+    # the director DaemonSets get no ownerReference
+    owner: OwnerDeployment | None = None

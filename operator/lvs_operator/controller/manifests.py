@@ -271,6 +271,12 @@ def build_daemonset(
         "nodeSelector": {**node_selector, **config.director_node_pin},
         "serviceAccountName": config.director_service_account,
         "terminationGracePeriodSeconds": 30,
+        # The container runtime's default seccomp filter (Pod Security "restricted" asks for
+        # it). What the agent calls is allowed by it: sockets of AF_NETLINK (IPVS, addresses,
+        # nftables), AF_PACKET (ARP) and AF_INET/AF_INET6 (heartbeat, raw ICMPv6), setsockopt,
+        # dlopen of libnftables or exec of `nft`; setns (refused by it) is only called where
+        # the data-plane tests put agents in network namespaces, never in the pod.
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [
             {
@@ -283,18 +289,24 @@ def build_daemonset(
             }
         ],
     }
+    if config.director_image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in config.director_image_pull_secrets]
     if config.director_tolerations:
         pod_spec["tolerations"] = [dict(t) for t in config.director_tolerations]
     if config.director_priority_class:
         pod_spec["priorityClassName"] = config.director_priority_class
+    metadata: dict[str, Any] = {
+        "name": daemonset_name(group),
+        "namespace": config.namespace,
+        "labels": director_labels(group),
+    }
+    if config.owner is not None:
+        # the controller's Deployment (same namespace): removing it removes the directors
+        metadata["ownerReferences"] = [config.owner.owner_reference()]
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {
-            "name": daemonset_name(group),
-            "namespace": config.namespace,
-            "labels": director_labels(group),
-        },
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": director_selector_labels(group)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},

@@ -10,13 +10,18 @@ then remove everything and check that only the CRDs remain.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import Namespace, Node, Pod, Service, ServiceAccount
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import Namespace, Node, Pod, Secret, Service, ServiceAccount
 from lightkube.resources.rbac_authorization_v1 import (
     ClusterRole,
     ClusterRoleBinding,
@@ -46,6 +51,7 @@ from .support import (
     director_daemonsets,
     example_pods_ready,
     replica_sets,
+    run,
     wait_gone,
 )
 
@@ -165,8 +171,8 @@ def director_pods_scheduled(kube: Any, kubectl: Kubectl, nodes: list[str], ds: A
 
 
 def remove_example_and_groups(kube: Any, kubectl: Kubectl, controller: HostController) -> None:
-    """Users delete their VirtualServers before uninstalling: the controller then removes the
-    director groups' DaemonSets (they live in the operator's namespace, owned by no one)."""
+    """VirtualServers deleted before uninstalling: the controller itself removes the director
+    groups' DaemonSets (test_helm_uninstall_removes_the_directors covers the other order)."""
     kubectl("-n", EXAMPLE_NS, "delete", "virtualservers", "--all", "--wait=true")
     wait_for(
         lambda: not director_daemonsets(kube),
@@ -281,3 +287,164 @@ def test_kubectl_apply_plain_manifests(ship: Any, kube: Any) -> None:
     kubectl("delete", "--wait=true", "-f", str(REPO / "deploy"))
     nothing_left_but_crds(kube)
     wait_gone(kube, Namespace, OPERATOR_NS)
+
+
+def test_helm_uninstall_removes_the_directors(ship: Any, kube: Any) -> None:
+    """The director DaemonSets are owned by the controller's Deployment: `helm uninstall` with
+    VirtualServers still in place leaves no DaemonSet, heartbeat-key Secret or Lease of the
+    operator behind (the garbage collector removes them); a pool's Service stays with its
+    pool, in the pool's namespace."""
+    helm, kubectl, controller, _nodes = ship
+    helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+         "--set", f"vipRanges={{{VIP_RANGE}}}", "--wait", "--timeout", "120s")  # fmt: skip
+    dep = deployment_available(kube, "lvs-operator")
+    apply_example(kubectl, kube)
+    controller.start()
+    ds = virtualserver_waits_for_its_directors(kube, controller)
+    assert [(o.kind, o.name, o.uid) for o in ds.metadata.ownerReferences or []] == [
+        ("Deployment", "lvs-operator", dep.metadata.uid)
+    ], controller.log_tail()
+    secret_name = f"{ds.metadata.name}-peer"
+    wait_for(
+        lambda: kube.get(Secret, secret_name, namespace=OPERATOR_NS),
+        timeout=30,
+        message=f"the group's heartbeat-key Secret {secret_name}",
+    )
+    pool_services = list(kube.list(Service, namespace=EXAMPLE_NS, labels=POOL_SERVICE_LABELS))
+    assert pool_services, "the pools' headless Services"
+
+    # The controller runs on this machine, not in the Deployment's pod: it stops as the pod
+    # would with the uninstall (else it would re-create what the garbage collector removes).
+    controller.stop()
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+
+    def operator_leftovers() -> list[str]:
+        daemonsets = [f"DaemonSet/{d.metadata.name}" for d in director_daemonsets(kube)]
+        secrets = [
+            f"Secret/{x.metadata.name}"
+            for x in kube.list(Secret, namespace=OPERATOR_NS)
+            if x.metadata.name.startswith("lvs-director-")
+        ]
+        leases = [
+            f"Lease/{x.metadata.name}"
+            for x in kube.list(Lease, namespace=OPERATOR_NS)
+            if x.metadata.name.startswith("lvs-director-")
+        ]
+        return daemonsets + secrets + leases
+
+    wait_for(
+        lambda: not operator_leftovers(),
+        timeout=60,
+        message=lambda: f"the garbage collector to remove {operator_leftovers()}",
+    )
+    # owned by the pool, not by the operator: still there while the pool is
+    kept = kube.list(Service, namespace=EXAMPLE_NS, labels=POOL_SERVICE_LABELS)
+    assert {s.metadata.name for s in kept} == {s.metadata.name for s in pool_services}
+
+
+POOL_SERVICE_LABELS = {"app.kubernetes.io/managed-by": "lvs-operator"}
+
+
+def test_helm_install_refuses_a_namespace_whose_pod_security_refuses_the_directors(
+    ship: Any, kube: Any
+) -> None:
+    """A namespace enforcing Pod Security `baseline` would admit the controller but never the
+    director agents' pods: the install fails at once, naming the label to set; with the
+    label set as the chart's README says, it installs."""
+    helm, kubectl, _controller, _nodes = ship
+    kubectl("create", "namespace", OPERATOR_NS)
+    kubectl("label", "namespace", OPERATOR_NS, "pod-security.kubernetes.io/enforce=baseline")
+    install = ("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+    refused = helm(*install, check=False)
+    assert refused.returncode != 0
+    assert 'enforces Pod Security "baseline"' in refused.stderr, refused.stderr
+    assert (
+        f"kubectl label namespace {OPERATOR_NS} pod-security.kubernetes.io/enforce=privileged"
+        in refused.stderr
+    )
+    assert not list(kube.list(Deployment, namespace=OPERATOR_NS))
+    kubectl(
+        "label", "namespace", OPERATOR_NS, "--overwrite",
+        "pod-security.kubernetes.io/enforce=privileged",
+    )  # fmt: skip
+    helm(*install)
+    deployment_available(kube, "lvs-operator")
+    helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
+
+
+def previous_chart(tmp: Path) -> Path:
+    """The chart as a previous release shipped it: the same, but its VirtualServer CRD does
+    not know spec.directors.interface yet."""
+    old = tmp / "lvs-operator-previous"
+    shutil.copytree(CHART, old)
+    crd_path = old / "crds" / "lvs.io_virtualservers.yaml"
+    crd = yaml.safe_load(crd_path.read_text())
+    for version in crd["spec"]["versions"]:
+        directors = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "directors"
+        ]
+        del directors["properties"]["interface"]
+    crd_path.write_text(yaml.safe_dump(crd))
+    return old
+
+
+def interface_kept(kube: Any, name: str) -> bool:
+    """Create a VirtualServer with spec.directors.interface and see whether the API server
+    kept it (a structural schema prunes the fields it does not know)."""
+    vs = VirtualServer.from_dict(
+        {
+            "apiVersion": "lvs.io/v1alpha1",
+            "kind": "VirtualServer",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "vip": "192.0.2.30",
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                "poolRef": {"name": "web"},
+                "directors": {"interface": "eth1"},
+            },
+        }
+    )
+    created = kube.create(vs)
+    return (created["spec"].get("directors") or {}).get("interface") == "eth1"
+
+
+def test_documented_crd_step_before_helm_upgrade_serves_the_new_schema(
+    ship: Any, kube: Any, tmp_path: Path
+) -> None:
+    """Helm installs crds/ once and never upgrades them; the chart's README has the step that
+    does, before `helm upgrade`: `helm show crds <chart> | kubectl apply --server-side
+    --force-conflicts -f -`. Installed by a previous release (Helm created the CRDs), the
+    step and the upgrade make the API server serve the new schema."""
+    helm, kubectl, _controller, _nodes = ship
+    names = ["virtualservers.lvs.io", "realserverpools.lvs.io"]
+    try:
+        kubectl("delete", "--ignore-not-found", "--wait=true", "crd", *names)
+        helm("install", RELEASE, str(previous_chart(tmp_path)), "-n", OPERATOR_NS,
+             "--create-namespace", "--wait", "--timeout", "120s")  # fmt: skip
+        wait_for(lambda: crds_present(kube) == names, timeout=30, message="CRDs created by Helm")
+        assert wait_for(
+            lambda: kube.get(CustomResourceDefinition, names[0]).status.acceptedNames.kind,
+            timeout=30,
+            message="the previous CRD established",
+        )
+        assert not interface_kept(kube, "before-upgrade")
+
+        crds = run([helm.exe, "show", "crds", str(CHART)]).stdout
+        apply = subprocess.run(
+            [kubectl.exe, f"--kubeconfig={kubectl.kubeconfig}", "apply", "--server-side",
+             "--force-conflicts", "-f", "-"],
+            input=crds, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert apply.returncode == 0, apply.stderr
+        helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NS, "--reuse-values", "--wait",
+             "--timeout", "120s")  # fmt: skip
+        assert wait_for(
+            lambda: interface_kept(kube, f"after-upgrade-{int(time.monotonic() * 1000)}"),
+            timeout=30,
+            message="the new schema (spec.directors.interface) served",
+        )
+    finally:
+        kubectl("delete", "--ignore-not-found", "-n", "default", "virtualservers", "--all",
+                check=False)  # fmt: skip
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,129 @@ def test_bad_metrics_port_says_why(argv: list[str], message: str) -> None:
 
 def test_metrics_port_may_equal_liveness_port_when_liveness_is_off() -> None:
     assert config("--metrics-port=8080", "--liveness=none").controller_metrics_port == 8080
+
+
+def test_director_image_pull_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_DIRECTOR_IMAGE_PULL_SECRETS", raising=False)
+    assert config().director_image_pull_secrets == ()
+    c = config("--director-image-pull-secrets=regcred, mirror.io")
+    assert c.director_image_pull_secrets == ("regcred", "mirror.io")
+    monkeypatch.setenv("LVS_DIRECTOR_IMAGE_PULL_SECRETS", "regcred")
+    assert config().director_image_pull_secrets == ("regcred",)
+
+
+def test_bad_image_pull_secret_names_the_flag() -> None:
+    with pytest.raises(app.ConfigError, match="--director-image-pull-secrets: 'Reg_Cred'"):
+        config("--director-image-pull-secrets=Reg_Cred")
+
+
+def test_owner_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_CONTROLLER_DEPLOYMENT", raising=False)
+    assert app.parser().parse_args([]).owner_deployment == ""
+    monkeypatch.setenv("LVS_CONTROLLER_DEPLOYMENT", "lvs-operator")
+    assert app.parser().parse_args([]).owner_deployment == "lvs-operator"
+    with pytest.raises(app.ConfigError, match=r"--owner-deployment \(LVS_CONTROLLER_DEPLOYMENT\)"):
+        config("--owner-deployment=Not A Name")
+
+
+class _Deployments:
+    """Answers the controller's GET of its own Deployment (or refuses it with ``code``)."""
+
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+        self.asked: list[tuple[str, str]] = []
+
+    async def get(self, res: object, name: str, namespace: str) -> object:
+        from types import SimpleNamespace
+
+        self.asked.append((namespace, name))
+        if self.code is not None:
+            from lightkube import ApiError
+            from lightkube.models.meta_v1 import Status
+
+            raise ApiError(status=Status(code=self.code, message="nope"))
+        return SimpleNamespace(metadata=SimpleNamespace(name=name, uid="uid-d"))
+
+
+async def test_resolve_owner_reads_the_deployment_once() -> None:
+    from lvs_operator.controller.config import OwnerDeployment
+
+    client = _Deployments(None)
+    owner, problem = await app.resolve_owner(client, "lvs-system", "lvs-operator")
+    assert (owner, problem) == (OwnerDeployment("lvs-operator", "uid-d"), None)
+    assert client.asked == [("lvs-system", "lvs-operator")]
+
+
+async def test_resolve_owner_says_how_to_fix_it() -> None:
+    owner, missing = await app.resolve_owner(_Deployments(404), "lvs-system", "nope")
+    assert owner is None and missing
+    assert "no Deployment lvs-system/nope" in missing and "LVS_CONTROLLER_DEPLOYMENT" in missing
+    owner, denied = await app.resolve_owner(_Deployments(403), "lvs-system", "lvs-operator")
+    assert owner is None and denied and "deploy/rbac/controller.yaml" in denied
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("LVS_HEALTH_PORT", "abc", "--director-health-port: 'abc' is not an integer"),
+        ("LVS_PEER_PORT", "9.5", "--director-peer-port: '9.5' is not an integer"),
+        ("LVS_CONTROLLER_METRICS_PORT", "off", "--metrics-port: 'off' is not an integer"),
+        ("LVS_LEASE_DURATION_SECONDS", "ten", "--lease-duration-seconds: 'ten'"),
+        ("LVS_RETRY_PERIOD_SECONDS", "2s", "--retry-period-seconds: '2s' is not a number"),
+        ("LVS_LOG_LEVEL", "verbose", "--log-level: 'verbose' is not one of debug, info"),
+        ("LVS_DIRECTOR_IMAGE_PULL_POLICY", "Sometimes", "--director-image-pull-policy:"),
+    ],
+)
+def test_bad_environment_values_exit_2_naming_flag_and_variable(
+    var: str,
+    value: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit) as exit_:
+        app.run([])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and f"env {var}" in err and "Traceback" not in err
+
+
+def test_metrics_port_zero_from_the_environment_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LVS_CONTROLLER_METRICS_PORT", "0")
+    assert config().controller_metrics_port == 0
+
+
+def test_missing_kubeconfig_names_where_it_came_from(tmp_path: object) -> None:
+    assert app.kubeconfig_problem(None, None) is None
+    assert app.kubeconfig_problem("/no/such/kubeconfig", None) == (
+        "--kubeconfig: no such file: /no/such/kubeconfig"
+    )
+    problem = app.kubeconfig_problem(None, "/no/such/kubeconfig")
+    assert problem and problem.startswith("env KUBECONFIG: no such file: /no/such/kubeconfig")
+    assert app.kubeconfig_problem(__file__, "/no/such/kubeconfig") is None  # the flag wins
+
+
+def test_run_exits_2_on_a_missing_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/no/such/kubeconfig")
+    assert app.run(["--vip-ranges=192.0.2.0/24"]) == 2
+    assert "env KUBECONFIG: no such file" in capsys.readouterr().err
+    assert app.run(["--kubeconfig=/no/such/file"]) == 2
+    assert "--kubeconfig: no such file: /no/such/file" in capsys.readouterr().err
+
+
+async def test_no_cluster_to_connect_to_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither flag, KUBECONFIG, ~/.kube/config nor a ServiceAccount: a message, not a trace."""
+    from lvs_operator.controller.config import ControllerConfig
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert await app.main(ControllerConfig(), None, None) == 2
+    assert "no cluster to connect to" in caplog.text

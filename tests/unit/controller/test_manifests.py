@@ -6,7 +6,7 @@ from typing import Any
 from lvs_operator.api.contract import GROUP_LABEL, MANAGED_BY_LABEL, lease_name, peer_secret_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.virtualserver import Protocol, VirtualPort
-from lvs_operator.controller.config import ControllerConfig, DirectorTimings
+from lvs_operator.controller.config import ControllerConfig, DirectorTimings, OwnerDeployment
 from lvs_operator.controller.manifests import (
     ServicePort,
     build_daemonset,
@@ -240,3 +240,44 @@ def test_carries_ignores_api_version_and_kind() -> None:
     assert not carries(desired, None)
     current["spec"]["selector"] = {"app": "other"}
     assert not carries(desired, current)
+
+
+def test_daemonset_pulls_with_the_configured_secrets() -> None:
+    pod = build_daemonset("gabc", {}, ControllerConfig())["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in pod
+    config = ControllerConfig(director_image_pull_secrets=("regcred", "mirror"))
+    pod = build_daemonset("gabc", {}, config)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+
+
+def test_director_pods_run_under_the_runtime_default_seccomp_profile() -> None:
+    pod = build_daemonset("gabc", {}, ControllerConfig())["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    (c,) = pod["containers"]
+    assert "seccompProfile" not in c["securityContext"]  # the pod's applies: no override
+
+
+def test_everything_the_controller_builds_says_who_manages_it() -> None:
+    config = ControllerConfig()
+    ds = build_daemonset("gabc", {}, config)
+    secret = build_peer_secret("gabc", config, "uid-1")
+    for labels in (
+        ds["metadata"]["labels"],
+        ds["spec"]["template"]["metadata"]["labels"],
+        secret["metadata"]["labels"],
+    ):
+        assert labels[MANAGED_BY_LABEL] == "lvs-operator"
+
+
+def test_daemonset_is_owned_by_the_controllers_deployment_when_known() -> None:
+    alone = build_daemonset("gabc", {}, ControllerConfig())
+    assert "ownerReferences" not in alone["metadata"]
+    owned = build_daemonset(
+        "gabc", {}, ControllerConfig(owner=OwnerDeployment(name="lvs-operator", uid="uid-d"))
+    )
+    assert owned["metadata"]["ownerReferences"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "lvs-operator", "uid": "uid-d"}
+    ]
+    # an existing DaemonSet without the owner is rewritten (adopted) on the next pass
+    assert not carries(owned, alone)
+    assert carries(owned, owned)

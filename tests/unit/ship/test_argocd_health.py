@@ -89,16 +89,69 @@ def test_no_generation_is_tolerated(kind: str) -> None:
     assert health(kind, obj) == {"status": "Healthy", "message": "ok"}
 
 
+# What each kind calls Degraded: a pool's Degraded condition; for a VirtualServer only "no
+# traffic can flow" (a rejection here), not its Degraded condition (see the next tests).
+OUTAGES = {
+    "RealServerPool": ({"type": "Degraded", "status": "True", "reason": "Broken"}, "Broken"),
+    "VirtualServer": (
+        {"type": "Programmed", "status": "False", "reason": "Conflict", "message": "taken"},
+        "Conflict: taken",
+    ),
+}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_degraded_wins_over_stale_generation(kind: str) -> None:
+    condition, message = OUTAGES[kind]
     obj = {
         "metadata": {"name": "x", "generation": 5},
-        "status": {
-            "observedGeneration": 4,
-            "conditions": [{"type": "Degraded", "status": "True", "reason": "Broken"}],
-        },
+        "status": {"observedGeneration": 4, "conditions": [condition]},
     }
-    assert health(kind, obj) == {"status": "Degraded", "message": "Broken"}
+    assert health(kind, obj) == {"status": "Degraded", "message": message}
+
+
+def virtualserver(*conditions: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "x", "generation": 1},
+        "status": {"observedGeneration": 1, "conditions": list(conditions)},
+    }
+
+
+READY = {"type": "Ready", "status": "True", "reason": "Ready", "message": "3/3 ready"}
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"),
+    [
+        ("RealServersNotReady", "Progressing"),  # a backend rolling update
+        ("MovingToDirectorGroup", "Progressing"),
+        ("NoStandbyDirector", "Healthy"),  # a single-director cluster serves
+        ("DirectorNodeShared", "Healthy"),
+        ("SomeFutureReason", "Healthy"),  # serving is what counts
+    ],
+)
+def test_a_serving_virtualserver_is_never_degraded(reason: str, status: str) -> None:
+    degraded = {"type": "Degraded", "status": "True", "reason": reason, "message": "why"}
+    assert health("VirtualServer", virtualserver(READY, degraded)) == {
+        "status": status,
+        "message": f"{reason}: why",
+    }
+
+
+def test_a_virtualserver_no_traffic_reaches_is_degraded() -> None:
+    ready = {"type": "Ready", "status": "False", "reason": "NoReadyRealServers", "message": "0/3"}
+    assert health("VirtualServer", virtualserver(ready)) == {"status": "Degraded", "message": "0/3"}
+
+
+@pytest.mark.parametrize("reason", ["Pending", "NoActiveDirector", "PoolNotFound"])
+def test_a_virtualserver_not_programmed_yet_is_progressing(reason: str) -> None:
+    programmed = {"type": "Programmed", "status": "False", "reason": reason, "message": "wait"}
+    ready = {"type": "Ready", "status": "False", "reason": reason, "message": "wait"}
+    degraded = {"type": "Degraded", "status": "True", "reason": "NoStandbyDirector"}
+    assert health("VirtualServer", virtualserver(programmed, ready, degraded)) == {
+        "status": "Progressing",
+        "message": "Not programmed yet: wait",
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from .support import CHART, REPO
 
 
@@ -15,3 +17,29 @@ def test_chart_crds_equal_the_generated_ones() -> None:
         f"charts/lvs-operator/crds/ differs from crds/ in {stale}: "
         "cp crds/*.yaml charts/lvs-operator/crds/"
     )
+
+
+UPGRADE_CRDS = "helm show crds {chart} | kubectl apply --server-side --force-conflicts -f -"
+
+
+def test_helm_show_crds_gives_the_generated_crds(helm: str) -> None:
+    """The documented CRD upgrade step (Helm never upgrades crds/) applies exactly crds/."""
+    from .support import helm_run
+
+    r = helm_run(helm, "show", "crds", str(CHART))
+    assert r.returncode == 0, r.stderr
+    shown = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(r.stdout) if d)
+    generated = sorted(
+        yaml.safe_load(p.read_text())["metadata"]["name"] for p in (REPO / "crds").glob("*.yaml")
+    )
+    assert shown == generated == ["realserverpools.lvs.io", "virtualservers.lvs.io"]
+    assert [d for d in yaml.safe_load_all(r.stdout) if d] == [
+        yaml.safe_load(p.read_text()) for p in sorted((CHART / "crds").glob("*.yaml"))
+    ]
+
+
+def test_the_crd_upgrade_step_is_documented_where_upgrades_are() -> None:
+    readme = (CHART / "README.md").read_text()
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert UPGRADE_CRDS.format(chart="charts/lvs-operator") in readme
+    assert UPGRADE_CRDS.format(chart="<chart>") in notes

@@ -197,3 +197,71 @@ def render_with_json(helm: str, timings: str) -> list[dict[str, Any]]:
 
     text = render.helm_template(helm, "--set-json", f"director.timings={timings}")
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_image_pull_secrets_reach_the_controller_and_its_directors(helm: str) -> None:
+    config, _ = parse_controller_args(container(template(helm)), "lvs-system")
+    assert config.director_image_pull_secrets == ()
+    docs = template(helm, ["imagePullSecrets[0].name=regcred", "imagePullSecrets[1].name=mirror"])
+    pod = controller(docs)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    config, _ = parse_controller_args(container(docs), "lvs-system")
+    assert config.director_image_pull_secrets == ("regcred", "mirror")
+
+
+def test_every_object_says_helm_manages_it(helm: str) -> None:
+    docs = template(
+        helm,
+        [
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.dashboard.enabled=true",
+        ],
+    )
+    unlabelled = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if (d["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") != "Helm"
+    ]
+    assert unlabelled == []
+
+
+def test_the_controller_knows_its_deployment(helm: str) -> None:
+    """The Deployment the controller names as owner of the director DaemonSets is this one,
+    and its Role may read it (by name)."""
+    docs = template(helm)
+    _, ns = parse_controller_args(container(docs), "lvs-system")
+    assert ns.owner_deployment == controller(docs)["metadata"]["name"]
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lvs-operator"]
+    assert {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "resourceNames": [ns.owner_deployment],
+        "verbs": ["get"],
+    } in role["rules"]
+
+
+def test_older_kubernetes_is_refused_before_anything_is_applied(helm: str) -> None:
+    from .support import render
+
+    for older in ("1.30.9", "1.29.0"):
+        with pytest.raises(RuntimeError, match=rf"Kubernetes v?{older} is too old .* 1\.31 or"):
+            render.helm_template(helm, "--kube-version", older)
+    # released versions from 1.31 on, and API servers built without a version stamp (the
+    # test control plane reports v0.0.0-master+$Format:%H$)
+    for served in ("1.31.0", "v1.36.3", "v0.0.0-master+$Format:%H$"):
+        assert "kind: Deployment" in render.helm_template(helm, "--kube-version", served)
+
+
+def test_plain_manifests_label_their_namespace_for_the_directors_pods() -> None:
+    import yaml
+
+    from .support import REPO
+
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "lvs-operator.yaml").read_text()) if d]
+    (ns,) = [d for d in docs if d["kind"] == "Namespace"]
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # everything else the file holds lives in that namespace (or is cluster-scoped)
+    assert {d["metadata"].get("namespace", ns["metadata"]["name"]) for d in docs} == {
+        ns["metadata"]["name"]
+    }

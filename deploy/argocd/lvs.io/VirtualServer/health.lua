@@ -1,10 +1,15 @@
 -- Argo CD health of an lvs.io VirtualServer (Lua 5.1, as Argo CD's gopher-lua runs it).
---   Degraded     Degraded=True (e.g. real servers not ready, no standby director), or the
---                controller rejected it: Programmed=False for a reason only an edit fixes
---                (Invalid, VIPNotAllowed, Conflict: another VirtualServer claims the VIP:port)
+-- Degraded means "no traffic can flow", nothing less:
+--   Degraded     rejected by the controller (Programmed=False for a reason only an edit
+--                fixes: Invalid, VIPNotAllowed, Conflict), or programmed with no real server
+--                ready (Ready=False, NoReadyRealServers)
 --   Progressing  no status yet, status older than the spec (observedGeneration < generation),
---                or not Ready yet (e.g. Programmed=False: no director holds the VIP)
---   Healthy      Ready=True for the current generation
+--                not Ready yet (no director holds the VIP yet, the pool is not there yet),
+--                or serving while something settles (Degraded=True: RealServersNotReady,
+--                e.g. a backend rolling update; MovingToDirectorGroup)
+--   Healthy      Ready=True for the current generation, also when Degraded=True says
+--                something short of an outage (NoStandbyDirector: a single-director cluster;
+--                DirectorNodeShared), which the message then carries
 local hs = {}
 
 local function condition(conditions, kind)
@@ -29,11 +34,6 @@ end
 
 local conditions = obj.status.conditions
 local degraded = condition(conditions, "Degraded")
-if degraded ~= nil and degraded.status == "True" then
-  hs.status = "Degraded"
-  hs.message = say(degraded, "Degraded")
-  return hs
-end
 -- Rejections (PoolNotFound is not one: the pool may simply be applied a moment later).
 local rejected = { Invalid = true, VIPNotAllowed = true, Conflict = true }
 local programmed = condition(conditions, "Programmed")
@@ -53,8 +53,20 @@ end
 
 local ready = condition(conditions, "Ready")
 if ready ~= nil and ready.status == "True" then
+  if degraded ~= nil and degraded.status == "True" then
+    -- serving: settling (Progressing) or short of an outage (Healthy), said in the message
+    local settling = { RealServersNotReady = true, MovingToDirectorGroup = true }
+    hs.status = settling[degraded.reason] and "Progressing" or "Healthy"
+    hs.message = tostring(degraded.reason) .. ": " .. say(degraded, "degraded")
+    return hs
+  end
   hs.status = "Healthy"
   hs.message = say(ready, "Ready")
+  return hs
+end
+if ready ~= nil and ready.status == "False" and ready.reason == "NoReadyRealServers" then
+  hs.status = "Degraded"
+  hs.message = say(ready, "no real server is ready")
   return hs
 end
 
