@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lvs_operator.director.main")
 # Chatty at INFO (a line per request); their warnings still show.
 QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "pyroute2")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -71,7 +72,11 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         # an empty variable counts as unset
         value = env.get(var) or default
         if "type" in kw and value is not None:
-            value = kw["type"](value)
+            try:
+                value = kw["type"](value)
+            except ValueError:  # exit 2 naming both, as argparse does for the flag itself
+                p.error(f"argument {flag}: {value!r} is not a valid {kw['type'].__name__} "
+                        f"(from the environment variable {var})")  # fmt: skip
         p.add_argument(flag, default=value, help=f"{var}{': ' + help if help else ''}", **kw)
 
     option("--node-name", contract.ENV_NODE_NAME, help="identity")
@@ -156,7 +161,8 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
            "whatever its status says (the controller sets its own --vip-ranges here); empty: "
            "not checked by the agent")  # fmt: skip
     option("--kubeconfig", "KUBECONFIG")
-    option("--log-level", contract.ENV_LOG_LEVEL, "INFO")
+    option("--log-level", contract.ENV_LOG_LEVEL, "INFO",
+           "DEBUG, INFO, WARNING or ERROR")  # fmt: skip
     a = p.parse_args(argv)
     missing = [
         f"{flag} ({var})"
@@ -205,6 +211,9 @@ def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> AgentCo
         kubeconfig=a.kubeconfig,
         log_level=a.log_level,
     )
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        p.error(f"argument --log-level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)} "
+                f"(flag or the environment variable {contract.ENV_LOG_LEVEL})")  # fmt: skip
     try:
         cfg.election()
         if cfg.peer_address:
