@@ -45,14 +45,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
+from ..api.network import canonical_ip
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
-from .events import AgentEvents, EventPoster, vip_events
+from .events import AgentEvents, EventPoster, health_events, vip_events, vip_problem_events
 from .handover import HandoverKernel, HandoverNode, PlannedHandover
-from .health import HealthChecker
+from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
@@ -177,6 +178,8 @@ class Agent:
         )  # fmt: skip
         if self.heartbeat.monitor is not None:
             self.heartbeat.monitor.suspect_with(self._precheck_soon, PRECHECK_LEAD)
+        self.health.on_flip = self._health_flipped
+        self.vips.on_problem = self._vip_problem
 
     @property
     def ready(self) -> bool:
@@ -226,6 +229,27 @@ class Agent:
             await self.sync.apply(self.elector.is_leader, first[1] if first else None)
             if not self._sync_again:
                 return
+
+    def _vip_problem(self, vip: str, reason: str) -> None:
+        """A VIP this node cannot place, add or remove: an Event on its VirtualServers."""
+        for spec in vip_problem_events(self.cfg.node_name, self.watches.virtual_servers,
+                                       {vip: reason}):  # fmt: skip
+            self.events.emit(spec)
+
+    def _health_flipped(self, target: Probe, healthy: bool) -> None:
+        """A real server quiesced or restored: an Event on the VirtualServers it serves, from
+        the leader only (every director probes; one Event per flip is enough)."""
+        desired = self.ipvs.desired
+        if not self.elector.is_leader or desired is None:
+            return
+        address = canonical_ip(target.address)
+        vips = {key.address for key, entry in desired.table.items()
+                if any(canonical_ip(d.address) == address and d.port == target.port
+                       for d in entry.destinations)}  # fmt: skip
+        real_server = f"{target.address}:{target.port}"
+        for spec in health_events(self.cfg.node_name, self.watches.virtual_servers, vips,
+                                  real_server, healthy, str(target.type)):  # fmt: skip
+            self.events.emit(spec)
 
     def _precheck_soon(self) -> None:
         """The holder is about to be judged silent: probe for the VIPs now, so the takeover

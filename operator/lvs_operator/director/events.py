@@ -1,6 +1,8 @@
 """Kubernetes Events from a director agent, on the objects concerned: a takeover or a release
-of the VIPs (on each VirtualServer of the group, naming the node), so ``kubectl describe
-virtualserver`` tells who served it when, not only one node's log.
+of the VIPs (on each VirtualServer of the group, naming the node), a VIP the leader cannot
+place, a real server quiesced or restored by its health check (on each VirtualServer it
+serves), so ``kubectl describe virtualserver`` tells who served it when and why, not only
+one node's log.
 
 Posting never holds anything up: events queue (bounded; the overflow is counted and logged)
 and a background task posts them, each bounded in time. A failure is logged once per reason
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import GROUP, VERSION
-from ..api.events import DIRECTOR, NORMAL, EventSpec, ObjectRef, build_event
+from ..api.events import DIRECTOR, NORMAL, WARNING, EventSpec, ObjectRef, build_event
 from ..api.network import canonical_ip
 from ..api.virtualserver import KIND as VS_KIND
 
@@ -60,6 +62,46 @@ def vip_events(node: str, group: str, leader: bool,
                              f"director {node} (group {group}) released VIP {vip}")  # fmt: skip
         out.append(spec)
     return out
+
+
+def _ref(key: ObjectKey, vs: VirtualServer) -> ObjectRef:
+    return ObjectRef(f"{GROUP}/{VERSION}", VS_KIND, key[0], key[1], vs.meta.uid)
+
+
+def vip_problem_events(node: str, virtual_servers: Mapping[ObjectKey, VirtualServer],
+                       problems: Mapping[str, str]) -> list[EventSpec]:  # fmt: skip
+    """A Warning ``VIPNotPlaced`` on each VirtualServer whose VIP ``node`` (the leader)
+    cannot place, add or remove (``problems``: vip -> the reason, naming the fix)."""
+    wanted = {canonical_ip(v): why for v, why in problems.items()}
+    return [
+        EventSpec(_ref(key, vs), WARNING, "VIPNotPlaced", f"director {node}: {wanted[vip]}")
+        for key, vs in sorted(virtual_servers.items())
+        if (vip := canonical_ip(vs.spec.vip)) in wanted
+    ]
+
+
+def health_events(node: str, virtual_servers: Mapping[ObjectKey, VirtualServer],
+                  vips: Iterable[str], real_server: str, healthy: bool,
+                  check: str) -> list[EventSpec]:  # fmt: skip
+    """A real server's health check flipped on ``node`` (the leader): an Event on each
+    VirtualServer among ``vips`` (those whose services send to it): Warning
+    ``RealServerQuiesced`` (weight 0: no new connections, established ones go on) or
+    Normal ``RealServerRestored``."""
+    serving = {canonical_ip(v) for v in vips}
+    if healthy:
+        kind, reason, what = NORMAL, "RealServerRestored", "passes its health check again"
+    else:
+        kind, reason, what = (
+            WARNING,
+            "RealServerQuiesced",
+            ("fails its health check: quiesced (no new connections; established ones go on)"),
+        )
+    message = f"real server {real_server} {what} ({check}; director {node})"
+    return [
+        EventSpec(_ref(key, vs), kind, reason, message)
+        for key, vs in sorted(virtual_servers.items())
+        if canonical_ip(vs.spec.vip) in serving
+    ]
 
 
 class AgentEvents:

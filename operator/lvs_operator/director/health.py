@@ -189,6 +189,8 @@ class HealthChecker:
 
     def __init__(self, on_change: Callable[[], None], prober: Prober = probe) -> None:
         self.on_change = on_change
+        # on_flip(target, healthy): told of each flip too (the agent posts an Event)
+        self.on_flip: Callable[[Probe, bool], None] | None = None
         self.prober = prober
         self.states: dict[Probe, State] = {}
         self.checks: dict[Probe, HealthCheck] = {}  # the timings each probe follows now
@@ -224,6 +226,11 @@ class HealthChecker:
                     "healthy again" if after.healthy else "failing: quiesced",
                     extra={"real_server": f"{key.address}:{key.port}", "check": str(key.type)},
                 )
+                if self.on_flip is not None:
+                    try:
+                        self.on_flip(key, after.healthy)
+                    except Exception:  # an Event is a bonus: the quiesce goes ahead
+                        log.exception("reporting a health change failed")
                 self.on_change()
             await asyncio.sleep(check.interval_seconds)
 

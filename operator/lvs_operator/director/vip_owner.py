@@ -88,6 +88,8 @@ class VipOwner:
         self.held: dict[str, str] = {}
         self.retired: dict[str, str] = {}
         self.problems: dict[str, str] = {}  # vip -> reason (names the interface and the fix)
+        # on_problem(vip, reason): told of each new or changed problem (the agent's Event)
+        self.on_problem: Callable[[str, str], None] | None = None
         self.adopted: set[str] = set()  # held since start-up, not announced yet
         self._left: set[str] = set()  # VIPs another node answers for: not renewed (logged)
         # VIPs the leader wants that another node still answers for -> since when (monotonic)
@@ -167,6 +169,8 @@ class VipOwner:
                 if self.problems.get(vip) != reason:  # the reason names the interface
                     extra = {"vip": vip} if ifname is None else {"vip": vip, "interface": ifname}
                     log.error("VIP problem: %s", reason, extra=extra)
+                    if self.on_problem is not None:
+                        self.on_problem(vip, reason)
                 self.problems[vip] = reason
             elif self.problems.pop(vip, None) is not None and vip in self.held:
                 log.info("VIP placed", extra={"vip": vip, "interface": self.held[vip]})

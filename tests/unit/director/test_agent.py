@@ -606,6 +606,62 @@ async def test_a_vip_on_a_missing_interface_does_not_stop_the_others() -> None:
     assert agent.elector.is_leader
 
 
+async def test_a_vip_that_cannot_be_placed_gets_a_warning_event_once() -> None:
+    from lvs_operator.director.vip import NoSuchInterface
+
+    poster = FakeEventPoster()
+    vips = FakeVips()
+    vips.failures["eth9"] = NoSuchInterface("interface eth9 does not exist on this node")
+    agent = make(vips=vips, events=poster)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj("good"), vs_obj("bad", vip="10.10.0.101",
+                                                   directors={"interface": "eth9"})])  # fmt: skip
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    await agent.reconcile_vips()  # the retry fails the same way: no second Event
+    await agent.events.close()
+    warnings = [e for e in poster.posted if e["reason"] == "VIPNotPlaced"]
+    assert [(e["involvedObject"]["name"], e["type"]) for e in warnings] == [("bad", "Warning")]
+    assert "eth9" in warnings[0]["message"] and "node-a" in warnings[0]["message"]
+
+
+async def test_a_health_flip_posts_an_event_on_the_virtual_servers_it_serves() -> None:
+    """The leader tells of a real server quiesced, then restored, on each VirtualServer
+    whose services send to it; a standby (which probes too) stays quiet."""
+    from lvs_operator.api.realserverpool import HealthCheck
+    from lvs_operator.director.health import Probe
+
+    poster = FakeEventPoster()
+    store = FakeLeaseStore()
+    agent = make("node-a", store, events=poster)
+    agent.watches.reset_vs([vs_obj("web"), vs_obj("other", vip="10.10.0.101")])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("10.20.0.22"))])
+    await agent.startup()
+    await agent.converge()
+    if not agent.elector.is_leader:
+        await agent.elector.tick()
+    assert agent.elector.is_leader
+    target = Probe.of("10.20.0.21", 8080, HealthCheck())
+    agent._health_flipped(target, False)
+    agent._health_flipped(target, True)
+    agent._health_flipped(Probe.of("10.20.0.99", 8080, HealthCheck()), False)
+    await agent.events.close()
+    got = [(e["involvedObject"]["name"], e["reason"], e["type"]) for e in poster.posted
+           if e["reason"].startswith("RealServer")]  # fmt: skip
+    assert got == [("other", "RealServerQuiesced", "Warning"), ("web", "RealServerQuiesced",
+                   "Warning"), ("other", "RealServerRestored", "Normal"),
+                   ("web", "RealServerRestored", "Normal")], poster.posted  # fmt: skip
+    assert "10.20.0.21:8080" in poster.posted[-1]["message"]
+    standby = make("node-b", store, events=FakeEventPoster())
+    standby.watches.reset_vs([vs_obj("web")])
+    standby.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await standby.converge()
+    standby._health_flipped(target, False)
+    await standby.events.close()
+    assert standby.events.poster.posted == []  # type: ignore[union-attr]
+
+
 async def test_a_fresh_vip_probe_from_the_heartbeats_suspicion_is_not_repeated() -> None:
     """The heartbeat suspects the holder just before judging it lost: the probe for the VIPs
     starts then, and the takeover uses its answer instead of waiting for a probe of its own;
