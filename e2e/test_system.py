@@ -756,7 +756,7 @@ def condition_reason(obj: dict[str, Any], kind: str) -> str | None:
     return next((c.get("reason") for c in conditions if c.get("type") == kind), None)
 
 
-NO_LEADER_ALERT = 'ALERTS{alertname="LVSDirectorGroupWithoutLeader"}'
+NO_LEADER_FIRING = 'ALERTS{alertname="LVSDirectorGroupWithoutLeader", alertstate="firing"}'
 
 
 def _served_connections(s: System) -> dict[str, float]:
@@ -768,7 +768,7 @@ def _served_connections(s: System) -> dict[str, float]:
 
 
 def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: System) -> None:
-    """A real Prometheus (Debian's) scrapes both agents and the controller every second and
+    """A real Prometheus (Debian's) scrapes both agents and the controller every 2 s and
     evaluates the chart's alert rules as shipped: each real server's connection counter rises
     by the share of the requests it answered (within 10 %); the "no director holds the
     Lease" alert stays silent while a director leads, and fires once every agent is stopped
@@ -805,7 +805,9 @@ def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: Syste
         for name, count in answered.items():
             share, counted = count / len(seq), delta[name] / total
             assert abs(counted - share) <= 0.1 * share, (name, answered, delta)
-        assert s.call("prom_query", expr=NO_LEADER_ALERT) == []
+        # silent while a director leads (a scrape lost under load may make it pending for a
+        # moment; it fires only after a minute of it)
+        assert s.call("prom_query", expr=NO_LEADER_FIRING) == []
         # every agent stopped: nobody leads, nobody is scraped; the controller still runs
         # the group
         stopped_at = time.monotonic()
@@ -814,8 +816,7 @@ def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: Syste
             s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGKILL))
         firing: list[dict[str, Any]] = []
         while time.monotonic() - stopped_at < 150:
-            firing = [a for a in s.call("prom_query", expr=NO_LEADER_ALERT)
-                      if a["metric"].get("alertstate") == "firing"]  # fmt: skip
+            firing = s.call("prom_query", expr=NO_LEADER_FIRING)
             if firing:
                 break
             time.sleep(2)
