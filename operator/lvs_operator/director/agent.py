@@ -51,7 +51,14 @@ from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
-from .events import AgentEvents, EventPoster, health_events, vip_events, vip_problem_events
+from .events import (
+    AgentEvents,
+    EventPoster,
+    health_events,
+    kernel_refused_events,
+    vip_events,
+    vip_problem_events,
+)
 from .handover import HandoverKernel, HandoverNode, PlannedHandover
 from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
@@ -60,7 +67,7 @@ from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
 from .sync import SYNC_BACKUP, SYNC_MASTER, ConnectionSync, DaemonKernel, SyncSettings
-from .table import ServiceKey
+from .table import Change, ServiceKey
 from .traffic import StatsReader, TrafficCollector, TrafficPoller
 from .vip import PROBE_ROUNDS, raw_sockets_allowed
 from .vip_owner import HAND_IN_PATIENCE, PROBE_TIMEOUT, VipNode, VipOwner, first_vip
@@ -172,6 +179,7 @@ class Agent:
         self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None
+        self._converge_error = ""  # the last converge failure's reason ("": none)
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
@@ -229,6 +237,22 @@ class Agent:
             await self.sync.apply(self.elector.is_leader, first[1] if first else None)
             if not self._sync_again:
                 return
+
+    def _converge_failed(self, exc: Exception) -> None:
+        """A converge failed (it is retried every second): logged once per reason, with the
+        traceback the first time; a change the kernel refused (kernel.ipvs.IpvsError names
+        it) is also an Event on the VirtualServers of its VIP."""
+        why = str(exc) or type(exc).__name__
+        if why == self._converge_error:
+            return
+        self._converge_error = why
+        log.error("converging IPVS failed; retrying every second: %s", why, exc_info=exc,
+                  extra={"group": self.cfg.group})  # fmt: skip
+        change = getattr(exc, "change", None)
+        if isinstance(change, Change):
+            for spec in kernel_refused_events(self.cfg.node_name, self.watches.virtual_servers,
+                                              change.service.address, why):  # fmt: skip
+                self.events.emit(spec)
 
     def _vip_problem(self, vip: str, reason: str) -> None:
         """A VIP this node cannot place, add or remove: an Event on its VirtualServers."""
@@ -343,12 +367,15 @@ class Agent:
             await asyncio.sleep(0.02)  # coalesce bursts of watch events
             try:
                 await self.converge()
-            except Exception:
+            except Exception as exc:
                 self.metrics.converge_errors.inc()
-                log.exception("converging IPVS failed; retrying", extra={"group": self.cfg.group})
+                self._converge_failed(exc)
                 await asyncio.sleep(1.0)
                 self.dirty.set()
                 continue
+            if self._converge_error:
+                log.info("converging IPVS works again", extra={"group": self.cfg.group})
+                self._converge_error = ""
             try:
                 await self.reconcile_vips()
             except Exception:

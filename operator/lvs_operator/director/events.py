@@ -1,8 +1,8 @@
 """Kubernetes Events from a director agent, on the objects concerned: a takeover or a release
 of the VIPs (on each VirtualServer of the group, naming the node), a VIP the leader cannot
-place, a real server quiesced or restored by its health check (on each VirtualServer it
-serves), so ``kubectl describe virtualserver`` tells who served it when and why, not only
-one node's log.
+place, an IPVS change the kernel refused, a real server quiesced or restored by its health
+check (on each VirtualServer it serves), so ``kubectl describe virtualserver`` tells who
+served it when and why, not only one node's log.
 
 Posting never holds anything up: events queue (bounded; the overflow is counted and logged)
 and a background task posts them, each bounded in time. A failure is logged once per reason
@@ -77,6 +77,19 @@ def vip_problem_events(node: str, virtual_servers: Mapping[ObjectKey, VirtualSer
         EventSpec(_ref(key, vs), WARNING, "VIPNotPlaced", f"director {node}: {wanted[vip]}")
         for key, vs in sorted(virtual_servers.items())
         if (vip := canonical_ip(vs.spec.vip)) in wanted
+    ]
+
+
+def kernel_refused_events(node: str, virtual_servers: Mapping[ObjectKey, VirtualServer],
+                          vip: str, why: str) -> list[EventSpec]:  # fmt: skip
+    """A Warning ``KernelRefused`` on each VirtualServer of ``vip``: the kernel refused a
+    change of its IPVS service on ``node`` (``why`` names the change and the error)."""
+    address = canonical_ip(vip)
+    message = f"director {node}: the kernel refused an IPVS change: {why}"
+    return [
+        EventSpec(_ref(key, vs), WARNING, "KernelRefused", message)
+        for key, vs in sorted(virtual_servers.items())
+        if canonical_ip(vs.spec.vip) == address
     ]
 
 

@@ -39,11 +39,14 @@ class FakeKernel:
         self.applied: list[Change] = []
         self.prepared: list[bool] = []
         self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
+        self.apply_error: Exception | None = None  # what apply() raises (the kernel refusing)
 
     def read(self) -> tuple[IpvsTable, Connections]:
         return self.table, dict(self.connections)
 
     def apply(self, changes: list[Change]) -> None:
+        if self.apply_error is not None:
+            raise self.apply_error
         self.table = apply_to_table(self.table, changes)
         self.applied += changes
 

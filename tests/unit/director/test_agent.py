@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,10 +21,12 @@ from lvs_operator.director.election import (
 )
 from lvs_operator.director.handover import HANDOVER_ANNOTATION, Handover, Relay
 from lvs_operator.director.table import (
+    Change,
     DestKey,
     IpvsDestination,
     IpvsService,
     IpvsTable,
+    Op,
     Protocol,
     ServiceKey,
 )
@@ -897,3 +900,42 @@ async def test_the_vip_probe_starts_early_enough_to_be_done_by_the_judgement() -
     assert monitor.suspect_lead == PRECHECK_LEAD
     assert PROBE_ROUNDS * PROBE_TIMEOUT < PRECHECK_LEAD <= agent.cfg.peer_timeout / 2
     assert PRECHECK_LEAD < PRECHECK_MAX_AGE  # the early answer is still fresh at the judgement
+
+
+async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kernel refuses a change (retried every second): one error line with the reason
+    (not a traceback a second), a KernelRefused Event on the VirtualServer of its VIP, and
+    a line when converging works again."""
+    from lvs_operator.director.kernel.ipvs import IpvsError
+
+    kernel = FakeKernel()
+    poster = FakeEventPoster()
+    agent = make(kernel=kernel, events=poster)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    change = Change(Op.ADD_SERVICE, IpvsService(VIP, 80, Protocol.TCP, "rr"))
+    kernel.apply_error = IpvsError(f"{change}: Invalid argument (1 of 2 failed)", change, [])
+    loop_task = asyncio.create_task(agent._reconcile_loop())
+    try:
+        with caplog.at_level(logging.INFO, logger="lvs_operator.director.agent"):
+            agent.dirty.set()
+            await asyncio.sleep(2.5)  # the first try and its retries
+            assert agent.metrics.converge_errors._value.get() >= 2
+            kernel.apply_error = None
+            deadline = time.monotonic() + 5
+            while agent._converge_error and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+    failed = [r for r in caplog.records if r.getMessage().startswith("converging IPVS failed")]
+    assert len(failed) == 1 and "Invalid argument" in failed[0].getMessage()
+    assert any(r.getMessage() == "converging IPVS works again" for r in caplog.records)
+    await agent.events.close()
+    refused = [e for e in poster.posted if e["reason"] == "KernelRefused"]
+    assert [(e["involvedObject"]["name"], e["type"]) for e in refused] == [("web", "Warning")]
+    assert "Invalid argument" in refused[0]["message"]
