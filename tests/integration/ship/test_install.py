@@ -29,7 +29,7 @@ from lightkube.resources.rbac_authorization_v1 import (
     RoleBinding,
 )
 
-from ..helpers import TestCluster, pod_ready, wait_for
+from ..helpers import TestCluster, apply_crds, pod_ready, wait_for
 from .support import (
     CHART,
     CLUSTER_SCOPED,
@@ -446,5 +446,7 @@ def test_documented_crd_step_before_helm_upgrade_serves_the_new_schema(
     finally:
         kubectl("delete", "--ignore-not-found", "-n", "default", "virtualservers", "--all",
                 check=False)  # fmt: skip
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+        # the session's CRDs back as the other tiers' fixture applied them (their field
+        # manager: test_cluster.py checks it), whatever this test left
+        apply_crds(kube)
         helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)
