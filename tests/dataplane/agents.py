@@ -14,6 +14,7 @@ import copy
 import json
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,16 @@ NODES = {"lvs-dir-a": "dir-a", "lvs-dir-b": "dir-b"}
 
 def pool(name: str = "web", weights: dict[str, int] | None = None,
          not_ready: tuple[str, ...] = (),
-         health: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+         health: dict[str, Any] | None = None, family: int = 4) -> dict[str, Any]:  # fmt: skip
+    """The real servers' pool as the controller writes it: their IPv4 (``family=4``) or IPv6
+    (``family=6``) addresses on the back segment."""
     topo = topo_mod.default_topology()
+    addresses = topo.back if family == 4 else topo.back6
     members = []
     for rs in topo.real_servers:
         short = topo.rs_name(rs)
         members.append({
-            "address": topo.back[rs],
+            "address": addresses[rs],
             "weight": (weights or {}).get(short, 1),
             "ready": short not in not_ready,
             "serving": short not in not_ready,
@@ -250,6 +254,29 @@ class Lab:
         proc.wait(30)
         p = Path(out)
         return json.loads(p.read_text()) if p.exists() else {}  # type: ignore[no-any-return]
+
+    def start_neighbour_monitor(self, name: str) -> GuestProcess:
+        """``ip -ts monitor neigh`` in the client's namespace: every change of its neighbour
+        cache, time-stamped by the kernel's event (see ``neighbour_changed_at``)."""
+        proc = self.vm.spawn(["stdbuf", "-oL", "ip", "-ts", "monitor", "neigh"],
+                             netns=topo_mod.CLIENT, name=f"neigh-{name}")  # fmt: skip
+        time.sleep(0.5)  # subscribed before the event
+        return proc
+
+    @staticmethod
+    def neighbour_changed_at(proc: GuestProcess, address: str, mac: str) -> float | None:
+        """Stop the monitor; the guest wall time of the first event naming ``address`` at
+        ``mac`` (e.g. the client's cache taking a new leader's neighbour advertisement)."""
+        proc.signal(signal.SIGTERM)
+        proc.wait(10)
+        for line in proc.output().splitlines():
+            # [2026-12-06T09:49:12.123456] fd10::100 dev front lladdr 0e:35:... STALE
+            stamp, _, rest = line.partition("] ")
+            words = rest.split()
+            if words[:1] == [address] and "lladdr" in words and mac in words:
+                with contextlib.suppress(ValueError):
+                    return datetime.fromisoformat(stamp.lstrip("[")).timestamp()
+        return None
 
     def stop_loop(self, proc: GuestProcess, out: str) -> list[tuple[float, str | None]]:
         proc.signal(signal.SIGTERM)

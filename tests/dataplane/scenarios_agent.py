@@ -297,11 +297,38 @@ def takeover(pid: int, sig: int, vip: str, new: str, link_down: str | None = Non
     """``signal_process``, then poll until director ``new`` holds ``vip``: returns the event's
     guest time and how long the VIP took to move."""
     at = signal_process(pid, sig, link_down)
+    wall_at = time.time() - (now() - at)  # the same moment on the wall clock
     while now() - at < within:
         if f" {vip}/" in t.nsexec(new, "ip", "-o", "addr", "show", "dev", "front", check=False):
-            return {"at": at, "vip_moved_after": round(now() - at, 3)}
+            return {"at": at, "wall_at": wall_at, "vip_moved_after": round(now() - at, 3)}
         time.sleep(0.02)
-    return {"at": at, "vip_moved_after": None}
+    return {"at": at, "wall_at": wall_at, "vip_moved_after": None}
+
+
+def link_mac(ns: str, dev: str = "front") -> str:
+    """The MAC address of ``dev`` in namespace ``ns``."""
+    return json.loads(t.nsexec(ns, "ip", "-j", "link", "show", "dev", dev))[0]["address"]
+
+
+def neighbour(ns: str, address: str, dev: str = "front") -> dict[str, Any] | None:
+    """``ns``'s neighbour-cache entry for ``address`` (lladdr and NUD state), if any."""
+    entries = json.loads(t.nsexec(ns, "ip", "-j", "neigh", "show", address, "dev", dev) or "[]")
+    if not entries:
+        return None
+    return {"lladdr": entries[0].get("lladdr"), "state": entries[0].get("state")}
+
+
+def wait_neighbour(ns: str, address: str, mac: str, within: float = 30) -> dict[str, Any]:
+    """Until ``ns``'s neighbour entry for ``address`` names ``mac``: the guest time it was
+    first seen so (polled every 10 ms) and the entry, or None for the time."""
+    t0 = now()
+    entry = None
+    while now() - t0 < within:
+        entry = neighbour(ns, address)
+        if entry and entry["lladdr"] == mac:
+            return {"at": now(), "entry": entry}
+        time.sleep(0.01)
+    return {"at": None, "entry": entry}
 
 
 def link_up(ns: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from tests.dataplane.agents import APP_NS, LEASE, NODES, Lab, handover_steps, pool, virtual_server
 from tests.dataplane.held_connections import survival
 from tests.dataplane.scenarios_agent import agent_log_delay, analyse
+from tests.dataplane.topology import CLIENT, CLIENT6_SECOND, default_topology
 from tests.dataplane.vm import Vm, agent_startup
 
 from lvs_operator.director.config import DEFAULT_VIP_LIFETIME, LIFETIME_RENEWALS
@@ -27,6 +28,12 @@ VIP = "10.10.0.100"
 VIP_DR = "10.10.0.101"
 VIP_TUN = "10.10.0.102"
 VIP_STICKY = "10.10.0.103"
+# IPv6 VIPs of the same director group (dual stack), their real servers' IPv6 addresses
+VIP6 = "fd10::100"
+VIP6_DR = "fd10::101"
+VIP6_TUN = "fd10::102"
+VIP6_STICKY = "fd10::103"
+CLIENT6 = default_topology().front6[CLIENT]
 SERVERS = {"rs1", "rs2", "rs3"}
 OTHER = {"lvs-dir-a": "lvs-dir-b", "lvs-dir-b": "lvs-dir-a"}
 # A dead agent's VIP lapses DEFAULT_VIP_LIFETIME (8 s) after its last renewal, plus the
@@ -70,7 +77,7 @@ def lab(vm: Vm, topology: dict[str, object]) -> Iterator[Lab]:
     finally:
         print(lab.logs()[-4000:])
         lab.close()
-        lab.call("cleanup", vips={"direct": [VIP_DR], "tunnel": [VIP_TUN]})
+        lab.call("cleanup", vips={"direct": [VIP_DR, VIP6_DR], "tunnel": [VIP_TUN, VIP6_TUN]})
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +88,7 @@ def both_agents(lab: Lab, request: pytest.FixtureRequest) -> Iterator[None]:
     missing = [ns for ns in NODES if ns not in lab.agents or not lab.agents[ns].running()]
     for ns in missing:
         lab.agents.pop(ns, None)
+        lab.call("link_up", ns=ns)  # a failed crash case may have left its node cut off
         lab.start_agent(ns)
     if missing:
         lab.wait_started(missing)
@@ -232,23 +240,99 @@ def test_tunnel(lab: Lab) -> None:
     assert "Tunnel" in lab.call("ipvs", ns=lab.leader_ns())
 
 
+# -- IPv6: VirtualServers with IPv6 VIPs in the same director group as the IPv4 ones ---------
+
+
+def apply_ipv6_masquerade(lab: Lab) -> None:
+    """The IPv6 pool and the IPv6 masquerade VirtualServer (idempotent: the failover tests
+    below need them whichever test ran first)."""
+    lab.apply(pool("web6", family=6))
+    lab.apply(virtual_server("web6-nat", VIP6, 80, "http", pool_name="web6", scheduler="rr"))
+
+
+def test_ipv6_masquerade(lab: Lab) -> None:
+    apply_ipv6_masquerade(lab)
+    wait_answers(lab, VIP6, 80)
+    counts = lab.call("count", vip=VIP6, port=80, n=30)
+    assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, lab.call("ipvs", ns=lab.leader_ns())
+    # both families at once from the one group
+    assert lab.call("count", vip=VIP, port=80, n=3) == {"rs1": 1, "rs2": 1, "rs3": 1}
+    assert f"[{VIP6}]:80 rr" in lab.call("ipvs", ns=lab.leader_ns())
+
+
+@pytest.mark.parametrize("forwarding", ["direct", "tunnel"])
+def test_ipv6_direct_and_tunnel(lab: Lab, forwarding: str) -> None:
+    """Direct routing and ip6ip6 tunnelling of an IPv6 VIP, the real servers prepared by
+    ``lvs-operator realserver`` (the VIP on lo / on ip6tnl0)."""
+    vip = VIP6_DR if forwarding == "direct" else VIP6_TUN
+    out = lab.call("realserver", vips=[vip], mode=forwarding)
+    assert all(r["rc"] == 0 for r in out.values()), out
+    lab.apply(virtual_server(f"web6-{forwarding}", vip, 8080, None, pool_name="web6",
+                             scheduler="rr", forwarding=forwarding))  # fmt: skip
+    wait_answers(lab, vip, 8080)
+    counts = lab.call("count", vip=vip, port=8080, n=30)
+    table = lab.call("ipvs", ns=lab.leader_ns())
+    assert counts == {"rs1": 10, "rs2": 10, "rs3": 10}, table
+    assert ("Route" if forwarding == "direct" else "Tunnel") in table
+
+
+def test_ipv6_persistence_by_prefix(lab: Lab) -> None:
+    """``persistence.prefixLength: 64``: two clients of one /64 stay on one real server (round
+    robin would send the second one elsewhere were persistence per address)."""
+    lab.apply(pool("web6", family=6))
+    lab.apply(virtual_server("web6-sticky", VIP6_STICKY, 80, "http", pool_name="web6",
+                             scheduler="rr",
+                             persistence={"timeoutSeconds": 60, "prefixLength": 64}))  # fmt: skip
+    wait_answers(lab, VIP6_STICKY, 80)
+    first = lab.call("count", vip=VIP6_STICKY, port=80, n=6, source=CLIENT6)
+    second = lab.call("count", vip=VIP6_STICKY, port=80, n=6, source=CLIENT6_SECOND)
+    assert len(first) == 1 and "error" not in first, first
+    assert second == first, (first, second, lab.call("ipvs_connections", ns=lab.leader_ns()))
+    assert "persistent 60 mask 64" in lab.call("ipvs", ns=lab.leader_ns())
+
+
 def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     """The leader's node dies (link down, agent killed): the standby takes over within the
     heartbeat timeout. When the node comes back, the VIP its kernel held is gone: lapsed
     (the dead-man switch) or dropped by its restarted agent, whichever comes first."""
+    apply_ipv6_masquerade(lab)
+    wait_answers(lab, VIP6, 80)
     old = lab.leader_ns()
     new = OTHER[old]
     loop, out = lab.start_loop("failover", VIP, 80)
+    loop6, out6 = lab.start_loop("failover6", VIP6, 80)
+    neighbour_before = lab.call("neighbour", ns=CLIENT, address=VIP6)
+    new_mac = lab.call("link_mac", ns=new)
+    neighbours = lab.start_neighbour_monitor("failover")
     sampler, samples_out = lab.start_sampler("failover", VIP)
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=VIP, new=new,
                      link_down=old)  # fmt: skip
+    advertised = lab.call("wait_neighbour", ns=CLIENT, address=VIP6, mac=new_mac, within=15)
     res = lab.call("wait_vip", vip=VIP, within=60, exclude=old)
+    res6 = lab.call("wait_vip", vip=VIP6, within=60, exclude=old)
     time.sleep(2)
     results = lab.stop_loop(loop, out)
+    results6 = lab.stop_loop(loop6, out6)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
-    print(f"\n[dataplane] crash failover: {stats}")
+    stats6 = analyse(results6, moved["at"])
+    changed = Lab.neighbour_changed_at(neighbours, VIP6, new_mac)
+    na_after = None if changed is None else round(changed - moved["wall_at"], 3)
+    print(f"\n[dataplane] crash failover: IPv4 {stats}\n[dataplane] crash failover: IPv6 "
+          f"{stats6}; the client's neighbour entry for {VIP6} named the new leader "
+          f"{na_after} s after the crash ({neighbour_before} -> "
+          f"{advertised['entry']})")  # fmt: skip
     assert res["holder"] == new, res
+    # dual stack: both VIPs of the group fail over together, both families serve again
+    assert res6["holder"] == new, res6
+    assert neighbour_before and neighbour_before["lladdr"] == lab.call("link_mac", ns=old), (
+        neighbour_before
+    )
+    # the new leader's unsolicited NA (Override) rewrote the client's entry: without it the
+    # client would keep the dead MAC through NUD (5 s DELAY, then 3 unicast probes of 1 s)
+    assert advertised["at"] is not None, advertised
+    assert na_after is not None and na_after < 2.0, (na_after, neighbours.output()[-2000:])
+    assert stats6["recovered_after"] is not None and stats6["recovered_after"] < 2.0, stats6
     assert lab.holder() == NODES[new]
     assert stats["first_success_after"] is not None, stats
     # silence 0.3 s (--peer-timeout; the ARP check runs in its last 0.15 s) + the VIP add
@@ -349,16 +433,30 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     new = OTHER[old]
     # 2 s per request: a slow answer under TCG is not a failure; a reset or a lost
     # connection is.
+    apply_ipv6_masquerade(lab)
+    wait_answers(lab, VIP6, 80)
     loop, out = lab.start_loop("handover", VIP, 80, timeout=2.0)
+    loop6, out6 = lab.start_loop("handover6", VIP6, 80, timeout=2.0)
+    new_mac = lab.call("link_mac", ns=new)
+    neighbours = lab.start_neighbour_monitor("handover")
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGTERM), vip=VIP, new=new)
     assert proc.wait(30) == 0, proc.output()[-3000:]
     res = lab.call("wait_vip", vip=VIP, within=30, exclude=old)
     time.sleep(2)
     results = lab.stop_loop(loop, out)
+    results6 = lab.stop_loop(loop6, out6)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
+    stats6 = analyse(results6, moved["at"])
+    changed = Lab.neighbour_changed_at(neighbours, VIP6, new_mac)
+    na_after = None if changed is None else round(changed - moved["wall_at"], 3)
     steps = handover_steps(proc, lab.agents[new])
-    print(f"\n[dataplane] planned handover: {stats}; steps after SIGTERM (s): {steps}")
+    print(f"\n[dataplane] planned handover: IPv4 {stats}; steps after SIGTERM (s): {steps}"
+          f"\n[dataplane] planned handover: IPv6 {stats6}; the client's neighbour entry "
+          f"named the new leader {na_after} s after SIGTERM")  # fmt: skip
+    failed6 = lab.call("read_loop_failures", path=out6, at=moved["at"])
+    assert stats6["failures"] == 0, (stats6, steps, failed6)
+    assert na_after is not None and na_after < 5, neighbours.output()[-2000:]
     assert res["holder"] == new
     assert lab.holder() == NODES[new]
     # well inside the relaxed Lease (6 s): the new leader took a released Lease, not an

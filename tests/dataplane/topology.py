@@ -11,14 +11,19 @@ that must reach an API server on the host at 10.0.2.2).
       lvs-router   10.10.0.1   <── forwards ──>      lvs-router  10.20.0.1
       VIP          10.10.0.100 (on a director's "front", added by the test or the agent)
 
+    IPv6 beside it (dual stack, ``nodad``: usable at once): front fd10::/64, back fd20::/64,
+    the same last digits (client fd10::2 and fd10::3, a second source in its /64; directors
+    fd10::11/12 and fd20::11/12; real servers fd20::21..23; router fd10::1 / fd20::1,
+    forwarding both families); IPv6 VIPs fd10::100 and up.
+
 Interfaces inside each namespace are called ``front`` and ``back``. The router lets real
 servers answer clients directly (direct routing, tunnel) and is *not* the directors: so
 masquerade needs either SNAT on the director (what the operator does in Kubernetes) or the
 real servers' default route via the director (``route_back_via``).
 
-HTTP servers answer ``GET /`` with their name (plus a newline) over HTTP/1.1 keep-alive,
-headers ``X-Server`` (the name), ``X-Host`` (the Host header received) and ``X-Client`` (the
-source address the server saw).
+HTTP servers (both families, one socket) answer ``GET /`` with their name (plus a newline)
+over HTTP/1.1 keep-alive, headers ``X-Server`` (the name), ``X-Host`` (the Host header
+received) and ``X-Client`` (the source address the server saw).
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ REAL_SERVERS = ("lvs-rs1", "lvs-rs2", "lvs-rs3")
 VIP = "10.10.0.100"
 FRONT_PREFIX = "10.10.0"
 BACK_PREFIX = "10.20.0"
+FRONT6_PREFIX = "fd10::"
+BACK6_PREFIX = "fd20::"
+VIP6_RANGE = "fd10::100/120"  # the tests' IPv6 VIPs (reset() drops them)
+CLIENT6_SECOND = "fd10::3"  # the client's second IPv6 source, in the same /64
 HTTP_PORT = 8080
 
 
@@ -64,6 +73,8 @@ class Topology:
     vip: str = VIP
     front: dict[str, str] = field(default_factory=dict)  # ns -> address on the front segment
     back: dict[str, str] = field(default_factory=dict)  # ns -> address on the back segment
+    front6: dict[str, str] = field(default_factory=dict)  # ns -> IPv6 address, front segment
+    back6: dict[str, str] = field(default_factory=dict)  # ns -> IPv6 address, back segment
 
     def rs_name(self, ns: str) -> str:
         return ns.removeprefix("lvs-")
@@ -72,7 +83,7 @@ class Topology:
         return {
             "client": self.client, "router": self.router, "directors": list(self.directors),
             "real_servers": list(self.real_servers), "vip": self.vip,
-            "front": self.front, "back": self.back,
+            "front": self.front, "back": self.back, "front6": self.front6, "back6": self.back6,
         }  # fmt: skip
 
 
@@ -84,7 +95,10 @@ def default_topology() -> Topology:
         back[d] = f"{BACK_PREFIX}.{11 + i}"
     for i, r in enumerate(REAL_SERVERS):
         back[r] = f"{BACK_PREFIX}.{21 + i}"
-    return Topology(front=front, back=back)
+    # the same last digits in IPv6 (decimal digits read as hex: fd10::11 for 10.10.0.11)
+    front6 = {ns: FRONT6_PREFIX + a.rsplit(".", 1)[1] for ns, a in front.items()}
+    back6 = {ns: BACK6_PREFIX + a.rsplit(".", 1)[1] for ns, a in back.items()}
+    return Topology(front=front, back=back, front6=front6, back6=back6)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -162,13 +176,25 @@ def build(topo: Topology | None = None) -> dict[str, object]:
                 f"link set {peer} master br-{segment} up",
             ]
             per_ns[ns] += [f"addr add {addr}/24 dev {segment}", f"link set {segment} up"]
+    for segment, addrs6 in (("front", topo.front6), ("back", topo.back6)):
+        for ns, addr in addrs6.items():
+            # nodad: no second of "tentative" before the address can be used
+            per_ns[ns].append(f"addr add {addr}/64 dev {segment} nodad")
+    per_ns[topo.client].append(f"addr add {CLIENT6_SECOND}/64 dev front nodad")
     per_ns[topo.client].append(f"route add default via {topo.front[topo.router]}")
+    per_ns[topo.client].append(f"route add ::/0 via {topo.front6[topo.router]}")
     for rs in topo.real_servers:
         per_ns[rs].append(f"route add default via {topo.back[topo.router]}")
+        per_ns[rs].append(f"route add ::/0 via {topo.back6[topo.router]}")
     ip_batch(switch, SWITCH)
     for ns, lines in per_ns.items():
         ip_batch(lines, ns)
     sysctl(topo.router, "net.ipv4.ip_forward", 1)
+    sysctl(topo.router, "net.ipv6.conf.all.forwarding", 1)
+    for d in topo.directors:
+        # a crash case takes a director's link down and up again: keep its IPv6 addresses
+        # as IPv4 keeps its own (by default the kernel flushes IPv6 ones on link down)
+        sysctl(d, "net.ipv6.conf.all.keep_addr_on_down", 1)
     return topo.to_json()
 
 
@@ -186,13 +212,15 @@ def route_back_via(director: str, topo: Topology | None = None) -> None:
     """Classic LVS-NAT without SNAT: real servers' default route through ``director``."""
     topo = topo or default_topology()
     for rs in topo.real_servers:
-        ip_batch([f"route replace default via {topo.back[director]}"], rs)
+        ip_batch([f"route replace default via {topo.back[director]}",
+                  f"route replace ::/0 via {topo.back6[director]}"], rs)  # fmt: skip
 
 
 def route_back_via_router(topo: Topology | None = None) -> None:
     topo = topo or default_topology()
     for rs in topo.real_servers:
-        ip_batch([f"route replace default via {topo.back[topo.router]}"], rs)
+        ip_batch([f"route replace default via {topo.back[topo.router]}",
+                  f"route replace ::/0 via {topo.back6[topo.router]}"], rs)  # fmt: skip
 
 
 def add_vip(director: str, vip: str = VIP, dev: str = "front") -> None:
@@ -230,6 +258,21 @@ def connect_uplink(ns: str, index: int) -> str:
 # -- HTTP real servers -------------------------------------------------------------------------
 
 
+class DualStackHTTPServer(ThreadingHTTPServer):
+    """Both families on one socket ([::]:port, IPV6_V6ONLY off)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _client_address(address: str) -> str:
+    """An IPv4 client as IPv4 (a dual-stack socket sees ::ffff:a.b.c.d)."""
+    return address.removeprefix("::ffff:")
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: lets a test hold an established connection
     server_name_label = "?"
@@ -241,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Server", self.server_name_label)
         self.send_header("X-Host", self.headers.get("Host", ""))
-        self.send_header("X-Client", self.client_address[0])  # shows SNAT at work
+        self.send_header("X-Client", _client_address(self.client_address[0]))  # shows SNAT
         self.end_headers()
         self.wfile.write(body)
 
@@ -250,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def start_http_server(ns: str, name: str | None = None, port: int = HTTP_PORT,
-                      addr: str = "0.0.0.0") -> int:  # fmt: skip
+                      addr: str = "::") -> int:  # fmt: skip
     """Start a daemon serving HTTP in ``ns``; returns its pid (also in /run/lvs-topology)."""
     name = name or ns.removeprefix("lvs-")
     STATE.mkdir(parents=True, exist_ok=True)
@@ -268,7 +311,11 @@ def start_http_server(ns: str, name: str | None = None, port: int = HTTP_PORT,
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             handler = type("H", (_Handler,), {"server_name_label": name})
             with in_netns(ns):
-                server = ThreadingHTTPServer((addr, port), handler)
+                server: ThreadingHTTPServer = (
+                    DualStackHTTPServer((addr, port), handler)
+                    if ":" in addr
+                    else ThreadingHTTPServer((addr, port), handler)
+                )
             server.daemon_threads = True
             os.write(w, f"{os.getpid()}\n".encode())
             os.close(w)
@@ -474,5 +521,6 @@ def reset(topo: Topology | None = None) -> None:
             nsexec(d, "ipvsadm", "--stop-daemon", state, check=False)
         nsexec(d, "nft", "flush", "ruleset", check=False)
         sh("ip", "-n", d, "addr", "flush", "dev", "front", "to", f"{topo.vip}/32", check=False)
+        sh("ip", "-n", d, "-6", "addr", "flush", "dev", "front", "to", VIP6_RANGE, check=False)
     route_back_via_router(topo)
     next_client_ports(topo.client)
