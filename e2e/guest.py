@@ -12,6 +12,11 @@ on the host (10.0.2.2).
       e2e-dir-b   192.0.2.12 (+ uplink 10.99.2.2)  e2e-pod-N  <the pod's IP, as kwok assigned it>
       VIP         192.0.2.10 (on the active director's "front")
 
+    IPv6 beside it (``nodad``): front 2001:db8::/64 (client ::2, directors ::11/::12, VIP6
+    2001:db8::10); pod network fd44::/64 (directors fd44::251/::252, static IPv6 servers
+    e2e-static6-N at fd44::1:N, HTTP on 8080 naming ``static6-N``: kwok gives pods IPv4
+    addresses only, so the IPv6 pool lists static servers).
+
 A web pod is a namespace carrying its pod IP and an HTTP server on 8080 that answers with the
 pod's name (tests/dataplane/topology.py's server: headers X-Server, X-Client). The directors
 masquerade (IPVS NAT plus the agent's nftables SNAT), so a pod answers the director's
@@ -44,7 +49,10 @@ DIRECTORS = ("e2e-dir-a", "e2e-dir-b")
 VIP = "192.0.2.10"
 FRONT = {CLIENT: "192.0.2.2", "e2e-dir-a": "192.0.2.11", "e2e-dir-b": "192.0.2.12"}
 BACK = {"e2e-dir-a": "10.244.255.251", "e2e-dir-b": "10.244.255.252"}
-DIRECTOR_OF_SOURCE = {v: k for k, v in BACK.items()}
+VIP6 = "2001:db8::10"
+FRONT6 = {CLIENT: "2001:db8::2", "e2e-dir-a": "2001:db8::11", "e2e-dir-b": "2001:db8::12"}
+BACK6 = {"e2e-dir-a": "fd44::251", "e2e-dir-b": "fd44::252"}
+DIRECTOR_OF_SOURCE = {addr: ns for by_ns in (BACK, BACK6) for ns, addr in by_ns.items()}
 UPLINK_INDEX = {"e2e-dir-a": 1, "e2e-dir-b": 2}
 CLIENT_UPLINK_INDEX = 3  # the client's way to the host (Prometheus scrapes the controller)
 PROMETHEUS_PORT = 9090
@@ -97,7 +105,13 @@ def build() -> dict[str, Any]:
         SWITCH,
     )
     t.ip_batch(
-        ["link set lo up", f"addr add {FRONT[CLIENT]}/24 dev front", "link set front up"], CLIENT
+        [
+            "link set lo up",
+            f"addr add {FRONT[CLIENT]}/24 dev front",
+            f"addr add {FRONT6[CLIENT]}/64 dev front nodad",
+            "link set front up",
+        ],
+        CLIENT,
     )
     for ns in DIRECTORS:
         add_director(ns)
@@ -121,8 +135,10 @@ def add_director(ns: str) -> str:
         [
             "link set lo up",
             f"addr add {FRONT[ns]}/24 dev front",
+            f"addr add {FRONT6[ns]}/64 dev front nodad",
             "link set front up",
             f"addr add {BACK[ns]}/{POD_PREFIX} dev back",
+            f"addr add {BACK6[ns]}/64 dev back nodad",
             "link set back up",
         ],
         ns,
@@ -185,6 +201,24 @@ def add_pod(name: str, ip: str, index: int) -> str:
     return ns
 
 
+def add_static6(index: int) -> str:
+    """A static IPv6 real server: namespace ``e2e-static6-<index>`` at fd44::1:<index>, HTTP
+    on 8080 naming ``static6-<index>``. Returns its address."""
+    ns, address = f"e2e-static6-{index}", f"fd44::1:{index}"
+    remove_pod(ns)
+    t.ip_batch([f"netns add {ns}"])
+    t.ip_batch(
+        [f"link add s6-{index} type veth peer name eth0 netns {ns}",
+         f"link set s6-{index} master br-pods up"],
+        SWITCH,
+    )  # fmt: skip
+    t.ip_batch(["link set lo up", f"addr add {address}/64 dev eth0 nodad", "link set eth0 up"], ns)
+    pid = t.start_http_server(ns, name=f"static6-{index}", port=HTTP_PORT)
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / f"{ns}.pid").write_text(str(pid))
+    return address
+
+
 def remove_pod(ns: str) -> None:
     pidfile = STATE / f"{ns}.pid"
     if pidfile.exists():
@@ -197,7 +231,7 @@ def remove_pod(ns: str) -> None:
 
 def teardown() -> None:
     for ns in sorted(_existing()):
-        if ns.startswith("e2e-pod-"):
+        if ns.startswith(("e2e-pod-", "e2e-static6-")):
             remove_pod(ns)
     gone = [ns for ns in (SWITCH, CLIENT, *DIRECTORS) if ns in _existing()]
     if gone:

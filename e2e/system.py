@@ -84,7 +84,7 @@ from lvs_operator.director.peer import DEFAULT_PEER_INTERVAL, DEFAULT_PEER_TIMEO
 
 OPERATOR_NS = "lvs-system"
 VIP = "192.0.2.10"
-VIP_RANGES = "192.0.2.0/24"
+VIP_RANGES = "192.0.2.0/24,2001:db8::/64"
 DIRECTOR_IMAGE = "registry.invalid/lvs-operator:e2e"  # never pulled: kwok is the kubelet
 WEB_IMAGE = "registry.invalid/httpd:e2e"
 GUEST = "e2e.guest"

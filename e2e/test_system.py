@@ -28,7 +28,7 @@ from lightkube.resources.core_v1 import Pod
 from tests.dataplane.vm import AGENT_STARTUP_LIMIT, GuestProcess, agent_startup
 
 from e2e.conftest import FAILED_ITEM
-from e2e.guest import analyse
+from e2e.guest import VIP6, analyse
 from e2e.system import (
     DIRECTORS,
     OPERATOR_NS,
@@ -70,6 +70,27 @@ spec:
   vip: {VIP}
   ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
   poolRef: {{name: web}}
+  scheduler: rr
+  forwarding: masquerade
+  directors: {{nodeSelector: {{lvs.io/director: "true"}}}}
+"""
+# An IPv6 VirtualServer in the same director group (same nodeSelector) as the IPv4 one. kwok
+# gives pods IPv4 addresses only, so its pool lists static IPv6 servers (e2e/guest.py).
+STATIC6 = ("fd44::1:1", "fd44::1:2")
+IPV6_MANIFEST = f"""
+apiVersion: lvs.io/v1alpha1
+kind: RealServerPool
+metadata: {{name: web6, namespace: {APP_NS}}}
+spec:
+  servers: [{", ".join(f'{{address: "{a}", port: 8080}}' for a in STATIC6)}]
+---
+apiVersion: lvs.io/v1alpha1
+kind: VirtualServer
+metadata: {{name: web6, namespace: {APP_NS}}}
+spec:
+  vip: "{VIP6}"
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]
+  poolRef: {{name: web6}}
   scheduler: rr
   forwarding: masquerade
   directors: {{nodeSelector: {{lvs.io/director: "true"}}}}
@@ -182,6 +203,36 @@ def test_1_all_pods_answer_in_rr_order(system: System) -> None:
     s.say(
         f"1. rr order: {' '.join(seq[:6])} ... (30 requests, 10 each; "
         f"active director {status['activeDirector']})"
+    )
+
+
+def test_1b_an_ipv6_virtualserver_beside_the_ipv4_one(system: System) -> None:
+    """Dual stack through the real controller: an IPv6 VIP of the same director group is
+    accepted, programmed and served (masquerade), while the IPv4 one keeps serving."""
+    s = system
+    for index in range(1, len(STATIC6) + 1):
+        s.call("add_static6", index=index)
+    s.apply(IPV6_MANIFEST)
+    deadline = time.monotonic() + 90
+    conditions: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = s.virtual_server("web6").get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        if conditions.get("Programmed", {}).get("status") == "True":
+            break
+        time.sleep(0.5)
+    assert conditions.get("Programmed", {}).get("status") == "True", (conditions, s.logs())
+    res = s.call("wait_answers", vip=VIP6, timeout=90)
+    assert res["ok"], f"{res}\n{s.logs()}"
+    assert res["director"] == s.leader_ns(), res
+    seq = s.call("sequence", vip=VIP6, n=10)
+    assert set(seq) == {"static6-1", "static6-2"}, seq
+    assert all(seq[i] != seq[i + 1] for i in range(9)), seq  # rr
+    seq4 = s.call("sequence", n=6)
+    assert "error" not in seq4, seq4
+    s.say(
+        f"1b. IPv6 VirtualServer [{VIP6}]:80 beside the IPv4 one: {' '.join(seq[:4])} ... "
+        f"(10 requests via {res['director']}); IPv4 still answers ({' '.join(seq4[:3])} ...)"
     )
 
 
@@ -492,6 +543,9 @@ def test_5_node_crash_standby_takes_over(system: System) -> None:
     time.sleep(2)
     stats = analyse(s.stop_loop(loop, out), at, old)
     assert res["holder"] == new, f"{res}\n{s.logs()}"
+    # the group's IPv6 VIP failed over with it
+    res6 = s.call("wait_answers", vip=VIP6, timeout=30)
+    assert res6["ok"] and res6["director"] == new, f"{res6}\n{s.logs()}"
     assert stats["old_to_new"] is not None, stats
     # heartbeat silence 0.3 s + the ARP check + a Lease write through the real API server +
     # the VIP add, seen by a client whose requests time out after 0.5 s: 1.07 s measured here
@@ -838,6 +892,7 @@ def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: Syste
 def test_8_virtualserver_deleted_everything_released(system: System) -> None:
     s = system
     group = s.group
+    s.kubectl("delete", "virtualserver", "web6", "-n", APP_NS, check=False)
     s.kubectl("delete", "virtualserver", "web", "-n", APP_NS)
     res = s.call(
         "wait_weights", namespaces=list(DIRECTORS), service=SERVICE, want={"": None}, timeout=60
