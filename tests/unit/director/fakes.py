@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from lvs_operator.director import node_settings
 from lvs_operator.director.events import EventPoster
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
@@ -40,6 +41,9 @@ class FakeKernel:
         self.prepared: list[bool] = []
         self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
         self.apply_error: Exception | None = None  # what apply() raises (the kernel refusing)
+        # the node's sysctls (key -> value) that check_node_settings reads; None: all right
+        self.node_sysctls: dict[str, str] | None = None
+        self.settings_checks: list[bool] = []  # the ipv6 argument of each check
 
     def read(self) -> tuple[IpvsTable, Connections]:
         return self.table, dict(self.connections)
@@ -54,6 +58,32 @@ class FakeKernel:
         self.prepared.append(masquerade_snat)
         if self.prepare_error is not None:
             raise self.prepare_error
+
+    def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
+        """As in the shipped pod: /proc/sys read-only, nothing written."""
+        self.settings_checks.append(ipv6)
+        wanted = node_settings.wanted(ipv6)
+        if self.node_sysctls is None:
+            return node_settings.Outcome(right=wanted)
+        return node_settings.enforce(wanted, DictSysctls(self.node_sysctls), write=False)
+
+
+class DictSysctls:
+    """``node_settings.SysctlFiles`` on a dict; ``read_only``: every write fails (EROFS)."""
+
+    def __init__(self, values: dict[str, str], read_only: bool = False) -> None:
+        self.values = values
+        self.read_only = read_only
+        self.writes: list[tuple[str, str]] = []
+
+    def read(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def write(self, key: str, value: str) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        self.writes.append((key, value))
+        self.values[key] = value
 
 
 class FakeVips:
@@ -220,3 +250,8 @@ class FakeEventPoster:
         if self.error is not None:
             raise self.error
         self.posted.append(event)
+
+
+def conforming_sysctls() -> node_settings.SysctlFiles:
+    """Never called: mypy rejects it if DictSysctls no longer implements SysctlFiles."""
+    return DictSysctls({})

@@ -939,3 +939,56 @@ async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
     refused = [e for e in poster.posted if e["reason"] == "KernelRefused"]
     assert [(e["involvedObject"]["name"], e["type"]) for e in refused] == [("web", "Warning")]
     assert "Invalid argument" in refused[0]["message"]
+
+
+async def test_a_wrong_node_setting_is_reported_with_its_fix_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In the shipped pod /proc/sys is read-only: the agent reads the node settings at its
+    first converge, names each wrong one with its fix (once per value) and counts them in
+    lvs_director_node_settings_wrong; the IPVS changes go in all the same. Read again after
+    RECHECK_SECONDS, a node fixed meanwhile clears the gauge."""
+    from lvs_operator.director.node_settings import NODE_SETTINGS, RECHECK_SECONDS
+
+    kernel = FakeKernel()
+    kernel.node_sysctls = {s.key: s.value for s in NODE_SETTINGS}
+    kernel.node_sysctls["net.ipv4.vs.conntrack"] = "0"
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+        await agent.converge()
+    assert K80 in kernel.table
+    assert kernel.settings_checks == [False]  # read once, not on every converge
+    wrong = [r for r in caplog.records if r.getMessage().startswith("node setting wrong")]
+    assert len(wrong) == 1
+    assert wrong[0].__dict__["setting"] == "net.ipv4.vs.conntrack"
+    assert wrong[0].__dict__["actual"] == "0" and wrong[0].__dict__["wanted"] == "1"
+    assert "director.nodeSettings.enabled=true" in wrong[0].getMessage()
+    assert "sysctl -w net.ipv4.vs.conntrack=1" in wrong[0].getMessage()
+    gauge = 'lvs_director_node_settings_wrong{group="g1"}'
+    assert f"{gauge} 1.0" in agent.metrics.render().decode()
+
+    kernel.node_sysctls["net.ipv4.vs.conntrack"] = "1"  # fixed on the node
+    agent.ipvs._settings_read_at = time.monotonic() - RECHECK_SECONDS
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+    assert kernel.settings_checks == [False, False]
+    assert any(r.getMessage() == "node setting right again" for r in caplog.records)
+    assert f"{gauge} 0.0" in agent.metrics.render().decode()
+
+
+async def test_ipv6_services_have_ipv6_forwarding_checked_at_once() -> None:
+    kernel = FakeKernel()
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    assert kernel.settings_checks == [False]
+    agent.watches.reset_vs([vs_obj(), vs_obj("web6", vip="2001:db8::10")])
+    await agent.converge()
+    assert kernel.settings_checks[-1] is True
