@@ -157,23 +157,35 @@ class FakeVips:
 class FakeHandoverKernel:
     """Records the node side of a handover (handover.py's HandoverKernel)."""
 
-    def __init__(self, address: str = "10.10.0.11") -> None:
+    def __init__(self, address: str = "10.10.0.11", vips: FakeVips | None = None) -> None:
         self.address = address
         self.relays: list[Relay] | None = None
-        self.sysctls: dict[str, str] = {}
+        # the ARP filter: (VIPs, interface -> source address); None: none installed
+        self.arp_filter: tuple[list[str], dict[str, str]] | None = None
+        self.vips = vips  # the node's addresses, seen when the filter goes in (order checks)
+        self.addresses_at_filter: dict[str, str] | None = None
+        self.addresses_at_unfilter: dict[str, str] | None = None
+        self.filter_error: Exception | None = None  # what filter_arp raises (nft refusing)
         self.events: list[str] = []
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
         return self.address
 
-    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
-        self.events.append(f"arp {ifname}")
-        self.sysctls = {"arp_ignore": "1", "arp_announce": "2"}
-        return {"arp_ignore": "0", "arp_announce": "0"}
+    def filter_arp(self, vips: list[str], link_addresses: Mapping[str, str]) -> None:
+        if self.filter_error is not None:
+            raise self.filter_error
+        self.events.append("arp filter on")
+        self.arp_filter = (list(vips), dict(link_addresses))
+        if self.vips is not None:
+            self.addresses_at_filter = dict(self.vips.addresses)
 
-    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
-        self.events.append(f"restore {ifname}")
-        self.sysctls = dict(previous)
+    def remove_arp_filter(self) -> bool:
+        had, self.arp_filter = self.arp_filter is not None, None
+        if had:
+            self.events.append("arp filter off")
+            if self.vips is not None:
+                self.addresses_at_unfilter = dict(self.vips.addresses)
+        return had
 
     def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
         self.events.append("relay on")

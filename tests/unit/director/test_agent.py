@@ -412,11 +412,13 @@ async def test_metrics_show_the_process_the_last_converge_and_the_lease() -> Non
 
 
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:
-    """SIGTERM on the leader: VIP to lo before it leaves the interface, ARP off, the note on
-    the released Lease; the new leader installs the relay before it adds the VIP; the old
-    one drops the VIP from lo once its connections are done."""
+    """SIGTERM on the leader: the ARP filter in, then the VIP to lo before it leaves the
+    interface, the note on the released Lease; the new leader installs the relay before it
+    adds the VIP; the old one drops the VIP from lo once its connections are done, then
+    its ARP filter."""
     store = FakeLeaseStore()
-    old_kernel, old_vips, old_hk = FakeKernel(), FakeVips(), FakeHandoverKernel("10.10.0.11")
+    old_kernel, old_vips = FakeKernel(), FakeVips()
+    old_hk = FakeHandoverKernel("10.10.0.11", vips=old_vips)
     old = make("node-a", store, kernel=old_kernel, vips=old_vips, handover=old_hk,
                handover_drain=2.0)  # fmt: skip
     new_vips, new_hk = FakeVips(), FakeHandoverKernel("10.10.0.12")
@@ -433,7 +435,10 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
 
     await old.handover.retire()
     assert old_vips.addresses == {VIP: "lo"} and old.vips.retired == {VIP: "front"}
-    assert old_hk.sysctls == {"arp_ignore": "1", "arp_announce": "2"}
+    # filtered before the VIP moved (on lo, the kernel would answer for it on any link),
+    # with this node's address on the VIP's link for the requests it sends from the VIP
+    assert old_hk.arp_filter == ([VIP], {"front": "10.10.0.11"})
+    assert old_hk.addresses_at_filter == {VIP: "front"}
     assert await old.elector.release()
     note = Handover.from_annotation(store.record.annotations[HANDOVER_ANNOTATION])
     assert note is not None and note.source == "node-a" and note.relays == {VIP: "10.10.0.11"}
@@ -457,7 +462,8 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
     old_vips.answering = {VIP}  # the new leader's announcement, seen by the ARP probe
     await asyncio.wait_for(drain, 3)
     assert old_vips.addresses == {} and old.vips.retired == {}
-    assert old_hk.sysctls == {"arp_ignore": "0", "arp_announce": "0"}  # restored
+    assert old_hk.arp_filter is None and old_hk.events == ["arp filter on", "arp filter off"]
+    assert old_hk.addresses_at_unfilter == {}  # removed only once the VIP left lo
 
 
 async def test_a_handover_nobody_takes_keeps_serving_until_the_drain_time() -> None:
@@ -992,3 +998,35 @@ async def test_ipv6_services_have_ipv6_forwarding_checked_at_once() -> None:
     agent.watches.reset_vs([vs_obj(), vs_obj("web6", vip="2001:db8::10")])
     await agent.converge()
     assert kernel.settings_checks[-1] is True
+
+
+async def test_an_arp_filter_left_by_a_dead_agent_goes_at_start() -> None:
+    """An agent killed while draining leaves its ARP filter: the next agent on the node
+    removes it at start (else the node would not answer ARP for a VIP it takes later)."""
+    hk = FakeHandoverKernel()
+    hk.arp_filter = (["192.0.2.10"], {"front": "10.10.0.11"})
+    agent = make("node-a", FakeLeaseStore(), handover=hk)
+    await agent.startup()
+    assert hk.arp_filter is None and hk.events == ["arp filter off"]
+
+
+async def test_a_handover_whose_arp_filter_fails_still_moves_the_vip(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeLeaseStore()
+    vips = FakeVips()
+    hk = FakeHandoverKernel("10.10.0.11", vips=vips)
+    hk.filter_error = RuntimeError("nft: Operation not permitted")
+    agent = make("node-a", store, vips=vips, handover=hk, handover_drain=1.0)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    with caplog.at_level(logging.WARNING, logger="lvs_operator.director.handover"):
+        await agent.handover.retire()
+    assert vips.addresses == {VIP: "lo"}
+    assert any("cannot filter ARP" in r.getMessage() for r in caplog.records)
+    assert await agent.elector.release()
+    await agent.handover.drain()
+    assert vips.addresses == {} and "arp filter off" not in hk.events

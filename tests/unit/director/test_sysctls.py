@@ -54,16 +54,3 @@ def test_a_read_only_proc_sys_names_every_key_and_the_fix(
     assert "sysctl -w net.ipv4.ip_forward=1 net.ipv4.vs.conntrack=1" in message
     assert "Read-only file system" in message
     assert "director.nodeSettings.enabled=true" in message
-
-
-def test_arp_sysctls_are_set_and_restored(tmp_path: Path) -> None:
-    from lvs_operator.director.handover import ARP_SYSCTLS
-
-    conf = tmp_path / "net/ipv4/conf/front"
-    conf.mkdir(parents=True)
-    (conf / "arp_ignore").write_text("0\n")
-    (conf / "arp_announce").write_text("0\n")
-    previous = sysctl.set_interface_sysctls("front", ARP_SYSCTLS, root=tmp_path)
-    assert previous == {"arp_ignore": "0", "arp_announce": "0"}
-    sysctl.restore_interface_sysctls("front", previous, root=tmp_path)
-    assert (conf / "arp_ignore").read_text() == "0"

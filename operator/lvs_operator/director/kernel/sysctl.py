@@ -83,38 +83,3 @@ class SysctlError(OSError):
             f"({node_settings.fix_command(w.setting for w in wrong)}, or a file in "
             "/etc/sysctl.d)"
         )
-
-
-# -- the handover's ARP sysctls ---------------------------------------------------------------
-
-
-def set_interface_sysctls(
-    ifname: str, values: Mapping[str, str], root: Path = Path("/proc/sys")
-) -> dict[str, str]:
-    """Set IPv4 ``values`` on ``ifname``; returns the previous values (to restore)."""
-    previous: dict[str, str] = {}
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in values.items():
-        path = base / key
-        try:
-            previous[key] = path.read_text().strip()
-            if previous[key] != value:
-                path.write_text(value)
-        except OSError as exc:
-            log.warning(
-                "cannot set %s: %s; the old leader may answer ARP for the VIP during the handover",
-                path,
-                exc,
-            )
-    return previous
-
-
-def restore_interface_sysctls(
-    ifname: str, previous: Mapping[str, str], root: Path = Path("/proc/sys")
-) -> None:
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in previous.items():
-        try:
-            (base / key).write_text(value)
-        except OSError as exc:
-            log.warning("cannot restore %s: %s", base / key, exc)
