@@ -1030,3 +1030,32 @@ async def test_a_handover_whose_arp_filter_fails_still_moves_the_vip(
     assert await agent.elector.release()
     await agent.handover.drain()
     assert vips.addresses == {} and "arp filter off" not in hk.events
+
+
+async def test_only_ipv4_vips_are_arp_filtered_on_a_handover() -> None:
+    """A dual-stack group: the IPv4 VIP gets the ARP filter, the IPv6 one none (the kernel
+    does not answer neighbour solicitations for an address on lo); an IPv6-only group
+    installs no filter at all."""
+    vip6 = "2001:db8::10"
+    vips = FakeVips()
+    hk = FakeHandoverKernel("10.10.0.11", vips=vips)
+    agent = make("node-a", FakeLeaseStore(), vips=vips, handover=hk)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj(), vs_obj("web6", vip=vip6, directors={"interface": "front"})])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("2001:db8::21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert set(vips.addresses) == {VIP, vip6}
+    await agent.handover.retire()
+    assert hk.arp_filter == ([VIP], {"front": "10.10.0.11"})
+
+    vips6 = FakeVips()
+    hk6 = FakeHandoverKernel("2001:db8::11", vips=vips6)
+    agent6 = make("node-a", FakeLeaseStore(), vips=vips6, handover=hk6)
+    await agent6.startup()
+    agent6.watches.reset_vs([vs_obj("web6", vip=vip6, directors={"interface": "front"})])
+    agent6.watches.reset_pools([pool_obj(m("10.20.0.21"), m("2001:db8::21"))])
+    await agent6.converge()
+    await agent6.reconcile_vips()
+    await agent6.handover.retire()
+    assert vips6.addresses == {vip6: "lo"} and hk6.arp_filter is None
