@@ -437,6 +437,10 @@ class PlannedHandover:
                 )
                 return
             self._arp_filtered = True
+            log.info(
+                "handover: this node's ARP for the VIPs filtered while they are on lo",
+                extra={"vips": sorted(v4), "table": f"arp {ARP_FILTER_TABLE}"},
+            )
 
         relays = await self.vips.retire(relay_via, before_move)
         if relays:
@@ -496,6 +500,11 @@ class PlannedHandover:
         if self._arp_filtered:  # after the VIPs left lo: never a moment answering for them
             try:
                 await self.lane.run(self.node.remove_arp_filter)
+                log.info("handover ARP filter removed", extra={"table": f"arp {ARP_FILTER_TABLE}"})
             except Exception as exc:
-                log.warning("cannot remove the handover ARP filter: %s", exc)
+                log.warning(
+                    "cannot remove the handover ARP filter (the next agent here removes it): %s",
+                    exc,
+                    extra={"table": f"arp {ARP_FILTER_TABLE}"},
+                )
             self._arp_filtered = False

@@ -94,6 +94,7 @@ class IpvsSync:
         self._settings_read_at: float | None = None
         self._settings_ipv6 = False
         self._settings_wrong: dict[str, str | None] = {}
+        self._settings_error = ""  # the last failure to read them logged ("" : none)
         self.off_loop: OffLoop = asyncio.to_thread
         # the health checks of the services of the last ``want()``: its snapshot of the caches
         self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
@@ -120,12 +121,19 @@ class IpvsSync:
         """Read the node settings; report each wrong one (once per value) with its fix, and
         their number in ``lvs_director_node_settings_wrong``. Traffic that needs one fails
         (masquerade without vs.conntrack); the agent goes on: the rest works."""
+        # read again at the next recheck, not at every converge, whatever the outcome
+        self._settings_read_at, self._settings_ipv6 = now, ipv6
         try:
             outcome = await asyncio.to_thread(self.kernel.check_node_settings, ipv6)
         except Exception as exc:
-            log.warning("cannot read the node settings: %s", exc, extra={"group": self.group})
+            reason = str(exc) or type(exc).__name__
+            if reason != self._settings_error:
+                log.warning(
+                    "cannot read the node settings: %s", reason, extra={"group": self.group}
+                )
+            self._settings_error = reason
             return
-        self._settings_read_at, self._settings_ipv6 = now, ipv6
+        self._settings_error = ""
         for changed in outcome.changed:
             log.info(
                 "node setting corrected (/proc/sys is writable here)",

@@ -44,6 +44,7 @@ class FakeKernel:
         # the node's sysctls (key -> value) that check_node_settings reads; None: all right
         self.node_sysctls: dict[str, str] | None = None
         self.settings_checks: list[bool] = []  # the ipv6 argument of each check
+        self.settings_error: Exception | None = None  # what check_node_settings raises
 
     def read(self) -> tuple[IpvsTable, Connections]:
         return self.table, dict(self.connections)
@@ -62,6 +63,8 @@ class FakeKernel:
     def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
         """As in the shipped pod: /proc/sys read-only, nothing written."""
         self.settings_checks.append(ipv6)
+        if self.settings_error is not None:
+            raise self.settings_error
         wanted = node_settings.wanted(ipv6)
         if self.node_sysctls is None:
             return node_settings.Outcome(right=wanted)

@@ -1032,7 +1032,9 @@ async def test_a_handover_whose_arp_filter_fails_still_moves_the_vip(
     assert vips.addresses == {} and "arp filter off" not in hk.events
 
 
-async def test_only_ipv4_vips_are_arp_filtered_on_a_handover() -> None:
+async def test_only_ipv4_vips_are_arp_filtered_on_a_handover(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A dual-stack group: the IPv4 VIP gets the ARP filter, the IPv6 one none (the kernel
     does not answer neighbour solicitations for an address on lo); an IPv6-only group
     installs no filter at all."""
@@ -1046,8 +1048,12 @@ async def test_only_ipv4_vips_are_arp_filtered_on_a_handover() -> None:
     await agent.converge()
     await agent.reconcile_vips()
     assert set(vips.addresses) == {VIP, vip6}
-    await agent.handover.retire()
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.handover"):
+        await agent.handover.retire()
     assert hk.arp_filter == ([VIP], {"front": "10.10.0.11"})
+    (line,) = [r for r in caplog.records if "ARP for the VIPs filtered" in r.getMessage()]
+    assert line.__dict__["vips"] == [VIP]
+    assert line.__dict__["table"] == "arp lvs_operator_handover_arp"
 
     vips6 = FakeVips()
     hk6 = FakeHandoverKernel("2001:db8::11", vips=vips6)
@@ -1059,3 +1065,21 @@ async def test_only_ipv4_vips_are_arp_filtered_on_a_handover() -> None:
     await agent6.reconcile_vips()
     await agent6.handover.retire()
     assert vips6.addresses == {vip6: "lo"} and hk6.arp_filter is None
+
+
+async def test_node_settings_that_cannot_be_read_are_logged_once_not_every_converge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kernel = FakeKernel()
+    kernel.settings_error = OSError("Permission denied")
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.WARNING, logger="lvs_operator.director.ipvs_sync"):
+        for _ in range(3):
+            await agent.converge()
+    assert K80 in kernel.table  # the IPVS changes went in
+    assert kernel.settings_checks == [False]  # not retried at every converge
+    lines = [r for r in caplog.records if "cannot read the node settings" in r.getMessage()]
+    assert len(lines) == 1 and "Permission denied" in lines[0].getMessage()
