@@ -1,4 +1,4 @@
-"""The ``lvs-operator`` command: controller | director | realserver | demo.
+"""The ``lvs-operator`` command: controller | director | node-settings | realserver | demo.
 
 Each subcommand's options live with its code (``run(argv)`` in its module), so this file
 only dispatches and imports lazily: the director agent must not pay kopf's memory cost.
@@ -13,6 +13,10 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "controller": ("lvs_operator.controller.app", "reconcile VirtualServers and pools (kopf)"),
     "director": ("lvs_operator.director.main", "director agent: IPVS, VIP, Lease election"),
+    "node-settings": (
+        "lvs_operator.director.node_settings_command",
+        "set the sysctls a director node needs (the directors' init container)",
+    ),
     "realserver": ("lvs_operator.realserver.setup", "configure a real server for direct/tunnel"),
     "demo": ("lvs_operator.demo", "local control plane + VM demo of the whole system"),
 }
@@ -20,7 +24,7 @@ SUBCOMMANDS = {
 
 def usage() -> str:
     lines = ["usage: lvs-operator COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run `lvs-operator COMMAND --help` for a command's options."]
     return "\n".join(lines)
 

@@ -220,6 +220,9 @@ METRICS_PATH: Final = "/metrics"  # Prometheus text format
 
 # The agent's entry point in the image (lvs_operator/cli.py).
 DIRECTOR_COMMAND: Final = ("lvs-operator", "director")
+# The directors' init step: the node's sysctls (director/node_settings.py); --ipv6 adds IPv6
+# forwarding.
+NODE_SETTINGS_COMMAND: Final = ("lvs-operator", "node-settings")
 
 
 # --- the heartbeat key of a group -------------------------------------------------------------

@@ -50,6 +50,7 @@ log = logging.getLogger("lvs_operator.controller")
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 ENV_METRICS_PORT = "LVS_CONTROLLER_METRICS_PORT"  # LVS_METRICS_PORT is the agents' (contract)
 ENV_DIRECTOR_IMAGE_PULL_SECRETS = "LVS_DIRECTOR_IMAGE_PULL_SECRETS"
+ENV_DIRECTOR_NODE_SETTINGS = "LVS_DIRECTOR_NODE_SETTINGS"
 ENV_OWNER_DEPLOYMENT = "LVS_CONTROLLER_DEPLOYMENT"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -120,6 +121,15 @@ def parser() -> argparse.ArgumentParser:
         "--director-priority-class",
         default=_env("LVS_DIRECTOR_PRIORITY_CLASS") or None,
         help="priorityClassName of the agents (default none)",
+    )
+    p.add_argument(
+        "--director-node-settings",
+        default=_env(ENV_DIRECTOR_NODE_SETTINGS, "true"),
+        type=one_of(ENV_DIRECTOR_NODE_SETTINGS, ("true", "false")),
+        metavar="{true,false}",
+        help="give each director pod the privileged init container that sets the node's "
+        "sysctls (lvs-operator node-settings); false where the nodes' configuration sets them "
+        f"(env {ENV_DIRECTOR_NODE_SETTINGS}; default %(default)s)",
     )
     p.add_argument(
         "--director-health-port",
@@ -264,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         director_tolerations=tuple(tolerations),
         director_resources=resources,
         director_priority_class=args.director_priority_class,
+        director_node_settings=args.director_node_settings == "true",
         health_port=args.director_health_port,
         metrics_port=args.director_metrics_port,
         peer_port=args.director_peer_port,

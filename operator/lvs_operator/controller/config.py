@@ -65,6 +65,9 @@ class ControllerConfig:
         default_factory=lambda: dict(DEFAULT_DIRECTOR_RESOURCES)
     )
     director_priority_class: str | None = None
+    # the privileged init container that sets the node's sysctls (--director-node-settings);
+    # off where the nodes' own configuration sets them
+    director_node_settings: bool = True
     health_port: int = DEFAULT_HEALTH_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     peer_port: int = DEFAULT_PEER_PORT  # UDP heartbeat between the agents

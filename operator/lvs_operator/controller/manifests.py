@@ -39,6 +39,7 @@ FIELD_MANAGER = contract.CONTROLLER_FIELD_MANAGER
 POOL_COMPONENT = "pool"
 DIRECTOR_COMPONENT = "director"
 DIRECTOR_CONTAINER = "director"
+NODE_SETTINGS_CONTAINER = "node-settings"
 PEER_KEY_VOLUME = "peer-key"
 # On a pool's Service: the pool it serves (label values are at most 63 characters, pool
 # names up to 253, so a long name is shortened with a hash; the ownerReference is exact).
@@ -220,10 +221,12 @@ def build_daemonset(
 ) -> dict[str, Any]:
     """The DaemonSet of director agents of a group, in the operator's namespace.
 
-    hostNetwork (the VIP lives on the node), NET_ADMIN + NET_RAW only (IPVS, addresses,
-    gratuitous ARP), never privileged; probes on the agent's health port. The group's
-    heartbeat key (``build_peer_secret``) is mounted read-only; not optional: an agent does
-    not start without it (the kubelet waits for the Secret), rather than run unauthenticated.
+    hostNetwork (the VIP lives on the node), the agent with NET_ADMIN + NET_RAW only (IPVS,
+    addresses, gratuitous ARP, nftables), never privileged; probes on the agent's health
+    port. Before it, unless ``director_node_settings`` is off, the init container
+    ``node_settings_container`` sets the node's sysctls. The group's heartbeat key
+    (``build_peer_secret``) is mounted read-only; not optional: an agent does not start
+    without it (the kubelet waits for the Secret), rather than run unauthenticated.
     """
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -264,6 +267,7 @@ def build_daemonset(
     }
     if config.director_resources:
         container["resources"] = dict(config.director_resources)
+    init = [node_settings_container(config)] if config.director_node_settings else []
     pod_spec: dict[str, Any] = {
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
@@ -277,6 +281,9 @@ def build_daemonset(
         # dlopen of libnftables or exec of `nft`; setns (refused by it) is only called where
         # the data-plane tests put agents in network namespaces, never in the pod.
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # [] when off: an empty list stands for "none" (is_subset), so switching it off
+        # removes it from an existing DaemonSet
+        "initContainers": init,
         "containers": [container],
         "volumes": [
             {
@@ -311,6 +318,33 @@ def build_daemonset(
             "selector": {"matchLabels": director_selector_labels(group)},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {"metadata": {"labels": director_labels(group)}, "spec": pod_spec},
+        },
+    }
+
+
+def node_settings_container(config: ControllerConfig) -> dict[str, Any]:
+    """The init container that sets the node's sysctls a director needs
+    (``lvs-operator node-settings``: exactly director/node_settings.py's list, idempotent),
+    from the agent's image; ``--ipv6`` (IPv6 forwarding) when a VIP range is IPv6."""
+    command = list(contract.NODE_SETTINGS_COMMAND)
+    if any(r.version == 6 for r in config.vip_ranges):
+        command.append("--ipv6")
+    return {
+        "name": NODE_SETTINGS_CONTAINER,
+        "image": config.director_image,
+        "imagePullPolicy": config.director_image_pull_policy,
+        "command": command,
+        "securityContext": {
+            # The pod's only privileged container, and why: the container runtime mounts
+            # /proc/sys read-only in every unprivileged container, whatever its capabilities,
+            # and these sysctls are the node's (hostNetwork: its network namespace). It runs
+            # one short command that writes those few keys and exits before the agent starts;
+            # the agent stays unprivileged. Off (--director-node-settings=false) where the
+            # nodes' own configuration sets them.
+            "privileged": True,
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "readOnlyRootFilesystem": True,
         },
     }
 
@@ -353,12 +387,15 @@ def is_subset(desired: Any, current: Any) -> bool:
     Maps: every desired key is present with a matching value (the server adds defaults,
     so extra keys are fine). Lists: the same length and element-wise matches (a dropped
     port or env variable is a difference). Scalars: equal; numbers and their decimal
-    strings are not confused.
+    strings are not confused. A desired empty list also matches a missing key (the API server
+    leaves empty lists out): ``[]`` says "none", and a current list with items differs.
     """
     if isinstance(desired, Mapping):
         if not isinstance(current, Mapping):
             return False
-        return all(k in current and is_subset(v, current[k]) for k, v in desired.items())
+        return all(
+            is_subset(v, current[k]) if k in current else v == [] for k, v in desired.items()
+        )
     if isinstance(desired, list | tuple):
         if not isinstance(current, list | tuple) or len(desired) != len(current):
             return False

@@ -9,11 +9,16 @@ request every 50 ms, about one request in two handovers was lost.
 
 The handover keeps them on the old leader:
 
-1. **Old leader** (``retire_vips``): each VIP moves from its interface to ``lo`` (added there
-   first, so it is never missing), with ``arp_ignore=1`` and ``arp_announce=2`` on the
-   interface: the old leader still accepts, and its IPVS still serves, any packet sent to it
-   for the VIP, but no longer answers ARP for it (IPv6 answers neighbour solicitations only
-   for addresses of the receiving interface already). It then releases the Lease with a
+1. **Old leader** (``retire``): each VIP moves from its interface to ``lo`` (added there
+   first, so it is never missing): the old leader still accepts, and its IPVS still serves,
+   any packet sent to it for the VIP. Just before, it installs the nftables table ``arp
+   lvs_operator_handover_arp`` (``render_arp_filter``) so that it no longer answers ARP for
+   the VIP, nor names it as the sender of its own ARP requests -- what ``arp_ignore=1`` /
+   ``arp_announce=2`` would do, but NET_ADMIN suffices where ``/proc/sys`` is read-only (the
+   shipped pod). IPv6 needs nothing: the kernel answers neighbour solicitations only for
+   addresses of the receiving interface (``ndisc_recv_ns`` looks the target up strictly on
+   that device) and picks a solicitation's source among that interface's addresses, so a
+   VIP on ``lo`` is never answered for or announced. It then releases the Lease with a
    ``lvs.io/handover`` annotation: which VIPs, and its own address on each VIP's link.
 2. **New leader** (``render_relay_table`` / ``install_relays``), before it adds and announces
    the VIPs: an nftables ``netdev`` ingress table on each VIP interface remembers the
@@ -22,8 +27,10 @@ The handover keeps them on the old leader:
    the old leader (``fwd ... to``). That ends after ``drain`` seconds (the table is deleted).
 3. **Old leader** waits until none of its connections to the VIPs is established for a
    moment (``drained``) and another director answers ARP for each VIP (announced there),
-   bounded by ``drain`` seconds, then removes the VIPs from ``lo`` and exits. The answers of
-   the relayed connections go from the old leader straight to the client (source: the VIP).
+   bounded by ``drain`` seconds, then removes the VIPs from ``lo``, deletes its ARP filter
+   and exits (an agent starting deletes one left by an agent that died during a drain). The
+   answers of the relayed connections go from the old leader straight to the client (source:
+   the VIP).
 
 UDP is not relayed: a datagram after the switch is scheduled by the new leader, as it would
 be without a handover. A crash has no handover (nothing runs on the dead node to relay to).
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from lvs_operator.api import contract
 
-from .kernel import addresses, nft, sysctl
+from .kernel import addresses, nft
 
 if TYPE_CHECKING:
     from .election import Elector
@@ -59,8 +66,8 @@ DEFAULT_DRAIN = 10.0
 # between nodes is tolerated up to it, and a stale annotation left on the Lease never
 # starts a relay.
 MAX_AGE = 30.0
-# the interface sysctls that stop the old leader answering ARP for a VIP on lo
-ARP_SYSCTLS = {"arp_ignore": "1", "arp_announce": "2"}
+# the old leader's ARP filter while it keeps VIPs on lo (family arp: NET_ADMIN, no sysctl)
+ARP_FILTER_TABLE = "lvs_operator_handover_arp"
 LOOPBACK = "lo"
 
 
@@ -184,6 +191,37 @@ def render_relay_table(relays: Iterable[Relay], seen_timeout: float) -> str:
 # -- the old leader's side ------------------------------------------------------------------------
 
 
+def render_arp_filter(vips: Iterable[str], link_addresses: Mapping[str, str]) -> str:
+    """The nftables script (table ``arp lvs_operator_handover_arp``, created fresh) that keeps
+    the old leader's ARP quiet about the IPv4 ``vips`` it keeps on lo while it drains, on
+    its output hook (the frames its kernel sends; the agent's own probes go through packet
+    sockets and are not filtered):
+
+    - a reply whose sender is a VIP is dropped: the new leader answers for it;
+    - a request whose sender is a VIP (the kernel resolving a next hop for an answer sent from
+      the VIP, with ``arp_announce=0``) gets this node's own address on that link
+      (``link_addresses``: interface -> address) as its sender, as ``arp_announce=2`` would:
+      dropping it would leave the relayed connections without a next hop, sending it as is
+      would re-point the neighbours' entry for the VIP at this node;
+    - anything else naming a VIP as its sender (a link without an address of ours) is
+      dropped."""
+    v4 = sorted({str(ipaddress.IPv4Address(v)) for v in vips}, key=ipaddress.ip_address)
+    if not v4:
+        raise ValueError("no IPv4 VIP to filter ARP for")
+    lines = [
+        f"table arp {ARP_FILTER_TABLE} {{",
+        f"  set vips {{ type ipv4_addr; elements = {{ {', '.join(v4)} }} }}",
+        "  chain output {",
+        "    type filter hook output priority filter; policy accept;",
+        "    arp operation reply arp saddr ip @vips drop",
+    ]
+    for ifname, address in sorted(link_addresses.items()):
+        source = ipaddress.IPv4Address(address)
+        lines.append(f"    oifname {_quote(ifname)} arp saddr ip @vips arp saddr ip set {source}")
+    lines += ["    arp saddr ip @vips drop", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class DrainWatch:
     """Whether the old leader's relayed connections are done: no established connection to
@@ -209,23 +247,26 @@ def wall_clock() -> float:
 class HandoverKernel:
     """The node side of a handover (the agent's unit tests replace it with a fake)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, run: nft.NftRunner = nft.nft) -> None:
         self.netns = netns
+        self.run = run
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
         return addresses.link_address(ifname, version, exclude)
 
-    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
-        return sysctl.set_interface_sysctls(ifname, ARP_SYSCTLS)
+    def filter_arp(self, vips: list[str], link_addresses: Mapping[str, str]) -> None:
+        script = render_arp_filter(vips, link_addresses)
+        nft.replace_table("arp", ARP_FILTER_TABLE, script, self.netns, self.run)
 
-    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
-        sysctl.restore_interface_sysctls(ifname, previous)
+    def remove_arp_filter(self) -> bool:
+        return nft.delete_table("arp", ARP_FILTER_TABLE, self.netns, self.run)
 
     def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
-        nft.replace_netdev_table(RELAY_TABLE, render_relay_table(relays, seen_timeout), self.netns)
+        script = render_relay_table(relays, seen_timeout)
+        nft.replace_table("netdev", RELAY_TABLE, script, self.netns, self.run)
 
     def remove_relays(self) -> bool:
-        return nft.delete_netdev_table(RELAY_TABLE, self.netns)
+        return nft.delete_table("netdev", RELAY_TABLE, self.netns, self.run)
 
 
 class HandoverNode(Protocol):
@@ -233,9 +274,13 @@ class HandoverNode(Protocol):
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None: ...
 
-    def set_arp_sysctls(self, ifname: str) -> dict[str, str]: ...
+    def filter_arp(self, vips: list[str], link_addresses: Mapping[str, str]) -> None:
+        """Replace the old leader's ARP filter (``render_arp_filter``)."""
+        ...
 
-    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None: ...
+    def remove_arp_filter(self) -> bool:
+        """Delete it; False if there was none."""
+        ...
 
     def install_relays(self, relays: list[Relay], seen_timeout: float) -> None: ...
 
@@ -265,16 +310,21 @@ class PlannedHandover:
         self.lane = lane
         self.connections = connections
         self.on_relay = on_relay
-        self._arp_saved: dict[str, dict[str, str]] = {}  # interface -> previous sysctls
+        self._arp_filtered = False  # the old leader's ARP filter is installed
         self._relay_end: asyncio.Task[None] | None = None
 
     async def clean_leftover(self) -> None:
-        """At start-up: a relay left by an agent that died during a handover goes."""
-        try:
-            if await self.lane.run(self.node.remove_relays):
-                log.info("removed a relay table left from a handover")
-        except Exception as exc:
-            log.warning("cannot check for a handover relay table: %s", exc)
+        """At start-up: a relay or an ARP filter left by an agent that died during a handover
+        goes (a filter left would keep this node from answering ARP for a VIP it takes)."""
+        for remove, what in (
+            (self.node.remove_relays, "relay table"),
+            (self.node.remove_arp_filter, "ARP filter"),
+        ):
+            try:
+                if await self.lane.run(remove):
+                    log.info("removed a handover %s left by an earlier agent", what)
+            except Exception as exc:
+                log.warning("cannot check for a handover %s: %s", what, exc)
 
     # -- the new leader ------------------------------------------------------------------------
 
@@ -367,11 +417,32 @@ class PlannedHandover:
                     extra={"vip": vip, "interface": ifname},
                 )
                 return None
-            if version == 4 and ifname not in self._arp_saved:
-                self._arp_saved[ifname] = await self.lane.run(self.node.set_arp_sysctls, ifname)
             return via
 
-        relays = await self.vips.retire(relay_via)
+        async def before_move(plan: Mapping[str, tuple[str, str]]) -> None:
+            """Quiet this node's ARP for the IPv4 VIPs before they go to lo: from then on
+            the kernel would answer for them on any interface."""
+            v4 = {vip: link for vip, link in plan.items() if ipaddress.ip_address(vip).version == 4}
+            if not v4:
+                return
+            sources = {ifname: via for ifname, via in v4.values()}
+            try:
+                await self.lane.run(self.node.filter_arp, sorted(v4), sources)
+            except Exception as exc:
+                log.warning(
+                    "handover: cannot filter ARP for the VIPs on lo (this node may answer ARP "
+                    "for them while it drains): %s",
+                    exc,
+                    extra={"vips": sorted(v4)},
+                )
+                return
+            self._arp_filtered = True
+            log.info(
+                "handover: this node's ARP for the VIPs filtered while they are on lo",
+                extra={"vips": sorted(v4), "table": f"arp {ARP_FILTER_TABLE}"},
+            )
+
+        relays = await self.vips.retire(relay_via, before_move)
         if relays:
             note = Handover(
                 source=self.identity, at=wall_clock(), drain=self.drain_seconds, relays=relays
@@ -426,6 +497,14 @@ class PlannedHandover:
         else:
             log.info("handover drain time is up", extra=extra)
         await self.vips.drop_retired()
-        for ifname, previous in self._arp_saved.items():
-            await self.lane.run(self.node.restore_sysctls, ifname, previous)
-        self._arp_saved.clear()
+        if self._arp_filtered:  # after the VIPs left lo: never a moment answering for them
+            try:
+                await self.lane.run(self.node.remove_arp_filter)
+                log.info("handover ARP filter removed", extra={"table": f"arp {ARP_FILTER_TABLE}"})
+            except Exception as exc:
+                log.warning(
+                    "cannot remove the handover ARP filter (the next agent here removes it): %s",
+                    exc,
+                    extra={"table": f"arp {ARP_FILTER_TABLE}"},
+                )
+            self._arp_filtered = False

@@ -29,6 +29,7 @@ from lvs_operator.api.realserverpool import HealthCheck, PoolMember
 from lvs_operator.api.virtualserver import VirtualServer
 
 from . import desired as desired_mod
+from . import node_settings
 from .brake import WithdrawalBrake
 from .health import HealthChecker, apply_health, targets_for
 from .lanes import Lane
@@ -57,7 +58,11 @@ class Kernel(Protocol):
     def apply(self, changes: list[Change]) -> None: ...
 
     def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
-        """Sysctls and the nftables masquerade rule the table's forwarding methods need."""
+        """The nftables masquerade rule the table's forwarding methods need."""
+        ...
+
+    def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
+        """Read the node's sysctls (correcting a wrong one only where /proc/sys is writable)."""
         ...
 
 
@@ -85,6 +90,11 @@ class IpvsSync:
         self.ready = False  # converged once
         self._reported: set[tuple[str, str, str]] = set()
         self._prepare_error = ""  # the last prepare failure logged ("" : none)
+        # node settings: when last read (monotonic), with IPv6 or not, the wrong ones' values
+        self._settings_read_at: float | None = None
+        self._settings_ipv6 = False
+        self._settings_wrong: dict[str, str | None] = {}
+        self._settings_error = ""  # the last failure to read them logged ("" : none)
         self.off_loop: OffLoop = asyncio.to_thread
         # the health checks of the services of the last ``want()``: its snapshot of the caches
         self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
@@ -107,6 +117,45 @@ class IpvsSync:
                 log.warning(problem.message, extra={"vs": f"{problem.namespace}/{problem.name}"})
         return want
 
+    async def check_node_settings(self, ipv6: bool, now: float) -> None:
+        """Read the node settings; report each wrong one (once per value) with its fix, and
+        their number in ``lvs_director_node_settings_wrong``. Traffic that needs one fails
+        (masquerade without vs.conntrack); the agent goes on: the rest works."""
+        # read again at the next recheck, not at every converge, whatever the outcome
+        self._settings_read_at, self._settings_ipv6 = now, ipv6
+        try:
+            outcome = await asyncio.to_thread(self.kernel.check_node_settings, ipv6)
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            if reason != self._settings_error:
+                log.warning(
+                    "cannot read the node settings: %s", reason, extra={"group": self.group}
+                )
+            self._settings_error = reason
+            return
+        self._settings_error = ""
+        for changed in outcome.changed:
+            log.info(
+                "node setting corrected (/proc/sys is writable here)",
+                extra={"setting": changed.setting.key, "was": changed.was,
+                       "value": changed.setting.value, "group": self.group},
+            )  # fmt: skip
+        wrong = {w.setting.key: w for w in outcome.wrong}
+        for key, w in wrong.items():
+            if key in self._settings_wrong and self._settings_wrong[key] == w.actual:
+                continue
+            log.error(
+                "node setting wrong: %s; %s. Fix: %s, or on the node: %s",
+                w.describe(), w.setting.why, node_settings.ENABLE_INIT_STEP,
+                node_settings.fix_command([w.setting]),
+                extra={"setting": key, "actual": w.actual, "wanted": w.setting.value,
+                       "group": self.group},
+            )  # fmt: skip
+        for key in self._settings_wrong.keys() - wrong.keys():
+            log.info("node setting right again", extra={"setting": key, "group": self.group})
+        self._settings_wrong = {key: w.actual for key, w in wrong.items()}
+        self.metrics.node_settings_wrong.set(len(wrong))
+
     async def converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         """Make the kernel's services on the ``owned`` VIPs match ``want``."""
         t0 = time.monotonic()
@@ -117,6 +166,13 @@ class IpvsSync:
         actual, connections = await self.lane.run(self.kernel.read)
         plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))
         table, changes = plan.table, plan.changes
+        ipv6 = any(k.family == 6 for k in table)
+        if (
+            self._settings_read_at is None
+            or (ipv6 and not self._settings_ipv6)
+            or t0 - self._settings_read_at >= node_settings.RECHECK_SECONDS
+        ):
+            await self.check_node_settings(ipv6, t0)
         try:
             await asyncio.to_thread(self.kernel.prepare, table, self.masquerade_snat)
             self._prepare_error = ""
@@ -126,7 +182,7 @@ class IpvsSync:
             self.metrics.prepare_errors.inc()
             reason = str(exc) or type(exc).__name__
             if reason != self._prepare_error:
-                log.error("nftables masquerade / sysctls not set (IPVS changes go ahead; "
+                log.error("nftables masquerade not set (IPVS changes go ahead; "
                           "retried on the next converge): %s", reason,
                           extra={"group": self.group})  # fmt: skip
             self._prepare_error = reason

@@ -60,8 +60,13 @@ class Metrics:
             "unwanted after the hold)", ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
         self.prepare_errors = Counter(
-            "lvs_director_prepare_errors", "converges whose sysctls or nftables masquerade "
-            "could not be set (the IPVS changes were still applied; the reason is logged)",
+            "lvs_director_prepare_errors", "converges whose nftables masquerade could not be "
+            "set (the IPVS changes were still applied; the reason is logged)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
+        self.node_settings_wrong = Gauge(
+            "lvs_director_node_settings_wrong", "node sysctls the director needs that are not "
+            "as needed (director/node_settings.py; each, with its fix, is in the agent's log)",
             ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
         self.changes = Counter(

@@ -446,11 +446,14 @@ class VipOwner:
     # -- retired (handover.py) -----------------------------------------------------------------
 
     async def retire(
-        self, relay_via: Callable[[str, str], Awaitable[str | None]]
+        self,
+        relay_via: Callable[[str, str], Awaitable[str | None]],
+        before_move: Callable[[Mapping[str, tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> dict[str, str]:
         """Move each held VIP to lo, added there before it leaves its interface (so it is
-        never missing). ``relay_via(vip, ifname)`` prepares the interface and says the
-        address the VIP's connections are relayed to (None: the VIP stays where it is).
+        never missing). ``relay_via(vip, ifname)`` says the address the VIP's connections
+        are relayed to (None: the VIP stays where it is); ``before_move`` gets the plan (vip
+        -> (interface, that address)) just before the VIPs move (the ARP filter).
         Returns vip -> that address for the VIPs moved."""
         relays: dict[str, str] = {}
         await self._stop_announcements()  # the VIPs leave their interface: no GARP after
@@ -466,6 +469,8 @@ class VipOwner:
                     plan[vip] = (ifname, via)
             if not plan:
                 return relays
+            if before_move is not None:
+                await before_move(plan)
             # one trip to the kernel's thread for all of them: the Lease is released after
             # this, so every hop here delays the new leader
             moves = {vip: ifname for vip, (ifname, _) in plan.items()}

@@ -191,6 +191,15 @@ def test_director_image_pull_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config().director_image_pull_secrets == ("regcred",)
 
 
+def test_director_node_settings_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVS_DIRECTOR_NODE_SETTINGS", raising=False)
+    assert config().director_node_settings is True
+    assert config("--director-node-settings=false").director_node_settings is False
+    monkeypatch.setenv("LVS_DIRECTOR_NODE_SETTINGS", "false")
+    assert config().director_node_settings is False
+    assert config("--director-node-settings=true").director_node_settings is True
+
+
 def test_bad_image_pull_secret_names_the_flag() -> None:
     with pytest.raises(app.ConfigError, match="--director-image-pull-secrets: 'Reg_Cred'"):
         config("--director-image-pull-secrets=Reg_Cred")
@@ -251,6 +260,7 @@ async def test_resolve_owner_says_how_to_fix_it() -> None:
         ("LVS_RETRY_PERIOD_SECONDS", "2s", "--retry-period-seconds: '2s' is not a number"),
         ("LVS_LOG_LEVEL", "verbose", "--log-level: 'verbose' is not one of debug, info"),
         ("LVS_DIRECTOR_IMAGE_PULL_POLICY", "Sometimes", "--director-image-pull-policy:"),
+        ("LVS_DIRECTOR_NODE_SETTINGS", "yes", "--director-node-settings: 'yes' is not one of"),
     ],
 )
 def test_bad_environment_values_exit_2_naming_flag_and_variable(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from lvs_operator.director import node_settings
 from lvs_operator.director.events import EventPoster
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
@@ -40,6 +41,10 @@ class FakeKernel:
         self.prepared: list[bool] = []
         self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
         self.apply_error: Exception | None = None  # what apply() raises (the kernel refusing)
+        # the node's sysctls (key -> value) that check_node_settings reads; None: all right
+        self.node_sysctls: dict[str, str] | None = None
+        self.settings_checks: list[bool] = []  # the ipv6 argument of each check
+        self.settings_error: Exception | None = None  # what check_node_settings raises
 
     def read(self) -> tuple[IpvsTable, Connections]:
         return self.table, dict(self.connections)
@@ -54,6 +59,34 @@ class FakeKernel:
         self.prepared.append(masquerade_snat)
         if self.prepare_error is not None:
             raise self.prepare_error
+
+    def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
+        """As in the shipped pod: /proc/sys read-only, nothing written."""
+        self.settings_checks.append(ipv6)
+        if self.settings_error is not None:
+            raise self.settings_error
+        wanted = node_settings.wanted(ipv6)
+        if self.node_sysctls is None:
+            return node_settings.Outcome(right=wanted)
+        return node_settings.enforce(wanted, DictSysctls(self.node_sysctls), write=False)
+
+
+class DictSysctls:
+    """``node_settings.SysctlFiles`` on a dict; ``read_only``: every write fails (EROFS)."""
+
+    def __init__(self, values: dict[str, str], read_only: bool = False) -> None:
+        self.values = values
+        self.read_only = read_only
+        self.writes: list[tuple[str, str]] = []
+
+    def read(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def write(self, key: str, value: str) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        self.writes.append((key, value))
+        self.values[key] = value
 
 
 class FakeVips:
@@ -127,23 +160,35 @@ class FakeVips:
 class FakeHandoverKernel:
     """Records the node side of a handover (handover.py's HandoverKernel)."""
 
-    def __init__(self, address: str = "10.10.0.11") -> None:
+    def __init__(self, address: str = "10.10.0.11", vips: FakeVips | None = None) -> None:
         self.address = address
         self.relays: list[Relay] | None = None
-        self.sysctls: dict[str, str] = {}
+        # the ARP filter: (VIPs, interface -> source address); None: none installed
+        self.arp_filter: tuple[list[str], dict[str, str]] | None = None
+        self.vips = vips  # the node's addresses, seen when the filter goes in (order checks)
+        self.addresses_at_filter: dict[str, str] | None = None
+        self.addresses_at_unfilter: dict[str, str] | None = None
+        self.filter_error: Exception | None = None  # what filter_arp raises (nft refusing)
         self.events: list[str] = []
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
         return self.address
 
-    def set_arp_sysctls(self, ifname: str) -> dict[str, str]:
-        self.events.append(f"arp {ifname}")
-        self.sysctls = {"arp_ignore": "1", "arp_announce": "2"}
-        return {"arp_ignore": "0", "arp_announce": "0"}
+    def filter_arp(self, vips: list[str], link_addresses: Mapping[str, str]) -> None:
+        if self.filter_error is not None:
+            raise self.filter_error
+        self.events.append("arp filter on")
+        self.arp_filter = (list(vips), dict(link_addresses))
+        if self.vips is not None:
+            self.addresses_at_filter = dict(self.vips.addresses)
 
-    def restore_sysctls(self, ifname: str, previous: Mapping[str, str]) -> None:
-        self.events.append(f"restore {ifname}")
-        self.sysctls = dict(previous)
+    def remove_arp_filter(self) -> bool:
+        had, self.arp_filter = self.arp_filter is not None, None
+        if had:
+            self.events.append("arp filter off")
+            if self.vips is not None:
+                self.addresses_at_unfilter = dict(self.vips.addresses)
+        return had
 
     def install_relays(self, relays: list[Relay], seen_timeout: float) -> None:
         self.events.append("relay on")
@@ -220,3 +265,8 @@ class FakeEventPoster:
         if self.error is not None:
             raise self.error
         self.posted.append(event)
+
+
+def conforming_sysctls() -> node_settings.SysctlFiles:
+    """Never called: mypy rejects it if DictSysctls no longer implements SysctlFiles."""
+    return DictSysctls({})

@@ -412,11 +412,13 @@ async def test_metrics_show_the_process_the_last_converge_and_the_lease() -> Non
 
 
 async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() -> None:
-    """SIGTERM on the leader: VIP to lo before it leaves the interface, ARP off, the note on
-    the released Lease; the new leader installs the relay before it adds the VIP; the old
-    one drops the VIP from lo once its connections are done."""
+    """SIGTERM on the leader: the ARP filter in, then the VIP to lo before it leaves the
+    interface, the note on the released Lease; the new leader installs the relay before it
+    adds the VIP; the old one drops the VIP from lo once its connections are done, then
+    its ARP filter."""
     store = FakeLeaseStore()
-    old_kernel, old_vips, old_hk = FakeKernel(), FakeVips(), FakeHandoverKernel("10.10.0.11")
+    old_kernel, old_vips = FakeKernel(), FakeVips()
+    old_hk = FakeHandoverKernel("10.10.0.11", vips=old_vips)
     old = make("node-a", store, kernel=old_kernel, vips=old_vips, handover=old_hk,
                handover_drain=2.0)  # fmt: skip
     new_vips, new_hk = FakeVips(), FakeHandoverKernel("10.10.0.12")
@@ -433,7 +435,10 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
 
     await old.handover.retire()
     assert old_vips.addresses == {VIP: "lo"} and old.vips.retired == {VIP: "front"}
-    assert old_hk.sysctls == {"arp_ignore": "1", "arp_announce": "2"}
+    # filtered before the VIP moved (on lo, the kernel would answer for it on any link),
+    # with this node's address on the VIP's link for the requests it sends from the VIP
+    assert old_hk.arp_filter == ([VIP], {"front": "10.10.0.11"})
+    assert old_hk.addresses_at_filter == {VIP: "front"}
     assert await old.elector.release()
     note = Handover.from_annotation(store.record.annotations[HANDOVER_ANNOTATION])
     assert note is not None and note.source == "node-a" and note.relays == {VIP: "10.10.0.11"}
@@ -457,7 +462,8 @@ async def test_planned_handover_keeps_connections_in_flight_on_the_old_leader() 
     old_vips.answering = {VIP}  # the new leader's announcement, seen by the ARP probe
     await asyncio.wait_for(drain, 3)
     assert old_vips.addresses == {} and old.vips.retired == {}
-    assert old_hk.sysctls == {"arp_ignore": "0", "arp_announce": "0"}  # restored
+    assert old_hk.arp_filter is None and old_hk.events == ["arp filter on", "arp filter off"]
+    assert old_hk.addresses_at_unfilter == {}  # removed only once the VIP left lo
 
 
 async def test_a_handover_nobody_takes_keeps_serving_until_the_drain_time() -> None:
@@ -939,3 +945,141 @@ async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
     refused = [e for e in poster.posted if e["reason"] == "KernelRefused"]
     assert [(e["involvedObject"]["name"], e["type"]) for e in refused] == [("web", "Warning")]
     assert "Invalid argument" in refused[0]["message"]
+
+
+async def test_a_wrong_node_setting_is_reported_with_its_fix_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In the shipped pod /proc/sys is read-only: the agent reads the node settings at its
+    first converge, names each wrong one with its fix (once per value) and counts them in
+    lvs_director_node_settings_wrong; the IPVS changes go in all the same. Read again after
+    RECHECK_SECONDS, a node fixed meanwhile clears the gauge."""
+    from lvs_operator.director.node_settings import NODE_SETTINGS, RECHECK_SECONDS
+
+    kernel = FakeKernel()
+    kernel.node_sysctls = {s.key: s.value for s in NODE_SETTINGS}
+    kernel.node_sysctls["net.ipv4.vs.conntrack"] = "0"
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+        await agent.converge()
+    assert K80 in kernel.table
+    assert kernel.settings_checks == [False]  # read once, not on every converge
+    wrong = [r for r in caplog.records if r.getMessage().startswith("node setting wrong")]
+    assert len(wrong) == 1
+    assert wrong[0].__dict__["setting"] == "net.ipv4.vs.conntrack"
+    assert wrong[0].__dict__["actual"] == "0" and wrong[0].__dict__["wanted"] == "1"
+    assert "director.nodeSettings.enabled=true" in wrong[0].getMessage()
+    assert "sysctl -w net.ipv4.vs.conntrack=1" in wrong[0].getMessage()
+    gauge = 'lvs_director_node_settings_wrong{group="g1"}'
+    assert f"{gauge} 1.0" in agent.metrics.render().decode()
+
+    kernel.node_sysctls["net.ipv4.vs.conntrack"] = "1"  # fixed on the node
+    agent.ipvs._settings_read_at = time.monotonic() - RECHECK_SECONDS
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+    assert kernel.settings_checks == [False, False]
+    assert any(r.getMessage() == "node setting right again" for r in caplog.records)
+    assert f"{gauge} 0.0" in agent.metrics.render().decode()
+
+
+async def test_ipv6_services_have_ipv6_forwarding_checked_at_once() -> None:
+    kernel = FakeKernel()
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    assert kernel.settings_checks == [False]
+    agent.watches.reset_vs([vs_obj(), vs_obj("web6", vip="2001:db8::10")])
+    await agent.converge()
+    assert kernel.settings_checks[-1] is True
+
+
+async def test_an_arp_filter_left_by_a_dead_agent_goes_at_start() -> None:
+    """An agent killed while draining leaves its ARP filter: the next agent on the node
+    removes it at start (else the node would not answer ARP for a VIP it takes later)."""
+    hk = FakeHandoverKernel()
+    hk.arp_filter = (["192.0.2.10"], {"front": "10.10.0.11"})
+    agent = make("node-a", FakeLeaseStore(), handover=hk)
+    await agent.startup()
+    assert hk.arp_filter is None and hk.events == ["arp filter off"]
+
+
+async def test_a_handover_whose_arp_filter_fails_still_moves_the_vip(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeLeaseStore()
+    vips = FakeVips()
+    hk = FakeHandoverKernel("10.10.0.11", vips=vips)
+    hk.filter_error = RuntimeError("nft: Operation not permitted")
+    agent = make("node-a", store, vips=vips, handover=hk, handover_drain=1.0)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    with caplog.at_level(logging.WARNING, logger="lvs_operator.director.handover"):
+        await agent.handover.retire()
+    assert vips.addresses == {VIP: "lo"}
+    assert any("cannot filter ARP" in r.getMessage() for r in caplog.records)
+    assert await agent.elector.release()
+    await agent.handover.drain()
+    assert vips.addresses == {} and "arp filter off" not in hk.events
+
+
+async def test_only_ipv4_vips_are_arp_filtered_on_a_handover(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dual-stack group: the IPv4 VIP gets the ARP filter, the IPv6 one none (the kernel
+    does not answer neighbour solicitations for an address on lo); an IPv6-only group
+    installs no filter at all."""
+    vip6 = "2001:db8::10"
+    vips = FakeVips()
+    hk = FakeHandoverKernel("10.10.0.11", vips=vips)
+    agent = make("node-a", FakeLeaseStore(), vips=vips, handover=hk)
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj(), vs_obj("web6", vip=vip6, directors={"interface": "front"})])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"), m("2001:db8::21"))])
+    await agent.converge()
+    await agent.reconcile_vips()
+    assert set(vips.addresses) == {VIP, vip6}
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.handover"):
+        await agent.handover.retire()
+    assert hk.arp_filter == ([VIP], {"front": "10.10.0.11"})
+    (line,) = [r for r in caplog.records if "ARP for the VIPs filtered" in r.getMessage()]
+    assert line.__dict__["vips"] == [VIP]
+    assert line.__dict__["table"] == "arp lvs_operator_handover_arp"
+
+    vips6 = FakeVips()
+    hk6 = FakeHandoverKernel("2001:db8::11", vips=vips6)
+    agent6 = make("node-a", FakeLeaseStore(), vips=vips6, handover=hk6)
+    await agent6.startup()
+    agent6.watches.reset_vs([vs_obj("web6", vip=vip6, directors={"interface": "front"})])
+    agent6.watches.reset_pools([pool_obj(m("10.20.0.21"), m("2001:db8::21"))])
+    await agent6.converge()
+    await agent6.reconcile_vips()
+    await agent6.handover.retire()
+    assert vips6.addresses == {vip6: "lo"} and hk6.arp_filter is None
+
+
+async def test_node_settings_that_cannot_be_read_are_logged_once_not_every_converge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kernel = FakeKernel()
+    kernel.settings_error = OSError("Permission denied")
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.WARNING, logger="lvs_operator.director.ipvs_sync"):
+        for _ in range(3):
+            await agent.converge()
+    assert K80 in kernel.table  # the IPVS changes went in
+    assert kernel.settings_checks == [False]  # not retried at every converge
+    lines = [r for r in caplog.records if "cannot read the node settings" in r.getMessage()]
+    assert len(lines) == 1 and "Permission denied" in lines[0].getMessage()

@@ -1,18 +1,23 @@
-"""handover.py's pure parts: the Lease note, relay planning, the nftables script, drain."""
+"""handover.py's pure parts: the Lease note, relay planning, the nftables scripts (relay,
+ARP filter), drain; and HandoverKernel's nftables transactions on a fake runner."""
 
 from __future__ import annotations
 
 import pytest
 
 from lvs_operator.director.handover import (
+    ARP_FILTER_TABLE,
     MAX_AGE,
     RELAY_TABLE,
     DrainWatch,
     Handover,
+    HandoverKernel,
     Relay,
     plan_relays,
+    render_arp_filter,
     render_relay_table,
 )
+from lvs_operator.director.kernel.nft import NftError
 
 NOTE = Handover(
     "node-a", 1000.0, 10.0, {"192.0.2.10": "192.0.2.11", "2001:db8::10": "2001:db8::11"}
@@ -86,3 +91,86 @@ def test_drain_needs_a_quiet_moment_not_one_zero() -> None:
     assert not watch.observe(0, 0.6)
     assert not watch.observe(0, 1.5)
     assert watch.observe(0, 1.6)
+
+
+def test_the_arp_filter_quiets_the_old_leader_about_its_vips_only() -> None:
+    """Replies naming a VIP as sender dropped; requests sent from a VIP re-sourced to this
+    node's address on that link (arp_announce=2's choice); anything else from a VIP dropped.
+    Output hook only: what others send, and this node's ARP for its own addresses, pass."""
+    script = render_arp_filter(
+        ["192.0.2.20", "192.0.2.10", "192.0.2.10"], {"front": "192.0.2.11", "dmz": "198.51.100.11"}
+    )
+    assert script == (
+        f"table arp {ARP_FILTER_TABLE} {{\n"
+        "  set vips { type ipv4_addr; elements = { 192.0.2.10, 192.0.2.20 } }\n"
+        "  chain output {\n"
+        "    type filter hook output priority filter; policy accept;\n"
+        "    arp operation reply arp saddr ip @vips drop\n"
+        '    oifname "dmz" arp saddr ip @vips arp saddr ip set 198.51.100.11\n'
+        '    oifname "front" arp saddr ip @vips arp saddr ip set 192.0.2.11\n'
+        "    arp saddr ip @vips drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def test_the_arp_filter_takes_ipv4_only_and_no_injected_names() -> None:
+    with pytest.raises(ValueError):
+        render_arp_filter(["2001:db8::10"], {})  # IPv6 needs none (handover.py)
+    with pytest.raises(ValueError):
+        render_arp_filter([], {})
+    with pytest.raises(ValueError, match="interface name"):
+        render_arp_filter(["192.0.2.10"], {'x" ; flush ruleset': "192.0.2.11"})
+    with pytest.raises(ValueError):
+        render_arp_filter(["192.0.2.10"], {"front": "2001:db8::11"})
+
+
+class FakeNft:
+    """nft.NftRunner: records each transaction; ``tables``: the (family, name) that exist."""
+
+    def __init__(self, tables: set[tuple[str, str]] | None = None) -> None:
+        self.tables = set(tables or ())
+        self.commands: list[tuple[str, str | None]] = []
+
+    def __call__(
+        self, commands: str, netns: str | None = None, *, json_output: bool = False
+    ) -> str:
+        self.commands.append((commands, netns))
+        first = commands.split("\n")[0].split()
+        if first[0] == "list" and (first[2], first[3]) not in self.tables:
+            raise NftError(f"nft: No such file or directory\n{commands}")
+        if first[0] == "delete":
+            self.tables.discard((first[2], first[3]))
+        elif first[0] == "table":
+            self.tables.add((first[1], first[2]))
+        return ""
+
+
+def test_the_arp_filter_is_replaced_in_one_transaction_and_removed_only_if_there() -> None:
+    run = FakeNft()
+    node = HandoverKernel("dir-a", run)
+    assert node.remove_arp_filter() is False  # none: nothing deleted
+    assert [c for c, _ in run.commands] == [f"list table arp {ARP_FILTER_TABLE}"]
+    run.commands.clear()
+    node.filter_arp(["192.0.2.10"], {"front": "192.0.2.11"})
+    ((script, netns),) = run.commands
+    assert netns == "dir-a"
+    assert script.startswith(
+        f"table arp {ARP_FILTER_TABLE} {{}}\ndelete table arp {ARP_FILTER_TABLE}\n"
+        f"table arp {ARP_FILTER_TABLE} {{\n"
+    )  # created empty first so the delete never fails: no flush, no other table touched
+    run.commands.clear()
+    assert node.remove_arp_filter() is True
+    assert [c for c, _ in run.commands] == [
+        f"list table arp {ARP_FILTER_TABLE}",
+        f"delete table arp {ARP_FILTER_TABLE}",
+    ]
+    assert ("arp", ARP_FILTER_TABLE) not in run.tables
+
+
+def test_the_relay_table_goes_through_the_same_runner() -> None:
+    run = FakeNft({("netdev", RELAY_TABLE)})
+    node = HandoverKernel(None, run)
+    node.install_relays([Relay("front", "192.0.2.11", ("192.0.2.10",))], 10)
+    assert run.commands[0][0].startswith(f"table netdev {RELAY_TABLE} {{}}\ndelete table")
+    assert node.remove_relays() is True and node.remove_relays() is False

@@ -265,3 +265,19 @@ def test_plain_manifests_label_their_namespace_for_the_directors_pods() -> None:
     assert {d["metadata"].get("namespace", ns["metadata"]["name"]) for d in docs} == {
         ns["metadata"]["name"]
     }
+
+
+def test_node_settings_init_container_is_on_by_default_and_switchable_off(helm: str) -> None:
+    """The chart's value reaches the controller, whose DaemonSet then has (or lacks) the
+    privileged node-settings init container."""
+    from lvs_operator.controller.manifests import NODE_SETTINGS_CONTAINER, build_daemonset
+
+    config, _ = parse_controller_args(container(template(helm)), "lvs-system")
+    assert config.director_node_settings is True
+    pod = build_daemonset("g1", {}, config)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == [NODE_SETTINGS_CONTAINER]
+    assert pod["initContainers"][0]["image"] == config.director_image
+    off = template(helm, ["director.nodeSettings.enabled=false"])
+    config, _ = parse_controller_args(container(off), "lvs-system")
+    assert config.director_node_settings is False
+    assert build_daemonset("g1", {}, config)["spec"]["template"]["spec"]["initContainers"] == []

@@ -1,9 +1,10 @@
 """What the agent uses of the kernel (ipvs_sync.py's ``Kernel``): the IPVS table with each
 destination's active connection count (draining needs it), apply, and ``prepare``.
 
-``prepare`` sets the sysctls once and keeps the nftables masquerade table in step with the
-services that use masquerade forwarding (only when the set of VIPs / real servers changed,
-so a steady state runs no ``nft`` at all).
+``prepare`` keeps the nftables masquerade table in step with the services that use
+masquerade forwarding (only when the set of VIPs / real servers changed, so a steady state
+runs no ``nft`` at all). ``check_node_settings`` reads the node's sysctls (node_settings.py)
+and corrects a wrong one where ``/proc/sys`` is writable (not in the shipped pod).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from lvs_operator.director import node_settings
 from lvs_operator.director.table import Change, DestKey, IpvsTable, ServiceKey
 
 from . import nft, sysctl
@@ -24,7 +26,6 @@ class DataPlane:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipvs = IpvsKernel(netns)
-        self._sysctls_done: set[bool] = set()
         self._snat: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
@@ -46,18 +47,6 @@ class DataPlane:
         return self._ipvs.stop_daemon(state)
 
     def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
-        ipv6 = any(k.family == 6 for k in table)
-        if ipv6 not in self._sysctls_done:
-            try:
-                changed = sysctl.ensure_sysctls(netns=self.netns, ipv6=ipv6)
-            except sysctl.SysctlError as exc:
-                # Not fatal: nodes often have them already (kube-proxy's IPVS mode sets
-                # most); traffic that needs a missing one fails, and this says why. Once.
-                changed = exc.changed
-                log.error(str(exc), extra={"sysctls": exc.failed})
-            if changed:
-                log.info("sysctls set", extra={"sysctls": {k: v[1] for k, v in changed.items()}})
-            self._sysctls_done.add(ipv6)
         if not masquerade_snat:
             return
         vips, dests = nft.masquerade_targets(table)
@@ -69,6 +58,9 @@ class DataPlane:
                     extra={"vips": list(vips), "real_servers": len(dests)},
                 )
             self._snat = wanted
+
+    def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
+        return sysctl.enforce_node_settings(self.netns, ipv6=ipv6, write=True)
 
     def close(self) -> None:
         self._ipvs.close()

@@ -1,5 +1,5 @@
 """nftables: the source NAT that masquerade forwarding needs in Kubernetes, and the handover's
-relay table (rendered by handover.py).
+tables (rendered by handover.py): the new leader's relay, the old leader's ARP filter.
 
 Commands go to libnftables in this process (ctypes, one context per thread and network
 namespace) and, where that library cannot be loaded, to the ``nft`` command. The library is
@@ -15,6 +15,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterable
+from typing import Protocol
 
 from lvs_operator.director.table import Forwarding, IpvsTable
 
@@ -110,6 +111,14 @@ def nft(commands: str, netns: str | None = None, *, json_output: bool = False) -
     if r.returncode != 0:
         raise NftError(f"{' '.join(argv)}: {r.stderr.strip()}\n{_first_line(commands)}")
     return r.stdout
+
+
+class NftRunner(Protocol):
+    """What runs nftables commands (``nft`` above; a fake in the unit tests)."""
+
+    def __call__(
+        self, commands: str, netns: str | None = None, *, json_output: bool = False
+    ) -> str: ...
 
 
 def _split_families(addresses: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -214,19 +223,22 @@ def _table_exists(netns: str | None) -> bool:
     return True
 
 
-# -- the handover's relay table -----------------------------------------------------------------
+# -- the handover's tables ----------------------------------------------------------------------
 
 
-def replace_netdev_table(name: str, script: str, netns: str | None = None) -> None:
-    """Replace the ``netdev`` table ``name`` by ``script`` in one nft transaction."""
-    nft(f"table netdev {name} {{}}\ndelete table netdev {name}\n" + script, netns)
+def replace_table(
+    family: str, name: str, script: str, netns: str | None = None, run: NftRunner = nft
+) -> None:
+    """Replace the table ``family name`` by ``script`` in one nft transaction (created first
+    so that the delete never fails; no other table is touched)."""
+    run(f"table {family} {name} {{}}\ndelete table {family} {name}\n" + script, netns)
 
 
-def delete_netdev_table(name: str, netns: str | None = None) -> bool:
-    """Delete the ``netdev`` table ``name``; False if there was none."""
+def delete_table(family: str, name: str, netns: str | None = None, run: NftRunner = nft) -> bool:
+    """Delete the table ``family name``; False if there was none."""
     try:
-        nft(f"list table netdev {name}", netns)
+        run(f"list table {family} {name}", netns)
     except NftError:
         return False
-    nft(f"delete table netdev {name}", netns)
+    run(f"delete table {family} {name}", netns)
     return True

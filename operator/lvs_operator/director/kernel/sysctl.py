@@ -1,4 +1,5 @@
-"""Sysctls: the data plane's (per namespace) and the handover's ARP ones (per interface)."""
+"""Sysctls: ``/proc/sys`` of a network namespace (``ProcSys``), and bringing it to the node
+settings a director needs (the list and the rules: director/node_settings.py)."""
 
 from __future__ import annotations
 
@@ -7,116 +8,78 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from lvs_operator.director import node_settings
+
 from .netns import in_netns
 
 log = logging.getLogger("lvs_operator.director.kernel.sysctl")
 
-# The sysctls the data plane needs, per namespace.
-#   conntrack: IPVS keeps conntrack entries for its connections, which the nftables
-#     masquerade (SNAT) of masquerade forwarding needs, as do stateful firewalls.
-#   expire_nodest_conn: a connection to a removed destination is dropped at its next packet
-#     instead of hanging until it times out.
-#   expire_quiescent_template: persistence templates pointing at a weight-0 (draining)
-#     destination expire, so sticky clients move on instead of being pinned to it.
-#   ip_forward: masquerade forwards; direct/tunnel need it off for nothing, on is harmless.
-REQUIRED_SYSCTLS: dict[str, str] = {
-    "net.ipv4.ip_forward": "1",
-    "net.ipv4.vs.conntrack": "1",
-    "net.ipv4.vs.expire_nodest_conn": "1",
-    "net.ipv4.vs.expire_quiescent_template": "1",
-}
-IPV6_SYSCTLS: dict[str, str] = {"net.ipv6.conf.all.forwarding": "1"}
+PROC_SYS = Path("/proc/sys")
 
 
-def _sysctl_path(key: str) -> Path:
-    return Path("/proc/sys") / key.replace(".", "/")
+class ProcSys:
+    """``node_settings.SysctlFiles`` on ``/proc/sys`` (``root``: a directory in the tests).
+    Call it inside ``in_netns``: the net.* files follow the calling thread's namespace."""
+
+    def __init__(self, root: Path = PROC_SYS) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key.replace(".", "/")
+
+    def read(self, key: str) -> str | None:
+        try:
+            return self.path(key).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def write(self, key: str, value: str) -> None:
+        self.path(key).write_text(f"{value}\n")
 
 
-def ensure_sysctls(
-    values: Mapping[str, str] | None = None,
-    netns: str | None = None,
-    *,
-    ipv6: bool = False,
-) -> dict[str, tuple[str, str]]:
-    """Set the data plane's sysctls (REQUIRED_SYSCTLS, plus IPv6 forwarding if ``ipv6``) where
-    they differ. Note: IPv6 forwarding makes the node ignore router advertisements unless its
-    interfaces have accept_ra=2, so ask for it only when there are IPv6 masquerade services.
-    Returns {key: (old, new)} for those changed. The net.ipv4.vs.* keys exist once the ip_vs
-    module is loaded: opening an IPVS socket loads it where modules can be loaded."""
-    wanted = dict(values if values is not None else REQUIRED_SYSCTLS)
-    if ipv6 and values is None:
-        wanted.update(IPV6_SYSCTLS)
-    changed: dict[str, tuple[str, str]] = {}
+def load_ip_vs(files: ProcSys) -> None:
+    """The net.ipv4.vs.* keys exist once the ip_vs module is loaded: opening the IPVS generic
+    netlink family makes the kernel load it where modules can be loaded (as the agent would
+    anyway); where it cannot, the keys stay missing and are reported as such."""
+    if files.read("net.ipv4.vs.conntrack") is None:
+        from .ipvs_netlink import IpvsNetlink
+
+        with contextlib.suppress(Exception):
+            IpvsNetlink().close()
+
+
+def enforce_node_settings(
+    netns: str | None = None, *, ipv6: bool = False, write: bool = True, root: Path = PROC_SYS
+) -> node_settings.Outcome:
+    """Read (and with ``write``, set where they differ) the node settings in ``netns``."""
+    files = ProcSys(root)
     with in_netns(netns):
-        if (
-            any(k.startswith("net.ipv4.vs.") for k in wanted)
-            and not _sysctl_path("net.ipv4.vs.conntrack").exists()
-        ):
-            # autoload ip_vs through its generic netlink family, as the agent would anyway
-            from .ipvs_netlink import IpvsNetlink
+        if root == PROC_SYS:  # a directory standing for it (tests) loads no module
+            load_ip_vs(files)
+        return node_settings.enforce(node_settings.wanted(ipv6), files, write=write)
 
-            with contextlib.suppress(Exception):
-                IpvsNetlink().close()
-        failed: dict[str, str] = {}
-        for key, value in wanted.items():
-            path = _sysctl_path(key)
-            try:
-                old = path.read_text().strip()
-                if old != str(value):
-                    path.write_text(f"{value}\n")
-                    changed[key] = (old, str(value))
-            except OSError as exc:
-                # An unprivileged container sees /proc/sys read-only: report every key at once.
-                failed[key] = f"{value} ({exc.strerror or exc})"
-        if failed:
-            raise SysctlError(failed, changed)
+
+def ensure_sysctls(netns: str | None = None, *, ipv6: bool = False) -> dict[str, tuple[str, str]]:
+    """Set the node settings where they differ; {key: (old, new)} of those changed. Raises
+    SysctlError naming every one that is still wrong (the tests' and benches' helper)."""
+    outcome = enforce_node_settings(netns, ipv6=ipv6)
+    changed = {c.setting.key: (c.was, c.setting.value) for c in outcome.changed}
+    if outcome.wrong:
+        raise SysctlError(outcome.wrong, changed)
     return changed
 
 
 class SysctlError(OSError):
-    """Some data-plane sysctls could not be set (typically: /proc/sys is read-only)."""
+    """Some node settings are wrong and could not be set (typically: /proc/sys read-only)."""
 
-    def __init__(self, failed: Mapping[str, str], changed: Mapping[str, tuple[str, str]]):
-        self.failed = dict(failed)
+    def __init__(
+        self, wrong: tuple[node_settings.Wrong, ...], changed: Mapping[str, tuple[str, str]]
+    ) -> None:
+        self.wrong = wrong
         self.changed = dict(changed)
-        wanted = " ".join(f"{k}={v.split(' ')[0]}" for k, v in self.failed.items())
         super().__init__(
-            f"cannot set sysctls {', '.join(f'{k}={v}' for k, v in self.failed.items())}; "
-            f"set them on the node (sysctl -w {wanted}, or a file in /etc/sysctl.d), or run "
-            "the director with a writable /proc/sys"
+            f"node settings wrong: {'; '.join(w.describe() for w in wrong)}. Fix: "
+            f"{node_settings.ENABLE_INIT_STEP}, or set them on the node "
+            f"({node_settings.fix_command(w.setting for w in wrong)}, or a file in "
+            "/etc/sysctl.d)"
         )
-
-
-# -- the handover's ARP sysctls ---------------------------------------------------------------
-
-
-def set_interface_sysctls(
-    ifname: str, values: Mapping[str, str], root: Path = Path("/proc/sys")
-) -> dict[str, str]:
-    """Set IPv4 ``values`` on ``ifname``; returns the previous values (to restore)."""
-    previous: dict[str, str] = {}
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in values.items():
-        path = base / key
-        try:
-            previous[key] = path.read_text().strip()
-            if previous[key] != value:
-                path.write_text(value)
-        except OSError as exc:
-            log.warning(
-                "cannot set %s: %s; the old leader may answer ARP for the VIP during the handover",
-                path,
-                exc,
-            )
-    return previous
-
-
-def restore_interface_sysctls(
-    ifname: str, previous: Mapping[str, str], root: Path = Path("/proc/sys")
-) -> None:
-    base = root / "net" / "ipv4" / "conf" / ifname
-    for key, value in previous.items():
-        try:
-            (base / key).write_text(value)
-        except OSError as exc:
-            log.warning("cannot restore %s: %s", base / key, exc)
