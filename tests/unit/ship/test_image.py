@@ -6,6 +6,8 @@ from __future__ import annotations
 import fnmatch
 import re
 
+from lvs_operator.cli import SUBCOMMANDS
+
 from .support import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -47,6 +49,12 @@ def test_build_context_has_what_the_dockerfile_copies() -> None:
                 f"{source} is copied but excluded by .dockerignore"
             )
             assert (REPO / source).exists(), source
+
+
+def test_smoke_test_covers_every_subcommand() -> None:
+    smoke = (REPO / "hack/image/smoke.sh").read_text()
+    listed = default(r"^for sub in ([a-z ]+); do$", smoke).split()
+    assert sorted(listed) == sorted(SUBCOMMANDS)
 
 
 def test_runs_as_non_root_by_default() -> None:
