@@ -32,6 +32,14 @@ if ! docker info >/dev/null 2>&1 && [[ "${LVS_IMAGE_START_ENGINE:-1}" == 1 ]]; t
 fi
 "$here/seed-base.sh" "$base"
 
+# Labels first: the CA certificates copied below would make the checkout look dirty.
+labels="$(python3 "$here/labels.py" "$repo")"
+label_args=()
+while IFS='=' read -r key value; do
+    say "label $key=$value"
+    name="${key#org.opencontainers.image.}"  # source -> --build-arg SOURCE=...
+    label_args+=(--build-arg "${name^^}=$value")
+done <<<"$labels"
 ca_dir="$here/ca"
 cleanup() { find "$ca_dir" -maxdepth 1 -name '*.crt' -delete 2>/dev/null || true; }
 trap cleanup EXIT
@@ -45,13 +53,6 @@ if [[ "${LVS_IMAGE_EXTRA_CA:-1}" == 1 ]]; then
     fi
 fi
 
-labels="$(python3 "$here/labels.py" "$repo")"
-label_args=()
-while IFS='=' read -r key value; do
-    say "label $key=$value"
-    name="${key#org.opencontainers.image.}"  # source -> --build-arg SOURCE=...
-    label_args+=(--build-arg "${name^^}=$value")
-done <<<"$labels"
 network_args=()
 if ! docker network inspect bridge >/dev/null 2>&1; then
     say "the engine has no bridge network: the build's RUN steps use the host's (--network host)"

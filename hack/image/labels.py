@@ -78,7 +78,8 @@ def from_git(repo: Path, env: dict[str, str] | None = None) -> dict[str, str]:
         remote = None
     source = env.get("LVS_IMAGE_SOURCE") or source_url(remote)
     commit = _git(repo, "rev-parse", "HEAD")
-    dirty = bool(_git(repo, "status", "--porcelain", "--", *BUILD_INPUTS))
+    # hack/image/ca/ holds build.sh's temporary copies of the host's CA certificates
+    dirty = bool(_git(repo, "status", "--porcelain", "--", *BUILD_INPUTS, ":!hack/image/ca"))
     epoch = int(env.get("SOURCE_DATE_EPOCH") or _git(repo, "log", "-1", "--format=%ct", "HEAD"))
     return labels(source, commit, dirty, epoch)
 
