@@ -77,6 +77,10 @@ stop() {
     kill "$pid"
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     rm -f "$pidfile"
+    # dockerd leaves its default network namespace's bind mount behind (seen with --bridge=none)
+    if mountpoint -q /run/docker/netns/default 2>/dev/null; then
+        umount /run/docker/netns/default || true
+    fi
     say "stopped dockerd (pid $pid)"
 }
 

@@ -9,7 +9,8 @@
 # - the default user is 65532 and there is no pip;
 # - the size is at most LVS_IMAGE_MAX_MB (200) MB;
 # - the OCI labels source, revision and created are this checkout's (hack/image/labels.py);
-# - with ROOTFS (hack/image/rootfs.sh's export): `chroot ROOTFS lvs-operator director --help`.
+# - with ROOTFS (hack/image/rootfs.sh's export): `chroot ROOTFS lvs-operator director --help`,
+#   and the same through hack/image/in-rootfs.sh (how the data-plane VM can run the agent).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -36,6 +37,9 @@ check() {
     fi
 }
 
+if ! docker info >/dev/null 2>&1 && [[ "${LVS_IMAGE_START_ENGINE:-1}" == 1 ]]; then
+    "$here/engine.sh" start
+fi
 start=$SECONDS
 check "lvs-operator (default CMD: --help)" "usage: lvs-operator" run "$image"
 check "lvs-operator --help" "usage: lvs-operator" run "$image" --help
@@ -79,6 +83,8 @@ if [[ -n "$rootfs" ]]; then
     check "chroot $rootfs lvs-operator director --help" "usage:" \
         chroot "$rootfs" lvs-operator director --help
     check "chroot $rootfs lvs-operator --version" "$version" chroot "$rootfs" lvs-operator --version
+    check "in-rootfs.sh (own mount namespace, clean env): director --help" "usage:" \
+        "$here/in-rootfs.sh" --rootfs "$rootfs" -- lvs-operator director --help
 fi
 
 say "took $((SECONDS - start)) s"
