@@ -18,7 +18,8 @@ pidfile="$state/dockerd.pid"
 log="$state/dockerd.log"
 say() { echo "[engine] $*" >&2; }
 
-ours() { [[ -s "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# The pid file names a running dockerd (not a pid reused after a reboot).
+ours() { [[ -s "$pidfile" && "$(cat "/proc/$(cat "$pidfile")/comm" 2>/dev/null)" == dockerd ]]; }
 
 start() {
     if docker info >/dev/null 2>&1; then
