@@ -50,13 +50,16 @@ start() {
             --pidfile "$state/dockerd.pidfile" >"$log" 2>&1 </dev/null &
         echo $! >"$pidfile"
     fi
-    local i
+    local i pid
+    pid="$(cat "$pidfile")"
     for ((i = 0; i < 60; i++)); do
         if docker info >/dev/null 2>&1; then
+            # dockerd's own pid file: the daemon itself, whatever setsid did
+            [[ -s "$state/dockerd.pidfile" ]] && cp "$state/dockerd.pidfile" "$pidfile"
             say "dockerd (pid $(cat "$pidfile")) answers after ${i} s"
             return 0
         fi
-        if ! ours; then
+        if ! kill -0 "$pid" 2>/dev/null; then
             say "dockerd exited; the end of its log:"
             tail -15 "$log" >&2
             return 1
