@@ -17,7 +17,10 @@
 # capabilities (Kubernetes grants no ambient capabilities), hence root for that one process.
 # The controller needs no privilege at all: the image's default user is 65532 (non-root).
 
-ARG BASE_IMAGE=debian:bookworm-slim
+# Pinned by Debian point release: 12.15 (bookworm). Pulled where a registry answers (Docker
+# Hub's debian images are tagged by point release), else seeded from Debian's archive by
+# hack/image/seed-base.sh, which checks that the archive's bookworm Release file says 12.15.
+ARG BASE_IMAGE=debian:12.15-slim
 
 # ---------------------------------------------------------------------------- build stage
 FROM ${BASE_IMAGE} AS build
@@ -36,20 +39,26 @@ RUN apt-get update -q \
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
-# The package's wheel first, built from the sources alone (the README, pyproject.toml and
-# operator/ are all it needs) ...
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator/ operator/
+# Python dependencies from the locks only (hack/image/lock.sh makes them from pyproject.toml
+# with pip-compile --generate-hashes): pip refuses any file whose hash is not listed. Their
+# layer comes before the sources, so a code change does not download them again.
+COPY hack/image/build-requirements.lock hack/image/requirements.lock /locks/
 RUN python3 -m venv /opt/build \
-    && /opt/build/bin/pip install -q build \
-    && /opt/build/bin/python -m build --wheel --outdir /wheels . \
-    && ls -l /wheels
-# ... then a virtual environment with that wheel and its dependencies, copied whole into the
-# runtime stage (same base, same /usr/bin/python3, so the venv stays valid). pip's compiled
-# bytecode stays: the non-root processes could not write it, and start-up is faster with it.
-RUN python3 -m venv /opt/lvs-operator \
-    && /opt/lvs-operator/bin/pip install -q /wheels/*.whl \
+    && /opt/build/bin/pip install -q --no-deps --require-hashes -r /locks/build-requirements.lock \
+    && python3 -m venv /opt/lvs-operator \
+    && /opt/lvs-operator/bin/pip install -q --no-deps --require-hashes -r /locks/requirements.lock
+# Then the package's wheel, built from the sources alone with the locked setuptools (no build
+# isolation: nothing unlocked is fetched), installed without dependencies (all locked above);
+# `pip check` fails the build if the lock misses one. The venv is copied whole into the runtime
+# stage (same base, same /usr/bin/python3, so it stays valid). pip's compiled bytecode stays:
+# the non-root processes could not write it, and start-up is faster with it.
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY operator/ operator/
+RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && ls -l /wheels \
+    && /opt/lvs-operator/bin/pip install -q --no-deps /wheels/*.whl \
+    && /opt/lvs-operator/bin/pip check \
     && /opt/lvs-operator/bin/pip uninstall -q -y pip \
     && /opt/lvs-operator/bin/lvs-operator --version
 
@@ -62,18 +71,31 @@ LABEL org.opencontainers.image.title="lvs-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 # python3: the interpreter the venv points at. nftables (nft): the director's source-NAT rule
 # for masquerade. iproute2 (ip) and ipvsadm: for looking at a director by hand
-# (`kubectl exec ... -- ipvsadm -Ln`). No compilers, no pip.
+# (`kubectl exec ... -- ipvsadm -Ln`). No compilers, no pip. The command is linked into
+# /usr/local/bin too, so the exported file system runs it with an ordinary PATH:
+# `chroot ROOTFS lvs-operator director ...` (hack/image/rootfs.sh).
 RUN apt-get update -q \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         python3 nftables iproute2 ipvsadm \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
     && groupadd --system --gid 65532 lvs \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin lvs
+        --shell /usr/sbin/nologin lvs \
+    && ln -s /opt/lvs-operator/bin/lvs-operator /usr/local/bin/lvs-operator
 COPY --from=build /opt/lvs-operator /opt/lvs-operator
 ENV PATH=/opt/lvs-operator/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+# Provenance, last so a new commit changes only this metadata: hack/image/build.sh sets them
+# from git (hack/image/labels.py).
+ARG BASE_IMAGE
+ARG SOURCE=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 USER 65532:65532
 WORKDIR /
 ENTRYPOINT ["lvs-operator"]

@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # Make the Dockerfile's base image available to the local Docker engine.
 #
-#   hack/image/seed-base.sh [IMAGE]        IMAGE defaults to debian:bookworm-slim
+#   hack/image/seed-base.sh [IMAGE]        IMAGE defaults to debian:12.15-slim
 #
+# The base is pinned by Debian point release: the tag names it (debian:12.15-slim is Docker
+# Hub's name for Debian 12.15's slim image), and a seeded one is checked against it.
 # 1. Already in the engine's image store?  Done.
 # 2. `docker pull IMAGE` (skipped with LVS_IMAGE_NO_PULL=1).  Done when a registry answers.
 # 3. No registry reachable: build the same thing from Debian's own archive. `debootstrap
 #    --variant=minbase` makes a bookworm root file system, it is slimmed the way the official
 #    slim images are (dpkg path-excludes for docs/man/locales, apt caches cleaned), and
 #    `docker import` stores it under IMAGE. An ordinary `docker build` then finds it locally.
+#    The archive's dists/SUITE/Release must say `Version: 12.15` (the tag's point release),
+#    else this fails instead of seeding something else under that name
+#    (LVS_IMAGE_BASE_ANY_POINT=1 seeds whatever the archive has, and says so in a label).
+#    The seeded image is labelled with the Release file's Version and Date.
 #
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), DEBIAN_SUITE (bookworm).
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian); the suite follows from
+# the tag's major version (12: bookworm).
 set -euo pipefail
 
-image="${1:-debian:bookworm-slim}"
+image="${1:-debian:12.15-slim}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-suite="${DEBIAN_SUITE:-bookworm}"
 say() { echo "[seed-base] $*" >&2; }
+point="$(sed -n 's/^debian:\([0-9][0-9]*\.[0-9][0-9]*\)-slim$/\1/p' <<<"$image")"
+case "${point%%.*}" in
+    12) suite=bookworm ;;
+    13) suite=trixie ;;
+    *) suite="" ;;
+esac
 
 if ! docker info >/dev/null 2>&1; then
     say "no Docker engine answers ('docker info' failed):"
@@ -38,6 +50,27 @@ if [[ "${LVS_IMAGE_NO_PULL:-0}" != 1 ]]; then
     fi
     say "no registry reachable for $image; seeding it from the Debian archive instead"
 fi
+
+if [[ -z "$suite" ]]; then
+    say "cannot seed $image: only debian:<12|13>.<point>-slim names say what to debootstrap"
+    exit 1
+fi
+release="$(curl -fsS --max-time 30 "$mirror/dists/$suite/Release" | sed -n '1,/^MD5Sum:/p')" || {
+    say "cannot read $mirror/dists/$suite/Release"
+    exit 1
+}
+archive_point="$(sed -n 's/^Version: *//p' <<<"$release")"
+archive_date="$(sed -n 's/^Date: *//p' <<<"$release")"
+if [[ "$archive_point" != "$point" ]]; then
+    if [[ "${LVS_IMAGE_BASE_ANY_POINT:-0}" != 1 ]]; then
+        say "the archive's $suite is Debian $archive_point ($archive_date), $image pins $point:"
+        say "  bump BASE_IMAGE in Dockerfile, hack/image/build.sh and hack/image/seed-base.sh to"
+        say "  debian:$archive_point-slim (or LVS_IMAGE_BASE_ANY_POINT=1 for this build only)"
+        exit 1
+    fi
+    say "warning: seeding $image from Debian $archive_point (LVS_IMAGE_BASE_ANY_POINT=1)"
+fi
+say "the archive's $suite is Debian $archive_point, released $archive_date"
 
 if [[ "$(id -u)" != 0 ]]; then
     say "debootstrap needs root; run this as root (or pull $image on a machine with a registry)"
@@ -98,5 +131,7 @@ tar --numeric-owner -C "$root" -c . | docker import \
     --change 'CMD ["bash"]' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change "LABEL io.lvs-operator.seeded-by=debootstrap io.lvs-operator.suite=$suite" \
+    --change "LABEL io.lvs-operator.debian-version=$archive_point" \
+    --change "LABEL io.lvs-operator.debian-release-date=\"$archive_date\"" \
     - "$image" >/dev/null
 say "seeded $image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1/1e6}')"

@@ -7,10 +7,24 @@ IMAGE ?= lvs-operator:dev
 HELM ?= $(shell command -v helm 2>/dev/null || \
 	$(PYTHON) -c 'import sys; sys.path.insert(0, "hack/ship"); import render; print(render.find_tool("helm") or "helm")')
 
-.PHONY: image chart-lint manifests manifests-check
+.PHONY: image image-rootfs image-smoke image-engine lock chart-lint manifests manifests-check
 
-image:  ## build the container image $(IMAGE) (seeds the base image locally when no registry answers)
+IMAGE_ROOTFS ?= /var/tmp/lvs-operator-rootfs
+
+image:  ## build the container image $(IMAGE) (starts Debian's docker engine and seeds the base when needed)
 	hack/image/build.sh $(IMAGE)
+
+image-rootfs:  ## export $(IMAGE)'s file system to $(IMAGE_ROOTFS) (chroot DIR lvs-operator ...)
+	hack/image/rootfs.sh $(IMAGE) $(IMAGE_ROOTFS)
+
+image-smoke:  ## every subcommand, size, labels in $(IMAGE), and chroot into $(IMAGE_ROOTFS) if exported
+	hack/image/smoke.sh $(IMAGE) $(if $(wildcard $(IMAGE_ROOTFS)/usr),$(IMAGE_ROOTFS))
+
+image-engine:  ## start Debian's docker engine in the background unless one answers
+	hack/image/engine.sh start
+
+lock:  ## regenerate the image's hashed Python locks (hack/image/*.lock) from pyproject.toml
+	PYTHON=$(PYTHON) hack/image/lock.sh
 
 chart-lint:  ## helm lint --strict the chart (default values and a full example)
 	$(HELM) lint --strict charts/lvs-operator
