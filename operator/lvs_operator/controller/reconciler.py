@@ -54,6 +54,7 @@ from .groups import (
     DaemonSetPlan,
     DirectorPod,
     desired_groups,
+    expected_programmed,
     group_views,
     next_lease_expiry,
     parse_lease,
@@ -213,7 +214,10 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     # a VIP moving to another group goes once that group has programmed its services
     staged_groups = desired_groups(decisions.values())
     decisions = complete_moves(
-        decisions, group_views(staged_groups, leases, world.director_pods, now)
+        decisions,
+        group_views(
+            staged_groups, leases, world.director_pods, now, expected_programmed(decisions.values())
+        ),
     )
 
     ports: dict[Key, list[VirtualPort]] = {}
@@ -255,7 +259,9 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     out.daemonsets = plan_daemonsets(groups, world.daemonsets, config, leases, now)
     out.peer_secrets = tuple(sorted(g for g, selector in groups.items() if selector is not None))
     out.groups = tuple(sorted(groups))
-    views = group_views(groups, leases, world.director_pods, now)
+    views = group_views(
+        groups, leases, world.director_pods, now, expected_programmed(decisions.values())
+    )
     out.wake_at = next_lease_expiry(leases.values(), now)
 
     # VirtualServers.
