@@ -97,7 +97,9 @@ from .relevance import (
     IRRELEVANT,
     PodRelevance,
     PoolSelector,
+    expiry_passed,
     lease_change_matters,
+    next_expiry,
     pod_change_matters,
     pod_relevance,
 )
@@ -353,6 +355,7 @@ class Reconciler:
         self._pool_selectors: Mapping[str, tuple[PoolSelector, ...]] | None = None
         # what the last pass may have read of each pod a pool selects, or director agent
         self._pods_read: dict[Key, PodRelevance] = {}
+        self._planned_at: datetime | None = None  # when the last pass began
         self._warned: set[str] = set()
         self._service_rejections: dict[Key, ServiceRejection] = {}
         # Read-your-writes: what a write returned, until the watch delivers that version
@@ -506,8 +509,18 @@ class Reconciler:
             timeout = None
             if wake_at is not None:
                 timeout = max(0.0, (wake_at - utcnow()).total_seconds()) + 0.05
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                woken = True
+            if not woken and retry_at is None and deadline is not None:
+                # due at a Lease's expiry as the last pass saw it; renewals since woke
+                # nothing (relevance.py): plan only if one really ran out
+                leases = list(self.leases.store.values())
+                now = utcnow()
+                if not expiry_passed(leases, self._planned_at, now):
+                    deadline = next_expiry(leases, now)
+                    continue
             await asyncio.sleep(self.debounce)
             self._wake.clear()
             failed = 0
@@ -529,6 +542,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> tuple[int, datetime | None]:
         """One pass: plan, then write. Returns (failed writes, when to look again)."""
+        self._planned_at = utcnow()
         t0 = time.monotonic()
         try:
             failed, wake_at = await self._pass()

@@ -8,7 +8,7 @@ what ``plan`` reads of its object, and only a change of that wakes the reconcile
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,16 +48,38 @@ def lease_reading(obj: Raw) -> LeaseReading:
     )
 
 
-def _active_holder(obj: Raw, now: datetime) -> str | None:
+def _timing(obj: Raw) -> LeaseInfo:
+    """A Lease's holder and validity only (its reports are not parsed)."""
     reading = lease_reading(obj)
     spec = obj.get("spec") or {}
-    timing = LeaseInfo(
+    return LeaseInfo(
         name="",
         holder=reading.holder,
         renew_time=parse_timestamp(spec.get("renewTime") or spec.get("acquireTime")),
         duration_seconds=reading.duration_seconds,
     )
-    return timing.active_holder(now)
+
+
+def _active_holder(obj: Raw, now: datetime) -> str | None:
+    return _timing(obj).active_holder(now)
+
+
+def expiry_passed(leases: Iterable[Raw], since: datetime | None, now: datetime) -> bool:
+    """Whether a Lease ran out after ``since`` (the last pass) and by ``now``. Renewals wake
+    no pass, so the pass due at a Lease's expiry as the last pass saw it is needed only if
+    the Lease has not been renewed since (None: no pass yet)."""
+    if since is None:
+        return True
+    return any(
+        (expiry := _timing(obj).expires_at()) is not None and since < expiry <= now
+        for obj in leases
+    )
+
+
+def next_expiry(leases: Iterable[Raw], now: datetime) -> datetime | None:
+    """When the next currently valid Lease runs out, as the Leases are now."""
+    times = [e for e in (_timing(obj).expires_at() for obj in leases) if e is not None and e > now]
+    return min(times, default=None)
 
 
 def lease_change_matters(old: Raw | None, new: Raw | None, now: datetime) -> bool:

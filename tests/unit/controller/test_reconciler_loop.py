@@ -279,6 +279,40 @@ async def test_capture_takes_the_indexes_from_handler_kwargs() -> None:
     assert r.indexed.is_set()
 
 
+async def test_a_lease_renewed_since_the_last_pass_needs_no_pass_at_its_old_expiry() -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    r = Reconciler(CONFIG, FakeClient(), debounce=0.0)  # type: ignore[arg-type]
+    calls: list[datetime] = []
+
+    def lease(expires: datetime) -> dict[str, Any]:
+        renew = (expires - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return o.lease("lvs-director-g1", holder="n1", renew=renew, duration=10)
+
+    async def once() -> tuple[int, datetime]:
+        r._planned_at = datetime.now(UTC)
+        calls.append(r._planned_at)
+        return 0, r._planned_at + timedelta(seconds=0.2)  # the Lease's expiry then
+
+    r.reconcile_once = once  # type: ignore[method-assign]
+    # renewed meanwhile (renewals wake nothing): it now runs out in 10 s
+    r.leases.store = {"lvs-director-g1": lease(datetime.now(UTC) + timedelta(seconds=10))}
+    task = asyncio.create_task(r._loop())
+    r.wake()
+    await asyncio.sleep(0.6)
+    assert len(calls) == 1  # nothing ran out at 0.2 s: no pass
+    # not renewed: it runs out at the time it was due, and that pass happens
+    r.leases.store = {"lvs-director-g1": lease(datetime.now(UTC) + timedelta(seconds=0.1))}
+    r.wake()
+    for _ in range(50):  # due ~0.25 s after that pass; a loaded machine may take longer
+        await asyncio.sleep(0.1)
+        if len(calls) == 3:
+            break
+    task.cancel()
+    assert len(calls) == 3
+
+
 async def test_loop_retries_failed_writes_and_keeps_serving_events() -> None:
     import asyncio
     import time

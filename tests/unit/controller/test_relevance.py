@@ -144,3 +144,17 @@ def test_director_agents_matter_by_group_node_and_readiness() -> None:
     # a pod of the operator's namespace that is no agent (the controller itself)
     controller = _pod("lvs-operator-1", {"app": "lvs-operator"}, namespace=OPERATOR_NS)
     assert not _matters(None, controller)
+
+
+def test_a_pass_at_a_lease_expiry_is_needed_only_if_it_was_not_renewed() -> None:
+    lease = o.lease("l", holder="n1", duration=10)  # runs out at T0+10 unless renewed
+    renewed = _renewed(lease, 8)  # now runs out at T0+18
+    at_expiry = T0 + timedelta(seconds=10.05)
+    last_pass = T0 + timedelta(seconds=1)
+    assert r.expiry_passed([lease], last_pass, at_expiry)
+    assert not r.expiry_passed([renewed], last_pass, at_expiry)
+    assert r.next_expiry([renewed], at_expiry) == T0 + timedelta(seconds=18)
+    # one that ran out before the last pass was already seen so
+    assert not r.expiry_passed([lease], T0 + timedelta(seconds=11), T0 + timedelta(seconds=12))
+    assert r.expiry_passed([renewed], None, at_expiry)  # no pass yet
+    assert r.next_expiry([lease], T0 + timedelta(seconds=11)) is None
