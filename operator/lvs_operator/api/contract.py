@@ -144,20 +144,33 @@ class ProgrammedReport:
         return (len(self.generations) if self.generations is not None else self.count) == 0
 
     def confirmed(self, expected: Mapping[str, int]) -> dict[str, int]:
-        """The VirtualServers of ``expected`` (key -> generation) the leader reports programmed
-        at that generation. In the digest form a bucket confirms all its VirtualServers at once
-        when its digest equals the one of the expected pairs falling in it, none otherwise."""
+        """Of the VirtualServers of ``expected`` (key -> generation), the generation the leader
+        reports for each it can be read about: the whole map in the exact form. In the digest
+        form a bucket whose digest equals that of the expected pairs in it confirms them all;
+        one that does not is tried with one change in flight (one of its VirtualServers not
+        programmed yet, or still at the generation before): a digest that matches then
+        proves the others as much as a plain match does. Otherwise none of its."""
         if self.generations is not None:
-            return {k: g for k, g in expected.items() if self.generations.get(k) == g}
+            return {k: self.generations[k] for k in expected if k in self.generations}
         if not self.buckets:
             return {}
-        by_bucket = _bucketed(expected, len(self.buckets))
-        return {
-            k: g
-            for index, pairs in by_bucket.items()
-            if _bucket_digest(pairs) == self.buckets[index]
-            for k, g in pairs
-        }
+        out: dict[str, int] = {}
+        for index, pairs in _bucketed(expected, len(self.buckets)).items():
+            out.update(_read_bucket(pairs, self.buckets[index]))
+        return out
+
+
+def _read_bucket(pairs: list[tuple[str, int]], digest: bytes) -> list[tuple[str, int]]:
+    """The pairs a bucket's digest proves (see ProgrammedReport.confirmed)."""
+    if _bucket_digest(pairs) == digest:
+        return pairs
+    for i, (key, generation) in enumerate(pairs):
+        others = pairs[:i] + pairs[i + 1 :]
+        if _bucket_digest(others) == digest:
+            return others  # ``key`` is not programmed (yet)
+        if generation > 1 and _bucket_digest([*others, (key, generation - 1)]) == digest:
+            return [*others, (key, generation - 1)]  # ``key``: its edit is being programmed
+    return []
 
 
 def _bucket_of(key: str, buckets: int) -> int:

@@ -307,7 +307,7 @@ class DirectorView:
     group: str
     active: str | None = None
     # programmed_key -> generation: the whole map the leader reported, or (it reported
-    # digests: programmed_exact False) those of the expected VirtualServers it confirmed
+    # digests: programmed_exact False) what they prove of the expected VirtualServers
     programmed: Mapping[str, int] = field(default_factory=dict)
     ready_nodes: tuple[str, ...] = ()
     vip_problems: Mapping[str, str] = field(default_factory=dict)  # vip -> reason

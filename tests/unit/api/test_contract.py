@@ -189,26 +189,45 @@ def test_programmed_record_of_10000_virtualservers_stays_under_the_bound() -> No
     assert not any("/" in k for k in _old_reader(text))
 
 
-def test_programmed_digests_confirm_only_the_buckets_that_match() -> None:
+def _in_another_bucket(generations: dict[str, int], taken: set[int], buckets: int) -> str:
+    return next(k for k in generations if contract._bucket_of(k, buckets) not in taken)
+
+
+def test_programmed_digests_read_one_change_per_bucket_exactly() -> None:
     generations = _generations(10_000, name_length=60)
     report = contract.parse_programmed_report(contract.format_programmed(generations))
     buckets = len(report.buckets)
     edited = next(iter(generations))
     added = contract.programmed_key("team-1", "new")
+    taken = {contract._bucket_of(k, buckets) for k in (edited, added)}
+    assert len(taken) == 2  # (these two fall in different buckets)
+    # an edit being programmed, and a VirtualServer not programmed yet: each bucket has one
+    # change, so its others are confirmed and the edited one is read at the generation before
     expected = {**generations, edited: generations[edited] + 1, added: 1}
-    confirmed = report.confirmed(expected)
-    assert edited not in confirmed and added not in confirmed
-    # exactly the VirtualServers sharing a bucket with a change are unconfirmed
-    changed = {contract._bucket_of(k, buckets) for k in (edited, added)}
-    assert set(expected) - set(confirmed) == {
-        k for k in expected if contract._bucket_of(k, buckets) in changed
-    }
-    assert len(confirmed) >= len(expected) - 30
-    # a VirtualServer the leader still lists but the controller no longer expects
+    read = report.confirmed(expected)
+    assert read == {**generations, edited: generations[edited]}
+    assert added not in read
+
+
+def test_programmed_digests_confirm_nothing_of_a_bucket_they_cannot_explain() -> None:
+    generations = _generations(10_000, name_length=60)
+    report = contract.parse_programmed_report(contract.format_programmed(generations))
+    buckets = len(report.buckets)
+    first = next(iter(generations))
+    bucket = contract._bucket_of(first, buckets)
+    mates = [k for k in generations if contract._bucket_of(k, buckets) == bucket]
+    assert len(mates) >= 2
+    # two edits in one bucket: neither explains the digest alone
+    twice = {**generations, mates[0]: generations[mates[0]] + 1, mates[1]: 9}
+    read = report.confirmed(twice)
+    assert not set(mates) & set(read)
+    assert len(read) == len(generations) - len(mates)  # the other buckets are confirmed
+    # a VirtualServer the leader still lists but the controller no longer expects (deleted)
     removed = dict(generations)
-    gone = removed.pop(edited)
-    assert gone and edited not in report.confirmed(removed)
-    assert len(report.confirmed(removed)) < len(removed)
+    del removed[first]
+    assert not set(mates) & set(report.confirmed(removed))
+    other = _in_another_bucket(generations, {bucket}, buckets)
+    assert report.confirmed(removed)[other] == generations[other]
 
 
 def test_programmed_record_of_an_unknown_version_counts_as_nothing() -> None:

@@ -395,7 +395,8 @@ def test_a_digest_report_programs_exactly_what_the_controller_expects() -> None:
     conds = _conds(site)
     assert conds["Programmed"]["reason"] == "Pending"
     assert conds["Ready"]["status"] == "True"
-    assert "an earlier generation (generation 2 pending)" in conds["Ready"]["message"]
+    # one change in its bucket: the digest proves generation 1 is served
+    assert "serves generation 1 (generation 2 pending)" in conds["Ready"]["message"]
     world.leases = {lease_name(GROUP): _digest_leader(GROUP, {"web/site": 2})}
     converge(world)
     assert _conds(site)["Programmed"]["status"] == "True"
