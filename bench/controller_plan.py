@@ -6,7 +6,8 @@ No cluster: ``reconciler.plan`` over a World of ``--virtualservers`` VirtualServ
 with its own RealServerPool of ``--pods`` pods (one EndpointSlice each), all in one director
 group whose leader reports every one programmed. Prints the first pass (everything to
 write), a steady pass (nothing to write: what each wake-up costs), the programmed record
-(its size and the time to format and check it, at this size and at 10x), and the time to
+(its size and the time to format and check it, at this size and at 10x, with short and
+hashed names), and the time to
 decide that a Lease renewal or a pod's status change is not worth a pass. Times are wall
 and CPU (a loaded machine stretches wall time); the record's figures are CPU. Figures, not
 asserts: run it on the machine you care about.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import ipaddress
 import statistics
 import sys
@@ -126,6 +128,10 @@ def apply(world: World, p: Plan) -> None:
     world.daemonsets = {**world.daemonsets, **written}
 
 
+def sha1(i: int) -> str:
+    return hashlib.sha1(str(i).encode()).hexdigest()
+
+
 def timed(fn: Any, runs: int) -> tuple[float, float]:
     """Median wall time and median CPU time of ``runs`` calls (CPU: what the controller's
     process spends, whatever else the machine runs)."""
@@ -163,8 +169,12 @@ def main() -> int:
     print(f"steady pass ({steady.writes} writes): median {median * 1000:.0f} ms "
           f"({cpu * 1000:.0f} ms CPU) over {args.runs}: what every wake-up costs")  # fmt: skip
 
-    for count in (n, 10 * n):
-        generations = {programmed_key(f"team-{i % 50}", f"web-{i:05d}"): 1 for i in range(count)}
+    # names as above, then with a 40-character hash each (past the compressed form's bound)
+    for count, hashed in ((n, False), (10 * n, False), (10 * n, True)):
+        generations = {
+            programmed_key(f"team-{i % 50}", f"web-{i:05d}" + (f"-{sha1(i)}" if hashed else "")): 1
+            for i in range(count)
+        }
         _, median = timed(lambda g=generations: format_programmed(g), 3)
         text = format_programmed(generations)
         report = parse_programmed_report(text)
@@ -175,7 +185,8 @@ def main() -> int:
             else ("compressed map" if report.exact else f"{len(report.buckets)} bucket digests")
         )
         print(
-            f"programmed record, {count} VirtualServers: {len(text)} bytes ({form}); "
+            f"programmed record, {count} VirtualServers named like {next(iter(generations))}: "
+            f"{len(text)} bytes ({form}); "
             f"format {median * 1000:.1f} ms, parse + confirm {checked * 1000:.1f} ms"
         )
 
