@@ -128,7 +128,10 @@ class Informer:
         labels: Mapping[str, str] | None = None,
         hint: str = "",
         on_restart: Callable[[str], None] | None = None,
+        matters: Callable[[Raw | None, Raw | None], bool] | None = None,
     ) -> None:
+        """``matters(old, new)``: whether an event is worth ``on_change`` (default: all);
+        the store takes every event either way."""
         self.client = client
         self.resource = resource
         self.namespace = namespace
@@ -136,6 +139,7 @@ class Informer:
         self.on_change = on_change
         self.hint = hint
         self.on_restart = on_restart
+        self.matters = matters
         self.store: dict[str, Raw] = {}
         self.synced = asyncio.Event()
         self.kind = getattr(resource, "__name__", str(resource))
@@ -147,11 +151,13 @@ class Informer:
 
     def _apply(self, kind: str, obj: Raw) -> None:
         name = obj["metadata"]["name"]
+        old = self.store.get(name)
         if kind == "DELETED":
             self.store.pop(name, None)
         else:
             self.store[name] = obj
-        self.on_change()
+        if self.matters is None or self.matters(old, None if kind == "DELETED" else obj):
+            self.on_change()
 
     async def run(self) -> None:
         await list_then_watch(

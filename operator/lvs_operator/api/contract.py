@@ -21,10 +21,13 @@ nothing of either.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 log = logging.getLogger(__name__)
@@ -107,28 +110,181 @@ def programmed_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+# The programmed record stays small at any scale: the agent writes the plain JSON map while
+# it fits PROGRAMMED_PLAIN_MAX_BYTES (the format every controller reads), else the map
+# compressed (version 2, "z") while that fits PROGRAMMED_MAX_BYTES, else per-bucket digests
+# of the (VirtualServer, generation) pairs (version 2, "d"), whose size depends only on the
+# bucket count. Versioned records are JSON objects whose keys hold no "/", so a controller
+# that reads only the plain map finds no VirtualServer in them (nothing it would misread).
+PROGRAMMED_PLAIN_MAX_BYTES: Final = 16 * 1024
+PROGRAMMED_MAX_BYTES: Final = 32 * 1024  # the value's hard bound, whatever the scale
+PROGRAMMED_VERSION: Final = 2
+PROGRAMMED_MAX_BUCKETS: Final = 2048  # x PROGRAMMED_DIGEST_BYTES, base64: ~22 KiB
+PROGRAMMED_DIGEST_BYTES: Final = 8
+# The Kubernetes API refuses an object whose annotations (keys + values) pass 256 KiB; the
+# agent keeps its Lease's well under that (bound_annotations), so a renewal never fails on it.
+LEASE_ANNOTATIONS_MAX_BYTES: Final = 128 * 1024
+
+
+@dataclass(frozen=True)
+class ProgrammedReport:
+    """What a group's leader reports it programmed: the exact map (``generations``), or,
+    past the size bound, ``count`` pairs hashed into ``len(buckets)`` bucket digests."""
+
+    generations: Mapping[str, int] | None = None  # None: the digest form
+    count: int = 0
+    buckets: tuple[bytes, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        return self.generations is not None
+
+    @property
+    def empty(self) -> bool:
+        return (len(self.generations) if self.generations is not None else self.count) == 0
+
+    def confirmed(self, expected: Mapping[str, int]) -> dict[str, int]:
+        """Of the VirtualServers of ``expected`` (key -> generation), the generation the leader
+        reports for each it can be read about: the whole map in the exact form. In the digest
+        form a bucket whose digest equals that of the expected pairs in it confirms them all;
+        one that does not is tried with one change in flight (one of its VirtualServers not
+        programmed yet, or still at the generation before): a digest that matches then
+        proves the others as much as a plain match does. Otherwise none of its."""
+        if self.generations is not None:
+            return {k: self.generations[k] for k in expected if k in self.generations}
+        if not self.buckets:
+            return {}
+        out: dict[str, int] = {}
+        for index, pairs in _bucketed(expected, len(self.buckets)).items():
+            out.update(_read_bucket(pairs, self.buckets[index]))
+        return out
+
+
+def _read_bucket(pairs: list[tuple[str, int]], digest: bytes) -> list[tuple[str, int]]:
+    """The pairs a bucket's digest proves (see ProgrammedReport.confirmed)."""
+    if _bucket_digest(pairs) == digest:
+        return pairs
+    for i, (key, generation) in enumerate(pairs):
+        others = pairs[:i] + pairs[i + 1 :]
+        if _bucket_digest(others) == digest:
+            return others  # ``key`` is not programmed (yet)
+        if generation > 1 and _bucket_digest([*others, (key, generation - 1)]) == digest:
+            return [*others, (key, generation - 1)]  # ``key``: its edit is being programmed
+    return []
+
+
+def _bucket_of(key: str, buckets: int) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % buckets
+
+
+def _bucketed(generations: Mapping[str, int], buckets: int) -> dict[int, list[tuple[str, int]]]:
+    out: dict[int, list[tuple[str, int]]] = {}
+    for key, generation in generations.items():
+        out.setdefault(_bucket_of(key, buckets), []).append((key, generation))
+    return out
+
+
+def _bucket_digest(pairs: list[tuple[str, int]]) -> bytes:
+    text = "".join(f"{k}\x00{g}\n" for k, g in sorted(pairs))
+    return hashlib.sha256(text.encode()).digest()[:PROGRAMMED_DIGEST_BYTES]
+
+
+def programmed_digests(generations: Mapping[str, int], buckets: int) -> tuple[bytes, ...]:
+    """The digest of each bucket's (key, generation) pairs (an empty bucket has one too)."""
+    by_bucket = _bucketed(generations, buckets)
+    return tuple(_bucket_digest(by_bucket.get(i, [])) for i in range(buckets))
+
+
+def _bucket_count(pairs: int) -> int:
+    """A power of two near one VirtualServer per bucket, at most PROGRAMMED_MAX_BUCKETS."""
+    count = 1
+    while count < pairs and count < PROGRAMMED_MAX_BUCKETS:
+        count *= 2
+    return count
+
+
 def format_programmed(generations: Mapping[str, int]) -> str:
     """The PROGRAMMED_ANNOTATION value for a map of VirtualServer -> generation (sorted, so
-    an unchanged map is an unchanged string and the agent writes nothing)."""
-    return json.dumps(dict(sorted(generations.items())))
+    an unchanged map is an unchanged string and the agent writes nothing); never longer than
+    PROGRAMMED_MAX_BYTES."""
+    plain = json.dumps(dict(sorted(generations.items())))
+    if len(plain) <= PROGRAMMED_PLAIN_MAX_BYTES:
+        return plain
+    packed = base64.b64encode(zlib.compress(plain.encode(), 6)).decode()
+    compressed = json.dumps({"v": PROGRAMMED_VERSION, "z": packed})
+    if len(compressed) <= PROGRAMMED_MAX_BYTES:
+        return compressed
+    digests = programmed_digests(generations, _bucket_count(len(generations)))
+    return json.dumps(
+        {
+            "v": PROGRAMMED_VERSION,
+            "n": len(generations),
+            "d": base64.b64encode(b"".join(digests)).decode(),
+        }
+    )
 
 
-def parse_programmed(text: str | None) -> dict[str, int]:
-    """A PROGRAMMED_ANNOTATION value; anything malformed counts as nothing programmed."""
+def _plain_map(data: Mapping[str, object]) -> dict[str, int]:
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def parse_programmed_report(text: str | None) -> ProgrammedReport:
+    """A PROGRAMMED_ANNOTATION value in any format; anything malformed, or of a version this
+    side does not know, counts as nothing programmed (logged)."""
     if not text:
-        return {}
+        return ProgrammedReport({})
     try:
         data = json.loads(text)
     except ValueError:
         log.warning("ignoring malformed %s annotation: %.200s", PROGRAMMED_ANNOTATION, text)
-        return {}
+        return ProgrammedReport({})
     if not isinstance(data, dict):
-        return {}
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, int) and not isinstance(v, bool):
-            out[str(k)] = v
-    return out
+        return ProgrammedReport({})
+    if "v" not in data:
+        return ProgrammedReport(_plain_map(data))
+    try:
+        if data["v"] != PROGRAMMED_VERSION:
+            raise ValueError(f"version {data['v']!r} (this side reads {PROGRAMMED_VERSION})")
+        if "z" in data:
+            inner = json.loads(zlib.decompress(base64.b64decode(data["z"], validate=True)))
+            if not isinstance(inner, dict):
+                raise ValueError("the compressed map is not a JSON object")
+            return ProgrammedReport(_plain_map(inner))
+        raw = base64.b64decode(data["d"], validate=True)
+        count = data["n"]
+        size = PROGRAMMED_DIGEST_BYTES
+        if not isinstance(count, int) or not raw or len(raw) % size:
+            raise ValueError("bad digests")
+        buckets = tuple(raw[i : i + size] for i in range(0, len(raw), size))
+        return ProgrammedReport(None, count, buckets)
+    except (ValueError, KeyError, TypeError, zlib.error) as exc:
+        log.warning("ignoring unreadable %s annotation (%s): %.200s",
+                    PROGRAMMED_ANNOTATION, exc, text)  # fmt: skip
+        return ProgrammedReport({})
+
+
+def parse_programmed(text: str | None) -> dict[str, int]:
+    """The exact map of a PROGRAMMED_ANNOTATION value (plain or compressed; {} for the
+    digest form, which only ProgrammedReport.confirmed can read)."""
+    return dict(parse_programmed_report(text).generations or {})
+
+
+def bound_annotations(
+    annotations: Mapping[str, str], limit: int = LEASE_ANNOTATIONS_MAX_BYTES
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The annotations with the largest values left out until keys + values fit ``limit``
+    bytes, and the keys left out: a Lease write must not fail on its annotations' size (a
+    report left out reads as "nothing", which its reader survives; a refused renewal loses
+    the group its leader)."""
+    kept = dict(annotations)
+    dropped: list[str] = []
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in kept.items())
+    for key in sorted(kept, key=lambda k: len(kept[k].encode()), reverse=True):
+        if size <= limit:
+            break
+        size -= len(key.encode()) + len(kept.pop(key).encode())
+        dropped.append(key)
+    return kept, tuple(dropped)
 
 
 def format_vip_problems(problems: Mapping[str, str]) -> str:

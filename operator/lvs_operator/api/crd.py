@@ -381,7 +381,7 @@ def realserverpool_status_schema() -> Schema:
         "type": "object",
         "properties": {
             "observedGeneration": {"type": "integer", "minimum": 0},
-            "members": {"type": "array", "maxItems": 4096, "items": member},
+            "members": {"type": "array", "maxItems": rsp.MAX_MEMBERS, "items": member},
             "readyMembers": {"type": "integer", "minimum": 0},
             "totalMembers": {"type": "integer", "minimum": 0},
             "readyOfTotal": {"type": "string", "maxLength": 32},

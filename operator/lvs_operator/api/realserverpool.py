@@ -21,6 +21,9 @@ PLURAL = "realserverpools"
 
 DEFAULT_WEIGHT = 1
 MAX_SERVERS = 256
+# Members a pool's status lists (the CRD's maxItems): the agents read the members from it,
+# and at ~250 bytes each this keeps the object well under the API server's 1.5 MiB.
+MAX_MEMBERS = 4096
 # A pod annotation that overrides the pool's weight for that pod.
 WEIGHT_ANNOTATION = "lvs.io/weight"
 

@@ -19,10 +19,12 @@ from lvs_operator.api.contract import (
     MANAGED_BY_LABEL,
     PROGRAMMED_ANNOTATION,
     VIP_PROBLEMS_ANNOTATION,
+    ProgrammedReport,
     daemonset_name,
     lease_name,
-    parse_programmed,
+    parse_programmed_report,
     parse_vip_problems,
+    programmed_key,
 )
 
 from .conditions import parse_timestamp
@@ -39,7 +41,7 @@ class LeaseInfo:
     holder: str = ""
     renew_time: datetime | None = None
     duration_seconds: int | None = None
-    programmed: Mapping[str, int] = field(default_factory=dict)
+    programmed: ProgrammedReport = field(default_factory=ProgrammedReport)
     vip_problems: Mapping[str, str] = field(default_factory=dict)
 
     def expires_at(self) -> datetime | None:
@@ -62,7 +64,9 @@ def parse_lease(obj: Mapping[str, Any]) -> LeaseInfo:
         holder=str(spec.get("holderIdentity") or ""),
         renew_time=parse_timestamp(spec.get("renewTime") or spec.get("acquireTime")),
         duration_seconds=int(duration) if isinstance(duration, int) else None,
-        programmed=parse_programmed((meta.get("annotations") or {}).get(PROGRAMMED_ANNOTATION)),
+        programmed=parse_programmed_report(
+            (meta.get("annotations") or {}).get(PROGRAMMED_ANNOTATION)
+        ),
         vip_problems=parse_vip_problems(
             (meta.get("annotations") or {}).get(VIP_PROBLEMS_ANNOTATION)
         ),
@@ -96,7 +100,11 @@ def group_views(
     leases: Mapping[str, LeaseInfo],
     pods: Iterable[DirectorPod],
     now: datetime,
+    expected: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, DirectorView]:
+    """Each group as the controller sees it. ``expected``: group -> the VirtualServers
+    (programmed_key -> generation) its leader should program; a leader reporting digests
+    (a large group) confirms only these, and a leader reporting its map is read whole."""
     ready_nodes: dict[str, set[str]] = {}
     groups_on: dict[str, set[str]] = {}  # node -> groups with an agent pod there
     for pod in pods:
@@ -108,10 +116,16 @@ def group_views(
     for group in groups:
         lease = leases.get(lease_name(group))
         active = lease.active_holder(now) if lease else None
+        report = lease.programmed if lease and active else ProgrammedReport({})
         views[group] = DirectorView(
             group=group,
             active=active,
-            programmed=dict(lease.programmed) if lease and active else {},
+            programmed=(
+                dict(report.generations)
+                if report.generations is not None
+                else report.confirmed((expected or {}).get(group, {}))
+            ),
+            programmed_exact=report.exact,
             vip_problems=dict(lease.vip_problems) if lease and active else {},
             ready_nodes=tuple(sorted(ready_nodes.get(group, ()))),
             shared_nodes={
@@ -121,6 +135,19 @@ def group_views(
             },
         )
     return views
+
+
+def expected_programmed(decisions: Iterable[VSDecision]) -> dict[str, dict[str, int]]:
+    """Group -> the VirtualServers (programmed_key -> generation) its leader is to program:
+    those it serves and those staged in it (moving in)."""
+    out: dict[str, dict[str, int]] = {}
+    for d in decisions:
+        if not d.accepted:
+            continue
+        for group in (d.group, d.next_group):
+            if group:
+                out.setdefault(group, {})[programmed_key(*d.key)] = d.generation
+    return out
 
 
 def next_lease_expiry(leases: Iterable[LeaseInfo], now: datetime) -> datetime | None:
@@ -204,7 +231,11 @@ def busy_daemonsets(
     for name, obj in existing.items():
         group = ((obj.get("metadata") or {}).get("labels") or {}).get(GROUP_LABEL)
         lease = leases.get(lease_name(group)) if group else None
-        if lease is not None and lease.programmed and lease.active_holder(now) is not None:
+        if (
+            lease is not None
+            and not lease.programmed.empty
+            and lease.active_holder(now) is not None
+        ):
             busy.add(name)
     return busy
 

@@ -21,7 +21,12 @@ from lvs_operator.api import realserverpool as rsp
 from lvs_operator.api.common import Condition
 from lvs_operator.api.contract import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from lvs_operator.api.network import WEIGHT_MAX, WEIGHT_MIN
-from lvs_operator.api.realserverpool import WEIGHT_ANNOTATION, PoolMember, RealServerPool
+from lvs_operator.api.realserverpool import (
+    MAX_MEMBERS,
+    WEIGHT_ANNOTATION,
+    PoolMember,
+    RealServerPool,
+)
 
 from . import conditions as c
 from .conditions import EventSpec, ObjectRef
@@ -35,6 +40,7 @@ NO_MEMBERS = "NoMembers"
 NO_READY_MEMBERS = "NoReadyMembers"
 SELECTOR_UNSUPPORTED = "SelectorUnsupported"
 SERVICE_REJECTED = "ServiceRejected"
+TOO_MANY_MEMBERS = "TooManyMembers"
 INVALID = "Invalid"
 
 MSG_SELECTOR_UNSUPPORTED = (
@@ -184,19 +190,51 @@ def pod_members(
 
 @dataclass(frozen=True)
 class PoolOutcome:
-    """What the controller concludes about one pool."""
+    """What the controller concludes about one pool. ``members``: those its status lists
+    (the agents serve these); ``unlisted``/``unlisted_ready``: members past MAX_MEMBERS,
+    counted but not listed."""
 
     members: tuple[PoolMember, ...]
     conditions: tuple[Condition, ...]  # without times (see conditions.merge_conditions)
     problems: tuple[str, ...] = ()
+    unlisted: int = 0
+    unlisted_ready: int = 0
 
     @property
     def total(self) -> int:
-        return len(self.members)
+        return len(self.members) + self.unlisted
 
     @property
     def ready(self) -> int:
-        return sum(1 for m in self.members if m.ready and not m.terminating)
+        return sum(1 for m in self.members if _is_ready(m)) + self.unlisted_ready
+
+
+def _is_ready(member: PoolMember) -> bool:
+    return member.ready and not member.terminating
+
+
+def listed_members(
+    members: Sequence[PoolMember], limit: int = MAX_MEMBERS
+) -> tuple[tuple[PoolMember, ...], int, int]:
+    """The members a status can list (at most ``limit``; the agents serve these): the ready
+    ones first, then the serving terminating ones, then the rest, each in address order, so
+    the choice is stable; with how many are left out, and how many of those are ready."""
+    if len(members) <= limit:
+        return tuple(members), 0, 0
+    rank = {id(m): (0 if _is_ready(m) else 1 if m.serving else 2) for m in members}
+    chosen = sorted(members, key=lambda m: rank[id(m)])[:limit]  # stable: address order kept
+    kept = {id(m) for m in chosen}
+    left_ready = sum(1 for m in members if id(m) not in kept and _is_ready(m))
+    return sort_members(chosen), len(members) - limit, left_ready
+
+
+def too_many_members_message(total: int, ready: int, listed_ready: int) -> str:
+    return (
+        f"{total} members ({ready} ready): more than the {MAX_MEMBERS} a pool's status can "
+        f"list, so the directors serve only the {MAX_MEMBERS} listed ({listed_ready} ready; "
+        "ready members are listed first). Split the pool: narrower selectors, and a "
+        "VirtualServer per pool"
+    )
 
 
 def service_rejected_message(namespace: str, service: str, server_message: str) -> str:
@@ -220,12 +258,23 @@ def evaluate_pool(
     found, problems = (
         ([], []) if selector is None or service_rejected else pod_members(pool, slices, pods)
     )
-    members = sort_members([*found, *static_members(pool)])
-    ready = sum(1 for m in members if m.ready and not m.terminating)
+    members, unlisted, unlisted_ready = listed_members(
+        sort_members([*found, *static_members(pool)])
+    )
+    listed_ready = sum(1 for m in members if _is_ready(m))
+    ready = listed_ready + unlisted_ready
+    total = len(members) + unlisted
     if unsupported:
         cond = c.condition(c.READY, False, SELECTOR_UNSUPPORTED, MSG_SELECTOR_UNSUPPORTED)
     elif service_rejected:
         cond = c.condition(c.READY, False, SERVICE_REJECTED, service_rejected)
+    elif unlisted:
+        cond = c.condition(
+            c.READY,
+            False,
+            TOO_MANY_MEMBERS,
+            too_many_members_message(total, ready, listed_ready),
+        )
     elif not members:
         cond = c.condition(
             c.READY,
@@ -239,7 +288,7 @@ def evaluate_pool(
         )
     else:
         cond = c.condition(c.READY, True, MEMBERS_READY, f"{ready} of {len(members)} members ready")
-    return PoolOutcome(members, (cond,), tuple(problems))
+    return PoolOutcome(members, (cond,), tuple(problems), unlisted, unlisted_ready)
 
 
 def invalid_pool_outcome(message: str) -> PoolOutcome:

@@ -54,6 +54,7 @@ from .groups import (
     DaemonSetPlan,
     DirectorPod,
     desired_groups,
+    expected_programmed,
     group_views,
     next_lease_expiry,
     parse_lease,
@@ -91,6 +92,16 @@ from .pools import (
     pool_ref,
     pool_status,
     service_rejected_message,
+)
+from .relevance import (
+    IRRELEVANT,
+    PodRelevance,
+    PoolSelector,
+    expiry_passed,
+    lease_change_matters,
+    next_expiry,
+    pod_change_matters,
+    pod_relevance,
 )
 from .virtualservers import (
     complete_moves,
@@ -160,6 +171,8 @@ class Plan:
     daemonset_events: dict[str, list[EventSpec]] = field(default_factory=dict)
     wake_at: datetime | None = None
     pool_namespaces: set[str] = field(default_factory=set)
+    # by namespace, the pools that select pods there (which pod events can matter)
+    pool_selectors: dict[str, tuple[PoolSelector, ...]] = field(default_factory=dict)
     wanted_services: set[Key] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     # every VirtualServer's and pool's conditions, counted (lvs_controller_objects)
@@ -213,7 +226,10 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     # a VIP moving to another group goes once that group has programmed its services
     staged_groups = desired_groups(decisions.values())
     decisions = complete_moves(
-        decisions, group_views(staged_groups, leases, world.director_pods, now)
+        decisions,
+        group_views(
+            staged_groups, leases, world.director_pods, now, expected_programmed(decisions.values())
+        ),
     )
 
     ports: dict[Key, list[VirtualPort]] = {}
@@ -243,6 +259,9 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             outcome = evaluate_pool(pool, slices, world.pods, rejected)
             out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
         outcomes[key] = outcome
+        if pool is not None and pool.spec.selector is not None:
+            selects = PoolSelector(key, pool.spec.selector)
+            out.pool_selectors[key[0]] = (*out.pool_selectors.get(key[0], ()), selects)
         status = pool_status(outcome, generation, previous, now)
         _count_conditions(out.conditions, rsp.KIND, status)
         if status != {k: v for k, v in (previous or {}).items() if k in POOL_STATUS_FIELDS}:
@@ -255,7 +274,9 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
     out.daemonsets = plan_daemonsets(groups, world.daemonsets, config, leases, now)
     out.peer_secrets = tuple(sorted(g for g, selector in groups.items() if selector is not None))
     out.groups = tuple(sorted(groups))
-    views = group_views(groups, leases, world.director_pods, now)
+    views = group_views(
+        groups, leases, world.director_pods, now, expected_programmed(decisions.values())
+    )
     out.wake_at = next_lease_expiry(leases.values(), now)
 
     # VirtualServers.
@@ -330,7 +351,11 @@ class Reconciler:
         self.indices: Mapping[str, Any] | None = None
         self.indexed = asyncio.Event()  # kopf called a handler: its indexes are populated
         self._wake = asyncio.Event()
-        self._pool_namespaces: set[str] | None = None
+        # by namespace, the pools selecting pods there (None until the first pass)
+        self._pool_selectors: Mapping[str, tuple[PoolSelector, ...]] | None = None
+        # what the last pass may have read of each pod a pool selects, or director agent
+        self._pods_read: dict[Key, PodRelevance] = {}
+        self._planned_at: datetime | None = None  # when the last pass began
         self._warned: set[str] = set()
         self._service_rejections: dict[Key, ServiceRejection] = {}
         # Read-your-writes: what a write returned, until the watch delivers that version
@@ -346,6 +371,7 @@ class Reconciler:
         self.leases = Informer(
             client, Lease, config.namespace, self.wake, hint=rbac,
             on_restart=lambda reason: self.metrics.watch_restarted("Lease", reason),
+            matters=lambda old, new: lease_change_matters(old, new, utcnow()),
         )  # fmt: skip
         self.daemonsets = Informer(
             client, DaemonSet, config.namespace, self.wake, labels=owned, hint=rbac,
@@ -365,11 +391,26 @@ class Reconciler:
         """Called by every kopf event handler (with the indexes among its kwargs)."""
         self.capture(kwargs)
         self.indexed.set()
-        if pod_event and self._pool_namespaces is not None:
-            ns = kwargs.get("namespace")
-            if ns not in self._pool_namespaces and ns != self.config.namespace:
-                return  # a pod no pool and no director cares about
+        if pod_event and not self._pod_matters(kwargs):
+            return
         self._wake.set()
+
+    def _pod_matters(self, event: Mapping[str, Any]) -> bool:
+        """Whether a pod event (kopf's handler kwargs) can change the plan: a pod no pool
+        selects, or a change of what membership does not read, wakes nothing."""
+        body = event.get("body")
+        key = (str(event.get("namespace") or ""), str(event.get("name") or ""))
+        if body is None:
+            return True  # not a pod event kopf sends: plan, to be safe
+        new = None
+        if event.get("type") != "DELETED":
+            new = pod_relevance(body, self._pool_selectors or {}, self.config.namespace)
+        old = self._pods_read.pop(key, None)
+        if new is not None and new != IRRELEVANT:
+            self._pods_read[key] = new  # only the pods that matter are remembered
+        if self._pool_selectors is None:
+            return True  # no pass yet: no pool known
+        return pod_change_matters(old, new)
 
     def snapshot(self) -> World:
         idx = self.indices or {}
@@ -468,8 +509,18 @@ class Reconciler:
             timeout = None
             if wake_at is not None:
                 timeout = max(0.0, (wake_at - utcnow()).total_seconds()) + 0.05
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                woken = True
+            if not woken and retry_at is None and deadline is not None:
+                # due at a Lease's expiry as the last pass saw it; renewals since woke
+                # nothing (relevance.py): plan only if one really ran out
+                leases = list(self.leases.store.values())
+                now = utcnow()
+                if not expiry_passed(leases, self._planned_at, now):
+                    deadline = next_expiry(leases, now)
+                    continue
             await asyncio.sleep(self.debounce)
             self._wake.clear()
             failed = 0
@@ -491,6 +542,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> tuple[int, datetime | None]:
         """One pass: plan, then write. Returns (failed writes, when to look again)."""
+        self._planned_at = utcnow()
         t0 = time.monotonic()
         try:
             failed, wake_at = await self._pass()
@@ -505,7 +557,7 @@ class Reconciler:
     async def _pass(self) -> tuple[int, datetime | None]:
         now = utcnow()
         p = plan(self.snapshot(), self.config, now)
-        self._pool_namespaces = p.pool_namespaces
+        self._pool_selectors = p.pool_selectors
         self.passes += 1
         for w in p.warnings:
             if w not in self._warned:

@@ -306,11 +306,14 @@ class DirectorView:
 
     group: str
     active: str | None = None
+    # programmed_key -> generation: the whole map the leader reported, or (it reported
+    # digests: programmed_exact False) what they prove of the expected VirtualServers
     programmed: Mapping[str, int] = field(default_factory=dict)
     ready_nodes: tuple[str, ...] = ()
     vip_problems: Mapping[str, str] = field(default_factory=dict)  # vip -> reason
     # node -> the other groups with an agent there (their selectors overlap)
     shared_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    programmed_exact: bool = True  # False: the leader reported digests (a large group)
 
 
 def directors_list(view: DirectorView) -> list[dict[str, str]]:
@@ -380,13 +383,17 @@ def vs_conditions(
     total_n = pool.total if pool else 0
     pool_name = decision.vs.spec.pool_name if decision.vs else ""
     serving = view.programmed.get(programmed_key(ns, name)) if view.active else None
-    if programmed.reason == PENDING and was_ready and serving is not None and ready_n > 0:
+    # a leader reporting digests does not say which earlier generation it serves: one that
+    # was ready stays so while the new one is pending, as with a known earlier generation
+    still_serving = serving is not None or (view.active is not None and not view.programmed_exact)
+    if programmed.reason == PENDING and was_ready and still_serving and ready_n > 0:
+        earlier = f"generation {serving}" if serving is not None else "an earlier generation"
         ready = c.condition(
             c.READY,
             True,
             READY,
             f"{ready_n}/{total_n} real servers ready on {view.active}, which serves "
-            f"generation {serving} (generation {gen} pending)",
+            f"{earlier} (generation {gen} pending)",
         )
     elif programmed.status != c.TRUE:
         ready = c.condition(c.READY, False, programmed.reason, programmed.message)

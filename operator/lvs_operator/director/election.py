@@ -277,6 +277,7 @@ class Elector:
         self._last_renew = 0.0  # local time the last successful write was *sent*
         self._annotations: dict[str, str] = {}
         self._dirty = False  # an annotation changed since the last write (leader)
+        self._dropped: tuple[str, ...] = ()  # annotations left out of the last write (size)
         self._listed: dict[str, str] = {}  # members in our last successful write
         self._unsure: dict[str, str] = {}  # members in writes since, whose outcome is unknown
         self._next_write = 0.0  # no write attempt before this (after a failure)
@@ -869,7 +870,19 @@ class Elector:
             merged.pop(MEMBERS_ANNOTATION, None)  # a list nobody keeps current
         elif members is not None:
             merged[MEMBERS_ANNOTATION] = format_members(members)
-        return merged
+        # every Lease write goes through here: bounded once, so that no report can make the
+        # API server refuse a renewal (the group would lose its leader)
+        kept, dropped = contract.bound_annotations(merged)
+        if dropped != self._dropped:
+            self._dropped = dropped
+            if dropped:
+                log.error(
+                    "Lease annotations too large: left out %s (the controller reads them as "
+                    "empty) so that the Lease stays writable",
+                    ", ".join(dropped),
+                    extra={"identity": self.config.identity},
+                )
+        return kept
 
     async def _watch(self) -> None:
         """Wake the state machine whenever the Lease changes; restart the watch on errors."""

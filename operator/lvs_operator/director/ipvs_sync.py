@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any, Protocol, TypeVar
 
+from lvs_operator.api.contract import format_programmed
 from lvs_operator.api.realserverpool import HealthCheck, PoolMember
 from lvs_operator.api.virtualserver import VirtualServer
 
@@ -229,9 +229,21 @@ class IpvsSync:
         return bool(self.desired and self.desired.quiesced)
 
 
+_last_programmed: tuple[dict[str, int], str] = ({}, format_programmed({}))
+
+
 def programmed(want: desired_mod.Desired) -> str:
-    """The ``lvs.io/programmed`` annotation: the generation of each VirtualServer programmed."""
-    return json.dumps(dict(sorted(want.generations.items())))
+    """The ``lvs.io/programmed`` annotation: the generation of each VirtualServer programmed
+    (contract.format_programmed: bounded in size). Formatted again only when the map changed:
+    a large group's digests take tens of milliseconds, and most converges change no
+    generation."""
+    global _last_programmed
+    generations, text = _last_programmed
+    if generations != want.generations:
+        generations = dict(want.generations)
+        text = format_programmed(generations)
+        _last_programmed = (generations, text)
+    return text
 
 
 def _build(

@@ -144,3 +144,105 @@ def test_parse_programmed_ignores_what_is_malformed() -> None:
     assert contract.parse_programmed("[1]") == {}
     assert contract.parse_programmed(None) == {}
     assert contract.parse_programmed("") == {}
+
+
+def _generations(count: int, name_length: int = 20) -> dict[str, int]:
+    return {
+        contract.programmed_key(f"team-{i % 50}", f"vs-{i:06d}".ljust(name_length, "x")): i % 7 + 1
+        for i in range(count)
+    }
+
+
+def _old_reader(text: str) -> dict[str, int]:
+    """How a controller from before the versioned record read the annotation."""
+    data = json.loads(text)
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def test_programmed_record_stays_plain_while_small() -> None:
+    generations = _generations(100)
+    text = contract.format_programmed(generations)
+    assert _old_reader(text) == generations  # what an older controller reads
+    assert contract.parse_programmed_report(text).generations == generations
+
+
+def test_programmed_record_compresses_an_exact_map_past_the_plain_bound() -> None:
+    generations = _generations(2000)
+    assert len(json.dumps(generations)) > contract.PROGRAMMED_PLAIN_MAX_BYTES
+    text = contract.format_programmed(generations)
+    assert len(text) <= contract.PROGRAMMED_MAX_BYTES
+    report = contract.parse_programmed_report(text)
+    assert report.exact and report.generations == generations
+    assert contract.parse_programmed(text) == generations
+    # an older controller finds no VirtualServer in it (keys hold no "/"): nothing misread
+    assert not any("/" in k for k in _old_reader(text))
+
+
+def test_programmed_record_of_10000_virtualservers_stays_under_the_bound() -> None:
+    generations = _generations(10_000, name_length=60)
+    text = contract.format_programmed(generations)
+    assert len(text) <= contract.PROGRAMMED_MAX_BYTES
+    report = contract.parse_programmed_report(text)
+    assert not report.exact and report.count == 10_000 and not report.empty
+    assert len(report.buckets) == contract.PROGRAMMED_MAX_BUCKETS
+    assert report.confirmed(generations) == generations  # all programmed: decided exactly
+    assert not any("/" in k for k in _old_reader(text))
+
+
+def _in_another_bucket(generations: dict[str, int], taken: set[int], buckets: int) -> str:
+    return next(k for k in generations if contract._bucket_of(k, buckets) not in taken)
+
+
+def test_programmed_digests_read_one_change_per_bucket_exactly() -> None:
+    generations = _generations(10_000, name_length=60)
+    report = contract.parse_programmed_report(contract.format_programmed(generations))
+    buckets = len(report.buckets)
+    edited = next(iter(generations))
+    added = contract.programmed_key("team-1", "new")
+    taken = {contract._bucket_of(k, buckets) for k in (edited, added)}
+    assert len(taken) == 2  # (these two fall in different buckets)
+    # an edit being programmed, and a VirtualServer not programmed yet: each bucket has one
+    # change, so its others are confirmed and the edited one is read at the generation before
+    expected = {**generations, edited: generations[edited] + 1, added: 1}
+    read = report.confirmed(expected)
+    assert read == {**generations, edited: generations[edited]}
+    assert added not in read
+
+
+def test_programmed_digests_confirm_nothing_of_a_bucket_they_cannot_explain() -> None:
+    generations = _generations(10_000, name_length=60)
+    report = contract.parse_programmed_report(contract.format_programmed(generations))
+    buckets = len(report.buckets)
+    first = next(iter(generations))
+    bucket = contract._bucket_of(first, buckets)
+    mates = [k for k in generations if contract._bucket_of(k, buckets) == bucket]
+    assert len(mates) >= 2
+    # two edits in one bucket: neither explains the digest alone
+    twice = {**generations, mates[0]: generations[mates[0]] + 1, mates[1]: 9}
+    read = report.confirmed(twice)
+    assert not set(mates) & set(read)
+    assert len(read) == len(generations) - len(mates)  # the other buckets are confirmed
+    # a VirtualServer the leader still lists but the controller no longer expects (deleted)
+    removed = dict(generations)
+    del removed[first]
+    assert not set(mates) & set(report.confirmed(removed))
+    other = _in_another_bucket(generations, {bucket}, buckets)
+    assert report.confirmed(removed)[other] == generations[other]
+
+
+def test_programmed_record_of_an_unknown_version_counts_as_nothing() -> None:
+    assert contract.parse_programmed_report('{"v": 3, "x": "?"}').confirmed({"web/a": 1}) == {}
+    assert contract.parse_programmed_report('{"v": 2, "z": "not base64!"}').generations == {}
+    assert contract.parse_programmed_report('{"v": 2, "n": 1, "d": ""}').generations == {}
+    assert contract.parse_programmed_report("{}").empty
+
+
+def test_bound_annotations_leaves_out_the_largest_until_they_fit() -> None:
+    small = {"lvs.io/heartbeat": "10.0.0.1:9643", "lvs.io/programmed": '{"web/a": 1}'}
+    assert contract.bound_annotations(small) == (small, ())
+    big = {**small, "lvs.io/vip-problems": "x" * 300_000, "other": "y" * 100_000}
+    kept, dropped = contract.bound_annotations(big)
+    assert dropped == ("lvs.io/vip-problems",)
+    assert kept == {**small, "other": "y" * 100_000}
+    kept, dropped = contract.bound_annotations(big, limit=1024)
+    assert dropped == ("lvs.io/vip-problems", "other") and kept == small

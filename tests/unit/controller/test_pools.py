@@ -201,3 +201,53 @@ def test_pool_events() -> None:
     ]
     assert "removed 10.0.0.1, 10.0.0.2" in evs[1].message
     assert p.pool_events(REF, third, third) == []
+
+
+def _many_endpoints(count: int) -> list[dict]:
+    # every third one not ready
+    return [
+        o.endpoint(f"10.1.{i // 256}.{i % 256}", f"web-{i}", ready=i % 3 != 0) for i in range(count)
+    ]
+
+
+def _crd_members_max_items() -> int:
+    import pathlib
+
+    import yaml
+
+    crd = yaml.safe_load(pathlib.Path("crds/lvs.io_realserverpools.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return int(schema["properties"]["status"]["properties"]["members"]["maxItems"])
+
+
+def test_a_pool_past_the_status_limit_lists_its_ready_members_first_and_says_so() -> None:
+    import random
+
+    from lvs_operator.api.realserverpool import MAX_MEMBERS
+
+    assert _crd_members_max_items() == MAX_MEMBERS  # what the API server would accept
+    pool = parse(o.pool())
+    endpoints = _many_endpoints(5000)
+    outcome = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    assert len(outcome.members) == MAX_MEMBERS
+    assert outcome.total == 5000 and outcome.ready == 5000 - 1667  # the pool's real counts
+    assert sum(1 for m in outcome.members if m.ready) == 5000 - 1667  # every ready one listed
+    (cond,) = outcome.conditions
+    assert (cond.status, cond.reason) == ("False", p.TOO_MANY_MEMBERS)
+    assert "5000 members (3333 ready)" in cond.message and str(MAX_MEMBERS) in cond.message
+    status = p.pool_status(outcome, 1, None, T0)
+    assert len(status["members"]) == MAX_MEMBERS and status["readyOfTotal"] == "3333/5000"
+    # the same members whatever order the slices list them in: no status churn
+    random.Random(1).shuffle(endpoints)
+    again = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    assert again.members == outcome.members
+
+
+def test_a_pool_at_the_status_limit_lists_every_member() -> None:
+    from lvs_operator.api.realserverpool import MAX_MEMBERS
+
+    pool = parse(o.pool())
+    endpoints = _many_endpoints(MAX_MEMBERS)
+    outcome = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    assert len(outcome.members) == outcome.total == MAX_MEMBERS
+    assert outcome.conditions[0].reason == p.MEMBERS_READY

@@ -367,3 +367,58 @@ def test_a_vip_change_with_the_selector_is_no_move() -> None:
     converge(world)
     assert site["status"]["directorGroup"] == EDGE_GROUP
     assert "nextDirectorGroup" not in site["status"]
+
+
+def _digest_leader(
+    group: str, programmed: dict[str, int], holder: str = "n1", buckets: int = 4
+) -> dict[str, Any]:
+    """A leader of a large group: it reports per-bucket digests, not its map."""
+    import base64
+    import json
+
+    from lvs_operator.api.contract import PROGRAMMED_ANNOTATION, programmed_digests
+
+    lease = o.lease(lease_name(group), holder=holder, renew=RENEW)
+    digests = b"".join(programmed_digests(programmed, buckets))
+    record = {"v": 2, "n": len(programmed), "d": base64.b64encode(digests).decode()}
+    lease["metadata"]["annotations"] = {PROGRAMMED_ANNOTATION: json.dumps(record)}
+    return lease
+
+
+def test_a_digest_report_programs_exactly_what_the_controller_expects() -> None:
+    world = _serving_world()
+    world.leases = {lease_name(GROUP): _digest_leader(GROUP, {"web/site": 1})}
+    assert plan(world, CONFIG, T0).vs_statuses == []  # the same answer as the exact map
+    site = _vs_named(world, "site")
+    site["metadata"]["generation"] = 2  # an edit: the leader still serves generation 1
+    converge(world)
+    conds = _conds(site)
+    assert conds["Programmed"]["reason"] == "Pending"
+    assert conds["Ready"]["status"] == "True"
+    # one change in its bucket: the digest proves generation 1 is served
+    assert "serves generation 1 (generation 2 pending)" in conds["Ready"]["message"]
+    world.leases = {lease_name(GROUP): _digest_leader(GROUP, {"web/site": 2})}
+    converge(world)
+    assert _conds(site)["Programmed"]["status"] == "True"
+    # a leader listing a VirtualServer the controller does not expect in the same bucket:
+    # the bucket is not confirmed
+    listed = {"web/site": 2, "web/x": 1}
+    world.leases = {lease_name(GROUP): _digest_leader(GROUP, listed, buckets=1)}
+    converge(world)
+    assert _conds(site)["Programmed"]["reason"] == "Pending"
+
+
+def test_a_digest_report_hands_a_moving_vip_over() -> None:
+    world = _serving_world()
+    site = _vs_named(world, "site")
+    _edit_selector(site, EDGE)
+    converge(world)
+    world.leases = {
+        lease_name(GROUP): _digest_leader(GROUP, {"web/site": 2}),
+        lease_name(EDGE_GROUP): _digest_leader(EDGE_GROUP, {"web/site": 1}, holder="e1"),
+    }
+    converge(world)
+    assert site["status"]["directorGroup"] == GROUP  # the new group has an old generation
+    world.leases[lease_name(EDGE_GROUP)] = _digest_leader(EDGE_GROUP, {"web/site": 2}, "e1")
+    converge(world)
+    assert site["status"]["directorGroup"] == EDGE_GROUP

@@ -212,17 +212,63 @@ async def test_missing_operator_namespace_fails_and_posts_no_group_event() -> No
     assert "DirectorGroupCreated" not in reasons
 
 
-async def test_pod_events_elsewhere_do_not_wake() -> None:
+def _pod_event(namespace: str, name: str, labels: dict[str, str], **meta: Any) -> dict[str, Any]:
+    body = {"metadata": {"namespace": namespace, "name": name, "labels": labels, **meta}}
+    return {"pod_event": True, "namespace": namespace, "name": name, "body": body}
+
+
+async def test_pod_events_wake_only_when_they_can_change_the_plan() -> None:
     r = reconciler(FakeClient())
-    await r.reconcile_once()  # learns the pools' namespaces
+    await r.kick(**_pod_event("elsewhere", "x", {}))
+    assert r._wake.is_set()  # no pass yet: no pool known
+    await r.reconcile_once()  # learns the pools and their selectors
     r._wake.clear()
-    await r.kick(pod_event=True, namespace="elsewhere")
+    await r.kick(**_pod_event("elsewhere", "x", {"app": "web"}))
+    await r.kick(**_pod_event("web", "db-1", {"app": "db"}))  # no pool selects it
     assert not r._wake.is_set()
-    await r.kick(pod_event=True, namespace="web")
+    await r.kick(**_pod_event("web", "web-2", {"app": "web"}))  # selected by pool web
     assert r._wake.is_set()
     r._wake.clear()
-    await r.kick(pod_event=True, namespace=CONFIG.namespace)  # director pods
+    await r.kick(**_pod_event("web", "web-2", {"app": "web"}, resourceVersion="9"))
+    assert not r._wake.is_set()  # nothing membership reads changed
+    await r.kick(**_pod_event("web", "web-2", {"app": "web"}, annotations={"lvs.io/weight": "3"}))
     assert r._wake.is_set()
+    r._wake.clear()
+    gone = _pod_event("web", "web-2", {"app": "web"}, annotations={"lvs.io/weight": "3"})
+    await r.kick(**gone, type="DELETED")
+    assert r._wake.is_set()
+    r._wake.clear()
+    director = {
+        "app.kubernetes.io/managed-by": "lvs-operator",
+        "app.kubernetes.io/component": "director",
+        "lvs.io/director-group": "g1",
+    }
+    await r.kick(**_pod_event(CONFIG.namespace, "d1", director))  # a director agent
+    assert r._wake.is_set()
+
+
+async def test_lease_renewals_do_not_wake_but_reports_do() -> None:
+    from datetime import UTC, datetime
+
+    r = reconciler(FakeClient())
+    woken: list[int] = []
+    r.leases.on_change = lambda: woken.append(1)
+    now = datetime.now(UTC)
+
+    def lease(renew: datetime, programmed: dict[str, int], rv: str) -> dict[str, Any]:
+        stamp = renew.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        obj = o.lease("lvs-director-g1", holder="n1", renew=stamp, programmed=programmed)
+        obj["metadata"]["resourceVersion"] = rv
+        return obj
+
+    r.leases._apply("ADDED", lease(now, {"web/site": 1}, "1"))
+    assert woken == [1]
+    r.leases._apply("MODIFIED", lease(now, {"web/site": 1}, "2"))
+    r.leases._apply("MODIFIED", lease(now, {"web/site": 1}, "3"))
+    assert woken == [1]  # renewals: the store follows, nothing is planned
+    assert r.leases.store["lvs-director-g1"]["metadata"]["resourceVersion"] == "3"
+    r.leases._apply("MODIFIED", lease(now, {"web/site": 2}, "4"))
+    assert woken == [1, 1]
 
 
 async def test_capture_takes_the_indexes_from_handler_kwargs() -> None:
@@ -231,6 +277,40 @@ async def test_capture_takes_the_indexes_from_handler_kwargs() -> None:
     await r.kick(**indices, namespace="x")
     assert r.indices is not None and set(r.indices) == set(Reconciler.INDEX_IDS)
     assert r.indexed.is_set()
+
+
+async def test_a_lease_renewed_since_the_last_pass_needs_no_pass_at_its_old_expiry() -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    r = Reconciler(CONFIG, FakeClient(), debounce=0.0)  # type: ignore[arg-type]
+    calls: list[datetime] = []
+
+    def lease(expires: datetime) -> dict[str, Any]:
+        renew = (expires - timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return o.lease("lvs-director-g1", holder="n1", renew=renew, duration=10)
+
+    async def once() -> tuple[int, datetime]:
+        r._planned_at = datetime.now(UTC)
+        calls.append(r._planned_at)
+        return 0, r._planned_at + timedelta(seconds=0.2)  # the Lease's expiry then
+
+    r.reconcile_once = once  # type: ignore[method-assign]
+    # renewed meanwhile (renewals wake nothing): it now runs out in 10 s
+    r.leases.store = {"lvs-director-g1": lease(datetime.now(UTC) + timedelta(seconds=10))}
+    task = asyncio.create_task(r._loop())
+    r.wake()
+    await asyncio.sleep(0.6)
+    assert len(calls) == 1  # nothing ran out at 0.2 s: no pass
+    # not renewed: it runs out at the time it was due, and that pass happens
+    r.leases.store = {"lvs-director-g1": lease(datetime.now(UTC) + timedelta(seconds=0.1))}
+    r.wake()
+    for _ in range(50):  # due ~0.25 s after that pass; a loaded machine may take longer
+        await asyncio.sleep(0.1)
+        if len(calls) == 3:
+            break
+    task.cancel()
+    assert len(calls) == 3
 
 
 async def test_loop_retries_failed_writes_and_keeps_serving_events() -> None:

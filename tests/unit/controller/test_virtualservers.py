@@ -299,3 +299,21 @@ def test_a_vip_the_director_cannot_hold_is_reported_with_its_reason() -> None:
     assert cs["Ready"].reason == v.VIP_NOT_PLACED
     other = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"), {"192.0.2.99": reason})
     assert conds(d, outcome(2, 2), other)["Programmed"].status == "True"  # another VIP's
+
+
+def test_a_digest_report_that_cannot_tell_keeps_a_ready_virtualserver_ready() -> None:
+    """A leader reporting digests whose bucket it cannot read (two changes in flight): the
+    VirtualServer is Pending; one that was Ready stays so, as during an edit, while one that
+    never was is not."""
+    (d,) = decide(o.vs("a", generation=4)).values()
+    unread = v.DirectorView(GROUP, "n1", {}, ("n1", "n2"), programmed_exact=False)
+    args = (d, outcome(2, 2), unread, "lvs-system")
+    was_ready = {c.type: c for c in v.vs_conditions(*args, was_ready=True)}
+    assert was_ready["Programmed"].reason == v.PENDING
+    assert was_ready["Ready"].status == "True"
+    assert "an earlier generation (generation 4 pending)" in was_ready["Ready"].message
+    new = {c.type: c for c in v.vs_conditions(*args, was_ready=False)}
+    assert (new["Ready"].status, new["Ready"].reason) == ("False", v.PENDING)
+    exact = v.DirectorView(GROUP, "n1", {}, ("n1", "n2"))  # a map without it: not served
+    cs = {c.type: c for c in v.vs_conditions(d, outcome(2, 2), exact, "lvs-system", None, True)}
+    assert cs["Ready"].status == "False"

@@ -10,6 +10,8 @@ from dataclasses import replace
 
 from lvs_operator.director.election import LeaseConflict, LeaseRecord
 
+ANNOTATIONS_LIMIT = 256 * 1024  # the API server's TotalAnnotationSizeLimitB
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -36,6 +38,11 @@ class FakeLeaseStore:
         self.watchers: list[asyncio.Queue[LeaseRecord | None]] = []
 
     def _store(self, record: LeaseRecord) -> LeaseRecord:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in record.annotations.items())
+        if size > ANNOTATIONS_LIMIT:  # what the API server answers (422)
+            raise ValueError(
+                f"metadata.annotations: Too long: must have at most {ANNOTATIONS_LIMIT} bytes"
+            )
         self.version += 1
         self.record = replace(record, resource_version=str(self.version))
         self.writes.append(self.record)

@@ -5,10 +5,12 @@ these tests were written with; outage-tolerant mode (the default) is test_electi
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
 
+from lvs_operator.api.contract import VIP_PROBLEMS_ANNOTATION
 from lvs_operator.director.election import (
     PROGRAMMED_ANNOTATION,
     ElectionConfig,
@@ -219,6 +221,27 @@ async def test_programmed_annotation_written_with_renewal(env) -> None:
     clock.advance(0.4)
     await a.elector.tick()
     assert store.record.annotations[PROGRAMMED_ANNOTATION] == '{"ns/web": 3}'
+
+
+async def test_oversized_annotation_is_left_out_and_the_renewal_succeeds(env) -> None:
+    """A report past the API server's annotation limit (here 1,000 VIPs' problems) would
+    make it refuse every renewal, and the group lose its leader: it is left out instead."""
+    store, clock, a, _ = env
+    await a.elector.tick()
+    a.elector.set_annotation(PROGRAMMED_ANNOTATION, '{"ns/web": 3}')
+    problems = {f"192.0.2.{i % 250}/{i}": "x" * 299 for i in range(1000)}
+    a.elector.set_annotation(VIP_PROBLEMS_ANNOTATION, json.dumps(problems))
+    renewed_before = store.record.renew_time
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert a.leader and store.record.holder == "node-a"
+    assert store.record.renew_time > renewed_before  # the renewal went through
+    assert VIP_PROBLEMS_ANNOTATION not in store.record.annotations
+    assert store.record.annotations[PROGRAMMED_ANNOTATION] == '{"ns/web": 3}'
+    a.elector.set_annotation(VIP_PROBLEMS_ANNOTATION, "{}")  # small again: written again
+    clock.advance(0.4)
+    await a.elector.tick()
+    assert store.record.annotations[VIP_PROBLEMS_ANNOTATION] == "{}"
 
 
 async def test_run_wakes_on_release_through_the_watch() -> None:

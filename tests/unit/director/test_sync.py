@@ -137,3 +137,21 @@ async def test_synced_connections_are_counted_only_while_a_backup_runs() -> None
     assert sync.synced_connections() == 2
     table[0] = None  # the table cannot be read
     assert sync.synced_connections() == 0
+
+
+def test_the_programmed_annotation_is_bounded_and_formatted_once_per_change() -> None:
+    from lvs_operator.api import contract
+    from lvs_operator.director import desired as desired_mod
+    from lvs_operator.director.ipvs_sync import programmed
+    from lvs_operator.director.table import IpvsTable
+
+    def want(generations: dict[str, int]) -> desired_mod.Desired:
+        return desired_mod.Desired(table=IpvsTable.of([]), generations=generations)
+
+    small = {"web/a": 2}
+    assert programmed(want(small)) == '{"web/a": 2}'  # the plain map every controller reads
+    many = {f"team-{i % 50}/{'web-' + str(i).zfill(6):x<60}": 1 for i in range(10_000)}
+    text = programmed(want(many))
+    assert len(text) <= contract.PROGRAMMED_MAX_BYTES
+    assert contract.parse_programmed_report(text).confirmed(many) == many
+    assert programmed(want(dict(many))) is text  # unchanged generations: not formatted again
