@@ -44,7 +44,7 @@ start=$SECONDS
 check "lvs-operator (default CMD: --help)" "usage: lvs-operator" run "$image"
 check "lvs-operator --help" "usage: lvs-operator" run "$image" --help
 check "lvs-operator --version = $version" "$version" run "$image" --version
-for sub in controller director realserver demo; do
+for sub in controller director node-settings realserver demo; do
     check "lvs-operator $sub --help" "usage:" run "$image" "$sub" --help
 done
 check "python -m lvs_operator --help" "usage: lvs-operator" \
