@@ -49,6 +49,7 @@ from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 from lightkube.resources.apps_v1 import DaemonSet, Deployment  # noqa: E402
 from lightkube.resources.coordination_v1 import Lease  # noqa: E402
 from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount  # noqa: E402
+from tests.dataplane.deployed import PodTerms, agent_argv, init_argvs, pod_terms  # noqa: E402
 from tests.dataplane.vm import (  # noqa: E402
     DEFAULT_PRELOAD,
     SETUP_HINT,
@@ -207,6 +208,9 @@ class System:
         self.vm: Vm | None = None
         self.controller: ControllerProcess | None = None
         self.agents: dict[str, GuestProcess] = {}  # director namespace -> running agent
+        # director namespace -> the network namespace (inode) its init step ran in: a
+        # crashed node comes back as a new namespace, a new pod whose init containers run
+        self.initialised: dict[str, str] = {}
         self.agent_history: list[tuple[str, GuestProcess]] = []
         self.pod_ns: dict[str, str] = {}  # pod name -> its namespace in the VM
         self._pod_index = 0
@@ -368,13 +372,14 @@ class System:
             spec=TokenRequestSpec(audiences=[], expirationSeconds=24 * 3600),
         )
         token = self.admin.create(request, account, namespace=namespace).status.token
-        ca = path.parent / f"{path.stem}.ca.crt"
-        shutil.copyfile(self.cluster.info["ca"], ca)
+        # the CA inline: the agents may read this file from the image's tree (deployed.py),
+        # where other paths of the host's are not
+        ca = base64.b64encode(Path(self.cluster.info["ca"]).read_bytes()).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
+                {"name": "e2e", "cluster": {"server": server, "certificate-authority-data": ca}}
             ],
             "users": [{"name": account, "user": {"token": token}}],
             "contexts": [
@@ -669,11 +674,26 @@ class System:
         path.write_bytes(base64.b64decode(secret.data[PEER_SECRET_KEY]))
         return path
 
+    def pod_terms(self) -> PodTerms:
+        """The group's DaemonSet's terms for the agent, as the API server holds it."""
+        assert self.admin is not None
+        ds = self.admin.get(DaemonSet, f"lvs-director-{self.group}", namespace=OPERATOR_NS)
+        return pod_terms(ds.to_dict()["spec"]["template"]["spec"])
+
     def start_agent(self, ns: str) -> GuestProcess:
+        """The agent of node ``ns`` as the group's DaemonSet runs it (tests/dataplane/
+        deployed.py): its init containers first, once per node (kubelet: once per pod)."""
         assert self.vm is not None
         env = self.agent_env(ns)
         node = DIRECTORS[ns][0]
-        argv = [guest_python(), "-m", "lvs_operator.cli", "director"]
+        terms = self.pod_terms()
+        netns = self.vm.run(["stat", "-L", "-c", "%i", f"/run/netns/{ns}"]).stdout.strip()
+        if self.initialised.get(ns) != netns:
+            for init in init_argvs(terms, self.vm.shared, guest_python()):
+                res = self.vm.run(init, netns=ns, timeout=240)
+                assert res.returncode == 0, f"init step {init} on {ns}: {res}"
+            self.initialised[ns] = netns
+        argv, env = agent_argv(terms, [], env, self.vm.shared, guest_python())
         proc = self.vm.spawn(argv, netns=ns, name=f"agent-{node}", env=env)
         self.agents[ns] = proc
         self.agent_history.append((node, proc))

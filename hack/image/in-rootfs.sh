@@ -3,12 +3,15 @@
 # container sees it: the image's programs and libraries only, a clean environment, the
 # caller's network namespace (so `ip netns exec NS hack/image/in-rootfs.sh ...` puts it in NS).
 #
-#   hack/image/in-rootfs.sh [--rootfs DIR] [--bind HOST_DIR:DIR] [--env NAME=VALUE]... -- CMD...
+#   hack/image/in-rootfs.sh [--rootfs DIR] [--bind HOST_DIR:DIR] [--env NAME=VALUE]...
+#                           [--read-only-proc-sys] -- CMD...
 #
 # In a private mount namespace (unshare --mount; nothing leaks into the caller's), it mounts
 # proc on DIR/proc, binds /sys and /dev, binds each HOST_DIR onto DIR's existing directory
 # (the export may be read-only, as the host's file system is in the data-plane VM, so use
 # one the image has: /mnt, /srv, /media), then `chroot DIR env -i PATH=... CMD`. Root only.
+# --read-only-proc-sys: /proc/sys read-only, as a container runtime mounts it in every
+# unprivileged container (the data-plane tier runs the director agent so).
 # DIR defaults to $LVS_IMAGE_ROOTFS or /var/tmp/lvs-operator-rootfs.
 #
 #   hack/image/in-rootfs.sh --bind /tmp/shared:/mnt --env POD_NAME=p -- \
@@ -17,8 +20,10 @@ set -euo pipefail
 rootfs="${LVS_IMAGE_ROOTFS:-/var/tmp/lvs-operator-rootfs}"
 binds=()
 envs=()
+ro_proc_sys=0
 while (($#)); do
     case "$1" in
+        --read-only-proc-sys) ro_proc_sys=1; shift ;;
         --rootfs) rootfs="$2"; shift 2 ;;
         --bind) binds+=("$2"); shift 2 ;;
         --env) envs+=("$2"); shift 2 ;;
@@ -39,9 +44,14 @@ if [[ "${LVS_IN_ROOTFS_NS:-}" != 1 ]]; then  # first pass: into a private mount 
     again=(--rootfs "$rootfs")
     for b in "${binds[@]}"; do again+=(--bind "$b"); done
     for e in "${envs[@]}"; do again+=(--env "$e"); done
+    if ((ro_proc_sys)); then again+=(--read-only-proc-sys); fi
     LVS_IN_ROOTFS_NS=1 exec unshare --mount --propagation private -- "$0" "${again[@]}" -- "$@"
 fi
 mount -t proc proc "$rootfs/proc"
+if ((ro_proc_sys)); then
+    mount --bind "$rootfs/proc/sys" "$rootfs/proc/sys"
+    mount -o remount,bind,ro "$rootfs/proc/sys"
+fi
 mount --rbind /sys "$rootfs/sys"
 mount --rbind /dev "$rootfs/dev"
 for b in "${binds[@]}"; do

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dataplane import topology as topo_mod
+from tests.dataplane.deployed import agent_argv, init_argvs, shipped_pod_terms
 from tests.dataplane.fakeapi import FakeApi
 from tests.dataplane.vm import AGENT_STARTUP_LIMIT, GuestProcess, Vm, agent_startup
 
@@ -28,6 +29,9 @@ LEASE = f"lvs-director-{GROUP}"
 APP_NS = "demo"
 SCEN = "tests.dataplane.scenarios_agent"
 NODES = {"lvs-dir-a": "dir-a", "lvs-dir-b": "dir-b"}
+# the controller's --vip-ranges for the DaemonSet the agents run under (tests/dataplane/
+# deployed.py): the topology's VIPs of both families
+VIP_RANGES = ("10.10.0.0/24", "fd10::/64")
 # Election timings for the agents in the VM: the product's defaults unless LVS_DP_LEASE
 # ("duration,deadline,retry") or LVS_DP_PEER ("interval,timeout") say otherwise (benches).
 
@@ -110,6 +114,9 @@ class Lab:
         self.api_url = f"http://10.0.2.2:{self.api.port}"
         self.agents: dict[str, GuestProcess] = {}
         self.starts: dict[str, float] = {}
+        # the shipped DaemonSet's terms: capabilities, init containers (deployed.py)
+        self.pod_terms = shipped_pod_terms(VIP_RANGES)
+        self.initialised: set[str] = set()  # director namespaces whose init step ran
 
     def close(self) -> None:
         for proc in list(self.agents.values()):
@@ -126,15 +133,28 @@ class Lab:
         lease = self.lease()
         return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
+    def init_node(self, ns: str) -> None:
+        """The DaemonSet's init containers on node ``ns``, once (kubelet runs them once per
+        pod; a restarted agent container does not rerun them)."""
+        if ns in self.initialised:
+            return
+        for argv in init_argvs(self.pod_terms, self.vm.shared, self.vm_python()):
+            res = self.vm.run(argv, netns=ns, timeout=240)
+            assert res.returncode == 0, f"init step {argv} in {ns}: {res}"
+            print(f"\n[dataplane] init step in {ns}: {res.stdout.strip()}")
+        self.initialised.add(ns)
+
     def start_agent(self, ns: str, *extra: str, group: str = GROUP) -> GuestProcess:
-        argv = [
-            self.vm_python(), "-m", "lvs_operator.cli", "director",
+        """``lvs-operator director`` in ``ns`` as the DaemonSet runs it (deployed.py)."""
+        self.init_node(ns)
+        args = [
             "--node-name", NODES[ns], "--namespace", NAMESPACE, "--group", group,
             "--kubeconfig", str(self.kubeconfig), "--peer-key-file", str(self.peer_key),
             *self.lease_flags, *extra,
         ]  # fmt: skip
-        proc = self.vm.spawn(argv, netns=ns, name=f"agent-{NODES[ns]}",
-                             env={"POD_NAME": f"lvs-director-{NODES[ns]}"})  # fmt: skip
+        argv, env = agent_argv(self.pod_terms, args, {"POD_NAME": f"lvs-director-{NODES[ns]}"},
+                               self.vm.shared, self.vm_python())  # fmt: skip
+        proc = self.vm.spawn(argv, netns=ns, name=f"agent-{NODES[ns]}", env=env)
         self.agents[ns] = proc
         self.starts[ns] = time.monotonic()
         return proc

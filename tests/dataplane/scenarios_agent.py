@@ -55,6 +55,28 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def process_terms(pid: int) -> dict[str, Any]:
+    """What a process runs under: its capability bounding and effective sets (hex), its
+    no_new_privs flag, and whether /proc/sys and / are read-only in its mount namespace."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )  # fmt: skip
+    read_only: dict[str, bool] = {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount_point, options = fields[4], fields[5].split(",")
+        if mount_point.endswith("/proc/sys") or mount_point == "/":
+            read_only["/proc/sys" if mount_point.endswith("/proc/sys") else "/"] = "ro" in options
+    return {
+        "cap_bnd": status["CapBnd"].strip(),
+        "cap_eff": status["CapEff"].strip(),
+        "no_new_privs": status.get("NoNewPrivs", "").strip() == "1",
+        "proc_sys_read_only": read_only.get("/proc/sys", False),
+        "root_read_only": read_only.get("/", False),
+    }
+
+
 def cleanup(vips: dict[str, list[str]]) -> None:
     """After the agent tests: real servers back to plain, directors emptied (other test
     modules share the VM). ``vips``: mode -> VIPs set up with ``realserver``."""

@@ -121,6 +121,14 @@ def test_one_leader_holds_the_vip_and_both_program_ipvs(lab: Lab) -> None:
     assert len(entries) == 1 and entries[0]["proto"] == VIP_PROTO, entries
     assert entries[0]["valid_lft"] is not None, entries
     assert 0 < entries[0]["valid_lft"] <= DEFAULT_VIP_LIFETIME, entries
+    # the agents run as the shipped DaemonSet runs them (deployed.py): NET_ADMIN + NET_RAW
+    # only, no_new_privs, /proc/sys and the root file system read-only
+    net_admin_and_raw = f"{(1 << 12) | (1 << 13):016x}"  # CAP_NET_ADMIN 12, CAP_NET_RAW 13
+    for ns, proc in lab.agents.items():
+        terms = lab.call("process_terms", pid=proc.pid)
+        assert terms == {"cap_bnd": net_admin_and_raw, "cap_eff": net_admin_and_raw,
+                         "no_new_privs": True, "proc_sys_read_only": True,
+                         "root_read_only": True}, (ns, terms)  # fmt: skip
     rss = {ns: lab.call("rss_mib", pid=proc.pid) for ns, proc in lab.agents.items()}
     print(f"\n[dataplane] agent RSS (MiB): {rss}")
     assert all(v is not None and v <= 60 for v in rss.values()), rss
@@ -439,6 +447,9 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     loop6, out6 = lab.start_loop("handover6", VIP6, 80, timeout=2.0)
     new_mac = lab.call("link_mac", ns=new)
     neighbours = lab.start_neighbour_monitor("handover")
+    # ARP answers for the VIP from any director, whichever interface holds it (lo included:
+    # the old leader keeps the VIP there while it drains, its ARP for it filtered)
+    sampler, samples_out = lab.start_sampler("handover", VIP)
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGTERM), vip=VIP, new=new)
     assert proc.wait(30) == 0, proc.output()[-3000:]
@@ -446,19 +457,23 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     time.sleep(2)
     results = lab.stop_loop(loop, out)
     results6 = lab.stop_loop(loop6, out6)
+    rows = lab.stop_sampler(sampler, samples_out)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
     stats6 = analyse(results6, moved["at"])
     changed = Lab.neighbour_changed_at(neighbours, VIP6, new_mac)
     na_after = None if changed is None else round(changed - moved["wall_at"], 3)
     steps = handover_steps(proc, lab.agents[new])
+    overlaps = lab.call("two_holders", rows=rows)
     print(f"\n[dataplane] planned handover: IPv4 {stats}; steps after SIGTERM (s): {steps}"
           f"\n[dataplane] planned handover: IPv6 {stats6}; the client's neighbour entry "
-          f"named the new leader {na_after} s after SIGTERM")  # fmt: skip
+          f"named the new leader {na_after} s after SIGTERM; two ARP answerers or holders: "
+          f"{overlaps or 'never'}")  # fmt: skip
     failed6 = lab.call("read_loop_failures", path=out6, at=moved["at"])
     assert stats6["failures"] == 0, (stats6, steps, failed6)
     assert na_after is not None and na_after < 5, neighbours.output()[-2000:]
     assert res["holder"] == new
     assert lab.holder() == NODES[new]
+    assert not overlaps, (overlaps, rows)
     # well inside the relaxed Lease (6 s): the new leader took a released Lease, not an
     # expired one; the steps say which one was slow
     assert stats["vip_moved_after"] is not None and stats["vip_moved_after"] < 5, (stats, steps)
