@@ -12,12 +12,12 @@
 # one the image has: /mnt, /srv, /media), then `chroot DIR env -i PATH=... CMD`. Root only.
 # --read-only-proc-sys: /proc/sys read-only, as a container runtime mounts it in every
 # unprivileged container (the data-plane tier runs the director agent so).
-# DIR defaults to $LVS_IMAGE_ROOTFS or /var/tmp/lvs-operator-rootfs.
+# DIR defaults to $LVS_IMAGE_ROOTFS or /var/lib/lvs-operator/image-rootfs.
 #
 #   hack/image/in-rootfs.sh --bind /tmp/shared:/mnt --env POD_NAME=p -- \
 #       lvs-operator director --kubeconfig /mnt/kubeconfig.json ...
 set -euo pipefail
-rootfs="${LVS_IMAGE_ROOTFS:-/var/tmp/lvs-operator-rootfs}"
+rootfs="${LVS_IMAGE_ROOTFS:-/var/lib/lvs-operator/image-rootfs}"
 binds=()
 envs=()
 ro_proc_sys=0

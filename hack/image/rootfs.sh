@@ -2,7 +2,7 @@
 # Export the image's file system into a directory, for running its processes without a
 # container engine (the data-plane VM runs the director agent from it with chroot).
 #
-#   hack/image/rootfs.sh [IMAGE [DIR]]   IMAGE: lvs-operator:dev; DIR: /var/tmp/lvs-operator-rootfs
+#   hack/image/rootfs.sh [IMAGE [DIR]]   IMAGE: lvs-operator:dev; DIR: /var/lib/lvs-operator/image-rootfs
 #   make image-rootfs
 #
 # DIR is replaced as a whole (written beside it, then renamed), so a reader never sees half
@@ -12,7 +12,7 @@
 #   chroot DIR lvs-operator director --help
 set -euo pipefail
 image="${1:-${IMAGE:-lvs-operator:dev}}"
-dir="${2:-${LVS_IMAGE_ROOTFS:-/var/tmp/lvs-operator-rootfs}}"
+dir="${2:-${LVS_IMAGE_ROOTFS:-/var/lib/lvs-operator/image-rootfs}}"
 say() { echo "[rootfs] $*" >&2; }
 
 docker image inspect "$image" >/dev/null 2>&1 || {

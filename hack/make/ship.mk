@@ -9,7 +9,7 @@ HELM ?= $(shell command -v helm 2>/dev/null || \
 
 .PHONY: image image-rootfs image-smoke image-engine lock chart-lint manifests manifests-check
 
-IMAGE_ROOTFS ?= /var/tmp/lvs-operator-rootfs
+IMAGE_ROOTFS ?= /var/lib/lvs-operator/image-rootfs
 
 image:  ## build the container image $(IMAGE) (starts Debian's docker engine and seeds the base when needed)
 	hack/image/build.sh $(IMAGE)

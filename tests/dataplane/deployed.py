@@ -35,7 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 IN_ROOTFS = REPO / "hack/image/in-rootfs.sh"
-ROOTFS = Path(os.environ.get("LVS_IMAGE_ROOTFS", "/var/tmp/lvs-operator-rootfs"))
+ROOTFS = Path(os.environ.get("LVS_IMAGE_ROOTFS", "/var/lib/lvs-operator/image-rootfs"))
 # what the image is built from (Dockerfile COPY lines): a change there since the export means
 # the export no longer holds the code under test
 IMAGE_INPUTS = ("operator", "pyproject.toml", "Dockerfile", "hack/image")
