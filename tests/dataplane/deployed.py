@@ -17,8 +17,8 @@ the API server), not restated:
   Python, said once on stderr. ``LVS_DP_AGENT=image`` (CI) requires the image,
   ``LVS_DP_AGENT=tree`` forces the working tree.
 
-The VM shares the host's root file system read-only, so the root file system is read-only in
-either case (the DaemonSet's ``readOnlyRootFilesystem``).
+The root file system is remounted read-only in the agent's mount namespace (the DaemonSet's
+``readOnlyRootFilesystem``).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _in_image(shared: Path, command: Sequence[str], env: Mapping[str, str],
     """``command`` from the image's export, the shared directory bound on /mnt."""
     argv = [str(IN_ROOTFS), "--rootfs", str(ROOTFS), "--bind", f"{shared}:{SHARED_IN_ROOTFS}"]
     if restricted:
-        argv.append("--read-only-proc-sys")
+        argv += ["--read-only-root", "--read-only-proc-sys"]
     for name, value in env.items():
         argv += ["--env", f"{name}={value}"]
     return [*argv, "--", *command]
@@ -160,7 +160,10 @@ def agent_argv(terms: PodTerms, args: Sequence[str], env: Mapping[str, str], sha
         image_env = {k: rebase(v, shared) for k, v in env.items()}
         return _in_image(shared, command, image_env, restricted=True), {}
     command = [*_setpriv(terms), *_from_tree(terms.agent_command, python), *args]
-    script = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
+    script = (
+        "mount -o remount,bind,ro / && mount --bind /proc/sys /proc/sys "
+        '&& mount -o remount,bind,ro /proc/sys && exec "$@"'
+    )
     wrapped = ["unshare", "--mount", "--propagation", "private", "--",
                "sh", "-c", script, "agent", *command]  # fmt: skip
     return wrapped, dict(env)
