@@ -446,6 +446,7 @@ class Confirmation:
     address: str  # where its probes come from
     at: float
     gated: bool = False  # it checks ARP before any takeover (its newest probe said so)
+    sync: SyncReport | None = None  # its connection sync state (its newest probe's sync=)
 
 
 # -- the state machine -------------------------------------------------------------------------
@@ -474,6 +475,10 @@ class PeerHealth:
         self.on_reject = on_reject  # (reason, source address) of a dropped reply
         self.rejected = 0  # replies without the key's MAC
         self.gated = False  # we check ARP before any takeover (the agent sets it)
+        # our connection sync state for the holder (the agent sets it); sent only while the
+        # holder understands the field (``extensions``: it writes the Lease's sync record)
+        self.sync_report: Callable[[], SyncReport | None] | None = None
+        self.extensions = False
         self.timeout = timeout
         self.gated_timeout = timeout * GATED_TIMEOUT_SHARE
         self.arm_after = arm_after
@@ -508,7 +513,12 @@ class PeerHealth:
         while len(self._pending) > self.outstanding:
             self._pending.popitem(last=False)
         self._probe_seq = max(self._probe_seq + 1, self._wall_ns())
-        return make_probe(nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key)
+        sync = None
+        if self.extensions and self.identity and self.sync_report is not None:
+            sync = self.sync_report()
+        return make_probe(
+            nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key, sync
+        )
 
     def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
         """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
@@ -791,7 +801,7 @@ class HeartbeatResponder:
                 at = sent_at
             else:
                 return  # no proof from this address yet
-            confirmation = Confirmation(ip, at, probe.gated)
+            confirmation = Confirmation(ip, at, probe.gated, probe.sync)
             if confirmation != known:
                 self._confirmed[probe.identity] = confirmation
                 while len(self._confirmed) > _MAX_BUCKETS:
@@ -894,6 +904,11 @@ class HeartbeatMonitor:
             if address is not None and ipaddress.ip_address(address[0]).is_unspecified:
                 address = None
         self.set_target(holder, address)
+        # a holder that writes the sync record understands the sync= field (peer.py,
+        # "Extension fields"); one of an older version would drop our probes
+        understood = contract.parse_sync(annotations.get(contract.SYNC_ANNOTATION)).leader
+        with self._lock:
+            self.health.extensions = understood == holder
 
     def start_probing(self) -> None:
         """Begin probing the holder (a monitor made with ``probing=False``)."""

@@ -136,3 +136,44 @@ def test_a_responder_answers_and_confirms_a_newer_standbys_probe() -> None:
     bad = with_fields(make_probe(NONCE, "node-b", ACK, seq=8, key=KEY), b"sync=x", KEY)
     responder._on_probe(sock, bad, ("10.0.0.2", 40000))  # type: ignore[arg-type]
     assert len(sock.sent) == 1 and responder.dropped == 1
+
+
+def test_a_standby_sends_its_sync_state_only_to_a_holder_that_writes_the_record() -> None:
+    """The holder's Lease record says whether it understands ``sync=``: it writes the sync
+    record naming itself. A record another holder wrote (carried over by an older agent,
+    which would drop the probe) or none: no field."""
+    from lvs_operator.api.contract import SYNC_ANNOTATION, SyncRecord, format_sync
+    from lvs_operator.director.peer import HEARTBEAT_ANNOTATION, HeartbeatMonitor
+
+    monitor = HeartbeatMonitor(identity="node-b")
+    report = SyncReport("backup", 12, "eth0", 4, 0)
+    monitor.health.sync_report = lambda: report
+    address = {HEARTBEAT_ANNOTATION: "10.0.0.1:9643"}
+
+    def probe_after(annotations: dict[str, str]) -> Probe:
+        monitor.follow("node-a", annotations, "node-b")
+        parsed = parse_probe_full(monitor.health.next_probe(0.0))
+        assert parsed is not None
+        return parsed
+
+    assert probe_after(address).sync is None
+    stale = format_sync(SyncRecord("node-c", {}))
+    assert probe_after({**address, SYNC_ANNOTATION: stale}).sync is None
+    current = format_sync(SyncRecord("node-a", {}))
+    assert probe_after({**address, SYNC_ANNOTATION: current}).sync == report
+    # the holder changed to one of an older version: the field stops at once
+    monitor.follow("node-c", {**address, SYNC_ANNOTATION: current}, "node-b")
+    parsed = parse_probe_full(monitor.health.next_probe(0.0))
+    assert parsed is not None and parsed.sync is None
+
+
+def test_the_responder_keeps_each_standbys_newest_sync_state() -> None:
+    clock = [10.0]
+    responder = HeartbeatResponder("node-a", lambda: True, clock=lambda: clock[0])
+    responder._remember(ACK, 9.5)
+    report = SyncReport("backup", 12, "eth0", 0, None)
+    responder.note_ack(Probe(NONCE, "node-b", ACK, sync=report), "10.0.0.2")
+    assert responder.confirmations()["node-b"].sync == report
+    newer = SyncReport("backup", 12, "eth0", 7, 0)
+    responder.note_ack(Probe("00000000000000dd", "node-b", None, sync=newer), "10.0.0.2")
+    assert responder.confirmations()["node-b"].sync == newer
