@@ -515,7 +515,14 @@ class PeerHealth:
         self._probe_seq = max(self._probe_seq + 1, self._wall_ns())
         sync = None
         if self.extensions and self.identity and self.sync_report is not None:
-            sync = self.sync_report()
+            # never at the cost of the probe: a state the wire cannot carry (an interface
+            # name with a comma) goes unsent
+            try:
+                sync = self.sync_report()
+                if sync is not None:
+                    sync.encode()
+            except Exception:
+                sync = None
         return make_probe(
             nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key, sync
         )

@@ -177,3 +177,21 @@ def test_the_responder_keeps_each_standbys_newest_sync_state() -> None:
     newer = SyncReport("backup", 12, "eth0", 7, 0)
     responder.note_ack(Probe("00000000000000dd", "node-b", None, sync=newer), "10.0.0.2")
     assert responder.confirmations()["node-b"].sync == newer
+
+
+def test_a_sync_state_the_wire_cannot_carry_never_costs_the_probe() -> None:
+    from lvs_operator.director.peer import PeerHealth
+
+    health = PeerHealth(identity="node-b")
+    health.target("node-a", ("10.0.0.1", 9643))
+    health.extensions = True
+    health.sync_report = lambda: SyncReport("backup", 12, "eth,0")  # a comma: no field for it
+    parsed = parse_probe_full(health.next_probe(0.0))
+    assert parsed is not None and parsed.identity == "node-b" and parsed.sync is None
+
+    def broken() -> SyncReport:
+        raise RuntimeError("no state")
+
+    health.sync_report = broken
+    parsed = parse_probe_full(health.next_probe(0.0))
+    assert parsed is not None and parsed.sync is None
