@@ -21,6 +21,7 @@ from tests.dataplane.scenarios_agent import agent_log_delay, analyse
 from tests.dataplane.topology import CLIENT, CLIENT6_SECOND, default_topology
 from tests.dataplane.vm import Vm, agent_startup
 
+from lvs_operator.api.contract import SYNC_ANNOTATION, DirectorSync, parse_sync
 from lvs_operator.director.config import DEFAULT_VIP_LIFETIME, LIFETIME_RENEWALS
 from lvs_operator.director.vip import VIP_PROTO
 
@@ -410,6 +411,10 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
              if f" {VIP_STICKY}:" in line]
         for ns in (new, old)
     }  # fmt: skip
+    # the leader's Lease shows the standby's backup receiving (sync.py, "Connection sync
+    # state": the standby's probe carries it, the leader writes it; asserted at the end, so
+    # a miss here does not hide the survival figures)
+    sync_states = wait_sync_states(lab, NODES[new], within=45)
     time.sleep(1)
     proc = lab.agents.pop(old)
     moved = lab.call("takeover", pid=proc.pid, sig=int(signal.SIGKILL), vip=vip, new=new,
@@ -432,6 +437,10 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     assert stats["survived"] >= HELD - 1, stats
     assert stats["switched_server"] == 0, stats
     assert len(sticky) == 1 and sticky_after == sticky, (sticky, sticky_after)
+    standby_sync = sync_states.get(NODES[new])
+    assert standby_sync is not None, sync_states
+    assert (standby_sync.role, standby_sync.receiving) == ("backup", "True"), sync_states
+    assert sync_states.get(NODES[old], DirectorSync("off")).role == "master", sync_states
 
 
 def test_planned_handover_on_sigterm(lab: Lab) -> None:
@@ -655,6 +664,22 @@ def test_fault_leader_stopped_for_3s(lab: Lab) -> None:
     moved = lease["holder"][0] != lease["holder"][1]  # type: ignore[index]
     print(f"[dataplane] SIGSTOP 3 s: failover {'happened' if moved else 'none (kernel served)'}")
     assert stats["failures"] == 0, stats
+
+
+def wait_sync_states(lab: Lab, node: str, within: float) -> dict[str, DirectorSync]:
+    """The directors' sync states on the Lease (written by its holder) once ``node``'s says
+    it receives, or the last seen after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    states: dict[str, DirectorSync] = {}
+    while True:
+        lease = lab.lease() or {}
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+        text = ((lease.get("metadata") or {}).get("annotations") or {}).get(SYNC_ANNOTATION)
+        states = dict(parse_sync(text).current_for(holder))
+        seen = states.get(node)
+        if (seen is not None and seen.receiving == "True") or time.monotonic() >= deadline:
+            return states
+        time.sleep(0.5)
 
 
 def metric_value(text: str, name: str) -> float | None:

@@ -27,7 +27,7 @@ import json
 import logging
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,94 @@ def parse_vip_problems(text: str | None) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v)[:MAX_VIP_PROBLEM] for k, v in data.items() if isinstance(v, str)}
+
+
+# The connection sync state of each director of the group (written by the holder, from its own
+# state and its standbys' heartbeat probes): JSON {"leader": "<the holder that wrote it>",
+# "directors": {"<identity>": {"role", "syncId", "interface"[, "receiving"]}}}. "leader"
+# tells a stale record (carried over by a holder of a version that does not write it) from a
+# current one, for the controller and for the standbys (which send their sync state in their
+# probes only to a holder that writes it: peer.py, "Extension fields").
+SYNC_ANNOTATION: Final = "lvs.io/sync"
+SYNC_ROLES: Final = ("master", "backup", "off")
+# a backup's "receiving": True: its table holds connections it received from the master;
+# False: none, although the leader has served connections for a while; Unknown: no verdict
+RECEIVING_VALUES: Final = ("True", "False", "Unknown")
+MAX_SYNC_DIRECTORS = 64  # entries kept on the Lease (the annotation stays small)
+
+
+@dataclass(frozen=True)
+class DirectorSync:
+    """One director's connection sync state, as the VirtualServer's status shows it."""
+
+    role: str  # SYNC_ROLES: master (the leader's), backup (a standby's), off (none runs)
+    sync_id: int = 0
+    interface: str = ""
+    receiving: str = ""  # RECEIVING_VALUES, backups only ("": not judged)
+
+    def to_object(self) -> dict[str, str | int]:
+        out: dict[str, str | int] = {"role": self.role}
+        if self.role != "off":
+            out["syncId"] = self.sync_id
+            out["interface"] = self.interface
+        if self.receiving:
+            out["receiving"] = self.receiving
+        return out
+
+    @classmethod
+    def from_object(cls, obj: object) -> DirectorSync | None:
+        """None for anything malformed; fields this version does not know are ignored."""
+        if not isinstance(obj, dict) or obj.get("role") not in SYNC_ROLES:
+            return None
+        sync_id, interface = obj.get("syncId", 0), obj.get("interface", "")
+        receiving = obj.get("receiving", "")
+        if not isinstance(sync_id, int) or isinstance(sync_id, bool) or not 0 <= sync_id <= 255:
+            return None
+        if not isinstance(interface, str) or len(interface) > 15:
+            return None
+        if receiving not in ("", *RECEIVING_VALUES):
+            return None
+        return cls(str(obj["role"]), sync_id, interface, str(receiving))
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """The SYNC_ANNOTATION value: who wrote it, and each director's state."""
+
+    leader: str = ""
+    directors: Mapping[str, DirectorSync] = field(default_factory=dict)
+
+    def current_for(self, holder: str) -> Mapping[str, DirectorSync]:
+        """The directors' states if ``holder`` wrote this record, else none (stale)."""
+        return self.directors if holder and self.leader == holder else {}
+
+
+def format_sync(record: SyncRecord) -> str:
+    """The SYNC_ANNOTATION value (sorted, compact: unchanged states, unchanged string)."""
+    directors = dict(sorted(record.directors.items())[:MAX_SYNC_DIRECTORS])
+    return json.dumps(
+        {"leader": record.leader, "directors": {k: v.to_object() for k, v in directors.items()}},
+        separators=(",", ":"),
+    )
+
+
+def parse_sync(text: str | None) -> SyncRecord:
+    """A SYNC_ANNOTATION value; malformed counts as no record, a malformed entry as absent."""
+    if not text:
+        return SyncRecord()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return SyncRecord()
+    if not isinstance(data, dict) or not isinstance(data.get("leader"), str):
+        return SyncRecord()
+    raw = data.get("directors")
+    directors: dict[str, DirectorSync] = {}
+    for identity, obj in raw.items() if isinstance(raw, dict) else ():
+        state = DirectorSync.from_object(obj)
+        if state is not None and len(directors) < MAX_SYNC_DIRECTORS:
+            directors[str(identity)] = state
+    return SyncRecord(data["leader"], directors)
 
 
 # --- the agent's environment ------------------------------------------------------------------

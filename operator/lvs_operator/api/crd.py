@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .. import GROUP, VERSION
-from . import ipvs_catalog, network
+from . import contract, ipvs_catalog, network
 from . import realserverpool as rsp
 from . import virtualserver as vs
 from .schema import (
@@ -222,6 +222,23 @@ def virtualserver_status_schema() -> Schema:
                     "properties": {
                         "node": {"type": "string", "maxLength": 253},
                         "role": {"type": "string", "enum": ["active", "standby"]},
+                        # its IPVS connection sync, as the active director reported it
+                        # (api/contract.py DirectorSync): the daemon that matters (master on
+                        # the active director, backup on a standby), its sync id and link,
+                        # and for a backup whether it receives the active one's connections
+                        "sync": {
+                            "type": "object",
+                            "required": ["role"],
+                            "properties": {
+                                "role": {"type": "string", "enum": list(contract.SYNC_ROLES)},
+                                "syncId": {"type": "integer", "minimum": 0, "maximum": 255},
+                                "interface": {"type": "string", "maxLength": 15},
+                                "receiving": {
+                                    "type": "string",
+                                    "enum": list(contract.RECEIVING_VALUES),
+                                },
+                            },
+                        },
                     },
                 },
             },

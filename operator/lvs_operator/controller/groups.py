@@ -18,11 +18,14 @@ from lvs_operator.api.contract import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     PROGRAMMED_ANNOTATION,
+    SYNC_ANNOTATION,
     VIP_PROBLEMS_ANNOTATION,
+    DirectorSync,
     ProgrammedReport,
     daemonset_name,
     lease_name,
     parse_programmed_report,
+    parse_sync,
     parse_vip_problems,
     programmed_key,
 )
@@ -43,6 +46,9 @@ class LeaseInfo:
     duration_seconds: int | None = None
     programmed: ProgrammedReport = field(default_factory=ProgrammedReport)
     vip_problems: Mapping[str, str] = field(default_factory=dict)
+    # each director's connection sync state, as the holder last wrote it (none: a record
+    # written by another holder, or none at all)
+    sync: Mapping[str, DirectorSync] = field(default_factory=dict)
 
     def expires_at(self) -> datetime | None:
         if not self.holder or self.renew_time is None or not self.duration_seconds:
@@ -59,17 +65,16 @@ def parse_lease(obj: Mapping[str, Any]) -> LeaseInfo:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     duration = spec.get("leaseDurationSeconds")
+    holder = str(spec.get("holderIdentity") or "")
+    annotations = meta.get("annotations") or {}
     return LeaseInfo(
         name=str(meta.get("name", "")),
-        holder=str(spec.get("holderIdentity") or ""),
+        holder=holder,
         renew_time=parse_timestamp(spec.get("renewTime") or spec.get("acquireTime")),
         duration_seconds=int(duration) if isinstance(duration, int) else None,
-        programmed=parse_programmed_report(
-            (meta.get("annotations") or {}).get(PROGRAMMED_ANNOTATION)
-        ),
-        vip_problems=parse_vip_problems(
-            (meta.get("annotations") or {}).get(VIP_PROBLEMS_ANNOTATION)
-        ),
+        programmed=parse_programmed_report(annotations.get(PROGRAMMED_ANNOTATION)),
+        vip_problems=parse_vip_problems(annotations.get(VIP_PROBLEMS_ANNOTATION)),
+        sync=dict(parse_sync(annotations.get(SYNC_ANNOTATION)).current_for(holder)),
     )
 
 
@@ -127,6 +132,7 @@ def group_views(
             ),
             programmed_exact=report.exact,
             vip_problems=dict(lease.vip_problems) if lease and active else {},
+            sync=dict(lease.sync) if lease and active else {},
             ready_nodes=tuple(sorted(ready_nodes.get(group, ()))),
             shared_nodes={
                 node: tuple(sorted(others - {group}))

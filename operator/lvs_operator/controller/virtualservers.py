@@ -30,7 +30,13 @@ import kopf
 from lvs_operator import GROUP, VERSION
 from lvs_operator.api import virtualserver as vsm
 from lvs_operator.api.common import ObjectKey, object_key
-from lvs_operator.api.contract import daemonset_name, group_name, lease_name, programmed_key
+from lvs_operator.api.contract import (
+    DirectorSync,
+    daemonset_name,
+    group_name,
+    lease_name,
+    programmed_key,
+)
 from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
@@ -63,6 +69,7 @@ REAL_SERVERS_NOT_READY = "RealServersNotReady"
 NO_STANDBY_DIRECTOR = "NoStandbyDirector"
 DIRECTOR_NODE_SHARED = "DirectorNodeShared"
 MOVING = "MovingToDirectorGroup"
+BACKUP_NOT_RECEIVING = "BackupNotReceiving"
 
 STATUS_FIELDS = (
     "observedGeneration",
@@ -314,11 +321,45 @@ class DirectorView:
     # node -> the other groups with an agent there (their selectors overlap)
     shared_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     programmed_exact: bool = True  # False: the leader reported digests (a large group)
+    # node -> its connection sync state, as the active director reported it
+    sync: Mapping[str, DirectorSync] = field(default_factory=dict)
 
 
-def directors_list(view: DirectorView) -> list[dict[str, str]]:
+def directors_list(view: DirectorView) -> list[dict[str, Any]]:
+    """status.directors: each ready director (and the active one) with its role and, where
+    the active director reported it, its connection sync state."""
     nodes = sorted(set(view.ready_nodes) | ({view.active} if view.active else set()))
-    return [{"node": n, "role": "active" if n == view.active else "standby"} for n in nodes]
+    out: list[dict[str, Any]] = []
+    for node in nodes:
+        entry: dict[str, Any] = {
+            "node": node,
+            "role": "active" if node == view.active else "standby",
+        }
+        sync = view.sync.get(node)
+        if sync is not None:
+            entry["sync"] = sync.to_object()
+        out.append(entry)
+    return out
+
+
+def not_receiving_message(view: DirectorView) -> str:
+    """The Degraded message for the listed directors whose backup receives no connection
+    sync ("": none)."""
+    listed = set(view.ready_nodes) | ({view.active} if view.active else set())
+    silent = sorted(
+        node for node, s in view.sync.items() if s.receiving == "False" and node in listed
+    )
+    if not silent:
+        return ""
+    interfaces = sorted({view.sync[n].interface for n in silent if view.sync[n].interface})
+    return (
+        f"director(s) {', '.join(silent)} receive no connection sync from {view.active} "
+        f"(its IPVS backup daemon on {', '.join(interfaces) or 'its link'} holds none of the "
+        "connections the active director serves): a crash failover to them would reset every "
+        "established connection. Let the group's multicast (239.255.x.y, UDP 8848) pass "
+        "between the director nodes on that link, or give the agents a link where it does "
+        "(--sync-interface)"
+    )
 
 
 def _selector_text(decision: VSDecision) -> str:
@@ -436,6 +477,8 @@ def vs_conditions(
                 f"nodes matching {_selector_text(decision)}",
             )
         )
+    if message := not_receiving_message(view):
+        issues.append((BACKUP_NOT_RECEIVING, message))
     if view.shared_nodes:
         shared = ", ".join(
             f"{node} (also {', '.join(others)})"

@@ -44,7 +44,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..api.contract import VIP_PROBLEMS_ANNOTATION, format_vip_problems
+from ..api.contract import (
+    SYNC_ANNOTATION,
+    VIP_PROBLEMS_ANNOTATION,
+    format_sync,
+    format_vip_problems,
+)
 from ..api.network import canonical_ip
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
@@ -66,7 +71,16 @@ from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
 from .loop_watch import LoopWatch
 from .metrics import Metrics
-from .sync import SYNC_BACKUP, SYNC_MASTER, ConnectionSync, DaemonKernel, SyncSettings
+from .peer import SyncReport
+from .sync import (
+    SYNC_BACKUP,
+    SYNC_MASTER,
+    ConnectionSync,
+    DaemonKernel,
+    SyncClocks,
+    SyncSettings,
+    sync_record,
+)
 from .table import Change, ServiceKey
 from .traffic import StatsReader, TrafficCollector, TrafficPoller
 from .vip import PROBE_ROUNDS, raw_sockets_allowed
@@ -85,6 +99,9 @@ PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
 PRECHECK_LEAD = PROBE_ROUNDS * PROBE_TIMEOUT + 0.03
 PRECHECK_WAIT_LOGGED = 0.02
 HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answers for
+# how often a director refreshes its sync state (a standby reads its table's received
+# connections, O(connections); the leader writes the group's states on the Lease)
+SYNC_REPORT_INTERVAL = 10.0
 
 
 class EarlyRenewal(Protocol):
@@ -186,6 +203,13 @@ class Agent:
         )  # fmt: skip
         if self.heartbeat.monitor is not None:
             self.heartbeat.monitor.suspect_with(self._precheck_soon, PRECHECK_LEAD)
+        # this director's connection sync state, refreshed by report_sync(): its probes carry
+        # it to the leader, which writes every director's on the Lease (the controller puts
+        # them in the VirtualServers' status.directors[].sync)
+        self.sync_clocks = SyncClocks()
+        self.sync_report: SyncReport | None = None
+        if self.heartbeat.monitor is not None and self.sync is not None:
+            self.heartbeat.monitor.health.sync_report = lambda: self.sync_report
         self.health.on_flip = self._health_flipped
         self.vips.on_problem = self._vip_problem
 
@@ -237,6 +261,43 @@ class Agent:
             await self.sync.apply(self.elector.is_leader, first[1] if first else None)
             if not self._sync_again:
                 return
+
+    async def report_sync(self) -> None:
+        """Refresh this director's sync state; the leader also puts the group's on the Lease
+        (SYNC_ANNOTATION) and counts its backups judged not receiving."""
+        if self.sync is None:
+            return
+        now = time.monotonic()
+        leader = self.elector.is_leader
+        self.sync_clocks.serving(self.ipvs.active_connections if leader else 0, now)
+        # the leader's own table is the one synced from: not read (O(connections))
+        synced = 0 if leader else await asyncio.to_thread(self.sync.synced_connections)
+        self.sync_clocks.synced(synced, now)
+        report = self.sync.report(synced, self.sync_clocks.received_ago(now))
+        self.sync_report = report
+        if not leader:
+            self.metrics.sync_backups_not_receiving.set(0)
+            return
+        responder = self.heartbeat.responder
+        record = sync_record(
+            self.cfg.node_name,
+            report,
+            responder.confirmations() if responder is not None else {},
+            self.sync_clocks.serving_for(now),
+            now,
+            2 * SYNC_REPORT_INTERVAL,
+        )
+        self.elector.set_annotation(SYNC_ANNOTATION, format_sync(record))
+        not_receiving = sum(1 for d in record.directors.values() if d.receiving == "False")
+        self.metrics.sync_backups_not_receiving.set(not_receiving)
+
+    async def _sync_report_loop(self) -> None:
+        while True:
+            try:
+                await self.report_sync()
+            except Exception:
+                log.exception("refreshing the connection sync state failed")
+            await asyncio.sleep(SYNC_REPORT_INTERVAL)
 
     def _converge_failed(self, exc: Exception) -> None:
         """A converge failed (it is retried every second): logged once per reason, with the
@@ -502,6 +563,7 @@ class Agent:
             *self.watches.start(self.client),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._vip_refresh_loop(), name="vip-refresh"),
+            asyncio.create_task(self._sync_report_loop(), name="sync-report"),
         ]
         # not a task: it outlives them, until the handover's drain is over
         stop_renewing = threading.Event()

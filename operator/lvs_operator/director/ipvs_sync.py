@@ -88,6 +88,8 @@ class IpvsSync:
         self.brake = brake or WithdrawalBrake()
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
+        # active connections on the group's services at the last converge (None: unknown)
+        self.active_connections: int | None = None
         self._reported: set[tuple[str, str, str]] = set()
         self._prepare_error = ""  # the last prepare failure logged ("" : none)
         # node settings: when last read (monotonic), with IPv6 or not, the wrong ones' values
@@ -196,6 +198,7 @@ class IpvsSync:
                 extra={"changes": [str(c) for c in changes[:50]], "group": self.group},
             )
         self.desired = want
+        self.active_connections = plan.active
         self.metrics.services.set(len(table))
         self.metrics.destinations.set(plan.destinations)
         self.metrics.quiesced.set(plan.quiesced)
@@ -266,6 +269,7 @@ class Plan:
     ops: dict[str, int]  # changes by op
     destinations: int
     quiesced: int  # destinations at weight 0 still draining
+    active: int | None = None  # active connections on the table's services (None: unknown)
 
 
 def _plan(
@@ -282,7 +286,10 @@ def _plan(
     quiesced = sum(
         1 for k, e in table.items() for d in e.destinations if (k, d.key) in want.quiesced
     )
-    return Plan(table, changes, ops, table.dest_count(), quiesced)
+    active = None
+    if connections is not None:
+        active = sum(n for (service, _), n in connections.items() if service in table)
+    return Plan(table, changes, ops, table.dest_count(), quiesced, active)
 
 
 def trim_memory() -> None:

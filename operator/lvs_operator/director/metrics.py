@@ -141,6 +141,12 @@ class Metrics:
             "its backup sync daemon received from the leader (origin SYNC; read on scrape)",
             ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.sync_backups_not_receiving = Gauge(
+            "lvs_director_sync_backups_not_receiving", "leader: standbys whose backup sync "
+            "daemon holds no connection from this leader although it has served connections "
+            "for a minute (multicast filtered on the link, another sync interface); 0 on a "
+            "standby", ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.sync_problem = Gauge(
             "lvs_director_sync_problem", "1 while the sync daemons are not as wanted (the "
             "reason and its fix are in the agent's log)", ["group"], registry=self.registry,

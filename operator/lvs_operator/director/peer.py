@@ -44,7 +44,15 @@ format (LVSHB1 had no mac): an agent of the old version and one of this one do n
 each other (failover falls back to the Lease while both run, e.g. during a rolling update).
 Without a key everything is accepted unchecked, as before; the agent warns once at start.
 
-Anything else (other magic, other lengths, bad characters, oversized) is dropped. A reply is
+Extension fields (compatibility rule): a probe or reply may carry further fields after the
+ones above and before the mac, each ``<name>=<value>`` (name: lowercase letters and digits,
+starting with a letter; value: visible ASCII, no spaces), covered by the mac like the rest.
+A receiver ignores names it does not know, so a newer agent's messages are understood by an
+older one (from the version that brought this rule on); a field it knows with a malformed
+value, or an extra token that is not ``name=value``, drops the whole message. The fields
+defined so far: ``sync=`` on a probe (the prober's connection sync state, ``SyncReport``).
+
+Anything else (other magic, missing fields, bad characters, oversized) is dropped. A reply is
 at most the probe plus the identity (<= 253 chars) and the responder rate-limits its replies
 per requesting address, so it is a poor reflector. (Per address, not overall: a flood from
 elsewhere must not starve the standby's probes, or it could force a failover.)
@@ -116,6 +124,8 @@ NO_MAC = b"-"
 NO_ACK = "-"
 _MAC_FIELD = 1 + 2 * MAC_LEN
 PROBE_LEN = len(MAGIC) + 1 + NONCE_LEN  # the nonce part every message starts with
+# the longest messages of the fields every version knows (extension fields may follow, up to
+# MAX_DATAGRAM in all)
 MAX_PROBE_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 1 + NONCE_LEN + 2 + 1 + SEQ_LEN + _MAC_FIELD
 MAX_REPLY_LEN = PROBE_LEN + 1 + MAX_IDENTITY + 2 + _MAC_FIELD
 MAX_DATAGRAM = 512  # anything larger is dropped unread
@@ -126,6 +136,7 @@ Address = tuple[str, int]
 _NONCE = re.compile(rb"[0-9a-f]{16}")
 _MAC = re.compile(rb"[0-9a-f]{32}|-")
 _IDENTITY = re.compile(rb"[\x21-\x7e]{1,253}")
+_EXTENSION = re.compile(rb"([a-z][a-z0-9]{0,15})=([\x21-\x7e]*)")
 
 
 # -- wire format -------------------------------------------------------------------------------
@@ -163,10 +174,12 @@ def make_probe(
     gated: bool = False,
     seq: int = 0,
     key: bytes | None = None,
+    sync: SyncReport | None = None,
 ) -> bytes:
     """A probe; with ``identity`` it also carries ``ack`` (the nonce of the newest "leading"
-    reply received from the holder, None: none yet), whether the prober is gated and its
-    sequence number; signed with ``key`` (None: unauthenticated, mac "-")."""
+    reply received from the holder, None: none yet), whether the prober is gated, its
+    sequence number and, with ``sync``, the ``sync=`` extension field; signed with ``key``
+    (None: unauthenticated, mac "-")."""
     if not _valid_nonce(nonce):
         raise ValueError(f"nonce must be {NONCE_LEN} lowercase hex chars: {nonce!r}")
     probe = MAGIC + b" " + nonce.encode("ascii")
@@ -187,7 +200,52 @@ def make_probe(
             f"{seq:016x}".encode("ascii"),
         )
     )
+    if sync is not None:
+        text += b" sync=" + sync.encode()
     return _sign(b"probe", text, key)
+
+
+SYNC_ROLES = ("master", "backup", "off")
+_SYNC = re.compile(
+    rb"(master|backup|off),(\d{1,3}),([\x21-\x2b\x2d-\x7e]{0,15}),(\d{1,10}),(\d{1,10}|-)"
+)
+_MAX_COUNT = 10**10 - 1  # what ten digits hold (the wire caps the figures there)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """A director's connection sync state, as its probes carry it (``sync=`` field):
+    the role of the daemon that matters (a leader's master, a standby's backup, off: none),
+    the sync id and interface it runs with, the connections its backup received (origin
+    SYNC in its table), and how long ago it last saw any (None: not since it started)."""
+
+    role: str  # SYNC_ROLES
+    sync_id: int = 0
+    interface: str = ""
+    synced: int = 0
+    received_ago: int | None = None  # whole seconds
+
+    def encode(self) -> bytes:
+        ago = "-" if self.received_ago is None else str(min(self.received_ago, _MAX_COUNT))
+        text = f"{self.role},{self.sync_id},{self.interface},{min(self.synced, _MAX_COUNT)},{ago}"
+        data = text.encode("ascii")
+        if not _SYNC.fullmatch(data):
+            raise ValueError(f"not a valid sync report: {text!r}")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> SyncReport | None:
+        match = _SYNC.fullmatch(data)
+        if match is None or int(match[2]) > 255:
+            return None
+        role, sync_id, ifname, synced, ago = match.groups()
+        return cls(
+            role.decode("ascii"),
+            int(sync_id),
+            ifname.decode("ascii"),
+            int(synced),
+            None if ago == b"-" else int(ago),
+        )
 
 
 @dataclass(frozen=True)
@@ -197,14 +255,29 @@ class Probe:
     ack: str | None = None
     gated: bool = False
     seq: int = 0
+    sync: SyncReport | None = None  # the sync= extension field (None: not sent)
+
+
+def _extensions(fields: list[bytes]) -> dict[bytes, bytes] | None:
+    """The ``name=value`` extension fields (the last of a repeated name wins); None if a
+    token is not of that form."""
+    out: dict[bytes, bytes] = {}
+    for field_ in fields:
+        match = _EXTENSION.fullmatch(field_)
+        if match is None:
+            return None
+        out[match[1]] = match[2]
+    return out
 
 
 def parse_probe_full(data: bytes) -> Probe | None:
-    """A well-formed probe, else None (the MAC is checked by ``verify``, not here)."""
-    if len(data) > MAX_PROBE_LEN or not data.startswith(MAGIC + b" "):
+    """A well-formed probe, else None (the MAC is checked by ``verify``, not here).
+    Extension fields it does not know are ignored; a known one that is malformed makes
+    the probe malformed."""
+    if len(data) > MAX_DATAGRAM or not data.startswith(MAGIC + b" "):
         return None
     parts = data.split(b" ")
-    if len(parts) not in (3, 7) or not _NONCE.fullmatch(parts[1]):
+    if not (len(parts) == 3 or len(parts) >= 7) or not _NONCE.fullmatch(parts[1]):
         return None
     if not _MAC.fullmatch(parts[-1]):
         return None
@@ -218,12 +291,21 @@ def parse_probe_full(data: bytes) -> Probe | None:
         return None
     if not _NONCE.fullmatch(seq):  # same shape: 16 lowercase hex chars
         return None
+    extensions = _extensions(parts[6:-1])
+    if extensions is None:
+        return None
+    sync = None
+    if b"sync" in extensions:
+        sync = SyncReport.decode(extensions[b"sync"])
+        if sync is None:
+            return None
     return Probe(
         nonce,
         identity.decode("ascii"),
         None if ack == b"-" else ack.decode("ascii"),
         gated == b"1",
         int(seq, 16),
+        sync,
     )
 
 
@@ -246,15 +328,15 @@ def make_reply(nonce: str, identity: str, leader: bool, key: bytes | None = None
 
 def parse_reply(data: bytes) -> tuple[str, str, bool] | None:
     """(nonce, identity, leader) of a well-formed reply, else None (the MAC is checked by
-    ``verify``, not here)."""
-    if len(data) > MAX_REPLY_LEN:
+    ``verify``, not here). A reply defines no extension field yet: any is ignored."""
+    if len(data) > MAX_DATAGRAM:
         return None
     parts = data.split(b" ")
-    if len(parts) != 5 or parts[0] != MAGIC or parts[3] not in (b"0", b"1"):
+    if len(parts) < 5 or parts[0] != MAGIC or parts[3] not in (b"0", b"1"):
         return None
     if not _NONCE.fullmatch(parts[1]) or not _IDENTITY.fullmatch(parts[2]):
         return None
-    if not _MAC.fullmatch(parts[4]):
+    if not _MAC.fullmatch(parts[-1]) or _extensions(parts[4:-1]) is None:
         return None
     return parts[1].decode("ascii"), parts[2].decode("ascii"), parts[3] == b"1"
 
@@ -364,6 +446,7 @@ class Confirmation:
     address: str  # where its probes come from
     at: float
     gated: bool = False  # it checks ARP before any takeover (its newest probe said so)
+    sync: SyncReport | None = None  # its connection sync state (its newest probe's sync=)
 
 
 # -- the state machine -------------------------------------------------------------------------
@@ -392,6 +475,10 @@ class PeerHealth:
         self.on_reject = on_reject  # (reason, source address) of a dropped reply
         self.rejected = 0  # replies without the key's MAC
         self.gated = False  # we check ARP before any takeover (the agent sets it)
+        # our connection sync state for the holder (the agent sets it); sent only while the
+        # holder understands the field (``extensions``: it writes the Lease's sync record)
+        self.sync_report: Callable[[], SyncReport | None] | None = None
+        self.extensions = False
         self.timeout = timeout
         self.gated_timeout = timeout * GATED_TIMEOUT_SHARE
         self.arm_after = arm_after
@@ -426,7 +513,19 @@ class PeerHealth:
         while len(self._pending) > self.outstanding:
             self._pending.popitem(last=False)
         self._probe_seq = max(self._probe_seq + 1, self._wall_ns())
-        return make_probe(nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key)
+        sync = None
+        if self.extensions and self.identity and self.sync_report is not None:
+            # never at the cost of the probe: a state the wire cannot carry (an interface
+            # name with a comma) goes unsent
+            try:
+                sync = self.sync_report()
+                if sync is not None:
+                    sync.encode()
+            except Exception:
+                sync = None
+        return make_probe(
+            nonce, self.identity, self._ack, self.gated, self._probe_seq, self.key, sync
+        )
 
     def on_reply(self, data: bytes, source: tuple[Any, ...], now: float) -> bool:
         """Feed one datagram; True if it was a valid reply of the target to a pending probe."""
@@ -709,7 +808,7 @@ class HeartbeatResponder:
                 at = sent_at
             else:
                 return  # no proof from this address yet
-            confirmation = Confirmation(ip, at, probe.gated)
+            confirmation = Confirmation(ip, at, probe.gated, probe.sync)
             if confirmation != known:
                 self._confirmed[probe.identity] = confirmation
                 while len(self._confirmed) > _MAX_BUCKETS:
@@ -812,6 +911,11 @@ class HeartbeatMonitor:
             if address is not None and ipaddress.ip_address(address[0]).is_unspecified:
                 address = None
         self.set_target(holder, address)
+        # a holder that writes the sync record understands the sync= field (peer.py,
+        # "Extension fields"); one of an older version would drop our probes
+        understood = contract.parse_sync(annotations.get(contract.SYNC_ANNOTATION)).leader
+        with self._lock:
+            self.health.extensions = understood == holder
 
     def start_probing(self) -> None:
         """Begin probing the holder (a monitor made with ``probing=False``)."""

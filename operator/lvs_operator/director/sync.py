@@ -18,11 +18,13 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from ..api.contract import DirectorSync, SyncRecord
 from .kernel.ipvs_netlink import SYNC_BACKUP, SYNC_MASTER, SyncDaemon
+from .peer import SyncReport
 
 log = logging.getLogger("lvs_operator.director.sync")
 
@@ -31,6 +33,11 @@ DEFAULT_PORT = 8848  # the kernel's IP_VS_SYNC_PORT
 # from the master); per network namespace, like the agent's IPVS
 CONN_SYNC_TABLE = "/proc/net/ip_vs_conn_sync"
 DEFAULT_TTL = 1  # the segment only: directors share the VIP's L2 anyway (gratuitous ARP)
+# A backup is judged not receiving once the leader has served connections this long while
+# the backup held none it received. Well above the sync lag (0.3-1.6 s measured: the master
+# sends after 3 packets of a connection and batches) and the leader's connection count's age
+# (read with each converge, at least every --resync-interval, 30 s by default).
+RECEIVE_WINDOW = 60.0
 
 
 def sync_id(group: str) -> int:
@@ -185,6 +192,10 @@ class ConnectionSync:
         """1 if the kernel ran a daemon in ``state`` at the last read-back (metrics)."""
         return 1 if any(d.state == state for d in self.running) else 0
 
+    def report(self, synced: int, received_ago: int | None) -> SyncReport:
+        """This director's sync state (the daemons read back at the last change)."""
+        return report_of(self.running, synced, received_ago)
+
     def synced_connections(self) -> int:
         """Connections this node's backup daemon received (0 while it runs none): a standby
         whose leader serves connections but that shows none here receives no sync traffic
@@ -202,6 +213,102 @@ class ConnectionSync:
 
 
 STATE_NAMES = {SYNC_MASTER: "master", SYNC_BACKUP: "backup"}
+
+
+def report_of(running: Iterable[SyncDaemon], synced: int, received_ago: int | None) -> SyncReport:
+    """This director's sync state for its probes and the Lease: the master if it runs one
+    (the leader), else the backup, else off."""
+    by_state = {d.state: d for d in running}
+    daemon = by_state.get(SYNC_MASTER) or by_state.get(SYNC_BACKUP)
+    if daemon is None:
+        return SyncReport("off")
+    role = STATE_NAMES[daemon.state]
+    return SyncReport(role, daemon.sync_id, daemon.ifname[:15], synced, received_ago)
+
+
+def judge_receiving(
+    report: SyncReport, serving_for: float | None, window: float = RECEIVE_WINDOW
+) -> str:
+    """Whether a backup receives the leader's connections: "True" while its table holds
+    some (they stay until their timeout, up to 15 min for an established TCP connection:
+    a link that stops carrying sync shows as "False" only once they expired); "False" when
+    the leader has served connections for ``window`` (``serving_for``: seconds, None: it
+    serves none) and the backup saw none for as long; "Unknown" otherwise (nothing to sync,
+    or too soon). "" for a director that runs no backup alone (the leader, or off)."""
+    if report.role != "backup":
+        return ""
+    if report.synced > 0:
+        return "True"
+    if serving_for is None or serving_for < window:
+        return "Unknown"
+    if report.received_ago is not None and report.received_ago < window:
+        return "Unknown"
+    return "False"
+
+
+def director_sync(report: SyncReport, serving_for: float | None) -> DirectorSync:
+    """A director's entry on the Lease (SYNC_ANNOTATION), judged by the leader."""
+    return DirectorSync(
+        report.role, report.sync_id, report.interface, judge_receiving(report, serving_for)
+    )
+
+
+class Reported(Protocol):
+    """A standby's newest confirmation (peer.Confirmation): when it last heard us lead (our
+    clock) and the sync state its probe carried."""
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def sync(self) -> SyncReport | None: ...
+
+
+def sync_record(
+    leader: str,
+    own: SyncReport,
+    standbys: Mapping[str, Reported],
+    serving_for: float | None,
+    now: float,
+    fresh_within: float,
+) -> SyncRecord:
+    """The leader's SYNC_ANNOTATION: its own state and that of each standby that confirmed
+    within ``fresh_within`` with a sync state (a standby gone, or of a version that sends
+    none, is left out: the status shows no sync state for it rather than a stale one)."""
+    directors = {leader: director_sync(own, None)}
+    for identity, confirmation in standbys.items():
+        report = confirmation.sync
+        if report is not None and identity != leader and now - confirmation.at <= fresh_within:
+            directors[identity] = director_sync(report, serving_for)
+    return SyncRecord(leader, directors)
+
+
+class SyncClocks:
+    """Since when the leader serves connections, and when this director's backup last held
+    received ones; pure (the caller passes the time)."""
+
+    def __init__(self) -> None:
+        self.serving_since: float | None = None
+        self.received_at: float | None = None
+
+    def serving(self, active_connections: int | None, now: float) -> None:
+        """The leader's active connections at ``now`` (None: unknown, nothing changes)."""
+        if active_connections is None:
+            return
+        if active_connections <= 0:
+            self.serving_since = None
+        elif self.serving_since is None:
+            self.serving_since = now
+
+    def serving_for(self, now: float) -> float | None:
+        return None if self.serving_since is None else now - self.serving_since
+
+    def synced(self, count: int, now: float) -> None:
+        if count > 0:
+            self.received_at = now
+
+    def received_ago(self, now: float) -> int | None:
+        return None if self.received_at is None else int(now - self.received_at)
 
 
 def _hint(err: int) -> str:

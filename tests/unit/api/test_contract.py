@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import pytest
+
 from lvs_operator.api import contract
 from lvs_operator.api import virtualserver as vs
 from lvs_operator.controller import config as controller_config
@@ -246,3 +248,58 @@ def test_bound_annotations_leaves_out_the_largest_until_they_fit() -> None:
     assert kept == {**small, "other": "y" * 100_000}
     kept, dropped = contract.bound_annotations(big, limit=1024)
     assert dropped == ("lvs.io/vip-problems", "other") and kept == small
+
+
+def test_sync_annotation_round_trip_and_staleness() -> None:
+    from lvs_operator.api.contract import DirectorSync, SyncRecord, format_sync, parse_sync
+
+    record = SyncRecord(
+        "node-a",
+        {
+            "node-b": DirectorSync("backup", 12, "eth0", "False"),
+            "node-a": DirectorSync("master", 12, "eth0"),
+            "node-c": DirectorSync("off"),
+        },
+    )
+    text = format_sync(record)
+    assert text == (
+        '{"leader":"node-a","directors":{"node-a":{"role":"master","syncId":12,'
+        '"interface":"eth0"},"node-b":{"role":"backup","syncId":12,"interface":"eth0",'
+        '"receiving":"False"},"node-c":{"role":"off"}}}'
+    )
+    assert parse_sync(text) == record
+    assert parse_sync(text).current_for("node-a") == record.directors
+    # carried over by a holder that does not write it (an older version): stale, not shown
+    assert parse_sync(text).current_for("node-b") == {}
+    assert parse_sync(text).current_for("") == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, "", "{", "[]", '{"directors":{}}', '{"leader":3,"directors":{}}'],
+)
+def test_parse_sync_without_a_record(text: str | None) -> None:
+    from lvs_operator.api.contract import SyncRecord, parse_sync
+
+    assert parse_sync(text) == SyncRecord()
+
+
+def test_parse_sync_drops_malformed_entries_and_ignores_unknown_fields() -> None:
+    from lvs_operator.api.contract import DirectorSync, parse_sync
+
+    text = json.dumps(
+        {
+            "leader": "node-a",
+            "future": 1,
+            "directors": {
+                "node-a": {"role": "master", "syncId": 12, "interface": "eth0", "lag": 3},
+                "node-b": {"role": "leader"},
+                "node-c": {"role": "backup", "syncId": 256},
+                "node-d": {"role": "backup", "syncId": True},
+                "node-e": {"role": "backup", "receiving": "yes"},
+                "node-f": {"role": "backup", "interface": "x" * 16},
+                "node-g": "backup",
+            },
+        }
+    )
+    assert parse_sync(text).directors == {"node-a": DirectorSync("master", 12, "eth0")}

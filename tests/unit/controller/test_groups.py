@@ -111,3 +111,25 @@ def test_lease_carries_the_holders_vip_problems() -> None:
     assert view.active == "node-1" and view.vip_problems == lease.vip_problems
     (expired,) = g.group_views(["g1"], leases, [], T0 + timedelta(minutes=1)).values()
     assert expired.vip_problems == {}  # only a valid Lease speaks
+
+
+def test_lease_carries_the_directors_sync_state_only_from_its_holder() -> None:
+    from lvs_operator.api.contract import SYNC_ANNOTATION, DirectorSync, SyncRecord, format_sync
+
+    states = {
+        "node-1": DirectorSync("master", 12, "eth0"),
+        "node-2": DirectorSync("backup", 12, "eth0", "True"),
+    }
+    obj = o.lease(lease_name("g1"), holder="node-1", duration=15)
+    obj["metadata"]["annotations"] = {SYNC_ANNOTATION: format_sync(SyncRecord("node-1", states))}
+    lease = g.parse_lease(obj)
+    assert lease.sync == states
+    (view,) = g.group_views(["g1"], {lease.name: lease}, [], T0).values()
+    assert view.sync == states
+    (expired,) = g.group_views(["g1"], {lease.name: lease}, [], T0 + timedelta(minutes=1)).values()
+    assert expired.sync == {}
+    # written by node-1, now held by node-2 (an older agent carried the record over): stale
+    obj["spec"]["holderIdentity"] = "node-2"
+    assert g.parse_lease(obj).sync == {}
+    # an older holder writes no record at all
+    assert g.parse_lease(o.lease("l", holder="node-1")).sync == {}

@@ -317,3 +317,40 @@ def test_a_digest_report_that_cannot_tell_keeps_a_ready_virtualserver_ready() ->
     exact = v.DirectorView(GROUP, "n1", {}, ("n1", "n2"))  # a map without it: not served
     cs = {c.type: c for c in v.vs_conditions(d, outcome(2, 2), exact, "lvs-system", None, True)}
     assert cs["Ready"].status == "False"
+
+
+def test_directors_show_their_sync_state_and_a_silent_backup_degrades() -> None:
+    from lvs_operator.api.contract import DirectorSync
+
+    (d,) = decide(o.vs("a", generation=4)).values()
+    receiving = {
+        "n1": DirectorSync("master", 12, "eth0"),
+        "n2": DirectorSync("backup", 12, "eth0", "True"),
+    }
+    view = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2", "n3"), sync=receiving)
+    status = v.vs_status(d, outcome(2, 2), view, "lvs-system", None, T0)
+    master = {"role": "master", "syncId": 12, "interface": "eth0"}
+    backup = {"role": "backup", "syncId": 12, "interface": "eth0", "receiving": "True"}
+    assert status["directors"] == [
+        {"node": "n1", "role": "active", "sync": master},
+        {"node": "n2", "role": "standby", "sync": backup},
+        {"node": "n3", "role": "standby"},  # no state reported (an older agent): no sync
+    ]
+    cs = conds(d, outcome(2, 2), view)
+    assert (cs["Degraded"].status, cs["Degraded"].reason) == ("False", v.AS_EXPECTED)
+
+    silent = {**receiving, "n3": DirectorSync("backup", 12, "eth1", "False")}
+    cs = conds(d, outcome(2, 2), v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2", "n3"),
+                                                 sync=silent))  # fmt: skip
+    assert (cs["Degraded"].status, cs["Degraded"].reason) == ("True", v.BACKUP_NOT_RECEIVING)
+    message = cs["Degraded"].message
+    assert "n3 receive no connection sync from n1" in message and "eth1" in message
+    assert "multicast" in message and "--sync-interface" in message
+    assert cs["Ready"].status == "True"  # serving is not in question
+    # "Unknown" (nothing to sync yet) is no issue; nor is a director no longer listed
+    unknown = {**receiving, "n3": DirectorSync("backup", 12, "eth0", "Unknown")}
+    cs = conds(d, outcome(2, 2), v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2", "n3"),
+                                                 sync=unknown))  # fmt: skip
+    assert cs["Degraded"].status == "False"
+    gone = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"), sync=silent)
+    assert conds(d, outcome(2, 2), gone)["Degraded"].status == "False"

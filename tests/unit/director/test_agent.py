@@ -1083,3 +1083,76 @@ async def test_node_settings_that_cannot_be_read_are_logged_once_not_every_conve
     assert kernel.settings_checks == [False]  # not retried at every converge
     lines = [r for r in caplog.records if "cannot read the node settings" in r.getMessage()]
     assert len(lines) == 1 and "Permission denied" in lines[0].getMessage()
+
+
+async def test_the_sync_state_travels_from_a_standbys_probe_to_the_lease() -> None:
+    """A standby's sync state rides its probes (once the holder's Lease shows it writes the
+    sync record); the leader judges it against its own connections and writes every
+    director's on the Lease (SYNC_ANNOTATION), where the controller reads it."""
+    from lvs_operator.api.contract import SYNC_ANNOTATION, DirectorSync, parse_sync
+    from lvs_operator.director.peer import HEARTBEAT_ANNOTATION, HeartbeatResponder
+    from lvs_operator.director.sync import RECEIVE_WINDOW
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def sendto(self, data: bytes, addr: Any) -> int:
+            self.sent.append(data)
+            return len(data)
+
+    store = FakeLeaseStore()
+    leader = make("node-a", store, daemons=FakeDaemonKernel())
+    standby = make("node-b", store, daemons=FakeDaemonKernel())
+    await leader.startup()
+    await standby.startup()
+    for agent in (leader, standby):
+        agent.watches.reset_vs([vs_obj()])
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+        await agent.converge()
+        await agent.reconcile_vips()
+        assert agent._sync_task is not None
+        await agent._sync_task
+    responder = HeartbeatResponder("node-a", lambda: True)  # not bound: fed by hand below
+    leader.heartbeat.responder = responder
+    leader.elector.set_annotation(HEARTBEAT_ANNOTATION, "10.0.0.1:9643")
+    await leader.report_sync()
+    await leader.elector.tick()
+    assert parse_sync(store.record.annotations[SYNC_ANNOTATION]).directors == {
+        "node-a": DirectorSync("master", leader.sync.report(0, None).sync_id, "front")
+    }
+    await standby.elector.tick()  # sees the record: the holder understands sync=
+    monitor = standby.heartbeat.monitor
+    assert monitor is not None and monitor.health.extensions
+
+    def round_trip() -> None:
+        """One probe answered "leading", then the probe that acknowledges it."""
+        sock, now = FakeSocket(), time.monotonic()
+        responder._on_probe(sock, monitor.health.next_probe(now), ("10.0.0.2", 40000))  # type: ignore[arg-type]
+        assert monitor.health.on_reply(sock.sent[-1], ("10.0.0.1", 9643), now)
+        responder._on_probe(sock, monitor.health.next_probe(now), ("10.0.0.2", 40000))  # type: ignore[arg-type]
+
+    async def verdict() -> str:
+        await leader.report_sync()
+        await leader.elector.tick()
+        record = parse_sync(store.record.annotations[SYNC_ANNOTATION])
+        return record.current_for(store.record.holder)["node-b"].receiving
+
+    assert standby.sync is not None
+    standby.sync._synced = lambda: 0  # its table holds no received connection
+    await standby.report_sync()
+    round_trip()
+    assert await verdict() == "Unknown"  # the leader serves no connections
+    leader.sync_clocks.serving(5, time.monotonic() - RECEIVE_WINDOW - 1)  # serving a while
+    leader.ipvs.active_connections = 5
+    assert await verdict() == "False"
+    assert 'lvs_director_sync_backups_not_receiving{group="g1"} 1.0' in (
+        leader.metrics.render().decode()
+    )
+    standby.sync._synced = lambda: 4
+    await standby.report_sync()
+    round_trip()
+    assert await verdict() == "True"
+    assert 'lvs_director_sync_backups_not_receiving{group="g1"} 0.0' in (
+        leader.metrics.render().decode()
+    )
