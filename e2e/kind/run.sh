@@ -107,6 +107,15 @@ k -n three-tier rollout status deployment/web --timeout=300s
 k -n three-tier rollout status statefulset/mysql --timeout=300s
 say "waiting for the VirtualServer to be Ready"
 k -n three-tier wait --for=condition=Ready virtualserver/web --timeout=180s
+# A stock kind node has net.ipv4.vs.conntrack=0 and no IPVS expiry settings: the directors'
+# privileged init container (node-settings, on by default) sets them before the agent starts.
+# Show what it did on each director node, and fail if an agent still reports a wrong one.
+for pod in $(k -n lvs-system get pods -l app.kubernetes.io/name=lvs-director -o name); do
+    say "$pod node-settings: $(k -n lvs-system logs "$pod" -c node-settings | tr '\n' ' ')"
+    if k -n lvs-system logs "$pod" -c director | grep -q "node setting wrong"; then
+        die "$pod: the agent reports a node setting the init step did not set"
+    fi
+done
 k -n three-tier get lvs,rsp -o wide
 
 # ------------------------------------------------------------------------------ traffic
