@@ -37,6 +37,7 @@ from lvs_operator.api.contract import (
     lease_name,
     programmed_key,
 )
+from lvs_operator.api.ipvs_catalog import Forwarding
 from lvs_operator.api.network import IPNetwork, canonical_ip, in_ranges, parse_ip
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualServer
@@ -70,6 +71,11 @@ NO_STANDBY_DIRECTOR = "NoStandbyDirector"
 DIRECTOR_NODE_SHARED = "DirectorNodeShared"
 MOVING = "MovingToDirectorGroup"
 BACKUP_NOT_RECEIVING = "BackupNotReceiving"
+# condition ConnectionsSurviveCrash: whether a crash failover keeps established connections
+CONNECTIONS_SURVIVE_CRASH = "ConnectionsSurviveCrash"
+SYNCED = "ConnectionsSynced"
+SYNC_OFF = "ConnectionSyncOff"
+MASQUERADE_SNAT = "MasqueradeSNAT"
 
 STATUS_FIELDS = (
     "observedGeneration",
@@ -501,6 +507,46 @@ def vs_conditions(
     return (ready, programmed, degraded)
 
 
+def crash_survival_condition(decision: VSDecision, view: DirectorView | None) -> c.Condition:
+    """ConnectionsSurviveCrash: what a crash of the active director does to this
+    VirtualServer's established connections, as far as the controller can tell. A planned
+    handover keeps them whatever this says (the new leader relays them to the old one)."""
+    vs = decision.vs
+    if not decision.accepted or vs is None:
+        return c.condition(CONNECTIONS_SURVIVE_CRASH, False, decision.reason, "not programmed")
+    if vs.spec.forwarding == Forwarding.MASQUERADE:
+        # measured: 0 of 50 in the data-plane case (docs/director.md, connection sync)
+        return c.condition(
+            CONNECTIONS_SURVIVE_CRASH,
+            False,
+            MASQUERADE_SNAT,
+            "a crash failover resets established masquerade connections (0 of 50 kept in the "
+            "project's data-plane test): the real servers know them by the failed director's "
+            "address (the agents' source NAT), and the new director has no connection-tracking "
+            "entry for them. Planned handovers keep them. Use forwarding direct or tunnel where "
+            "connections must survive a crash",
+        )
+    view = view or DirectorView(decision.group or "")
+    standbys = [n for n in view.ready_nodes if n != view.active]
+    off = sorted(n for n in standbys if (s := view.sync.get(n)) is not None and s.role == "off")
+    if off:
+        return c.condition(
+            CONNECTIONS_SURVIVE_CRASH,
+            False,
+            SYNC_OFF,
+            f"connection sync is off on director(s) {', '.join(off)} "
+            "(--no-connection-sync): a crash failover to them resets established connections",
+        )
+    return c.condition(
+        CONNECTIONS_SURVIVE_CRASH,
+        True,
+        SYNCED,
+        f"{vs.spec.forwarding} connections are copied to the standby directors (IPVS connection "
+        "sync) and kept by a crash failover, all but those younger than the sync lag (about a "
+        "second); see Degraded for a standby that receives none",
+    )
+
+
 def vs_status(
     decision: VSDecision,
     pool: PoolOutcome | None,
@@ -515,7 +561,13 @@ def vs_status(
     before = c.conditions_from(previous)
     was_ready = (c.find(before, c.READY) or c.condition(c.READY, False, "")).status == c.TRUE
     conds = c.merge_conditions(
-        before, vs_conditions(decision, pool, view, namespace, next_view, was_ready), now, gen
+        before,
+        (
+            *vs_conditions(decision, pool, view, namespace, next_view, was_ready),
+            crash_survival_condition(decision, view),
+        ),
+        now,
+        gen,
     )
     ready_n = pool.ready if pool and decision.accepted else 0
     total_n = pool.total if pool and decision.accepted else 0

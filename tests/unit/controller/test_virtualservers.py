@@ -255,7 +255,9 @@ def test_status_fields_and_idempotence() -> None:
     ]
     assert (status["readyRealServers"], status["totalRealServers"]) == (1, 2)
     assert status["readyOfTotal"] == "1/2"
-    assert [c["type"] for c in status["conditions"]] == ["Ready", "Programmed", "Degraded"]
+    assert [c["type"] for c in status["conditions"]] == [
+        "Ready", "Programmed", "Degraded", "ConnectionsSurviveCrash"
+    ]  # fmt: skip
     again = v.vs_status(
         d, outcome(1, 2), view, "lvs-system", status, datetime(2025, 1, 1, tzinfo=UTC)
     )
@@ -354,3 +356,34 @@ def test_directors_show_their_sync_state_and_a_silent_backup_degrades() -> None:
     assert cs["Degraded"].status == "False"
     gone = v.DirectorView(GROUP, "n1", {"web/a": 4}, ("n1", "n2"), sync=silent)
     assert conds(d, outcome(2, 2), gone)["Degraded"].status == "False"
+
+
+def test_crash_survival_says_masquerade_connections_are_reset_and_synced_ones_kept() -> None:
+    from lvs_operator.api.contract import DirectorSync
+
+    def survival(forwarding: str | None, sync: dict[str, DirectorSync]) -> tuple[str, str, str]:
+        obj = o.vs("a")
+        if forwarding:
+            obj["spec"]["forwarding"] = forwarding
+            obj["spec"]["ports"] = [{"port": 80}]  # direct and tunnel keep the port
+        (d,) = decide(obj).values()
+        assert d.accepted, d.message
+        view = v.DirectorView(GROUP, "n1", {"web/a": 1}, ("n1", "n2"), sync=sync)
+        cond = v.crash_survival_condition(d, view)
+        assert cond.type == "ConnectionsSurviveCrash"
+        return cond.status, cond.reason, cond.message
+
+    synced = {"n1": DirectorSync("master", 12, "eth0"), "n2": DirectorSync("backup", 12, "eth0")}
+    # masquerade (the default): reset by a crash whatever the sync state, and it says why
+    status, reason, message = survival(None, synced)
+    assert (status, reason) == ("False", v.MASQUERADE_SNAT)
+    assert "0 of 50" in message and "direct or tunnel" in message
+    for forwarding in ("direct", "tunnel"):
+        assert survival(forwarding, synced)[:2] == ("True", v.SYNCED)
+        # older agents report nothing: no reason to say otherwise
+        assert survival(forwarding, {})[:2] == ("True", v.SYNCED)
+    off = {**synced, "n2": DirectorSync("off", 0, "")}
+    status, reason, message = survival("direct", off)
+    assert (status, reason) == ("False", v.SYNC_OFF) and "n2" in message
+    (rejected,) = decide(o.vs("a", pool="nope")).values()
+    assert v.crash_survival_condition(rejected, None).status == "False"
