@@ -95,6 +95,8 @@ NODE_TO_NS = {node: ns for ns, (node, _) in DIRECTORS.items()}
 OTHER = {"e2e-dir-a": "e2e-dir-b", "e2e-dir-b": "e2e-dir-a"}
 VS = custom_resource("lvs.io", "v1alpha1", "VirtualServer", "virtualservers")
 RSP = custom_resource("lvs.io", "v1alpha1", "RealServerPool", "realserverpools")
+# guest functions (e2e/guest.py) that delete or re-create a director node's namespace
+NODE_REPLACED_BY = frozenset({"add_director", "remove_director", "crash_node"})
 CLUSTER_HINT = "run hack/test-cluster/cluster.sh build (or make setup)"
 CLIENT = "e2e-client"  # e2e/guest.py's client namespace
 PROMETHEUS_PORT = 9090  # = e2e/guest.py's
@@ -208,9 +210,8 @@ class System:
         self.vm: Vm | None = None
         self.controller: ControllerProcess | None = None
         self.agents: dict[str, GuestProcess] = {}  # director namespace -> running agent
-        # director namespace -> the network namespace (inode) its init step ran in: a
-        # crashed node comes back as a new namespace, a new pod whose init containers run
-        self.initialised: dict[str, str] = {}
+        # director namespaces whose init step ran (call() forgets a node it replaces)
+        self.initialised: set[str] = set()
         self.agent_history: list[tuple[str, GuestProcess]] = []
         self.pod_ns: dict[str, str] = {}  # pod name -> its namespace in the VM
         self._pod_index = 0
@@ -478,6 +479,10 @@ class System:
 
     def call(self, fn: str, timeout: float = 120, **kwargs: Any) -> Any:
         assert self.vm is not None
+        if fn in NODE_REPLACED_BY:
+            # the node's network namespace goes (and comes back new): a new pod, whose
+            # init containers run again before its agent
+            self.initialised.discard(kwargs["ns"])
         return self.vm.call(f"{GUEST}:{fn}", timeout=timeout, **kwargs)
 
     def build_network(self) -> None:
@@ -687,12 +692,11 @@ class System:
         env = self.agent_env(ns)
         node = DIRECTORS[ns][0]
         terms = self.pod_terms()
-        netns = self.vm.run(["stat", "-L", "-c", "%i", f"/run/netns/{ns}"]).stdout.strip()
-        if self.initialised.get(ns) != netns:
+        if ns not in self.initialised:
             for init in init_argvs(terms, self.vm.shared, guest_python()):
                 res = self.vm.run(init, netns=ns, timeout=240)
                 assert res.returncode == 0, f"init step {init} on {ns}: {res}"
-            self.initialised[ns] = netns
+            self.initialised.add(ns)
         argv, env = agent_argv(terms, [], env, self.vm.shared, guest_python())
         proc = self.vm.spawn(argv, netns=ns, name=f"agent-{node}", env=env)
         self.agents[ns] = proc
