@@ -544,7 +544,7 @@ def test_5_node_crash_standby_takes_over(system: System) -> None:
     stats = analyse(s.stop_loop(loop, out), at, old)
     assert res["holder"] == new, f"{res}\n{s.logs()}"
     # the group's IPv6 VIP failed over with it
-    res6 = s.call("wait_answers", vip=VIP6, timeout=30)
+    res6 = s.call("wait_answers", vip=VIP6, timeout=120)  # the guest waits up to 90 s
     assert res6["ok"] and res6["director"] == new, f"{res6}\n{s.logs()}"
     assert stats["old_to_new"] is not None, stats
     # heartbeat silence 0.3 s + the ARP check + a Lease write through the real API server +
