@@ -359,9 +359,19 @@ class System:
         self.say("installed the operator's RBAC:\n" + _indent(out))
 
     def token_kubeconfig(
-        self, account: str, server: str, path: Path, namespace: str = OPERATOR_NS
+        self,
+        account: str,
+        server: str,
+        path: Path,
+        namespace: str = OPERATOR_NS,
+        relative_ca: bool = False,
     ) -> Path:
-        """A kubeconfig authenticating as ServiceAccount ``account`` of ``namespace``."""
+        """A kubeconfig authenticating as ServiceAccount ``account`` of ``namespace``. Its CA
+        is a file beside it, named by an absolute path, or with ``relative_ca`` by its name
+        alone (resolved against the kubeconfig's directory): the agents read it from the image's
+        tree too (tests/dataplane/deployed.py), where the shared directory has another path.
+        Not inline: a client writes inline CA data to a temporary file, which a read-only root
+        file system refuses."""
         assert self.admin is not None and self.cluster is not None
         wait_for(
             lambda: self.admin.get(ServiceAccount, account, namespace=namespace),  # type: ignore[union-attr]
@@ -373,14 +383,19 @@ class System:
             spec=TokenRequestSpec(audiences=[], expirationSeconds=24 * 3600),
         )
         token = self.admin.create(request, account, namespace=namespace).status.token
-        # the CA inline: the agents may read this file from the image's tree (deployed.py),
-        # where other paths of the host's are not
-        ca = base64.b64encode(Path(self.cluster.info["ca"]).read_bytes()).decode()
+        ca = path.parent / f"{path.stem}.ca.crt"
+        shutil.copyfile(self.cluster.info["ca"], ca)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "e2e", "cluster": {"server": server, "certificate-authority-data": ca}}
+                {
+                    "name": "e2e",
+                    "cluster": {
+                        "server": server,
+                        "certificate-authority": ca.name if relative_ca else str(ca),
+                    },
+                }
             ],
             "users": [{"name": account, "user": {"token": token}}],
             "contexts": [
@@ -650,7 +665,9 @@ class System:
         kubeconfig = self.vm.shared / "director.kubeconfig"
         if not kubeconfig.exists():
             assert self.cluster is not None
-            self.token_kubeconfig("lvs-director", self.cluster.info["server_vm"], kubeconfig)
+            self.token_kubeconfig(
+                "lvs-director", self.cluster.info["server_vm"], kubeconfig, relative_ca=True
+            )
         env["KUBECONFIG"] = str(kubeconfig)
         t = self.timings
         env["LVS_STARTUP_GRACE_SECONDS"] = str(t.startup_grace)
