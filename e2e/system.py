@@ -25,6 +25,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
+import importlib
+import inspect
 import json
 import os
 import shutil
@@ -89,6 +92,15 @@ VIP_RANGES = "192.0.2.0/24,2001:db8::/64"
 DIRECTOR_IMAGE = "registry.invalid/lvs-operator:e2e"  # never pulled: kwok is the kubelet
 WEB_IMAGE = "registry.invalid/httpd:e2e"
 GUEST = "e2e.guest"
+
+
+@functools.cache
+def _guest_parameters(fn: str) -> frozenset[str]:
+    """The parameter names of guest function ``fn`` (the module imports on the host too)."""
+    module = importlib.import_module(GUEST)
+    return frozenset(inspect.signature(getattr(module, fn)).parameters)
+
+
 # director namespace in the VM -> (Node name, InternalIP: its front address)
 DIRECTORS = {"e2e-dir-a": ("director-a", "192.0.2.11"), "e2e-dir-b": ("director-b", "192.0.2.12")}
 NODE_TO_NS = {node: ns for ns, (node, _) in DIRECTORS.items()}
@@ -498,6 +510,11 @@ class System:
             # the node's network namespace goes (and comes back new): a new pod, whose
             # init containers run again before its agent
             self.initialised.discard(kwargs["ns"])
+        if fn.startswith("wait_") and "timeout" in _guest_parameters(fn):
+            # a guest wait gets the same bound and returns what it saw when it runs out; the
+            # call is cut off only 30 s later, so a failure says why rather than "timed out"
+            kwargs.setdefault("timeout", timeout)
+            timeout += 30
         return self.vm.call(f"{GUEST}:{fn}", timeout=timeout, **kwargs)
 
     def build_network(self) -> None:

@@ -14,6 +14,7 @@
 # State: $LVS_DOCKERD_DIR (default /var/tmp/lvs-operator-dockerd): dockerd.pid, dockerd.log.
 set -euo pipefail
 state="${LVS_DOCKERD_DIR:-/var/tmp/lvs-operator-dockerd}"
+apt="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/apt-get.sh"  # waits for another apt-get
 pidfile="$state/dockerd.pid"
 log="$state/dockerd.log"
 say() { echo "[engine] $*" >&2; }
@@ -35,8 +36,8 @@ start() {
         say "installing Debian's docker.io (dockerd, containerd, runc)"
         local t0=$SECONDS
         export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends docker.io >"$state/apt.log" 2>&1 || {
-            apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends \
+        "$apt" install -y -q --no-install-recommends docker.io >"$state/apt.log" 2>&1 || {
+            "$apt" update -q >/dev/null && "$apt" install -y -q --no-install-recommends \
                 docker.io >"$state/apt.log" 2>&1
         } || { tail -20 "$state/apt.log" >&2; return 1; }
         say "installed in $((SECONDS - t0)) s"

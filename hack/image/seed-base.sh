@@ -78,7 +78,7 @@ if [[ "$(id -u)" != 0 ]]; then
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
     say "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive "$(dirname "$0")/../apt-get.sh" install -y -q debootstrap >/dev/null
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/lvs-seed-base.XXXXXX")"

@@ -165,10 +165,10 @@ def apt_install(*pkgs: str, recommends: bool = True) -> None:
     say(f"installing {' '.join(pkgs)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     extra = [] if recommends else ["--no-install-recommends"]
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", *extra, *pkgs], check=True, env=env, timeout=900
-    )
+    # waits its turn: the VM's set-up installs packages at the same time (make setup)
+    apt = str(HERE.parents[1] / "hack" / "apt-get.sh")
+    subprocess.run([apt, "update", "-qq"], check=False, env=env, timeout=1800)
+    subprocess.run([apt, "install", "-y", "-qq", *extra, *pkgs], check=True, env=env, timeout=1800)
 
 
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")

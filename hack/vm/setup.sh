@@ -11,6 +11,7 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${LVS_VM_CACHE:-$HOME/.cache/lvs-operator/vm}"
 APT_PKGS=(qemu-system-x86 kmod busybox-static iproute2 nftables ipvsadm procps python3-pip)
 SUDO=""
@@ -25,8 +26,8 @@ for p in "${APT_PKGS[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+    $SUDO "$REPO/hack/apt-get.sh" update -qq
+    $SUDO "$REPO/hack/apt-get.sh" install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 else
     log "ok: apt packages"
 fi
@@ -52,7 +53,7 @@ if [ -z "$pkg" ]; then
         | awk '{print $1}' | sort -V | tail -n1)"
     if [ -z "$pkg" ]; then
         log "apt-get update (looking for the kernel package)"
-        $SUDO apt-get update -qq
+        $SUDO "$REPO/hack/apt-get.sh" update -qq
         pkg="$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' \
             | awk '{print $1}' | sort -V | tail -n1)"
     fi
@@ -100,8 +101,8 @@ elif command -v cargo >/dev/null 2>&1 && [ "${LVS_VM_NO_VIRTIOFS:-}" != "1" ]; t
     done
     if [ "${#vfs_deps[@]}" -gt 0 ]; then
         log "apt-get install ${vfs_deps[*]} (to build virtiofsd)"
-        $SUDO apt-get install -y -qq --no-install-recommends "${vfs_deps[@]}" </dev/null \
-            || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq \
+        $SUDO "$REPO/hack/apt-get.sh" install -y -qq --no-install-recommends "${vfs_deps[@]}" </dev/null \
+            || { $SUDO "$REPO/hack/apt-get.sh" update -qq && $SUDO "$REPO/hack/apt-get.sh" install -y -qq \
                  --no-install-recommends "${vfs_deps[@]}" </dev/null; } \
             || log "warning: could not install ${vfs_deps[*]}"
     fi
