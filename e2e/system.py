@@ -513,8 +513,9 @@ class System:
         if fn.startswith("wait_") and "timeout" in _guest_parameters(fn):
             # a guest wait gets the same bound and returns what it saw when it runs out; the
             # call is cut off only 30 s later, so a failure says why rather than "timed out"
-            kwargs.setdefault("timeout", timeout)
-            timeout += 30
+            return self.vm.call(
+                f"{GUEST}:{fn}", timeout=timeout + 30, arguments={"timeout": timeout}, **kwargs
+            )
         return self.vm.call(f"{GUEST}:{fn}", timeout=timeout, **kwargs)
 
     def build_network(self) -> None:

@@ -411,9 +411,17 @@ class Vm:
         return GuestProcess(self, int(res["pid"]), log)
 
     def call(
-        self, ref: str, *, timeout: float = 300.0, netns: str | None = None, **kwargs: Any
+        self,
+        ref: str,
+        *,
+        timeout: float = 300.0,
+        netns: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Call ``module:function(**kwargs)`` in the guest and return its JSON-able result.
+        ``arguments``: more keyword arguments, for names this method takes itself (a guest
+        function's own ``timeout``).
 
         The function runs as root in a child forked from a warm guest Python that has already
         imported the heavy modules (``preload``): a fresh interpreter costs seconds under TCG.
@@ -421,6 +429,7 @@ class Vm:
         use the project's code and tests/dataplane/topology.py. Its prints go to
         ``<shared>/forkserver.log``.
         """
+        kwargs = {**kwargs, **(arguments or {})}
         cid = f"{next(self._ids):06d}"
         out_path = self.shared / "calls" / f"{cid}.out.json"
         res = self.request(
