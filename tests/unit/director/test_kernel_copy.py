@@ -218,6 +218,8 @@ def test_the_read_rule() -> None:
     assert read_reason(None, True, nothing_quiesced, 100.0, 30.0) is ReadReason.AFTER_ERROR
     assert read_reason(known, True, nothing_quiesced, 129.9, 30.0) is None
     assert read_reason(known, True, nothing_quiesced, 130.0, 30.0) is ReadReason.RESYNC
+    # a period of 0: every converge reads (bench/loop_stall.py's warm converge)
+    assert read_reason(known, True, nothing_quiesced, 100.0, 0.0) is ReadReason.RESYNC
     assert read_reason(known, True, draining, 100.0, 30.0) is ReadReason.DRAIN
     # a quiesced destination the kernel no longer has needs no count
     gone = KnownTable(IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]), 100.0)
