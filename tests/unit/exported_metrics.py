@@ -35,6 +35,7 @@ class Family:
 def _agent_registry() -> CollectorRegistry:
     metrics = Metrics("g1")
     metrics.changes.labels(group="g1", op="add_service").inc()
+    metrics.kernel_reads.labels(group="g1", reason="start").inc()  # IpvsSync exports each
     metrics.watch_lease(lambda: ("node-a", time.time()))
     web = ServiceKey(Protocol.TCP, "192.0.2.10", 80)
     dest = DestinationStats(DestKey("10.0.0.1", 8080), nl.Counters(1, 2, 3, 4, 5), 1, 0)

@@ -158,7 +158,7 @@ class Agent:
         self.health = HealthChecker(self.dirty.set)
         self.ipvs = IpvsSync(
             kernel, self.netlink, self.watches, self.health, self.metrics, cfg.group,
-            cfg.masquerade_snat, WithdrawalBrake(cfg.brake),
+            cfg.masquerade_snat, WithdrawalBrake(cfg.brake), cfg.kernel_resync_period,
         )  # fmt: skip
         node = handover_node or HandoverKernel()
         self.handover = PlannedHandover(

@@ -50,6 +50,9 @@ class AgentConfig:
     announce_count: int = DEFAULT_ANNOUNCE_COUNT
     announce_interval: float = 0.2
     resync: float = DEFAULT_RESYNC
+    # seconds between full reads of the kernel's IPVS table (the repair of drift made behind
+    # the agent's back); None: ``resync``. Converges in between diff against the agent's copy
+    kernel_resync: float | None = None
     masquerade_snat: bool = True
     startup_grace: float = DEFAULT_STARTUP_GRACE  # first election step; then stale VIPs go
     startup_sync: float = 30.0  # a standby waits this long for its lists before electing
@@ -78,6 +81,10 @@ class AgentConfig:
             peer_timeout=self.peer_timeout,
             outage_hold=self.outage_hold,
         )
+
+    @property
+    def kernel_resync_period(self) -> float:
+        return self.resync if self.kernel_resync is None else self.kernel_resync
 
     @property
     def lease_ref(self) -> str:

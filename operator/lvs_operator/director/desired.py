@@ -178,6 +178,17 @@ def _ready(members: list[PoolMember], dest: IpvsDestination) -> bool:
     )
 
 
+def needs_counts(desired: Desired, actual: IpvsTable) -> bool:
+    """True if ``drain(desired, actual, ...)`` looks at connection counts: a quiesced
+    destination that ``actual`` still has (one it does not have is left out whatever its
+    count). Without one, a converge can drain against a table it did not just read."""
+    for key, dest in desired.quiesced:
+        entry = actual.get(key)
+        if entry is not None and any(d.key == dest for d in entry.destinations):
+            return True
+    return False
+
+
 def drain(
     desired: Desired,
     actual: IpvsTable,

@@ -12,6 +12,17 @@ Every director of a group programs IPVS (so a standby is ready to forward the mo
 takes the VIP). The kernel is converged by diff, never flushed: a restarted agent adopts the
 services on its group's VIPs, and only services on VIPs it owns are ever touched (never
 kube-proxy's or hand-made ones).
+
+The diff is against the agent's copy of the kernel's table (``KnownTable``), not a fresh
+read: a read of the whole table with its connection counts is one netlink dump per service,
+parsed in Python, and takes seconds at scale (kernel/ipvs.py's notes have the figures), so
+a pod becoming Ready would wait behind it. The copy is the last read with this agent's
+applied changes since (``table.apply_to_table``). A converge reads the kernel only when
+(``read_reason``): there is no copy (the start; or a converge failed, a read or an apply,
+which may have been partly done); a quiesced destination is still in the copy (draining
+needs its connection count); or the last read is older than ``kernel_resync`` (the
+``--resync-interval``: the repair of drift made behind the agent's back). Each read is
+counted in ``lvs_director_kernel_reads_total{reason}`` and logged with its reason.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
@@ -31,10 +43,19 @@ from lvs_operator.api.virtualserver import VirtualServer
 from . import desired as desired_mod
 from . import node_settings
 from .brake import WithdrawalBrake
+from .config import DEFAULT_RESYNC
 from .health import HealthChecker, apply_health, targets_for
 from .lanes import Lane
 from .metrics import Metrics
-from .table import Change, DestKey, IpvsTable, ServiceKey, diff, owned_by_addresses
+from .table import (
+    Change,
+    DestKey,
+    IpvsTable,
+    ServiceKey,
+    apply_to_table,
+    diff,
+    owned_by_addresses,
+)
 from .watches import ObjectKey, Watches, health_checks
 
 log = logging.getLogger("lvs_operator.director.ipvs_sync")
@@ -66,6 +87,41 @@ class Kernel(Protocol):
         ...
 
 
+class ReadReason(enum.StrEnum):
+    """Why a converge reads the whole kernel table rather than diff against its copy."""
+
+    START = "start"  # no copy yet
+    AFTER_ERROR = "after-error"  # a converge failed: a read or an apply (maybe partly done)
+    DRAIN = "drain"  # a quiesced destination is still in the kernel: its connections count
+    RESYNC = "resync"  # the copy is older than the period: repair drift made behind our back
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownTable:
+    """The kernel's table as this agent last read it, with its own changes since applied."""
+
+    table: IpvsTable
+    read_at: float  # monotonic
+
+
+def read_reason(
+    known: KnownTable | None,
+    known_before: bool,
+    want: desired_mod.Desired,
+    now: float,
+    period: float,
+) -> ReadReason | None:
+    """Why this converge must read the kernel (None: the known table will do).
+    ``known_before``: a table was known once (its loss is then a failure's)."""
+    if known is None:
+        return ReadReason.AFTER_ERROR if known_before else ReadReason.START
+    if desired_mod.needs_counts(want, known.table):
+        return ReadReason.DRAIN
+    if now - known.read_at >= period:
+        return ReadReason.RESYNC
+    return None
+
+
 class IpvsSync:
     def __init__(
         self,
@@ -77,6 +133,7 @@ class IpvsSync:
         group: str,
         masquerade_snat: bool,
         brake: WithdrawalBrake | None = None,
+        kernel_resync: float = DEFAULT_RESYNC,
     ) -> None:
         self.kernel = kernel
         self.lane = lane
@@ -86,10 +143,20 @@ class IpvsSync:
         self.group = group
         self.masquerade_snat = masquerade_snat
         self.brake = brake or WithdrawalBrake()
+        # seconds after which a converge reads the whole kernel table again (drift repair)
+        self.kernel_resync = kernel_resync
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
-        # active connections on the group's services at the last converge (None: unknown)
+        # active connections on the group's services at the last full read (None: unknown)
         self.active_connections: int | None = None
+        # the kernel's table without reading it (a read costs seconds at scale); None: read
+        # it at the next converge (at the start, and after any failure: an apply may have
+        # been partly done)
+        self._known: KnownTable | None = None
+        self._known_before = False
+        self.clock: Callable[[], float] = time.monotonic  # of the reads' ages (tests: a fake)
+        for reason in ReadReason:  # exported at 0 from the start
+            metrics.kernel_reads.labels(group=group, reason=reason)
         self._reported: set[tuple[str, str, str]] = set()
         self._prepare_error = ""  # the last prepare failure logged ("" : none)
         # node settings: when last read (monotonic), with IPv6 or not, the wrong ones' values
@@ -165,7 +232,17 @@ class IpvsSync:
         want = self.brake.apply(want, self.desired, t0, moved)
         self.metrics.withdrawals_held.set(len(self.brake.held))
         want = await self._with_health(want)
-        actual, connections = await self.lane.run(self.kernel.read)
+        # unknown until this converge has applied its changes: a failure from here on
+        # (a read, an apply partly done) leaves the next converge to read the kernel
+        known, self._known = self._known, None
+        now = self.clock()
+        why_read = read_reason(known, self._known_before, want, now, self.kernel_resync)
+        if why_read is None:
+            assert known is not None
+            actual, connections, read_at = known.table, None, known.read_at
+        else:
+            actual, connections = await self._read(why_read)
+            read_at = now
         plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))
         table, changes = plan.table, plan.changes
         ipv6 = any(k.family == 6 for k in table)
@@ -197,8 +274,10 @@ class IpvsSync:
                 len(changes),
                 extra={"changes": [str(c) for c in changes[:50]], "group": self.group},
             )
+        self._known, self._known_before = KnownTable(plan.known, read_at), True
         self.desired = want
-        self.active_connections = plan.active
+        if why_read is not None:  # without a read, the counts of the last one stand
+            self.active_connections = plan.active
         self.metrics.services.set(len(table))
         self.metrics.destinations.set(plan.destinations)
         self.metrics.quiesced.set(plan.quiesced)
@@ -214,6 +293,20 @@ class IpvsSync:
                 "ready: kernel converged",
                 extra={"services": len(table), "destinations": plan.destinations},
             )
+
+    async def _read(self, reason: ReadReason) -> tuple[IpvsTable, Connections | None]:
+        """The whole kernel table with its connection counts (seconds at scale: once per
+        resync period, or when a converge cannot do without it)."""
+        self.metrics.kernel_reads.labels(group=self.group, reason=reason).inc()
+        started = time.monotonic()
+        table, connections = await self.lane.run(self.kernel.read)
+        # the periodic and the draining reads are routine; the others are worth a line
+        level = logging.DEBUG if reason in (ReadReason.RESYNC, ReadReason.DRAIN) else logging.INFO
+        seconds = round(time.monotonic() - started, 3)
+        log.log(level, "kernel table read (%s)", reason,
+                extra={"reason": str(reason), "services": len(table), "seconds": seconds,
+                       "group": self.group})  # fmt: skip
+        return table, connections
 
     async def _with_health(self, want: desired_mod.Desired) -> desired_mod.Desired:
         """Start/stop probes for the pools with a healthCheck; quiesce failing members."""
@@ -266,6 +359,7 @@ class Plan:
 
     table: IpvsTable
     changes: list[Change]
+    known: IpvsTable  # the kernel's table once the changes are applied
     ops: dict[str, int]  # changes by op
     destinations: int
     quiesced: int  # destinations at weight 0 still draining
@@ -289,7 +383,8 @@ def _plan(
     active = None
     if connections is not None:
         active = sum(n for (service, _), n in connections.items() if service in table)
-    return Plan(table, changes, ops, table.dest_count(), quiesced, active)
+    known = apply_to_table(actual, changes) if changes else actual
+    return Plan(table, changes, known, ops, table.dest_count(), quiesced, active)
 
 
 def trim_memory() -> None:

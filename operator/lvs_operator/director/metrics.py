@@ -47,10 +47,17 @@ class Metrics:
             "(the reason and its fix are in the agent's log)", ["group"], registry=self.registry,
         ).labels(**labels)  # fmt: skip
         self.converge_seconds = Histogram(
-            "lvs_director_converge_seconds", "time to read, diff and apply the IPVS table",
+            "lvs_director_converge_seconds", "time to diff and apply the IPVS table (and to "
+            "read it, when a converge reads it: lvs_director_kernel_reads_total)",
             ["group"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         ).labels(**labels)  # fmt: skip
+        self.kernel_reads = Counter(
+            "lvs_director_kernel_reads", "full reads of the kernel's IPVS table by a converge, "
+            "by reason (start, after-error, drain, resync); the other converges diff against "
+            "the table as last read, with this director's changes since", ["group", "reason"],
+            registry=self.registry,
+        )  # fmt: skip
         self.converge_errors = Counter(
             "lvs_director_converge_errors", "failed converges", ["group"], registry=self.registry
         ).labels(**labels)

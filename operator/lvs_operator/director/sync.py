@@ -36,7 +36,8 @@ DEFAULT_TTL = 1  # the segment only: directors share the VIP's L2 anyway (gratui
 # A backup is judged not receiving once the leader has served connections this long while
 # the backup held none it received. Well above the sync lag (0.3-1.6 s measured: the master
 # sends after 3 packets of a connection and batches) and the leader's connection count's age
-# (read with each converge, at least every --resync-interval, 30 s by default).
+# (read with each full read of the kernel's table, at least every --resync-interval, 30 s by
+# default: ipvs_sync.py).
 RECEIVE_WINDOW = 60.0
 
 

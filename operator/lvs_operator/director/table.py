@@ -327,25 +327,35 @@ def diff(desired: IpvsTable, actual: IpvsTable, owned: Ownership = None) -> list
 
 
 def apply_to_table(table: IpvsTable, changes: Iterable[Change]) -> IpvsTable:
-    """What ``changes`` do to ``table``, in memory: a model of the kernel for tests, and a way
-    to keep a cached copy of the kernel's table without reading it back."""
-    entries: dict[ServiceKey, tuple[IpvsService, dict[DestKey, IpvsDestination]]] = {
-        k: (e.service, e.dest_map()) for k, e in table.items()
-    }
+    """What ``changes`` do to ``table``, in memory (``table`` itself is left as it is): a
+    model of the kernel for tests, and the agent's copy of the kernel's table after its own
+    changes (ipvs_sync.py), so that a converge need not read the kernel back. A change the
+    kernel would refuse (a service or destination that exists already, or does not) raises
+    ValueError.
+
+    Only the services the changes name are rebuilt, the other entries are shared with
+    ``table``: a converge that changes one service of thousands costs one entry."""
+    entries = dict(table.entries)
+    # service key -> (service, destinations) as the changes so far leave it; None: absent
+    touched: dict[ServiceKey, tuple[IpvsService, dict[DestKey, IpvsDestination]] | None] = {}
     for ch in changes:
         key = ch.service.key
+        if key not in touched:
+            entry = entries.get(key)
+            touched[key] = None if entry is None else (entry.service, entry.dest_map())
+        current = touched[key]
         if ch.op is Op.ADD_SERVICE:
-            if key in entries:
+            if current is not None:
                 raise ValueError(f"{ch}: service exists")
-            entries[key] = (ch.service, {})
+            touched[key] = (ch.service, {})
             continue
-        if key not in entries:
+        if current is None:
             raise ValueError(f"{ch}: no such service")
-        _, dests = entries[key]
+        _, dests = current
         if ch.op is Op.EDIT_SERVICE:
-            entries[key] = (ch.service, dests)
+            touched[key] = (ch.service, dests)
         elif ch.op is Op.DEL_SERVICE:
-            del entries[key]
+            touched[key] = None
         else:
             assert ch.dest is not None
             dk = ch.dest.key
@@ -359,4 +369,12 @@ def apply_to_table(table: IpvsTable, changes: Iterable[Change]) -> IpvsTable:
                 dests[dk] = ch.dest
             else:
                 del dests[dk]
-    return IpvsTable.of(ServiceEntry(s, tuple(d.values())) for s, d in entries.values())
+    added = False
+    for key, state in touched.items():
+        if state is None:
+            entries.pop(key, None)
+        else:
+            added = added or key not in table.entries
+            entries[key] = ServiceEntry(state[0], tuple(state[1].values()))
+    # in key order, as ``IpvsTable.of`` builds them (the diff's order follows it)
+    return IpvsTable(dict(sorted(entries.items())) if added else entries)

@@ -45,8 +45,13 @@ class FakeKernel:
         self.node_sysctls: dict[str, str] | None = None
         self.settings_checks: list[bool] = []  # the ipv6 argument of each check
         self.settings_error: Exception | None = None  # what check_node_settings raises
+        self.reads = 0  # whole-table reads (each costs seconds at scale in a real kernel)
+        self.read_error: Exception | None = None  # what read() raises
 
     def read(self) -> tuple[IpvsTable, Connections]:
+        self.reads += 1
+        if self.read_error is not None:
+            raise self.read_error
         return self.table, dict(self.connections)
 
     def apply(self, changes: list[Change]) -> None:

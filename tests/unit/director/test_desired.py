@@ -6,7 +6,7 @@ from typing import Any
 
 from lvs_operator.api.realserverpool import PoolMember
 from lvs_operator.api.virtualserver import VirtualServer
-from lvs_operator.director.desired import build, drain, resolve_port
+from lvs_operator.director.desired import build, drain, needs_counts, resolve_port
 from lvs_operator.director.table import (
     DestKey,
     Forwarding,
@@ -171,6 +171,24 @@ def test_drain_keeps_quiesced_destinations_only_while_they_have_connections() ->
     # a quiesced member never programmed is not added
     fresh = drain(d, IpvsTable.of([(svc, [])]), None)
     assert [x.address for x in fresh[K80].destinations] == ["10.20.0.21"]
+
+
+def test_counts_are_needed_only_for_a_quiesced_destination_the_kernel_still_has() -> None:
+    members = [member("10.20.0.21"), member("10.20.0.22", ready=False)]
+    d = build([vs()], {POOL: members})
+    svc = d.table[K80].service
+    both = IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080),
+                                IpvsDestination("10.20.0.22", 8080)])])  # fmt: skip
+    assert needs_counts(d, both)
+    # never programmed, or already gone: drain leaves it out whatever the counts
+    assert not needs_counts(d, IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]))
+    assert not needs_counts(d, IpvsTable())
+    assert drain(d, IpvsTable.of([(svc, [])]), None) == drain(d, IpvsTable.of([(svc, [])]), {})
+    # the same address on another port is another destination
+    other_port = IpvsTable.of([(svc, [IpvsDestination("10.20.0.22", 9090)])])
+    assert not needs_counts(d, other_port)
+    # nothing quiesced: nothing to count
+    assert not needs_counts(build([vs()], {POOL: members[:1]}), both)
 
 
 def test_pool_without_members_still_gets_its_service() -> None:

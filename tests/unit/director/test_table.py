@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from lvs_operator.director.table import (
@@ -232,6 +234,114 @@ def test_apply_to_table_rejects_impossible_changes() -> None:
         apply_to_table(IpvsTable(), [Change(Op.ADD_DEST, WEB, RS[0])])
     with pytest.raises(ValueError, match="service exists"):
         apply_to_table(table((WEB, [])), [Change(Op.ADD_SERVICE, WEB)])
+    with pytest.raises(ValueError, match="destination exists"):
+        apply_to_table(table((WEB, RS[:1])), [Change(Op.ADD_DEST, WEB, RS[0])])
+    for op in (Op.EDIT_DEST, Op.DEL_DEST):
+        with pytest.raises(ValueError, match="no such destination"):
+            apply_to_table(table((WEB, RS[:1])), [Change(op, WEB, RS[1])])
+    for op in (Op.EDIT_SERVICE, Op.DEL_SERVICE):
+        with pytest.raises(ValueError, match="no such service"):
+            apply_to_table(IpvsTable(), [Change(op, WEB)])
+    # a service deleted earlier in the same list is gone for the changes after it
+    with pytest.raises(ValueError, match="no such service"):
+        gone_then_added_to = [Change(Op.DEL_SERVICE, WEB), Change(Op.ADD_DEST, WEB, RS[0])]
+        apply_to_table(table((WEB, RS)), gone_then_added_to)
+
+
+def test_apply_to_table_does_each_operation() -> None:
+    sticky = IpvsService(VIP, 80, scheduler="wrr", persistence_timeout=300)
+    heavy = IpvsDestination(RS[1].address, RS[1].port, weight=7, forwarding=Forwarding.DIRECT)
+    api = IpvsService(VIP, 81)
+    steps: list[tuple[Change, IpvsTable]] = [
+        (Change(Op.ADD_SERVICE, WEB), table((WEB, []))),
+        (Change(Op.ADD_DEST, WEB, RS[0]), table((WEB, RS[:1]))),
+        (Change(Op.ADD_DEST, WEB, RS[1]), table((WEB, RS[:2]))),
+        # an edit of the service keeps its destinations
+        (Change(Op.EDIT_SERVICE, sticky), table((sticky, RS[:2]))),
+        (Change(Op.EDIT_DEST, sticky, heavy), table((sticky, [RS[0], heavy]))),
+        (Change(Op.DEL_DEST, sticky, heavy), table((sticky, RS[:1]))),
+        (Change(Op.ADD_SERVICE, api), table((sticky, RS[:1]), (api, []))),
+        # the kernel deletes a service with whatever destinations it still has
+        (Change(Op.DEL_SERVICE, sticky), table((api, []))),
+    ]
+    now = IpvsTable()
+    for change, expected in steps:
+        now = apply_to_table(now, [change])
+        assert now == expected, change  # services compared field by field
+    # the same steps as one list give the same table
+    assert apply_to_table(IpvsTable(), [c for c, _ in steps]) == steps[-1][1]
+
+
+def test_apply_to_table_leaves_its_input_and_the_untouched_services_alone() -> None:
+    foreign = IpvsService("192.0.2.1", 80)
+    before = table((WEB, RS), (foreign, [IpvsDestination("192.0.2.9", 80)]))
+    snapshot = IpvsTable.of(before.values())
+    after = apply_to_table(before, [Change(Op.DEL_DEST, WEB, RS[0])])
+    assert before == snapshot and before[WEB.key].destinations == tuple(RS)
+    assert after[WEB.key].destinations == tuple(RS[1:])
+    assert after[foreign.key] is before[foreign.key]  # shared, not rebuilt
+    assert apply_to_table(before, []) == before
+
+
+def test_apply_to_table_keeps_the_tables_key_order() -> None:
+    # the diff's order follows its tables' order: a table with services added stays sorted
+    # like IpvsTable.of builds it
+    services = [IpvsService(VIP, port) for port in (90, 70, 80, 60)]
+    now = table((services[0], []))
+    for svc in services[1:]:
+        now = apply_to_table(now, [Change(Op.ADD_SERVICE, svc)])
+        assert list(now) == sorted(now)
+    assert list(now) == list(IpvsTable.of((s, []) for s in services))
+
+
+def _random_table(rng: random.Random, vips: list[str]) -> IpvsTable:
+    entries = []
+    for vip in vips:
+        for port in rng.sample([80, 443, 8080], rng.randint(0, 3)):
+            svc = IpvsService(
+                vip, port, rng.choice([Protocol.TCP, Protocol.UDP]),
+                scheduler=rng.choice(["rr", "wlc", "sh"]),
+                persistence_timeout=rng.choice([0, 0, 300]),
+            )  # fmt: skip
+            if svc.key in {e[0].key for e in entries}:
+                continue
+            hosts = rng.sample(range(1, 9), rng.randint(0, 5))
+            weights = [rng.choice([0, 1, 1, 5]) for _ in hosts]
+            methods = [rng.choice(list(Forwarding)) for _ in hosts]
+            dests = [
+                IpvsDestination(f"10.20.0.{h}", 8080, weight=w, forwarding=f)
+                for h, w, f in zip(hosts, weights, methods, strict=True)
+            ]
+            entries.append((svc, dests))
+    return IpvsTable.of(entries)
+
+
+def test_applying_the_diff_reaches_desired_and_leaves_the_rest_alone() -> None:
+    """What the agent's copy of the kernel's table rests on: ``actual`` with the diff's
+    changes applied has the owned part equal to ``desired`` (every desired service, and the
+    owned ones not desired gone) and every service nobody owns (kube-proxy's, hand-made)
+    exactly as it was. Random tables, seeded: the same cases every run."""
+    rng = random.Random(19)
+    ours, foreign = ["10.10.0.100", "10.10.0.101"], ["10.96.0.10", "192.0.2.1"]
+    owned = owned_by_addresses(ours)
+
+    def unowned(key: ServiceKey) -> bool:
+        return not owned(key)
+
+    for case in range(300):
+        desired = _random_table(rng, ours)
+        actual = _random_table(rng, ours + foreign)
+        after = apply_to_table(actual, diff(desired, actual, owned))
+        assert after.only(owned) == desired, case
+        assert after.only(unowned) == actual.only(unowned), case
+        assert diff(desired, after, owned) == [], case
+        # nothing owned but the desired services: what is not desired stays, untouched
+        after_unowned = apply_to_table(actual, diff(desired, actual))
+        for key, entry in actual.items():
+            if key not in desired:
+                assert after_unowned[key] is entry, case
+        for key, entry in desired.items():
+            assert after_unowned[key] == entry, case
 
 
 def test_diff_scales_linearly() -> None:

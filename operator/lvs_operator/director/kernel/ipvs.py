@@ -9,9 +9,9 @@
   with only the last acknowledged (failures are answered anyway): 1,000 x 10 programmed
   cold in 6.9 s (11,000 requests; ipvsadm-restore: 5.7 s), read in ~20 s. A read is one
   service dump plus one destination dump per service (the kernel has no dump of all
-  destinations, and allows one dump in flight per socket); its cost is Python parsing, so an
-  agent at that scale should keep its own copy of the table (``table.apply_to_table``) and
-  read the kernel back now and then, not on every event.
+  destinations, and allows one dump in flight per socket); its cost is Python parsing, so
+  the agent keeps its own copy of the table (``table.apply_to_table``, ipvs_sync.py) and
+  reads the kernel back now and then, not on every event.
 * pyroute2's encoder is the reference this one is tested against in the data-plane tests
   (tests/dataplane/pyroute2_ipvs.py); the package does not use it.
 * fwmark services are not represented in ``IpvsTable`` and so are never touched.

@@ -1,0 +1,226 @@
+"""A converge diffs against the agent's copy of the kernel's table (ipvs_sync.KnownTable) and
+reads the whole table only when it must: at the start, after a failure, while a quiesced
+destination drains, and once per resync period. The fake kernel counts its reads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from lvs_operator.director.agent import Agent
+from lvs_operator.director.desired import Desired
+from lvs_operator.director.ipvs_sync import KnownTable, ReadReason, read_reason
+from lvs_operator.director.table import (
+    Change,
+    DestKey,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    Op,
+    Protocol,
+    ServiceEntry,
+    apply_to_table,
+)
+from tests.unit.director.fake_lease import FakeLeaseStore
+from tests.unit.director.fakes import FakeKernel
+from tests.unit.director.test_agent import K80, m, make, pool_obj, vs_obj
+
+RS21, RS22 = DestKey("10.20.0.21", 8080), DestKey("10.20.0.22", 8080)
+
+
+def reads(agent: Agent, reason: ReadReason) -> float:
+    value = agent.metrics.registry.get_sample_value(
+        "lvs_director_kernel_reads_total", {"group": "g1", "reason": str(reason)}
+    )
+    assert value is not None  # every reason is exported from the start
+    return value
+
+
+def weights(kernel: FakeKernel) -> dict[str, int]:
+    return {d.address: d.weight for d in kernel.table[K80].destinations}
+
+
+async def serving(*members: str, kernel: FakeKernel | None = None, **cfg: object) -> Agent:
+    """An agent converged once on the web VirtualServer with ``members`` in its pool."""
+    agent = make(kernel=kernel or FakeKernel(), store=FakeLeaseStore(), **cfg)
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(*(m(a) for a in members))])
+    await agent.converge()
+    return agent
+
+
+async def test_the_first_converge_reads_the_kernel_and_the_next_ones_use_the_copy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kernel = FakeKernel()
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        agent = await serving("10.20.0.21", kernel=kernel)
+    assert kernel.reads == 1 and reads(agent, ReadReason.START) == 1
+    assert weights(kernel) == {"10.20.0.21": 1}
+    lines = [r for r in caplog.records if r.getMessage().startswith("kernel table read")]
+    assert [r.getMessage() for r in lines] == ["kernel table read (start)"]
+    assert lines[0].__dict__["reason"] == "start" and lines[0].__dict__["services"] == 0
+
+    # a pod becomes Ready: programmed at once, no read behind it
+    kernel.applied.clear()
+    agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+    await agent.converge()
+    assert kernel.reads == 1
+    assert [(c.op, c.dest and c.dest.key) for c in kernel.applied] == [(Op.ADD_DEST, RS22)]
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 1}
+
+    # a pod deleted: removed, still no read
+    kernel.applied.clear()
+    agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.22")))
+    await agent.converge()
+    assert kernel.reads == 1
+    assert [(c.op, c.dest and c.dest.key) for c in kernel.applied] == [(Op.DEL_DEST, RS21)]
+    assert weights(kernel) == {"10.20.0.22": 1}
+
+    # nothing changed: nothing read, nothing applied
+    kernel.applied.clear()
+    await agent.converge()
+    assert kernel.reads == 1 and kernel.applied == []
+    assert sum(reads(agent, r) for r in ReadReason) == 1
+    assert agent.ready
+
+
+async def test_a_failed_apply_makes_the_next_converge_read_the_kernel() -> None:
+    """The apply fails halfway (the kernel refused a change after taking the first): the
+    copy no longer says what the kernel has, so the next converge reads it. Diffing against
+    the copy would add the destination that went in again (the fake kernel refuses that,
+    as the real one does: EEXIST)."""
+    kernel = FakeKernel()
+    agent = await serving("10.20.0.21", kernel=kernel)
+    real_apply = kernel.apply
+
+    def half_apply(changes: list[Change]) -> None:
+        real_apply(changes[:1])
+        raise RuntimeError("IPVS: File exists (1 of 2 failed)")
+
+    kernel.apply = half_apply  # type: ignore[method-assign]
+    three = pool_obj(m("10.20.0.21"), m("10.20.0.22"), m("10.20.0.23"))
+    agent.watches.apply_pool("MODIFIED", three)
+    with pytest.raises(RuntimeError, match="File exists"):
+        await agent.converge()
+    assert kernel.reads == 1  # the failed converge used the copy
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 1}  # half done
+
+    kernel.apply = real_apply  # type: ignore[method-assign]
+    kernel.applied.clear()
+    await agent.converge()
+    assert kernel.reads == 2 and reads(agent, ReadReason.AFTER_ERROR) == 1
+    assert [(c.op, str(c.dest and c.dest.key)) for c in kernel.applied] == [
+        (Op.ADD_DEST, "10.20.0.23:8080")
+    ]
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 1, "10.20.0.23": 1}
+    # converged again: back to the copy
+    await agent.converge()
+    assert kernel.reads == 2
+
+
+async def test_a_failed_read_makes_the_next_converge_read_again() -> None:
+    kernel = FakeKernel()
+    kernel.read_error = OSError("netlink: No buffer space available")
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with pytest.raises(OSError):
+        await agent.converge()
+    kernel.read_error = None
+    await agent.converge()
+    # never known yet: still the start
+    assert kernel.reads == 2 and reads(agent, ReadReason.START) == 2
+    assert weights(kernel) == {"10.20.0.21": 1}
+    kernel.read_error = OSError("netlink: No buffer space available")
+    await agent.converge()  # the copy serves: the kernel's trouble is not in the way
+    assert kernel.reads == 2
+
+
+async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Someone changes the group's service behind the agent's back (ipvsadm -e) and adds a
+    service of their own: the copy does not see it until the resync period is over; then a
+    converge reads the kernel, puts the weight back and leaves the hand-made service."""
+    kernel = FakeKernel()
+    clock = [1000.0]
+    agent = make(kernel=kernel, store=FakeLeaseStore(), kernel_resync=60.0)
+    assert agent.ipvs.kernel_resync == 60.0  # the config's value reaches the converge
+    agent.ipvs.clock = lambda: clock[0]
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    assert kernel.reads == 1
+    hand_made = IpvsService("192.0.2.1", 80)
+    svc = kernel.table[K80].service
+    kernel.table = apply_to_table(
+        kernel.table,
+        [
+            Change(Op.EDIT_DEST, svc, IpvsDestination("10.20.0.21", 8080, weight=9)),
+            Change(Op.ADD_SERVICE, hand_made),
+        ],
+    )
+    clock[0] += 59.0
+    await agent.converge()
+    assert kernel.reads == 1 and weights(kernel) == {"10.20.0.21": 9}  # not seen yet
+    clock[0] += 1.0
+    with caplog.at_level(logging.DEBUG, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+    assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    assert weights(kernel) == {"10.20.0.21": 1}
+    assert kernel.table[hand_made.key] == ServiceEntry(hand_made)
+    assert any(r.getMessage() == "kernel table read (resync)" and r.levelno == logging.DEBUG
+               for r in caplog.records)  # fmt: skip
+    # the period starts again from that read
+    clock[0] += 30.0
+    await agent.converge()
+    assert kernel.reads == 2
+
+
+async def test_a_draining_destination_is_read_for_its_connections() -> None:
+    """A terminating member with connections stays at weight 0, and leaves once idle: each
+    of those converges reads the counts; once it left, the copy serves again."""
+    kernel = FakeKernel()
+    agent = await serving("10.20.0.21", "10.20.0.22", kernel=kernel)
+    kernel.connections[(K80, RS22)] = 3
+    kernel.connections[(K80, RS21)] = 1
+    terminating = pool_obj(m("10.20.0.21"), m("10.20.0.22", terminating=True))
+    agent.watches.apply_pool("MODIFIED", terminating)
+    await agent.converge()
+    assert kernel.reads == 2 and reads(agent, ReadReason.DRAIN) == 1
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0}
+    assert agent.ipvs.active_connections == 4
+    assert agent.ipvs.drain_pending
+    await agent.converge()  # the drain re-check (every 2 s in the agent's loop)
+    assert kernel.reads == 3 and weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0}
+    kernel.connections[(K80, RS22)] = 0
+    await agent.converge()
+    assert kernel.reads == 4 and reads(agent, ReadReason.DRAIN) == 3
+    assert weights(kernel) == {"10.20.0.21": 1}
+    assert agent.ipvs.active_connections == 1
+    # drained: no quiesced destination left in the kernel, nothing to count
+    kernel.connections[(K80, RS21)] = 7
+    await agent.converge()
+    assert kernel.reads == 4
+    assert agent.ipvs.active_connections == 1  # the last read's count stands
+
+
+def test_the_read_rule() -> None:
+    svc = IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    both = IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080),
+                                IpvsDestination("10.20.0.22", 8080)])])  # fmt: skip
+    known = KnownTable(both, read_at=100.0)
+    nothing_quiesced = Desired(both)
+    draining = Desired(both, frozenset({(svc.key, RS22)}))
+    assert read_reason(None, False, nothing_quiesced, 100.0, 30.0) is ReadReason.START
+    assert read_reason(None, True, nothing_quiesced, 100.0, 30.0) is ReadReason.AFTER_ERROR
+    assert read_reason(known, True, nothing_quiesced, 129.9, 30.0) is None
+    assert read_reason(known, True, nothing_quiesced, 130.0, 30.0) is ReadReason.RESYNC
+    # a period of 0: every converge reads (bench/loop_stall.py's warm converge)
+    assert read_reason(known, True, nothing_quiesced, 100.0, 0.0) is ReadReason.RESYNC
+    assert read_reason(known, True, draining, 100.0, 30.0) is ReadReason.DRAIN
+    # a quiesced destination the kernel no longer has needs no count
+    gone = KnownTable(IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]), 100.0)
+    assert read_reason(gone, True, draining, 100.0, 30.0) is None
