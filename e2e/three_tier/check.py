@@ -147,6 +147,8 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
     # every web server: its mount is private, the virtual hosts and the health check answer
     for ns, name in WEBS.items():
         assert s.mounted(webs[ns].pid, ex.content_mount), f"{name}: no mount at {ex.content_mount}"
+        uts = s.run(["nsenter", "-t", str(webs[ns].pid), "-u", "hostname"], 10).strip()
+        assert uts == name, f"{name}: hostname {uts}"
         addr = ADDRESS[ns]
         health = get(CLIENT, addr, port, ex.healthz_path)
         assert (health.status, health.body) == (200, ex.healthz_body), health

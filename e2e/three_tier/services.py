@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -380,6 +381,7 @@ def start_nfs_server(
     grace_seconds: int = 10,
     threads: int = 4,
     timeout: float = 60,
+    wait_grace: bool = True,
 ) -> Daemon:
     """The kernel NFS server, NFSv4 only, in ``netns`` at ``address``:2049, exporting
     ``export_path`` (the example's PersistentVolume path, e.g. /exports/three-tier/www) to
@@ -398,8 +400,13 @@ def start_nfs_server(
       having no UUID) holding ``export_path`` as a directory, so clients mount
       ``address:export_path`` exactly as the PersistentVolume says;
     - NFSv4 needs no rpcbind, statd or lockd; a short grace period (``grace_seconds``, the
-      kernel's minimum 10) instead of 90 s, during which OPENs would fail;
+      kernel's minimum 10) instead of 90 s, during which OPENs would stall the clients:
+      ``wait_grace`` waits it out before returning (client recovery tracking is not set up:
+      the kernel has none in a network namespace other than the first without nfsdcld, so
+      a restarted server lets clients reclaim nothing; the scenario does not need it);
     - ``no_root_squash``: the scenario writes to the share as root from a web pod.
+
+    Write the seed content into ``<workdir>/root/<export_path>`` directly (it is the export).
     """
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -424,14 +431,14 @@ def start_nfs_server(
             f"mount --bind {shlex.quote(str(p['exports']))} /etc/exports",
             f"mount --bind {shlex.quote(str(p['conf']))} /etc/nfs.conf",
             "modprobe nfsd",
-            # the nfsd file system of this network namespace (its instance is per namespace)
-            f"mountpoint -q {nfsd_fs} || mount -t nfsd nfsd {nfsd_fs}",
-            f"echo {grace_seconds} > {nfsd_fs}/nfsv4gracetime",
-            f"echo {grace_seconds} > {nfsd_fs}/nfsv4leasetime",
+            # the nfsd file system of this network namespace: mounted here, never the one a
+            # parent mount namespace may show (the first network namespace's instance)
+            f"mount -t nfsd nfsd {nfsd_fs}",
             "exportfs -ra",
             # mountd answers the kernel's export upcalls (no RPC service for v4-only);
             # foreground, so this shell's exec leaves it as the namespace's keeper
-            f"rpc.nfsd -H {shlex.quote(address)} -N 3 -V 4 -U {threads}",
+            f"rpc.nfsd -H {shlex.quote(address)} -N 3 -V 4 -U "
+            f"-G {grace_seconds} -L {grace_seconds} {threads}",
             "exportfs -v",
             f"echo $$ > {shlex.quote(str(p['pid']))}",
             "exec rpc.mountd -N 2 -N 3 -F",
@@ -444,6 +451,8 @@ def start_nfs_server(
     except BaseException:
         stop_nfs_server(netns, work)
         raise
+    if wait_grace:
+        time.sleep(grace_seconds + 1)  # the grace period began when nfsd started
     return Daemon("nfs", pid, netns, address, 2049, str(p["log"]), str(work))
 
 
@@ -487,24 +496,54 @@ def share_mount_script(content: NfsShare | LocalDir, mountpoint: str) -> list[st
     return lines
 
 
-def mount_share(
-    netns: str, server: str, path: str, mountpoint: str, options: Sequence[str] = ()
+def in_pod(
+    netns: str,
+    hostname: str,
+    content: NfsShare | LocalDir,
+    mountpoint: str,
+    argv: Sequence[str],
 ) -> list[str]:
-    """The command that runs a program with the NFS share ``server:path`` mounted at
-    ``mountpoint`` in a mount namespace of its own, in ``netns`` (append the program's argv,
-    after ``--``, it runs as ``"$@"``).
+    """The command that runs ``argv`` as a pod's process would run: in ``netns``, with its own
+    hostname (UTS namespace) and its own mount namespace, where ``content`` (the NFS share,
+    or a directory standing in for it) is mounted at ``mountpoint``. ``argv`` is exec'd, so
+    its pid is the command's.
 
     Why a mount namespace per web server: in the VM every pod shares one (read-only) root
     file system, while in Kubernetes each pod has the volume at its own mount path; so each
     web server mounts the share in a private mount namespace (``unshare --mount``, no
-    propagation back), at the example's path, and its mount lives exactly as long as the
-    server. The mount is made from inside the pod's network namespace, so the NFS traffic
-    goes the pod's way, as kubelet's mount would from the node."""
-    share = NfsShare(server, path, tuple(options) or NfsShare.options)
-    script = "\n".join(["set -e", *share_mount_script(share, mountpoint), 'exec "$@"'])
-    return in_ns(
-        netns, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
-    )
+    propagation back), at the example's path, and the mount lives exactly as long as the
+    server (the last process of the namespace). The mount is made from inside the pod's
+    network namespace, so the NFS traffic goes the pod's way, as kubelet's mount would from
+    the node. Why a hostname: a pod has one (its name), and the Linux NFSv4 client names
+    itself to the server by hostname: web servers sharing the VM's would present one client
+    owner from several addresses, and each EXCHANGE_ID would drop the others' state; the
+    per-network-namespace NFS client identifier is set too where the kernel has it."""
+    lines = ["set -e", f"hostname {shlex.quote(hostname)}"]
+    if isinstance(content, NfsShare):
+        ident = "/sys/fs/nfs/net/nfs_client/identifier"  # this network namespace's (5.18+)
+        uid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{hostname}.{netns}.lvs-e2e")
+        lines += [
+            "modprobe nfsv4 2>/dev/null || true",
+            f"if [ -w {ident} ]; then echo {uid} > {ident}; fi",
+        ]
+    lines += [*share_mount_script(content, mountpoint), 'exec "$@"']
+    unshare = ["unshare", "--mount", "--uts", "--propagation", "private"]
+    return in_ns(netns, [*unshare, "sh", "-c", "\n".join(lines), "sh", *argv])
+
+
+def mount_share(
+    netns: str,
+    server: str,
+    path: str,
+    mountpoint: str,
+    argv: Sequence[str],
+    hostname: str | None = None,
+    options: Sequence[str] = NfsShare.options,
+) -> list[str]:
+    """The command that runs ``argv`` with the NFS share ``server:path`` mounted at
+    ``mountpoint`` in a mount namespace of its own, in ``netns`` (see ``in_pod``)."""
+    share = NfsShare(server, path, tuple(options))
+    return in_pod(netns, hostname or netns, share, mountpoint, argv)
 
 
 def mounted(pid: int, mountpoint: str) -> str | None:
@@ -561,6 +600,7 @@ def apache_config(
     db: Database,
     healthz_path: str,
     max_workers: int = 8,
+    php: Path | None = None,
 ) -> str:
     """The web server's httpd.conf: Debian's modules by absolute path (no ServerRoot-relative
     names), prefork (mod_php is not thread-safe), Listen on the pod's address only, the
@@ -576,7 +616,7 @@ def apache_config(
         ("dir_module", APACHE_MODULES / "mod_dir.so"),
         ("alias_module", APACHE_MODULES / "mod_alias.so"),
         ("env_module", APACHE_MODULES / "mod_env.so"),
-        ("php_module", php_module()),
+        ("php_module", php or php_module()),
     ]
     listen = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     env = {
@@ -668,7 +708,7 @@ def start_web(
     share, or a directory standing in for it) is mounted at ``content_mount`` (the example's
     /srv/www), so the virtual hosts' document roots are the example's. ``apache2
     -DFOREGROUND`` is the namespace's first process (``unshare`` and ``sh`` exec it): its pid
-    is the returned one, and stopping it ends the mount with it."""
+    is the returned one, and stopping it ends the mount with it. Its hostname is ``name``."""
     work = Path(workdir)
     p = web_paths(work)
     old = read_pid(p["pid"])
@@ -692,12 +732,7 @@ def start_web(
     p["conf"].write_text(conf)
     apache = ["apache2", "-d", str(work), "-f", str(p["conf"]), "-DFOREGROUND"]
     run([*apache[:-1], "-t"], 30)  # the config parses (fails here with httpd's message)
-    script = "\n".join(["set -e", *share_mount_script(content, content_mount), 'exec "$@"'])
-    argv = in_ns(
-        netns,
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *apache],
-    )
-    pid = spawn(argv, p["out"])
+    pid = spawn(in_pod(netns, name, content, content_mount, apache), p["out"])
     try:
         wait_tcp(netns, address, port, pid, p["out"], timeout)
     except BaseException:
