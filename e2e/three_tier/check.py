@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tests.dataplane.topology import in_netns
 
+from e2e.three_tier import guest
 from e2e.three_tier import services as s
 from e2e.three_tier.example import ThreeTierExample, load
 
@@ -117,27 +118,21 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
     www = ex.virtual_hosts[0].server_name
     db = s.Database(ADDRESS[DB_NS], ex.mysql_port, ex.database, ex.user, ex.password)
     content = work / "content"  # stands in for the NFS share
-    s.seed_content(content, ex.seed)
-    vhosts = [
-        s.VirtualHostConf(v.server_name, v.document_root, v.aliases) for v in ex.virtual_hosts
-    ]
+    guest.seed(str(content))
 
     def log(msg: str) -> None:
         print(f"[three-tier check] {msg}", flush=True)
 
+    # started as the VM's guest will start them (e2e/three_tier/guest.py)
     t0 = time.monotonic()
-    mariadb = s.start_mariadb(
-        DB_NS, db.host, db.port, work / "mariadb", db.name, db.user, db.password, ex.schema_sql
-    )
-    log(f"mariadb pid {mariadb.pid} at {db.host}:{db.port} in {time.monotonic() - t0:.1f} s")
-    webs = {}
+    mariadb = guest.start_database(DB_NS, db.host, str(work / "mariadb"))
+    log(f"mariadb pid {mariadb['pid']} at {db.host}:{db.port} in {time.monotonic() - t0:.1f} s")
+    webs: dict[str, int] = {}  # namespace -> apache's pid
     for ns, name in WEBS.items():
         t0 = time.monotonic()
-        webs[ns] = s.start_web(
-            ns, ADDRESS[ns], port, name, work / ns, s.LocalDir(str(content)),
-            ex.content_mount, vhosts, db, ex.healthz_path, ex.healthz_body,
-        )  # fmt: skip
-        log(f"{name}: apache pid {webs[ns].pid} at {ADDRESS[ns]}:{port} in "
+        web = guest.start_web_pod(ns, ADDRESS[ns], name, str(work / ns), db.host, str(content))
+        webs[ns] = int(str(web["pid"]))
+        log(f"{name}: apache pid {webs[ns]} at {ADDRESS[ns]}:{port} in "
             f"{time.monotonic() - t0:.1f} s")  # fmt: skip
 
     def visits() -> int:
@@ -146,8 +141,8 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
 
     # every web server: its mount is private, the virtual hosts and the health check answer
     for ns, name in WEBS.items():
-        assert s.mounted(webs[ns].pid, ex.content_mount), f"{name}: no mount at {ex.content_mount}"
-        uts = s.run(["nsenter", "-t", str(webs[ns].pid), "-u", "hostname"], 10).strip()
+        assert s.mounted(webs[ns], ex.content_mount), f"{name}: no mount at {ex.content_mount}"
+        uts = s.run(["nsenter", "-t", str(webs[ns]), "-u", "hostname"], 10).strip()
         assert uts == name, f"{name}: hostname {uts}"
         addr = ADDRESS[ns]
         health = get(CLIENT, addr, port, ex.healthz_path)
@@ -203,24 +198,18 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
     # a file written in one server's mount namespace is served by the other
     note = f"written by {WEBS[first]} at {time.time():.0f}\n"
     target = f"{ex.content_mount}/{ex.docroot(ex.virtual_hosts[0])}/note.txt"
-    s.run(["nsenter", "-t", str(webs[first].pid), "-m", "sh", "-c", f"cat > {target}"], 10, note)
+    s.run(["nsenter", "-t", str(webs[first]), "-m", "sh", "-c", f"cat > {target}"], 10, note)
     a = get(CLIENT, ADDRESS[second], port, "/note.txt", host=www)
     assert (a.status, a.body) == (200, note), a
     log(f"a file written through {WEBS[first]}'s mount is served by {WEBS[second]}")
 
     # a database crash loses no acknowledged visit; the page says 503 while it is down
-    s.crash_mariadb(work / "mariadb")
+    guest.crash_database(str(work / "mariadb"))
     down = get(CLIENT, ADDRESS[first], port, "/", host=www)
     assert down.status == 503, down
     t0 = time.monotonic()
-    s.start_mariadb(
-        DB_NS, db.host, db.port, work / "mariadb", db.name, db.user, db.password, ex.schema_sql
-    )
-    ids = {
-        int(r[0])
-        for r in s.query(DB_NS, db.host, db.port, db.name, db.user, db.password,
-                         "SELECT id FROM visits")
-    }  # fmt: skip
+    guest.start_database(DB_NS, db.host, str(work / "mariadb"))
+    ids = set(guest.visit_ids(DB_NS, db.host))
     lost = sorted(set(receipts) - ids)
     assert not lost, lost
     again = get(CLIENT, ADDRESS[first], port, "/", host=www)
@@ -240,9 +229,9 @@ def environment(keep: bool) -> Iterator[Path]:
     finally:
         for ns in WEBS:
             with contextlib.suppress(Exception):
-                s.stop_web(work / ns)
+                guest.stop_web_pod(str(work / ns))
         with contextlib.suppress(Exception):
-            s.stop_mariadb(work / "mariadb")
+            guest.stop_database(str(work / "mariadb"))
         teardown_network()
         if keep:
             print(f"[three-tier check] work directory kept: {work}")
