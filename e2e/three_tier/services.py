@@ -458,10 +458,15 @@ def start_nfs_server(
 
 def stop_nfs_server(netns: str, workdir: str | Path, timeout: float = 30) -> bool:
     """Stop the NFS server of ``netns``: the kernel threads (``rpc.nfsd 0``) and rpc.mountd.
-    Clients with the share mounted (``hard``) wait for it to come back."""
+    Clients with the share mounted (``hard``) wait for it to come back.
+
+    ``rpc.nfsd 0`` runs where the nfsd file system is this network namespace's: a fresh
+    mount of it in a private mount namespace inside ``netns`` (in the caller's, it is absent or
+    another namespace's), so it also stops threads a failed start left without mountd."""
     p = nfs_paths(Path(workdir))
-    with contextlib.suppress(ServiceError):
-        run(in_ns(netns, ["rpc.nfsd", "0"]), timeout)
+    nfsd0 = "mount -t nfsd nfsd /proc/fs/nfsd && rpc.nfsd 0"
+    with contextlib.suppress(ServiceError):  # no nfsd module, or the namespace is gone
+        run(in_ns(netns, ["unshare", "--mount", "--propagation", "private", "sh", "-c", nfsd0]))
     pid = read_pid(p["pid"])
     if pid is None or not alive(pid):
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,11 @@ def test_missing_container_port(tmp_path: Path) -> None:
         match=r"30-web.yaml: Deployment three-tier/web: missing ports\[name=http\].containerPort",
     ):
         load(broken_copy(tmp_path, "30-web.yaml", edit))
+
+
+@pytest.mark.skipif(shutil.which("php") is None, reason="no php here (Debian: php-cli)")
+def test_the_page_is_valid_php(example: ThreeTierExample, tmp_path: Path) -> None:
+    page = tmp_path / "index.php"
+    page.write_text(example.seed["www.example.com/index.php"])
+    r = subprocess.run(["php", "-l", str(page)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
