@@ -1,0 +1,223 @@
+"""One director agent at scale in the data-plane VM: cold sync against ``ipvsadm-restore``,
+pod Ready -> kernel latency with the table loaded, memory, event-loop stalls, and a restart
+that adopts the table (issue 19's agent figures).
+
+    python bench/agent_scale.py [--services 1000] [--dests 10] [--samples 40] [--steady 60]
+
+Boots the VM (tests/dataplane/vm.py) and the fake API server on the host with ``--services``
+RealServerPools of ``--dests`` ready members each and one VirtualServer per pool (VIP
+10.30.x.y:80, masquerade, rr), all labelled for one director group, then:
+
+1. **baseline**: ``ipvsadm-restore`` of the same table (services x (1 + dests) rules) in
+   lvs-dir-b, timed, then cleared;
+2. **cold sync**: one ``lvs-operator director`` in lvs-dir-a under the DaemonSet's terms
+   (tests/dataplane/deployed.py); its first converge (``lvs_director_converge_seconds``:
+   build, read, diff, apply) against the restore, and spawn -> /readyz;
+3. **steady state**: RSS every 15 s for ``--steady`` s (Lease renewals, resyncs);
+4. **pod Ready -> kernel**: ``--samples`` times, a member of a random pool is marked not
+   ready (its destination leaves the kernel), then ready again: the seconds from the API
+   write until a netlink dump of that one service shows the destination with its weight
+   (polled every 5 ms in the director's namespace). Median, p99, max;
+5. **restart**: the agent is killed (SIGKILL) and started again: spawn -> ready, its first
+   converge, and the IPVS writes it made (``lvs_director_ipvs_changes``: 0 when it adopts
+   the table as it is);
+6. each agent's longest event-loop stall and its full kernel reads by reason.
+
+Figures, not asserts: a 2-core host running TCG is slow and noisy; compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "operator"))
+
+from tests.dataplane.agents import APP_NS, Lab, virtual_server  # noqa: E402
+from tests.dataplane.deployed import shipped_pod_terms  # noqa: E402
+from tests.dataplane.vm import Vm  # noqa: E402
+
+GUEST = "bench.agent_scale_guest"
+DIRECTOR, BASELINE = "lvs-dir-a", "lvs-dir-b"
+PORT = 80
+
+
+def vip(i: int) -> str:
+    return f"10.30.{i // 250}.{1 + i % 250}"
+
+
+def member(j: int) -> str:
+    return f"10.20.{1 + j // 250}.{1 + j % 250}"
+
+
+def pool(i: int, dests: int) -> dict[str, Any]:
+    members = [
+        {"address": member(j), "weight": 1, "ready": True, "serving": True,
+         "terminating": False, "source": "pod", "ports": [{"name": "http", "port": 8080}]}
+        for j in range(dests)
+    ]  # fmt: skip
+    return {
+        "apiVersion": "lvs.io/v1alpha1",
+        "kind": "RealServerPool",
+        "metadata": {"name": f"pool{i}", "namespace": APP_NS},
+        "spec": {"selector": {"matchLabels": {"app": f"app{i}"}}},
+        "status": {"members": members},
+    }
+
+
+def restore_rules(services: int, dests: int) -> str:
+    return "".join(
+        f"-A -t {vip(i)}:{PORT} -s rr\n"
+        + "".join(f"-a -t {vip(i)}:{PORT} -r {member(j)}:8080 -m -w 1\n" for j in range(dests))
+        for i in range(services)
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` (with these labels) in a /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name = head.split("{", 1)[0]
+        if metric_name != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def samples_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            head, _, value = line.rpartition(" ")
+            for part in head.split("{", 1)[1].rstrip("}").split(","):
+                k, _, v = part.partition("=")
+                if k == label:
+                    out[v.strip('"')] = float(value)
+    return out
+
+
+def start(lab: Lab, resync: float) -> tuple[Any, float, dict[str, float]]:
+    t0 = time.monotonic()
+    proc = lab.start_agent(DIRECTOR, "--resync-interval", str(resync))
+    ready = lab.call("wait_ready", namespaces=[DIRECTOR], within=1800)
+    if DIRECTOR not in ready:
+        raise SystemExit(f"agent not ready within 1800 s:\n{proc.output()[-3000:]}")
+    return proc, time.monotonic() - t0, ready
+
+
+def report_agent(lab: Lab, label: str) -> dict[str, float]:
+    text = lab.call("metrics", ns=DIRECTOR)
+    count = metric(text, "lvs_director_converge_seconds_count")
+    first = metric(text, "lvs_director_converge_seconds_sum")
+    changes = metric(text, "lvs_director_ipvs_changes_total")
+    stall = metric(text, "lvs_director_event_loop_longest_stall_seconds")
+    reads = samples_by_label(text, "lvs_director_kernel_reads_total", "reason")
+    print(f"{label}: converges so far {count:.0f} taking {first:.2f} s in all; IPVS "
+          f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; full kernel "
+          f"reads {reads}")  # fmt: skip
+    return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--dests", type=int, default=10)
+    p.add_argument("--samples", type=int, default=40)
+    p.add_argument("--steady", type=float, default=60)
+    p.add_argument("--resync", type=float, default=30, help="the agent's --resync-interval")
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args(argv)
+    rng = random.Random(a.seed)
+    n, m = a.services, a.dests
+    print(f"agent at scale: {n} VirtualServers x {m} real servers ({n} pools), "
+          f"{n * (1 + m)} IPVS entries")  # fmt: skip
+    with Vm() as vm:
+        print(f"VM booted in {vm.boot_seconds:.1f}s")
+        vm.call("tests.dataplane.topology:build", timeout=180)
+        lab = Lab(vm, lease="10,7,2")
+        lab.pod_terms = shipped_pod_terms(("10.30.0.0/16",))
+        try:
+            lab.call("setup")
+            restore_s = vm.call(f"{GUEST}:restore", ns=BASELINE, rules=restore_rules(n, m),
+                                timeout=1500)  # fmt: skip
+            print(f"baseline: ipvsadm-restore of the table in {restore_s:.2f} s")
+            pools = [pool(i, m) for i in range(n)]
+            t0 = time.monotonic()
+            for i in range(n):
+                lab.apply(pools[i])
+                lab.apply(virtual_server(f"vs{i}", vip(i), PORT, "http", pool_name=f"pool{i}",
+                                         scheduler="rr"))  # fmt: skip
+            print(f"fake API: {2 * n} objects in {time.monotonic() - t0:.1f} s")
+
+            proc, spawn_ready, _ = start(lab, a.resync)
+            cold = report_agent(lab, "cold start")
+            table = lab.call("weights", ns=DIRECTOR)
+            print(f"cold sync: spawn -> ready {spawn_ready:.1f} s (Python start-up under TCG "
+                  f"included); kernel {len(table)} services, "
+                  f"{sum(len(d) for d in table.values())} destinations; converging "
+                  f"({cold['converges']:.0f} converges) {cold['converge_seconds']:.2f} s = "
+                  f"{cold['converge_seconds'] / restore_s:.2f}x ipvsadm-restore")  # fmt: skip
+
+            rss = []
+            for _ in range(max(1, int(a.steady // 15))):
+                time.sleep(15)
+                rss.append(lab.call("rss_mib", pid=proc.pid))
+            print(f"RSS every 15 s of steady state: {rss} MiB")
+
+            latencies, removals, misses = [], [], 0
+            for _ in range(a.samples):
+                i = rng.randrange(n)
+                address = member(rng.randrange(m))
+                kwargs = {"api_url": lab.api_url, "pool": pools[i], "address": address,
+                          "vip": vip(i), "port": PORT, "within": 120}  # fmt: skip
+                gone = vm.call(f"{GUEST}:flip", netns=DIRECTOR, ready=False, timeout=200,
+                               **kwargs)  # fmt: skip
+                back = vm.call(f"{GUEST}:flip", netns=DIRECTOR, ready=True, timeout=200,
+                               **kwargs)  # fmt: skip
+                if back["seconds"] is None or gone["seconds"] is None:
+                    misses += 1
+                    continue
+                removals.append(gone["seconds"])
+                latencies.append(back["seconds"])
+            if latencies:
+                ordered = sorted(latencies)
+                p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+                print(f"pod Ready -> its destination in the kernel ({len(latencies)} samples, "
+                      f"{misses} missed): median {statistics.median(latencies) * 1000:.0f} ms, "
+                      f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms; "
+                      f"not ready -> gone (a drain: reads the kernel): median "
+                      f"{statistics.median(removals) * 1000:.0f} ms")  # fmt: skip
+            steady = report_agent(lab, "after the samples")
+            print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB")
+
+            lab.agents.pop(DIRECTOR)
+            proc.signal(signal.SIGKILL)
+            proc.wait(30)
+            proc, spawn_ready, _ = start(lab, a.resync)
+            restart = report_agent(lab, "restart")
+            print(f"restart: spawn -> ready {spawn_ready:.1f} s; converging "
+                  f"({restart['converges']:.0f} converges) {restart['converge_seconds']:.2f} s = "
+                  f"{restart['converge_seconds'] / restore_s:.2f}x ipvsadm-restore; "
+                  f"IPVS writes {restart['changes']:.0f}; RSS "
+                  f"{lab.call('rss_mib', pid=proc.pid)} MiB")  # fmt: skip
+            print(f"longest event-loop stall: cold {cold['stall']:.3f} s, through the samples "
+                  f"{steady['stall']:.3f} s, restart {restart['stall']:.3f} s")  # fmt: skip
+        finally:
+            lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
