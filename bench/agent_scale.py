@@ -118,7 +118,7 @@ def start(lab: Lab, resync: float) -> tuple[Any, float, dict[str, float]]:
 
 
 def report_agent(lab: Lab, label: str) -> dict[str, float]:
-    text = lab.call("metrics", ns=DIRECTOR)
+    text = lab.vm.call(f"{GUEST}:metrics", ns=DIRECTOR, timeout=120)
     count = metric(text, "lvs_director_converge_seconds_count")
     first = metric(text, "lvs_director_converge_seconds_sum")
     changes = metric(text, "lvs_director_ipvs_changes_total")

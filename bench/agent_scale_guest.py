@@ -63,3 +63,10 @@ def flip(api_url: str, pool: dict[str, Any], address: str, ready: bool, vip: str
         return {"seconds": None, "put": round(put, 4)}
     finally:
         sock.close()
+
+
+def metrics(ns: str, port: int = 9642, timeout: float = 60) -> str:
+    """The agent's /metrics (a scrape of a big group's agent takes a while under TCG)."""
+    from tests.dataplane.scenarios_agent import _get
+
+    return _get(ns, port, "/metrics", timeout=timeout)[1]
