@@ -15,15 +15,17 @@ agent's own format). Then, in one namespace:
    (placed on fake nodes, at most 100 a node, which kwok shows Running and Ready), and as
    many VirtualServers (one VIP each in 10.200.0.0/16, each using its own pool), all created
    concurrently. Figure: the time from the last create to every VirtualServer showing
-   ``Ready`` and ``Programmed`` True (seen through a watch), and from the first create.
+   ``Ready`` and ``Programmed`` True (seen through a watch), and from the first create, with
+   the controller's CPU time over it.
 2. ``--samples`` pods, one per pool spread over the pools, each made not Ready then Ready
    again through the status subresource (Ready and ContainersReady, as a kubelet would):
    the time from that write until the pool's ``status.members`` shows it (watched).
    Median and p99 of every flip, and of each direction.
 3. Nothing changes for ``--steady-seconds`` but the Lease renewals: the controller's writes
-   (its own ``lvs_controller_writes_total``, every kind, Events included) and the API
-   server's count of writes to what the controller writes (VirtualServers, pools, Services,
-   DaemonSets, Secrets, Events; any client), per minute.
+   (its own ``lvs_controller_writes_total``, every kind, Events included; its reconcile
+   passes and CPU time beside) and the API server's count of writes to what the controller
+   writes (VirtualServers, pools, Services, DaemonSets, Secrets, Events; any client), per
+   minute.
 4. The controller's RSS (VmRSS) after the convergence and after the steady phase.
 
 The script's own work (creating, watching) shares the machine with the control plane and the
@@ -135,6 +137,12 @@ def rss_mib(pid: int) -> float:
     return math.nan
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def condition(obj: dict[str, Any], type_: str) -> str:
     for c in (obj.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_:
@@ -160,10 +168,18 @@ def samples(text: str, metric: str) -> list[tuple[dict[str, str], float]]:
     return out
 
 
-def controller_writes(port: int) -> float:
+def controller_counts(port: int) -> tuple[float, float]:
+    """(API writes, reconcile passes) the controller counted (its /metrics)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(v for _, v in samples(text, "lvs_controller_writes_total"))
+    return (
+        sum(v for _, v in samples(text, "lvs_controller_writes_total")),
+        sum(v for _, v in samples(text, "lvs_controller_reconcile_passes_total")),
+    )
+
+
+def controller_writes(port: int) -> float:
+    return controller_counts(port)[0]
 
 
 def apiserver_writes(cluster: TestCluster) -> tuple[float, float]:
@@ -467,7 +483,7 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
         nodes = [x for x in cluster.nodes if x not in DIRECTORS]
 
         say(f"creating {n} RealServerPools, {n} VirtualServers and {n * m} pods ...")
-        t_first = time.monotonic()
+        t_first, cpu_first = time.monotonic(), cpu_seconds(pid)
         objs: list[Any] = []
         for i in range(n):
             objs.append(pool_obj(i))
@@ -485,15 +501,24 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
         }
         await leader.write()
 
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(30)
+                say(f"  ... {len(vss.matching)}/{n} Ready and Programmed")
+
+        reporter = asyncio.create_task(report())
         try:
             t_ready = await vss.until(
                 lambda: len(vss.matching) == n, args.timeout, "every VirtualServer Ready"
             )
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}: {len(vss.matching)}/{n} Ready and Programmed") from None
+        finally:
+            reporter.cancel()
         say(
             f"every VirtualServer Ready and Programmed {t_ready - t_created:.1f} s after the "
-            f"last create ({t_ready - t_first:.1f} s after the first)"
+            f"last create ({t_ready - t_first:.1f} s after the first); the controller's CPU "
+            f"time since the first create: {cpu_seconds(pid) - cpu_first:.1f} s"
         )
         rss_converged = rss_mib(pid)
         say(f"controller RSS after convergence: {rss_converged:.0f} MiB")
@@ -521,16 +546,19 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
 
         settle = await wait_quiet(metrics_port, 5, 120)
         ours0, total0 = apiserver_writes(cluster)
-        writes0, renewals0 = controller_writes(metrics_port), leader.renewals
-        t0 = time.monotonic()
+        (writes0, passes0), renewals0 = controller_counts(metrics_port), leader.renewals
+        t0, cpu0 = time.monotonic(), cpu_seconds(pid)
         await asyncio.sleep(args.steady_seconds)
         ours1, total1 = apiserver_writes(cluster)
-        writes1, renewals1 = controller_writes(metrics_port), leader.renewals
+        (writes1, passes1), renewals1 = controller_counts(metrics_port), leader.renewals
         minutes = (time.monotonic() - t0) / 60
+        cpu = cpu_seconds(pid) - cpu0
         say(
             f"steady state, {args.steady_seconds:g} s with only the Lease renewing "
             f"({renewals1 - renewals0} renewals): the controller wrote "
-            f"{(writes1 - writes0) / minutes:.1f}/min; the API server counted "
+            f"{(writes1 - writes0) / minutes:.1f}/min in {passes1 - passes0:.0f} reconcile "
+            f"passes, using {cpu:.1f} s CPU ({100 * cpu / (minutes * 60):.1f}% of a core); "
+            f"the API server counted "
             f"{(ours1 - ours0) / minutes:.1f}/min writes to VirtualServers, pools, Services, "
             f"DaemonSets, Secrets and Events (any client), "
             f"{(total1 - total0) / minutes:.0f}/min writes in all (kwok's node heartbeats "
