@@ -295,6 +295,7 @@ class Watched:
         self.client, self.res, self.track = client, res, track
         self.objects: dict[str, dict[str, Any]] = {}
         self.matching: set[str] = set()  # the names of the objects ``track`` holds for
+        self.failure = ""  # set (by the guard) when waiting is pointless
         self.changed = asyncio.Event()
         self.at = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -329,6 +330,8 @@ class Watched:
         """Wait until ``pred()`` holds; returns the arrival time of the event that made it."""
         deadline = time.monotonic() + timeout
         while not pred():
+            if self.failure:
+                raise RuntimeError(f"{self.failure} (while waiting for {what})")
             self.changed.clear()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -475,6 +478,7 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
     )
     pools = Watched(client, RSP)
     leader = FakeLeader(client, DIRECTORS[0])
+    guarding: asyncio.Task[None] | None = None
     try:
         vss.start()
         pools.start()
@@ -501,12 +505,33 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
         }
         await leader.write()
 
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(30)
-                say(f"  ... {len(vss.matching)}/{n} Ready and Programmed")
+        reporting = True
 
-        reporter = asyncio.create_task(report())
+        async def guard() -> None:
+            """Every 10 s: the controller and every component of the control plane still
+            run (else stop waiting, saying which); every 30 s while converging: progress."""
+            ticks = 0
+            while True:
+                await asyncio.sleep(10)
+                ticks += 1
+                failure = ""
+                if not controller.alive():
+                    failure = f"the controller died:\n{controller.log(20)}"
+                elif cluster.dir is not None:
+                    r = await asyncio.to_thread(
+                        TestCluster.run_script, "status", str(cluster.dir), timeout=60
+                    )
+                    if r.returncode:
+                        failure = f"the control plane stopped:\n{r.stdout}{r.stderr}"
+                if failure:
+                    for w in (vss, pools):
+                        w.failure = failure
+                        w.changed.set()
+                    return
+                if reporting and ticks % 3 == 0:
+                    say(f"  ... {len(vss.matching)}/{n} Ready and Programmed")
+
+        guarding = asyncio.create_task(guard())
         try:
             t_ready = await vss.until(
                 lambda: len(vss.matching) == n, args.timeout, "every VirtualServer Ready"
@@ -514,7 +539,7 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}: {len(vss.matching)}/{n} Ready and Programmed") from None
         finally:
-            reporter.cancel()
+            reporting = False
         say(
             f"every VirtualServer Ready and Programmed {t_ready - t_created:.1f} s after the "
             f"last create ({t_ready - t_first:.1f} s after the first); the controller's CPU "
@@ -571,6 +596,8 @@ async def bench(args: argparse.Namespace, cluster: TestCluster, controller: Cont
         if leader.failures:
             say(f"({leader.failures} Lease renewals failed)")
     finally:
+        if guarding is not None:
+            guarding.cancel()
         await leader.stop()
         await vss.stop()
         await pools.stop()
