@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "operator"))
 
 import yaml  # noqa: E402
-from lightkube import AsyncClient, Client, KubeConfig  # noqa: E402
+from lightkube import ApiError, AsyncClient, Client, KubeConfig  # noqa: E402
 from lightkube.models.coordination_v1 import LeaseSpec  # noqa: E402
 from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 from lightkube.resources.coordination_v1 import Lease  # noqa: E402
@@ -358,6 +358,7 @@ class FakeLeader:
         self.renewals = 0
         self.failures = 0
         self.task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     def _obj(self, now: datetime) -> Lease:
         annotations = {PROGRAMMED_ANNOTATION: format_programmed(self.programmed)}
@@ -380,12 +381,24 @@ class FakeLeader:
         )
 
     async def write(self) -> None:
-        now = datetime.now(UTC)
-        if self.lease is None:
-            self.lease = await self.client.create(self._obj(now))
-        else:  # a PUT of the whole record, as the agent's renewals are
-            self.lease = await self.client.replace(self._obj(now))
-        self.renewals += 1
+        # one write at a time (the renewal task and a phase's own write), and a conflict
+        # read again and retried, as an agent does
+        async with self._lock:
+            for attempt in range(3):
+                now = datetime.now(UTC)
+                try:
+                    if self.lease is None:
+                        self.lease = await self.client.create(self._obj(now))
+                    else:  # a PUT of the whole record, as the agent's renewals are
+                        self.lease = await self.client.replace(self._obj(now))
+                    break
+                except ApiError as exc:
+                    if exc.status.code != 409 or attempt == 2:
+                        raise
+                    self.lease = await self.client.get(
+                        Lease, lease_name(GROUP), namespace=OPERATOR_NS
+                    )
+            self.renewals += 1
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
