@@ -8,13 +8,15 @@ Message layouts from include/uapi/linux/rtnetlink.h, if_addr.h. Not thread-safe:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .netlink import (
     NLM_F_ACK,
@@ -25,6 +27,7 @@ from .netlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
+    TIMEOUT,
     NetlinkError,
     NetlinkSocket,
     frames,
@@ -47,6 +50,11 @@ _RTMSG = struct.Struct(
 )  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 _U32 = struct.Struct("=I")
 _CACHEINFO = struct.Struct("=IIII")  # ifa_prefered, ifa_valid, cstamp, tstamp
+# Receive-buffer bytes one answer of a batch may take (an acknowledgement's skb truesize is
+# ~768; an error's echoes the request). The kernel runs a whole send before the agent reads,
+# so a batch is only as long as the buffer holds all its answers: more would be dropped.
+ANSWER_COST = 1024
+MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,25 @@ class AddrEntry:
     valid_lft: int | None = None  # seconds left; None: forever (or not reported)
 
 
+class Renewal(NamedTuple):
+    """One address whose lifetime ``Rtnl.renew_addresses`` restarts (see renew_address)."""
+
+    index: int
+    address: str
+    prefixlen: int
+    ifa_flags: int
+    proto: int
+    lifetime: int | None
+
+
 class Rtnl(NetlinkSocket):
     def __init__(self) -> None:
         super().__init__(NETLINK_ROUTE, int.from_bytes(os.urandom(2), "little") + 1)
+        try:  # a batch's lost answer must end as an error, not a recv that never returns
+            self.sock.settimeout(TIMEOUT)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def _request(self, msg_type: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
         """Send one request; return the (type, payload) replies up to DONE or the ACK."""
@@ -127,9 +151,9 @@ class Rtnl(NetlinkSocket):
                 out.append(AddrEntry(family, prefixlen, index, address, proto, valid))
         return out
 
-    def _addr(self, msg_type: int, flags: int, index: int, address: str, prefixlen: int,
-              ifa_flags: int = 0, proto: int = 0,
-              lifetime: int | None = None) -> None:  # fmt: skip
+    @staticmethod
+    def _addr_body(index: int, address: str, prefixlen: int, ifa_flags: int = 0,
+                   proto: int = 0, lifetime: int | None = None) -> bytes:  # fmt: skip
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         raw = socket.inet_pton(family, address)
         body = _IFADDR.pack(family, prefixlen, ifa_flags & 0xFF, 0, index)
@@ -140,6 +164,12 @@ class Rtnl(NetlinkSocket):
             body += nla(IFA_PROTO, bytes([proto]))
         if lifetime is not None:
             body += nla(IFA_CACHEINFO, _CACHEINFO.pack(lifetime, lifetime, 0, 0))
+        return body
+
+    def _addr(self, msg_type: int, flags: int, index: int, address: str, prefixlen: int,
+              ifa_flags: int = 0, proto: int = 0,
+              lifetime: int | None = None) -> None:  # fmt: skip
+        body = self._addr_body(index, address, prefixlen, ifa_flags, proto, lifetime)
         self._request(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, body)
 
     def add_address(self, index: int, address: str, prefixlen: int, ifa_flags: int = 0,
@@ -154,12 +184,46 @@ class Rtnl(NetlinkSocket):
                       proto: int, lifetime: int | None) -> None:  # fmt: skip
         """Restart an address's lifetime (RTM_NEWADDR with NLM_F_REPLACE). The kernel
         adds the address if it is gone, so callers renew only what they hold."""
-        self._addr(RTM_NEWADDR, NLM_F_REPLACE, index, address, prefixlen, ifa_flags, proto,
-                   INFINITY_LIFE_TIME if lifetime is None else lifetime)  # fmt: skip
+        self._addr(RTM_NEWADDR, NLM_F_REPLACE, *_renewal_args(
+            Renewal(index, address, prefixlen, ifa_flags, proto, lifetime)))  # fmt: skip
+
+    def batch_size(self) -> int:
+        """Requests per send: as many as the receive buffer holds answers for."""
+        rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return max(1, min(MAX_BATCH, rcvbuf // ANSWER_COST))
+
+    def renew_addresses(self, requests: Sequence[Renewal]) -> list[int]:
+        """``renew_address`` for many addresses in as few sends as the receive buffer
+        allows; the errno of each (0: renewed). Every request asks for its own
+        acknowledgement: one without an answer failed (ENOBUFS: answers dropped, or the
+        error that ended the reading), never "done"."""
+        results: list[int] = []
+        size = self.batch_size() if requests else 1
+        for start in range(0, len(requests), size):
+            chunk = requests[start : start + size]
+            seqs = [self.next_seq() for _ in chunk]
+            msgs = [
+                header(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE, seq,
+                       self._addr_body(*_renewal_args(r)))
+                for r, seq in zip(chunk, seqs, strict=True)
+            ]  # fmt: skip
+            try:
+                got, err = self.batch(msgs, seqs, seqs)
+            except OSError as e:  # the send itself failed: none of the chunk was run
+                got, err = [None] * len(chunk), e
+            lost = (err.errno if err is not None and err.errno else None) or errno.EIO
+            results.extend(lost if code is None else code for code in got)
+        return results
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         """Raises NetlinkError(EADDRNOTAVAIL) if it is not there."""
         self._addr(RTM_DELADDR, 0, index, address, prefixlen)
+
+
+def _renewal_args(r: Renewal) -> tuple[int, str, int, int, int, int]:
+    """A renewal's _addr arguments: a lifetime of None is the kernel's "forever"."""
+    lifetime = INFINITY_LIFE_TIME if r.lifetime is None else r.lifetime
+    return r.index, r.address, r.prefixlen, r.ifa_flags, r.proto, lifetime
 
 
 def index_of(ifname: str) -> int | None:

@@ -26,6 +26,7 @@ from .netlink import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
+    TIMEOUT,
     NetlinkError,
     NetlinkSocket,
     frames,
@@ -81,7 +82,6 @@ _FLAGS = struct.Struct("=II")
 # forced: programming IPVS needs CAP_NET_ADMIN anyway) must hold only the failures' answers.
 # Overflowing it loses answers (ENOBUFS): see execute().
 BATCH = 1024
-TIMEOUT = 30.0  # the kernel always answers; this only keeps a wedged call from hanging forever
 
 
 @dataclass(frozen=True)
@@ -296,30 +296,13 @@ class IpvsNetlink(NetlinkSocket):
                 attrs = parse_attrs(data, f.start + _GENL.size, f.end)
                 yield Message(f.type, f.flags, f.seq, data[f.start], attrs)
 
-    def _recv(self) -> bytes:
-        try:
-            return self.sock.recv(1 << 20)
-        except TimeoutError as e:
-            raise NetlinkError(errno_mod.ETIMEDOUT, "no answer from the kernel") from e
-
-    def _drain(self) -> None:
-        """Discard whatever is queued (after lost acknowledgements)."""
-        self.sock.setblocking(False)
-        try:
-            while True:
-                self.sock.recv(1 << 20)
-        except (BlockingIOError, OSError):
-            pass
-        finally:
-            self.sock.settimeout(TIMEOUT)
-
     def _resolve_family(self) -> int:
         # Asking for the family by name also makes the kernel load ip_vs where it can.
         seq = self.next_seq()
         body = nla(CTRL_ATTR_FAMILY_NAME, IPVS_GENL_NAME + b"\0")
         self.sock.send(self._header(GENL_ID_CTRL, NLM_F_REQUEST, CTRL_CMD_GETFAMILY, 1, body, seq))
         while True:
-            for m in self._messages(self._recv()):
+            for m in self._messages(self.recv_answers()):
                 if m.seq != seq:
                     continue
                 if m.type == NLMSG_ERROR:
@@ -333,7 +316,7 @@ class IpvsNetlink(NetlinkSocket):
                                     IPVS_GENL_VERSION, body, seq))  # fmt: skip
         out: list[dict[int, bytes]] = []
         while True:
-            for m in self._messages(self._recv()):
+            for m in self._messages(self.recv_answers()):
                 if m.seq != seq:
                     continue
                 if m.type == NLMSG_DONE:
@@ -375,31 +358,22 @@ class IpvsNetlink(NetlinkSocket):
             chunk = requests[start : start + BATCH]
             seqs = [self.next_seq() for _ in chunk]
             last = seqs[-1]
-            buf = b"".join(
+            msgs = [
                 self._header(self.family, NLM_F_REQUEST | (NLM_F_ACK if seq == last else 0),
                              cmd, IPVS_GENL_VERSION, body, seq)
                 for (cmd, body), seq in zip(chunk, seqs, strict=True)
-            )  # fmt: skip
-            self.sock.send(buf)
-            pending = {s: i for i, s in enumerate(seqs)}
-            got: list[int | None] = [None] * len(chunk)
-            while last in pending:
-                try:
-                    data = self._recv()
-                except OSError as e:
-                    if e.errno != errno_mod.ENOBUFS:
-                        raise
-                    # Answers were dropped: which requests failed is unknown. The caller
-                    # must read the table again (apply() raises; converge re-reads).
-                    self._drain()
-                    raise NetlinkError(
-                        errno_mod.ENOBUFS,
-                        f"netlink answers lost in the batch from request {start}"
-                        " (receive buffer overrun); read the table again",
-                    ) from e
-                for m in self._messages(data):
-                    if m.type == NLMSG_ERROR and m.seq in pending:
-                        got[pending.pop(m.seq)] = m.error
+            ]  # fmt: skip
+            got, err = self.batch(msgs, seqs, (last,))
+            if err is not None:
+                if err.errno != errno_mod.ENOBUFS:
+                    raise err
+                # Answers were dropped: which requests failed is unknown. The caller must
+                # read the table again (apply() raises; converge re-reads).
+                raise NetlinkError(
+                    errno_mod.ENOBUFS,
+                    f"netlink answers lost in the batch from request {start}"
+                    " (receive buffer overrun); read the table again",
+                ) from err
             # no answer before the last one's acknowledgement: done without error
             results.extend(0 if e is None else e for e in got)
         return results

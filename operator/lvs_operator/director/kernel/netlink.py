@@ -6,10 +6,11 @@ Standard library only. Layouts from include/uapi/linux/netlink.h.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -21,6 +22,7 @@ NLA_TYPE_MASK = 0x3FFF
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _NLA = struct.Struct("=HH")  # nlattr: len, type
 _ERR = struct.Struct("=i")
+TIMEOUT = 30.0  # the kernel always answers; this only keeps a wedged call from hanging forever
 
 
 class NetlinkError(OSError):
@@ -102,3 +104,47 @@ class NetlinkSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def recv_answers(self) -> bytes:
+        try:
+            return self.sock.recv(1 << 20)
+        except TimeoutError as e:
+            raise NetlinkError(errno.ETIMEDOUT, "no answer from the kernel") from e
+
+    def drain(self) -> None:
+        """Discard whatever is queued (after lost answers)."""
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(1 << 20)
+        except OSError:
+            pass
+        finally:
+            self.sock.settimeout(timeout)
+
+    def batch(
+        self, messages: Sequence[bytes], seqs: Sequence[int], wait: Collection[int]
+    ) -> tuple[list[int | None], OSError | None]:
+        """Send ``messages`` (sequence numbers ``seqs``, in order) in one send and read the
+        answers until each of ``wait`` has one: per message, the errno of its NLMSG_ERROR
+        answer (0: acknowledged) or None (no answer). The kernel runs a whole send inside
+        that syscall, so every answer is queued when it returns. The error that ended the
+        reading early (None: none), e.g. ENOBUFS (answers dropped: the receive buffer
+        overran; drained); callers decide what an unanswered message means."""
+        self.sock.send(b"".join(messages))
+        pending = {s: i for i, s in enumerate(seqs)}
+        waiting = set(wait)
+        got: list[int | None] = [None] * len(seqs)
+        while waiting:
+            try:
+                data = self.recv_answers()
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.drain()
+                return got, e
+            for f in frames(data):
+                if f.type == NLMSG_ERROR and f.seq in pending:
+                    got[pending.pop(f.seq)] = f.error
+                    waiting.discard(f.seq)
+        return got, None
