@@ -81,7 +81,7 @@ class AddrEntry:
 class Renewal(NamedTuple):
     """One address whose lifetime ``Rtnl.renew_addresses`` restarts (see renew_address)."""
 
-    index: int
+    ifindex: int  # (not "index": a tuple method)
     address: str
     prefixlen: int
     ifa_flags: int
@@ -223,7 +223,7 @@ class Rtnl(NetlinkSocket):
 def _renewal_args(r: Renewal) -> tuple[int, str, int, int, int, int]:
     """A renewal's _addr arguments: a lifetime of None is the kernel's "forever"."""
     lifetime = INFINITY_LIFE_TIME if r.lifetime is None else r.lifetime
-    return r.index, r.address, r.prefixlen, r.ifa_flags, r.proto, lifetime
+    return r.ifindex, r.address, r.prefixlen, r.ifa_flags, r.proto, lifetime
 
 
 def index_of(ifname: str) -> int | None:
