@@ -8,18 +8,27 @@ agent depends on: EEXIST on an exclusive add, and "replace" adding an address th
 from __future__ import annotations
 
 import errno
+import itertools
+import logging
+import os
 import socket
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import pytest
 
 from lvs_operator.director.kernel import addresses as kaddr
-from lvs_operator.director.kernel.addresses import AddrEntry, Rtnl
+from lvs_operator.director.kernel.addresses import AddrEntry, Renewal, Rtnl
 from lvs_operator.director.kernel.netlink import (
+    NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_EXCL,
     NLM_F_REPLACE,
+    NLMSG_ERROR,
+    Frame,
+    frames,
+    header,
     parse_attrs,
 )
 from lvs_operator.director.vip import (
@@ -37,6 +46,8 @@ class KernelAddresses:
     def __init__(self, entries: list[AddrEntry] | None = None) -> None:
         self.entries = list(entries or [])
         self.calls: list[tuple[str, str, int | None]] = []  # (op, address, lifetime)
+        self.batches: list[list[str]] = []  # the addresses of each renew_addresses call
+        self.fail: dict[str, int] = {}  # address -> errno its renewal answers with
 
     def addresses(self) -> list[AddrEntry]:
         return list(self.entries)
@@ -64,6 +75,16 @@ class KernelAddresses:
             self.entries.append(AddrEntry(family, prefixlen, index, address, proto, lifetime))
         else:
             self.entries[i] = replace(self.entries[i], proto=proto, valid_lft=lifetime)
+
+    def renew_addresses(self, requests: Sequence[Renewal]) -> list[int]:
+        self.batches.append([r.address for r in requests])
+        codes = []
+        for r in requests:
+            code = self.fail.get(r.address, 0)
+            if not code:
+                self.renew_address(*r)
+            codes.append(code)
+        return codes
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         self.calls.append(("del", address, None))
@@ -162,6 +183,38 @@ def test_renew_restarts_what_is_held_and_never_brings_back_what_is_gone() -> Non
     assert [c for c in kernel.calls if c[0] == "renew"] == [("renew", "192.0.2.10", 8)]
 
 
+def test_one_batch_renews_them_all_and_names_the_ones_that_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held = [f"192.0.2.{i}" for i in range(10, 20)]
+    kernel = KernelAddresses([v4(a, proto=VIP_PROTO, lft=1) for a in held])
+    kernel.fail = {"192.0.2.13": errno.ENOMEM, "192.0.2.17": errno.EIO}
+    with caplog.at_level(logging.WARNING, "lvs_operator.director.vip"):
+        failed = manager(kernel).renew([(a, "front") for a in held] + [("192.0.2.99", "front")])
+    assert kernel.batches == [held]  # one batch, only what is held
+    assert failed == ["192.0.2.13", "192.0.2.17"]
+    warned = [(r.getMessage(), getattr(r, "vip", None)) for r in caplog.records]
+    assert warned == [
+        (f"VIP lifetime not renewed: [Errno {errno.ENOMEM}] {os.strerror(errno.ENOMEM)}",
+         "192.0.2.13"),
+        (f"VIP lifetime not renewed: [Errno {errno.EIO}] {os.strerror(errno.EIO)}",
+         "192.0.2.17"),
+    ]  # fmt: skip
+    renewed = {e.address for e in kernel.entries if e.valid_lft == 8}
+    assert renewed == set(held) - set(failed)
+
+
+def test_a_vip_whose_interface_is_gone_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO, lft=1),
+                              v4("192.0.2.11", index=1, proto=VIP_PROTO, lft=1)])  # fmt: skip
+    vips = manager(kernel)
+    vips.present()  # the names are read while both interfaces are there
+    monkeypatch.setattr(kaddr, "index_of", {"front": 2}.get)  # lo is gone
+    monkeypatch.setattr(vips, "present", lambda: {"192.0.2.10": "front", "192.0.2.11": "lo"})
+    assert vips.renew([("192.0.2.10", "front"), ("192.0.2.11", "lo")]) == ["192.0.2.11"]
+    assert kernel.batches == [["192.0.2.10"]]
+
+
 def test_no_lifetime_no_renewals() -> None:
     kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO)])
     assert manager(kernel, lifetime=None).renew([("192.0.2.10", "front")]) == []
@@ -242,3 +295,108 @@ def test_renew_unclaimed_leaves_a_vip_another_node_answers_for(
     assert probed == [["192.0.2.10", "192.0.2.11"]]
     lifetimes = {e.address: e.valid_lft for e in kernel.entries}
     assert lifetimes == {"192.0.2.10": 8, "192.0.2.11": 1, "192.0.2.12": 8}
+
+
+# -- a batch of renewals over the socket -----------------------------------------------------------
+
+
+def answer(seq: int, err: int = 0) -> bytes:
+    """The kernel's NLMSG_ERROR for request ``seq`` (err 0: the acknowledgement)."""
+    return header(NLMSG_ERROR, 0, seq, struct.pack("=i", -err) + b"\0" * 16)
+
+
+class RouteSocket:
+    """Plays the kernel's end of an rtnetlink socket: every send is recorded, and
+    ``answers`` turns the frames of a send into the datagrams the kernel queues for it
+    (default: one acknowledgement each, in order). A recv with nothing queued raises what
+    the real socket (with its timeout) would."""
+
+    def __init__(self, answers: Callable[[list[Frame]], list[bytes]] | None = None,
+                 rcvbuf: int = 1 << 20, empty: OSError | None = None) -> None:  # fmt: skip
+        self.sent: list[bytes] = []
+        self.queue: list[bytes] = []
+        self.answers = answers or (lambda fs: [answer(f.seq) for f in fs])
+        self.rcvbuf = rcvbuf
+        self.empty = empty or TimeoutError("timed out")
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        self.queue.extend(self.answers(list(frames(data))))
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        if not self.queue:
+            raise self.empty
+        return self.queue.pop(0)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return self.rcvbuf
+
+    def gettimeout(self) -> float | None:
+        return 30.0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def settimeout(self, value: float | None) -> None:
+        pass
+
+
+def rtnl(sock: RouteSocket, first_seq: int = 100) -> Rtnl:
+    rt = Rtnl.__new__(Rtnl)  # no real socket
+    rt.sock = sock  # type: ignore[assignment]
+    rt._seq = itertools.count(first_seq)
+    return rt
+
+
+RENEWALS = [
+    Renewal(2, "192.0.2.10", 32, 0, VIP_PROTO, 8),
+    Renewal(2, "2001:db8::10", 128, 0x202, VIP_PROTO, 8),
+    Renewal(1, "192.0.2.11", 32, 0, VIP_PROTO, None),
+]
+
+
+def test_a_batch_is_the_single_renewals_byte_for_byte_in_one_send() -> None:
+    one_by_one = RouteSocket()
+    single = rtnl(one_by_one)
+    for r in RENEWALS:
+        single.renew_address(*r)
+    batched = RouteSocket()
+    assert rtnl(batched).renew_addresses(RENEWALS) == [0, 0, 0]
+    assert len(one_by_one.sent) == 3 and len(batched.sent) == 1
+    assert batched.sent[0] == b"".join(one_by_one.sent)
+    for f in frames(batched.sent[0]):  # each one asks for its own answer
+        assert f.type == kaddr.RTM_NEWADDR and f.flags & NLM_F_ACK and f.flags & NLM_F_REPLACE
+
+
+def test_answers_map_back_by_sequence_number_in_any_order() -> None:
+    def kernel(fs: list[Frame]) -> list[bytes]:
+        # the second one fails; the answers come back reversed, two in one datagram
+        out = [answer(f.seq, errno.EADDRNOTAVAIL if i == 1 else 0) for i, f in enumerate(fs)]
+        return [out[2] + out[1], out[0]]
+
+    assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [0, errno.EADDRNOTAVAIL, 0]
+
+
+def test_a_missing_answer_is_an_error_never_a_success() -> None:
+    def kernel(fs: list[Frame]) -> list[bytes]:
+        return [answer(f.seq) for f in fs if f.seq != fs[1].seq]  # the second one's is lost
+
+    assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [0, errno.ETIMEDOUT, 0]
+
+
+def test_answers_dropped_by_an_overrun_are_errors() -> None:
+    def kernel(fs: list[Frame]) -> list[bytes]:
+        return [answer(fs[0].seq)]
+
+    sock = RouteSocket(kernel, empty=OSError(errno.ENOBUFS, "No buffer space available"))
+    assert rtnl(sock).renew_addresses(RENEWALS) == [0, errno.ENOBUFS, errno.ENOBUFS]
+
+
+def test_a_batch_is_as_long_as_the_receive_buffer_holds_its_answers() -> None:
+    many = [Renewal(2, f"192.0.2.{i}", 32, 0, VIP_PROTO, 8) for i in range(1, 11)]
+    sock = RouteSocket(rcvbuf=4 * kaddr.ANSWER_COST)
+    assert rtnl(sock).renew_addresses(many) == [0] * 10
+    assert [len(list(frames(d))) for d in sock.sent] == [4, 4, 2]
+    assert rtnl(RouteSocket()).renew_addresses([]) == []
