@@ -41,7 +41,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Protocol
 
 from ..api.contract import (
@@ -141,9 +142,14 @@ class Agent:
         self.netlink = netlink or Lane("ipvs")
         self.vip_lane = vip_lane or Lane("vip")
         self.metrics = metrics or Metrics(cfg.group)
+        # the Lease's owner, looked up beside the election (KubeLeaseApi.find_owner)
+        self._find_lease_owner: Callable[[], Coroutine[None, None, object]] | None = None
         if lease_api is None:
             assert client is not None, "the Lease API needs a client"
-            lease_api = KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
+            kube_lease = KubeLeaseApi(client, cfg.namespace, cfg.lease_name)
+            if cfg.pod_name:
+                self._find_lease_owner = partial(kube_lease.find_owner, cfg.pod_name)
+            lease_api = kube_lease
         self.elector = Elector(
             cfg.election(), lease_api, self._on_leader_change, vip_in_use=self._vip_in_use,
             early_take=self._early_take,
@@ -587,6 +593,12 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.watches.synced(), self.cfg.startup_sync)
         tasks.append(asyncio.create_task(self.elector.run(), name="election"))
+        # not among `tasks`: it ends by itself, which must not stop the agent
+        find_owner: asyncio.Task[object] | None = (
+            asyncio.create_task(self._find_lease_owner(), name="lease-owner")
+            if self._find_lease_owner is not None
+            else None
+        )
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -623,6 +635,10 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.client.close()
         loop_watch.cancel()
-        await asyncio.gather(loop_watch, return_exceptions=True)
+        if find_owner is not None:
+            find_owner.cancel()
+        await asyncio.gather(
+            loop_watch, *([find_owner] if find_owner else []), return_exceptions=True
+        )
         log.info("stopped", extra={"identity": self.cfg.node_name})
         return code

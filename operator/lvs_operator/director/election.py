@@ -59,9 +59,14 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lvs_operator.api import contract
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from lightkube.models.meta_v1 import OwnerReference
 
 log = logging.getLogger("lvs_operator.director.election")
 
@@ -92,6 +97,27 @@ class LeaseConflict(Exception):
 
 
 @dataclass(frozen=True)
+class LeaseOwner:
+    """An ownerReference of the Lease. The agents make their group's DaemonSet one, so that
+    the garbage collector removes the Lease with the DaemonSet (and so with the controller's
+    Deployment, which owns the DaemonSets: ``helm uninstall``)."""
+
+    kind: str
+    name: str
+    uid: str
+    api_version: str = "apps/v1"
+
+
+def with_owner(owners: tuple[LeaseOwner, ...], owner: LeaseOwner | None) -> tuple[LeaseOwner, ...]:
+    """``owners`` with ``owner`` among them. An earlier owner of the same kind and name (a
+    DaemonSet deleted and created again: a new uid) is replaced; any other owner is kept."""
+    if owner is None or owner in owners:
+        return owners
+    same = (owner.kind, owner.name)
+    return (*(o for o in owners if (o.kind, o.name) != same), owner)
+
+
+@dataclass(frozen=True)
 class LeaseRecord:
     holder: str  # "" = nobody
     duration_seconds: int = DEFAULT_LEASE_DURATION
@@ -101,6 +127,7 @@ class LeaseRecord:
     resource_version: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    owners: tuple[LeaseOwner, ...] = ()  # carried through every write (the PUT is whole)
 
     def identity_key(self) -> tuple[str, dt.datetime | None, str | None]:
         """What must change for the record to count as renewed."""
@@ -919,6 +946,14 @@ def start_time(current: LeaseRecord, identity: str, now: dt.datetime) -> dt.date
     return now
 
 
+def controlling_daemonset(references: Iterable[OwnerReference]) -> LeaseOwner | None:
+    """The DaemonSet among a Pod's ownerReferences (lightkube models) that controls it."""
+    for ref in references:
+        if ref.kind == "DaemonSet" and ref.controller and ref.apiVersion.startswith("apps/"):
+            return LeaseOwner(ref.kind, ref.name, ref.uid, ref.apiVersion)
+    return None
+
+
 def _newer(a: LeaseRecord, b: LeaseRecord) -> bool:
     """Whether ``a`` is a later version than ``b`` (resourceVersions are opaque, but the
     watch delivers them in order; a different one from the watch is the newer)."""
@@ -929,10 +964,57 @@ def _newer(a: LeaseRecord, b: LeaseRecord) -> bool:
 
 
 class KubeLeaseApi:
-    """LeaseApi over lightkube's AsyncClient."""
+    """LeaseApi over lightkube's AsyncClient. Every write carries the Lease's owners as read,
+    plus ``owner`` once known (``find_owner``)."""
 
-    def __init__(self, client: Any, namespace: str, name: str) -> None:
+    def __init__(
+        self, client: Any, namespace: str, name: str, owner: LeaseOwner | None = None
+    ) -> None:
         self.client, self.namespace, self.name = client, namespace, name
+        self.owner = owner
+
+    async def find_owner(
+        self, pod_name: str, first_wait: float = 1.0, retry_max: float = 60.0
+    ) -> LeaseOwner | None:
+        """Read this agent's Pod for the DaemonSet that controls it; from the next write on,
+        the Lease names that DaemonSet as an owner. Runs beside the election, never before it
+        (a takeover must not wait for this read): a transient failure is retried, doubling
+        the wait up to ``retry_max``; a refusal (403: the agent's Role lacks ``get`` on pods)
+        or a missing Pod (an agent run by hand) ends it with a log line, and the Lease stays
+        unowned (it then outlives an uninstall, as before)."""
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Pod
+
+        wait = first_wait
+        while True:
+            try:
+                pod = await self.client.get(Pod, pod_name, namespace=self.namespace)
+            except ApiError as exc:
+                if exc.status.code in (403, 404):
+                    log.warning(
+                        "the Lease gets no owner: reading this agent's Pod was refused (%s)%s",
+                        exc.status.code,
+                        " -- grant the director's Role `get` on pods in its namespace "
+                        "(deploy/rbac/director.yaml)"
+                        if exc.status.code == 403
+                        else "",
+                        extra={"lease": f"{self.namespace}/{self.name}", "pod": pod_name},
+                    )
+                    return None
+                log.info("reading this agent's Pod failed, retrying: %s", exc)
+            except Exception as exc:  # the API server unreachable: keep trying, off the path
+                log.info("reading this agent's Pod failed, retrying: %s", exc)
+            else:
+                self.owner = controlling_daemonset(pod.metadata.ownerReferences or [])
+                log.info(
+                    "Lease owner: %s",
+                    f"DaemonSet {self.owner.name}" if self.owner else
+                    "none (no DaemonSet controls this Pod)",
+                    extra={"lease": f"{self.namespace}/{self.name}", "pod": pod_name},
+                )  # fmt: skip
+                return self.owner
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, retry_max)
 
     @staticmethod
     def _record(obj: Any) -> LeaseRecord:
@@ -946,13 +1028,17 @@ class KubeLeaseApi:
             resource_version=meta.resourceVersion,
             annotations=dict(meta.annotations or {}),
             labels=dict(meta.labels or {}),
+            owners=tuple(
+                LeaseOwner(o.kind, o.name, o.uid, o.apiVersion) for o in meta.ownerReferences or []
+            ),
         )
 
     def _object(self, record: LeaseRecord) -> Any:
         from lightkube.models.coordination_v1 import LeaseSpec
-        from lightkube.models.meta_v1 import ObjectMeta
+        from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
         from lightkube.resources.coordination_v1 import Lease
 
+        owners = with_owner(record.owners, self.owner)
         return Lease(
             metadata=ObjectMeta(
                 name=self.name,
@@ -960,6 +1046,11 @@ class KubeLeaseApi:
                 resourceVersion=record.resource_version,
                 annotations=dict(record.annotations) or None,
                 labels=dict(record.labels) or None,
+                ownerReferences=[
+                    OwnerReference(apiVersion=o.api_version, kind=o.kind, name=o.name, uid=o.uid)
+                    for o in owners
+                ]
+                or None,
             ),
             spec=LeaseSpec(
                 holderIdentity=record.holder,

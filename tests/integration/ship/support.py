@@ -242,7 +242,7 @@ class HostController:
         self.log_path = workdir / "controller.log"
         self._log: IO[str] | None = None
 
-    def _kubeconfig(self, service_account: str) -> Path:
+    def kubeconfig(self, service_account: str) -> Path:
         token = self.kubectl(
             "-n", OPERATOR_NS, "create", "token", service_account, "--duration=1h"
         ).stdout.strip()
@@ -289,7 +289,7 @@ class HostController:
     def start(self) -> None:
         args, env, sa = self.argv_and_env()
         assert args[0] == "controller", args
-        kubeconfig = self._kubeconfig(sa)
+        kubeconfig = self.kubeconfig(sa)
         full_env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         full_env.update(env)
         full_env["KUBECONFIG"] = str(kubeconfig)

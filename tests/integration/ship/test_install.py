@@ -10,14 +10,18 @@ then remove everything and check that only the CRDs remain.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.coordination_v1 import Lease
@@ -28,6 +32,8 @@ from lightkube.resources.rbac_authorization_v1 import (
     Role,
     RoleBinding,
 )
+
+from lvs_operator.director.election import KubeLeaseApi, LeaseOwner, LeaseRecord
 
 from ..helpers import TestCluster, apply_crds, pod_ready, wait_for
 from .support import (
@@ -289,12 +295,34 @@ def test_kubectl_apply_plain_manifests(ship: Any, kube: Any) -> None:
     wait_gone(kube, Namespace, OPERATOR_NS)
 
 
+def agent_writes_its_lease(controller: HostController, ds: Any, pod_name: str) -> Lease:
+    """What a director agent does with its group's Lease, with the agent's own code
+    (``KubeLeaseApi``) and as the director's ServiceAccount (its RBAC as shipped): look up its
+    Pod's DaemonSet, take the Lease, renew it. Returns the Lease as the API server has it."""
+    env = {e.name: e.value for e in ds.spec.template.spec.containers[0].env or []}
+    lease_name = env["LVS_LEASE_NAME"]
+
+    async def take_and_renew() -> None:
+        client = AsyncClient(KubeConfig.from_file(str(controller.kubeconfig("lvs-director"))))
+        try:
+            api = KubeLeaseApi(client, OPERATOR_NS, lease_name)
+            owner = await asyncio.wait_for(api.find_owner(pod_name), 30)
+            assert owner == LeaseOwner("DaemonSet", ds.metadata.name, ds.metadata.uid), owner
+            taken = await api.create(LeaseRecord(holder=pod_name))
+            await api.update(replace(taken, renew_time=datetime.now(UTC)))
+        finally:
+            await client.close()
+
+    asyncio.run(take_and_renew())
+    return controller.client.get(Lease, lease_name, namespace=OPERATOR_NS)
+
+
 def test_helm_uninstall_removes_the_directors(ship: Any, kube: Any) -> None:
     """The director DaemonSets are owned by the controller's Deployment: `helm uninstall` with
     VirtualServers still in place leaves no DaemonSet, heartbeat-key Secret or Lease of the
-    operator behind (the garbage collector removes them); a pool's Service stays with its
-    pool, in the pool's namespace."""
-    helm, kubectl, controller, _nodes = ship
+    operator behind (the garbage collector removes them; the agents make their DaemonSet the
+    Lease's owner); a pool's Service stays with its pool, in the pool's namespace."""
+    helm, kubectl, controller, nodes = ship
     helm("install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--create-namespace",
          "--set", f"vipRanges={{{VIP_RANGE}}}", "--wait", "--timeout", "120s")  # fmt: skip
     dep = deployment_available(kube, "lvs-operator")
@@ -312,6 +340,14 @@ def test_helm_uninstall_removes_the_directors(ship: Any, kube: Any) -> None:
     )
     pool_services = list(kube.list(Service, namespace=EXAMPLE_NS, labels=POOL_SERVICE_LABELS))
     assert pool_services, "the pools' headless Services"
+    # an agent pod of the group (kwok runs no agent): its Lease, written as the agent writes it
+    director_pods_scheduled(kube, kubectl, nodes[:1], ds)
+    (pod, *_) = kube.list(Pod, namespace=OPERATOR_NS, labels=ds.spec.selector.matchLabels)
+    lease = agent_writes_its_lease(controller, ds, pod.metadata.name)
+    assert [(o.kind, o.name, o.uid) for o in lease.metadata.ownerReferences or []] == [
+        ("DaemonSet", ds.metadata.name, ds.metadata.uid)
+    ]
+    assert lease.spec.renewTime is not None  # the renewal kept the owner
 
     # The controller runs on this machine, not in the Deployment's pod: it stops as the pod
     # would with the uninstall (else it would re-create what the garbage collector removes).
