@@ -85,6 +85,7 @@ from .metrics import (
     ObjectCondition,
 )
 from .pools import (
+    SERVICE_NAME_LABEL,
     PodInfo,
     PoolOutcome,
     evaluate_pool,
@@ -493,6 +494,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# How often a pass plans everything even if no event asked for it: the repair for an event
+# missed or mapped to too few objects (passes between plan only what events touched).
+FULL_PASS_INTERVAL = 300.0
+
 # How long a group's heartbeat-key Secret, once seen to exist, is not asked for again (the
 # controller cannot read Secrets: it asks by creating, which a present one refuses).
 PEER_SECRET_RECHECK = 300.0
@@ -535,6 +540,13 @@ class Reconciler:
         # (kind, key) -> (resourceVersion seen before the write, object the write returned).
         self._overlay: dict[tuple[str, Any], tuple[str, dict[str, Any]]] = {}
         self._world = World()
+        # what the last full pass decided (None: none yet), and what events touched since
+        self._state: PlanState | None = None
+        self._full_due = True  # an event (or the clock) asks for a full pass
+        self._touched_pools: set[Key] = set()
+        self._touched_vss: set[Key] = set()
+        self._next_full: float | None = None  # time.monotonic() of the periodic full pass
+        self.full_passes = 0
         # DaemonSet name -> when its group's heartbeat-key Secret was last known to exist
         self._peer_secrets: dict[str, float] = {}
         self.passes = 0
@@ -554,6 +566,9 @@ class Reconciler:
     # -- inputs ----------------------------------------------------------------------------
 
     def wake(self) -> None:
+        """An event that may change what is decided on the whole set (a Lease, a DaemonSet):
+        the next pass plans everything."""
+        self._full_due = True
         self._wake.set()
 
     def capture(self, indices: Mapping[str, Any]) -> None:
@@ -564,17 +579,43 @@ class Reconciler:
         """Called by every kopf event handler (with the indexes among its kwargs)."""
         self.capture(kwargs)
         self.indexed.set()
-        if pod_event and not self._pod_matters(kwargs):
+        touched = self._pod_touches(kwargs) if pod_event else self._event_touches(kwargs)
+        if touched is None:
+            self._full_due = True
+        elif not touched.pools and not touched.virtualservers:
             return
+        else:
+            self._touched_pools.update(touched.pools)
+            self._touched_vss.update(touched.virtualservers)
         self._wake.set()
 
-    def _pod_matters(self, event: Mapping[str, Any]) -> bool:
-        """Whether a pod event (kopf's handler kwargs) can change the plan: a pod no pool
-        selects, or a change of what membership does not read, wakes nothing."""
+    def _event_touches(self, event: Mapping[str, Any]) -> Touched | None:
+        """The pool or VirtualServer an event of kopf's (its handler kwargs) is about, or
+        None: plan everything. Whether it changed what is decided on the whole set is
+        checked at the pass (``touched_scope``), against the objects as they are then."""
+        resource = event.get("resource")
+        plural = getattr(resource, "plural", None)
+        key = (str(event.get("namespace") or ""), str(event.get("name") or ""))
+        if plural == vsm.PLURAL:
+            return Touched(virtualservers=frozenset({key}))
+        if plural == rsp.PLURAL:
+            return Touched(pools=frozenset({key}))
+        if plural == "endpointslices":
+            labels = _meta(event.get("body") or {}).get("labels") or {}
+            key = (key[0], str(labels.get(SERVICE_NAME_LABEL) or ""))
+        elif plural != "services":
+            return None
+        pool = self._state.pool_by_service.get(key) if self._state is not None else None
+        return None if pool is None else Touched(pools=frozenset({pool}))
+
+    def _pod_touches(self, event: Mapping[str, Any]) -> Touched | None:
+        """The pools a pod event (kopf's handler kwargs) can change: those selecting it
+        before or after. Nothing for a pod no pool selects, or a change of what membership
+        does not read; None (plan everything) for a director agent, or before any pass."""
         body = event.get("body")
         key = (str(event.get("namespace") or ""), str(event.get("name") or ""))
         if body is None:
-            return True  # not a pod event kopf sends: plan, to be safe
+            return None  # not a pod event kopf sends: plan, to be safe
         new = None
         if event.get("type") != "DELETED":
             new = pod_relevance(body, self._pool_selectors or {}, self.config.namespace)
@@ -582,8 +623,13 @@ class Reconciler:
         if new is not None and new != IRRELEVANT:
             self._pods_read[key] = new  # only the pods that matter are remembered
         if self._pool_selectors is None:
-            return True  # no pass yet: no pool known
-        return pod_change_matters(old, new)
+            return None  # no pass yet: no pool known
+        if not pod_change_matters(old, new):
+            return Touched()
+        before, after = old or IRRELEVANT, new or IRRELEVANT
+        if before.director is not None or after.director is not None:
+            return None  # director groups are decided on the whole set
+        return Touched(pools=frozenset(before.pools) | frozenset(after.pools))
 
     def snapshot(self) -> World:
         idx = self.indices or {}
@@ -682,11 +728,16 @@ class Reconciler:
             timeout = None
             if wake_at is not None:
                 timeout = max(0.0, (wake_at - utcnow()).total_seconds()) + 0.05
+            if self._next_full is not None:
+                repair_in = max(0.0, self._next_full - time.monotonic())
+                timeout = repair_in if timeout is None else min(timeout, repair_in)
             woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
                 woken = True
-            if not woken and retry_at is None and deadline is not None:
+            if not woken and self._next_full is not None and time.monotonic() >= self._next_full:
+                self._full_due = True  # the periodic repair
+            elif not woken and retry_at is None and deadline is not None:
                 # due at a Lease's expiry as the last pass saw it; renewals since woke
                 # nothing (relevance.py): plan only if one really ran out
                 leases = list(self.leases.store.values())
@@ -694,6 +745,8 @@ class Reconciler:
                 if not expiry_passed(leases, self._planned_at, now):
                     deadline = next_expiry(leases, now)
                     continue
+            if not woken:
+                self._full_due = True  # a Lease ran out, or a retry: plan everything
             await asyncio.sleep(self.debounce)
             self._wake.clear()
             failed = 0
@@ -703,8 +756,10 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("reconcile pass failed; retrying in %.0f s", retry_delay)
+                self._full_due = True
                 failed = 1
             if failed:
+                self._full_due = True  # what failed is planned again, whatever wakes next
                 if retry_at is None or utcnow() >= retry_at:
                     log.info("%d write(s) failed; retrying in %.0f s", failed, retry_delay)
                     retry_at = utcnow() + timedelta(seconds=retry_delay)
@@ -727,9 +782,40 @@ class Reconciler:
         self.metrics.pass_done(time.monotonic() - t0, PASS_FAILED_WRITES if failed else PASS_OK)
         return failed, wake_at
 
+    def _take_touched(self) -> Touched | None:
+        """What events touched since the last pass (None: plan everything), and reset."""
+        full = self._full_due or self._state is None
+        if not full and not self._touched_pools and not self._touched_vss:
+            full = True  # a pass no event asked for (called directly): plan everything
+        touched = Touched(frozenset(self._touched_pools), frozenset(self._touched_vss))
+        self._full_due = False
+        self._touched_pools.clear()
+        self._touched_vss.clear()
+        return None if full else touched
+
+    def _plan(self, touched: Touched | None, now: datetime) -> Plan:
+        """Plan everything (``touched`` None), else only what the events touched, unless
+        they changed what is decided on the whole set."""
+        world = self.snapshot()
+        scope = None
+        if touched is not None and self._state is not None:
+            scope = touched_scope(world, self._state, touched)
+        if scope is None or self._state is None:
+            p, self._state = plan_full(world, self.config, now)
+            self.full_passes += 1
+            self._next_full = time.monotonic() + FULL_PASS_INTERVAL
+        else:
+            p, self._state = plan_touched(world, self._state, scope, self.config, now)
+        return p
+
     async def _pass(self) -> tuple[int, datetime | None]:
         now = utcnow()
-        p = plan(self.snapshot(), self.config, now)
+        touched = self._take_touched()
+        try:
+            p = self._plan(touched, now)
+        except Exception:
+            self._full_due = True
+            raise
         self._pool_selectors = p.pool_selectors
         self.passes += 1
         for w in p.warnings:
@@ -744,7 +830,7 @@ class Reconciler:
         if self._service_rejections != rejections:
             # A Service was refused (or accepted again): plan again, so that the pool's
             # status written below says so.
-            p = plan(self.snapshot(), self.config, now)
+            p = self._plan(touched, now)
         for gone in set(self._service_rejections) - p.wanted_services:
             del self._service_rejections[gone]
         self.metrics.set_objects(p.conditions)

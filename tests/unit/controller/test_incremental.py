@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from lvs_operator.controller.reconciler import (
 
 from . import objects as o
 from .test_reconciler import CONFIG, GROUP, RENEW, T0, apply
+from .test_reconciler_loop import FakeClient, reconciler
 
 Key = tuple[str, str]
 POOLS = ("a", "b", "c")
@@ -293,3 +295,31 @@ def test_what_is_decided_on_the_whole_set_asks_for_a_full_pass() -> None:
     vs["status"]["conditions"] = []
     scope = touched_scope(moved, state, Touched(virtualservers=frozenset({key("va")})))
     assert scope == Touched(frozenset(), frozenset({key("va")}))
+
+
+def _slice_event(pool: str) -> dict[str, Any]:
+    body = o.endpoint_slice(pool, [o.endpoint("10.0.0.1", "web-1", ready=False)])
+    return {"resource": SimpleNamespace(plural="endpointslices"), "namespace": o.NS,
+            "name": body["metadata"]["name"], "body": body, "type": "MODIFIED"}  # fmt: skip
+
+
+async def test_the_reconciler_plans_a_slice_event_alone_and_a_lease_event_fully() -> None:
+    client = FakeClient()
+    r = reconciler(client)
+    assert (await r.reconcile_once())[0] == 0
+    assert r.full_passes == 1
+    # the pod behind the slice is not ready any more
+    assert r.indices is not None
+    r.indices["lvs_slices"] = {key(service_name("web")): [_slice_event("web")["body"]]}
+    await r.kick(**_slice_event("web"))
+    client.calls.clear()
+    assert (await r.reconcile_once())[0] == 0
+    assert r.full_passes == 1  # planned the pool and its VirtualServer only
+    assert ("patch", "RealServerPoolStatus", "web/web") in client.calls
+    r.wake()  # e.g. a Lease's holder changed
+    await r.reconcile_once()
+    assert r.full_passes == 2
+    # a slice of a Service no pool has: plan everything
+    await r.kick(**_slice_event("nobody"))
+    await r.reconcile_once()
+    assert r.full_passes == 3
