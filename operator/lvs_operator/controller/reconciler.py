@@ -283,11 +283,11 @@ def _parse_pools(raws: list[Mapping[str, Any]]) -> dict[Key, ParsedPool]:
 
 
 def _pool_selectors(pools: Mapping[Key, ParsedPool]) -> dict[str, tuple[PoolSelector, ...]]:
-    out: dict[str, tuple[PoolSelector, ...]] = {}
+    out: dict[str, list[PoolSelector]] = {}
     for key, (_, pool, _) in sorted(pools.items()):
         if pool is not None and pool.spec.selector is not None:
-            out[key[0]] = (*out.get(key[0], ()), PoolSelector(key, pool.spec.selector))
-    return out
+            out.setdefault(key[0], []).append(PoolSelector(key, pool.spec.selector))
+    return {namespace: tuple(selectors) for namespace, selectors in out.items()}
 
 
 def _plan_pool(
