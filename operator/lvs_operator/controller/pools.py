@@ -370,10 +370,17 @@ def pool_events(
 # --- kopf wiring ----------------------------------------------------------------------------
 
 
-def _trim(body: Mapping[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+def index_body(body: Mapping[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+    """A copy of what an index keeps of an object: the ``keep`` fields, without
+    ``metadata.managedFields`` (the planner never reads them; every field a client wrote,
+    for every object held, was much of the controller's memory)."""
     import copy
 
-    return {k: copy.deepcopy(body[k]) for k in keep if k in body}
+    out = {k: copy.deepcopy(body[k]) for k in keep if k in body and k != "metadata"}
+    if "metadata" in keep and "metadata" in body:
+        meta = body["metadata"]
+        out["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
+    return out
 
 
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
@@ -383,9 +390,8 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
 
     @kopf.index(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="lvs_pools")
     def index_pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        return {
-            (namespace, name): _trim(body, ("apiVersion", "kind", "metadata", "spec", "status"))
-        }
+        keep = ("apiVersion", "kind", "metadata", "spec", "status")
+        return {(namespace, name): index_body(body, keep)}
 
     @kopf.index(
         "discovery.k8s.io", "v1", "endpointslices", registry=registry, id="lvs_slices", labels=owned
@@ -396,11 +402,11 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
         service = labels.get(SERVICE_NAME_LABEL)
         if not service:
             return {}
-        return {(namespace, service): _trim(body, ("metadata", "endpoints", "ports"))}
+        return {(namespace, service): index_body(body, ("metadata", "endpoints", "ports"))}
 
     @kopf.index("", "v1", "services", registry=registry, id="lvs_services", labels=owned)
     def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        return {(namespace, name): _trim(body, ("metadata", "spec"))}
+        return {(namespace, name): index_body(body, ("metadata", "spec"))}
 
     @kopf.index("", "v1", "pods", registry=registry, id="lvs_pods")
     def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -45,7 +46,7 @@ from lvs_operator.api.contract import (
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.api.resources import RealServerPoolResource, VirtualServerResource
 from lvs_operator.api.validation import ValidationError
-from lvs_operator.api.virtualserver import VirtualPort
+from lvs_operator.api.virtualserver import VirtualPort, VirtualServer
 
 from ..listwatch import Informer
 from .conditions import NORMAL, EventSpec, build_event
@@ -84,6 +85,7 @@ from .metrics import (
     ObjectCondition,
 )
 from .pools import (
+    SERVICE_NAME_LABEL,
     PodInfo,
     PoolOutcome,
     evaluate_pool,
@@ -104,6 +106,8 @@ from .relevance import (
     pod_relevance,
 )
 from .virtualservers import (
+    DirectorView,
+    VSDecision,
     complete_moves,
     evaluate,
     owned_status,
@@ -199,29 +203,186 @@ def _rv(obj: Mapping[str, Any]) -> str:
     return str(_meta(obj).get("resourceVersion") or "")
 
 
-def _count_conditions(out: Counter[ObjectCondition], kind: str, status: Mapping[str, Any]) -> None:
-    for cond in status.get("conditions") or []:
-        out[ObjectCondition(kind, cond["type"], cond["status"], cond.get("reason") or "")] += 1
+ParsedPool = tuple[Mapping[str, Any], RealServerPool | None, str]  # raw, model, problem
 
 
-def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
-    """Everything to write so the cluster matches the VirtualServers and pools."""
-    out = Plan()
+@dataclass(frozen=True)
+class DecisionInput:
+    """What deciding a VirtualServer reads of it (``evaluate``, ``stage_moves``): while it
+    stays the same, the decisions of the last full pass still hold for it."""
 
-    # Pools.
-    pools: dict[Key, tuple[Mapping[str, Any], RealServerPool | None, str]] = {}
-    for raw in world.pools:
-        meta = _meta(raw)
-        if meta.get("deletionTimestamp"):
+    deleting: bool
+    uid: str
+    created: str
+    generation: int
+    spec: Mapping[str, Any]
+    director_group: str
+    accepted_vip: str
+
+
+def decision_input(raw: Mapping[str, Any]) -> DecisionInput:
+    meta = _meta(raw)
+    status = raw.get("status") or {}
+    return DecisionInput(
+        deleting=bool(meta.get("deletionTimestamp")),
+        uid=str(meta.get("uid") or ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        generation=int(meta.get("generation") or 0),
+        spec=raw.get("spec") or {},
+        director_group=str(status.get("directorGroup") or ""),
+        accepted_vip=str(status.get("acceptedVIP") or ""),
+    )
+
+
+@dataclass
+class PlanState:
+    """What a full pass decided on the whole set (VIP conflicts, groups, which pool each
+    VirtualServer uses), and each object's latest result: a pass over the objects that
+    events touched plans them alone from it (``plan_touched``)."""
+
+    pools: dict[Key, ParsedPool] = field(default_factory=dict)
+    decisions: dict[Key, VSDecision] = field(default_factory=dict)
+    decision_inputs: dict[Key, DecisionInput] = field(default_factory=dict)
+    virtualservers_by_pool: dict[Key, tuple[Key, ...]] = field(default_factory=dict)
+    pool_by_service: dict[Key, Key] = field(default_factory=dict)
+    ports: dict[Key, list[VirtualPort]] = field(default_factory=dict)
+    outcomes: dict[Key, PoolOutcome] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+    expected: dict[str, dict[str, int]] = field(default_factory=dict)
+    wanted_services: set[Key] = field(default_factory=set)
+    # by kind and object, its conditions (the lvs_controller_objects gauge counts them all)
+    conditions: dict[tuple[str, Key], tuple[ObjectCondition, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Touched:
+    """The pools and VirtualServers that events since the last pass may have changed."""
+
+    pools: frozenset[Key] = frozenset()
+    virtualservers: frozenset[Key] = frozenset()
+
+
+def _conditions(kind: str, status: Mapping[str, Any]) -> tuple[ObjectCondition, ...]:
+    return tuple(
+        ObjectCondition(kind, cond["type"], cond["status"], cond.get("reason") or "")
+        for cond in status.get("conditions") or []
+    )
+
+
+def _parse_pools(raws: list[Mapping[str, Any]]) -> dict[Key, ParsedPool]:
+    pools: dict[Key, ParsedPool] = {}
+    for raw in raws:
+        if _meta(raw).get("deletionTimestamp"):
             continue
         key = object_key(raw)
         try:
             pools[key] = (raw, RealServerPool.from_object(raw), "")
         except ValidationError as exc:
             pools[key] = (raw, None, str(exc))
-        out.pool_namespaces.add(key[0])
+    return pools
 
-    decisions = evaluate(world.virtualservers, pools.keys(), config.vip_ranges)
+
+def _pool_selectors(pools: Mapping[Key, ParsedPool]) -> dict[str, tuple[PoolSelector, ...]]:
+    out: dict[str, list[PoolSelector]] = {}
+    for key, (_, pool, _) in sorted(pools.items()):
+        if pool is not None and pool.spec.selector is not None:
+            out.setdefault(key[0], []).append(PoolSelector(key, pool.spec.selector))
+    return {namespace: tuple(selectors) for namespace, selectors in out.items()}
+
+
+def _plan_pool(
+    key: Key, parsed: ParsedPool, world: World, ports: Mapping[Key, list[VirtualPort]],
+    state: PlanState, out: Plan, now: datetime,
+) -> None:  # fmt: skip
+    """One pool: its Service, its outcome and status (into ``state`` and ``out``)."""
+    raw, pool, problem = parsed
+    previous = raw.get("status")
+    generation = int(_meta(raw).get("generation") or 0)
+    if pool is None:
+        outcome = invalid_pool_outcome(problem)
+        state.wanted_services.discard((key[0], service_name(key[1])))
+    else:
+        svc_key = (pool.namespace, service_name(pool.name))
+        desired = build_service(pool, service_ports(ports.get(key, [])))
+        current = world.services.get(svc_key)
+        rejection = world.service_rejections.get(svc_key)
+        rejected = None
+        if desired is not None:
+            state.wanted_services.add(svc_key)
+            if rejection is not None and rejection.body == desired:
+                rejected = service_rejected_message(*svc_key, rejection.message)
+            elif not carries(desired, current):
+                out.services.append(desired)
+        else:
+            state.wanted_services.discard(svc_key)
+        slices = world.slices.get(svc_key, []) if desired is not None else []
+        outcome = evaluate_pool(pool, slices, world.pods, rejected)
+        out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
+    state.outcomes[key] = outcome
+    status = pool_status(outcome, generation, previous, now)
+    state.conditions[(rsp.KIND, key)] = _conditions(rsp.KIND, status)
+    if status != {k: v for k, v in (previous or {}).items() if k in POOL_STATUS_FIELDS}:
+        out.pool_statuses.append((key, status))
+        if pool is not None:
+            out.events.extend(pool_events(pool_ref(pool), previous, status))
+
+
+def _plan_virtualserver(
+    d: VSDecision, state: PlanState, views: Mapping[str, DirectorView], created: set[str],
+    config: ControllerConfig, out: Plan, now: datetime,
+) -> None:  # fmt: skip
+    """One VirtualServer: its group labels and status (into ``state`` and ``out``)."""
+    key = d.key
+    labels = _meta(d.raw).get("labels") or {}
+    want = GroupLabels(d.group, d.next_group) if d.accepted else GroupLabels()
+    if GroupLabels(labels.get(GROUP_LABEL), labels.get(NEXT_GROUP_LABEL)) != want:
+        out.labels.append((key, want))
+    previous = d.raw.get("status")
+    pool_outcome = state.outcomes.get(d.pool_key) if d.pool_key else None
+    view = views.get(d.group) if d.group else None
+    next_view = views.get(d.next_group) if d.next_group else None
+    status = vs_status(d, pool_outcome, view, config.namespace, previous, now, next_view)
+    state.conditions[(vsm.KIND, key)] = _conditions(vsm.KIND, status)
+    if status != owned_status(previous):
+        out.vs_statuses.append((key, status))
+        out.events.extend(vs_events(vs_ref(d), previous, status))
+    new_group = d.next_group or d.group
+    if d.accepted and new_group in created and d.vs is not None:
+        selector = ",".join(
+            f"{k}={v}" for k, v in sorted(d.vs.spec.directors.node_selector.items())
+        )
+        out.daemonset_events.setdefault(daemonset_name(new_group), []).append(
+            EventSpec(
+                vs_ref(d),
+                NORMAL,
+                "DirectorGroupCreated",
+                f"created DaemonSet {config.namespace}/{daemonset_name(new_group)} of "
+                f"director agents on nodes matching {selector}; they elect through Lease "
+                f"{config.namespace}/{lease_name(new_group)}",
+            )
+        )
+
+
+def _finish(out: Plan, state: PlanState) -> Plan:
+    out.pool_selectors = _pool_selectors(state.pools)
+    out.pool_namespaces = {key[0] for key in state.pools}
+    out.wanted_services = set(state.wanted_services)
+    out.groups = state.groups
+    out.conditions = Counter(c for conds in state.conditions.values() for c in conds)
+    return out
+
+
+def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
+    """Everything to write so the cluster matches the VirtualServers and pools."""
+    return plan_full(world, config, now)[0]
+
+
+def plan_full(world: World, config: ControllerConfig, now: datetime) -> tuple[Plan, PlanState]:
+    """``plan``, and what it decided (for ``plan_touched``)."""
+    out = Plan()
+    state = PlanState(pools=_parse_pools(world.pools))
+
+    decisions = evaluate(world.virtualservers, state.pools.keys(), config.vip_ranges)
     leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
     # a VIP moving to another group goes once that group has programmed its services
     staged_groups = desired_groups(decisions.values())
@@ -231,86 +392,99 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
             staged_groups, leases, world.director_pods, now, expected_programmed(decisions.values())
         ),
     )
-
-    ports: dict[Key, list[VirtualPort]] = {}
+    state.decisions = decisions
+    state.decision_inputs = {key: decision_input(d.raw) for key, d in decisions.items()}
+    using: dict[Key, list[Key]] = {}
     for d in decisions.values():
+        if d.pool_key is not None:
+            using.setdefault(d.pool_key, []).append(d.key)
         if d.vs is not None and d.pool_key is not None:
-            ports.setdefault(d.pool_key, []).extend(d.vs.spec.ports)
+            state.ports.setdefault(d.pool_key, []).extend(d.vs.spec.ports)
+    state.virtualservers_by_pool = {k: tuple(sorted(v)) for k, v in using.items()}
+    state.pool_by_service = {(k[0], service_name(k[1])): k for k in state.pools}
 
-    outcomes: dict[Key, PoolOutcome] = {}
-    for key, (raw, pool, problem) in sorted(pools.items()):
-        previous = raw.get("status")
-        generation = int(_meta(raw).get("generation") or 0)
-        if pool is None:
-            outcome = invalid_pool_outcome(problem)
-        else:
-            svc_key = (pool.namespace, service_name(pool.name))
-            desired = build_service(pool, service_ports(ports.get(key, [])))
-            current = world.services.get(svc_key)
-            rejection = world.service_rejections.get(svc_key)
-            rejected = None
-            if desired is not None:
-                out.wanted_services.add(svc_key)
-                if rejection is not None and rejection.body == desired:
-                    rejected = service_rejected_message(*svc_key, rejection.message)
-                elif not carries(desired, current):
-                    out.services.append(desired)
-            slices = world.slices.get(svc_key, []) if desired is not None else []
-            outcome = evaluate_pool(pool, slices, world.pods, rejected)
-            out.warnings.extend(f"RealServerPool {key[0]}/{key[1]}: {p}" for p in outcome.problems)
-        outcomes[key] = outcome
-        if pool is not None and pool.spec.selector is not None:
-            selects = PoolSelector(key, pool.spec.selector)
-            out.pool_selectors[key[0]] = (*out.pool_selectors.get(key[0], ()), selects)
-        status = pool_status(outcome, generation, previous, now)
-        _count_conditions(out.conditions, rsp.KIND, status)
-        if status != {k: v for k, v in (previous or {}).items() if k in POOL_STATUS_FIELDS}:
-            out.pool_statuses.append((key, status))
-            if pool is not None:
-                out.events.extend(pool_events(pool_ref(pool), previous, status))
+    for key, parsed in sorted(state.pools.items()):
+        _plan_pool(key, parsed, world, state.ports, state, out, now)
 
     # Director groups.
     groups = desired_groups(decisions.values())
     out.daemonsets = plan_daemonsets(groups, world.daemonsets, config, leases, now)
     out.peer_secrets = tuple(sorted(g for g, selector in groups.items() if selector is not None))
-    out.groups = tuple(sorted(groups))
-    views = group_views(
-        groups, leases, world.director_pods, now, expected_programmed(decisions.values())
-    )
+    state.groups = tuple(sorted(groups))
+    state.expected = expected_programmed(decisions.values())
+    views = group_views(groups, leases, world.director_pods, now, state.expected)
     out.wake_at = next_lease_expiry(leases.values(), now)
 
     # VirtualServers.
     created = set(out.daemonsets.create_groups)
-    for key, d in sorted(decisions.items()):
-        labels = _meta(d.raw).get("labels") or {}
-        want = GroupLabels(d.group, d.next_group) if d.accepted else GroupLabels()
-        if GroupLabels(labels.get(GROUP_LABEL), labels.get(NEXT_GROUP_LABEL)) != want:
-            out.labels.append((key, want))
-        previous = d.raw.get("status")
-        pool_outcome = outcomes.get(d.pool_key) if d.pool_key else None
-        view = views.get(d.group) if d.group else None
-        next_view = views.get(d.next_group) if d.next_group else None
-        status = vs_status(d, pool_outcome, view, config.namespace, previous, now, next_view)
-        _count_conditions(out.conditions, vsm.KIND, status)
-        if status != owned_status(previous):
-            out.vs_statuses.append((key, status))
-            out.events.extend(vs_events(vs_ref(d), previous, status))
-        new_group = d.next_group or d.group
-        if d.accepted and new_group in created and d.vs is not None:
-            selector = ",".join(
-                f"{k}={v}" for k, v in sorted(d.vs.spec.directors.node_selector.items())
-            )
-            out.daemonset_events.setdefault(daemonset_name(new_group), []).append(
-                EventSpec(
-                    vs_ref(d),
-                    NORMAL,
-                    "DirectorGroupCreated",
-                    f"created DaemonSet {config.namespace}/{daemonset_name(new_group)} of "
-                    f"director agents on nodes matching {selector}; they elect through Lease "
-                    f"{config.namespace}/{lease_name(new_group)}",
-                )
-            )
-    return out
+    for _, d in sorted(decisions.items()):
+        _plan_virtualserver(d, state, views, created, config, out, now)
+    return _finish(out, state), state
+
+
+def touched_scope(world: World, state: PlanState, touched: Touched) -> Touched | None:
+    """The pools and VirtualServers to plan alone for ``touched``, or None when the events
+    may have changed what is decided on the whole set: a pool came or went, or a
+    VirtualServer changed in what deciding it reads (its spec, or the group and VIP its
+    status says serve it)."""
+    present = {object_key(raw) for raw in world.pools if not _meta(raw).get("deletionTimestamp")}
+    if any((key in present) != (key in state.pools) for key in touched.pools):
+        return None  # a touched pool came or went
+    vss = {object_key(raw): raw for raw in world.virtualservers}
+    for key in touched.virtualservers:
+        raw = vss.get(key)
+        known = state.decision_inputs.get(key)
+        if raw is None and known is None:
+            continue  # gone, and never decided
+        if raw is None or known is None or decision_input(raw) != known:
+            return None
+    pools = {key for key in touched.pools if key in state.pools}
+    virtualservers = {key for key in touched.virtualservers if key in state.decisions}
+    for pool in pools:
+        virtualservers.update(state.virtualservers_by_pool.get(pool, ()))
+    return Touched(frozenset(pools), frozenset(virtualservers))
+
+
+def plan_touched(
+    world: World, state: PlanState, scope: Touched, config: ControllerConfig, now: datetime
+) -> tuple[Plan, PlanState]:
+    """The writes for the objects in ``scope`` (from ``touched_scope``): what ``plan`` would
+    write for them, from the decisions of the last full pass. Director groups and
+    DaemonSets are left to full passes (what touches them asks for one)."""
+    out = Plan()
+    state = PlanState(
+        pools=dict(state.pools),
+        decisions=dict(state.decisions),
+        decision_inputs=state.decision_inputs,
+        virtualservers_by_pool=state.virtualservers_by_pool,
+        pool_by_service=state.pool_by_service,
+        ports=state.ports,
+        outcomes=dict(state.outcomes),
+        groups=state.groups,
+        expected=state.expected,
+        wanted_services=set(state.wanted_services),
+        conditions=dict(state.conditions),
+    )
+    fresh = _parse_pools([r for r in world.pools if object_key(r) in scope.pools])
+    for key, parsed in sorted(fresh.items()):
+        state.pools[key] = parsed
+        _plan_pool(key, parsed, world, state.ports, state, out, now)
+
+    leases = {name: parse_lease(obj) for name, obj in world.leases.items()}
+    views = group_views(state.groups, leases, world.director_pods, now, state.expected)
+    out.wake_at = next_lease_expiry(leases.values(), now)
+    vss = {object_key(raw): raw for raw in world.virtualservers}
+    for key in sorted(scope.virtualservers):
+        d = state.decisions.get(key)
+        raw = vss.get(key)
+        if d is None or raw is None:
+            continue  # deleting: no decision
+        if raw is not d.raw:  # its status or labels changed: what it says now
+            vs = VirtualServer.from_object(raw) if d.vs is not None else None
+            d = dataclasses.replace(d, raw=raw, vs=vs)
+            state.decisions[key] = d
+        _plan_virtualserver(d, state, views, set(), config, out, now)
+    return _finish(out, state), state
 
 
 # --- running it -----------------------------------------------------------------------------
@@ -319,6 +493,10 @@ def plan(world: World, config: ControllerConfig, now: datetime) -> Plan:
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
+
+# How often a pass plans everything even if no event asked for it: the repair for an event
+# missed or mapped to too few objects (passes between plan only what events touched).
+FULL_PASS_INTERVAL = 300.0
 
 # How long a group's heartbeat-key Secret, once seen to exist, is not asked for again (the
 # controller cannot read Secrets: it asks by creating, which a present one refuses).
@@ -362,6 +540,13 @@ class Reconciler:
         # (kind, key) -> (resourceVersion seen before the write, object the write returned).
         self._overlay: dict[tuple[str, Any], tuple[str, dict[str, Any]]] = {}
         self._world = World()
+        # what the last full pass decided (None: none yet), and what events touched since
+        self._state: PlanState | None = None
+        self._full_due = True  # an event (or the clock) asks for a full pass
+        self._touched_pools: set[Key] = set()
+        self._touched_vss: set[Key] = set()
+        self._next_full: float | None = None  # time.monotonic() of the periodic full pass
+        self.full_passes = 0
         # DaemonSet name -> when its group's heartbeat-key Secret was last known to exist
         self._peer_secrets: dict[str, float] = {}
         self.passes = 0
@@ -381,6 +566,9 @@ class Reconciler:
     # -- inputs ----------------------------------------------------------------------------
 
     def wake(self) -> None:
+        """An event that may change what is decided on the whole set (a Lease, a DaemonSet):
+        the next pass plans everything."""
+        self._full_due = True
         self._wake.set()
 
     def capture(self, indices: Mapping[str, Any]) -> None:
@@ -391,17 +579,43 @@ class Reconciler:
         """Called by every kopf event handler (with the indexes among its kwargs)."""
         self.capture(kwargs)
         self.indexed.set()
-        if pod_event and not self._pod_matters(kwargs):
+        touched = self._pod_touches(kwargs) if pod_event else self._event_touches(kwargs)
+        if touched is None:
+            self._full_due = True
+        elif not touched.pools and not touched.virtualservers:
             return
+        else:
+            self._touched_pools.update(touched.pools)
+            self._touched_vss.update(touched.virtualservers)
         self._wake.set()
 
-    def _pod_matters(self, event: Mapping[str, Any]) -> bool:
-        """Whether a pod event (kopf's handler kwargs) can change the plan: a pod no pool
-        selects, or a change of what membership does not read, wakes nothing."""
+    def _event_touches(self, event: Mapping[str, Any]) -> Touched | None:
+        """The pool or VirtualServer an event of kopf's (its handler kwargs) is about, or
+        None: plan everything. Whether it changed what is decided on the whole set is
+        checked at the pass (``touched_scope``), against the objects as they are then."""
+        resource = event.get("resource")
+        plural = getattr(resource, "plural", None)
+        key = (str(event.get("namespace") or ""), str(event.get("name") or ""))
+        if plural == vsm.PLURAL:
+            return Touched(virtualservers=frozenset({key}))
+        if plural == rsp.PLURAL:
+            return Touched(pools=frozenset({key}))
+        if plural == "endpointslices":
+            labels = _meta(event.get("body") or {}).get("labels") or {}
+            key = (key[0], str(labels.get(SERVICE_NAME_LABEL) or ""))
+        elif plural != "services":
+            return None
+        pool = self._state.pool_by_service.get(key) if self._state is not None else None
+        return None if pool is None else Touched(pools=frozenset({pool}))
+
+    def _pod_touches(self, event: Mapping[str, Any]) -> Touched | None:
+        """The pools a pod event (kopf's handler kwargs) can change: those selecting it
+        before or after. Nothing for a pod no pool selects, or a change of what membership
+        does not read; None (plan everything) for a director agent, or before any pass."""
         body = event.get("body")
         key = (str(event.get("namespace") or ""), str(event.get("name") or ""))
         if body is None:
-            return True  # not a pod event kopf sends: plan, to be safe
+            return None  # not a pod event kopf sends: plan, to be safe
         new = None
         if event.get("type") != "DELETED":
             new = pod_relevance(body, self._pool_selectors or {}, self.config.namespace)
@@ -409,8 +623,13 @@ class Reconciler:
         if new is not None and new != IRRELEVANT:
             self._pods_read[key] = new  # only the pods that matter are remembered
         if self._pool_selectors is None:
-            return True  # no pass yet: no pool known
-        return pod_change_matters(old, new)
+            return None  # no pass yet: no pool known
+        if not pod_change_matters(old, new):
+            return Touched()
+        before, after = old or IRRELEVANT, new or IRRELEVANT
+        if before.director is not None or after.director is not None:
+            return None  # director groups are decided on the whole set
+        return Touched(pools=frozenset(before.pools) | frozenset(after.pools))
 
     def snapshot(self) -> World:
         idx = self.indices or {}
@@ -509,11 +728,16 @@ class Reconciler:
             timeout = None
             if wake_at is not None:
                 timeout = max(0.0, (wake_at - utcnow()).total_seconds()) + 0.05
+            if self._next_full is not None:
+                repair_in = max(0.0, self._next_full - time.monotonic())
+                timeout = repair_in if timeout is None else min(timeout, repair_in)
             woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
                 woken = True
-            if not woken and retry_at is None and deadline is not None:
+            if not woken and self._next_full is not None and time.monotonic() >= self._next_full:
+                self._full_due = True  # the periodic repair
+            elif not woken and retry_at is None and deadline is not None:
                 # due at a Lease's expiry as the last pass saw it; renewals since woke
                 # nothing (relevance.py): plan only if one really ran out
                 leases = list(self.leases.store.values())
@@ -521,6 +745,8 @@ class Reconciler:
                 if not expiry_passed(leases, self._planned_at, now):
                     deadline = next_expiry(leases, now)
                     continue
+            if not woken:
+                self._full_due = True  # a Lease ran out, or a retry: plan everything
             await asyncio.sleep(self.debounce)
             self._wake.clear()
             failed = 0
@@ -530,8 +756,10 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("reconcile pass failed; retrying in %.0f s", retry_delay)
+                self._full_due = True
                 failed = 1
             if failed:
+                self._full_due = True  # what failed is planned again, whatever wakes next
                 if retry_at is None or utcnow() >= retry_at:
                     log.info("%d write(s) failed; retrying in %.0f s", failed, retry_delay)
                     retry_at = utcnow() + timedelta(seconds=retry_delay)
@@ -554,9 +782,40 @@ class Reconciler:
         self.metrics.pass_done(time.monotonic() - t0, PASS_FAILED_WRITES if failed else PASS_OK)
         return failed, wake_at
 
+    def _take_touched(self) -> Touched | None:
+        """What events touched since the last pass (None: plan everything), and reset."""
+        full = self._full_due or self._state is None
+        if not full and not self._touched_pools and not self._touched_vss:
+            full = True  # a pass no event asked for (called directly): plan everything
+        touched = Touched(frozenset(self._touched_pools), frozenset(self._touched_vss))
+        self._full_due = False
+        self._touched_pools.clear()
+        self._touched_vss.clear()
+        return None if full else touched
+
+    def _plan(self, touched: Touched | None, now: datetime) -> Plan:
+        """Plan everything (``touched`` None), else only what the events touched, unless
+        they changed what is decided on the whole set."""
+        world = self.snapshot()
+        scope = None
+        if touched is not None and self._state is not None:
+            scope = touched_scope(world, self._state, touched)
+        if scope is None or self._state is None:
+            p, self._state = plan_full(world, self.config, now)
+            self.full_passes += 1
+            self._next_full = time.monotonic() + FULL_PASS_INTERVAL
+        else:
+            p, self._state = plan_touched(world, self._state, scope, self.config, now)
+        return p
+
     async def _pass(self) -> tuple[int, datetime | None]:
         now = utcnow()
-        p = plan(self.snapshot(), self.config, now)
+        touched = self._take_touched()
+        try:
+            p = self._plan(touched, now)
+        except Exception:
+            self._full_due = True
+            raise
         self._pool_selectors = p.pool_selectors
         self.passes += 1
         for w in p.warnings:
@@ -571,7 +830,7 @@ class Reconciler:
         if self._service_rejections != rejections:
             # A Service was refused (or accepted again): plan again, so that the pool's
             # status written below says so.
-            p = plan(self.snapshot(), self.config, now)
+            p = self._plan(touched, now)
         for gone in set(self._service_rejections) - p.wanted_services:
             del self._service_rejections[gone]
         self.metrics.set_objects(p.conditions)

@@ -44,7 +44,7 @@ from lvs_operator.api.virtualserver import VirtualServer
 
 from . import conditions as c
 from .conditions import EventSpec, ObjectRef
-from .pools import PoolOutcome
+from .pools import PoolOutcome, index_body
 
 Key = ObjectKey
 Claim = tuple[str, int, str]  # (vip, port, protocol)
@@ -641,10 +641,8 @@ def vs_events(
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
     @kopf.index(f"{GROUP}/{VERSION}", vsm.PLURAL, registry=registry, id="lvs_virtualservers")
     def index_virtualservers(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        import copy
-
         keep = ("apiVersion", "kind", "metadata", "spec", "status")
-        return {(namespace, name): {k: copy.deepcopy(body[k]) for k in keep if k in body}}
+        return {(namespace, name): index_body(body, keep)}
 
     @kopf.on.event(f"{GROUP}/{VERSION}", vsm.PLURAL, registry=registry, id="virtualserver_event")
     async def on_virtualserver(**kwargs: Any) -> None:

@@ -251,3 +251,16 @@ def test_a_pool_at_the_status_limit_lists_every_member() -> None:
     outcome = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
     assert len(outcome.members) == outcome.total == MAX_MEMBERS
     assert outcome.conditions[0].reason == p.MEMBERS_READY
+
+
+def test_an_index_keeps_a_copy_of_the_fields_asked_without_managed_fields() -> None:
+    body = o.pool("web", status={"members": []})
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["labels"] = {"app": "web"}
+    kept = p.index_body(body, ("metadata", "spec"))
+    assert set(kept) == {"metadata", "spec"}
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["labels"] == {"app": "web"} and kept["spec"] == body["spec"]
+    kept["metadata"]["labels"]["app"] = "other"
+    assert body["metadata"]["labels"] == {"app": "web"}  # a copy: the index owns it
+    assert p.index_body(body, ("endpoints",)) == {}
