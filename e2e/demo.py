@@ -9,14 +9,18 @@ plane on 127.0.0.1 and a VM with an IPVS kernel, installs the operator from the 
 manifests (crds/ and deploy/lvs-operator.yaml), applies examples/web.yaml (a RealServerPool and
 a VirtualServer on VIP 192.0.2.10) with three web pods, and then shows the system at work:
 ``kubectl get lvs,rsp`` as it converges, a live count of answers per web pod through the VIP,
-a planned handover and a crash failover of the active director with their times. While it
-runs it prints how to reach the cluster (``KUBECONFIG=...``).
+then examples/three-tier/ for real (Apache+PHP on an NFS share and MariaDB, behind VIP
+192.0.2.20: the page, which web server answered, the visit counter in MySQL rising, the PHP
+session), a planned handover and a crash failover of the active director with their times,
+and the three-tier page once more (the same session counts on). While it runs it prints how to
+reach the cluster (``KUBECONFIG=...``).
 
 Where the pieces run: the API server, controller manager, scheduler and etcd on this host;
 kwok plays the kubelet of every Node (pods only *look* Running); the controller
 (``lvs-operator controller``) on this host as its ServiceAccount; in the VM, each director
 Node is a network namespace running the real ``lvs-operator director`` agent, and each web pod
-a namespace with the pod's IP and a small HTTP server answering with the pod's name.
+a namespace with the pod's IP and a small HTTP server answering with the pod's name (the
+three-tier example's pods: Apache, MariaDB; e2e/three_tier/).
 
 Non-interactive (``--once``, or CI=true, or no terminal): run the show, then clean up and exit;
 ``--stay`` keeps it running without a terminal (stop it with ``make demo-down``).
@@ -164,6 +168,8 @@ class Demo:
         timings = Timings.parse(os.environ.get("LVS_DEMO_LEASE"), os.environ.get("LVS_DEMO_PEER"))
         self.s = System(workdir, app_namespace=APP_NS, timings=timings, say=say)
         self.last_table = ""
+        self.tt: Any = None  # the three-tier scenario, once deployed
+        self.cookie = ""  # the demo browser's PHP session
 
     def kubeconfig_hint(self) -> str:
         assert self.s.cluster is not None
@@ -179,7 +185,7 @@ class Demo:
         from e2e.system import DIRECTORS
 
         s = self.s
-        banner("1/6 the local control plane and the VM")
+        banner("1/7 the local control plane and the VM")
         write_state(pid=os.getpid(), workdir=str(s.workdir))
         s.boot_vm_async()
         say("booting the VM (qemu, TCG emulation: ~20-60 s) in the background ...")
@@ -188,7 +194,7 @@ class Demo:
         write_state(cluster_dir=str(s.cluster.dir))
         say("reach the cluster while the demo runs:\n    " + self.kubeconfig_hint())
 
-        banner("2/6 the operator, from the repository's manifests")
+        banner("2/7 the operator, from the repository's manifests")
         s.install_operator(bundle=True)
         ctl = s.start_controller()
         write_state(controller_pid=ctl.proc.pid if ctl.proc else 0)
@@ -202,7 +208,7 @@ class Demo:
         )
         s.build_network()
 
-        banner("3/6 the example: web pods, RealServerPool and VirtualServer")
+        banner("3/7 the example: web pods, RealServerPool and VirtualServer")
         pods = s.deploy_web(3)
         say("web Deployment: " + ", ".join(f"{p} ({s.pod_ip(p)})" for p in pods))
         say(
@@ -291,13 +297,54 @@ class Demo:
         total = Counter(r[1] or "failed" for r in rows)
         say("total: " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())))
 
+    def three_tier(self) -> None:
+        """examples/three-tier/ for real: Apache+PHP on the NFS share in the web pods'
+        namespaces, MariaDB in mysql-0's, the NFS server at the PersistentVolume's address."""
+        from e2e.three_tier.scenario import ThreeTier
+
+        banner("5/7 the three-tier cluster: Apache on NFS and MySQL behind VIP 192.0.2.20")
+        tt = ThreeTier(self.s)
+        self.tt = tt
+        timings = tt.deploy()
+        ex = tt.example
+        say(f"three tiers running {timings['total']} s after kubectl apply; waiting for the "
+            f"directors to program {ex.vip}:{ex.port} -> :{ex.web_port} ...")  # fmt: skip
+        res = self.s.call("wait_answers", vip=ex.vip, port=ex.port, timeout=120)
+        if not res["ok"]:
+            raise RuntimeError(f"no answer through {ex.vip}: {res}\n{tt.logs()}")
+        self.table(force=True)
+        self.pages(5, "five visits from one browser (a PHP session cookie)")
+
+    def pages(self, n: int, title: str) -> None:
+        """``n`` visits of the three-tier page through its VIP: server, counters, message."""
+        tt = self.tt
+        if tt is None:
+            return
+        ex = tt.example
+        say(f"{title}: curl -H 'Host: {ex.virtual_hosts[0].server_name}' "
+            f"http://{ex.vip}:{ex.port}/")  # fmt: skip
+        for _ in range(n):
+            a = tt.page(cookie=self.cookie)
+            h = a["headers"]
+            set_cookie = h.get("set-cookie", "")
+            self.cookie = set_cookie.split(";", 1)[0] if set_cookie else self.cookie
+            message = next((x for x in a["body"].splitlines() if "NFS" in x or "nfs" in x), "")
+            print(
+                f"  {a['status']} from {h.get('x-server')} ({h.get('server', '?').split()[0]}):"
+                f" visits in MySQL {h.get('x-visits')}, this session's {h.get('x-session-visits')}"
+                + (f"; {_text(message)}" if message else ""),
+                flush=True,
+            )
+        say(f"MySQL's visits table holds {tt.visits()} rows; the same web server answers every "
+            f"visit (persistence {ex.persistence_timeout} s per client address)")  # fmt: skip
+
     def failovers(self) -> dict[str, Any]:
         from e2e.guest import analyse
         from e2e.system import DIRECTORS, OTHER
 
         s = self.s
         figures: dict[str, Any] = {}
-        banner("5/6 planned handover: SIGTERM to the active director's agent")
+        banner("6/7 planned handover: SIGTERM to the active director's agent")
         old = s.leader_ns()
         new = OTHER[old]
         say(f"active: {DIRECTORS[old][0]}; stopping its agent as a rolling update would ...")
@@ -322,7 +369,7 @@ class Demo:
         s.start_agent(old)
         s.wait_agents_ready([old], timeout=180)
 
-        banner("6/6 crash: the active director node loses power")
+        banner("7/7 crash: the active director node loses power")
         old = s.leader_ns()
         new = OTHER[old]
         say(f"active: {DIRECTORS[old][0]}; killing its agent and deleting its network ...")
@@ -400,10 +447,12 @@ class Demo:
     def run(self) -> int:
         t0 = time.monotonic()
         self.setup()
-        banner("4/6 traffic through the VIP: answers per web pod (round robin)")
+        banner("4/7 traffic through the VIP: answers per web pod (round robin)")
         self.live(self.live_seconds, "live count")
+        self.three_tier()
         figures = self.failovers()
         self.live(min(self.live_seconds, 5), "after the failovers")
+        self.pages(3, "the three-tier page after both failovers: the same session counts on")
         banner("summary")
         say(
             f"planned handover {figures['handover']} s, crash failover {figures['crash']} s "
@@ -479,6 +528,13 @@ def main(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
         demo.close(keep_logs=failed)
+
+
+def _text(html: str) -> str:
+    """A line of HTML as text (tags dropped)."""
+    import re
+
+    return re.sub(r"<[^>]+>", "", html).strip()
 
 
 def _rows(path: str) -> list[Any]:

@@ -57,6 +57,7 @@ UPLINK_INDEX = {"e2e-dir-a": 1, "e2e-dir-b": 2}
 CLIENT_UPLINK_INDEX = 3  # the client's way to the host (Prometheus scrapes the controller)
 PROMETHEUS_PORT = 9090
 POD_PREFIX = 16
+POD_NETWORK = "10.244.0.0/16"  # the kwok pods' (hack/test-cluster: --cidr); br-pods
 HTTP_PORT = 8080
 STATE = Path("/run/lvs-e2e")
 LOOPBACK_INDEX = 1  # lo is the first interface of every network namespace
@@ -182,8 +183,9 @@ def kill_agent(pid: int, sig: int) -> float:
     return at
 
 
-def add_pod(name: str, ip: str, index: int) -> str:
-    """A web pod: namespace ``e2e-pod-<index>`` with the pod's IP, HTTP on 8080 naming it."""
+def add_pod(name: str, ip: str, index: int, http: bool = True) -> str:
+    """A web pod: namespace ``e2e-pod-<index>`` with the pod's IP, HTTP on 8080 naming it
+    (without ``http``: only the namespace, for a server the caller starts, e2e/three_tier)."""
     ns = f"e2e-pod-{index}"
     remove_pod(ns)
     t.ip_batch([f"netns add {ns}"])
@@ -195,9 +197,10 @@ def add_pod(name: str, ip: str, index: int) -> str:
         SWITCH,
     )
     t.ip_batch(["link set lo up", f"addr add {ip}/{POD_PREFIX} dev eth0", "link set eth0 up"], ns)
-    pid = t.start_http_server(ns, name=name, port=HTTP_PORT)
-    STATE.mkdir(parents=True, exist_ok=True)
-    (STATE / f"{ns}.pid").write_text(str(pid))
+    if http:
+        pid = t.start_http_server(ns, name=name, port=HTTP_PORT)
+        STATE.mkdir(parents=True, exist_ok=True)
+        (STATE / f"{ns}.pid").write_text(str(pid))
     return ns
 
 
@@ -231,7 +234,7 @@ def remove_pod(ns: str) -> None:
 
 def teardown() -> None:
     for ns in sorted(_existing()):
-        if ns.startswith(("e2e-pod-", "e2e-static6-")):
+        if ns.startswith(("e2e-pod-", "e2e-static6-", "e2e-nfs")):
             remove_pod(ns)
     gone = [ns for ns in (SWITCH, CLIENT, *DIRECTORS) if ns in _existing()]
     if gone:

@@ -71,6 +71,7 @@ from tests.integration.helpers import (  # noqa: E402
     wait_for,
 )
 
+from e2e.three_tier.services import missing_packages  # noqa: E402
 from lvs_operator.api.contract import (  # noqa: E402
     DEFAULT_METRICS_PORT,
     ENV_METRICS_PORT,
@@ -168,6 +169,9 @@ def missing() -> list[str]:
     vm_missing = missing_requirements()
     if vm_missing:
         out.append(f"data-plane VM unavailable: {'; '.join(vm_missing)} ({SETUP_HINT})")
+    packages = missing_packages()
+    if packages:
+        out.append(f"examples/three-tier's packages missing: {' '.join(packages)} ({SETUP_HINT})")
     return out
 
 

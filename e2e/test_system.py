@@ -28,16 +28,19 @@ from lightkube.resources.core_v1 import Pod
 from tests.dataplane.vm import AGENT_STARTUP_LIMIT, GuestProcess, agent_startup
 
 from e2e.conftest import FAILED_ITEM
-from e2e.guest import VIP6, analyse
+from e2e.guest import FRONT, VIP6, analyse
 from e2e.system import (
     DIRECTORS,
     OPERATOR_NS,
     OTHER,
     VIP,
+    VS,
     System,
     Timings,
     overlaps,
 )
+from e2e.three_tier.scenario import ThreeTier
+from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.director.config import DEFAULT_VIP_LIFETIME as VIP_LIFETIME
 from lvs_operator.director.config import LIFETIME_RENEWALS
 
@@ -97,6 +100,9 @@ spec:
   directors: {{nodeSelector: {{lvs.io/director: "true"}}}}
 """
 FIGURES: dict[str, Any] = {}
+THREE_TIER: dict[str, str] = {}  # case 8a's session, for 8b
+THREE_TIER_NS = "three-tier"  # examples/three-tier's namespace and VIP (checked in 8a)
+THREE_TIER_SERVICE = "TCP 192.0.2.20:80"
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +168,8 @@ def summary(s: System, say: Callable[[str], None], wall: float) -> None:
         f"{FIGURES.get('crash_failover')} s (kill -> first answer via new: "
         f"{FIGURES.get('crash_kill_to_new')} s)",
         f"agent crash (SIGKILL, restarted at once): {FIGURES.get('agent_crash')}",
+        f"three-tier: set-up {FIGURES.get('three_tier_setup')} s; across a node crash "
+        f"{FIGURES.get('three_tier_crash')}",
         f"VIP held by two directors: longest {longest} s ({len(samples)} samples at 100 ms)",
         f"e2e wall time: {wall:.0f} s",
     ]
@@ -890,9 +898,249 @@ def test_7c_prometheus_sees_the_traffic_and_a_group_without_leader(system: Syste
     assert res["ok"], f"{res}\n{s.logs()}"
 
 
-def test_8_virtualserver_deleted_everything_released(system: System) -> None:
+@pytest.fixture(scope="module")
+def three_tier(system: System) -> Iterator[ThreeTier]:
+    """examples/three-tier/ applied and its tiers running in the VM (e2e/three_tier/)."""
+    tt = ThreeTier(system)
+    try:
+        FIGURES["three_tier_setup"] = tt.deploy()
+    except BaseException:
+        system.say("three-tier set-up failed; its logs:\n" + tt.logs())
+        raise
+    yield tt
+    with contextlib.suppress(Exception):
+        tt.stop()
+
+
+def _wait_three_tier_vs(s: System, tt: ThreeTier, timeout: float = 120) -> dict[str, Any]:
+    ex = tt.example
+    want = f"{len(tt.web)}/{len(tt.web)}"
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    assert s.admin is not None
+    while time.monotonic() < deadline:
+        vs = s.admin.get(VS, ex.virtual_server, namespace=ex.namespace).to_dict()
+        status = vs.get("status") or {}
+        conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+        if status.get("readyOfTotal") == want and conditions.get("Programmed") == "True":
+            labels = vs["metadata"].get("labels") or {}
+            assert labels.get(GROUP_LABEL) == s.group, (labels, s.group)
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"the example's VirtualServer never showed {want}: {status}")
+
+
+def _template(s: System, ns: str, client: str, vip: str, port: int) -> str:
+    """The real server (address:port) of the persistence template IPVS holds for ``client``
+    on ``ns`` (ipvsadm -Lnc: a template's client port is 0; its state is NONE, or ASSURED
+    once the sync daemon has sent it), or a message saying there is none."""
+    assert s.vm is not None
+    out = s.vm.run(["ipvsadm", "-Lnc"], netns=ns, timeout=60).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[3] == f"{client}:0" and f[4] == f"{vip}:{port}":
+            return f[5]
+    s.say(f"no persistence template for {client} on {ns}; ipvsadm -Lnc:\n{out}")
+    return f"no template for {client} on {ns}"
+
+
+def _session(tt: ThreeTier, cookie: str, n: int) -> tuple[str, list[int], list[str]]:
+    """``n`` page requests through the VIP with the session cookie (a new one if empty):
+    the cookie, the session's counts and the servers that answered."""
+    counts, servers = [], []
+    for _ in range(n):
+        a = tt.page(cookie=cookie)
+        assert a["status"] == 200, a
+        set_cookie = a["headers"].get("set-cookie", "")
+        cookie = set_cookie.split(";", 1)[0] if set_cookie else cookie
+        counts.append(int(a["headers"]["x-session-visits"]))
+        servers.append(a["headers"]["x-server"])
+    return cookie, counts, servers
+
+
+def test_8a_three_tier_page_share_counter_and_stickiness(
+    system: System, three_tier: ThreeTier
+) -> None:
+    """examples/three-tier/ for real: through the VIP on port 80, Apache+PHP on 8080 of the
+    web pods serves the page from the NFS share; a file written to the share by one web server
+    is served by the others; the MySQL counter rises by exactly the successful requests; the
+    client stays on one web server (a persistence template on the director) and its PHP
+    session counts on."""
+    s, tt, ex = system, three_tier, three_tier.example
+    status = _wait_three_tier_vs(s, tt)
+    service = f"{ex.protocol} {ex.vip}:{ex.port}"
+    want = {f"{w.ip}:{ex.web_port}": 1 for w in tt.web.values()}
+    res = s.call("wait_weights", namespaces=list(DIRECTORS), service=service, want=want,
+                 timeout=60)  # fmt: skip
+    assert res["ok"], f"{res}\n{s.logs()}"
+    leader = s.leader_ns()
+    table = s.call("ipvs", ns=leader)
+    line = next(
+        x for x in (" ".join(y.split()) for y in table.splitlines()) if x.startswith(service)
+    )
+    assert ex.scheduler in line and f"persistent {ex.persistence_timeout}" in line, line
+    assert "Masq" in table, table
+    s.show_status("three-tier")
+    s.say("   " + s.kubectl("get", "lvs,rsp", "-n", ex.namespace, "-o", "wide").replace(
+        "\n", "\n   "))  # fmt: skip
+
+    # the page, from Apache on a web pod, with the share's message; the virtual hosts
+    page = tt.page()
+    assert page["status"] == 200, (page, tt.logs())
+    headers = page["headers"]
+    assert headers["x-server"] in tt.web, (headers, list(tt.web))
+    assert headers.get("server", "").startswith("Apache"), headers
+    message = ex.seed[f"{ex.docroot(ex.virtual_hosts[0])}/message.txt"].strip()
+    assert message in page["body"] and "<?php" not in page["body"], page["body"]
+    for vh in ex.virtual_hosts:
+        index = ex.seed.get(f"{ex.docroot(vh)}/index.html")
+        if index is not None:
+            a = tt.page(path="/index.html", host=vh.server_name)
+            assert (a["status"], a["body"]) == (200, index), (vh, a)
+    health = tt.page(path=ex.healthz_path)
+    assert (health["status"], health["body"]) == (200, ex.healthz_body), health
+    for web in tt.web.values():
+        assert tt.call("mounted_in", pid=web.pid) == "nfs4", web
+
+    # the counter: exactly one visit per successful request
+    before = tt.visits()
+    n = 20
+    answers = [tt.page() for _ in range(n)]
+    ok = [a for a in answers if a["status"] == 200]
+    after = tt.visits()
+    assert after - before == len(ok), (before, after, len(ok), answers)
+    assert len(ok) == n, [a["status"] for a in answers]
+    seen = [int(a["headers"]["x-visits"]) for a in ok]
+    assert seen == list(range(before + 1, before + n + 1)), seen
+
+    # stickiness: every request on one web server, by the director's persistence template
+    servers = {a["headers"]["x-server"] for a in answers} | {headers["x-server"]}
+    assert len(servers) == 1, servers
+    (server,) = servers
+    held = _template(s, leader, FRONT["e2e-client"], ex.vip, ex.port)
+    assert held == f"{tt.web[server].ip}:{ex.web_port}", (held, server)
+    cookie, counts, on = _session(tt, "", 3)
+    assert counts == [1, 2, 3] and set(on) == {server}, (counts, on)
+    THREE_TIER["cookie"], THREE_TIER["server"] = cookie, server
+
+    # the share: written through one web server's mount, served by the others
+    writer = tt.web[server]
+    note = f"written by {server} at {time.time():.0f}\n"
+    rel = f"{ex.docroot(ex.virtual_hosts[0])}/note-{int(time.time())}.txt"
+    tt.call("write_in_pod", pid=writer.pid, relative=rel, text=note)
+    assert tt.database is not None
+    for other in tt.web.values():
+        if other.name == server:
+            continue
+        a = tt.call("page", ns=tt.database.netns, address=other.ip,
+                              port=ex.web_port, path="/" + rel.split("/", 1)[1])  # fmt: skip
+        assert (a["status"], a["body"]) == (200, note), (other.name, a)
+    s.say(
+        f"8a. three-tier through VIP {ex.vip}:{ex.port} ({ex.scheduler}, persistent "
+        f"{ex.persistence_timeout} s, active director {status.get('activeDirector')}): Apache "
+        f"on {server}:{ex.web_port} served the page with the share's message; counter "
+        f"{before} -> {after} after {n} requests (all 200); all on {server} (template on the "
+        f"director); session {counts}; a file written through {server}'s NFS mount served by "
+        f"the other {len(tt.web) - 1}; set-up {FIGURES.get('three_tier_setup')} s"
+    )
+
+
+def test_8b_three_tier_session_survives_a_planned_handover(
+    system: System, three_tier: ThreeTier
+) -> None:
+    """The client's PHP session (local to its web server) survives a planned handover of the
+    directors: the new director holds the client's persistence template (connection sync)
+    before the next request, which lands on the same web server and counts on."""
+    s, tt, ex = system, three_tier, three_tier.example
+    cookie = THREE_TIER.get("cookie") or ""
+    cookie, counts, on = _session(tt, cookie, 2)
+    server = on[-1]
+    assert set(on) == {server} and counts == sorted(counts), (counts, on)
+    old = s.leader_ns()
+    new = OTHER[old]
+    proc = s.agents.pop(old)
+    at = s.call("kill_agent", pid=proc.pid, sig=int(signal.SIGTERM))
+    code = proc.wait(30)
+    if code is None:
+        proc.kill()
+        proc.wait(10)
+    res = s.call("wait_holder", exclude=old, timeout=60)
+    held = _template(s, new, FRONT["e2e-client"], ex.vip, ex.port)
+    after_cookie, after, after_on = _session(tt, cookie, 2)
+    s.start_agent(old)
+    assert res["holder"] == new, f"{res}\n{s.logs()}"
+    assert code == 0, proc.output()[-3000:]
+    assert held == f"{tt.web[server].ip}:{ex.web_port}", (held, server)
+    assert after_cookie == cookie
+    assert after_on == [server, server], (after_on, server)
+    assert after == [counts[-1] + 1, counts[-1] + 2], (counts, after)
+    assert s.wait_agents_ready([old], timeout=180), s.logs()
+    s.say(
+        f"8b. three-tier session across a planned handover {DIRECTORS[old][0]} -> "
+        f"{DIRECTORS[new][0]} (VIP moved {round(res['at'] - at, 2)} s after SIGTERM): the new "
+        f"director held the client's template -> {held}; session counts {counts} -> {after}, "
+        f"all on {server}"
+    )
+
+
+def test_8c_three_tier_crash_failover_loses_no_acknowledged_write(
+    system: System, three_tier: ThreeTier
+) -> None:
+    """A crash of the active director's node while a client requests the page every 100 ms:
+    every visit the page acknowledged (its X-Visit receipt) is in MySQL."""
+    s, tt = system, three_tier
+    before = tt.visit_ids()
+    loop, out = tt.start_loop("crash", interval=0.1, timeout=1.0, max_seconds=240)
+    _wait_ok_rows(out, after=0.0, count=10, timeout=90)
+    old = s.leader_ns()
+    new = OTHER[old]
+    proc = s.agents.pop(old)
+    at = s.call("crash_node", ns=old, pid=proc.pid)
+    res = s.call("wait_holder", exclude=old, timeout=90)
+    _wait_ok_rows(out, after=at, count=20, timeout=90)
+    rows = s.stop_loop(loop, out)
+    s.call("add_director", ns=old)
+    s.start_agent(old)
+    ids = tt.visit_ids()
+    acked = [r[3] for r in rows if r[1] == 200]
+    lost = sorted(set(acked) - ids)
+    unacked_written = sorted(ids - before - set(acked))
+    ok_before = [r[0] for r in rows if r[1] == 200 and r[0] < at]
+    ok_after = [r[0] for r in rows if r[1] == 200 and r[0] >= at]
+    failed = [r for r in rows if r[1] != 200]
+    gap = round(min(ok_after) - max(ok_before), 2) if ok_before and ok_after else None
+    s.say(
+        f"8c. three-tier across a node crash of {DIRECTORS[old][0]} (VIP on "
+        f"{DIRECTORS[new][0]} {round(res.get('at', at) - at, 2)} s after): {len(acked)} visits "
+        f"acknowledged, {len(lost)} of them missing in MySQL; {len(failed)} requests failed "
+        f"(1 s timeout; gap {gap} s between answers); {len(unacked_written)} written whose "
+        f"answer was lost"
+    )
+    assert res["holder"] == new, f"{res}\n{s.logs()}"
+    assert not lost, (lost, rows)
+    assert len(acked) >= 30, rows
+    assert len(ids - before) >= len(acked)
+    assert s.wait_agents_ready([old], timeout=180), s.logs()
+    FIGURES["three_tier_crash"] = {"acknowledged": len(acked), "lost": len(lost), "gap": gap}
+
+
+def _wait_ok_rows(path: str, after: float, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for r in _rows(path) if r[0] >= after and r[1] == 200) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} answers after {after}: {_rows(path)[-20:]}")
+
+
+def test_9_virtualservers_deleted_everything_released(system: System) -> None:
     s = system
     group = s.group
+    # the three-tier example's VirtualServer first (case 8a), alone (see the brake below)
+    s.kubectl("delete", "virtualserver", "web", "-n", THREE_TIER_NS, "--ignore-not-found")
+    res3 = s.call("wait_weights", namespaces=list(DIRECTORS), service=THREE_TIER_SERVICE,
+                  want={"": None}, timeout=30)  # fmt: skip
+    assert res3["ok"], f"{res3}\n{s.logs()}"
     # One at a time. Deleted together they are all of the group's services at once, which
     # the withdrawal brake holds for its 60 s (director/brake.py: a mass withdrawal is
     # usually a mistake upstream); whether the two deletions reach the agent in one converge

@@ -1,5 +1,6 @@
-"""A host-runnable self-check of the web and database tiers (no VM, no NFS server):
-``sudo python -m e2e.three_tier.check [--keep]`` from the repository's root.
+"""A self-check of the web and database tiers: ``sudo python -m e2e.three_tier.check
+[--keep] [--nfs]`` from the repository's root (with ``--nfs`` the content comes from the real
+NFS server at the example's address: needs the ``nfsd`` module, so in the test VM only).
 
 Builds a small network of namespaces (``tt-sw`` holding a bridge; ``tt-db``, ``tt-web1``,
 ``tt-web2``, ``tt-client`` on 10.99.0.0/24), starts MariaDB and two Apache+PHP web servers
@@ -21,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-from tests.dataplane.topology import in_netns
 
 from e2e.three_tier import guest
 from e2e.three_tier import services as s
+from e2e.three_tier.client import get, session_cookie
 from e2e.three_tier.example import ThreeTierExample, load
 
 PREFIX = "10.99.0"
@@ -50,8 +48,13 @@ def ip(*args: str) -> None:
     s.run(["ip", *args], 15)
 
 
-def build_network() -> None:
-    """A bridge in its own namespace and one veth per namespace (ends ``eth0``)."""
+NFS_NS = "tt-nfs"
+
+
+def build_network(nfs_server: str = "") -> None:
+    """A bridge in its own namespace and one veth per namespace (ends ``eth0``); with
+    ``nfs_server``, namespace ``tt-nfs`` at that address too (a /32 on the same bridge, routes
+    both ways on the link), as the e2e gives the web pods their way to it."""
     teardown_network()
     ip("netns", "add", SWITCH)
     ip("-n", SWITCH, "link", "add", "br0", "type", "bridge")
@@ -76,52 +79,42 @@ def build_network() -> None:
         ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         ip("-n", ns, "link", "set", "eth0", "up")
         ip("-n", ns, "link", "set", "lo", "up")
+    if nfs_server:
+        ip("netns", "add", NFS_NS)
+        ip("-n", SWITCH, "link", "add", "pnfs", "type", "veth", "peer", "name", "eth0",
+           "netns", NFS_NS)  # fmt: skip
+        ip("-n", SWITCH, "link", "set", "pnfs", "master", "br0", "up")
+        ip("-n", NFS_NS, "addr", "add", f"{nfs_server}/32", "dev", "eth0")
+        ip("-n", NFS_NS, "link", "set", "eth0", "up")
+        ip("-n", NFS_NS, "link", "set", "lo", "up")
+        ip("-n", NFS_NS, "route", "add", f"{PREFIX}.0/24", "dev", "eth0")
+        for ns in ADDRESS:
+            ip("-n", ns, "route", "add", f"{nfs_server}/32", "dev", "eth0")
 
 
 def teardown_network() -> None:
-    for ns in [*ADDRESS, SWITCH]:
+    for ns in [*ADDRESS, NFS_NS, SWITCH]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=15)
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: str
-
-
-def get(
-    ns: str, address: str, port: int, path: str = "/", host: str = "", cookie: str = ""
-) -> Answer:
-    """One HTTP GET from inside ``ns`` (a new connection each: as a browser's new visit)."""
-    conn = http.client.HTTPConnection(address, port, timeout=10)
-    with in_netns(ns):
-        conn.connect()  # the socket stays in ``ns``
-    try:
-        headers = {"Host": host or address, **({"Cookie": cookie} if cookie else {})}
-        conn.request("GET", path, headers=headers)
-        r = conn.getresponse()
-        return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode())
-    finally:
-        conn.close()
-
-
-def session_cookie(answer: Answer, cookie: str) -> str:
-    """The PHPSESSID cookie the answer set (or the one sent)."""
-    set_cookie = answer.headers.get("set-cookie", "")
-    return set_cookie.split(";", 1)[0] if set_cookie else cookie
-
-
-def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
+def check(ex: ThreeTierExample, work: Path, nfs: bool = False) -> dict[str, object]:
     out: dict[str, object] = {}
     port = ex.web_port
     www = ex.virtual_hosts[0].server_name
     db = s.Database(ADDRESS[DB_NS], ex.mysql_port, ex.database, ex.user, ex.password)
-    content = work / "content"  # stands in for the NFS share
-    guest.seed(str(content))
 
     def log(msg: str) -> None:
         print(f"[three-tier check] {msg}", flush=True)
+
+    content = ""  # the web servers mount the NFS share
+    if nfs:
+        t0 = time.monotonic()
+        server = guest.start_nfs(NFS_NS, f"{PREFIX}.0/24", str(work / "nfs"))
+        log(f"nfs server at {ex.nfs_server}:{ex.nfs_path} (pid {server['pid']}), seeded, in "
+            f"{time.monotonic() - t0:.1f} s (10 s of it the grace period)")  # fmt: skip
+    else:
+        content = str(work / "content")  # stands in for the NFS share
+        guest.seed(content)
 
     # started as the VM's guest will start them (e2e/three_tier/guest.py)
     t0 = time.monotonic()
@@ -130,7 +123,7 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
     webs: dict[str, int] = {}  # namespace -> apache's pid
     for ns, name in WEBS.items():
         t0 = time.monotonic()
-        web = guest.start_web_pod(ns, ADDRESS[ns], name, str(work / ns), db.host, str(content))
+        web = guest.start_web_pod(ns, ADDRESS[ns], name, str(work / ns), db.host, content)
         webs[ns] = int(str(web["pid"]))
         log(f"{name}: apache pid {webs[ns]} at {ADDRESS[ns]}:{port} in "
             f"{time.monotonic() - t0:.1f} s")  # fmt: skip
@@ -141,7 +134,8 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
 
     # every web server: its mount is private, the virtual hosts and the health check answer
     for ns, name in WEBS.items():
-        assert s.mounted(webs[ns], ex.content_mount), f"{name}: no mount at {ex.content_mount}"
+        fstype = s.mounted(webs[ns], ex.content_mount)
+        assert fstype == ("nfs4" if nfs else fstype) and fstype, f"{name}: {fstype} mounted"
         uts = s.run(["nsenter", "-t", str(webs[ns]), "-u", "hostname"], 10).strip()
         assert uts == name, f"{name}: hostname {uts}"
         addr = ADDRESS[ns]
@@ -220,11 +214,11 @@ def check(ex: ThreeTierExample, work: Path) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def environment(keep: bool) -> Iterator[Path]:
+def environment(keep: bool, nfs_server: str = "") -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
     work.chmod(0o755)  # the web servers' user reads the content and health check below it
     try:
-        build_network()
+        build_network(nfs_server)
         yield work
     finally:
         for ns in WEBS:
@@ -232,6 +226,9 @@ def environment(keep: bool) -> Iterator[Path]:
                 guest.stop_web_pod(str(work / ns))
         with contextlib.suppress(Exception):
             guest.stop_database(str(work / "mariadb"))
+        if nfs_server:
+            with contextlib.suppress(Exception):
+                guest.stop_nfs(NFS_NS, str(work / "nfs"))
         teardown_network()
         if keep:
             print(f"[three-tier check] work directory kept: {work}")
@@ -242,11 +239,14 @@ def environment(keep: bool) -> Iterator[Path]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.three_tier.check", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--nfs", action="store_true", help="the real NFS server (needs nfsd: the test VM)"
+    )
     a = parser.parse_args(argv)
     ex = load()
     t0 = time.monotonic()
-    with environment(a.keep) as work:
-        check(ex, work)
+    with environment(a.keep, ex.nfs_server if a.nfs else "") as work:
+        check(ex, work, nfs=a.nfs)
     print(f"[three-tier check] all checks passed in {time.monotonic() - t0:.1f} s")
     return 0
 

@@ -9,9 +9,18 @@ the single source. ``check.py`` starts the tiers through these very functions on
 
 from __future__ import annotations
 
+import argparse
+import json
+import signal
+import sys
+import time
 from pathlib import Path
 
+from tests.dataplane import topology as t
+
+from e2e import guest as net
 from e2e.three_tier import services as s
+from e2e.three_tier.client import get
 from e2e.three_tier.example import ThreeTierExample, load
 
 
@@ -88,3 +97,119 @@ def visit_ids(netns: str, db_host: str) -> list[int]:
         netns, db_host, ex.mysql_port, ex.database, ex.user, ex.password, "SELECT id FROM visits"
     )
     return [int(r[0]) for r in rows]
+
+
+# -- in the e2e's network (e2e/guest.py) --------------------------------------------------------
+
+NFS_NS = "e2e-nfs"
+
+
+def add_nfs_node() -> str:
+    """The NFS server's machine: namespace ``e2e-nfs`` on the pod network's bridge at the
+    example's PersistentVolume address (a /32, with the pod network routed on the link), as a
+    storage host the nodes reach. Returns the namespace."""
+    ex = _example()
+    net.remove_pod(NFS_NS)
+    t.ip_batch([f"netns add {NFS_NS}"])
+    t.ip_batch(
+        [f"link add p-nfs type veth peer name eth0 netns {NFS_NS}",
+         "link set p-nfs master br-pods up"],
+        net.SWITCH,
+    )  # fmt: skip
+    t.ip_batch(
+        ["link set lo up", f"addr add {ex.nfs_server}/32 dev eth0", "link set eth0 up",
+         f"route add {net.POD_NETWORK} dev eth0"],
+        NFS_NS,
+    )  # fmt: skip
+    return NFS_NS
+
+
+def route_to_nfs(netns: str) -> None:
+    """A pod's way to the NFS server: on the link (the server's /32 is on the same bridge)."""
+    t.ip_batch([f"route replace {_example().nfs_server}/32 dev eth0"], netns)
+
+
+def page(
+    ns: str = "",
+    address: str = "",
+    port: int = 0,
+    path: str = "/",
+    host: str = "",
+    cookie: str = "",
+    timeout: float = 10,
+    source: str = "",
+) -> dict[str, object]:
+    """One GET of the example's page: by default from the e2e's client through the example's
+    VIP and port with its first virtual host's name; error answers come back too."""
+    ex = _example()
+    answer = get(
+        ns or net.CLIENT, address or ex.vip, port or ex.port, path,
+        host or ex.virtual_hosts[0].server_name, cookie, timeout, source,
+    )  # fmt: skip
+    return answer.asdict()
+
+
+def write_in_pod(pid: int, relative: str, text: str) -> str:
+    """Write ``text`` to ``relative`` (below the content's mount) as web server ``pid`` sees
+    its share: in its mount namespace. Returns the path written."""
+    target = f"{_example().content_mount}/{relative}"
+    s.run(["nsenter", "-t", str(pid), "-m", "sh", "-c", 'cat > "$1"', "sh", target], 15, text)
+    return target
+
+
+def mounted_in(pid: int) -> str | None:
+    """The file system type at the content's mount point in web server ``pid``'s namespace."""
+    return s.mounted(pid, _example().content_mount)
+
+
+def count_visits(netns: str, db_host: str) -> int:
+    ex = _example()
+    rows = s.query(
+        netns, db_host, ex.mysql_port, ex.database, ex.user, ex.password,
+        "SELECT COUNT(*) FROM visits",
+    )  # fmt: skip
+    return int(rows[0][0])
+
+
+def loop_main(argv: list[str]) -> int:
+    """``python -m e2e.three_tier.guest loop --out F [--interval --timeout --max-seconds]``:
+    a request for the page through the VIP every interval (a new connection each), one JSON
+    line each: [guest time, status or null, server, visit receipt, error, seconds]. Bounded
+    by --max-seconds and SIGTERM."""
+    p = argparse.ArgumentParser(prog="python -m e2e.three_tier.guest loop")
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--max-seconds", type=float, default=300)
+    a = p.parse_args(argv)
+    stop = [False]
+
+    def on_term(*_: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    end = net.now() + a.max_seconds
+    with open(a.out, "a", buffering=1) as out:
+        while not stop[0] and net.now() < end:
+            ts = net.now()
+            row: list[object]
+            try:
+                answer = page(timeout=a.timeout)
+                headers = answer["headers"]
+                assert isinstance(headers, dict)
+                visit = headers.get("x-visit")
+                row = [round(ts, 4), answer["status"], headers.get("x-server"),
+                       int(visit) if visit else None, None]  # fmt: skip
+            except Exception as exc:  # every failure is a row
+                row = [round(ts, 4), None, None, None, f"{type(exc).__name__}: {exc}"[:120]]
+            row.append(round(net.now() - ts, 4))
+            out.write(json.dumps(row) + "\n")
+            time.sleep(max(0.0, a.interval - (net.now() - ts)))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["loop"]:
+        sys.exit("usage: python -m e2e.three_tier.guest loop --out FILE [...]")
+    sys.exit(loop_main(sys.argv[2:]))

@@ -45,6 +45,27 @@ APACHE_MODULES = Path("/usr/lib/apache2/modules")
 SOCKET_PATH_MAX = 107  # sun_path: 108 bytes with the NUL
 
 
+# What each tier runs, and the Debian package it comes from (hack/vm/setup.sh installs them)
+PROGRAMS = {
+    "/usr/sbin/apache2": "apache2",
+    "/usr/sbin/mariadbd": "mariadb-server",
+    "/usr/bin/mariadb": "mariadb-client",
+    "/usr/sbin/rpc.nfsd": "nfs-kernel-server",
+    "/usr/sbin/mount.nfs4": "nfs-common",
+}
+
+
+def missing_packages() -> list[str]:
+    """The Debian packages of the three tiers that are not installed here (PHP: its Apache
+    module and mysqli)."""
+    out = [pkg for path, pkg in PROGRAMS.items() if not os.path.exists(path)]
+    if not glob.glob(str(APACHE_MODULES / "libphp*.so")):
+        out.append("libapache2-mod-php")
+    if not glob.glob("/etc/php/*/mods-available/mysqli.ini"):
+        out.append("php-mysql")
+    return out
+
+
 class ServiceError(RuntimeError):
     """A daemon did not start or stop; the message carries its log's tail."""
 
@@ -411,6 +432,12 @@ def start_nfs_server(
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     p = nfs_paths(work)
+    p["root"].mkdir(exist_ok=True)
+    if not os.path.ismount(p["root"]):
+        # knfsd exports only file systems that support it: the VM's /tmp does not
+        # ("does not support NFS export"), a tmpfs does (with fsid=). Mounted here, in the
+        # caller's mount namespace, so the seed written afterwards lands in the export.
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(p["root"])])
     content = p["root"] / PurePosixPath(export_path).relative_to("/")
     content.mkdir(parents=True, exist_ok=True)
     p["state"].mkdir(exist_ok=True)
@@ -468,10 +495,13 @@ def stop_nfs_server(netns: str, workdir: str | Path, timeout: float = 30) -> boo
     with contextlib.suppress(ServiceError):  # no nfsd module, or the namespace is gone
         run(in_ns(netns, ["unshare", "--mount", "--propagation", "private", "sh", "-c", nfsd0]))
     pid = read_pid(p["pid"])
-    if pid is None or not alive(pid):
-        return False
-    terminate(pid, timeout)
-    return True
+    running = pid is not None and alive(pid)
+    if running:
+        assert pid is not None
+        terminate(pid, timeout)
+    if os.path.ismount(p["root"]):
+        subprocess.run(["umount", "-l", str(p["root"])], capture_output=True, timeout=30)
+    return running
 
 
 def share_mount_script(content: NfsShare | LocalDir, mountpoint: str) -> list[str]:

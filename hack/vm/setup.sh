@@ -14,6 +14,10 @@ export DEBIAN_FRONTEND=noninteractive
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${LVS_VM_CACHE:-$HOME/.cache/lvs-operator/vm}"
 APT_PKGS=(qemu-system-x86 kmod busybox-static iproute2 nftables ipvsadm procps python3-pip)
+# examples/three-tier run for real in the VM (e2e tier and demo; e2e/three_tier/README.md):
+# installed on the host, they are in the VM too, which boots over the host's root file system
+APT_PKGS+=(apache2 libapache2-mod-php php-mysql mariadb-server mariadb-client
+           nfs-kernel-server nfs-common)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
 
@@ -26,8 +30,22 @@ for p in "${APT_PKGS[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
-    $SUDO "$REPO/hack/apt-get.sh" update -qq
-    $SUDO "$REPO/hack/apt-get.sh" install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+    # None of their system daemons may start on this machine (apache2 would take port 80, and
+    # the tests run private instances in the VM): a policy-rc.d refusing every start while
+    # installing, unless one is there already (Docker's images have one).
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# hack/vm/setup.sh: no daemon starts while it installs\nexit 101\n' \
+            | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+    fi
+    rc=0
+    $SUDO "$REPO/hack/apt-get.sh" update -qq || rc=$?
+    [ "$rc" -ne 0 ] || $SUDO "$REPO/hack/apt-get.sh" install -y -qq --no-install-recommends \
+        "${missing[@]}" </dev/null || rc=$?
+    [ -z "$policy" ] || $SUDO rm -f "$policy"
+    [ "$rc" -eq 0 ] || { log "error: apt-get failed ($rc)"; exit "$rc"; }
 else
     log "ok: apt packages"
 fi

@@ -106,3 +106,24 @@ def test_seed_content_does_not_overwrite(tmp_path: Path) -> None:
     assert written == ["shop/index.html"]
     assert (tmp_path / "www" / "index.html").read_text() == "edited"
     assert (tmp_path / "shop" / "index.html").stat().st_mode & 0o777 == 0o644
+
+
+def test_missing_packages_names_the_debian_package_of_each_missing_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(s.os.path, "exists", lambda path: path != "/usr/sbin/rpc.nfsd")
+    monkeypatch.setattr(s.glob, "glob", lambda pattern: [] if "libphp" in pattern else ["x"])
+    assert s.missing_packages() == ["nfs-kernel-server", "libapache2-mod-php"]
+    monkeypatch.setattr(s.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(s.glob, "glob", lambda pattern: ["x"])
+    assert s.missing_packages() == []
+
+
+def test_mysql_volume_is_pre_bound_to_the_statefulsets_first_claim() -> None:
+    from e2e.three_tier.scenario import ThreeTier
+
+    ex = load()
+    volume = ThreeTier(system=None, example=ex).mysql_volume()  # type: ignore[arg-type]
+    claim = volume["spec"]["claimRef"]
+    assert claim == {"namespace": ex.namespace, "name": "data-mysql-0"}
+    assert volume["spec"]["storageClassName"] == ""  # binds to no provisioner's class
