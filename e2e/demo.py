@@ -312,8 +312,14 @@ class Demo:
         res = self.s.call("wait_answers", vip=ex.vip, port=ex.port, timeout=120)
         if not res["ok"]:
             raise RuntimeError(f"no answer through {ex.vip}: {res}\n{tt.logs()}")
-        self.table(force=True)
-        self.pages(5, "five visits from one browser (a PHP session cookie)")
+        table = self.s.kubectl("get", "lvs,rsp", "-n", ex.namespace, "-o", "wide", check=False)
+        print(
+            f"  $ kubectl -n {ex.namespace} get lvs,rsp -o wide\n"
+            + "\n".join(f"  {x}" for x in table.rstrip().splitlines()),
+            flush=True,
+        )
+        self.pages(5, "five visits from one browser (a PHP session cookie; the first request, "
+                   "waiting for the VIP, was a visit too)")  # fmt: skip
 
     def pages(self, n: int, title: str) -> None:
         """``n`` visits of the three-tier page through its VIP: server, counters, message."""
