@@ -39,6 +39,7 @@ from e2e.system import (
     Timings,
     overlaps,
 )
+from e2e.three_tier.example import load as load_three_tier
 from e2e.three_tier.scenario import ThreeTier
 from lvs_operator.api.contract import GROUP_LABEL
 from lvs_operator.director.config import DEFAULT_VIP_LIFETIME as VIP_LIFETIME
@@ -101,8 +102,6 @@ spec:
 """
 FIGURES: dict[str, Any] = {}
 THREE_TIER: dict[str, str] = {}  # case 8a's session, for 8b
-THREE_TIER_NS = "three-tier"  # examples/three-tier's namespace and VIP (checked in 8a)
-THREE_TIER_SERVICE = "TCP 192.0.2.20:80"
 
 
 @pytest.fixture(scope="module")
@@ -1137,9 +1136,12 @@ def test_9_virtualservers_deleted_everything_released(system: System) -> None:
     s = system
     group = s.group
     # the three-tier example's VirtualServer first (case 8a), alone (see the brake below)
-    s.kubectl("delete", "virtualserver", "web", "-n", THREE_TIER_NS, "--ignore-not-found")
-    res3 = s.call("wait_weights", namespaces=list(DIRECTORS), service=THREE_TIER_SERVICE,
-                  want={"": None}, timeout=30)  # fmt: skip
+    ex = load_three_tier()
+    s.kubectl("delete", "virtualserver", ex.virtual_server, "-n", ex.namespace,
+              "--ignore-not-found")  # fmt: skip
+    res3 = s.call("wait_weights", namespaces=list(DIRECTORS),
+                  service=f"{ex.protocol} {ex.vip}:{ex.port}", want={"": None},
+                  timeout=30)  # fmt: skip
     assert res3["ok"], f"{res3}\n{s.logs()}"
     # One at a time. Deleted together they are all of the group's services at once, which
     # the withdrawal brake holds for its 60 s (director/brake.py: a mass withdrawal is
