@@ -176,9 +176,10 @@ def render_relay_table(relays: Iterable[Relay], seen_timeout: float) -> str:
         lines += [
             f"  chain relay{n} {{",
             f"    type filter hook ingress device {dev} priority -500; policy accept;",
-            # a connection that starts here is this director's own
-            f"    {ip} daddr {{ {vips} }} tcp flags & (syn | ack) == syn update @seen{fam} "
-            f"{{ {flow} }}",
+            # a connection that starts here is this director's own: a client's SYN, or a
+            # real server's SYN-ACK to the VIP (masqueradeSource: VIP, the real servers
+            # answer the VIP: for the old leader's connections they are relayed below)
+            f"    {ip} daddr {{ {vips} }} tcp flags & syn == syn update @seen{fam} {{ {flow} }}",
             # the rest of one that did not: the old leader's, send it there
             f"    {ip} daddr {{ {vips} }} tcp flags & syn == 0 {flow} != @seen{fam} "
             f"fwd {ip} to {relay.via} device {dev}",

@@ -10,7 +10,7 @@ import asyncio
 import errno
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +39,7 @@ class FakeKernel:
         self.connections: dict[tuple[ServiceKey, DestKey], int] = {}
         self.applied: list[Change] = []
         self.prepared: list[bool] = []
+        self.vip_sourced: frozenset[ServiceKey] = frozenset()  # of the last prepare()
         self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
         self.apply_error: Exception | None = None  # what apply() raises (the kernel refusing)
         # the node's sysctls (key -> value) that check_node_settings reads; None: all right
@@ -60,8 +61,11 @@ class FakeKernel:
         self.table = apply_to_table(self.table, changes)
         self.applied += changes
 
-    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
+    def prepare(
+        self, table: IpvsTable, masquerade_snat: bool, vip_sourced: Set[ServiceKey] = frozenset()
+    ) -> None:
         self.prepared.append(masquerade_snat)
+        self.vip_sourced = frozenset(vip_sourced)
         if self.prepare_error is not None:
             raise self.prepare_error
 

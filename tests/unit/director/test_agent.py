@@ -716,6 +716,21 @@ async def test_an_nft_failure_never_holds_back_the_ipvs_changes(
     assert 'lvs_director_prepare_errors_total{group="g1"} 2.0' in agent.metrics.render().decode()
 
 
+async def test_the_agent_asks_the_vip_as_source_for_masquerade_source_vip() -> None:
+    """masqueradeSource: VIP reaches the kernel's source NAT (kernel/nft.py) for exactly that
+    VirtualServer's services, and leaves it when the spec goes back to the default."""
+    kernel = FakeKernel()
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_vs([vs_obj(masqueradeSource="VIP")])
+    await agent.converge()
+    assert kernel.vip_sourced == {K80}
+    agent.watches.reset_vs([vs_obj(generation=4)])
+    await agent.converge()
+    assert kernel.vip_sourced == frozenset()
+
+
 async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:
     """Every VirtualServer of the group disappears from the agent's view at once (say the
     controller's --vip-ranges was emptied): the services and the VIP stay for the hold,
