@@ -119,7 +119,15 @@ def test_vip_sourced_services_are_translated_to_their_vip_before_the_masquerade(
         "meta l4proto { tcp, udp, sctp } ip daddr @dests4 ct original ip daddr @vips4 masquerade",
         "meta l4proto { tcp, udp, sctp } ip6 daddr @dests6 ct original ip6 daddr @vips6 masquerade",
     ]
-    assert len(rules) == nft.SNAT_RULES
+    # a real server's stray mid-stream packet to such a VIP is dropped, not reset
+    assert "set vipaddr4 { type ipv4_addr; elements = { 10.0.0.1 } }" in text
+    assert "type filter hook input priority 200; policy accept;" in text
+    drops = [line.strip() for line in text.splitlines() if line.strip().endswith(" drop")]
+    assert drops == [
+        "ip saddr @dests4 ip daddr @vipaddr4 ct state new tcp flags & (syn | rst) == 0 drop",
+        "ip6 saddr @dests6 ip6 daddr @vipaddr6 ct state new tcp flags & (syn | rst) == 0 drop",
+    ]
+    assert len(rules) + len(drops) == nft.SNAT_RULES
 
 
 def test_the_table_read_back_compares_equal_to_the_one_wanted(
@@ -136,6 +144,8 @@ def test_the_table_read_back_compares_equal_to_the_one_wanted(
         {"set": {"name": "dests6"}},
         {"set": {"name": "vipsrc4", "elem": [{"concat": ["10.0.0.1", "tcp", 80]}]}},
         {"set": {"name": "vipsrc6"}},
+        {"set": {"name": "vipaddr4", "elem": ["10.0.0.1"]}},
+        {"set": {"name": "vipaddr6"}},
         *({"rule": {}} for _ in range(nft.SNAT_RULES)),
     ]}  # fmt: skip
     calls: list[str] = []

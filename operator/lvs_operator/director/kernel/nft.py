@@ -175,7 +175,16 @@ def render_masquerade_snat(
     the real server whichever director forwards it, so after a crash failover the new
     director's conntrack picks a synced connection up with the client's next packet (its
     IPVS has the entry from the sync daemon). The others are masqueraded to the director's
-    own address on the outgoing link."""
+    own address on the outgoing link.
+
+    The ``input`` chain drops, rather than lets the local stack answer with a reset, a TCP
+    packet from a real server to a VIP-sourced VIP that starts no connection and belongs to
+    none (``ct state new``, no SYN or RST): after a crash, an answer the real server sends
+    again can reach the new director before the client's next packet has made the conntrack
+    entry, and a reset would end the connection on the real server. Dropped, the real server
+    sends it again, and by then the client's retransmission has made the entry. At priority
+    200 the chain runs after IPVS's own input hooks (98, 99), so only packets IPVS left to
+    the local stack reach it (a real server that is itself a client of the VIP is IPVS's)."""
     vip4, vip6 = _split_families(vips)
     dst4, dst6 = _split_families(destinations)
     src4 = [s for s in vip_sourced if ipaddress.ip_address(s[0]).version == 4]
@@ -186,6 +195,11 @@ def render_masquerade_snat(
 
     def services(items: list[VipService]) -> list[str]:
         return [f"{a} . {proto} . {port}" for a, proto, port in items]
+
+    def addresses(items: list[VipService]) -> list[str]:
+        return sorted({a for a, _, _ in items}, key=ipaddress.ip_address)
+
+    stray = "ct state new tcp flags & (syn | rst) == 0"
 
     l4 = "meta l4proto { tcp, udp, sctp }"
     return (
@@ -198,6 +212,8 @@ def render_masquerade_snat(
         f"{elements(services(src4))} }}\n"
         "  set vipsrc6 { type ipv6_addr . inet_proto . inet_service;"
         f"{elements(services(src6))} }}\n"
+        f"  set vipaddr4 {{ type ipv4_addr;{elements(addresses(src4))} }}\n"
+        f"  set vipaddr6 {{ type ipv6_addr;{elements(addresses(src6))} }}\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
         f"    {l4} ip daddr @dests4 ct original ip daddr . meta l4proto . ct original proto-dst"
@@ -207,11 +223,16 @@ def render_masquerade_snat(
         f"    {l4} ip daddr @dests4 ct original ip daddr @vips4 masquerade\n"
         f"    {l4} ip6 daddr @dests6 ct original ip6 daddr @vips6 masquerade\n"
         "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority 200; policy accept;\n"
+        f"    ip saddr @dests4 ip daddr @vipaddr4 {stray} drop\n"
+        f"    ip6 saddr @dests6 ip6 daddr @vipaddr6 {stray} drop\n"
+        "  }\n"
         "}\n"
     )
 
 
-SNAT_RULES = 4  # the rules render_masquerade_snat writes
+SNAT_RULES = 6  # the rules render_masquerade_snat writes
 
 
 def _element(e: object) -> str | None:
@@ -264,6 +285,8 @@ def ensure_masquerade_snat(
     want = {
         "vips4": set(vip4), "vips6": set(vip6), "dests4": set(dst4), "dests6": set(dst6),
         "vipsrc4": src[4], "vipsrc6": src[6],
+        "vipaddr4": {a.split(" . ")[0] for a in src[4]},
+        "vipaddr6": {a.split(" . ")[0] for a in src[6]},
     }  # fmt: skip
     if _current_snat(netns) == want:
         return False
