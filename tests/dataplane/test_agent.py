@@ -439,6 +439,11 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
           f"opened; VIP moved {moved['vip_moved_after']} s after the crash; longest wait "
           f"for an answer across it {stats['max_stall']} s; sticky client {sticky} -> "
           f"{sticky_after} (the standby's template: {template}); {stats}")  # fmt: skip
+    if stats["survived"] < HELD - 1 and forwarding == "masquerade":
+        ports = [b["port"] for b in stats["broken"]]
+        diag = lab.call("masquerade_diagnostics", new=new, vip=vip, ports=ports)
+        for key, text in diag.items():
+            print(f"\n[dataplane] diagnostics {key}:\n{text}")
     lab.call("link_up", ns=old)
     assert lab.call("wait_vip_dropped", ns=old, vip=vip, within=30) is not None, lab.logs()
     lab.start_agent(old)

@@ -113,7 +113,7 @@ def test_vip_sourced_services_are_translated_to_their_vip_before_the_masquerade(
     # the VIP-sourced services first: a NAT rule's verdict ends the chain
     assert rules == [
         "meta l4proto { tcp, udp, sctp } ip daddr @dests4 ct original ip daddr . meta l4proto"
-        " . ct original proto-dst @vipsrc4 snat ip to ct original ip daddr",
+        " . ct original proto-dst @vipsrc4 counter snat ip to ct original ip daddr",
         "meta l4proto { tcp, udp, sctp } ip6 daddr @dests6 ct original ip6 daddr . meta l4proto"
         " . ct original proto-dst @vipsrc6 snat ip6 to ct original ip6 daddr",
         "meta l4proto { tcp, udp, sctp } ip daddr @dests4 ct original ip daddr @vips4 masquerade",
@@ -124,8 +124,10 @@ def test_vip_sourced_services_are_translated_to_their_vip_before_the_masquerade(
     assert "type filter hook input priority 200; policy accept;" in text
     drops = [line.strip() for line in text.splitlines() if line.strip().endswith(" drop")]
     assert drops == [
-        "ip saddr @dests4 ip daddr @vipaddr4 ct state new tcp flags & (syn | rst) == 0 drop",
-        "ip6 saddr @dests6 ip6 daddr @vipaddr6 ct state new tcp flags & (syn | rst) == 0 drop",
+        "ip saddr @dests4 ip daddr @vipaddr4 ct state new tcp flags & (syn | rst) == 0"
+        " counter drop",
+        "ip6 saddr @dests6 ip6 daddr @vipaddr6 ct state new tcp flags & (syn | rst) == 0"
+        " counter drop",
     ]
     assert len(rules) + len(drops) == nft.SNAT_RULES
 
