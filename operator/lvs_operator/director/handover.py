@@ -329,20 +329,21 @@ class PlannedHandover:
 
     # -- the new leader ------------------------------------------------------------------------
 
-    async def start_relay(self) -> None:
+    async def start_relay(self) -> bool:
         """When the Lease just taken carries a fresh handover note from another director,
         relay that director's connections in flight back to it (before the VIPs are
-        announced here), for the note's drain time."""
+        announced here), for the note's drain time. True when a note was there (a planned
+        handover, relayed or not), False for a takeover without one (a crash)."""
         record = self.elector.record
         if record is None:
-            return
+            return False
         note = Handover.from_annotation(record.annotations.get(HANDOVER_ANNOTATION))
         if note is None or not note.applies(self.identity, wall_clock()):
-            return
+            return False
         self.elector.set_annotation(HANDOVER_ANNOTATION, "")  # used: clear it
         relays = plan_relays(note, self.vips.placements)
         if not relays:
-            return
+            return True
         asked = time.monotonic()
         ran: list[float] = []
 
@@ -361,7 +362,7 @@ class PlannedHandover:
                 exc,
                 extra={"from": note.source},
             )
-            return
+            return True
         self.on_relay()
         log.info(
             "relaying the old leader's connections in flight",
@@ -378,6 +379,7 @@ class PlannedHandover:
         if self._relay_end is not None:
             self._relay_end.cancel()
         self._relay_end = asyncio.create_task(self._end_relay(note.drain))
+        return True
 
     async def _end_relay(self, after: float) -> None:
         await asyncio.sleep(after)

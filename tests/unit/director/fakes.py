@@ -15,6 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from lvs_operator.director import node_settings
+from lvs_operator.director.agent import ConntrackRestorer
+from lvs_operator.director.conn_restore import RestoreOutcome
 from lvs_operator.director.events import EventPoster
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
@@ -279,3 +281,18 @@ class FakeEventPoster:
 def conforming_sysctls() -> node_settings.SysctlFiles:
     """Never called: mypy rejects it if DictSysctls no longer implements SysctlFiles."""
     return DictSysctls({})
+
+
+class FakeConntrack:
+    """Records the restores asked for (agent.ConntrackRestorer)."""
+
+    def __init__(self, outcome: RestoreOutcome | None = None) -> None:
+        self.calls: list[frozenset[ServiceKey]] = []
+        self.outcome = outcome or RestoreOutcome(created=2)
+
+    def restore(self, vip_sourced: Set[ServiceKey]) -> RestoreOutcome:
+        self.calls.append(frozenset(vip_sourced))
+        return self.outcome
+
+
+_CONNTRACK: ConntrackRestorer = FakeConntrack()  # mypy checks the fake against the Protocol
