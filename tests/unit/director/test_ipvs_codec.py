@@ -128,7 +128,11 @@ def test_vip_sourced_services_are_translated_to_their_vip_before_the_masquerade(
         " counter drop",
         "ip6 saddr @dests6 ip6 daddr @vipaddr6 ct state new tcp flags & (syn | rst) == 0"
         " counter drop",
+        # never routed on to a VIP it does not hold (no relay ping-pong after a handover)
+        "ip daddr @vipaddr4 counter drop",
+        "ip6 daddr @vipaddr6 counter drop",
     ]
+    assert "type filter hook forward priority 0; policy accept;" in text
     assert len(rules) + len(drops) == nft.SNAT_RULES
 
 

@@ -184,7 +184,13 @@ def render_masquerade_snat(
     entry, and a reset would end the connection on the real server. Dropped, the real server
     sends it again, and by then the client's retransmission has made the entry. At priority
     200 the chain runs after IPVS's own input hooks (98, 99), so only packets IPVS left to
-    the local stack reach it (a real server that is itself a client of the VIP is IPVS's)."""
+    the local stack reach it (a real server that is itself a client of the VIP is IPVS's).
+
+    The ``forward`` chain drops a packet to a VIP-sourced VIP that this director would route
+    on (it does not hold the VIP): a director never forwards to a VIP, and without the rule
+    a real server's packet that a new leader relays to the old one after a planned handover
+    (handover.py: a flow the new leader did not see start) comes back once the old one has
+    let the VIP go, relayed again, and so on until its TTL runs out."""
     vip4, vip6 = _split_families(vips)
     dst4, dst6 = _split_families(destinations)
     src4 = [s for s in vip_sourced if ipaddress.ip_address(s[0]).version == 4]
@@ -228,11 +234,16 @@ def render_masquerade_snat(
         f"    ip saddr @dests4 ip daddr @vipaddr4 {stray} counter drop\n"
         f"    ip6 saddr @dests6 ip6 daddr @vipaddr6 {stray} counter drop\n"
         "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    ip daddr @vipaddr4 counter drop\n"
+        "    ip6 daddr @vipaddr6 counter drop\n"
+        "  }\n"
         "}\n"
     )
 
 
-SNAT_RULES = 6  # the rules render_masquerade_snat writes
+SNAT_RULES = 8  # the rules render_masquerade_snat writes
 
 
 def _element(e: object) -> str | None:
