@@ -546,8 +546,8 @@ class Agent:
         self.metrics.conntrack_restored.inc(outcome.created)
         level = logging.WARNING if outcome.failed else logging.INFO
         log.log(level, "conntrack entries restored for synced connections",
-                extra={"created": outcome.created, "existing": outcome.existing,
-                       "failed": outcome.failed, "error": outcome.error,
+                extra={"entries_created": outcome.created, "entries_existing": outcome.existing,
+                       "entries_failed": outcome.failed, "error": outcome.error,
                        "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
 
     async def _early_take(self, up: bool) -> None:

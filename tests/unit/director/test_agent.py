@@ -749,10 +749,12 @@ async def _masquerade_vip_pair(
     return leader, standby
 
 
-async def test_a_crash_takeover_restores_the_synced_connections_conntrack_once() -> None:
+async def test_a_crash_takeover_restores_the_synced_connections_conntrack_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A takeover without a handover note (the old leader is gone) writes the conntrack
-    entries of the masqueradeSource: VIP services' synced connections, once; stepping down
-    and taking over again does it again."""
+    entries of the masqueradeSource: VIP services' synced connections, once, and says so."""
+    caplog.set_level(logging.INFO, logger="lvs_operator.director.agent")
     store, conntrack = FakeLeaseStore(), FakeConntrack()
     leader, standby = await _masquerade_vip_pair(store, conntrack)
     await leader.elector.release()  # no note: as if it had died
@@ -767,6 +769,8 @@ async def test_a_crash_takeover_restores_the_synced_connections_conntrack_once()
     await asyncio.sleep(0.05)
     assert len(conntrack.calls) == 1  # once per leadership
     assert standby.metrics.conntrack_restored._value.get() == 2
+    said = [r for r in caplog.records if r.getMessage().startswith("conntrack entries restored")]
+    assert len(said) == 1 and getattr(said[0], "entries_created", None) == 2, caplog.text
 
 
 async def test_a_planned_takeover_restores_no_conntrack_it_relays() -> None:
