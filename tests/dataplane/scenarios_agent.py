@@ -124,8 +124,10 @@ def readyz(ns: str, port: int = HEALTH_PORT) -> int | None:
         return None
 
 
-def metrics(ns: str, port: int = 9642) -> str:
-    return _get(ns, port, "/metrics")[1]
+def metrics(ns: str, port: int = 9642, timeout: float = 10.0) -> str:
+    """One scrape (Prometheus's default scrape timeout: 10 s; under TCG a scrape of a
+    director holding thousands of connections has taken over 2 s)."""
+    return _get(ns, port, "/metrics", timeout=timeout)[1]
 
 
 def wait_ready(namespaces: list[str], within: float = 120) -> dict[str, float]:

@@ -413,7 +413,9 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     synced = lab.call("wait_synced", ns=new, vip=vip, port=port, count=HELD, within=30)
     assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
     # ... and its /metrics says what its backup received (the sticky VIP's entries too)
+    scrape_at = time.monotonic()
     received = metric_value(lab.call("metrics", ns=new), "lvs_director_synced_connections")
+    print(f"\n[dataplane] the standby's /metrics answered in {time.monotonic() - scrape_at:.2f} s")
     assert received is not None and received >= HELD, received
     # the sticky client's persistence template is on the standby too
     template = lab.call("wait_template", ns=new, vip=VIP_STICKY, port=80, within=30)
