@@ -6,6 +6,7 @@ Run by hand (not in CI) on a machine prepared by ``hack/vm/setup.sh``, with Debi
 namespaces, the host's service is not used):
 
     python bench/connection_survival.py [--runs 5] [--count 50] [--skip-keepalived]
+    python bench/connection_survival.py --forwarding masquerade   # ours alone
 
 The data-plane topology (tests/dataplane/topology.py: client, two directors, three HTTP real
 servers) with one VirtualServer, ``direct`` forwarding (rr), VIP 10.10.0.101:8080. Each run:
@@ -43,6 +44,7 @@ from tests.dataplane.held_connections import survival  # noqa: E402
 from tests.dataplane.vm import GuestProcess, Vm  # noqa: E402
 
 VIP, PORT = "10.10.0.101", 8080
+MASQUERADE_VIP = "10.10.0.105"  # as the data-plane case's (tests/dataplane/test_agent.py)
 OTHER = {"lvs-dir-a": "lvs-dir-b", "lvs-dir-b": "lvs-dir-a"}
 CONF = """global_defs {{
     router_id {ns}
@@ -188,11 +190,22 @@ def summary(name: str, results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
+    global VIP, PORT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--count", type=int, default=50)
     p.add_argument("--skip-keepalived", action="store_true")
+    p.add_argument(
+        "--forwarding",
+        choices=("direct", "masquerade"),
+        default="direct",
+        help="masquerade: ours with masqueradeSource: VIP, VIP 10.10.0.105:80 -> 8080; "
+        "keepalived is not run (its lvs_sync_daemon copies IPVS entries, not the conntrack "
+        "state a source NAT needs)",
+    )
     a = p.parse_args(argv)
+    if a.forwarding == "masquerade":
+        VIP, PORT = MASQUERADE_VIP, 80
     t0 = time.monotonic()
     with Vm() as vm:
         out(f"VM booted in {vm.boot_seconds:.1f}s (kernel {vm.guest_info.get('kernel')})")
@@ -201,20 +214,24 @@ def main(argv: list[str]) -> int:
         lab = Lab(vm)
         try:
             lab.call("setup")
-            res = lab.call("realserver", vips=[VIP], mode="direct")
-            assert all(r["rc"] == 0 for r in res.values()), res
             lab.apply(pool("web"))
-            lab.apply(virtual_server("web-dr", VIP, PORT, None, scheduler="rr",
-                                     forwarding="direct"))  # fmt: skip
-            mine = summary("ours", ours(lab, a.runs, a.count))
-            if not a.skip_keepalived:
+            if a.forwarding == "direct":
+                res = lab.call("realserver", vips=[VIP], mode="direct")
+                assert all(r["rc"] == 0 for r in res.values()), res
+                lab.apply(virtual_server("web-dr", VIP, PORT, None, scheduler="rr",
+                                         forwarding="direct"))  # fmt: skip
+            else:
+                lab.apply(virtual_server("web-nat-vip", VIP, PORT, 8080, scheduler="rr",
+                                         masqueradeSource="VIP"))  # fmt: skip
+            mine = summary(f"ours ({a.forwarding})", ours(lab, a.runs, a.count))
+            if not a.skip_keepalived and a.forwarding == "direct":
                 theirs = summary("keepalived advert 0.1", Keepalived(lab).runs(a.runs, a.count))
                 for key in ("vip_moved_after", "max_stall"):
                     if key in mine and key in theirs and theirs[key]:
                         out(f"ours / keepalived, {key}: {mine[key] / theirs[key]:.2f}x")
         finally:
             lab.close()
-            lab.call("cleanup", vips={"direct": [VIP]})
+            lab.call("cleanup", vips={"direct": [VIP]} if a.forwarding == "direct" else {})
     out(f"total {time.monotonic() - t0:.0f}s")
     return 0
 

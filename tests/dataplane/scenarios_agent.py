@@ -124,8 +124,10 @@ def readyz(ns: str, port: int = HEALTH_PORT) -> int | None:
         return None
 
 
-def metrics(ns: str, port: int = 9642) -> str:
-    return _get(ns, port, "/metrics")[1]
+def metrics(ns: str, port: int = 9642, timeout: float = 10.0) -> str:
+    """One scrape (Prometheus's default scrape timeout: 10 s; under TCG a scrape of a
+    director holding thousands of connections has taken over 2 s)."""
+    return _get(ns, port, "/metrics", timeout=timeout)[1]
 
 
 def wait_ready(namespaces: list[str], within: float = 120) -> dict[str, float]:
@@ -721,3 +723,26 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["spoof"]:
         sys.exit(spoof_main(sys.argv[2:]))
     sys.exit(f"usage: {sys.argv[0]} loop|sampler|spoof ...")
+
+
+def masquerade_diagnostics(new: str, vip: str, ports: list[int]) -> dict[str, str]:
+    """What the new leader and the real servers know of some connections through ``vip``
+    (client ports ``ports``): the IPVS entries, the conntrack entries, the nftables counters,
+    the real servers' sockets."""
+    out: dict[str, str] = {}
+    wanted = [str(p) for p in ports]
+
+    def keep(text: str) -> str:
+        lines = [line for line in text.splitlines() if vip in line]
+        return "\n".join(line for line in lines if any(p in line for p in wanted)) or text[-3000:]
+
+    out["ipvs"] = keep(t.nsexec(new, "ipvsadm", "-Lnc", check=False))
+    out["conntrack"] = keep(t.nsexec(new, "cat", "/proc/net/nf_conntrack", check=False))
+    out["nft"] = t.nsexec(new, "nft", "list", "table", "inet", "lvs_operator", check=False)
+    for rs in ("lvs-rs1", "lvs-rs2", "lvs-rs3"):
+        out[f"ss {rs}"] = "\n".join(
+            line
+            for line in t.nsexec(rs, "ss", "-tnio", check=False).splitlines()
+            if any(p in line for p in wanted)
+        )
+    return out

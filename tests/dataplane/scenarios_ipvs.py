@@ -165,6 +165,20 @@ def traffic_masquerade() -> dict[str, Any]:
     out["nft"] = t.nsexec(d, "nft", "list", "table", "inet", nft.NFT_TABLE)
     if failures:  # what the director's IPVS held for the client (a reused port's old entry?)
         out["connections"] = t.nsexec(d, "ipvsadm", "-Lnc")[-4000:]
+    # masqueradeSource: VIP: the real servers see the VIP (they answer it through the router)
+    table = ipvs.read_table(netns=d)
+    sourced = nft.vip_sourced_services(table, frozenset(table))
+    out["vip_sourced"] = sourced
+    out["vip_source_changed"] = nft.ensure_masquerade_snat(
+        *nft.masquerade_targets(table), netns=d, vip_sourced=sourced
+    )
+    out["vip_source_again_changed"] = nft.ensure_masquerade_snat(
+        *nft.masquerade_targets(table), netns=d, vip_sourced=sourced
+    )
+    out["vip_source_rr"] = t.count_answers(topo.client, topo.vip, 80, n=6, failures=failures)
+    conn = t.NsHTTPConnection(topo.client, topo.vip, 80)
+    out["vip_source_seen_client"] = conn.get()[1].get("X-Client")
+    conn.close()
     out["snat_removed"] = nft.remove_masquerade_snat(netns=d)
     out["without_snat"] = t.count_answers(topo.client, topo.vip, 80, n=3, timeout=1.0)
     t.reset(topo)

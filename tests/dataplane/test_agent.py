@@ -375,21 +375,32 @@ def test_failover_when_the_active_director_dies(lab: Lab) -> None:
     assert lab.call("vip_holders", vip=VIP) == [new]
 
 
-# forwarding -> (VirtualServer, VIP, port), as the tests above made them
-FORWARDED = {"direct": ("web-dr", VIP_DR, 8080), "tunnel": ("web-tun", VIP_TUN, 8080)}
+VIP_NAT_HELD = "10.10.0.105"  # masquerade with masqueradeSource: VIP
+# forwarding -> (VirtualServer, VIP, port), as the tests above made them (masquerade's here)
+FORWARDED = {
+    "direct": ("web-dr", VIP_DR, 8080),
+    "tunnel": ("web-tun", VIP_TUN, 8080),
+    "masquerade": ("web-nat-vip", VIP_NAT_HELD, 80),
+}
 HELD = 50  # long-lived connections, each asking every 100 ms
 
 
-@pytest.mark.parametrize("forwarding", ["direct", "tunnel"])
+@pytest.mark.parametrize("forwarding", ["direct", "tunnel", "masquerade"])
 def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: str) -> None:
     """Connection synchronisation (sync.py): the leader's sync daemon copies its connections
     to the standby's, so after a crash (links cut, agent killed) the new leader forwards the
     established ones to the same real servers: at least 49 of 50 keep working. Sticky
-    clients keep their real server (the persistence templates are synced too)."""
+    clients keep their real server (the persistence templates are synced too). Masquerade
+    with ``masqueradeSource: VIP``: the real servers see the VIP as the source from either
+    director (kernel/nft.py), so the new one's conntrack picks the connections up."""
     name, vip, port = FORWARDED[forwarding]
-    out = lab.call("realserver", vips=[vip], mode=forwarding)
-    assert all(r["rc"] == 0 for r in out.values()), out
-    lab.apply(virtual_server(name, vip, port, None, scheduler="rr", forwarding=forwarding))
+    if forwarding == "masquerade":
+        # VIP:80 -> the real servers' 8080, answered through the router to the VIP
+        lab.apply(virtual_server(name, vip, port, 8080, scheduler="rr", masqueradeSource="VIP"))
+    else:
+        out = lab.call("realserver", vips=[vip], mode=forwarding)
+        assert all(r["rc"] == 0 for r in out.values()), out
+        lab.apply(virtual_server(name, vip, port, None, scheduler="rr", forwarding=forwarding))
     lab.apply(virtual_server("web-sticky", VIP_STICKY, 80, "http", scheduler="rr",
                              persistence={"timeoutSeconds": 60}))  # fmt: skip
     wait_answers(lab, vip, port)
@@ -402,7 +413,9 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
     synced = lab.call("wait_synced", ns=new, vip=vip, port=port, count=HELD, within=30)
     assert synced is not None, (lab.call("ipvs", ns=new), lab.logs())
     # ... and its /metrics says what its backup received (the sticky VIP's entries too)
+    scrape_at = time.monotonic()
     received = metric_value(lab.call("metrics", ns=new), "lvs_director_synced_connections")
+    print(f"\n[dataplane] the standby's /metrics answered in {time.monotonic() - scrape_at:.2f} s")
     assert received is not None and received >= HELD, received
     # the sticky client's persistence template is on the standby too
     template = lab.call("wait_template", ns=new, vip=VIP_STICKY, port=80, within=30)
@@ -428,6 +441,11 @@ def test_established_connections_survive_a_crash_failover(lab: Lab, forwarding: 
           f"opened; VIP moved {moved['vip_moved_after']} s after the crash; longest wait "
           f"for an answer across it {stats['max_stall']} s; sticky client {sticky} -> "
           f"{sticky_after} (the standby's template: {template}); {stats}")  # fmt: skip
+    if stats["survived"] < HELD - 1 and forwarding == "masquerade":
+        ports = [b["port"] for b in stats["broken"]]
+        diag = lab.call("masquerade_diagnostics", new=new, vip=vip, ports=ports)
+        for key, text in diag.items():
+            print(f"\n[dataplane] diagnostics {key}:\n{text}")
     lab.call("link_up", ns=old)
     assert lab.call("wait_vip_dropped", ns=old, vip=vip, within=30) is not None, lab.logs()
     lab.start_agent(old)
@@ -452,8 +470,15 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     # connection is.
     apply_ipv6_masquerade(lab)
     wait_answers(lab, VIP6, 80)
+    # masqueradeSource: VIP too: the real servers answer the VIP, so the new leader relays
+    # their answers for the old leader's connections as well (handover.py)
+    name, vip_src, port_src = FORWARDED["masquerade"]
+    lab.apply(virtual_server(name, vip_src, port_src, 8080, scheduler="rr",
+                             masqueradeSource="VIP"))  # fmt: skip
+    wait_answers(lab, vip_src, port_src)
     loop, out = lab.start_loop("handover", VIP, 80, timeout=2.0)
     loop6, out6 = lab.start_loop("handover6", VIP6, 80, timeout=2.0)
+    loop_src, out_src = lab.start_loop("handover-vip-source", vip_src, port_src, timeout=2.0)
     new_mac = lab.call("link_mac", ns=new)
     neighbours = lab.start_neighbour_monitor("handover")
     # ARP answers for the VIP from any director, whichever interface holds it (lo included:
@@ -466,9 +491,11 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     time.sleep(2)
     results = lab.stop_loop(loop, out)
     results6 = lab.stop_loop(loop6, out6)
+    results_src = lab.stop_loop(loop_src, out_src)
     rows = lab.stop_sampler(sampler, samples_out)
     stats = {**analyse(results, moved["at"]), "vip_moved_after": moved["vip_moved_after"]}
     stats6 = analyse(results6, moved["at"])
+    stats_src = analyse(results_src, moved["at"])
     changed = Lab.neighbour_changed_at(neighbours, VIP6, new_mac)
     na_after = None if changed is None else round(changed - moved["wall_at"], 3)
     steps = handover_steps(proc, lab.agents[new])
@@ -476,8 +503,11 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     print(f"\n[dataplane] planned handover: IPv4 {stats}; steps after SIGTERM (s): {steps}"
           f"\n[dataplane] planned handover: IPv6 {stats6}; the client's neighbour entry "
           f"named the new leader {na_after} s after SIGTERM; two ARP answerers or holders: "
-          f"{overlaps or 'never'}")  # fmt: skip
+          f"{overlaps or 'never'}\n[dataplane] planned handover: masquerade, masqueradeSource "
+          f"VIP {stats_src}")  # fmt: skip
     failed6 = lab.call("read_loop_failures", path=out6, at=moved["at"])
+    failed_src = lab.call("read_loop_failures", path=out_src, at=moved["at"])
+    assert stats_src["failures"] == 0, (stats_src, steps, failed_src)
     assert stats6["failures"] == 0, (stats6, steps, failed6)
     assert na_after is not None and na_after < 5, neighbours.output()[-2000:]
     assert res["holder"] == new

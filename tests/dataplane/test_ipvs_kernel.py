@@ -61,6 +61,13 @@ def test_round_robin_and_weighted_through_masquerade(vm: Vm, topology: dict[str,
         out["failures"],
         out.get("connections"),
     )
+    # masqueradeSource: VIP: the real servers see the VIP as the client, and answer it
+    assert out["vip_sourced"] == [["10.10.0.100", "tcp", 80]], out["vip_sourced"]
+    assert (out["vip_source_changed"], out["vip_source_again_changed"]) == (True, False)
+    assert sum(out["vip_source_rr"].values()) == 6 and "error" not in out["vip_source_rr"], (
+        out["vip_source_rr"], out["failures"]
+    )  # fmt: skip
+    assert out["vip_source_seen_client"] == "10.10.0.100"
     assert out["snat_removed"] is True
     # real servers route via the router, not the director: without SNAT nothing comes back
     assert out["without_snat"] == {"error": 3}

@@ -128,6 +128,14 @@ def virtualserver_spec_schema() -> Schema:
                 "default": str(vs.DEFAULT_FORWARDING),
                 "description": "masquerade (NAT), direct (gatewaying) or tunnel (IPIP).",
             },
+            "masqueradeSource": {
+                "type": "string",
+                "enum": [str(m) for m in vs.MasqueradeSource],
+                "description": "masquerade only: the source address real servers see. "
+                "Director (when left out): the forwarding director's own address. VIP: the "
+                "VIP, so that established connections survive a crash failover (with "
+                "connection sync); the real servers must be able to route to the VIP.",
+            },
             "persistence": {
                 "type": "object",
                 "description": "Sticky sessions: a client stays on one real server.",
@@ -184,6 +192,12 @@ def virtualserver_spec_schema() -> Schema:
                 "(type(p.targetPort) == int && p.targetPort == p.port))",
                 vs.MSG_PORT_REMAP,
                 ".ports",
+            ),
+            cel_rule(
+                "!has(self.masqueradeSource) || self.masqueradeSource != 'VIP' || "
+                "self.forwarding == 'masquerade'",
+                vs.MSG_MASQUERADE_SOURCE,
+                ".masqueradeSource",
             ),
             cel_rule(
                 "!has(self.persistence) || !has(self.persistence.netmask) || "

@@ -53,9 +53,26 @@ MSG_NETMASK_FAMILY = (
 MSG_PREFIX_FAMILY = (
     "persistence.prefixLength applies to IPv6 VIPs; use persistence.netmask for an IPv4 VIP"
 )
+MSG_MASQUERADE_SOURCE = (
+    "masqueradeSource applies to masquerade forwarding only "
+    "(direct and tunnel keep the client's address)"
+)
 MSG_NODE_SELECTOR_EMPTY = (
     "directors.nodeSelector must not be empty: it would make every node a director"
 )
+
+
+class MasqueradeSource(StrEnum):
+    """The source address a masqueraded connection reaches its real server with."""
+
+    # the director's own address on the link to the real server (nftables masquerade): the
+    # real server answers whichever director forwarded, so a crash failover resets the
+    # established connections (the new director never saw them)
+    DIRECTOR = "Director"
+    # the VIP itself, source port kept: the same on any director, so the new director's
+    # connection tracking picks a synced connection up mid-stream; the real servers must
+    # route to the VIP (as pods do through their node when the VIP is on the node network)
+    VIP = "VIP"
 
 
 @dataclass(frozen=True)
@@ -111,10 +128,19 @@ class VirtualServerSpec:
     forwarding: Forwarding = DEFAULT_FORWARDING
     persistence: Persistence | None = None
     directors: DirectorPlacement = field(default_factory=DirectorPlacement)
+    masquerade_source: MasqueradeSource | None = None  # None: Director (left out, no default)
 
     @property
     def family(self) -> int:
         return ipaddress.ip_address(self.vip).version
+
+    @property
+    def source_nat_to_vip(self) -> bool:
+        """Masquerade whose real servers see the VIP as the source (``masqueradeSource: VIP``)."""
+        return (
+            self.forwarding == Forwarding.MASQUERADE
+            and self.masquerade_source == MasqueradeSource.VIP
+        )
 
     def to_object(self) -> dict[str, Any]:
         """The spec as the API server stores it after defaulting."""
@@ -138,6 +164,8 @@ class VirtualServerSpec:
             out["directors"]["interface"] = self.directors.interface
         if self.scheduler_flags:
             out["schedulerFlags"] = list(self.scheduler_flags)
+        if self.masquerade_source is not None:
+            out["masqueradeSource"] = str(self.masquerade_source)
         if self.persistence is not None:
             pers: dict[str, Any] = {"timeoutSeconds": self.persistence.timeout_seconds}
             if self.persistence.netmask is not None:
@@ -250,6 +278,19 @@ def parse_spec(raw: Any, name: str = "") -> VirtualServerSpec:
     ):
         errors.add("spec.ports", f'Invalid value: "array": {MSG_PORT_REMAP}')
 
+    masquerade_source: MasqueradeSource | None = None
+    if raw.get("masqueradeSource") is not None:
+        masquerade_source = _enum(
+            errors, raw, "masqueradeSource", "spec.masqueradeSource", MasqueradeSource,
+            MasqueradeSource.DIRECTOR,
+        )  # fmt: skip
+        if (
+            masquerade_source == MasqueradeSource.VIP
+            and forwarding is not None
+            and forwarding != Forwarding.MASQUERADE
+        ):
+            errors.add("spec.masqueradeSource", f'Invalid value: "string": {MSG_MASQUERADE_SOURCE}')
+
     persistence = _parse_persistence(errors, raw, vip)
     directors = _parse_directors(errors, raw)
 
@@ -264,6 +305,7 @@ def parse_spec(raw: Any, name: str = "") -> VirtualServerSpec:
         forwarding=forwarding,
         persistence=persistence,
         directors=directors,
+        masquerade_source=masquerade_source,
     )
 
 

@@ -514,17 +514,17 @@ def crash_survival_condition(decision: VSDecision, view: DirectorView | None) ->
     vs = decision.vs
     if not decision.accepted or vs is None:
         return c.condition(CONNECTIONS_SURVIVE_CRASH, False, decision.reason, "not programmed")
-    if vs.spec.forwarding == Forwarding.MASQUERADE:
-        # measured: 0 of 50 in the data-plane case (docs/director.md, connection sync)
+    if vs.spec.forwarding == Forwarding.MASQUERADE and not vs.spec.source_nat_to_vip:
+        # measured: 0 of 50 (docs/director.md, connection sync)
         return c.condition(
             CONNECTIONS_SURVIVE_CRASH,
             False,
             MASQUERADE_SNAT,
             "a crash failover resets established masquerade connections (0 of 50 kept in the "
-            "project's data-plane test): the real servers know them by the failed director's "
-            "address (the agents' source NAT), and the new director has no connection-tracking "
-            "entry for them. Planned handovers keep them. Use forwarding direct or tunnel where "
-            "connections must survive a crash",
+            "project's data-plane measurement): with masqueradeSource Director (the default) "
+            "the real servers know them by the failed director's address. Planned handovers "
+            "keep them. Set masqueradeSource: VIP where the real servers can route to the VIP, "
+            "or use forwarding direct or tunnel, where connections must survive a crash",
         )
     view = view or DirectorView(decision.group or "")
     standbys = [n for n in view.ready_nodes if n != view.active]
@@ -541,7 +541,8 @@ def crash_survival_condition(decision: VSDecision, view: DirectorView | None) ->
         CONNECTIONS_SURVIVE_CRASH,
         True,
         SYNCED,
-        f"{vs.spec.forwarding} connections are copied to the standby directors (IPVS connection "
+        f"{'masquerade (source: the VIP)' if vs.spec.source_nat_to_vip else vs.spec.forwarding}"
+        " connections are copied to the standby directors (IPVS connection "
         "sync) and kept by a crash failover, all but those younger than the sync lag (about a "
         "second); see Degraded for a standby that receives none",
     )

@@ -41,7 +41,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Set
 from functools import partial
 from typing import Protocol
 
@@ -55,6 +55,7 @@ from ..api.network import canonical_ip
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
+from .conn_restore import RestoreOutcome
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
 from .events import (
@@ -105,6 +106,12 @@ HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answ
 SYNC_REPORT_INTERVAL = 10.0
 
 
+class ConntrackRestorer(Protocol):
+    """Conntrack entries for synced connections (kernel/conntrack.KernelConntrack)."""
+
+    def restore(self, vip_sourced: Set[ServiceKey]) -> RestoreOutcome: ...
+
+
 class EarlyRenewal(Protocol):
     """The process's first-step VIP renewal (main.py), running until the agent's own."""
 
@@ -130,8 +137,13 @@ class Agent:
         daemons: DaemonKernel | None = None,
         traffic: Callable[[], StatsReader] | None = None,
         events: EventPoster | None = None,
+        conntrack: ConntrackRestorer | None = None,
     ) -> None:
         self.cfg = cfg
+        # conntrack entries for synced connections after a crash takeover (None: unit fakes
+        # without it); see conn_restore.py
+        self.conntrack = conntrack
+        self._restored = False  # done for this leadership
         # the process's first-step renewal (main.py), until this agent's own takes over
         self.early_renewal = early_renewal
         self.client = client
@@ -499,9 +511,14 @@ class Agent:
         self.metrics.transitions.inc()
         if leader:
             log.info("leader: taking the VIPs", extra={"lease": self.cfg.lease_ref})
-            await self.handover.start_relay()
+            planned = await self.handover.start_relay()
             await self.vips.take_fast(lambda: self.elector.is_leader)
+            if not planned and not self._restored:
+                # a crash takeover: the synced connections' conntrack entries (a planned
+                # one relays the old leader's connections to it instead)
+                self.vips.background(self.restore_conntrack())
         else:
+            self._restored = False
             log.info("standby: dropping the VIPs", extra={"lease": self.cfg.lease_ref})
             await self.vips.drop_held()  # then a reconcile catches anything else
         for spec in vip_events(self.cfg.node_name, self.cfg.group, leader,
@@ -510,12 +527,37 @@ class Agent:
         self.vips.background(self.reconcile_vips())
         self._sync_daemons_soon()  # the master follows the leadership
 
+    async def restore_conntrack(self) -> None:
+        """Once per takeover: conntrack entries for the established synced connections of the
+        services translated to their VIP (conn_restore.py)."""
+        desired = self.ipvs.desired
+        if self.conntrack is None or desired is None or not desired.vip_sourced:
+            return
+        if self._restored:
+            return
+        self._restored = True
+        t0 = time.monotonic()
+        try:
+            outcome = await asyncio.to_thread(self.conntrack.restore, desired.vip_sourced)
+        except Exception as exc:
+            log.warning("synced connections' conntrack entries not restored (they continue "
+                        "with the client's next packet): %s", exc)  # fmt: skip
+            return
+        self.metrics.conntrack_restored.inc(outcome.created)
+        level = logging.WARNING if outcome.failed else logging.INFO
+        log.log(level, "conntrack entries restored for synced connections",
+                extra={"entries_created": outcome.created, "entries_existing": outcome.existing,
+                       "entries_failed": outcome.failed, "error": outcome.error,
+                       "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+
     async def _early_take(self, up: bool) -> None:
         """A heartbeat-loss takeover with nobody else able to take the VIPs (election.py):
         up and announced while the Lease write is in flight; off again if it fails."""
         if up:
             await self.vips.take_fast(lambda: self.elector.taking_early or self.elector.is_leader)
+            self.vips.background(self.restore_conntrack())  # the old leader went silent
         else:
+            self._restored = False
             await self.vips.drop_held()
 
     # -- lifecycle -----------------------------------------------------------------------------

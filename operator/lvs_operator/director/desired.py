@@ -11,7 +11,9 @@ persistence timeout and netmask), one destination per pool member:
   (*quiesced*: no new connections, established ones continue). Quiesced destinations are
   listed in ``Desired.quiesced``; ``drain()`` drops those without connections, so they leave
   the kernel once idle (and at once when they leave the pool's status).
-- **forwarding**: the VirtualServer's method for every destination.
+- **forwarding**: the VirtualServer's method for every destination; with masquerade and
+  ``masqueradeSource: VIP`` the service is in ``Desired.vip_sourced`` (the nftables source
+  NAT is then to the VIP, kernel/nft.py).
 
 A VirtualServer whose pool is missing or has no members still gets its services (clients get
 a reset instead of a timeout, and adding members later is a small change). Members of another
@@ -58,6 +60,8 @@ class Desired:
     generations: Mapping[str, int] = field(default_factory=dict)
     vips: Mapping[str, str | None] = field(default_factory=dict)  # vip -> interface override
     problems: tuple[Problem, ...] = ()
+    # masquerade services whose real servers see the VIP as the source (masqueradeSource: VIP)
+    vip_sourced: frozenset[ServiceKey] = frozenset()
     # VIPs whose services are programmed without the address: their VirtualServers are
     # moving to this group, another still announces them (watches.staged)
     staged_vips: frozenset[str] = frozenset()
@@ -101,6 +105,7 @@ def build(
     vips: dict[str, str | None] = {}
     staged_vips: set[str] = set()
     problems: list[Problem] = []
+    vip_sourced: set[ServiceKey] = set()
 
     for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
         spec = vs.spec
@@ -151,6 +156,8 @@ def build(
                     quiesced.add((service.key, key))
             entries[service.key] = ServiceEntry(service, tuple(dests.values()))
             owner[service.key] = ref
+            if spec.source_nat_to_vip:
+                vip_sourced.add(service.key)
             added = True
         if added:
             generations[ref] = vs.meta.generation or 0
@@ -165,6 +172,7 @@ def build(
         generations=generations,
         vips=vips,
         problems=tuple(problems),
+        vip_sourced=frozenset(vip_sourced),
         # a VIP one VirtualServer serves is served (the controller moves a VIP whole)
         staged_vips=frozenset(staged_vips - set(vips)),
     )

@@ -176,9 +176,10 @@ def render_relay_table(relays: Iterable[Relay], seen_timeout: float) -> str:
         lines += [
             f"  chain relay{n} {{",
             f"    type filter hook ingress device {dev} priority -500; policy accept;",
-            # a connection that starts here is this director's own
-            f"    {ip} daddr {{ {vips} }} tcp flags & (syn | ack) == syn update @seen{fam} "
-            f"{{ {flow} }}",
+            # a connection that starts here is this director's own: a client's SYN, or a
+            # real server's SYN-ACK to the VIP (masqueradeSource: VIP, the real servers
+            # answer the VIP: for the old leader's connections they are relayed below)
+            f"    {ip} daddr {{ {vips} }} tcp flags & syn == syn update @seen{fam} {{ {flow} }}",
             # the rest of one that did not: the old leader's, send it there
             f"    {ip} daddr {{ {vips} }} tcp flags & syn == 0 {flow} != @seen{fam} "
             f"fwd {ip} to {relay.via} device {dev}",
@@ -328,20 +329,21 @@ class PlannedHandover:
 
     # -- the new leader ------------------------------------------------------------------------
 
-    async def start_relay(self) -> None:
+    async def start_relay(self) -> bool:
         """When the Lease just taken carries a fresh handover note from another director,
         relay that director's connections in flight back to it (before the VIPs are
-        announced here), for the note's drain time."""
+        announced here), for the note's drain time. True when a note was there (a planned
+        handover, relayed or not), False for a takeover without one (a crash)."""
         record = self.elector.record
         if record is None:
-            return
+            return False
         note = Handover.from_annotation(record.annotations.get(HANDOVER_ANNOTATION))
         if note is None or not note.applies(self.identity, wall_clock()):
-            return
+            return False
         self.elector.set_annotation(HANDOVER_ANNOTATION, "")  # used: clear it
         relays = plan_relays(note, self.vips.placements)
         if not relays:
-            return
+            return True
         asked = time.monotonic()
         ran: list[float] = []
 
@@ -360,7 +362,7 @@ class PlannedHandover:
                 exc,
                 extra={"from": note.source},
             )
-            return
+            return True
         self.on_relay()
         log.info(
             "relaying the old leader's connections in flight",
@@ -377,6 +379,7 @@ class PlannedHandover:
         if self._relay_end is not None:
             self._relay_end.cancel()
         self._relay_end = asyncio.create_task(self._end_relay(note.drain))
+        return True
 
     async def _end_relay(self, after: float) -> None:
         await asyncio.sleep(after)

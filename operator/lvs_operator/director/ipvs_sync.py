@@ -78,8 +78,11 @@ class Kernel(Protocol):
 
     def apply(self, changes: list[Change]) -> None: ...
 
-    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
-        """The nftables masquerade rule the table's forwarding methods need."""
+    def prepare(
+        self, table: IpvsTable, masquerade_snat: bool, vip_sourced: Set[ServiceKey] = frozenset()
+    ) -> None:
+        """The nftables source NAT the table's masquerade services need (to the VIP itself
+        for those in ``vip_sourced``, else to the director's own address)."""
         ...
 
     def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
@@ -253,7 +256,9 @@ class IpvsSync:
         ):
             await self.check_node_settings(ipv6, t0)
         try:
-            await asyncio.to_thread(self.kernel.prepare, table, self.masquerade_snat)
+            await asyncio.to_thread(
+                self.kernel.prepare, table, self.masquerade_snat, want.vip_sourced
+            )
             self._prepare_error = ""
         except Exception as exc:
             # SNAT is what masquerade needs on top of IPVS; never a reason to hold back the

@@ -424,11 +424,13 @@ def run(argv: list[str]) -> int:
     freeze_startup()
 
     async def main() -> int:
+        from .kernel.conntrack import KernelConntrack
+
         client = kube_client(cfg)
         agent = Agent(
             cfg, client, kernel, vips, netlink=netlink, vip_lane=vip_lane,
             peer_key=peer_key, early_renewal=early, daemons=kernel, traffic=_open_stats,
-            events=KubeEventPoster(client),
+            events=KubeEventPoster(client), conntrack=KernelConntrack(),
         )  # fmt: skip
         return await agent.run()
 

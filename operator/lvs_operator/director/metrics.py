@@ -80,6 +80,11 @@ class Metrics:
             "lvs_director_ipvs_changes", "IPVS operations applied", ["group", "op"],
             registry=self.registry,
         )  # fmt: skip
+        self.conntrack_restored = Counter(
+            "lvs_director_conntrack_restored", "conntrack entries written at crash takeovers for "
+            "synced connections of masqueradeSource: VIP services (director/conn_restore.py)",
+            ["group"], registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.transitions = Counter(
             "lvs_director_election_transitions", "leader/standby transitions", ["group"],
             registry=self.registry,

@@ -70,6 +70,11 @@ class Bad:
 
 GOOD: list[Good] = [
     Good("vs-minimal", virtualserver()),
+    Good("vs-masquerade-source-director", virtualserver(masqueradeSource="Director")),
+    Good(  # Director on direct: the default spelled out, accepted
+        "vs-direct-masquerade-source-director",
+        virtualserver(forwarding="direct", ports=[{"port": 80}], masqueradeSource="Director"),
+    ),
     Good(
         "vs-ipv6",
         virtualserver(vip="2001:db8::10", persistence={"timeoutSeconds": 600, "prefixLength": 64}),
@@ -85,6 +90,7 @@ GOOD: list[Good] = [
             ],
             scheduler="sh",
             schedulerFlags=["sh-fallback", "sh-port"],
+            masqueradeSource="VIP",
             persistence={"timeoutSeconds": 3600, "netmask": "255.255.255.0"},
             directors={
                 "nodeSelector": {"node-role.kubernetes.io/lvs": ""},
@@ -334,6 +340,18 @@ BAD: list[Bad] = [
         vs.MSG_FLAGS_MATCH,
     ),
     Bad("vs-direct-remap", virtualserver(forwarding="direct"), "spec.ports", vs.MSG_PORT_REMAP),
+    Bad(
+        "vs-masquerade-source-vip-on-direct",
+        virtualserver(forwarding="direct", ports=[{"port": 80}], masqueradeSource="VIP"),
+        "spec.masqueradeSource",
+        vs.MSG_MASQUERADE_SOURCE,
+    ),
+    Bad(
+        "vs-masquerade-source-unknown",
+        virtualserver(masqueradeSource="Node"),
+        "spec.masqueradeSource",
+        "Unsupported value",
+    ),
     Bad(
         "vs-tunnel-named",
         virtualserver(forwarding="tunnel", ports=[{"port": 80, "targetPort": "http"}]),

@@ -361,8 +361,12 @@ def test_directors_show_their_sync_state_and_a_silent_backup_degrades() -> None:
 def test_crash_survival_says_masquerade_connections_are_reset_and_synced_ones_kept() -> None:
     from lvs_operator.api.contract import DirectorSync
 
-    def survival(forwarding: str | None, sync: dict[str, DirectorSync]) -> tuple[str, str, str]:
+    def survival(
+        forwarding: str | None, sync: dict[str, DirectorSync], source: str | None = None
+    ) -> tuple[str, str, str]:
         obj = o.vs("a")
+        if source:
+            obj["spec"]["masqueradeSource"] = source
         if forwarding:
             obj["spec"]["forwarding"] = forwarding
             obj["spec"]["ports"] = [{"port": 80}]  # direct and tunnel keep the port
@@ -377,7 +381,13 @@ def test_crash_survival_says_masquerade_connections_are_reset_and_synced_ones_ke
     # masquerade (the default): reset by a crash whatever the sync state, and it says why
     status, reason, message = survival(None, synced)
     assert (status, reason) == ("False", v.MASQUERADE_SNAT)
-    assert "0 of 50" in message and "direct or tunnel" in message
+    assert "0 of 50" in message and "masqueradeSource: VIP" in message
+    assert "direct or tunnel" in message
+    assert survival(None, synced, "Director")[:2] == ("False", v.MASQUERADE_SNAT)
+    # masqueradeSource: VIP: the same addresses on the real server from either director
+    status, reason, message = survival(None, synced, "VIP")
+    assert (status, reason) == ("True", v.SYNCED) and "source: the VIP" in message
+    assert survival(None, {**synced, "n2": DirectorSync("off", 0, "")}, "VIP")[1] == v.SYNC_OFF
     for forwarding in ("direct", "tunnel"):
         assert survival(forwarding, synced)[:2] == ("True", v.SYNCED)
         # older agents report nothing: no reason to say otherwise

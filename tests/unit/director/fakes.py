@@ -10,11 +10,13 @@ import asyncio
 import errno
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import replace
 from typing import Any
 
 from lvs_operator.director import node_settings
+from lvs_operator.director.agent import ConntrackRestorer
+from lvs_operator.director.conn_restore import RestoreOutcome
 from lvs_operator.director.events import EventPoster
 from lvs_operator.director.handover import HandoverNode, Relay
 from lvs_operator.director.ipvs_sync import Connections, Kernel
@@ -39,6 +41,7 @@ class FakeKernel:
         self.connections: dict[tuple[ServiceKey, DestKey], int] = {}
         self.applied: list[Change] = []
         self.prepared: list[bool] = []
+        self.vip_sourced: frozenset[ServiceKey] = frozenset()  # of the last prepare()
         self.prepare_error: Exception | None = None  # what prepare() raises (nft failing)
         self.apply_error: Exception | None = None  # what apply() raises (the kernel refusing)
         # the node's sysctls (key -> value) that check_node_settings reads; None: all right
@@ -60,8 +63,11 @@ class FakeKernel:
         self.table = apply_to_table(self.table, changes)
         self.applied += changes
 
-    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
+    def prepare(
+        self, table: IpvsTable, masquerade_snat: bool, vip_sourced: Set[ServiceKey] = frozenset()
+    ) -> None:
         self.prepared.append(masquerade_snat)
+        self.vip_sourced = frozenset(vip_sourced)
         if self.prepare_error is not None:
             raise self.prepare_error
 
@@ -275,3 +281,18 @@ class FakeEventPoster:
 def conforming_sysctls() -> node_settings.SysctlFiles:
     """Never called: mypy rejects it if DictSysctls no longer implements SysctlFiles."""
     return DictSysctls({})
+
+
+class FakeConntrack:
+    """Records the restores asked for (agent.ConntrackRestorer)."""
+
+    def __init__(self, outcome: RestoreOutcome | None = None) -> None:
+        self.calls: list[frozenset[ServiceKey]] = []
+        self.outcome = outcome or RestoreOutcome(created=2)
+
+    def restore(self, vip_sourced: Set[ServiceKey]) -> RestoreOutcome:
+        self.calls.append(frozenset(vip_sourced))
+        return self.outcome
+
+
+_CONNTRACK: ConntrackRestorer = FakeConntrack()  # mypy checks the fake against the Protocol

@@ -34,6 +34,7 @@ from lvs_operator.director.vip import PROBE_ROUNDS
 from lvs_operator.director.vip_owner import PROBE_TIMEOUT
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
 from tests.unit.director.fakes import (
+    FakeConntrack,
     FakeDaemonKernel,
     FakeEventPoster,
     FakeHandoverKernel,
@@ -74,6 +75,7 @@ def make(
     daemons: FakeDaemonKernel | None = None,
     traffic: FakeStatsReader | None = None,
     events: FakeEventPoster | None = None,
+    conntrack: FakeConntrack | None = None,
     **cfg_kw: Any,
 ) -> Agent:
     # The agent runs on the real clock here: generous Lease timings, so a loaded machine (a
@@ -88,7 +90,7 @@ def make(
                   lease_api=FakeLeaseApi(store or FakeLeaseStore()),
                   handover_node=handover or FakeHandoverKernel(), daemons=daemons,
                   traffic=None if traffic is None else lambda: traffic,
-                  events=events)  # fmt: skip
+                  events=events, conntrack=conntrack)  # fmt: skip
     agent.watches.reset_next_vs([])  # the list of VirtualServers moving in: none
     return agent
 
@@ -714,6 +716,89 @@ async def test_an_nft_failure_never_holds_back_the_ipvs_changes(
     lines = [r.getMessage() for r in caplog.records if "masquerade" in r.getMessage()]
     assert len(lines) == 1 and "No such file" in lines[0]
     assert 'lvs_director_prepare_errors_total{group="g1"} 2.0' in agent.metrics.render().decode()
+
+
+async def test_the_agent_asks_the_vip_as_source_for_masquerade_source_vip() -> None:
+    """masqueradeSource: VIP reaches the kernel's source NAT (kernel/nft.py) for exactly that
+    VirtualServer's services, and leaves it when the spec goes back to the default."""
+    kernel = FakeKernel()
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    agent.watches.reset_vs([vs_obj(masqueradeSource="VIP")])
+    await agent.converge()
+    assert kernel.vip_sourced == {K80}
+    agent.watches.reset_vs([vs_obj(generation=4)])
+    await agent.converge()
+    assert kernel.vip_sourced == frozenset()
+
+
+async def _masquerade_vip_pair(
+    store: FakeLeaseStore, conntrack: FakeConntrack
+) -> tuple[Agent, Agent]:
+    """A leader and a standby (with ``conntrack``) of a masqueradeSource: VIP service."""
+    leader = make("node-a", store)
+    standby = make("node-b", store, conntrack=conntrack)
+    for agent in (leader, standby):
+        await agent.startup()
+        agent.watches.reset_vs([vs_obj(masqueradeSource="VIP")])
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+        await agent.converge()
+        await agent.reconcile_vips()
+    assert leader.elector.is_leader and not standby.elector.is_leader
+    return leader, standby
+
+
+async def test_a_crash_takeover_restores_the_synced_connections_conntrack_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A takeover without a handover note (the old leader is gone) writes the conntrack
+    entries of the masqueradeSource: VIP services' synced connections, once, and says so."""
+    caplog.set_level(logging.INFO, logger="lvs_operator.director.agent")
+    store, conntrack = FakeLeaseStore(), FakeConntrack()
+    leader, standby = await _masquerade_vip_pair(store, conntrack)
+    await leader.elector.release()  # no note: as if it had died
+    await standby.elector.tick()
+    assert standby.elector.is_leader
+    for _ in range(50):
+        if conntrack.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert conntrack.calls == [frozenset({K80})]
+    await standby.reconcile_vips()
+    await asyncio.sleep(0.05)
+    assert len(conntrack.calls) == 1  # once per leadership
+    assert standby.metrics.conntrack_restored._value.get() == 2
+    said = [r for r in caplog.records if r.getMessage().startswith("conntrack entries restored")]
+    assert len(said) == 1 and getattr(said[0], "entries_created", None) == 2, caplog.text
+
+
+async def test_a_planned_takeover_restores_no_conntrack_it_relays() -> None:
+    """With a handover note the old leader's connections are relayed back to it: no entries
+    are written for them here."""
+    store, conntrack = FakeLeaseStore(), FakeConntrack()
+    leader, standby = await _masquerade_vip_pair(store, conntrack)
+    await leader.handover.retire()
+    assert await leader.elector.release()
+    await standby.elector.tick()
+    assert standby.elector.is_leader
+    await asyncio.sleep(0.1)
+    assert conntrack.calls == []
+
+
+async def test_no_conntrack_restore_without_a_vip_sourced_service() -> None:
+    store, conntrack = FakeLeaseStore(), FakeConntrack()
+    leader = make("node-a", store)
+    standby = make("node-b", store, conntrack=conntrack)
+    for agent in (leader, standby):
+        await agent.startup()
+        agent.watches.reset_vs([vs_obj()])
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+        await agent.converge()
+    await leader.elector.release()
+    await standby.elector.tick()
+    await asyncio.sleep(0.1)
+    assert standby.elector.is_leader and conntrack.calls == []
 
 
 async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:

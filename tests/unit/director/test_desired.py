@@ -135,6 +135,22 @@ def test_forwarding_methods() -> None:
         assert dest.port == 80
 
 
+def test_masquerade_source_vip_marks_every_port_of_the_virtualserver() -> None:
+    two_ports = [{"port": 80, "targetPort": 8080}, {"port": 443, "targetPort": 8080}]
+    d = build(
+        [
+            vs("sourced", ports=two_ports, masqueradeSource="VIP"),
+            vs("plain", vip="10.10.0.101"),
+            vs("spelled-out", vip="10.10.0.102", masqueradeSource="Director"),
+        ],
+        {POOL: pods("10.20.0.21")},
+    )
+    assert d.vip_sourced == {K80, ServiceKey(Protocol.TCP, "10.10.0.100", 443)}
+    assert len(d.table) == 4
+    assert d.vip_sourced == build([vs(masqueradeSource="VIP", ports=two_ports)], {}).vip_sourced
+    assert build([vs()], {POOL: pods("10.20.0.21")}).vip_sourced == frozenset()
+
+
 def test_not_ready_and_terminating_members_are_quiesced() -> None:
     members = [
         member("10.20.0.21", ports={"8080": 8080}),

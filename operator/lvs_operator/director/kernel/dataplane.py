@@ -10,7 +10,7 @@ and corrects a wrong one where ``/proc/sys`` is writable (not in the shipped pod
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 from lvs_operator.director import node_settings
 from lvs_operator.director.table import Change, DestKey, IpvsTable, ServiceKey
@@ -26,7 +26,8 @@ class DataPlane:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipvs = IpvsKernel(netns)
-        self._snat: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        # (VIPs, real servers, VIP-sourced services) last written to nftables
+        self._snat: tuple[tuple[str, ...], ...] | None = None
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
         """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
@@ -46,17 +47,21 @@ class DataPlane:
     def stop_daemon(self, state: int) -> int:
         return self._ipvs.stop_daemon(state)
 
-    def prepare(self, table: IpvsTable, masquerade_snat: bool) -> None:
+    def prepare(
+        self, table: IpvsTable, masquerade_snat: bool, vip_sourced: Set[ServiceKey] = frozenset()
+    ) -> None:
         if not masquerade_snat:
             return
         vips, dests = nft.masquerade_targets(table)
-        wanted = (tuple(vips), tuple(dests))
+        sourced = nft.vip_sourced_services(table, vip_sourced)
+        wanted = (tuple(vips), tuple(dests), tuple(f"{a} {p} {n}" for a, p, n in sourced))
         if wanted != self._snat:
-            if nft.ensure_masquerade_snat(vips, dests, self.netns):
+            if nft.ensure_masquerade_snat(vips, dests, self.netns, sourced):
                 log.info(
                     "nftables masquerade updated",
-                    extra={"vips": list(vips), "real_servers": len(dests)},
-                )
+                    extra={"vips": list(vips), "real_servers": len(dests),
+                           "vip_sourced": [f"{a}:{port}/{proto}" for a, proto, port in sourced]},
+                )  # fmt: skip
             self._snat = wanted
 
     def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:

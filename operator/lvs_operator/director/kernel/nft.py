@@ -14,10 +14,10 @@ import ipaddress
 import json
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from typing import Protocol
 
-from lvs_operator.director.table import Forwarding, IpvsTable
+from lvs_operator.director.table import Forwarding, IpvsTable, ServiceKey
 
 from .netns import in_netns
 
@@ -141,37 +141,124 @@ def masquerade_targets(table: IpvsTable) -> tuple[list[str], list[str]]:
     return sorted(vips), sorted(dests)
 
 
-def render_masquerade_snat(vips: Iterable[str], destinations: Iterable[str]) -> str:
-    """The nftables table: source NAT (masquerade) for connections IPVS forwards from one of
-    ``vips`` to one of ``destinations``, so real servers (pods) answer through the director
-    without routing back through it. Matching the conntrack's original destination (a VIP) as
-    well as the new one (a real server) leaves all other traffic alone, and the L4 protocol
-    match keeps IPIP-encapsulated (tunnel) packets out. Needs net.ipv4.vs.conntrack=1."""
+# a service as the nftables sets name it: (address, "tcp" | "udp" | "sctp", port)
+VipService = tuple[str, str, int]
+
+
+def vip_sourced_services(table: IpvsTable, vip_sourced: Set[ServiceKey]) -> list[VipService]:
+    """The services of ``table`` in ``vip_sourced`` that have masquerade destinations."""
+    out = []
+    for key, entry in table.items():
+        if key in vip_sourced and any(
+            d.forwarding is Forwarding.MASQUERADE for d in entry.destinations
+        ):
+            address = str(ipaddress.ip_address(entry.service.address))
+            out.append((address, str(entry.service.protocol).lower(), entry.service.port))
+    # by family first: addresses of two families do not compare
+    return sorted(
+        out,
+        key=lambda s: (ipaddress.ip_address(s[0]).version, ipaddress.ip_address(s[0]), s[1], s[2]),
+    )
+
+
+def render_masquerade_snat(
+    vips: Iterable[str], destinations: Iterable[str], vip_sourced: Iterable[VipService] = ()
+) -> str:
+    """The nftables table: source NAT for connections IPVS forwards from one of ``vips`` to
+    one of ``destinations``, so real servers (pods) answer through the director without
+    routing back through it. Matching the conntrack's original destination (a VIP) as well
+    as the new one (a real server) leaves all other traffic alone, and the L4 protocol match
+    keeps IPIP-encapsulated (tunnel) packets out. Needs net.ipv4.vs.conntrack=1.
+
+    The services in ``vip_sourced`` (``masqueradeSource: VIP``) are translated to their VIP,
+    the source port kept where the kernel can: a connection then has the same addresses on
+    the real server whichever director forwards it, so after a crash failover the new
+    director's conntrack picks a synced connection up with the client's next packet (its
+    IPVS has the entry from the sync daemon). The others are masqueraded to the director's
+    own address on the outgoing link.
+
+    The ``input`` chain drops, rather than lets the local stack answer with a reset, a TCP
+    packet from a real server to a VIP-sourced VIP that starts no connection and belongs to
+    none (``ct state new``, no SYN or RST): after a crash, an answer the real server sends
+    again can reach the new director before the client's next packet has made the conntrack
+    entry, and a reset would end the connection on the real server. Dropped, the real server
+    sends it again, and by then the client's retransmission has made the entry. At priority
+    200 the chain runs after IPVS's own input hooks (98, 99), so only packets IPVS left to
+    the local stack reach it (a real server that is itself a client of the VIP is IPVS's).
+
+    The ``forward`` chain drops a packet to a VIP-sourced VIP that this director would route
+    on (it does not hold the VIP): a director never forwards to a VIP, and without the rule
+    a real server's packet that a new leader relays to the old one after a planned handover
+    (handover.py: a flow the new leader did not see start) comes back once the old one has
+    let the VIP go, relayed again, and so on until its TTL runs out."""
     vip4, vip6 = _split_families(vips)
     dst4, dst6 = _split_families(destinations)
+    src4 = [s for s in vip_sourced if ipaddress.ip_address(s[0]).version == 4]
+    src6 = [s for s in vip_sourced if ipaddress.ip_address(s[0]).version == 6]
 
     def elements(items: list[str]) -> str:
         return f" elements = {{ {', '.join(items)} }}" if items else ""
 
+    def services(items: list[VipService]) -> list[str]:
+        return [f"{a} . {proto} . {port}" for a, proto, port in items]
+
+    def addresses(items: list[VipService]) -> list[str]:
+        return sorted({a for a, _, _ in items}, key=ipaddress.ip_address)
+
+    stray = "ct state new tcp flags & (syn | rst) == 0"
+
+    l4 = "meta l4proto { tcp, udp, sctp }"
     return (
         f"table inet {NFT_TABLE} {{\n"
         f"  set vips4 {{ type ipv4_addr;{elements(vip4)} }}\n"
         f"  set vips6 {{ type ipv6_addr;{elements(vip6)} }}\n"
         f"  set dests4 {{ type ipv4_addr;{elements(dst4)} }}\n"
         f"  set dests6 {{ type ipv6_addr;{elements(dst6)} }}\n"
+        "  set vipsrc4 { type ipv4_addr . inet_proto . inet_service;"
+        f"{elements(services(src4))} }}\n"
+        "  set vipsrc6 { type ipv6_addr . inet_proto . inet_service;"
+        f"{elements(services(src6))} }}\n"
+        f"  set vipaddr4 {{ type ipv4_addr;{elements(addresses(src4))} }}\n"
+        f"  set vipaddr6 {{ type ipv6_addr;{elements(addresses(src6))} }}\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        "    meta l4proto { tcp, udp, sctp } ip daddr @dests4 ct original ip daddr @vips4"
-        " masquerade\n"
-        "    meta l4proto { tcp, udp, sctp } ip6 daddr @dests6 ct original ip6 daddr @vips6"
-        " masquerade\n"
+        f"    {l4} ip daddr @dests4 ct original ip daddr . meta l4proto . ct original proto-dst"
+        " @vipsrc4 counter snat ip to ct original ip daddr\n"
+        f"    {l4} ip6 daddr @dests6 ct original ip6 daddr . meta l4proto . ct original"
+        " proto-dst @vipsrc6 snat ip6 to ct original ip6 daddr\n"
+        f"    {l4} ip daddr @dests4 ct original ip daddr @vips4 masquerade\n"
+        f"    {l4} ip6 daddr @dests6 ct original ip6 daddr @vips6 masquerade\n"
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority 200; policy accept;\n"
+        f"    ip saddr @dests4 ip daddr @vipaddr4 {stray} counter drop\n"
+        f"    ip6 saddr @dests6 ip6 daddr @vipaddr6 {stray} counter drop\n"
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    ip daddr @vipaddr4 counter drop\n"
+        "    ip6 daddr @vipaddr6 counter drop\n"
         "  }\n"
         "}\n"
     )
 
 
+SNAT_RULES = 8  # the rules render_masquerade_snat writes
+
+
+def _element(e: object) -> str | None:
+    """A set element from ``nft -j``: an address, or a concatenation (``{"concat": [...]}``)
+    written as render_masquerade_snat writes it."""
+    if isinstance(e, str):
+        return e
+    if isinstance(e, dict) and isinstance(e.get("concat"), list):
+        return " . ".join(str(part) for part in e["concat"])
+    return None
+
+
 def _current_snat(netns: str | None) -> dict[str, set[str]] | None:
-    """The elements of our table's sets, or None when the table or its rules are missing."""
+    """The elements of our table's sets, or None when the table or its rules are missing
+    (or are another version's)."""
     try:
         out = nft(f"list table inet {NFT_TABLE}", netns, json_output=True)
     except NftError:
@@ -180,29 +267,44 @@ def _current_snat(netns: str | None) -> dict[str, set[str]] | None:
     rules = 0
     for item in json.loads(out).get("nftables", []):
         if "set" in item:
-            elems = item["set"].get("elem", [])
-            sets[item["set"]["name"]] = {str(e) for e in elems if isinstance(e, str)}
+            elems = (_element(e) for e in item["set"].get("elem", []))
+            sets[item["set"]["name"]] = {e for e in elems if e is not None}
         elif "rule" in item:
             rules += 1
-    if rules != 2:
+    if rules != SNAT_RULES:
         return None
     return sets
 
 
 def ensure_masquerade_snat(
-    vips: Iterable[str], destinations: Iterable[str], netns: str | None = None
+    vips: Iterable[str],
+    destinations: Iterable[str],
+    netns: str | None = None,
+    vip_sourced: Iterable[VipService] = (),
 ) -> bool:
     """Make the ``inet lvs_operator`` nftables table match (idempotent; replaced atomically in
     one nft transaction when it differs). Returns whether anything changed. With nothing to
     masquerade the table stays, with empty sets."""
     vip4, vip6 = _split_families(vips)
     dst4, dst6 = _split_families(destinations)
-    want = {"vips4": set(vip4), "vips6": set(vip6), "dests4": set(dst4), "dests6": set(dst6)}
+    sourced = list(vip_sourced)
+    src = {
+        v: {f"{a} . {proto} . {port}" for a, proto, port in sourced
+            if ipaddress.ip_address(a).version == v}
+        for v in (4, 6)
+    }  # fmt: skip
+    want = {
+        "vips4": set(vip4), "vips6": set(vip6), "dests4": set(dst4), "dests6": set(dst6),
+        "vipsrc4": src[4], "vipsrc6": src[6],
+        "vipaddr4": {a.split(" . ")[0] for a in src[4]},
+        "vipaddr6": {a.split(" . ")[0] for a in src[6]},
+    }  # fmt: skip
     if _current_snat(netns) == want:
         return False
     script = (
         f"table inet {NFT_TABLE} {{}}\n"  # so the delete below never fails
-        f"delete table inet {NFT_TABLE}\n" + render_masquerade_snat(vip4 + vip6, dst4 + dst6)
+        f"delete table inet {NFT_TABLE}\n"
+        + render_masquerade_snat(vip4 + vip6, dst4 + dst6, sourced)
     )
     nft(script, netns)
     return True
