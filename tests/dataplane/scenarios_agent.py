@@ -359,6 +359,19 @@ def link_up(ns: str) -> None:
     t.sh("ip", "-n", ns, "link", "set", "front", "up")
 
 
+def delay_answers(ms: int) -> None:
+    """Every real server's packets leave ``ms`` late (netem; 0: the delay removed), so each
+    held connection's answer is in flight most of the time: at a crash, many are lost with
+    the old director and come back as the real servers' retransmissions."""
+    for rs in t.REAL_SERVERS:
+        if ms:
+            t.sh("ip", "netns", "exec", rs, "tc", "qdisc", "replace", "dev", "back", "root",
+                 "netem", "delay", f"{ms}ms")  # fmt: skip
+        else:
+            t.sh("ip", "netns", "exec", rs, "tc", "qdisc", "del", "dev", "back", "root",
+                 check=False)  # fmt: skip
+
+
 def wait_gone(pid: int, within: float = 20) -> float | None:
     t0 = now()
     while now() - t0 < within:

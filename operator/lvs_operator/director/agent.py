@@ -512,11 +512,12 @@ class Agent:
         if leader:
             log.info("leader: taking the VIPs", extra={"lease": self.cfg.lease_ref})
             planned = await self.handover.start_relay()
-            await self.vips.take_fast(lambda: self.elector.is_leader)
             if not planned and not self._restored:
                 # a crash takeover: the synced connections' conntrack entries (a planned
-                # one relays the old leader's connections to it instead)
-                self.vips.background(self.restore_conntrack())
+                # one relays the old leader's connections to it instead), written while the
+                # VIPs go up: a real server's retransmission must find them
+                self.vips.background(self.restore_conntrack(time.monotonic()))
+            await self.vips.take_fast(lambda: self.elector.is_leader)
         else:
             self._restored = False
             log.info("standby: dropping the VIPs", extra={"lease": self.cfg.lease_ref})
@@ -527,9 +528,12 @@ class Agent:
         self.vips.background(self.reconcile_vips())
         self._sync_daemons_soon()  # the master follows the leadership
 
-    async def restore_conntrack(self) -> None:
+    async def restore_conntrack(self, takeover_at: float | None = None) -> None:
         """Once per takeover: conntrack entries for the established synced connections of the
-        services translated to their VIP (conn_restore.py)."""
+        services translated to their VIP (conn_restore.py). Started alongside the VIPs, not
+        after them: an answer lost with the old leader comes back as the real server's
+        retransmission, and one that arrives before its entry is dropped (kernel/nft.py), so
+        the connection waits for the next one (its retransmission timeout doubles each time)."""
         desired = self.ipvs.desired
         if self.conntrack is None or desired is None or not desired.vip_sourced:
             return
@@ -545,17 +549,20 @@ class Agent:
             return
         self.metrics.conntrack_restored.inc(outcome.created)
         level = logging.WARNING if outcome.failed else logging.INFO
+        done = time.monotonic()
         log.log(level, "conntrack entries restored for synced connections",
                 extra={"entries_created": outcome.created, "entries_existing": outcome.existing,
                        "entries_failed": outcome.failed, "error": outcome.error,
-                       "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+                       "seconds": round(done - t0, 3), "kernel_s": outcome.seconds,
+                       "after_takeover_s": round(done - (takeover_at or t0), 3)})  # fmt: skip
 
     async def _early_take(self, up: bool) -> None:
         """A heartbeat-loss takeover with nobody else able to take the VIPs (election.py):
         up and announced while the Lease write is in flight; off again if it fails."""
         if up:
+            # the old leader went silent: its connections' entries, while the VIPs go up
+            self.vips.background(self.restore_conntrack(time.monotonic()))
             await self.vips.take_fast(lambda: self.elector.taking_early or self.elector.is_leader)
-            self.vips.background(self.restore_conntrack())  # the old leader went silent
         else:
             self._restored = False
             await self.vips.drop_held()

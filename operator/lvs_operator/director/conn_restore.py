@@ -78,18 +78,38 @@ def _address(text: str) -> str:
     return str(ipaddress.IPv4Address(int(text, 16)))
 
 
-def parse_conn_table(lines: Iterable[str]) -> list[IpvsConnection]:
+def _table_service(protocol: str, address: str, port: int) -> tuple[str, str, str]:
+    """A service as the table writes it: IPv4 and ports as upper-case hex, IPv6 compressed."""
+    ip = ipaddress.ip_address(address)
+    text = f"{int(ip):08X}" if ip.version == 4 else str(ip)
+    return protocol.upper(), text, f"{port:04X}"
+
+
+def parse_conn_table(
+    lines: Iterable[str], services: Set[ServiceKey] | None = None
+) -> list[IpvsConnection]:
     """The connections of ``/proc/net/ip_vs_conn_sync`` (header first; lines that do not
-    parse are skipped: the table is read while the kernel changes it)."""
+    parse are skipped: the table is read while the kernel changes it). With ``services``,
+    only theirs: the others are skipped before any address is parsed (the table can hold
+    every connection of the node, and the restore is on a takeover's clock)."""
     it = iter(lines)
     header = next(it, "").split()
     if "Origin" not in header:
         return []
+    wanted = (
+        None
+        if services is None
+        else {_table_service(k.protocol.value, k.address, k.port) for k in services}
+    )
     out = []
     for line in it:
         f = line.split()
         if len(f) < 10:
             continue
+        if wanted is not None:
+            vip = f[3].upper() if ":" not in f[3] else _address(f[3])
+            if (f[0].upper(), vip, f[4].upper()) not in wanted:
+                continue
         try:
             conn = IpvsConnection(
                 f[0].upper(), _address(f[1]), int(f[2], 16), _address(f[3]), int(f[4], 16),
@@ -128,3 +148,4 @@ class RestoreOutcome:
     existing: int = 0  # the kernel had the entry already (the client's packet was first)
     failed: int = 0
     error: str = ""  # the first failure's reason
+    seconds: float = 0.0  # reading the table and writing the entries

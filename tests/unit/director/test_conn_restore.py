@@ -46,6 +46,19 @@ def test_the_table_parses_with_addresses_ports_state_and_origin() -> None:
     assert parse_conn_table(["Pro FromIP FPrt ToIP TPrt DestIP DPrt State Expires"]) == []
 
 
+def test_the_table_read_for_some_services_keeps_exactly_theirs() -> None:
+    """The restore reads the table for its services only (hex VIP and port compared before
+    any parsing): the same connections as reading all and filtering."""
+    every = parse_conn_table(TABLE.splitlines())
+    theirs = parse_conn_table(TABLE.splitlines(), VIP_SOURCED)
+    keys = {(c.protocol, c.vip, c.vip_port) for c in theirs}
+    assert keys == {("TCP", "192.0.2.10", 80), ("TCP", "2001:db8::10", 80)}
+    assert theirs == [
+        c for c in every if ServiceKey(Protocol(c.protocol), c.vip, c.vip_port) in VIP_SOURCED
+    ]
+    assert parse_conn_table(TABLE.splitlines(), set()) == []
+
+
 def test_entries_only_for_established_tcp_connections_of_vip_sourced_services() -> None:
     entries = conntrack_entries(parse_conn_table(TABLE.splitlines()), VIP_SOURCED)
     assert entries == [
@@ -86,7 +99,9 @@ def test_the_message_creates_the_entry_forwarding_would_have_made() -> None:
     assert struct.unpack("!H", ports[ct.CTA_PROTONAT_PORT_MIN]) == (53480,)
     assert struct.unpack("!H", ports[ct.CTA_PROTONAT_PORT_MAX]) == (53480,)
     assert struct.unpack("!I", attrs[ct.CTA_TIMEOUT]) == (600,)
-    assert struct.unpack("!I", attrs[ct.CTA_STATUS]) == (ct.IPS_SEEN_REPLY | ct.IPS_ASSURED,)
+    assert struct.unpack("!I", attrs[ct.CTA_STATUS]) == (
+        ct.IPS_SEEN_REPLY | ct.IPS_ASSURED | ct.IPS_CONFIRMED,
+    )
     tcp = parse_attrs(parse_attrs(attrs[ct.CTA_PROTOINFO])[ct.CTA_PROTOINFO_TCP])
     assert tcp[ct.CTA_PROTOINFO_TCP_STATE][:1] == bytes([ct.TCP_CONNTRACK_ESTABLISHED])
     assert tcp[ct.CTA_PROTOINFO_TCP_FLAGS_ORIGINAL][:2] == bytes([0x08, 0x08])  # be liberal

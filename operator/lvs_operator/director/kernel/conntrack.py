@@ -13,11 +13,13 @@ Standard library only (netlink.py): the agent does not import pyroute2 (memory).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
 import socket
 import struct
+import time
 from collections.abc import Sequence, Set
 
 from ..conn_restore import ConntrackEntry, RestoreOutcome, conntrack_entries, parse_conn_table
@@ -42,7 +44,7 @@ CTA_PROTOINFO_TCP_STATE, CTA_PROTOINFO_TCP_FLAGS_ORIGINAL, CTA_PROTOINFO_TCP_FLA
 CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, CTA_NAT_PROTO = 1, 2, 3
 CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP = 4, 5
 CTA_PROTONAT_PORT_MIN, CTA_PROTONAT_PORT_MAX = 1, 2
-IPS_SEEN_REPLY, IPS_ASSURED = 1 << 1, 1 << 2
+IPS_SEEN_REPLY, IPS_ASSURED, IPS_CONFIRMED = 1 << 1, 1 << 2, 1 << 3
 TCP_CONNTRACK_ESTABLISHED = 3
 IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
 BATCH = 256  # messages per send: their acknowledgements fit the receive buffer
@@ -91,7 +93,9 @@ def new_entry_body(entry: ConntrackEntry) -> bytes:
                 nested(CTA_NAT_PROTO, nla(CTA_PROTONAT_PORT_MIN, _be16(entry.client_port)),
                        nla(CTA_PROTONAT_PORT_MAX, _be16(entry.client_port))),
             ),
-            nla(CTA_STATUS, struct.pack("!I", IPS_SEEN_REPLY | IPS_ASSURED)),
+            # CONFIRMED too: the kernel marks a created entry confirmed before applying the
+            # status, and a status that would clear the bit is refused with EBUSY
+            nla(CTA_STATUS, struct.pack("!I", IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED)),
             nla(CTA_TIMEOUT, struct.pack("!I", entry.timeout)),
             nested(
                 CTA_PROTOINFO,
@@ -123,9 +127,11 @@ class KernelConntrack:
         (blocking: run it off the event loop)."""
         if not vip_sourced:
             return RestoreOutcome()
+        t0 = time.monotonic()
         with open(self.table_path, encoding="ascii", errors="replace") as table:
-            entries = conntrack_entries(parse_conn_table(table), vip_sourced)
-        return self.write(entries) if entries else RestoreOutcome()
+            entries = conntrack_entries(parse_conn_table(table, vip_sourced), vip_sourced)
+        outcome = self.write(entries) if entries else RestoreOutcome()
+        return dataclasses.replace(outcome, seconds=round(time.monotonic() - t0, 3))
 
     def write(self, entries: Sequence[ConntrackEntry]) -> RestoreOutcome:
         created = existing = failed = 0
