@@ -6,7 +6,7 @@ Run by hand (not in CI) on a machine prepared by ``hack/vm/setup.sh``, with Debi
 namespaces, the host's service is not used):
 
     python bench/connection_survival.py [--runs 5] [--count 50] [--skip-keepalived]
-    python bench/connection_survival.py --forwarding masquerade   # ours alone
+    python bench/connection_survival.py --forwarding masquerade [--answer-delay 150]  # ours
 
 The data-plane topology (tests/dataplane/topology.py: client, two directors, three HTTP real
 servers) with one VirtualServer, ``direct`` forwarding (rr), VIP 10.10.0.101:8080. Each run:
@@ -74,23 +74,38 @@ def out(msg: str) -> None:
     print(msg, flush=True)
 
 
+ANSWER_DELAY_MS = 0  # --answer-delay: the real servers' packets leave this late
+
+
 def crash_and_count(lab: Lab, old: str, pid: int, count: int, n: int, who: str) -> dict[str, Any]:
     """Held connections, the crash of ``old`` (link down, ``pid`` SIGKILLed), the count."""
     new = OTHER[old]
     held, path = lab.start_held(f"{who}-{n}", VIP, PORT, count)
     lag = lab.call("wait_synced", ns=new, vip=VIP, port=PORT, count=count, within=30)
-    time.sleep(1.0)
-    moved = lab.call("takeover", pid=pid, sig=int(signal.SIGKILL), vip=VIP, new=new,
-                     link_down=old)  # fmt: skip
-    time.sleep(5.0)
-    rows = lab.stop_held(held, path)
+    if ANSWER_DELAY_MS:  # many answers in flight at the crash, lost with the old director
+        lab.call("delay_answers", ms=ANSWER_DELAY_MS)
+    try:
+        time.sleep(1.0)
+        moved = lab.call("takeover", pid=pid, sig=int(signal.SIGKILL), vip=VIP, new=new,
+                         link_down=old)  # fmt: skip
+        time.sleep(5.0)
+        rows = lab.stop_held(held, path)
+    finally:
+        if ANSWER_DELAY_MS:
+            lab.call("delay_answers", ms=0)
     stats = survival(rows.get("connections", []), moved["at"], rows.get("end", 0.0))
+    restored = None
+    if who == "ours":  # the new leader's conntrack entries written at the takeover
+        name = "lvs_director_conntrack_restored_total"
+        lines = lab.call("metrics", ns=new).splitlines()
+        restored = next((float(x.split()[-1]) for x in lines if x.startswith(name)), None)
     return {
         "survived": stats["survived"],
         "of": stats["connections"],
         "sync_lag": lag,
         "vip_moved_after": moved["vip_moved_after"],
         "max_stall": stats["max_stall"],
+        "conntrack_restored": restored,
         "broken": stats["broken"][:3],
     }
 
@@ -203,7 +218,13 @@ def main(argv: list[str]) -> int:
         "keepalived is not run (its lvs_sync_daemon copies IPVS entries, not the conntrack "
         "state a source NAT needs)",
     )
+    p.add_argument("--answer-delay", type=int, default=0, metavar="MS",
+                   help="the real servers' packets leave MS late (netem), so at the crash many "
+                   "answers are in flight and lost with the old director (the data-plane "
+                   "masquerade case uses 150)")  # fmt: skip
     a = p.parse_args(argv)
+    global ANSWER_DELAY_MS
+    ANSWER_DELAY_MS = a.answer_delay
     if a.forwarding == "masquerade":
         VIP, PORT = MASQUERADE_VIP, 80
     t0 = time.monotonic()
