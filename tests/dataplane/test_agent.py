@@ -528,9 +528,16 @@ def test_planned_handover_on_sigterm(lab: Lab) -> None:
     failed_src = lab.call("read_loop_failures", path=out_src, at=moved["at"])
     assert stats_src["failures"] == 0, (stats_src, steps, failed_src)
     assert stats6["failures"] == 0, (stats6, steps, failed6)
-    # the old leader's log says where a slow handover spent its time (its steps: above)
-    assert na_after is not None and na_after < 5, (neighbours.output()[-2000:], steps,
-                                                   proc.output()[-4000:])  # fmt: skip
+    if na_after is None or na_after >= 5:
+        # where a slow handover spent its time: the old leader's log from its SIGTERM on
+        # (printed: pytest shortens a long assertion message)
+        print(
+            "\n[dataplane] slow handover, the old leader's log:\n"
+            + "\n".join(line for line in proc.output().splitlines()[-400:] if '"ts"' in line)[
+                -12000:
+            ]
+        )
+    assert na_after is not None and na_after < 5, (neighbours.output()[-2000:], steps)
     assert res["holder"] == new
     assert lab.holder() == NODES[new]
     assert not overlaps, (overlaps, rows)
