@@ -66,7 +66,7 @@ from .events import (
     vip_events,
     vip_problem_events,
 )
-from .handover import HandoverKernel, HandoverNode, PlannedHandover
+from .handover import HandoverKernel, HandoverNode, PlannedHandover, warm_up
 from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
@@ -635,6 +635,7 @@ class Agent:
             # early renewal uses a socket of its own, outside the VIP lane's order
             await asyncio.to_thread(self.early_renewal.stop)
         await self.startup()
+        warming = asyncio.create_task(warm_up(self.handover.node), name="nft-warm-up")
         if not self.elector.is_leader:
             # A standby joins the election once its initial lists are in: an agent still
             # warming up (first decodes, first converge) must not take the VIPs and then miss
@@ -687,7 +688,7 @@ class Agent:
         if find_owner is not None:
             find_owner.cancel()
         await asyncio.gather(
-            loop_watch, *([find_owner] if find_owner else []), return_exceptions=True
+            loop_watch, warming, *([find_owner] if find_owner else []), return_exceptions=True
         )
         log.info("stopped", extra={"identity": self.cfg.node_name})
         return code

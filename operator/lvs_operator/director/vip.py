@@ -43,7 +43,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -304,6 +304,39 @@ class VipManager:
         log.info("VIP added", extra={"vip": vip, "interface": ifname})
         return True
 
+    def add_many(self, items: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        """``add`` for each (vip, interface), in one rtnetlink batch: a takeover adds every
+        VIP before it announces them, and one request at a time took about 0.1 s per VIP in
+        a loaded test VM. The error of each (None: added, or an agent's already: adopted).
+        An address already there goes through ``add`` (adopted, or ForeignAddress)."""
+        from .kernel.addresses import Renewal
+
+        errors: list[Exception | None] = [None] * len(items)
+        batch: list[tuple[int, Renewal]] = []  # (position in items, request)
+        for pos, (vip, ifname) in enumerate(items):
+            try:
+                index = self._index(ifname)
+            except LookupError as exc:
+                errors[pos] = exc
+                continue
+            batch.append((pos, Renewal(index, vip, host_prefix(vip), self._flags(vip),
+                                       VIP_PROTO, self.lifetime)))  # fmt: skip
+        with self._lock:
+            codes = self.rt.add_addresses([r for _, r in batch]) if batch else []
+        for (pos, _), code in zip(batch, codes, strict=True):
+            vip, ifname = items[pos]
+            try:
+                if code == errno.EEXIST:
+                    self.add(vip, ifname)
+                    continue
+                if code:
+                    raise OSError(code, os.strerror(code))
+            except (OSError, ForeignAddress) as exc:
+                errors[pos] = exc
+                continue
+            log.info("VIP added", extra={"vip": vip, "interface": ifname})
+        return errors
+
     def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
         """Restart the lifetime of the VIPs of ``items`` ((vip, interface) pairs) that an
         agent's address holds on that interface now; the VIPs that failed (each logged).
@@ -388,6 +421,56 @@ class VipManager:
             raise
         log.info("VIP removed", extra={"vip": vip, "interface": ifname})
         return True
+
+    def move(self, moves: Mapping[str, str], to: str) -> tuple[list[str], list[str]]:
+        """Move each VIP of ``moves`` (vip -> its interface) to interface ``to``: added
+        there first (so it is never missing), then removed from its interface. One batch of
+        adds, one of removals: a handover releases the Lease only after this, and one
+        request at a time took about 1 s for 9 VIPs in a loaded test VM. Returns the VIPs now
+        on ``to`` and, of those, the ones no longer on their interface. Each failure is
+        logged with the VIP."""
+        from .kernel.addresses import Renewal
+
+        vips = list(moves)
+        target = self._index(to)
+        adds = [Renewal(target, vip, host_prefix(vip), self._flags(vip), VIP_PROTO,
+                        self.lifetime) for vip in vips]  # fmt: skip
+        with self._lock:
+            codes = self.rt.add_addresses(adds) if adds else []
+        on_target: list[str] = []
+        for vip, code in zip(vips, codes, strict=True):
+            try:
+                if code == errno.EEXIST:
+                    self.add(vip, to)  # an agent's already (adopted) or someone else's: raises
+                elif code:
+                    raise OSError(code, os.strerror(code))
+            except (OSError, ForeignAddress) as exc:
+                log.warning("cannot move the VIP to %s: %s", to, exc, extra={"vip": vip})
+                continue
+            on_target.append(vip)
+        removals: list[tuple[str, tuple[int, str, int]]] = []
+        moved: list[str] = []
+        for vip in on_target:
+            try:
+                removals.append((vip, (self._index(moves[vip]), vip, host_prefix(vip))))
+            except LookupError:
+                moved.append(vip)  # its interface is gone, and the VIP with it
+        with self._lock:
+            codes = self.rt.del_addresses([r for _, r in removals]) if removals else []
+        for (vip, _), code in zip(removals, codes, strict=True):
+            if code in (0, errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                moved.append(vip)  # not there any more either way
+            else:
+                log.warning("cannot remove the VIP from its interface: %s", os.strerror(code),
+                            extra={"vip": vip, "interface": moves[vip]})  # fmt: skip
+        if on_target:
+            sources = sorted({moves[v] for v in on_target})
+            log.info("VIPs moved", extra={"vips": on_target, "interface": to, "from": sources})
+        return on_target, [v for v in on_target if v in moved]
+
+    @staticmethod
+    def _flags(vip: str) -> int:
+        return (IFA_F_NODAD | IFA_F_NOPREFIXROUTE) if ":" in vip else 0
 
     def link_info(self, ifname: str) -> tuple[int, str] | None:
         """(index, MAC) of ``ifname``; None if it has no link-layer address."""

@@ -26,7 +26,7 @@ import functools
 import ipaddress
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .handover import LOOPBACK
@@ -47,6 +47,7 @@ PROBE_TIMEOUT = 0.06  # seconds ``answered`` listens: three probes 20 ms apart, 
 # A VIP another node answers for is not added (the hand-over from another director group:
 # its leader drops it within a converge); past this many seconds that is reported.
 HAND_IN_PATIENCE = 2.0
+TAKE_BATCH = 32  # VIPs a takeover adds in one kernel batch before it announces them
 
 
 class VipNode(Protocol):
@@ -58,7 +59,16 @@ class VipNode(Protocol):
 
     def add(self, vip: str, ifname: str) -> bool: ...
 
+    def add_many(self, items: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        """``add`` for each (vip, interface) in one go; the error of each (None: done)."""
+        ...
+
     def remove(self, vip: str, ifname: str) -> bool: ...
+
+    def move(self, moves: Mapping[str, str], to: str) -> tuple[list[str], list[str]]:
+        """Each VIP (vip -> its interface) added to ``to``, then removed from its
+        interface; (now on ``to``, of those the ones off their interface)."""
+        ...
 
     def renew(self, items: Iterable[tuple[str, str]]) -> list[str]: ...
 
@@ -255,27 +265,30 @@ class VipOwner:
         full reconcile (which dumps routes and addresses: slow on a busy node). Without
         placements yet (a restarted leader before its first converge) nothing happens."""
         stop = self._stop
-        batch: list[Announcement] = []
         failed: dict[str, tuple[str | None, str]] = {}
         tried: list[str] = []
-        for vip, ifname in dict(self.placements).items():
+        # up already (an early take ahead of the Lease write): announced
+        todo = [(v, i) for v, i in dict(self.placements).items() if self.held.get(v) != i]
+        # batches: the first VIPs go out while the rest are being added
+        for start in range(0, len(todo), TAKE_BATCH):
             if not still_leader():
                 break
-            if self.held.get(vip) == ifname:
-                continue  # up already (an early take ahead of the Lease write): announced
-            tried.append(vip)
-            reason = await self._change(True, vip, ifname)
-            if reason is not None:
-                failed[vip] = (ifname, reason)
-                continue
-            self.held[vip] = ifname
-            link = await self._link(ifname)
-            if link is not None:
-                batch.append((vip, ifname, link))
-            if len(batch) >= 32:  # the first VIPs go out while the rest are being added
-                self._announce(batch, None, stop)
-                batch = []
-        self._announce(batch, None, stop)
+            chunk = todo[start : start + TAKE_BATCH]
+            tried += [vip for vip, _ in chunk]
+            try:
+                errors = await self.lane.run(self.node.add_many, chunk)
+            except Exception as exc:  # the batch as a whole (the socket)
+                errors = [exc] * len(chunk)
+            batch: list[Announcement] = []
+            for (vip, ifname), error in zip(chunk, errors, strict=True):
+                if error is not None:
+                    failed[vip] = (ifname, problem_text(True, ifname, error))
+                    continue
+                self.held[vip] = ifname
+                link = await self._link(ifname)
+                if link is not None:
+                    batch.append((vip, ifname, link))
+            self._announce(batch, None, stop)
         self.metrics.vips.set(len(self.held))
         self._settle(failed, tried)
 
@@ -485,24 +498,12 @@ class VipOwner:
     def _move_to_lo(self, moves: Mapping[str, str]) -> tuple[list[str], list[str]]:
         """(On the kernel's thread.) Add each VIP to lo, then remove it from its interface.
         Returns the VIPs now on lo, and those of them that left their interface."""
-        on_lo: list[str] = []
-        for vip in moves:
-            try:
-                self.node.add(vip, LOOPBACK)
-            except Exception as exc:
-                log.warning("handover: cannot move the VIP to lo: %s", exc, extra={"vip": vip})
-                continue
-            on_lo.append(vip)
-        moved: list[str] = []
-        for vip in on_lo:
-            try:
-                self.node.remove(vip, moves[vip])
-            except Exception as exc:
-                log.warning("handover: cannot remove the VIP from its interface: %s", exc,
-                            extra={"vip": vip, "interface": moves[vip]})  # fmt: skip
-                continue
-            moved.append(vip)
-        return on_lo, moved
+        try:
+            return self.node.move(moves, LOOPBACK)
+        except Exception as exc:  # e.g. the netlink socket: none of them moved
+            log.warning("handover: cannot move the VIPs to lo: %s", exc,
+                        extra={"vips": sorted(moves)})  # fmt: skip
+            return [], []
 
     async def drop_retired(self) -> None:
         for vip in list(self.retired):

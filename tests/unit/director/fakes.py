@@ -7,10 +7,11 @@ Each implements its ``typing.Protocol``; mypy checks that (``conforming`` below,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from typing import Any
 
@@ -115,6 +116,7 @@ class FakeVips:
         self.rounds = 3  # announcements with count None
         self.answering: set[str] = set()
         self.probed: list[tuple[list[Announcement], float]] = []
+        self.add_batches: list[list[str]] = []  # the VIPs of each add_many call
 
     def routes(self) -> list[Route]:
         return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
@@ -139,6 +141,32 @@ class FakeVips:
             return False
         self.events.append(("remove", vip))
         return self.addresses.pop(vip, None) is not None
+
+    def add_many(self, items: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        self.add_batches.append([vip for vip, _ in items])
+        errors: list[Exception | None] = []
+        for vip, ifname in items:
+            try:
+                self.add(vip, ifname)
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
+
+    def move(self, moves: Mapping[str, str], to: str) -> tuple[list[str], list[str]]:
+        """Like VipManager's: each one added to ``to`` first; a failure leaves it out."""
+        on_target: list[str] = []
+        for vip in moves:
+            with contextlib.suppress(Exception):
+                self.add(vip, to)
+                on_target.append(vip)
+        moved: list[str] = []
+        for vip in on_target:
+            with contextlib.suppress(Exception):
+                self.remove(vip, moves[vip])  # gone from there already here (one per VIP)
+                moved.append(vip)
+        return on_target, moved
 
     def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
         """Like VipManager's: only what is on that interface now is renewed."""
@@ -180,6 +208,7 @@ class FakeHandoverKernel:
         self.addresses_at_filter: dict[str, str] | None = None
         self.addresses_at_unfilter: dict[str, str] | None = None
         self.filter_error: Exception | None = None  # what filter_arp raises (nft refusing)
+        self.warm_error: Exception | None = None  # what warm raises
         self.events: list[str] = []
 
     def link_address(self, ifname: str, version: int, exclude: Iterable[str]) -> str | None:
@@ -210,6 +239,12 @@ class FakeHandoverKernel:
         if had:
             self.events.append("relay off")
         return had
+
+    def warm(self) -> bool:
+        if self.warm_error is not None:
+            raise self.warm_error
+        self.events.append("warm")
+        return True
 
 
 def conforming() -> tuple[Kernel, VipNode, HandoverNode, DaemonKernel, StatsReader, EventPoster]:

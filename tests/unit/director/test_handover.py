@@ -3,12 +3,21 @@ ARP filter), drain; and HandoverKernel's nftables transactions on a fake runner.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from lvs_operator.director.handover import (
     ARP_FILTER_TABLE,
     MAX_AGE,
     RELAY_TABLE,
+    WARM_TABLE,
     DrainWatch,
     Handover,
     HandoverKernel,
@@ -16,6 +25,7 @@ from lvs_operator.director.handover import (
     plan_relays,
     render_arp_filter,
     render_relay_table,
+    warm_up,
 )
 from lvs_operator.director.kernel.nft import NftError
 
@@ -176,3 +186,75 @@ def test_the_relay_table_goes_through_the_same_runner() -> None:
     node.install_relays([Relay("front", "192.0.2.11", ("192.0.2.10",))], 10)
     assert run.commands[0][0].startswith(f"table netdev {RELAY_TABLE} {{}}\ndelete table")
     assert node.remove_relays() is True and node.remove_relays() is False
+
+
+def test_the_scripts_can_be_rendered_under_another_table_name() -> None:
+    relay = render_relay_table([Relay("front", "192.0.2.11", ("192.0.2.10",))], 10, "other")
+    arp = render_arp_filter(["192.0.2.10"], {"front": "192.0.2.11"}, "other")
+    assert relay.startswith("table netdev other {") and RELAY_TABLE not in relay
+    assert arp.startswith("table arp other {") and ARP_FILTER_TABLE not in arp
+
+
+def _library_here() -> str | None:
+    """Why the real-nftables check cannot run here (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root (a network namespace of its own)"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    try:
+        import ctypes
+
+        ctypes.CDLL("libnftables.so.1")
+    except OSError:
+        return "needs Debian's libnftables1"
+    return None
+
+
+@pytest.mark.skipif(_library_here() is not None, reason=str(_library_here()))
+def test_the_warm_up_passes_the_real_nftables_check_and_applies_nothing() -> None:
+    """The warm-up's scripts go through the real library and kernel (in a network namespace
+    of their own): a typo there would only show as a warning at every agent's start."""
+    operator = Path(__file__).resolve().parents[3] / "operator"
+    code = (
+        f"import sys; sys.path.insert(0, {str(operator)!r})\n"
+        "from lvs_operator.director.handover import HandoverKernel\n"
+        "from lvs_operator.director.kernel import nft\n"
+        "print(HandoverKernel().warm()); print(repr(nft.nft('list tables')))\n"
+    )
+    out = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.splitlines() == ["True", "''"], out  # warmed; no table left
+    assert WARM_TABLE not in out.stdout
+
+
+class _WarmNode:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error, self.calls = error, 0
+
+    def warm(self) -> bool:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+def test_warm_up_says_when_nftables_refuses_the_handover_tables(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = _WarmNode(NftError("nft: Error: Could not process rule: Not supported"))
+    with caplog.at_level(logging.INFO, "lvs_operator.director.handover"):
+        asyncio.run(warm_up(node))
+    assert node.calls == 1
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and "will not relay" in record.getMessage()
+    assert "Not supported" in record.getMessage()
+
+
+def test_warm_up_logs_its_time(caplog: pytest.LogCaptureFixture) -> None:
+    node = _WarmNode()
+    with caplog.at_level(logging.INFO, "lvs_operator.director.handover"):
+        asyncio.run(warm_up(node))
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and isinstance(record.__dict__["seconds"], float)

@@ -19,7 +19,9 @@ class FakeLibnftables:
     def __init__(self, rc: int = 0, output: bytes = b"", error: bytes = b"") -> None:
         self.rc, self.output, self.error = rc, output, error
         self.flags = 0
+        self.dry_run = False
         self.commands: list[tuple[bytes, int]] = []
+        self.checked: list[bytes] = []  # the commands run with dry_run set
         self.contexts = 0
         for name in dir(self):
             if name.startswith("nft_"):
@@ -42,8 +44,13 @@ class FakeLibnftables:
     def nft_ctx_output_set_flags(self, ctx: int, flags: int) -> None:
         self.flags = flags
 
+    def nft_ctx_set_dry_run(self, ctx: int, dry: bool) -> None:
+        self.dry_run = dry
+
     def nft_run_cmd_from_buffer(self, ctx: int, commands: bytes) -> int:
-        self.commands.append((commands, self.flags))
+        (self.checked if self.dry_run else self.commands).append(
+            commands if self.dry_run else (commands, self.flags)  # type: ignore[arg-type]
+        )
         return self.rc
 
     def nft_ctx_get_output_buffer(self, ctx: int) -> bytes:
@@ -100,3 +107,34 @@ def test_a_missing_library_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nft, "_library_loaded", False)
     monkeypatch.setattr(nft, "_library", None)
     assert nft._libnftables() is None
+
+
+def test_a_check_applies_nothing_and_leaves_the_context_applying() -> None:
+    lib = FakeLibnftables()
+    runner = nft._Libnftables(lib)  # type: ignore[arg-type]
+    runner.run("table netdev t {}", None, json_output=False, check=True)
+    runner.run("delete table netdev t", None, json_output=False)
+    assert lib.checked == [b"table netdev t {}"]
+    assert lib.commands == [(b"delete table netdev t", 0)]  # the same context applies again
+    assert lib.contexts == 1
+
+
+def test_a_refused_check_raises_and_still_leaves_the_context_applying() -> None:
+    lib = FakeLibnftables(rc=1, error=b"Error: Interface does not exist\n")
+    runner = nft._Libnftables(lib)  # type: ignore[arg-type]
+    with pytest.raises(nft.NftError, match="Interface does not exist"):
+        runner.run("table netdev t {}", None, json_output=False, check=True)
+    assert lib.dry_run is False
+
+
+def test_warm_checks_each_script_through_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = FakeLibnftables()
+    monkeypatch.setattr(nft, "_libnftables", lambda: nft._Libnftables(lib))  # type: ignore[arg-type]
+    assert nft.warm(["table netdev a {}", "table arp b {}"]) is True
+    assert lib.checked == [b"table netdev a {}", b"table arp b {}"] and lib.commands == []
+
+
+def test_warm_without_the_library_has_nothing_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nft, "_libnftables", lambda: None)
+    monkeypatch.setattr(nft.subprocess, "run", None)  # the nft command is not run either
+    assert nft.warm(["table netdev a {}"]) is False

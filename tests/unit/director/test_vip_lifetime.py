@@ -34,6 +34,7 @@ from lvs_operator.director.kernel.netlink import (
 from lvs_operator.director.vip import (
     VIP_PROTO,
     ForeignAddress,
+    NoSuchInterface,
     VipManager,
     kernel_keeps_proto,
 )
@@ -84,6 +85,30 @@ class KernelAddresses:
             if not code:
                 self.renew_address(*r)
             codes.append(code)
+        return codes
+
+    def add_addresses(self, requests: Sequence[Renewal]) -> list[int]:
+        self.batches.append([r.address for r in requests])
+        codes = []
+        for r in requests:
+            try:
+                self.add_address(*r)
+            except OSError as exc:
+                codes.append(exc.errno or errno.EIO)
+            else:
+                codes.append(self.fail.get(r.address, 0))
+        return codes
+
+    def del_addresses(self, requests: Sequence[tuple[int, str, int]]) -> list[int]:
+        self.batches.append([address for _, address, _ in requests])
+        codes = []
+        for r in requests:
+            try:
+                self.del_address(*r)
+            except OSError as exc:
+                codes.append(exc.errno or errno.EIO)
+            else:
+                codes.append(0)
         return codes
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
@@ -400,3 +425,72 @@ def test_a_batch_is_as_long_as_the_receive_buffer_holds_its_answers() -> None:
     assert rtnl(sock).renew_addresses(many) == [0] * 10
     assert [len(list(frames(d))) for d in sock.sent] == [4, 4, 2]
     assert rtnl(RouteSocket()).renew_addresses([]) == []
+
+
+# -- a handover's move to lo ---------------------------------------------------------------------
+
+
+def test_a_move_adds_every_vip_to_lo_in_one_batch_then_removes_them_in_another() -> None:
+    kernel = KernelAddresses([
+        v4("192.0.2.10", proto=VIP_PROTO, lft=8),
+        v4("192.0.2.11", proto=VIP_PROTO, lft=8),
+    ])  # fmt: skip
+    on_lo, moved = manager(kernel).move({"192.0.2.10": "front", "192.0.2.11": "front"}, "lo")
+    assert on_lo == moved == ["192.0.2.10", "192.0.2.11"]
+    assert kernel.batches == [["192.0.2.10", "192.0.2.11"]] * 2  # adds, then removals
+    assert [op for op, _, _ in kernel.calls] == ["add", "add", "del", "del"]  # never missing
+    assert {(e.index, e.address, e.valid_lft) for e in kernel.entries} == {
+        (INDEX["lo"], "192.0.2.10", 8),
+        (INDEX["lo"], "192.0.2.11", 8),
+    }  # an agent's, with the lifetime, as add() makes them
+
+
+def test_a_vip_that_cannot_go_to_lo_stays_on_its_interface() -> None:
+    kernel = KernelAddresses([
+        v4("192.0.2.10", proto=VIP_PROTO, lft=8),
+        v4("192.0.2.11", proto=VIP_PROTO, lft=8),
+        v4("192.0.2.11", index=INDEX["lo"]),  # the node's own address on lo: not ours
+    ])  # fmt: skip
+    on_lo, moved = manager(kernel).move({"192.0.2.10": "front", "192.0.2.11": "front"}, "lo")
+    assert on_lo == moved == ["192.0.2.10"]
+    assert any(e.index == INDEX["front"] and e.address == "192.0.2.11" for e in kernel.entries)
+
+
+def test_a_vip_already_gone_from_its_interface_counts_as_moved() -> None:
+    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO, lft=8)])
+    on_lo, moved = manager(kernel).move({"192.0.2.10": "front", "192.0.2.12": "front"}, "lo")
+    assert on_lo == moved == ["192.0.2.10", "192.0.2.12"]
+
+
+def test_batched_adds_and_removals_are_the_single_requests_byte_for_byte() -> None:
+    one_by_one = RouteSocket()
+    single = rtnl(one_by_one)
+    for r in RENEWALS:
+        single.add_address(*r)
+    for r in RENEWALS:
+        single.del_address(r.ifindex, r.address, r.prefixlen)
+    batched = RouteSocket()
+    rt = rtnl(batched)
+    assert rt.add_addresses(RENEWALS) == [0, 0, 0]
+    assert rt.del_addresses([(r.ifindex, r.address, r.prefixlen) for r in RENEWALS]) == [0] * 3
+    assert len(batched.sent) == 2
+    assert batched.sent == [b"".join(one_by_one.sent[:3]), b"".join(one_by_one.sent[3:])]
+
+
+# -- a takeover's batch of adds --------------------------------------------------------------------
+
+
+def test_add_many_adds_in_one_batch_adopts_ours_and_names_each_failure() -> None:
+    kernel = KernelAddresses([
+        v4("192.0.2.11", proto=VIP_PROTO, lft=3),  # an agent's already: adopted
+        v4("192.0.2.12"),  # the node's own: not taken
+    ])  # fmt: skip
+    items = [("192.0.2.10", "front"), ("192.0.2.11", "front"), ("192.0.2.12", "front"),
+             ("192.0.2.13", "eth9")]  # fmt: skip
+    errors = manager(kernel).add_many(items)
+    assert errors[:2] == [None, None]
+    assert isinstance(errors[2], ForeignAddress)
+    assert isinstance(errors[3], NoSuchInterface) and "eth9" in str(errors[3])
+    assert kernel.batches[0] == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]  # one batch
+    ours = {e.address: e.valid_lft for e in kernel.entries if e.proto == VIP_PROTO}
+    assert ours == {"192.0.2.10": 8, "192.0.2.11": 8}  # added, and renewed (adopted)

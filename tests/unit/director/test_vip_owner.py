@@ -188,6 +188,29 @@ async def test_a_restarted_leader_never_removes_a_vip_it_holds_and_adopts_it() -
     assert node.announced == [(A, "front", None)]  # once
 
 
+async def test_take_fast_adds_in_batches_and_announces_each_batch() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    many = {f"10.10.0.{i}": None for i in range(100, 140)}  # 40: a batch of 32, one of 8
+    await vips.reconcile(many, leader=False)  # a standby places them
+    await vips.take_fast(lambda: True)
+    await settled(vips)
+    assert [len(b) for b in node.add_batches] == [32, 8]
+    assert vips.held == dict.fromkeys(many, "front")
+    assert {vip for vip, _, _ in node.announced} == set(many)
+
+
+async def test_take_fast_stops_between_batches_once_no_longer_leader() -> None:
+    node = FakeVips()
+    vips = owner(node)
+    many = {f"10.10.0.{i}": None for i in range(100, 140)}
+    await vips.reconcile(many, leader=False)
+    await vips.take_fast(lambda: not node.add_batches)  # leader for the first batch only
+    await settled(vips)
+    assert [len(b) for b in node.add_batches] == [32]
+    assert len(vips.held) == 32
+
+
 async def test_take_fast_without_placements_does_nothing() -> None:
     node = FakeVips({A: "front"})
     vips = owner(node)

@@ -197,16 +197,38 @@ class Rtnl(NetlinkSocket):
         allows; the errno of each (0: renewed). Every request asks for its own
         acknowledgement: one without an answer failed (ENOBUFS: answers dropped, or the
         error that ended the reading), never "done"."""
+        return self._batched([
+            (RTM_NEWADDR, NLM_F_REPLACE, self._addr_body(*_renewal_args(r))) for r in requests
+        ])  # fmt: skip
+
+    def add_addresses(self, requests: Sequence[Renewal]) -> list[int]:
+        """``add_address`` for many addresses (a Renewal's fields: the lifetime it starts
+        with), batched as ``renew_addresses``; the errno of each (EEXIST: there already)."""
+        return self._batched([
+            (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, self._addr_body(*r))  # as add_address
+            for r in requests
+        ])  # fmt: skip
+
+    def del_addresses(self, requests: Sequence[tuple[int, str, int]]) -> list[int]:
+        """``del_address`` for many (index, address, prefixlen), batched as
+        ``renew_addresses``; the errno of each (EADDRNOTAVAIL: not there)."""
+        return self._batched([
+            (RTM_DELADDR, 0, self._addr_body(index, address, prefixlen))
+            for index, address, prefixlen in requests
+        ])  # fmt: skip
+
+    def _batched(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
+        """(message type, flags, body) requests, in order, in as few sends as the receive
+        buffer holds the answers of; the errno of each (see renew_addresses)."""
         results: list[int] = []
         size = self.batch_size() if requests else 1
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
             seqs = [self.next_seq() for _ in chunk]
             msgs = [
-                header(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE, seq,
-                       self._addr_body(*_renewal_args(r)))
-                for r, seq in zip(chunk, seqs, strict=True)
-            ]  # fmt: skip
+                header(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, seq, body)
+                for (msg_type, flags, body), seq in zip(chunk, seqs, strict=True)
+            ]
             try:
                 got, err = self.batch(msgs, seqs, seqs)
             except OSError as e:  # the send itself failed: none of the chunk was run
