@@ -16,9 +16,10 @@ tier() {
     # 5 = no tests collected: a tier that selects nothing is a broken tier.
     names+=("$name ($((SECONDS - t0)) s)"); codes+=("$rc")
 }
-tier "unit + integration" -m "not dataplane and not e2e" tests "$@"
-tier "data plane" -m dataplane tests/dataplane "$@"
-tier "e2e" -m e2e e2e "$@"
+# --durations: where each tier's time goes (CI has a time budget; the slow cases show here)
+tier "unit + integration" -m "not dataplane and not e2e" --durations=10 tests "$@"
+tier "data plane" -m dataplane --durations=25 tests/dataplane "$@"
+tier "e2e" -m e2e --durations=15 e2e "$@"
 echo
 echo "=================== summary ==================="
 failed=0

@@ -130,14 +130,21 @@ def _break(sel: selectors.BaseSelector, c: _Conn, why: str) -> None:
 
 
 def survival(rows: list[dict[str, Any]], at: float, end: float) -> dict[str, Any]:
-    """Across an event at guest time ``at``: a connection *survived* when it never broke and
-    was still answering at the end (an answer in its last second before ``end``). For the
+    """Across an event at guest time ``at``: a connection *survived* when it never broke,
+    was answered after the event, and was still answering at the end (an answer in the
+    last second before the client's last answer on any connection, or before ``end``). For the
     survivors, ``stall``: the longest wait for an answer across the event (what the
     failover cost a client that kept its connection)."""
     survived, broken, stalls = 0, [], []
+    # "the end": when the client last made progress, its latest answer on any connection, if
+    # before ``end`` (written once it has stopped and closed every socket: over a second
+    # after the last answers in a loaded VM, which had counted live connections as broken)
+    latest = max((r["answers"][-1] for r in rows if r["answers"]), default=end)
+    last_progress = min(end, latest)
     for r in rows:
         answers = r["answers"]
-        if r["broken"] is None and answers and answers[-1] >= end - 1.0:
+        answered_after = any(a >= at for a in answers)
+        if r["broken"] is None and answered_after and answers[-1] >= last_progress - 1.0:
             survived += 1
             before = max((a for a in answers if a < at), default=at)
             after = min((a for a in answers if a >= at), default=None)
@@ -146,7 +153,11 @@ def survival(rows: list[dict[str, Any]], at: float, end: float) -> dict[str, Any
         else:
             broken.append({"port": r["port"], "servers": r["servers"], "broken": r["broken"],
                            "after": None if r["broken_at"] is None
-                           else round(r["broken_at"] - at, 3)})  # fmt: skip
+                           else round(r["broken_at"] - at, 3),
+                           # its last answer and how many came after the event: stalled
+                           # from the event on, or later
+                           "last": round(answers[-1] - at, 3) if answers else None,
+                           "answers_after": sum(1 for a in answers if a >= at)})  # fmt: skip
     servers: dict[str, int] = {}
     for r in rows:
         for name in r["servers"][:1]:

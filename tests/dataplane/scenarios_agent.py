@@ -738,10 +738,10 @@ if __name__ == "__main__":
     sys.exit(f"usage: {sys.argv[0]} loop|sampler|spoof ...")
 
 
-def masquerade_diagnostics(new: str, vip: str, ports: list[int]) -> dict[str, str]:
-    """What the new leader and the real servers know of some connections through ``vip``
-    (client ports ``ports``): the IPVS entries, the conntrack entries, the nftables counters,
-    the real servers' sockets."""
+def connection_diagnostics(new: str, vip: str, ports: list[int]) -> dict[str, str]:
+    """What the new leader, the real servers and the client know of some connections through
+    ``vip`` (client ports ``ports``): the IPVS entries, the conntrack entries, the nftables
+    counters, the real servers' and the client's sockets (retransmissions, back-off)."""
     out: dict[str, str] = {}
     wanted = [str(p) for p in ports]
 
@@ -752,7 +752,7 @@ def masquerade_diagnostics(new: str, vip: str, ports: list[int]) -> dict[str, st
     out["ipvs"] = keep(t.nsexec(new, "ipvsadm", "-Lnc", check=False))
     out["conntrack"] = keep(t.nsexec(new, "cat", "/proc/net/nf_conntrack", check=False))
     out["nft"] = t.nsexec(new, "nft", "list", "table", "inet", "lvs_operator", check=False)
-    for rs in ("lvs-rs1", "lvs-rs2", "lvs-rs3"):
+    for rs in ("lvs-rs1", "lvs-rs2", "lvs-rs3", t.CLIENT):
         out[f"ss {rs}"] = "\n".join(
             line
             for line in t.nsexec(rs, "ss", "-tnio", check=False).splitlines()

@@ -399,17 +399,25 @@ class Elector:
             self._releasing = False
 
     async def _release(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         await self._set_leader(False, "releasing the Lease (shutdown)")
+        stepped_down = loop.time()
         record = self._record
         if record is None:
             return False
-        for _ in range(3):
+        for attempt in range(1, 4):
             released = replace(
                 record, holder="", renew_time=self.clock.now(), annotations=self._merged(record)
             )
             try:
                 await asyncio.wait_for(self.api.update(released), timeout)
-                log.info("lease released", extra={"identity": self.config.identity})
+                # the handover waits on this: where its time went (the step-down, the writes)
+                log.info("lease released", extra={
+                    "identity": self.config.identity, "attempts": attempt,
+                    "step_down_s": round(stepped_down - start, 3),
+                    "write_s": round(loop.time() - stepped_down, 3),
+                })  # fmt: skip
                 return True
             except LeaseConflict:
                 current = await asyncio.wait_for(self.api.get(), timeout)

@@ -456,6 +456,9 @@ class PlannedHandover:
         note (this node's address on each VIP's link) on the Lease for the release."""
         exclude = self.vips.not_node_addresses()
         addresses: dict[tuple[str, int], str | None] = {}  # one lookup per link and family
+        # the Lease is released after this: where its time goes, in the log
+        start = time.monotonic()
+        marks: dict[str, float] = {}
 
         async def relay_via(vip: str, ifname: str) -> str | None:
             version = ipaddress.ip_address(vip).version
@@ -476,6 +479,7 @@ class PlannedHandover:
         async def before_move(plan: Mapping[str, tuple[str, str]]) -> None:
             """Quiet this node's ARP for the IPv4 VIPs before they go to lo: from then on
             the kernel would answer for them on any interface."""
+            marks["filter_at"] = time.monotonic()
             v4 = {vip: link for vip, link in plan.items() if ipaddress.ip_address(vip).version == 4}
             if not v4:
                 return
@@ -502,9 +506,16 @@ class PlannedHandover:
                 source=self.identity, at=wall_clock(), drain=self.drain_seconds, relays=relays
             )
             self.elector.set_annotation(HANDOVER_ANNOTATION, note.to_annotation())
+            filter_at = marks.get("filter_at", start)
             log.info(
                 "handing over: VIPs moved to lo, connections in flight stay here",
-                extra={"vips": sorted(relays), "seconds": self.drain_seconds},
+                extra={
+                    "vips": sorted(relays),
+                    "seconds": self.drain_seconds,
+                    # announcements stopped and addresses looked up; ARP filter and moves
+                    "before_filter_s": round(filter_at - start, 3),
+                    "filter_and_move_s": round(time.monotonic() - filter_at, 3),
+                },
             )
 
     async def drain(self) -> None:
