@@ -162,9 +162,14 @@ def test_pool_members_follow_endpointslices(
         RSP,
         "web",
         namespace,
-        lambda o: (o.get("status") or {}).get("readyOfTotal") == "3/3",
+        # The EndpointSlices may come from the Service's first version (no ports) and gain
+        # their ports a moment later: wait for both (3/3 without ports seen once in CI).
+        lambda o: (
+            (o.get("status") or {}).get("readyOfTotal") == "3/3"
+            and all(m.get("ports") for m in members_by_pod(o).values())
+        ),
         timeout=60,
-        what="3/3 ready members",
+        what="3/3 ready members with their ports",
     )
     pods = _pods(admin, namespace, "web")
     members = members_by_pod(st)
