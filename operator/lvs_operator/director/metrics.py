@@ -53,9 +53,10 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         ).labels(**labels)  # fmt: skip
         self.kernel_reads = Counter(
-            "lvs_director_kernel_reads", "full reads of the kernel's IPVS table by a converge, "
-            "by reason (start, after-error, drain, resync); the other converges diff against "
-            "the table as last read, with this director's changes since", ["group", "reason"],
+            "lvs_director_kernel_reads", "reads of the kernel's IPVS table by reason: whole "
+            "(start, after-error, resync: in the background) or the draining services' only "
+            "(drain); the converges diff against the table as last read, with this "
+            "director's changes since", ["group", "reason"],
             registry=self.registry,
         )  # fmt: skip
         self.converge_errors = Counter(

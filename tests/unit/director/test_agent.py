@@ -1032,6 +1032,45 @@ async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
     assert "Invalid argument" in refused[0]["message"]
 
 
+async def test_a_converge_that_changes_only_destinations_reconciles_no_vip() -> None:
+    """After a converge the VIPs are reconciled (two netlink dumps on the VIP lane, where
+    the lifetime renewals wait) only when the group's VIPs or this director's role changed,
+    or the last reconcile is older than the resync period: a pod becoming Ready does not."""
+    vips = FakeVips()
+    agent = make(vips=vips, store=FakeLeaseStore())
+    await agent.startup()
+    assert agent.elector.is_leader
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    loop_task = asyncio.create_task(agent._reconcile_loop())
+
+    async def settled() -> None:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not agent.dirty.is_set():
+                await asyncio.sleep(0.1)
+                return
+
+    try:
+        agent.dirty.set()
+        await settled()
+        assert vips.addresses == {VIP: "front"}
+        dumps = vips.presents
+        agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+        await settled()
+        assert {d.address for d in agent.kernel.table[K80].destinations} == {  # type: ignore[attr-defined]
+            "10.20.0.21", "10.20.0.22"}  # fmt: skip
+        assert vips.presents == dumps  # converged, no VIP reconcile
+        agent.watches.reset_vs([vs_obj(), vs_obj("web2", vip="10.10.0.101")])
+        agent.dirty.set()
+        await settled()
+        assert vips.presents > dumps and set(vips.addresses) == {VIP, "10.10.0.101"}
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+
+
 async def test_a_wrong_node_setting_is_reported_with_its_fix_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
