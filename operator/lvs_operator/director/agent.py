@@ -633,7 +633,10 @@ class Agent:
             loop.add_signal_handler(sig, self.stopping.set)
         loop_watch = asyncio.create_task(LoopWatch(self.metrics).run(), name="loop-watch")
         servers = await serve(
-            self.cfg.health_port, self.cfg.metrics_port, lambda: self.ready, self.metrics.render
+            self.cfg.health_port,
+            self.cfg.metrics_port,
+            lambda: self.ready,
+            self.metrics.render_chunks,
         )
         await self.heartbeat.start()
         log.info(

@@ -181,9 +181,26 @@ class Metrics:
         self.registry.register(_LeaseHolder(self.group, holder))
 
     def render(self) -> bytes:
+        return b"".join(self.render_chunks())
+
+    def render_chunks(self) -> list[bytes]:
+        """The exposition text, one chunk per metric family (what /metrics writes): at 1,000
+        services x 10 real servers the page is ~11 MB of 75,000 series, and rendering it
+        whole (every line, their join, its encoding, then the response) held ~45 MiB at
+        once, which the heap keeps after the scrape; a family at a time holds one family's."""
         from prometheus_client import generate_latest
 
-        return bytes(generate_latest(self.registry))
+        return [bytes(generate_latest(_OneFamily(m))) for m in self.registry.collect()]
+
+
+class _OneFamily:
+    """A registry of one collected family (``generate_latest`` renders a registry)."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
 
 
 class _LeaseHolder:
