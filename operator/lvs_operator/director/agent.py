@@ -709,6 +709,7 @@ class Agent:
             await asyncio.to_thread(self.traffic.stop)
         await self.events.close()
         await self.health.close()
+        await self.ipvs.close()
         await self.heartbeat.close()
         for server in servers:
             server.close()

@@ -347,6 +347,13 @@ class IpvsSync:
         if self._resync is None or self._resync.done():
             self._resync = asyncio.create_task(self._resync_read(), name="ipvs-resync")
 
+    async def close(self) -> None:
+        """At the agent's stop: a resync read still running is abandoned."""
+        if self._resync is not None and not self._resync.done():
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+
     async def resync_finished(self) -> None:
         """Until the background resync (if one runs) has swapped its read in."""
         if self._resync is not None:
