@@ -124,9 +124,12 @@ def report_agent(lab: Lab, label: str) -> dict[str, float]:
     first = metric(text, "lvs_director_converge_seconds_sum")
     changes = metric(text, "lvs_director_ipvs_changes_total")
     stall = metric(text, "lvs_director_event_loop_longest_stall_seconds")
+    gc_pause = metric(text, "lvs_director_gc_longest_pause_seconds")
+    gcs = {g: metric(text, "lvs_director_gc_pause_seconds_count", generation=g) for g in "012"}
     reads = samples_by_label(text, "lvs_director_kernel_reads_total", "reason")
     print(f"{label}: converges so far {count:.0f} taking {first:.2f} s in all; IPVS "
-          f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; full kernel "
+          f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; longest garbage "
+          f"collection {gc_pause:.3f} s (collections by generation {gcs}); full kernel "
           f"reads {reads}")  # fmt: skip
     return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall}
 

@@ -71,7 +71,7 @@ from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
-from .loop_watch import LoopWatch
+from .loop_watch import GcWatch, LoopWatch
 from .metrics import Metrics
 from .peer import SyncReport
 from .sync import (
@@ -631,7 +631,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop_watch = asyncio.create_task(LoopWatch(self.metrics).run(), name="loop-watch")
+        gc_watch = GcWatch(self.metrics)
+        gc_watch.install()
+        loop_watch = asyncio.create_task(
+            LoopWatch(self.metrics, gc_watch=gc_watch).run(), name="loop-watch"
+        )
         servers = await serve(
             self.cfg.health_port,
             self.cfg.metrics_port,
@@ -716,6 +720,7 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.client.close()
         loop_watch.cancel()
+        gc_watch.uninstall()
         if find_owner is not None:
             find_owner.cancel()
         await asyncio.gather(

@@ -130,6 +130,17 @@ class Metrics:
             "the longest event loop stall since the agent started", ["group"],
             registry=self.registry,
         ).labels(**labels)  # fmt: skip
+        self.gc_pause = Histogram(
+            "lvs_director_gc_pause_seconds", "how long each garbage collection held the "
+            "interpreter (every thread, the event loop too), by generation",
+            ["group", "generation"], registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+        self.gc_longest_pause = Gauge(
+            "lvs_director_gc_longest_pause_seconds",
+            "the longest garbage collection since the agent started", ["group"],
+            registry=self.registry,
+        ).labels(**labels)  # fmt: skip
         self.last_converge = Gauge(
             "lvs_director_last_converge_timestamp_seconds", "when the kernel last matched the "
             "desired table (a converge that succeeded; 0: not yet)", ["group"],
