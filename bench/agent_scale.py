@@ -21,7 +21,8 @@ RealServerPools of ``--dests`` ready members each and one VirtualServer per pool
 5. **restart**: the agent is killed (SIGKILL) and started again: spawn -> ready, its first
    converge, and the IPVS writes it made (``lvs_director_ipvs_changes``: 0 when it adopts
    the table as it is);
-6. each agent's longest event-loop stall and its full kernel reads by reason.
+6. each agent's longest event-loop stall, its kernel reads by reason, and the VIPs that
+   lapsed and were added again.
 
 Figures, not asserts: a 2-core host running TCG is slow and noisy; compare within a run.
 """
@@ -123,9 +124,12 @@ def report_agent(lab: Lab, label: str) -> dict[str, float]:
     first = metric(text, "lvs_director_converge_seconds_sum")
     changes = metric(text, "lvs_director_ipvs_changes_total")
     stall = metric(text, "lvs_director_event_loop_longest_stall_seconds")
+    gc_pause = metric(text, "lvs_director_gc_longest_pause_seconds")
+    gcs = {g: metric(text, "lvs_director_gc_pause_seconds_count", generation=g) for g in "012"}
     reads = samples_by_label(text, "lvs_director_kernel_reads_total", "reason")
     print(f"{label}: converges so far {count:.0f} taking {first:.2f} s in all; IPVS "
-          f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; full kernel "
+          f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; longest garbage "
+          f"collection {gc_pause:.3f} s (collections by generation {gcs}); full kernel "
           f"reads {reads}")  # fmt: skip
     return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall}
 
@@ -201,6 +205,11 @@ def main(argv: list[str]) -> int:
                       f"{statistics.median(removals) * 1000:.0f} ms")  # fmt: skip
             steady = report_agent(lab, "after the samples")
             print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB")
+            # every add past the cold start's is a VIP that lapsed (its lifetime ran out
+            # before a renewal) and was added again
+            adds = proc.output().count('"msg": "VIP added"')
+            print(f"VIPs added since the start: {adds} (the cold start's: {n}); lapsed and "
+                  f"added again: {max(0, adds - n)}")  # fmt: skip
 
             lab.agents.pop(DIRECTOR)
             proc.signal(signal.SIGKILL)

@@ -71,7 +71,7 @@ from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
-from .loop_watch import LoopWatch
+from .loop_watch import GcWatch, LoopWatch
 from .metrics import Metrics
 from .peer import SyncReport
 from .sync import (
@@ -177,6 +177,7 @@ class Agent:
         self.ipvs = IpvsSync(
             kernel, self.netlink, self.watches, self.health, self.metrics, cfg.group,
             cfg.masquerade_snat, WithdrawalBrake(cfg.brake), cfg.kernel_resync_period,
+            read_lane=Lane("ipvs-read"), wake=self.dirty.set,
         )  # fmt: skip
         node = handover_node or HandoverKernel()
         self.handover = PlannedHandover(
@@ -215,6 +216,11 @@ class Agent:
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None
         self._converge_error = ""  # the last converge failure's reason ("": none)
+        # what the last VIP reconcile after a converge saw (the VIPs, the role) and when: a
+        # converge that changes neither needs none (at 1,000 VIPs one is two netlink dumps
+        # on the VIP lane, where the lifetime renewals wait)
+        self._vips_reconciled: tuple[object, ...] | None = None
+        self._vips_reconciled_at = 0.0
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
@@ -440,8 +446,10 @@ class Agent:
             release = self.ipvs.brake.next_release()
             if release is not None:  # a held withdrawal goes ahead on time
                 timeout = max(0.05, min(timeout, release - time.monotonic() + 0.05))
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), timeout)
+                woken = True
             self.dirty.clear()
             await asyncio.sleep(0.02)  # coalesce bursts of watch events
             try:
@@ -455,14 +463,33 @@ class Agent:
             if self._converge_error:
                 log.info("converging IPVS works again", extra={"group": self.cfg.group})
                 self._converge_error = ""
+            seen = self._vip_state()
+            if (
+                woken
+                and seen == self._vips_reconciled
+                and not self.vips.problems
+                and not self.vips.arriving
+                and time.monotonic() - self._vips_reconciled_at < self.cfg.resync
+            ):
+                continue  # a change of destinations only: the VIPs stand as reconciled
             try:
                 await self.reconcile_vips()
             except Exception:
                 log.exception("VIP reconcile failed; retrying", extra={"group": self.cfg.group})
+                self._vips_reconciled = None
                 await asyncio.sleep(1.0)
                 self.dirty.set()
                 continue
+            self._vips_reconciled, self._vips_reconciled_at = seen, time.monotonic()
             self.forget_unused_vips()
+
+    def _vip_state(self) -> tuple[object, ...]:
+        """What a VIP reconcile after a converge depends on: the group's VIPs (with their
+        interface overrides) and this director's role."""
+        desired = self.ipvs.desired
+        vips = None if desired is None else tuple(sorted(desired.vips.items(), key=str))
+        return (vips, self.elector.is_leader, self.elector.taking_early,
+                self.elector.not_holder)  # fmt: skip
 
     def forget_unused_vips(self) -> None:
         """After a converge and a VIP reconcile both succeeded: own only the VIPs in use."""
@@ -604,9 +631,16 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop_watch = asyncio.create_task(LoopWatch(self.metrics).run(), name="loop-watch")
+        gc_watch = GcWatch(self.metrics)
+        gc_watch.install()
+        loop_watch = asyncio.create_task(
+            LoopWatch(self.metrics, gc_watch=gc_watch).run(), name="loop-watch"
+        )
         servers = await serve(
-            self.cfg.health_port, self.cfg.metrics_port, lambda: self.ready, self.metrics.render
+            self.cfg.health_port,
+            self.cfg.metrics_port,
+            lambda: self.ready,
+            self.metrics.render_chunks,
         )
         await self.heartbeat.start()
         log.info(
@@ -679,12 +713,14 @@ class Agent:
             await asyncio.to_thread(self.traffic.stop)
         await self.events.close()
         await self.health.close()
+        await self.ipvs.close()
         await self.heartbeat.close()
         for server in servers:
             server.close()
         with contextlib.suppress(Exception):
             await self.client.close()
         loop_watch.cancel()
+        gc_watch.uninstall()
         if find_owner is not None:
             find_owner.cancel()
         await asyncio.gather(

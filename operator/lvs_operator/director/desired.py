@@ -190,11 +190,18 @@ def needs_counts(desired: Desired, actual: IpvsTable) -> bool:
     """True if ``drain(desired, actual, ...)`` looks at connection counts: a quiesced
     destination that ``actual`` still has (one it does not have is left out whatever its
     count). Without one, a converge can drain against a table it did not just read."""
+    return bool(draining_services(desired, actual))
+
+
+def draining_services(desired: Desired, actual: IpvsTable) -> list[ServiceKey]:
+    """The services of ``actual`` that still have a quiesced destination: the only ones
+    whose connection counts ``drain`` reads (sorted, each once)."""
+    out = set()
     for key, dest in desired.quiesced:
         entry = actual.get(key)
         if entry is not None and any(d.key == dest for d in entry.destinations):
-            return True
-    return False
+            out.add(key)
+    return sorted(out)
 
 
 def drain(

@@ -17,12 +17,15 @@ The diff is against the agent's copy of the kernel's table (``KnownTable``), not
 read: a read of the whole table with its connection counts is one netlink dump per service,
 parsed in Python, and takes seconds at scale (kernel/ipvs.py's notes have the figures), so
 a pod becoming Ready would wait behind it. The copy is the last read with this agent's
-applied changes since (``table.apply_to_table``). A converge reads the kernel only when
-(``read_reason``): there is no copy (the start; or a converge failed, a read or an apply,
-which may have been partly done); a quiesced destination is still in the copy (draining
-needs its connection count); or the last read is older than ``kernel_resync`` (the
-``--resync-interval``: the repair of drift made behind the agent's back). Each read is
-counted in ``lvs_director_kernel_reads_total{reason}`` and logged with its reason.
+applied changes since (``table.apply_to_table``). A converge reads the whole kernel table
+only when there is no copy (``read_reason``: the start; or a converge failed, a read or an
+apply, which may have been partly done). While a quiesced destination is still in the copy
+(draining needs its connection count) it reads those services' destinations only. Once the
+last whole read is older than ``kernel_resync`` (the ``--resync-interval``: the repair of
+drift made behind the agent's back), a resync reads the whole table in the background, on
+a lane (and a socket) of its own, and becomes the copy with the services the converges
+changed meanwhile kept from the copy (``merge_read``); drift found wakes a converge. Each
+read is counted in ``lvs_director_kernel_reads_total{reason}`` and logged with its reason.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from typing import Any, Protocol, TypeVar
 
 from lvs_operator.api.contract import format_programmed
@@ -50,6 +53,8 @@ from .metrics import Metrics
 from .table import (
     Change,
     DestKey,
+    IpvsDestination,
+    IpvsService,
     IpvsTable,
     ServiceKey,
     apply_to_table,
@@ -76,6 +81,12 @@ class Kernel(Protocol):
 
     def read(self) -> tuple[IpvsTable, Connections | None]: ...
 
+    def read_destinations(
+        self, services: Iterable[IpvsService]
+    ) -> tuple[Mapping[ServiceKey, tuple[IpvsDestination, ...]], Connections]:
+        """Some services' destinations with their active connections (a drain's read)."""
+        ...
+
     def apply(self, changes: list[Change]) -> None: ...
 
     def prepare(
@@ -96,6 +107,7 @@ class ReadReason(enum.StrEnum):
     START = "start"  # no copy yet
     AFTER_ERROR = "after-error"  # a converge failed: a read or an apply (maybe partly done)
     DRAIN = "drain"  # a quiesced destination is still in the kernel: its connections count
+    # (only the services with one are read)
     RESYNC = "resync"  # the copy is older than the period: repair drift made behind our back
 
 
@@ -137,9 +149,15 @@ class IpvsSync:
         masquerade_snat: bool,
         brake: WithdrawalBrake | None = None,
         kernel_resync: float = DEFAULT_RESYNC,
+        read_lane: Lane | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.kernel = kernel
         self.lane = lane
+        # the whole-table reads: a lane of their own, so a resync (seconds at scale) never
+        # holds up the writes of a converge (``lane``)
+        self.read_lane = read_lane or lane
+        self.wake = wake  # asks for a converge (a resync found drift to repair)
         self.watches = watches
         self.health = health
         self.metrics = metrics
@@ -157,6 +175,12 @@ class IpvsSync:
         # been partly done)
         self._known: KnownTable | None = None
         self._known_before = False
+        # converges and a resync's swap of the copy, one at a time
+        self._lock = asyncio.Lock()
+        self._resync: asyncio.Task[None] | None = None  # the background whole read
+        self._resync_retry_at = 0.0  # after a failed one (clock)
+        # the services the converges changed while a resync read ran (None: none runs)
+        self._touched: set[ServiceKey] | None = None
         self.clock: Callable[[], float] = time.monotonic  # of the reads' ages (tests: a fake)
         for reason in ReadReason:  # exported at 0 from the start
             metrics.kernel_reads.labels(group=group, reason=reason)
@@ -230,6 +254,10 @@ class IpvsSync:
 
     async def converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         """Make the kernel's services on the ``owned`` VIPs match ``want``."""
+        async with self._lock:
+            await self._converge(want, owned)
+
+    async def _converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         t0 = time.monotonic()
         moved, self.watches.moved = self.watches.moved, set()
         want = self.brake.apply(want, self.desired, t0, moved)
@@ -240,9 +268,22 @@ class IpvsSync:
         known, self._known = self._known, None
         now = self.clock()
         why_read = read_reason(known, self._known_before, want, now, self.kernel_resync)
+        if (
+            known is not None
+            and now - known.read_at >= self.kernel_resync
+            and now >= self._resync_retry_at
+        ):
+            self._start_resync()
+        if why_read is ReadReason.RESYNC:
+            why_read = None  # the resync reads in the background; the copy serves meanwhile
         if why_read is None:
             assert known is not None
             actual, connections, read_at = known.table, None, known.read_at
+        elif why_read is ReadReason.DRAIN and known is not None:
+            # the draining services' counts only (a whole read takes seconds at scale); the
+            # resync period still runs from the last whole read
+            actual, connections = await self._read_draining(want, known.table)
+            read_at = known.read_at
         else:
             actual, connections = await self._read(why_read)
             read_at = now
@@ -271,6 +312,8 @@ class IpvsSync:
                           extra={"group": self.group})  # fmt: skip
             self._prepare_error = reason
         if changes:
+            if self._touched is not None:  # a resync read runs: it may not see these
+                self._touched.update(c.service.key for c in changes)
             await self.lane.run(self.kernel.apply, changes)
             for op, count in plan.ops.items():
                 self.metrics.changes.labels(group=self.group, op=op).inc(count)
@@ -281,7 +324,8 @@ class IpvsSync:
             )
         self._known, self._known_before = KnownTable(plan.known, read_at), True
         self.desired = want
-        if why_read is not None:  # without a read, the counts of the last one stand
+        if why_read is not None and why_read is not ReadReason.DRAIN:
+            # without a whole read, the counts of the last one stand
             self.active_connections = plan.active
         self.metrics.services.set(len(table))
         self.metrics.destinations.set(plan.destinations)
@@ -299,12 +343,58 @@ class IpvsSync:
                 extra={"services": len(table), "destinations": plan.destinations},
             )
 
+    def _start_resync(self) -> None:
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.create_task(self._resync_read(), name="ipvs-resync")
+
+    async def close(self) -> None:
+        """At the agent's stop: a resync read still running is abandoned."""
+        if self._resync is not None and not self._resync.done():
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+
+    async def resync_finished(self) -> None:
+        """Until the background resync (if one runs) has swapped its read in."""
+        if self._resync is not None:
+            await asyncio.shield(self._resync)
+
+    async def _resync_read(self) -> None:
+        """The periodic whole read, beside the converges: it becomes the copy, with the
+        services they changed meanwhile taken from the copy (the read may have missed their
+        changes); drift found wakes a converge, which repairs it."""
+        self._touched = set()
+        started = self.clock()
+        try:
+            table, connections = await self._read(ReadReason.RESYNC)
+        except Exception as exc:
+            self._touched = None
+            self._resync_retry_at = self.clock() + min(self.kernel_resync, 30.0)
+            log.warning("kernel table resync failed (the copy serves; retried): %s", exc,
+                        extra={"group": self.group})  # fmt: skip
+            return
+        async with self._lock:
+            touched, self._touched = self._touched or set(), None
+            known = self._known
+            if known is None:
+                return  # a converge failed meanwhile: the next one reads the kernel anyway
+            merged = merge_read(table, known.table, touched)
+            self._known = KnownTable(merged, started)
+            if self.desired is not None and connections is not None:
+                self.active_connections = sum(
+                    n for (service, _), n in connections.items() if service in self.desired.table
+                )
+        if merged != known.table:
+            log.info("kernel table resync: the kernel differs from the copy (repairing)",
+                     extra={"group": self.group})  # fmt: skip
+            self.wake()
+
     async def _read(self, reason: ReadReason) -> tuple[IpvsTable, Connections | None]:
         """The whole kernel table with its connection counts (seconds at scale: once per
         resync period, or when a converge cannot do without it)."""
         self.metrics.kernel_reads.labels(group=self.group, reason=reason).inc()
         started = time.monotonic()
-        table, connections = await self.lane.run(self.kernel.read)
+        table, connections = await self.read_lane.run(self.kernel.read)
         # the periodic and the draining reads are routine; the others are worth a line
         level = logging.DEBUG if reason in (ReadReason.RESYNC, ReadReason.DRAIN) else logging.INFO
         seconds = round(time.monotonic() - started, 3)
@@ -312,6 +402,22 @@ class IpvsSync:
                 extra={"reason": str(reason), "services": len(table), "seconds": seconds,
                        "group": self.group})  # fmt: skip
         return table, connections
+
+    async def _read_draining(
+        self, want: desired_mod.Desired, known: IpvsTable
+    ) -> tuple[IpvsTable, Connections]:
+        """The copy with the draining services' destinations read again from the kernel,
+        and their connection counts."""
+        keys = desired_mod.draining_services(want, known)
+        self.metrics.kernel_reads.labels(group=self.group, reason=ReadReason.DRAIN).inc()
+        started = time.monotonic()
+        dests, counts = await self.lane.run(
+            self.kernel.read_destinations, [known[k].service for k in keys]
+        )
+        log.debug("kernel read (drain)",
+                  extra={"services": len(keys), "seconds": round(time.monotonic() - started, 3),
+                         "group": self.group})  # fmt: skip
+        return known.with_destinations(dests), counts
 
     async def _with_health(self, want: desired_mod.Desired) -> desired_mod.Desired:
         """Start/stop probes for the pools with a healthCheck; quiesce failing members."""
@@ -390,6 +496,14 @@ def _plan(
         active = sum(n for (service, _), n in connections.items() if service in table)
     known = apply_to_table(actual, changes) if changes else actual
     return Plan(table, changes, known, ops, table.dest_count(), quiesced, active)
+
+
+def merge_read(read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]) -> IpvsTable:
+    """A whole read made while converges changed the ``touched`` services: it may or may
+    not show their changes, the agent's copy does. Everything else as read."""
+    entries = [e for k, e in read.items() if k not in touched]
+    entries += [copy[k] for k in touched if k in copy]
+    return IpvsTable.of(entries)
 
 
 def trim_memory() -> None:

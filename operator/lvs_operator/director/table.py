@@ -233,6 +233,18 @@ class IpvsTable(Mapping[ServiceKey, ServiceEntry]):
     def dest_count(self) -> int:
         return sum(len(e.destinations) for e in self.entries.values())
 
+    def with_destinations(
+        self, updates: Mapping[ServiceKey, tuple[IpvsDestination, ...]]
+    ) -> IpvsTable:
+        """This table with the destinations of the services in ``updates`` replaced (a
+        partial read of the kernel); a key this table lacks is left out."""
+        entries = dict(self.entries)
+        for key, dests in updates.items():
+            entry = entries.get(key)
+            if entry is not None:
+                entries[key] = ServiceEntry(entry.service, tuple(dests))
+        return IpvsTable(entries)
+
     def describe(self) -> str:
         lines = []
         for entry in self.entries.values():

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from .kernel.ipvs import ServiceStats
+    from .kernel.ipvs import DestinationStats, ServiceStats
     from .kernel.ipvs_netlink import Counters
     from .table import ServiceKey
 
 log = logging.getLogger("lvs_operator.director.traffic")
 
 DEFAULT_INTERVAL = 10.0
+BUSY_SHARE = 0.1  # the most of its time the poller spends reading
 
 
 class StatsReader(Protocol):
@@ -50,87 +51,113 @@ class Reading:
 
 
 def traffic_metrics(group: str, reading: Reading | None,
-                    wanted: set[ServiceKey] | None) -> list[Metric]:  # fmt: skip
+                    wanted: set[ServiceKey] | None) -> Iterator[Metric]:  # fmt: skip
     """The metric families of one reading: the services in ``wanted`` only (None: not known
-    yet, nothing exported)."""
+    yet, nothing exported). One family at a time: the registry writes each out before the
+    next is built, so a scrape at 1,000 services x 10 real servers holds at most one
+    family's samples (up to 22,000), not all 75,000 (each sample is a tuple and a dict of
+    its labels: tens of MiB at once, which the process's heap keeps after the scrape)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     svc = ["group", "vip", "port", "protocol"]
     dst = [*svc, "destination"]
-    svc_conns = CounterMetricFamily(
+    ours: list[ServiceStats] = []
+    if reading is not None and wanted is not None:
+        # another owner's service is not ours to report
+        ours = [service for service in reading.services if service.key in wanted]
+
+    def service_labels(service: ServiceStats) -> list[str]:
+        k = service.key
+        return [group, k.address, str(k.port), k.protocol.value]
+
+    def destinations() -> Iterator[tuple[list[str], DestinationStats]]:
+        for service in ours:
+            labels = service_labels(service)
+            for dest in service.destinations:
+                yield [*labels, str(dest.key)], dest
+
+    def flows(family: CounterMetricFamily, labels: list[str], c: Counters, packets: bool) -> None:
+        family.add_metric([*labels, "in"], c.packets_in if packets else c.bytes_in)
+        family.add_metric([*labels, "out"], c.packets_out if packets else c.bytes_out)
+
+    family = CounterMetricFamily(
         "lvs_director_service_connections",
         "connections IPVS scheduled to the service (since the service was added)",
         labels=svc,
     )
-    svc_packets = CounterMetricFamily(
-        "lvs_director_service_packets",
-        "packets of the service; direction in: client to real server, out: back",
-        labels=[*svc, "direction"],
-    )
-    svc_bytes = CounterMetricFamily(
-        "lvs_director_service_bytes",
-        "bytes of the service; direction as for packets",
-        labels=[*svc, "direction"],
-    )
-    dst_conns = CounterMetricFamily(
+    for service in ours:
+        family.add_metric(service_labels(service), service.counters.connections)
+    yield family
+    for packets in (True, False):
+        family = (
+            CounterMetricFamily(
+                "lvs_director_service_packets",
+                "packets of the service; direction in: client to real server, out: back",
+                labels=[*svc, "direction"],
+            )
+            if packets
+            else CounterMetricFamily(
+                "lvs_director_service_bytes",
+                "bytes of the service; direction as for packets",
+                labels=[*svc, "direction"],
+            )
+        )
+        for service in ours:
+            flows(family, service_labels(service), service.counters, packets)
+        yield family
+    family = CounterMetricFamily(
         "lvs_director_destination_connections",
         "connections IPVS scheduled to the real server (since it was added)",
         labels=dst,
     )
-    dst_packets = CounterMetricFamily(
-        "lvs_director_destination_packets",
-        "packets to and from the real server",
-        labels=[*dst, "direction"],
-    )
-    dst_bytes = CounterMetricFamily(
-        "lvs_director_destination_bytes",
-        "bytes to and from the real server",
-        labels=[*dst, "direction"],
-    )
-    dst_active = GaugeMetricFamily(
+    for labels, dest in destinations():
+        family.add_metric(labels, dest.counters.connections)
+    yield family
+    for packets in (True, False):
+        family = (
+            CounterMetricFamily(
+                "lvs_director_destination_packets",
+                "packets to and from the real server",
+                labels=[*dst, "direction"],
+            )
+            if packets
+            else CounterMetricFamily(
+                "lvs_director_destination_bytes",
+                "bytes to and from the real server",
+                labels=[*dst, "direction"],
+            )
+        )
+        for labels, dest in destinations():
+            flows(family, labels, dest.counters, packets)
+        yield family
+    gauge = GaugeMetricFamily(
         "lvs_director_destination_active_connections",
         "established TCP connections to the real server through this director now",
         labels=dst,
     )
-    dst_inactive = GaugeMetricFamily(
+    for labels, dest in destinations():
+        gauge.add_metric(labels, dest.active)
+    yield gauge
+    gauge = GaugeMetricFamily(
         "lvs_director_destination_inactive_connections",
         "connections to the real server in other states (e.g. TIME_WAIT)",
         labels=dst,
     )
-    read_at = GaugeMetricFamily(
+    for labels, dest in destinations():
+        gauge.add_metric(labels, dest.inactive)
+    yield gauge
+    gauge = GaugeMetricFamily(
         "lvs_director_traffic_read_timestamp_seconds",
         "when the traffic counters were last read from the kernel (0: never)",
         labels=["group"],
     )
-    read_seconds = GaugeMetricFamily(
+    gauge.add_metric([group], reading.at if reading else 0.0)
+    yield gauge
+    gauge = GaugeMetricFamily(
         "lvs_director_traffic_read_seconds", "how long the last read of the counters took",
         labels=["group"])  # fmt: skip
-    read_at.add_metric([group], reading.at if reading else 0.0)
-    read_seconds.add_metric([group], reading.took if reading else 0.0)
-
-    def flows(labels: list[str], c: Counters, packets: CounterMetricFamily,
-              nbytes: CounterMetricFamily) -> None:  # fmt: skip
-        packets.add_metric([*labels, "in"], c.packets_in)
-        packets.add_metric([*labels, "out"], c.packets_out)
-        nbytes.add_metric([*labels, "in"], c.bytes_in)
-        nbytes.add_metric([*labels, "out"], c.bytes_out)
-
-    if reading is not None and wanted is not None:
-        for service in reading.services:
-            if service.key not in wanted:
-                continue  # another owner's service: not ours to report
-            k = service.key
-            labels = [group, k.address, str(k.port), k.protocol.value]
-            svc_conns.add_metric(labels, service.counters.connections)
-            flows(labels, service.counters, svc_packets, svc_bytes)
-            for dest in service.destinations:
-                dl = [*labels, str(dest.key)]
-                dst_conns.add_metric(dl, dest.counters.connections)
-                flows(dl, dest.counters, dst_packets, dst_bytes)
-                dst_active.add_metric(dl, dest.active)
-                dst_inactive.add_metric(dl, dest.inactive)
-    return [svc_conns, svc_packets, svc_bytes, dst_conns, dst_packets, dst_bytes, dst_active,
-            dst_inactive, read_at, read_seconds]  # fmt: skip
+    gauge.add_metric([group], reading.took if reading else 0.0)
+    yield gauge
 
 
 class TrafficCollector:
@@ -195,5 +222,15 @@ class TrafficPoller:
             return
         while not self._stop.is_set():
             self.read_once(reader)
-            self._stop.wait(self.interval)
+            self._stop.wait(self.pause())
         reader.close()
+
+    def pause(self) -> float:
+        """Until the next read: the interval, or ``BUSY_SHARE``'s inverse times the last
+        read when that is longer. A read of 1,000 services x 10 real servers is parsed in
+        Python and holds the GIL most of the time; back to back it would starve the event
+        loop and the VIP lifetime renewals (the figures get older instead: the timestamp
+        metric says how old)."""
+        reading = self.collector.reading
+        took = reading.took if reading is not None else 0.0
+        return max(self.interval, took / BUSY_SHARE)

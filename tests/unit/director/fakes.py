@@ -27,6 +27,8 @@ from lvs_operator.director.sync import DaemonKernel
 from lvs_operator.director.table import (
     Change,
     DestKey,
+    IpvsDestination,
+    IpvsService,
     IpvsTable,
     ServiceKey,
     apply_to_table,
@@ -50,6 +52,7 @@ class FakeKernel:
         self.settings_checks: list[bool] = []  # the ipv6 argument of each check
         self.settings_error: Exception | None = None  # what check_node_settings raises
         self.reads = 0  # whole-table reads (each costs seconds at scale in a real kernel)
+        self.partial_reads = 0  # reads of some services' destinations (a drain's)
         self.read_error: Exception | None = None  # what read() raises
 
     def read(self) -> tuple[IpvsTable, Connections]:
@@ -57,6 +60,16 @@ class FakeKernel:
         if self.read_error is not None:
             raise self.read_error
         return self.table, dict(self.connections)
+
+    def read_destinations(
+        self, services: Iterable[IpvsService]
+    ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], Connections]:
+        self.partial_reads += 1
+        if self.read_error is not None:
+            raise self.read_error
+        keys = [s.key for s in services]
+        dests = {k: self.table[k].destinations for k in keys}  # KeyError: gone
+        return dests, {(k, d): n for (k, d), n in self.connections.items() if k in dests}
 
     def apply(self, changes: list[Change]) -> None:
         if self.apply_error is not None:
@@ -117,11 +130,13 @@ class FakeVips:
         self.answering: set[str] = set()
         self.probed: list[tuple[list[Announcement], float]] = []
         self.add_batches: list[list[str]] = []  # the VIPs of each add_many call
+        self.presents = 0  # the address dumps (present()) asked for
 
     def routes(self) -> list[Route]:
         return [Route(ipaddress.ip_network("10.10.0.0/24"), "front")]
 
     def present(self) -> dict[str, str]:
+        self.presents += 1
         return dict(self.addresses)
 
     def _fail(self, vip: str, ifname: str) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -1030,6 +1031,49 @@ async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
     refused = [e for e in poster.posted if e["reason"] == "KernelRefused"]
     assert [(e["involvedObject"]["name"], e["type"]) for e in refused] == [("web", "Warning")]
     assert "Invalid argument" in refused[0]["message"]
+
+
+async def test_a_converge_that_changes_only_destinations_reconciles_no_vip() -> None:
+    """After a converge the VIPs are reconciled (two netlink dumps on the VIP lane, where
+    the lifetime renewals wait) only when the group's VIPs or this director's role changed,
+    or the last reconcile is older than the resync period: a pod becoming Ready does not."""
+    vips = FakeVips()
+    agent = make(vips=vips, store=FakeLeaseStore())
+    await agent.startup()
+    assert agent.elector.is_leader
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    loop_task = asyncio.create_task(agent._reconcile_loop())
+
+    def dests() -> set[str]:
+        return {d.address for d in agent.kernel.table[K80].destinations}  # type: ignore[attr-defined]
+
+    async def until(done: Callable[[], bool]) -> None:
+        """Polled (a loaded machine is slow), bounded; then a moment for whatever the same
+        loop pass does next (a VIP reconcile follows its converge at once)."""
+        for _ in range(250):
+            if done():
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+
+    try:
+        agent.dirty.set()
+        await until(lambda: vips.addresses == {VIP: "front"})
+        assert vips.addresses == {VIP: "front"}
+        dumps = vips.presents
+        agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+        await until(lambda: dests() == {"10.20.0.21", "10.20.0.22"})
+        assert dests() == {"10.20.0.21", "10.20.0.22"}
+        assert vips.presents == dumps  # converged, no VIP reconcile
+        agent.watches.reset_vs([vs_obj(), vs_obj("web2", vip="10.10.0.101")])
+        agent.dirty.set()
+        await until(lambda: set(vips.addresses) == {VIP, "10.10.0.101"})
+        assert vips.presents > dumps and set(vips.addresses) == {VIP, "10.10.0.101"}
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
 
 
 async def test_a_wrong_node_setting_is_reported_with_its_fix_and_counted(

@@ -55,3 +55,22 @@ async def test_a_slow_metrics_render_does_not_stall_the_event_loop() -> None:
     finally:
         for s in servers:
             s.close()
+
+
+async def test_metrics_in_chunks_are_written_whole_with_their_length() -> None:
+    """/metrics at scale is rendered a family at a time (metrics.py): the chunks go out one
+    after the other, under one Content-Length."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # a free port
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    chunks = [b"# TYPE a gauge\na 1.0\n", b"# TYPE b gauge\nb 2.0\n"]
+    servers = await serve(0, port, lambda: True, lambda: chunks)
+    try:
+        answer = await get(port, "/metrics")
+    finally:
+        for s in servers:
+            s.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert body == b"".join(chunks)
+    assert f"Content-Length: {len(body)}".encode() in head

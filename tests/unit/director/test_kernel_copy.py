@@ -4,7 +4,9 @@ destination drains, and once per resync period. The fake kernel counts its reads
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import pytest
 
@@ -20,6 +22,7 @@ from lvs_operator.director.table import (
     Op,
     Protocol,
     ServiceEntry,
+    ServiceKey,
     apply_to_table,
 )
 from tests.unit.director.fake_lease import FakeLeaseStore
@@ -167,8 +170,11 @@ async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
     assert kernel.reads == 1 and weights(kernel) == {"10.20.0.21": 9}  # not seen yet
     clock[0] += 1.0
     with caplog.at_level(logging.DEBUG, logger="lvs_operator.director.ipvs_sync"):
-        await agent.converge()
+        await agent.converge()  # the copy serves; the read runs beside it
+        await agent.ipvs.resync_finished()
     assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    assert agent.dirty.is_set()  # the drift found asks for a converge
+    await agent.converge()
     assert weights(kernel) == {"10.20.0.21": 1}
     assert kernel.table[hand_made.key] == ServiceEntry(hand_made)
     assert any(r.getMessage() == "kernel table read (resync)" and r.levelno == logging.DEBUG
@@ -179,9 +185,43 @@ async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
     assert kernel.reads == 2
 
 
+async def test_a_resync_read_keeps_the_changes_converges_made_while_it_ran() -> None:
+    """The resync reads on a lane of its own while converges go on: a destination a converge
+    added after the read had passed its service is not lost when the read becomes the copy
+    (else the next converge would add it again and the kernel refuse it)."""
+    kernel = FakeKernel()
+    clock = [1000.0]
+    agent = make(kernel=kernel, store=FakeLeaseStore(), kernel_resync=60.0)
+    agent.ipvs.clock = lambda: clock[0]
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    before = kernel.table  # what the slow read will return: before the converge below
+    gate = asyncio.Event()
+
+    def slow_read() -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], int]]:
+        kernel.reads += 1
+        while not gate.is_set():
+            time.sleep(0.005)
+        return before, {}
+
+    kernel.read = slow_read  # type: ignore[method-assign]
+    clock[0] += 60.0
+    agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+    await agent.converge()  # starts the resync, adds rs2 meanwhile
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 1}
+    gate.set()
+    await agent.ipvs.resync_finished()
+    assert kernel.reads == 2
+    kernel.applied.clear()
+    await agent.converge()
+    assert kernel.applied == []  # the copy has rs2: nothing to add again
+
+
 async def test_a_draining_destination_is_read_for_its_connections() -> None:
     """A terminating member with connections stays at weight 0, and leaves once idle: each
-    of those converges reads the counts; once it left, the copy serves again."""
+    of those converges reads the counts of the draining service only (one destination dump,
+    not the whole table); once it left, the copy serves again."""
     kernel = FakeKernel()
     agent = await serving("10.20.0.21", "10.20.0.22", kernel=kernel)
     kernel.connections[(K80, RS22)] = 3
@@ -189,22 +229,39 @@ async def test_a_draining_destination_is_read_for_its_connections() -> None:
     terminating = pool_obj(m("10.20.0.21"), m("10.20.0.22", terminating=True))
     agent.watches.apply_pool("MODIFIED", terminating)
     await agent.converge()
-    assert kernel.reads == 2 and reads(agent, ReadReason.DRAIN) == 1
+    assert (kernel.reads, kernel.partial_reads) == (1, 1)
+    assert reads(agent, ReadReason.DRAIN) == 1
     assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0}
-    assert agent.ipvs.active_connections == 4
     assert agent.ipvs.drain_pending
     await agent.converge()  # the drain re-check (every 2 s in the agent's loop)
-    assert kernel.reads == 3 and weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0}
+    assert (kernel.reads, kernel.partial_reads) == (1, 2)
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0}
     kernel.connections[(K80, RS22)] = 0
     await agent.converge()
-    assert kernel.reads == 4 and reads(agent, ReadReason.DRAIN) == 3
+    assert (kernel.reads, kernel.partial_reads) == (1, 3) and reads(agent, ReadReason.DRAIN) == 3
     assert weights(kernel) == {"10.20.0.21": 1}
-    assert agent.ipvs.active_connections == 1
     # drained: no quiesced destination left in the kernel, nothing to count
-    kernel.connections[(K80, RS21)] = 7
     await agent.converge()
-    assert kernel.reads == 4
-    assert agent.ipvs.active_connections == 1  # the last read's count stands
+    assert (kernel.reads, kernel.partial_reads) == (1, 3)
+
+
+async def test_a_drain_reads_only_its_service_and_sees_its_destinations_anew() -> None:
+    """The drain's read replaces the draining service's destinations in the copy with the
+    kernel's (a destination removed behind the agent's back is seen and added again) and
+    leaves the other services' as they were."""
+    kernel = FakeKernel()
+    agent = await serving("10.20.0.21", "10.20.0.22", "10.20.0.23", kernel=kernel)
+    kernel.connections[(K80, RS22)] = 2
+    svc = kernel.table[K80].service
+    # behind the agent's back: rs3 removed by hand
+    kernel.table = apply_to_table(
+        kernel.table, [Change(Op.DEL_DEST, svc, IpvsDestination("10.20.0.23", 8080))]
+    )
+    terminating = pool_obj(m("10.20.0.21"), m("10.20.0.22", terminating=True), m("10.20.0.23"))
+    agent.watches.apply_pool("MODIFIED", terminating)
+    await agent.converge()
+    assert (kernel.reads, kernel.partial_reads) == (1, 1)
+    assert weights(kernel) == {"10.20.0.21": 1, "10.20.0.22": 0, "10.20.0.23": 1}
 
 
 def test_the_read_rule() -> None:

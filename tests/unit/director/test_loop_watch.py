@@ -13,7 +13,7 @@ import pytest
 
 from lvs_operator.director.health import Probe
 from lvs_operator.director.ipvs_sync import on_loop
-from lvs_operator.director.loop_watch import LoopWatch
+from lvs_operator.director.loop_watch import GcWatch, LoopWatch
 from lvs_operator.director.metrics import Metrics
 from lvs_operator.director.table import Protocol, ServiceKey
 from tests.unit.director.test_agent import make, pool_obj, vs_obj
@@ -32,6 +32,58 @@ class Clock:
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     value = metrics.registry.get_sample_value(name, {"group": "g1", **labels})
     return value
+
+
+def test_gc_pauses_are_timed_by_generation_and_named_in_the_stall_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, gc_clock, metrics = Clock(), Clock(), Metrics("g1")
+    gcw = GcWatch(metrics, clock=gc_clock)
+    watch = LoopWatch(metrics, interval=0.05, threshold=0.25, clock=clock, gc_watch=gcw)
+    gcw.callback("start", {"generation": 0})
+    gc_clock.t += 0.002
+    gcw.callback("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    gcw.callback("start", {"generation": 2})
+    gc_clock.t += 1.5
+    gcw.callback("stop", {"generation": 2, "collected": 10, "uncollectable": 0})
+    gcw.callback("stop", {"generation": 1})  # a stop without its start (installed mid-way)
+    assert gcw.collections == 2 and gcw.longest == pytest.approx(1.5)
+    pause = "lvs_director_gc_pause_seconds"
+    assert sample(metrics, f"{pause}_count", generation="0") == 1
+    assert sample(metrics, f"{pause}_sum", generation="2") == pytest.approx(1.5)
+    assert sample(metrics, "lvs_director_gc_longest_pause_seconds") == pytest.approx(1.5)
+    due = watch.due()
+    clock.t = due + 1.6
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        watch.tick(due)
+    (record,) = caplog.records
+    assert (record.gc_seconds, record.gc_generation) == (1.5, 2)  # type: ignore[attr-defined]
+    # taken: the next stall names no collection
+    caplog.clear()
+    due = watch.due()
+    clock.t = due + 20.0  # past warn_every, so it is logged
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        watch.tick(due)
+    (record,) = caplog.records
+    assert not hasattr(record, "gc_seconds")
+
+
+def test_gc_watch_times_real_collections_until_uninstalled() -> None:
+    gcw = GcWatch()
+    gcw.install()
+    gcw.install()  # once only
+    try:
+        assert gc.callbacks.count(gcw.callback) == 1
+        gc.collect()
+        assert gcw.collections >= 1 and gcw.longest > 0
+        taken = gcw.take()
+        assert taken is not None and taken[1] == 2
+    finally:
+        gcw.uninstall()
+    assert gcw.callback not in gc.callbacks
+    seen = gcw.collections
+    gc.collect()
+    assert gcw.collections == seen
 
 
 def test_stall_is_the_lateness_of_the_look_and_the_longest_is_kept() -> None:

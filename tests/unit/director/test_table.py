@@ -371,3 +371,15 @@ def test_diff_scales_linearly() -> None:
     small, big = table(100), table(1000)
     ratio = cost(big) / max(cost(small), 1e-4)
     assert ratio < 30, f"1,000 services cost {ratio:.1f}x 100 services (linear: 10x)"
+
+
+def test_with_destinations_replaces_only_the_services_named() -> None:
+    a = IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    b = IpvsService("10.10.0.101", 80, Protocol.TCP, "rr")
+    d1, d2 = IpvsDestination("10.20.0.21", 8080), IpvsDestination("10.20.0.22", 8080)
+    table = IpvsTable.of([(a, [d1]), (b, [d1, d2])])
+    gone = IpvsService("10.10.0.102", 80, Protocol.TCP, "rr").key
+    out = table.with_destinations({a.key: (d1, d2), gone: (d1,)})
+    assert out == IpvsTable.of([(a, [d1, d2]), (b, [d1, d2])])
+    assert out[b.key] is table[b.key]  # untouched
+    assert list(out) == list(table)  # same services, same order

@@ -119,3 +119,15 @@ def test_the_poller_reads_on_its_own_thread_and_closes_its_reader() -> None:
         poller.stop()
     assert collector.reading is not None
     assert reader.closed
+
+
+def test_the_poller_waits_longer_after_a_slow_read() -> None:
+    """A read that takes long (a big table parsed in Python, holding the GIL) is followed by
+    a pause of ten times its length, so the poller reads at most a tenth of the time."""
+    collector = TrafficCollector("g1", lambda: None)
+    poller = TrafficPoller(collector, lambda: FakeStatsReader(), interval=10)
+    assert poller.pause() == 10  # nothing read yet
+    collector.reading = Reading(0.0, 0.5, ())
+    assert poller.pause() == 10
+    collector.reading = Reading(0.0, 3.0, ())
+    assert poller.pause() == 30

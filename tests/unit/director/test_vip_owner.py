@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from collections.abc import Sequence
 
 import pytest
 
@@ -198,6 +199,34 @@ async def test_take_fast_adds_in_batches_and_announces_each_batch() -> None:
     assert [len(b) for b in node.add_batches] == [32, 8]
     assert vips.held == dict.fromkeys(many, "front")
     assert {vip for vip, _, _ in node.announced} == set(many)
+
+
+async def test_reconcile_adds_in_batches_each_held_once_its_batch_is_in() -> None:
+    """1,000 VIPs added one request at a time took longer than their lifetime in the test VM:
+    the first lapsed before the pass ended, since only held VIPs are renewed."""
+    node = FakeVips()
+    vips = owner(node)
+    held_at_each_batch: list[set[str]] = []
+    add_many = node.add_many
+
+    def recording(items: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        held_at_each_batch.append(set(vips.held))  # what a renewal now would cover
+        return add_many(items)
+
+    node.add_many = recording  # type: ignore[method-assign]
+    node.failures["10.10.0.101"] = OSError(errno.EADDRNOTAVAIL, "refused")
+    many = {f"10.10.0.{i}": None for i in range(100, 140)}  # 40: a batch of 32, one of 8
+    await vips.reconcile(many, leader=True)
+    await settled(vips)
+    assert [len(b) for b in node.add_batches] == [32, 8]
+    first = set(node.add_batches[0]) - {"10.10.0.101"}
+    assert held_at_each_batch == [set(), first]
+    assert vips.held == {v: "front" for v in many if v != "10.10.0.101"}
+    assert set(vips.problems) == {"10.10.0.101"}
+    assert [e for e in node.events if e[0] == "add"] == [
+        ("add", v) for v in many if v != "10.10.0.101"
+    ]
+    assert {vip for vip, _, _ in node.announced} == set(many) - {"10.10.0.101"}
 
 
 async def test_take_fast_stops_between_batches_once_no_longer_leader() -> None:

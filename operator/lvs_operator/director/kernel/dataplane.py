@@ -10,10 +10,18 @@ and corrects a wrong one where ``/proc/sys`` is writable (not in the shipped pod
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Set
+import threading
+from collections.abc import Iterable, Mapping, Set
 
 from lvs_operator.director import node_settings
-from lvs_operator.director.table import Change, DestKey, IpvsTable, ServiceKey
+from lvs_operator.director.table import (
+    Change,
+    DestKey,
+    IpvsDestination,
+    IpvsService,
+    IpvsTable,
+    ServiceKey,
+)
 
 from . import nft, sysctl
 from .ipvs import IpvsKernel
@@ -26,14 +34,27 @@ class DataPlane:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipvs = IpvsKernel(netns)
+        # whole-table reads on a socket of their own: they run on their own lane beside the
+        # writes (ipvs_sync.py); the lock keeps the socket to one reader at a time
+        self._reader = IpvsKernel(netns)
+        self._reader_lock = threading.Lock()
         # (VIPs, real servers, VIP-sourced services) last written to nftables
         self._snat: tuple[tuple[str, ...], ...] | None = None
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
         """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
         need no draining; with expire_nodest_conn their leftovers are dropped cleanly."""
-        table, counts = self._ipvs.read()
+        with self._reader_lock:
+            table, counts = self._reader.read()
         return table, {k: c.active for k, c in counts.items()}
+
+    def read_destinations(
+        self, services: Iterable[IpvsService]
+    ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], Mapping[tuple[ServiceKey, DestKey],
+                                                                      int]]:  # fmt: skip
+        """``read`` for some services' destinations only (active connections, as there)."""
+        dests, counts = self._ipvs.read_destinations(services)
+        return dests, {k: c.active for k, c in counts.items()}
 
     def apply(self, changes: list[Change]) -> None:
         self._ipvs.apply(changes)
@@ -69,3 +90,4 @@ class DataPlane:
 
     def close(self) -> None:
         self._ipvs.close()
+        self._reader.close()

@@ -237,6 +237,25 @@ class IpvsKernel:
             entries.append(ServiceEntry(service, tuple(dests)))
         return IpvsTable.of(entries), counts
 
+    def read_destinations(
+        self, services: Iterable[IpvsService]
+    ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], dict[tuple[ServiceKey, DestKey],
+                                                                   ConnCounts]]:  # fmt: skip
+        """The destinations and their connection counters of ``services`` only: one
+        destination dump each (a drain needs a few services' counts, not the whole table).
+        A service the kernel no longer has raises (the caller reads everything next)."""
+        dests: dict[ServiceKey, tuple[IpvsDestination, ...]] = {}
+        counts: dict[tuple[ServiceKey, DestKey], ConnCounts] = {}
+        for service in services:
+            af = AF_INET if service.family == 4 else AF_INET6
+            found = []
+            for dattrs in self._nl.dump_dests(_nl_service_key(service)):
+                dest, conns = _nl_dest(dattrs, af)
+                found.append(dest)
+                counts[(service.key, dest.key)] = conns
+            dests[service.key] = tuple(found)
+        return dests, counts
+
     def read_stats(self) -> list[ServiceStats]:
         """Every service's and destination's traffic counters (the same dumps as ``read``;
         the kernel sends the counters with every entry)."""
