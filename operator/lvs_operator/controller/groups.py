@@ -258,7 +258,9 @@ def register(registry: kopf.OperatorRegistry, config: ControllerConfig) -> None:
     @kopf.index(
         "", "v1", "pods", registry=registry, id="lvs_director_pods", labels=DIRECTOR_POD_LABELS
     )
-    def index_director_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def index_director_pods(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> Any:
         if namespace != config.namespace:
             return {}
         pod = director_pod(body)

@@ -389,14 +389,14 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
     owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: POOL_COMPONENT}
 
     @kopf.index(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="lvs_pools")
-    def index_pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def index_pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         keep = ("apiVersion", "kind", "metadata", "spec", "status")
         return {(namespace, name): index_body(body, keep)}
 
     @kopf.index(
         "discovery.k8s.io", "v1", "endpointslices", registry=registry, id="lvs_slices", labels=owned
     )
-    def index_slices(
+    async def index_slices(
         body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> Any:
         service = labels.get(SERVICE_NAME_LABEL)
@@ -405,11 +405,11 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
         return {(namespace, service): index_body(body, ("metadata", "endpoints", "ports"))}
 
     @kopf.index("", "v1", "services", registry=registry, id="lvs_services", labels=owned)
-    def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         return {(namespace, name): index_body(body, ("metadata", "spec"))}
 
     @kopf.index("", "v1", "pods", registry=registry, id="lvs_pods")
-    def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         return {(namespace, name): pod_info(body)}
 
     @kopf.on.event(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="pool_event")

@@ -48,6 +48,7 @@ from lvs_operator.api.resources import RealServerPoolResource, VirtualServerReso
 from lvs_operator.api.validation import ValidationError
 from lvs_operator.api.virtualserver import VirtualPort, VirtualServer
 
+from ..heap import HeapTrimmer
 from ..listwatch import Informer
 from .conditions import NORMAL, EventSpec, build_event
 from .config import ControllerConfig
@@ -521,8 +522,11 @@ class Reconciler:
         client: AsyncClient,
         debounce: float = 0.05,
         metrics: ControllerMetrics | None = None,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         self.config = config
+        # after a full pass, the free heap goes back to the OS (it planned everything)
+        self.trimmer = trimmer or HeapTrimmer()
         self.client = client
         self.debounce = debounce
         self.metrics = metrics or ControllerMetrics()
@@ -804,6 +808,7 @@ class Reconciler:
             p, self._state = plan_full(world, self.config, now)
             self.full_passes += 1
             self._next_full = time.monotonic() + FULL_PASS_INTERVAL
+            self.trimmer.trim()
         else:
             p, self._state = plan_touched(world, self._state, scope, self.config, now)
         return p

@@ -640,7 +640,9 @@ def vs_events(
 
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
     @kopf.index(f"{GROUP}/{VERSION}", vsm.PLURAL, registry=registry, id="lvs_virtualservers")
-    def index_virtualservers(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    async def index_virtualservers(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> Any:
         keep = ("apiVersion", "kind", "metadata", "spec", "status")
         return {(namespace, name): index_body(body, keep)}
 

@@ -316,3 +316,23 @@ async def test_no_cluster_to_connect_to_exits_2(
     monkeypatch.setenv("HOME", str(tmp_path))
     assert await app.main(ControllerConfig(), None, None) == 2
     assert "no cluster to connect to" in caplog.text
+
+
+def test_handlers_run_on_the_event_loop_not_in_threads() -> None:
+    """kopf runs a plain ``def`` handler in its thread pool (threads, their stacks and
+    malloc arenas, a hop per object); the index handlers are ``async`` so it calls them
+    in the loop."""
+    import inspect
+
+    class Kick:
+        async def kick(self, **_: object) -> None:
+            return None
+
+    from lvs_operator.controller.config import ControllerConfig
+
+    registry = app.build_registry(Kick(), ControllerConfig())
+    indexing = registry._indexing.get_all_handlers()
+    watching = registry._watching.get_all_handlers()
+    assert {h.id for h in indexing} >= {"lvs_pods", "lvs_pools", "lvs_slices"}
+    for handler in [*indexing, *watching]:
+        assert inspect.iscoroutinefunction(handler.fn), handler.id

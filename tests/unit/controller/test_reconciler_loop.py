@@ -380,3 +380,23 @@ async def test_a_refused_service_is_reported_on_the_pool_and_logged_once(
     status = client.objects[("RealServerPool", "web", "web")]["status"]
     assert {c["type"]: c for c in status["conditions"]}["Ready"]["reason"] == "MembersReady"
     assert r._service_rejections == {}
+
+
+async def test_the_heap_is_trimmed_after_full_passes_only() -> None:
+    from types import SimpleNamespace
+
+    from lvs_operator.heap import HeapTrimmer
+
+    client = FakeClient()
+    r = reconciler(client)
+    trims: list[int] = []
+    r.trimmer = HeapTrimmer(load=lambda: lambda pad: trims.append(pad) or 1)
+    await r.reconcile_once()
+    assert r.full_passes == 1 and trims == [0]
+    pool_event = SimpleNamespace(plural="realserverpools")
+    await r.kick(resource=pool_event, namespace="web", name="web")
+    await r.reconcile_once()
+    assert r.full_passes == 1 and trims == [0]  # a pass over what the event touched
+    r.wake()
+    await r.reconcile_once()
+    assert r.full_passes == 2 and trims == [0, 0]

@@ -1,0 +1,54 @@
+"""Handing freed heap back to the OS: glibc's malloc_trim, or nothing (said once)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+
+import pytest
+
+from lvs_operator.heap import HeapTrimmer, load_malloc_trim
+
+
+def test_trims_with_the_loaded_function_and_counts() -> None:
+    calls: list[int] = []
+
+    def fake_trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    trimmer = HeapTrimmer(load=lambda: fake_trim)
+    assert trimmer.available
+    assert trimmer.trim() is True
+    assert trimmer.trim() is True
+    assert calls == [0, 0]  # malloc_trim(0): keep no padding
+    assert trimmer.trims == 2
+
+
+def test_nothing_released_is_false() -> None:
+    assert HeapTrimmer(load=lambda: lambda pad: 0).trim() is False
+
+
+def test_without_glibc_it_does_nothing_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    loads: list[int] = []
+
+    def load() -> None:
+        loads.append(1)
+        return None
+
+    trimmer = HeapTrimmer(load=load)
+    with caplog.at_level(logging.INFO, logger="lvs_operator.heap"):
+        assert trimmer.trim() is False
+        assert trimmer.trim() is False
+    assert not trimmer.available
+    assert loads == [1]
+    assert trimmer.trims == 0
+    said = [r for r in caplog.records if "malloc_trim" in r.getMessage()]
+    assert len(said) == 1
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_malloc_trim_is_found_and_runs() -> None:
+    fn = load_malloc_trim()
+    assert fn is not None
+    assert HeapTrimmer().trim() in (True, False)  # it ran; whether pages were freed varies
