@@ -136,6 +136,8 @@ class Metrics:
             ["group", "generation"], registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )  # fmt: skip
+        for generation in ("0", "1", "2"):  # exported from the start, at zero
+            self.gc_pause.labels(group, generation)
         self.gc_longest_pause = Gauge(
             "lvs_director_gc_longest_pause_seconds",
             "the longest garbage collection since the agent started", ["group"],
