@@ -70,8 +70,9 @@ async def list_then_watch(
 ) -> None:
     """Run until cancelled. ``namespace``: one namespace, or lightkube's ``ALL_NS``;
     ``hint``: what to do about a 403, for the warning; ``on_restart(reason)`` is told of
-    each relist after the first: ``expired`` (410), ``failed`` or ``ended`` (the watch
-    stream ended)."""
+    each restart after the first list: ``expired`` (410: a relist), ``failed`` (a relist
+    after the backoff) or ``ended`` (the watch stream ended: watched again from the last
+    resourceVersion seen, without a list)."""
     from lightkube import ApiError
 
     def restarted(reason: str) -> None:
@@ -86,15 +87,23 @@ async def list_then_watch(
             reset([obj.to_dict() async for obj in listing])
             delay = backoff.first
             extra = {} if server_timeout is None else {"server_timeout": server_timeout}
-            async for kind, obj in client.watch(
-                resource,
-                namespace=namespace,
-                labels=selector,
-                resource_version=listing.resourceVersion,
-                **extra,
-            ):
-                apply(kind, obj.to_dict())
-            restarted("ended")
+            version = listing.resourceVersion
+            while True:
+                async for kind, obj in client.watch(
+                    resource,
+                    namespace=namespace,
+                    labels=selector,
+                    resource_version=version,
+                    **extra,
+                ):
+                    raw = obj.to_dict()
+                    version = (raw.get("metadata") or {}).get("resourceVersion") or version
+                    apply(kind, raw)
+                # The stream ended (the server's timeout): watch again from the last version
+                # seen, no list. A relist every ``server_timeout`` re-read every object (at
+                # 1,000 pools, seconds of the agent's event loop in a slow VM); a version
+                # the server no longer has gives 410, and then a relist.
+                restarted("ended")
         except asyncio.CancelledError:
             raise
         except ApiError as exc:

@@ -103,3 +103,45 @@ async def test_other_failures_relist_after_the_backoff() -> None:
     assert loop.time() - t0 >= 0.3  # waited the backoff before relisting
     assert resets == [["a", "b"], ["c"]]
     assert applied == [("ADDED", "d")]
+
+
+class EndingClient(FakeClient):
+    """The first watch stream ends (the server's timeout) after one event, the second too,
+    without any; the third is cut by a 410."""
+
+    async def _events(self, n: int) -> AsyncIterator[tuple[str, Any]]:
+        if n == 1:
+            yield ("MODIFIED", lease("a", "11"))
+            return
+        if n == 2:
+            return
+        if n == 3:
+            raise ApiError(status=Status(code=410, message="too old"))
+        yield ("ADDED", lease("d", "32"))
+        self.done.set()
+        await asyncio.sleep(3600)
+
+
+async def test_an_ended_stream_is_watched_again_from_the_last_version_without_a_list() -> None:
+    client = EndingClient()
+    restarts: list[str] = []
+    resets: list[list[str]] = []
+    task = asyncio.create_task(
+        list_then_watch(
+            client,  # type: ignore[arg-type]
+            Lease,
+            namespace="ns",
+            labels=None,
+            reset=lambda items: resets.append([i["metadata"]["name"] for i in items]),
+            apply=lambda kind, obj: None,
+            what="Leases",
+            on_restart=restarts.append,
+        )
+    )
+    await asyncio.wait_for(client.done.wait(), 5)
+    task.cancel()
+    # from the list's version, then the event's twice (the second stream had none), then
+    # the second list's after the 410
+    assert client.watch_versions == ["10", "11", "11", "31"]
+    assert client.lists == 2 and resets == [["a", "b"], ["c"]]
+    assert restarts == ["ended", "ended", "expired"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -164,8 +165,15 @@ def parse_ranges(items: Iterable[str]) -> list[IPNetwork]:
 @functools.lru_cache(maxsize=1 << 16)
 def canonical_ip(address: str) -> str:
     """The canonical text of an IP address ("2001:DB8::0:1" -> "2001:db8::1"), so equal
-    addresses compare equal as strings; ValueError when it is not one. Cached: callers meet
-    the same few thousand addresses again and again, and parsing them is the cost."""
+    addresses compare equal as strings; ValueError when it is not one. IPv4 text through
+    the C parser (the agent canonicalises each of 10,000s of destinations, and
+    ``ipaddress`` was most of a cold build's time); it takes exactly the dotted quads
+    ``ipaddress`` takes (glibc refuses leading zeros too)."""
+    if isinstance(address, str) and "." in address and ":" not in address:
+        try:
+            return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, address))
+        except OSError:
+            pass  # ipaddress says why
     return str(ipaddress.ip_address(address))
 
 

@@ -25,9 +25,11 @@ namespace/name keeps it, the other is reported.
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
+from lvs_operator.api.network import canonical_ip
 from lvs_operator.api.realserverpool import PoolMember
 from lvs_operator.api.virtualserver import VirtualPort, VirtualServer
 
@@ -86,9 +88,181 @@ def member_weight(member: PoolMember) -> int:
 
 def _family(address: str) -> int | None:
     try:
-        return ipaddress.ip_address(address).version
+        return 6 if ":" in canonical_ip(address) else 4
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What one VirtualServer adds to the table, from its spec and its pool's members alone
+    (the checks across VirtualServers, a service claimed twice, are the assembly's)."""
+
+    entries: tuple[ServiceEntry, ...]
+    quiesced: frozenset[tuple[ServiceKey, DestKey]]
+    problems: tuple[tuple[int, str], ...]  # (index of the entry it concerns, message)
+    vip_sourced: bool
+    keys: tuple[ServiceKey, ...]  # of ``entries`` (a key is made anew at each ``.key``)
+    vip: str  # canonical
+
+
+def _build_part(vs: VirtualServer, members: tuple[PoolMember, ...]) -> _Part:
+    spec = vs.spec
+    family = spec.family
+    fwd = spec.forwarding
+    persistence = spec.persistence
+    entries: list[ServiceEntry] = []
+    quiesced: set[tuple[ServiceKey, DestKey]] = set()
+    problems: list[tuple[int, str]] = []
+    for vport in spec.ports:
+        service = IpvsService(
+            address=spec.vip,
+            port=vport.port,
+            protocol=vport.protocol,
+            scheduler=str(spec.scheduler),
+            flags=frozenset(spec.scheduler_flags),
+            persistence_timeout=persistence.timeout_seconds if persistence else 0,
+            netmask=persistence.mask_bits(family) if persistence else None,
+        )
+        dests: dict[DestKey, IpvsDestination] = {}
+        for member in members:
+            if _family(member.address) != family:
+                problems.append((len(entries), f"member {member.address} is not IPv{family} "
+                                 "like the VIP; left out"))  # fmt: skip
+                continue
+            port = resolve_port(member, vport)
+            if port is None:
+                what = f"{member.address} ({member.pod or member.source})"
+                name = vport.effective_target_port
+                problems.append(
+                    (len(entries), f"member {what} has no port named {name!r}; left out")
+                )
+                continue
+            dest = IpvsDestination(
+                address=member.address, port=port, weight=member_weight(member), forwarding=fwd
+            )
+            # the same endpoint twice: keep the larger weight
+            if dest.key in dests and dests[dest.key].weight >= dest.weight:
+                continue
+            dests[dest.key] = dest
+        for key, dest in dests.items():
+            if dest.weight == 0 and not _ready(list(members), dest):
+                quiesced.add((service.key, key))
+        entries.append(ServiceEntry(service, tuple(dests.values())))
+    return _Part(
+        tuple(entries),
+        frozenset(quiesced),
+        tuple(problems),
+        spec.source_nat_to_vip,
+        tuple(e.key for e in entries),
+        str(ipaddress.ip_address(spec.vip)),
+    )
+
+
+class DesiredBuilder:
+    """``build`` that remembers each VirtualServer's part of the table: a converge after one
+    pool's change rebuilds that pool's VirtualServers only, and every other service keeps
+    its very ``ServiceEntry`` object (the diff skips an entry identical to the kernel copy's:
+    ipvs_sync.py). At 1,000 x 10 a whole build took ~0.45 s of the event loop's CPU, on
+    every pod event. Thread-safe (the agent builds in a thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (namespace, name) -> (the VirtualServer, its pool's members, its part)
+        self._parts: dict[PoolKey, tuple[VirtualServer, tuple[PoolMember, ...], _Part]] = {}
+        self._order: tuple[ServiceKey, ...] = ()  # the last table's keys, sorted
+        self._order_set: frozenset[ServiceKey] = frozenset()
+
+    def _part(self, vs: VirtualServer, members: tuple[PoolMember, ...]) -> _Part:
+        key = (vs.namespace, vs.name)
+        cached = self._parts.get(key)
+        if cached is not None:
+            was_vs, was_members, part = cached
+            # equal inputs (a relist makes new objects of the same state) give an equal part
+            if (was_vs is vs or was_vs == vs) and (
+                was_members is members or was_members == members
+            ):
+                if was_vs is not vs or was_members is not members:
+                    self._parts[key] = (vs, members, part)
+                return part
+        part = _build_part(vs, members)
+        self._parts[key] = (vs, members, part)
+        return part
+
+    def build(
+        self,
+        virtual_servers: Iterable[VirtualServer],
+        pools: Mapping[PoolKey, Iterable[PoolMember]],
+        staged: Set[tuple[str, str]] = frozenset(),
+    ) -> Desired:
+        """``staged``: the VirtualServers (namespace, name) moving in: their services are in
+        the table, their VIPs not in ``vips`` (in ``staged_vips``)."""
+        with self._lock:
+            return self._build(virtual_servers, pools, staged)
+
+    def _build(
+        self,
+        virtual_servers: Iterable[VirtualServer],
+        pools: Mapping[PoolKey, Iterable[PoolMember]],
+        staged: Set[tuple[str, str]],
+    ) -> Desired:
+        entries: dict[ServiceKey, ServiceEntry] = {}
+        owner: dict[ServiceKey, str] = {}
+        quiesced: set[tuple[ServiceKey, DestKey]] = set()
+        generations: dict[str, int] = {}
+        vips: dict[str, str | None] = {}
+        staged_vips: set[str] = set()
+        problems: list[Problem] = []
+        vip_sourced: set[ServiceKey] = set()
+        present: set[PoolKey] = set()
+
+        for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
+            spec = vs.spec
+            ref = f"{vs.namespace}/{vs.name}"
+            present.add((vs.namespace, vs.name))
+            raw = pools.get((vs.namespace, spec.pool_name), ())
+            part = self._part(vs, raw if isinstance(raw, tuple) else tuple(raw))
+            added = False
+            for i, (key, entry) in enumerate(zip(part.keys, part.entries, strict=True)):
+                if key in entries:
+                    problems.append(Problem(vs.namespace, vs.name,
+                                            f"{key} is already served by {owner[key]}; not "
+                                            "programmed"))  # fmt: skip
+                    continue
+                problems.extend(Problem(vs.namespace, vs.name, m) for at, m in part.problems
+                                if at == i)  # fmt: skip
+                entries[key] = entry
+                owner[key] = ref
+                if part.vip_sourced:
+                    vip_sourced.add(key)
+                added = True
+            if part.quiesced:
+                quiesced.update(q for q in part.quiesced if owner.get(q[0]) == ref)
+            if added:
+                generations[ref] = vs.meta.generation or 0
+                vip = part.vip
+                if (vs.namespace, vs.name) in staged:
+                    staged_vips.add(vip)
+                else:
+                    vips.setdefault(vip, spec.directors.interface)
+        for gone in self._parts.keys() - present:
+            del self._parts[gone]
+        if entries.keys() == self._order_set:
+            # the same services as the last build: its order stands (no sort of 1,000 keys)
+            table = IpvsTable({k: entries[k] for k in self._order})
+        else:
+            table = IpvsTable.of(entries.values())
+            self._order, self._order_set = tuple(table), frozenset(table)
+        return Desired(
+            table=table,
+            quiesced=frozenset(quiesced),
+            generations=generations,
+            vips=vips,
+            problems=tuple(problems),
+            vip_sourced=frozenset(vip_sourced),
+            # a VIP one VirtualServer serves is served (the controller moves a VIP whole)
+            staged_vips=frozenset(staged_vips - set(vips)),
+        )
 
 
 def build(
@@ -96,86 +270,10 @@ def build(
     pools: Mapping[PoolKey, Iterable[PoolMember]],
     staged: Set[tuple[str, str]] = frozenset(),
 ) -> Desired:
-    """``staged``: the VirtualServers (namespace, name) moving in: their services are in
+    """The desired table (a ``DesiredBuilder`` of its own: nothing remembered).
+    ``staged``: the VirtualServers (namespace, name) moving in: their services are in
     the table, their VIPs not in ``vips`` (in ``staged_vips``)."""
-    entries: dict[ServiceKey, ServiceEntry] = {}
-    owner: dict[ServiceKey, str] = {}
-    quiesced: set[tuple[ServiceKey, DestKey]] = set()
-    generations: dict[str, int] = {}
-    vips: dict[str, str | None] = {}
-    staged_vips: set[str] = set()
-    problems: list[Problem] = []
-    vip_sourced: set[ServiceKey] = set()
-
-    for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
-        spec = vs.spec
-        ref = f"{vs.namespace}/{vs.name}"
-        family = spec.family
-        members = list(pools.get((vs.namespace, spec.pool_name), ()))
-        fwd = spec.forwarding
-        persistence = spec.persistence
-        added = False
-
-        def report(message: str, vs: VirtualServer = vs) -> None:
-            problems.append(Problem(vs.namespace, vs.name, message))
-
-        for vport in spec.ports:
-            service = IpvsService(
-                address=spec.vip,
-                port=vport.port,
-                protocol=vport.protocol,
-                scheduler=str(spec.scheduler),
-                flags=frozenset(spec.scheduler_flags),
-                persistence_timeout=persistence.timeout_seconds if persistence else 0,
-                netmask=persistence.mask_bits(family) if persistence else None,
-            )
-            if service.key in entries:
-                report(f"{service.key} is already served by {owner[service.key]}; not programmed")
-                continue
-            dests: dict[DestKey, IpvsDestination] = {}
-            for member in members:
-                if _family(member.address) != family:
-                    report(f"member {member.address} is not IPv{family} like the VIP; left out")
-                    continue
-                port = resolve_port(member, vport)
-                if port is None:
-                    report(
-                        f"member {member.address} ({member.pod or member.source}) has no port "
-                        f"named {vport.effective_target_port!r}; left out"
-                    )
-                    continue
-                dest = IpvsDestination(
-                    address=member.address, port=port, weight=member_weight(member), forwarding=fwd
-                )
-                # the same endpoint twice: keep the larger weight
-                if dest.key in dests and dests[dest.key].weight >= dest.weight:
-                    continue
-                dests[dest.key] = dest
-            for key, dest in dests.items():
-                if dest.weight == 0 and not _ready(members, dest):
-                    quiesced.add((service.key, key))
-            entries[service.key] = ServiceEntry(service, tuple(dests.values()))
-            owner[service.key] = ref
-            if spec.source_nat_to_vip:
-                vip_sourced.add(service.key)
-            added = True
-        if added:
-            generations[ref] = vs.meta.generation or 0
-            vip = str(ipaddress.ip_address(spec.vip))
-            if (vs.namespace, vs.name) in staged:
-                staged_vips.add(vip)
-            else:
-                vips.setdefault(vip, spec.directors.interface)
-    return Desired(
-        table=IpvsTable.of(entries.values()),
-        quiesced=frozenset(quiesced),
-        generations=generations,
-        vips=vips,
-        problems=tuple(problems),
-        vip_sourced=frozenset(vip_sourced),
-        # a VIP one VirtualServer serves is served (the controller moves a VIP whole)
-        staged_vips=frozenset(staged_vips - set(vips)),
-    )
+    return DesiredBuilder().build(virtual_servers, pools, staged)
 
 
 def _ready(members: list[PoolMember], dest: IpvsDestination) -> bool:
@@ -217,8 +315,12 @@ def drain(
     quiesced destination the kernel still has."""
     if not desired.quiesced:
         return desired.table
-    entries = []
-    for key, entry in desired.table.items():
+    draining = {key for key, _ in desired.quiesced}
+    entries = dict(desired.table.entries)
+    for key in draining:
+        entry = entries.get(key)
+        if entry is None:
+            continue
         have = actual.get(key)
         have_dests = have.dest_map() if have is not None else {}
         kept = []
@@ -229,5 +331,8 @@ def drain(
                 if connections is not None and connections.get((key, dest.key), 0) <= 0:
                     continue
             kept.append(dest)
-        entries.append(ServiceEntry(entry.service, tuple(kept)))
-    return IpvsTable.of(entries)
+        if len(kept) != len(entry.destinations):
+            entries[key] = ServiceEntry(entry.service, tuple(kept))
+    # only the services with a quiesced destination are rebuilt: the others stay the very
+    # entries of the desired table (the diff skips them), in its order
+    return IpvsTable(entries)

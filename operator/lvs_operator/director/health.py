@@ -113,14 +113,20 @@ def apply_health(
     """``table`` with every destination whose target is unhealthy at weight 0."""
     if not unhealthy:
         return table
-    entries = []
-    for key, entry in table.items():
+    entries = dict(table.entries)
+    for (key, dest_key), target in targets.items():
+        if target not in unhealthy or key not in entries:
+            continue
+        entry = entries[key]
         dests = tuple(
-            replace(d, weight=0) if targets.get((key, d.key)) in unhealthy else d
+            replace(d, weight=0) if d.key == dest_key and d.weight else d
             for d in entry.destinations
         )
-        entries.append(ServiceEntry(entry.service, dests))
-    return IpvsTable.of(entries)
+        if dests != entry.destinations:
+            entries[key] = ServiceEntry(entry.service, dests)
+    # the services without an unhealthy destination stay the very entries of ``table``
+    # (the diff skips them), in its order
+    return IpvsTable(entries)
 
 
 async def probe(target: Probe, timeout: float) -> bool:

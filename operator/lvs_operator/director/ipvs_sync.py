@@ -56,8 +56,8 @@ from .table import (
     IpvsDestination,
     IpvsService,
     IpvsTable,
+    Op,
     ServiceKey,
-    apply_to_table,
     diff,
     owned_by_addresses,
 )
@@ -194,6 +194,8 @@ class IpvsSync:
         self.off_loop: OffLoop = asyncio.to_thread
         # the health checks of the services of the last ``want()``: its snapshot of the caches
         self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
+        # each VirtualServer's part of the table, rebuilt only when it or its pool changed
+        self._builder = desired_mod.DesiredBuilder()
 
     async def want(self) -> desired_mod.Desired:
         """The desired table from the caches (problems logged once each).
@@ -204,7 +206,9 @@ class IpvsSync:
         staged = frozenset(self.watches.staged)
         pools = dict(self.watches.pools)
         pool_checks = dict(self.watches.pool_checks)
-        want, checks = await self.off_loop(_build, virtual_servers, pools, pool_checks, staged)
+        want, checks = await self.off_loop(
+            _build, self._builder, virtual_servers, pools, pool_checks, staged
+        )
         self._checks = (want, checks)
         for problem in want.problems:
             key = (problem.namespace, problem.name, problem.message)
@@ -332,7 +336,7 @@ class IpvsSync:
         self.metrics.quiesced.set(plan.quiesced)
         self.metrics.converge_seconds.observe(time.monotonic() - t0)
         self.metrics.last_converge.set(time.time())
-        if len(changes) > 100 or len(table) > 100 or not self.ready:
+        if len(changes) > 100 or not self.ready:
             # the peak of a big read / converge back to the system (malloc_trim lets go of
             # the GIL in the thread; the collection does not, see trim_memory)
             await self.off_loop(trim_memory)
@@ -454,13 +458,14 @@ def programmed(want: desired_mod.Desired) -> str:
 
 
 def _build(
+    builder: desired_mod.DesiredBuilder,
     virtual_servers: list[VirtualServer],
     pools: Mapping[ObjectKey, tuple[PoolMember, ...]],
     pool_checks: Mapping[ObjectKey, HealthCheck | None],
     staged: frozenset[ObjectKey] = frozenset(),
 ) -> tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]]:
     """Off the loop: the desired table and its services' health checks, from cache copies."""
-    desired = desired_mod.build(virtual_servers, pools, staged)
+    desired = builder.build(virtual_servers, pools, staged)
     return desired, health_checks(virtual_servers, pool_checks)
 
 
@@ -488,14 +493,32 @@ def _plan(
     ops: dict[str, int] = {}
     for change in changes:
         ops[str(change.op)] = ops.get(str(change.op), 0) + 1
+    # few are quiesced: look each up, not every destination of the table
     quiesced = sum(
-        1 for k, e in table.items() for d in e.destinations if (k, d.key) in want.quiesced
+        1
+        for k, dk in want.quiesced
+        if k in table and any(d.key == dk for d in table[k].destinations)
     )
     active = None
     if connections is not None:
         active = sum(n for (service, _), n in connections.items() if service in table)
-    known = apply_to_table(actual, changes) if changes else actual
-    return Plan(table, changes, known, ops, table.dest_count(), quiesced, active)
+    return Plan(table, changes, known_after(actual, table, changes), ops, table.dest_count(),
+                quiesced, active)  # fmt: skip
+
+
+def known_after(actual: IpvsTable, table: IpvsTable, changes: list[Change]) -> IpvsTable:
+    """The kernel's table once ``changes`` (``diff(table, actual, ...)``) are applied: each
+    service of ``table`` as ``table`` has it (the diff covers them all), with ``table``'s
+    very entries, so that the next diff skips every one the next desired table shares with
+    this one (``diff``: ``is``); the services it deleted gone; the others as they were.
+    ``table.apply_to_table`` computes the same (its tests say so) but rebuilds every entry a
+    change names: a cold converge's 11,000 changes at 1,000 x 10 took ~0.35 s."""
+    deleted = {c.service.key for c in changes if c.op is Op.DEL_SERVICE}
+    if not deleted and actual.entries.keys() >= table.entries.keys():
+        return actual.sharing(table)  # no service added or deleted: the order stands
+    entries = {k: e for k, e in actual.items() if k not in deleted}
+    entries.update(table.entries)
+    return IpvsTable(dict(sorted(entries.items())))
 
 
 def merge_read(read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]) -> IpvsTable:

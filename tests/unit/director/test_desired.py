@@ -6,7 +6,13 @@ from typing import Any
 
 from lvs_operator.api.realserverpool import PoolMember
 from lvs_operator.api.virtualserver import VirtualServer
-from lvs_operator.director.desired import build, drain, needs_counts, resolve_port
+from lvs_operator.director.desired import (
+    DesiredBuilder,
+    build,
+    drain,
+    needs_counts,
+    resolve_port,
+)
 from lvs_operator.director.table import (
     DestKey,
     Forwarding,
@@ -257,3 +263,67 @@ def test_a_staged_virtualserver_has_its_services_and_generation_but_not_its_vip(
     assert ServiceKey(Protocol.TCP, "10.10.0.101", 80) in d.table
     assert d.generations == {"demo/web": 1, "demo/moving": 1}
     assert d.vips == {"10.10.0.100": None} and d.staged_vips == {"10.10.0.101"}
+
+
+# -- DesiredBuilder: each VirtualServer's part remembered -------------------------------------
+
+
+def three_pools() -> tuple[list[VirtualServer], dict[tuple[str, str], tuple[PoolMember, ...]]]:
+    servers = [
+        vs(f"web{i}", vip=f"10.10.0.{100 + i}", poolRef={"name": f"pool{i}"}) for i in range(3)
+    ]
+    pools = {("demo", f"pool{i}"): tuple(pods(f"10.20.{i}.1", f"10.20.{i}.2")) for i in range(3)}
+    return servers, pools
+
+
+def test_builder_rebuilds_only_the_virtualserver_whose_pool_changed() -> None:
+    servers, pools = three_pools()
+    builder = DesiredBuilder()
+    first = builder.build(servers, pools)
+    pools[("demo", "pool1")] = tuple(pods("10.20.1.1", "10.20.1.3"))
+    second = builder.build(servers, pools)
+    assert second.table == build(servers, pools).table  # as a fresh build says
+    keys = {i: ServiceKey(Protocol.TCP, f"10.10.0.{100 + i}", 80) for i in range(3)}
+    assert second.table[keys[0]] is first.table[keys[0]]  # the very entry: the diff skips it
+    assert second.table[keys[2]] is first.table[keys[2]]
+    assert second.table[keys[1]] is not first.table[keys[1]]
+    assert [d.address for d in second.table[keys[1]].destinations] == ["10.20.1.1", "10.20.1.3"]
+
+
+def test_builder_reuses_parts_for_equal_objects_and_forgets_deleted_ones() -> None:
+    servers, pools = three_pools()
+    builder = DesiredBuilder()
+    first = builder.build(servers, pools)
+    # a relist: new objects, the same state
+    relisted, again = three_pools()
+    second = builder.build(relisted, again)
+    assert all(second.table[k] is first.table[k] for k in first.table)
+    # web1 deleted, then created again with another spec: built from its new spec
+    builder.build([servers[0], servers[2]], pools)
+    changed = vs("web1", vip="10.10.0.101", poolRef={"name": "pool1"}, scheduler="sh")
+    third = builder.build([servers[0], changed, servers[2]], pools)
+    assert third.table[ServiceKey(Protocol.TCP, "10.10.0.101", 80)].service.scheduler == "sh"
+
+
+def test_builder_reports_a_claimed_service_each_time_and_keeps_the_first() -> None:
+    servers, pools = three_pools()
+    twin = vs("zz-twin", vip="10.10.0.100", poolRef={"name": "pool1"})
+    builder = DesiredBuilder()
+    for _ in range(2):  # the second from the remembered parts
+        d = builder.build([*servers, twin], pools)
+        assert [p.message for p in d.problems if p.name == "zz-twin"] == [
+            f"{K80} is already served by demo/web0; not programmed"
+        ]
+        assert [x.address for x in d.table[K80].destinations] == ["10.20.0.1", "10.20.0.2"]
+
+
+def test_drain_rebuilds_only_the_services_with_a_quiesced_destination() -> None:
+    servers, pools = three_pools()
+    pools[("demo", "pool1")] = (*pods("10.20.1.1"), *pods("10.20.1.2", ready=False))
+    d = build(servers, pools)
+    k1 = ServiceKey(Protocol.TCP, "10.10.0.101", 80)
+    assert d.quiesced == {(k1, DestKey("10.20.1.2", 8080))}
+    table = drain(d, d.table, {(k1, DestKey("10.20.1.2", 8080)): 0})
+    assert [x.address for x in table[k1].destinations] == ["10.20.1.1"]
+    assert list(table) == list(d.table)
+    assert all(table[k] is d.table[k] for k in d.table if k != k1)

@@ -52,6 +52,21 @@ def test_unhealthy_destinations_get_weight_zero() -> None:
     assert targets_for(table, {}) == ({}, {})
 
 
+def test_only_services_with_an_unhealthy_destination_are_rebuilt() -> None:
+    """The others stay the very entries of the table (the diff skips identical entries)."""
+    web = IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    api = IpvsService("10.10.0.101", 80, Protocol.TCP, "rr")
+    table = IpvsTable.of([(web, [IpvsDestination("10.20.0.21", 8080, 2)]),
+                          (api, [IpvsDestination("10.20.0.31", 8080, 2),
+                                 IpvsDestination("10.20.0.32", 8080, 2)])])  # fmt: skip
+    check = HealthCheck(port=9000)
+    targets, _ = targets_for(table, {web.key: check, api.key: check})
+    out = apply_health(table, targets, {Probe("10.20.0.32", 9000, HealthCheckType.TCP)})
+    assert out[web.key] is table[web.key]
+    assert [d.weight for d in out[api.key].destinations] == [2, 0]
+    assert list(out) == list(table)
+
+
 def test_a_probe_is_what_is_asked_not_how_often() -> None:
     http = HealthCheck(type=HealthCheckType.HTTP, path="/h", host="web", expected_status=204)
     slower = HealthCheck(type=HealthCheckType.HTTP, path="/h", host="web", expected_status=204,

@@ -281,3 +281,38 @@ def test_the_read_rule() -> None:
     # a quiesced destination the kernel no longer has needs no count
     gone = KnownTable(IpvsTable.of([(svc, [IpvsDestination("10.20.0.21", 8080)])]), 100.0)
     assert read_reason(gone, True, draining, 100.0, 30.0) is None
+
+
+def test_known_after_is_the_table_the_changes_make_sharing_the_desired_entries() -> None:
+    """``known_after`` (the copy after a converge) is what ``apply_to_table`` computes from
+    the diff, whatever the mix: services added, edited, kept, deleted, and one not owned
+    (left as it is); the services of the desired table are its very entries."""
+    import random
+
+    from lvs_operator.director.ipvs_sync import known_after
+    from lvs_operator.director.table import diff, owned_by_addresses
+
+    rng = random.Random(7)
+
+    def table(vips: list[str], scheds: tuple[str, ...]) -> IpvsTable:
+        return IpvsTable.of(
+            ServiceEntry(
+                IpvsService(vip, 80, Protocol.TCP, rng.choice(scheds)),
+                tuple(
+                    IpvsDestination(f"10.20.0.{d}", 8080, rng.randint(0, 2))
+                    for d in rng.sample(range(1, 9), rng.randint(0, 4))
+                ),
+            )
+            for vip in vips
+        )
+
+    for _ in range(200):
+        owned = [f"10.10.0.{i}" for i in range(1, 9)]
+        actual = table([*rng.sample(owned, rng.randint(0, 8)), "10.99.0.1"], ("rr", "wlc"))
+        want = table(rng.sample(owned, rng.randint(0, 8)), ("rr", "wlc"))
+        changes = diff(want, actual, owned_by_addresses(owned))
+        known = known_after(actual, want, changes)
+        assert known == apply_to_table(actual, changes)
+        assert list(known) == sorted(known)
+        assert all(known[k] is want[k] for k in want)
+        assert diff(want, known, owned_by_addresses(owned)) == []

@@ -383,3 +383,16 @@ def test_with_destinations_replaces_only_the_services_named() -> None:
     assert out == IpvsTable.of([(a, [d1, d2]), (b, [d1, d2])])
     assert out[b.key] is table[b.key]  # untouched
     assert list(out) == list(table)  # same services, same order
+
+
+def test_sharing_takes_the_other_tables_entries_under_the_same_keys_in_this_order() -> None:
+    a = IpvsService("10.10.0.1", 80, Protocol.TCP, "rr")
+    b = IpvsService("10.10.0.2", 80, Protocol.TCP, "rr")
+    c = IpvsService("10.10.0.3", 80, Protocol.TCP, "rr")
+    kernel = IpvsTable.of([(a, [IpvsDestination("10.20.0.1", 80)]), (b, []), (c, [])])
+    desired = IpvsTable.of([(c, []), (a, [IpvsDestination("10.20.0.1", 80)])])
+    shared = kernel.sharing(desired)
+    assert shared == kernel and list(shared) == list(kernel)
+    assert shared[a.key] is desired[a.key] and shared[c.key] is desired[c.key]
+    assert shared[b.key] is kernel[b.key]
+    assert diff(desired, shared) == []
