@@ -46,10 +46,13 @@ from lvs_operator.director.main import freeze_startup, warm_up  # noqa: E402
 
 
 def objects(services: int, dests: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    # accepted by the controller for the agent's group (its status): the agent programs
+    # only those (watches.refusal)
     vss = [
         {"metadata": {"name": f"vs{i}", "namespace": "demo", "generation": 1},
          "spec": {"vip": f"10.30.{i // 250}.{1 + i % 250}", "scheduler": "rr",
-                  "ports": [{"port": 80, "targetPort": "http"}], "poolRef": {"name": "big"}}}
+                  "ports": [{"port": 80, "targetPort": "http"}], "poolRef": {"name": "big"}},
+         "status": {"directorGroup": "g1", "acceptedVIP": f"10.30.{i // 250}.{1 + i % 250}"}}
         for i in range(services)
     ]  # fmt: skip
     members = [
@@ -58,7 +61,8 @@ def objects(services: int, dests: int) -> tuple[list[dict[str, Any]], dict[str, 
          "ports": [{"name": "http", "port": 8080}]}
         for i in range(dests)
     ]  # fmt: skip
-    pool = {"metadata": {"name": "big", "namespace": "demo"}, "spec": {"servers": []},
+    pool = {"metadata": {"name": "big", "namespace": "demo"},
+            "spec": {"selector": {"matchLabels": {"app": "big"}}},
             "status": {"members": members}}  # fmt: skip
     return vss, pool
 
