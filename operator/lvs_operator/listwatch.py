@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,7 +60,7 @@ async def list_then_watch(
     *,
     namespace: str,
     labels: Mapping[str, str] | None,
-    reset: Callable[[list[Raw]], None],
+    reset: Callable[[list[Raw]], Awaitable[None] | None],
     apply: Callable[[str, Raw], None],
     what: str,
     backoff: Backoff = Backoff(),
@@ -84,7 +84,9 @@ async def list_then_watch(
     while True:
         try:
             listing = client.list(resource, namespace=namespace, labels=selector)
-            reset([obj.to_dict() async for obj in listing])
+            done = reset([obj.to_dict() async for obj in listing])
+            if done is not None:  # a reset that parses in slices, yielding to the loop
+                await done
             delay = backoff.first
             extra = {} if server_timeout is None else {"server_timeout": server_timeout}
             version = listing.resourceVersion

@@ -258,3 +258,54 @@ async def test_a_virtualserver_kept_through_a_hand_over_is_read_back(
     assert list(watches.virtual_servers) == [("shop", "web")]
     await asyncio.gather(*watches._checks)
     assert list(watches.virtual_servers) == ([("shop", "web")] if present else [])
+
+
+# -- a list's parse in slices ------------------------------------------------------------------
+
+
+async def test_a_listed_parse_in_slices_leaves_the_loop_running_and_ends_as_the_whole_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watches' resets parse in slices (``SLICE_SECONDS`` each, here 0: one object per
+    slice), yielding to the loop between them, and install the same state as the one-go
+    reset, at once at the end."""
+    import lvs_operator.director.watches as watches_mod
+
+    monkeypatch.setattr(watches_mod, "SLICE_SECONDS", 0.0)
+    members = [{"address": f"10.20.0.{i}", "weight": 1, "ready": True} for i in range(1, 4)]
+    pools = []
+    for n in range(20):
+        obj = pool_status(members)
+        obj["metadata"]["name"] = f"web{n}"
+        pools.append(obj)
+    servers = [
+        {**vs(vip=f"192.0.2.{10 + n}", name=f"web{n}"),
+         "status": {**ACCEPTED, "acceptedVIP": f"192.0.2.{10 + n}"}}
+        for n in range(20)
+    ]  # fmt: skip
+    whole, sliced = Watches(lambda: None, lambda _: None, group="g1"), None
+    whole.reset_vs(servers)
+    whole.reset_pools(pools)
+    changes: list[tuple[int, int]] = []
+    sliced = Watches(lambda: changes.append((len(sliced.virtual_servers), len(sliced.pools))),
+                     lambda _: None, group="g1")  # fmt: skip
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        await sliced.reset_vs_sliced(servers)
+        await sliced.reset_next_vs_sliced([])
+        await sliced.reset_pools_sliced(pools)
+    finally:
+        task.cancel()
+    assert ticks >= 39  # the loop ran after every object parsed but the last
+    assert changes == [(20, 0), (20, 0), (20, 20)]  # each list installed whole, once
+    assert sliced.virtual_servers == whole.virtual_servers
+    assert sliced.pools == whole.pools and sliced.pool_checks == whole.pool_checks
+    assert sliced.vs_synced.is_set() and sliced.pools_synced.is_set()
