@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from .lanes import Lane
+
 # status, body (or its chunks, written one after the other), content type
 Response = tuple[int, bytes | Sequence[bytes], str]
 Route = Callable[[], Response]
@@ -16,6 +18,9 @@ Route = Callable[[], Response]
 TEXT = "text/plain"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable", 400: "Bad Request"}
+# the routes run here, not in asyncio's default executor: /healthz must answer while the
+# VIP announcements fill that one (lanes.py)
+HTTP_LANE = Lane("http", threads=2)
 
 
 def handler(
@@ -34,7 +39,7 @@ def handler(
                 route = routes.get(parts[1].split("?", 1)[0])
                 # off the event loop: /metrics at 1,000 x 10 renders ~75,000 series (0.7 s
                 # here: bench/scrape_cost.py) and reads the kernel's connection table
-                answer = await asyncio.to_thread(route) if route else (404, b"not found\n", TEXT)
+                answer = await HTTP_LANE.run(route) if route else (404, b"not found\n", TEXT)
             status, body, ctype = answer
             chunks = [body] if isinstance(body, bytes) else body
             head = (

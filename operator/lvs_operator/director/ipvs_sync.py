@@ -191,7 +191,10 @@ class IpvsSync:
         self._settings_ipv6 = False
         self._settings_wrong: dict[str, str | None] = {}
         self._settings_error = ""  # the last failure to read them logged ("" : none)
-        self.off_loop: OffLoop = asyncio.to_thread
+        # a thread of its own for the steps of a converge (not asyncio's default executor,
+        # which the VIP announcements and probes share: lanes.py)
+        self.work = Lane("ipvs-work")
+        self.off_loop: OffLoop = self.work.run
         # the health checks of the services of the last ``want()``: its snapshot of the caches
         self._checks: tuple[desired_mod.Desired, dict[ServiceKey, HealthCheck]] | None = None
         # each VirtualServer's part of the table, rebuilt only when it or its pool changed
@@ -224,7 +227,7 @@ class IpvsSync:
         # read again at the next recheck, not at every converge, whatever the outcome
         self._settings_read_at, self._settings_ipv6 = now, ipv6
         try:
-            outcome = await asyncio.to_thread(self.kernel.check_node_settings, ipv6)
+            outcome = await self.work.run(self.kernel.check_node_settings, ipv6)
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             if reason != self._settings_error:
@@ -301,9 +304,7 @@ class IpvsSync:
         ):
             await self.check_node_settings(ipv6, t0)
         try:
-            await asyncio.to_thread(
-                self.kernel.prepare, table, self.masquerade_snat, want.vip_sourced
-            )
+            await self.work.run(self.kernel.prepare, table, self.masquerade_snat, want.vip_sourced)
             self._prepare_error = ""
         except Exception as exc:
             # SNAT is what masquerade needs on top of IPVS; never a reason to hold back the

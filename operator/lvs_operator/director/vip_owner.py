@@ -47,6 +47,7 @@ PROBE_TIMEOUT = 0.06  # seconds ``answered`` listens: three probes 20 ms apart, 
 # A VIP another node answers for is not added (the hand-over from another director group:
 # its leader drops it within a converge); past this many seconds that is reported.
 HAND_IN_PATIENCE = 2.0
+ANNOUNCE_THREADS = 4  # announcement batches sending at once (more wait for a thread)
 TAKE_BATCH = 32  # VIPs a takeover adds in one kernel batch before it announces them
 
 
@@ -110,6 +111,8 @@ class VipOwner:
         # announcements started since the last step-down see this event; a step-down sets it
         self._stop = threading.Event()
         self._announcing: set[asyncio.Task[None]] = set()
+        # the announcements sleep between their rounds: threads of their own (lanes.py)
+        self._announcer = Lane("announce", threads=ANNOUNCE_THREADS)
 
     def own(self, vips: Iterable[str]) -> None:
         self.owned.update(vips)
@@ -389,7 +392,7 @@ class VipOwner:
         thread of its own: the rounds sleep, and a thousand VIPs must not wait in line.
         ``stop``: the event of the pass that chose them (a step-down since then: none)."""
         if items and not stop.is_set():
-            task = asyncio.create_task(asyncio.to_thread(self.node.send_many, items, count, stop))
+            task = asyncio.create_task(self._announcer.run(self.node.send_many, items, count, stop))
             self._announcing.add(task)
             task.add_done_callback(self._announcing.discard)
             self._track(task)

@@ -1285,3 +1285,26 @@ async def test_the_sync_state_travels_from_a_standbys_probe_to_the_lease() -> No
     assert 'lvs_director_sync_backups_not_receiving{group="g1"} 0.0' in (
         leader.metrics.render().decode()
     )
+
+
+async def test_a_converge_needs_no_thread_of_the_default_executor() -> None:
+    """The converge's steps run on threads of their own (lanes.py): with asyncio's default
+    executor full (at scale: the VIP announcements, sleeping between their rounds) a
+    converge still goes through."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    release = threading.Event()
+    held = loop.run_in_executor(None, release.wait, 30)  # its only thread, busy
+    try:
+        agent = make()
+        agent.watches.reset_vs([vs_obj()])
+        agent.watches.reset_next_vs([])
+        agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+        await asyncio.wait_for(agent.converge(), 10)
+        assert [d.address for d in agent.kernel.table[K80].destinations] == ["10.20.0.21"]
+    finally:
+        release.set()
+        await held

@@ -235,9 +235,19 @@ def test_a_vip_whose_interface_is_gone_fails_alone(monkeypatch: pytest.MonkeyPat
     vips = manager(kernel)
     vips.present()  # the names are read while both interfaces are there
     monkeypatch.setattr(kaddr, "index_of", {"front": 2}.get)  # lo is gone
-    monkeypatch.setattr(vips, "present", lambda: {"192.0.2.10": "front", "192.0.2.11": "lo"})
+    monkeypatch.setattr(
+        vips, "_present", lambda: {"192.0.2.10": ("front", 1), "192.0.2.11": ("lo", 1)}
+    )
     assert vips.renew([("192.0.2.10", "front"), ("192.0.2.11", "lo")]) == ["192.0.2.11"]
     assert kernel.batches == [["192.0.2.10"]]
+
+
+def test_a_round_renews_the_shortest_remaining_lifetime_first() -> None:
+    """A round of 1,000 takes seconds in a slow VM: the ones closest to lapsing go first."""
+    left = {"192.0.2.10": 6, "192.0.2.11": 2, "192.0.2.12": 4, "192.0.2.13": 3}
+    kernel = KernelAddresses([v4(a, proto=VIP_PROTO, lft=s) for a, s in left.items()])
+    assert manager(kernel).renew([(a, "front") for a in left]) == []
+    assert kernel.batches == [["192.0.2.11", "192.0.2.13", "192.0.2.12", "192.0.2.10"]]
 
 
 def test_no_lifetime_no_renewals() -> None:
