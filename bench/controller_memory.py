@@ -658,6 +658,9 @@ def show(title: str, runs: list[dict[str, Any]]) -> None:
             unit = "" if key.endswith("s") or "MiB" in key else " MiB"
             print(f"  {key:24} {statistics.median(vals):8.1f}{unit}   "
                   f"(runs: {', '.join(f'{v:.1f}' for v in vals)})")  # fmt: skip
+        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            medians = {k: statistics.median(r[key][k] for r in runs) for k in value}
+            print(f"  {key}: {medians}")
         elif isinstance(value, list) and value and isinstance(value[0], (list, tuple)):
             print(f"  {key} (first run):")
             for name, size in value:
@@ -714,6 +717,7 @@ def main() -> int:
                str(args.rate), "--idle-timeout", str(args.idle_timeout)]  # fmt: skip
         ctl += ["--no-trim"] if args.no_trim else []
         ctl += ["--indexed-wait"] if args.indexed_wait else []
+        ctl += ["--sizes"] if args.sizes else []
         show(
             f"controller in-process, {args.mode} mode",
             [run_phase(data, "controller", args, ctl) for _ in range(args.runs)],
