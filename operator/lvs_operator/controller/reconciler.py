@@ -89,6 +89,7 @@ from .pools import (
     SERVICE_NAME_LABEL,
     PodInfo,
     PoolOutcome,
+    SliceInfo,
     evaluate_pool,
     invalid_pool_outcome,
     pool_events,
@@ -145,7 +146,7 @@ class World:
 
     virtualservers: list[Mapping[str, Any]] = field(default_factory=list)
     pools: list[Mapping[str, Any]] = field(default_factory=list)
-    slices: Mapping[Key, list[Mapping[str, Any]]] = field(default_factory=dict)  # by Service
+    slices: Mapping[Key, list[SliceInfo]] = field(default_factory=dict)  # by Service
     services: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
     pods: Mapping[Key, PodInfo] = field(default_factory=dict)
     director_pods: list[DirectorPod] = field(default_factory=list)
@@ -646,7 +647,7 @@ class Reconciler:
             index = idx.get(index_id) or {}
             return {k: next(iter(store)) for k, store in index.items() if len(store)}
 
-        slices: dict[Key, list[Mapping[str, Any]]] = {}
+        slices: dict[Key, list[SliceInfo]] = {}
         for k, store in (idx.get("lvs_slices") or {}).items():
             slices[k] = list(store)
         world = World(

@@ -13,7 +13,7 @@ from lightkube.models.meta_v1 import Status
 
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.manifests import service_name
-from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.pools import PodInfo, slice_info
 from lvs_operator.controller.reconciler import Reconciler
 
 from . import objects as o
@@ -100,7 +100,7 @@ def reconciler(client: FakeClient) -> Reconciler:
     vs["metadata"]["resourceVersion"] = "1"
     pool = o.pool("web")
     pool["metadata"]["resourceVersion"] = "2"
-    sl = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080})
+    sl = slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080}))
     r.indices = {
         "lvs_virtualservers": {("web", "site"): [vs]},
         "lvs_pools": {("web", "web"): [pool]},
