@@ -664,8 +664,11 @@ def show(title: str, runs: list[dict[str, Any]]) -> None:
             print(f"  {key}: {medians}")
         elif isinstance(value, list) and value and isinstance(value[0], (list, tuple)):
             print(f"  {key} (first run):")
-            for name, size in value:
-                print(f"    {size / 2**20:7.1f} MiB  {name}")
+            for row in value:
+                if len(row) == 2:  # (name, bytes)
+                    print(f"    {row[1] / 2**20:7.1f} MiB  {row[0]}")
+                else:
+                    print(f"    {row}")
         else:
             print(f"  {key}: {value}")
 
