@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +54,7 @@ MSG_SELECTOR_UNSUPPORTED = (
 PodKey = tuple[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class PodInfo:
     """What the controller keeps of a pod: its labels and its weight annotation."""
 
@@ -61,11 +62,23 @@ class PodInfo:
     weight: str | None = None
 
 
+# The pods of a ReplicaSet have the same labels (and weight): one PodInfo for them all,
+# held as long as an index holds it (one each for 10,000 pods: 2.6 MiB more, in the bench).
+_pod_infos: weakref.WeakValueDictionary[tuple[tuple[tuple[str, str], ...], str | None], PodInfo] = (
+    weakref.WeakValueDictionary()
+)
+
+
 def pod_info(body: Mapping[str, Any]) -> PodInfo:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     weight = annotations.get(WEIGHT_ANNOTATION)
-    return PodInfo(labels=dict(meta.get("labels") or {}), weight=weight)
+    labels = meta.get("labels") or {}
+    key = (tuple(sorted(labels.items())), weight)
+    info = _pod_infos.get(key)
+    if info is None:
+        info = _pod_infos[key] = PodInfo(labels=dict(labels), weight=weight)
+    return info
 
 
 @dataclass(frozen=True, slots=True)
