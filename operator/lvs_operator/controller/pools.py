@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import sys
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -423,17 +424,49 @@ def pool_events(
 # --- kopf wiring ----------------------------------------------------------------------------
 
 
-def index_body(body: Mapping[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+class IndexedBody(Mapping[str, Any]):
+    """An object as an index keeps it: its fields as parsed, except its ``status``, kept as
+    compact JSON text and parsed again on each read (a fresh copy each time). A pass reads
+    a status once or twice; held parsed, the pools' member lists and the VirtualServers'
+    conditions were much of the indexes, and their many small objects kept the allocator's
+    arenas from being freed."""
+
+    __slots__ = ("_fields", "_status")
+
+    def __init__(self, fields: Mapping[str, Any], status: str | None = None) -> None:
+        self._fields = fields
+        self._status = status
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "status" and self._status is not None:
+            return json.loads(self._status)
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._fields
+        if self._status is not None:
+            yield "status"
+
+    def __len__(self) -> int:
+        return len(self._fields) + (self._status is not None)
+
+    def __repr__(self) -> str:
+        return f"IndexedBody({dict(self)!r})"
+
+
+def index_body(body: Mapping[str, Any], keep: Sequence[str]) -> IndexedBody:
     """A copy of what an index keeps of an object: the ``keep`` fields, without
     ``metadata.managedFields`` (the planner never reads them; every field a client wrote,
     for every object held, was much of the controller's memory)."""
     import copy
 
-    out = {k: copy.deepcopy(body[k]) for k in keep if k in body and k != "metadata"}
+    out = {k: copy.deepcopy(body[k]) for k in keep if k in body and k not in ("metadata", "status")}
     if "metadata" in keep and "metadata" in body:
         meta = body["metadata"]
         out["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
-    return out
+    status = body.get("status") if "status" in keep else None
+    text = None if status is None else json.dumps(status, separators=(",", ":"))
+    return IndexedBody(out, text)
 
 
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:

@@ -296,3 +296,15 @@ def test_an_index_keeps_a_copy_of_the_fields_asked_without_managed_fields() -> N
     kept["metadata"]["labels"]["app"] = "other"
     assert body["metadata"]["labels"] == {"app": "web"}  # a copy: the index owns it
     assert p.index_body(body, ("endpoints",)) == {}
+
+
+def test_an_index_keeps_the_status_as_text_and_gives_a_fresh_copy() -> None:
+    status = {"members": [{"address": "10.0.0.1", "ready": True}], "readyOfTotal": "1/1"}
+    body = o.pool("web", status=status)
+    kept = p.index_body(body, ("metadata", "spec", "status"))
+    assert set(kept) == {"metadata", "spec", "status"} and len(kept) == 3
+    assert kept == {k: body[k] for k in ("metadata", "spec", "status")}
+    assert kept["status"] == status and kept["status"] is not kept["status"]
+    kept["status"]["members"].clear()
+    assert kept.get("status") == status  # what a reader changes is its own copy
+    assert "status" not in p.index_body(o.pool("web"), ("metadata", "spec", "status"))

@@ -13,7 +13,7 @@ from lightkube.models.meta_v1 import Status
 
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.manifests import service_name
-from lvs_operator.controller.pools import PodInfo, slice_info
+from lvs_operator.controller.pools import PodInfo, index_body, slice_info
 from lvs_operator.controller.reconciler import Reconciler
 
 from . import objects as o
@@ -94,6 +94,9 @@ class FakeClient:
         return obj
 
 
+KEEP = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
 def reconciler(client: FakeClient) -> Reconciler:
     r = Reconciler(CONFIG, client)  # type: ignore[arg-type]
     vs = o.vs("site")
@@ -102,8 +105,9 @@ def reconciler(client: FakeClient) -> Reconciler:
     pool["metadata"]["resourceVersion"] = "2"
     sl = slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080}))
     r.indices = {
-        "lvs_virtualservers": {("web", "site"): [vs]},
-        "lvs_pools": {("web", "web"): [pool]},
+        # as the index handlers keep them (the status as text)
+        "lvs_virtualservers": {("web", "site"): [index_body(vs, KEEP)]},
+        "lvs_pools": {("web", "web"): [index_body(pool, KEEP)]},
         "lvs_slices": {("web", service_name("web")): [sl]},
         "lvs_services": {},
         "lvs_pods": {("web", "web-1"): [PodInfo({"app": "web"})]},
