@@ -425,48 +425,55 @@ def pool_events(
 
 
 class IndexedBody(Mapping[str, Any]):
-    """An object as an index keeps it: its fields as parsed, except its ``status``, kept as
-    compact JSON text and parsed again on each read (a fresh copy each time). A pass reads
-    a status once or twice; held parsed, the pools' member lists and the VirtualServers'
-    conditions were much of the indexes, and their many small objects kept the allocator's
-    arenas from being freed."""
+    """An object as an index keeps it: its fields as parsed, except one (a pool's or a
+    VirtualServer's ``status``, a Service's ``spec``), kept as compact JSON text and parsed
+    again on each read (a fresh copy each time). A pass reads that field once or a few
+    times; held parsed, the pools' member lists and the VirtualServers' conditions were much
+    of the indexes, and their many small objects kept the allocator's arenas from being
+    freed."""
 
-    __slots__ = ("_fields", "_status")
+    __slots__ = ("_fields", "_text", "_text_key")
 
-    def __init__(self, fields: Mapping[str, Any], status: str | None = None) -> None:
+    def __init__(
+        self, fields: Mapping[str, Any], text_key: str = "", text: str | None = None
+    ) -> None:
         self._fields = fields
-        self._status = status
+        self._text_key = text_key
+        self._text = text
 
     def __getitem__(self, key: str) -> Any:
-        if key == "status" and self._status is not None:
-            return json.loads(self._status)
+        if self._text is not None and key == self._text_key:
+            return json.loads(self._text)
         return self._fields[key]
 
     def __iter__(self) -> Iterator[str]:
         yield from self._fields
-        if self._status is not None:
-            yield "status"
+        if self._text is not None:
+            yield self._text_key
 
     def __len__(self) -> int:
-        return len(self._fields) + (self._status is not None)
+        return len(self._fields) + (self._text is not None)
 
     def __repr__(self) -> str:
         return f"IndexedBody({dict(self)!r})"
 
 
-def index_body(body: Mapping[str, Any], keep: Sequence[str]) -> IndexedBody:
+def index_body(
+    body: Mapping[str, Any], keep: Sequence[str], as_text: str = "status"
+) -> IndexedBody:
     """A copy of what an index keeps of an object: the ``keep`` fields, without
     ``metadata.managedFields`` (the planner never reads them; every field a client wrote,
-    for every object held, was much of the controller's memory)."""
+    for every object held, was much of the controller's memory); ``as_text``, if kept,
+    as JSON text."""
     import copy
 
-    out = {k: copy.deepcopy(body[k]) for k in keep if k in body and k not in ("metadata", "status")}
+    out = {k: copy.deepcopy(body[k]) for k in keep if k in body and k not in ("metadata", as_text)}
     if "metadata" in keep and "metadata" in body:
         meta = body["metadata"]
         out["metadata"] = {k: copy.deepcopy(v) for k, v in meta.items() if k != "managedFields"}
-    status = body.get("status") if "status" in keep else None
-    text = None if status is None else json.dumps(status, separators=(",", ":"))
-    return IndexedBody(out, text)
+    value = body.get(as_text) if as_text in keep and as_text != "metadata" else None
+    text = None if value is None else json.dumps(value, separators=(",", ":"))
+    return IndexedBody(out, as_text, text)
 
 
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
@@ -492,7 +499,7 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
 
     @kopf.index("", "v1", "services", registry=registry, id="lvs_services", labels=owned)
     async def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        return {(namespace, name): index_body(body, ("metadata", "spec"))}
+        return {(namespace, name): index_body(body, ("metadata", "spec"), as_text="spec")}
 
     @kopf.index("", "v1", "pods", registry=registry, id="lvs_pods")
     async def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:

@@ -308,3 +308,5 @@ def test_an_index_keeps_the_status_as_text_and_gives_a_fresh_copy() -> None:
     kept["status"]["members"].clear()
     assert kept.get("status") == status  # what a reader changes is its own copy
     assert "status" not in p.index_body(o.pool("web"), ("metadata", "spec", "status"))
+    svc = p.index_body(body, ("metadata", "spec"), as_text="spec")
+    assert set(svc) == {"metadata", "spec"} and svc["spec"] == body["spec"]

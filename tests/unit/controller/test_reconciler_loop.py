@@ -141,12 +141,18 @@ async def test_writes_in_order_then_nothing_while_the_watch_lags() -> None:
     failed, _ = await r.reconcile_once()
     assert (failed, client.calls) == (0, [])
 
-    # The watch delivers what was written: still nothing, and the overlay is dropped.
-    r.indices["lvs_services"] = {key[1:]: [obj] for key, obj in _returned(r, "service").items()}
-    r.indices["lvs_virtualservers"] = {
-        ("web", "site"): [_returned(r, "vs")[("vs", ("web", "site"))]]
+    # The watch delivers what was written (kept as the index handlers keep it): still
+    # nothing, and the overlay is dropped.
+    r.indices["lvs_services"] = {
+        key[1:]: [index_body(obj, ("metadata", "spec"), as_text="spec")]
+        for key, obj in _returned(r, "service").items()
     }
-    r.indices["lvs_pools"] = {("web", "web"): [_returned(r, "pool")[("pool", ("web", "web"))]]}
+    r.indices["lvs_virtualservers"] = {
+        ("web", "site"): [index_body(_returned(r, "vs")[("vs", ("web", "site"))], KEEP)]
+    }
+    r.indices["lvs_pools"] = {
+        ("web", "web"): [index_body(_returned(r, "pool")[("pool", ("web", "web"))], KEEP)]
+    }
     r.daemonsets.store = {k[1]: v for k, v in _returned(r, "daemonset").items()}
     failed, _ = await r.reconcile_once()
     assert (failed, client.calls) == (0, [])
