@@ -48,7 +48,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lvs_operator.controller.pools import SliceInfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
@@ -238,16 +241,17 @@ def kwok_pod(
     return pod
 
 
-def slice_body(ns: str, svc: dict[str, Any], raw: dict[str, Any], i: int) -> dict[str, Any]:
-    """An EndpointSlice as the endpointslice controller writes it for a headless Service."""
+def slice_body(ns: str, svc: dict[str, Any], raw: SliceInfo, i: int) -> dict[str, Any]:
+    """An EndpointSlice as the endpointslice controller writes it for a headless Service
+    (``raw``: what controller_plan.build made of it)."""
     name = svc["metadata"]["name"]
     labels = {**(svc["metadata"].get("labels") or {}),
               "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
               "kubernetes.io/service-name": name, "service.kubernetes.io/headless": ""}  # fmt: skip
     endpoints = []
-    for ep in raw["endpoints"]:
-        target = dict(ep["targetRef"], uid=uid("pod", ns, ep["targetRef"]["name"]))
-        endpoints.append({"addresses": ep["addresses"], "nodeName": ep["nodeName"],
+    for ep in raw.endpoints:
+        target = {"kind": "Pod", "name": ep.pod, "namespace": ns, "uid": uid("pod", ns, ep.pod)}
+        endpoints.append({"addresses": list(ep.addresses), "nodeName": ep.node,
                           "conditions": {"ready": True, "serving": True, "terminating": False},
                           "targetRef": target})  # fmt: skip
     body = {
@@ -261,7 +265,7 @@ def slice_body(ns: str, svc: dict[str, Any], raw: dict[str, Any], i: int) -> dic
                                  "blockOwnerDeletion": True}],
         },
         "endpoints": endpoints,
-        "ports": [dict(p, protocol="TCP") for p in raw["ports"]],
+        "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in raw.ports],
     }  # fmt: skip
     server_meta(body["metadata"], "slice", i, [manager("kube-controller-manager", "Update",
                 fields({"f:addressType": {}, "f:endpoints": {}, "f:metadata": {
@@ -327,16 +331,13 @@ def prepare(out: Path, n: int, pods: int) -> None:
         lists["services"].append(service_body(dict(svc), i))
         raws = world.slices.get(key) or []
         for raw in raws:
-            lists["endpointslices"].append(slice_body(key[0], dict(svc), dict(raw), i))
+            lists["endpointslices"].append(slice_body(key[0], dict(svc), raw, i))
     k = 0
     for (ns, _), raws in sorted(world.slices.items()):
         for raw in raws:
-            for ep in raw["endpoints"]:
-                name = ep["targetRef"]["name"]
-                labels = dict(world.pods[(ns, name)].labels)
-                lists["pods"].append(
-                    kwok_pod(ns, name, labels, ep["nodeName"], ep["addresses"][0], k)
-                )
+            for ep in raw.endpoints:
+                labels = dict(world.pods[(ns, ep.pod)].labels)
+                lists["pods"].append(kwok_pod(ns, ep.pod, labels, ep.node, ep.addresses[0], k))
                 k += 1
     for d in world.director_pods:
         labels = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT,
@@ -658,10 +659,16 @@ def show(title: str, runs: list[dict[str, Any]]) -> None:
             unit = "" if key.endswith("s") or "MiB" in key else " MiB"
             print(f"  {key:24} {statistics.median(vals):8.1f}{unit}   "
                   f"(runs: {', '.join(f'{v:.1f}' for v in vals)})")  # fmt: skip
+        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            medians = {k: statistics.median(r[key][k] for r in runs) for k in value}
+            print(f"  {key}: {medians}")
         elif isinstance(value, list) and value and isinstance(value[0], (list, tuple)):
             print(f"  {key} (first run):")
-            for name, size in value:
-                print(f"    {size / 2**20:7.1f} MiB  {name}")
+            for row in value:
+                if len(row) == 2:  # (name, bytes)
+                    print(f"    {row[1] / 2**20:7.1f} MiB  {row[0]}")
+                else:
+                    print(f"    {row}")
         else:
             print(f"  {key}: {value}")
 
@@ -714,6 +721,7 @@ def main() -> int:
                str(args.rate), "--idle-timeout", str(args.idle_timeout)]  # fmt: skip
         ctl += ["--no-trim"] if args.no_trim else []
         ctl += ["--indexed-wait"] if args.indexed_wait else []
+        ctl += ["--sizes"] if args.sizes else []
         show(
             f"controller in-process, {args.mode} mode",
             [run_phase(data, "controller", args, ctl) for _ in range(args.runs)],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import ipaddress
 import statistics
@@ -41,7 +42,7 @@ from lvs_operator.api.contract import (  # noqa: E402
 from lvs_operator.controller.config import ControllerConfig  # noqa: E402
 from lvs_operator.controller.groups import DirectorPod  # noqa: E402
 from lvs_operator.controller.manifests import service_name  # noqa: E402
-from lvs_operator.controller.pools import PodInfo  # noqa: E402
+from lvs_operator.controller.pools import PodInfo, SliceEndpoint, SliceInfo  # noqa: E402
 from lvs_operator.controller.reconciler import (  # noqa: E402
     Plan,
     Touched,
@@ -66,7 +67,7 @@ GROUP = group_name({"lvs.io/director": "true"})
 def build(virtualservers: int, pods: int) -> World:
     world = World()
     pod_infos: dict[tuple[str, str], PodInfo] = {}
-    slices: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    slices: dict[tuple[str, str], list[SliceInfo]] = {}
     generations: dict[str, int] = {}
     for i in range(virtualservers):
         ns, name = f"team-{i % 50}", f"web-{i:05d}"
@@ -93,15 +94,9 @@ def build(virtualservers: int, pods: int) -> World:
         for j in range(pods):
             pod = f"{name}-{j}"
             pod_infos[(ns, pod)] = PodInfo({"app": name})
-            endpoints.append(
-                {"addresses": [f"172.{16 + i // 6000}.{(i // 24) % 250}.{(i % 24) * 10 + j + 1}"],
-                 "conditions": {"ready": True}, "nodeName": f"node-{j}",
-                 "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}}
-            )  # fmt: skip
-        slices[(ns, service_name(name))] = [
-            {"metadata": {"name": f"{service_name(name)}-x", "namespace": ns},
-             "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]}
-        ]  # fmt: skip
+            address = f"172.{16 + i // 6000}.{(i // 24) % 250}.{(i % 24) * 10 + j + 1}"
+            endpoints.append(SliceEndpoint((address,), pod=pod, node=f"node-{j}"))
+        slices[(ns, service_name(name))] = [SliceInfo(tuple(endpoints), (("http", 8080),))]
         generations[programmed_key(ns, name)] = 1
     world.slices = slices
     world.pods = pod_infos
@@ -183,8 +178,9 @@ def main() -> int:
     flipped = copy.deepcopy(world)
     slices = dict(flipped.slices)
     first = next(iter(slices))
-    slices[first] = copy.deepcopy(slices[first])
-    slices[first][0]["endpoints"][0]["conditions"]["ready"] = False
+    (sl,) = slices[first]
+    ep = dataclasses.replace(sl.endpoints[0], ready=False)
+    slices[first] = [dataclasses.replace(sl, endpoints=(ep, *sl.endpoints[1:]))]
     flipped.slices = slices
     touched = Touched(pools=frozenset({state.pool_by_service[first]}))
     scope = touched_scope(flipped, state, touched)

@@ -4,6 +4,7 @@ full ``plan`` writes: random event sequences on a small world, with fixed seeds.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import pytest
 from lvs_operator.api.contract import GROUP_LABEL, lease_name
 from lvs_operator.controller.groups import DirectorPod
 from lvs_operator.controller.manifests import service_name
-from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.pools import PodInfo, SliceInfo, slice_info
 from lvs_operator.controller.reconciler import (
     Plan,
     PlanState,
@@ -50,14 +51,16 @@ def small_world() -> World:
         ports = [{"port": port, "targetPort": "http"}]
         world.virtualservers.append(o.vs(name, vip=vip, ports=ports, pool=pool))
     pods: dict[Key, PodInfo] = {}
-    slices = {}
+    slices: dict[Key, list[SliceInfo]] = {}
     for i, pool in enumerate(POOLS):
         world.pools.append(o.pool(pool))
         endpoints = []
         for j in (1, 2):
             pods[key(f"{pool}-{j}")] = PodInfo({"app": pool})
             endpoints.append(o.endpoint(f"10.0.{i}.{j}", f"{pool}-{j}"))
-        slices[key(service_name(pool))] = [o.endpoint_slice(pool, endpoints, {"http": 8080})]
+        slices[key(service_name(pool))] = [
+            slice_info(o.endpoint_slice(pool, endpoints, {"http": 8080}))
+        ]
     world.pods = pods
     world.slices = slices
     world.director_pods = [DirectorPod("d1", GROUP, "n1", True)]
@@ -110,9 +113,13 @@ def _vs_raw(world: World, name: str) -> dict[str, Any]:
 
 def flip_readiness(world: World, rng: random.Random) -> Touched:
     pool = rng.choice(POOLS)
-    slices = copy.deepcopy(dict(world.slices))
-    endpoint = rng.choice(slices[key(service_name(pool))][0]["endpoints"])
-    endpoint["conditions"]["ready"] = not endpoint["conditions"].get("ready")
+    slices = dict(world.slices)
+    (sl,) = slices[key(service_name(pool))]
+    endpoints = list(sl.endpoints)
+    i = rng.randrange(len(endpoints))
+    ready = not endpoints[i].ready  # serving unset: it follows ready
+    endpoints[i] = dataclasses.replace(endpoints[i], ready=ready, serving=ready)
+    slices[key(service_name(pool))] = [dataclasses.replace(sl, endpoints=tuple(endpoints))]
     world.slices = slices
     return Touched(pools=frozenset({key(pool)}))
 
@@ -120,14 +127,17 @@ def flip_readiness(world: World, rng: random.Random) -> Touched:
 def replace_endpoint(world: World, rng: random.Random) -> Touched:
     """A pod goes, or (the last one left) another comes."""
     pool = rng.choice(POOLS)
-    slices = copy.deepcopy(dict(world.slices))
-    endpoints = slices[key(service_name(pool))][0]["endpoints"]
+    slices = dict(world.slices)
+    (sl,) = slices[key(service_name(pool))]
+    endpoints = list(sl.endpoints)
     if len(endpoints) > 1:
         endpoints.pop(rng.randrange(len(endpoints)))
     else:
         n = rng.randint(3, 9)
-        endpoints.append(o.endpoint(f"10.0.{POOLS.index(pool)}.{n}", f"{pool}-{n}"))
+        body = o.endpoint_slice(pool, [o.endpoint(f"10.0.{POOLS.index(pool)}.{n}", f"{pool}-{n}")])
+        endpoints.extend(slice_info(body).endpoints)
         world.pods = {**world.pods, key(f"{pool}-{n}"): PodInfo({"app": pool})}
+    slices[key(service_name(pool))] = [dataclasses.replace(sl, endpoints=tuple(endpoints))]
     world.slices = slices
     return Touched(pools=frozenset({key(pool)}))
 
@@ -310,7 +320,7 @@ async def test_the_reconciler_plans_a_slice_event_alone_and_a_lease_event_fully(
     assert r.full_passes == 1
     # the pod behind the slice is not ready any more
     assert r.indices is not None
-    r.indices["lvs_slices"] = {key(service_name("web")): [_slice_event("web")["body"]]}
+    r.indices["lvs_slices"] = {key(service_name("web")): [slice_info(_slice_event("web")["body"])]}
     await r.kick(**_slice_event("web"))
     client.calls.clear()
     assert (await r.reconcile_once())[0] == 0

@@ -33,6 +33,28 @@ def test_pod_info() -> None:
     assert p.pod_info({"metadata": {}}) == p.PodInfo({}, None)
 
 
+def test_slice_info_keeps_what_membership_reads() -> None:
+    sl = o.endpoint_slice(
+        "web",
+        [
+            o.endpoint("10.0.0.1", "web-a", ready=None, node="n2"),  # unknown: ready, serving
+            o.endpoint("10.0.0.2", "web-b", ready=False, serving=True, terminating=True),
+        ],
+        ports={"http": 8080},
+    )
+    sl["endpoints"].append({"addresses": ["10.0.0.3"], "targetRef": {"kind": "Node", "name": "x"}})
+    sl["ports"].append({"port": 9})  # unnamed: no targetPort key
+    assert p.slice_info(sl) == p.SliceInfo(
+        endpoints=(
+            p.SliceEndpoint(("10.0.0.1",), pod="web-a", node="n2"),
+            p.SliceEndpoint(("10.0.0.2",), False, True, True, pod="web-b", node="node-1"),
+            p.SliceEndpoint(("10.0.0.3",)),
+        ),
+        ports=(("http", 8080),),
+    )
+    assert p.slice_info({}) == p.SliceInfo()
+
+
 def test_members_from_slices_with_named_ports_and_states() -> None:
     pool = parse(o.pool(weight=2))
     sl = o.endpoint_slice(
@@ -46,7 +68,7 @@ def test_members_from_slices_with_named_ports_and_states() -> None:
         ports={"http": 8080, "443": 443},
     )
     pods = {("web", "web-b"): p.PodInfo({"app": "web"}, "9")}
-    outcome = p.evaluate_pool(pool, [sl], pods)
+    outcome = p.evaluate_pool(pool, [p.slice_info(sl)], pods)
     addrs = [m.address for m in outcome.members]
     assert addrs == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.10"]  # numeric order
     a, b, d, c = outcome.members
@@ -75,7 +97,7 @@ def test_duplicate_addresses_merge_and_bad_weight_reported() -> None:
     s1 = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-a", ready=False)], {"http": 80})
     s2 = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-a")], {"metrics": 9090})
     pods = {("web", "web-a"): p.PodInfo({}, "lots")}
-    outcome = p.evaluate_pool(pool, [s1, s2], pods)
+    outcome = p.evaluate_pool(pool, [p.slice_info(s1), p.slice_info(s2)], pods)
     (m,) = outcome.members
     assert m.ready and m.ports == {"http": 80, "metrics": 9090} and m.weight == 1
     assert outcome.problems and "web/web-a" in outcome.problems[0]
@@ -97,7 +119,7 @@ def test_match_expressions_filter_on_pod_labels() -> None:
         ("web", "stable"): p.PodInfo({"app": "web", "track": "stable"}),
         ("web", "canary"): p.PodInfo({"app": "web", "track": "canary"}),
     }
-    outcome = p.evaluate_pool(pool, [sl], pods)
+    outcome = p.evaluate_pool(pool, [p.slice_info(sl)], pods)
     assert [m.pod for m in outcome.members] == ["stable"]
 
 
@@ -112,7 +134,7 @@ def test_a_refused_service_is_reported_not_no_members() -> None:
     pool = parse(
         o.pool(servers=[{"address": "198.51.100.1"}], selector={"matchLabels": {"app": "web"}})
     )
-    stale = [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")])]
+    stale = [p.slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")]))]
     message = p.service_rejected_message("web", "lvs-web", 'Service "lvs-web" is invalid: x')
     outcome = p.evaluate_pool(pool, stale, {}, message)
     (cond,) = outcome.conditions
@@ -161,14 +183,18 @@ def test_static_servers_and_empty_pool() -> None:
     assert empty.total == 0
     assert (empty.conditions[0].status, empty.conditions[0].reason) == ("False", p.NO_MEMBERS)
     unready = p.evaluate_pool(
-        parse(o.pool()), [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a", ready=False)])], {}
+        parse(o.pool()),
+        [p.slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a", ready=False)]))],
+        {},
     )
     assert unready.conditions[0].reason == p.NO_READY_MEMBERS
 
 
 def test_pool_status_and_idempotence() -> None:
     outcome = p.evaluate_pool(
-        parse(o.pool()), [o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a")], {"http": 80})], {}
+        parse(o.pool()),
+        [p.slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "a")], {"http": 80}))],
+        {},
     )
     status = p.pool_status(outcome, 3, None, T0)
     assert status["observedGeneration"] == 3
@@ -183,7 +209,7 @@ def test_pool_status_and_idempotence() -> None:
 def test_pool_events() -> None:
     def status(*members: tuple[str, bool, bool]) -> dict:
         eps = [o.endpoint(a, a, ready=r, terminating=t) for a, r, t in members]
-        outcome = p.evaluate_pool(parse(o.pool()), [o.endpoint_slice("web", eps)], {})
+        outcome = p.evaluate_pool(parse(o.pool()), [p.slice_info(o.endpoint_slice("web", eps))], {})
         return p.pool_status(outcome, 1, None, T0)
 
     first = status(("10.0.0.1", True, False))
@@ -228,7 +254,9 @@ def test_a_pool_past_the_status_limit_lists_its_ready_members_first_and_says_so(
     assert _crd_members_max_items() == MAX_MEMBERS  # what the API server would accept
     pool = parse(o.pool())
     endpoints = _many_endpoints(5000)
-    outcome = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    outcome = p.evaluate_pool(
+        pool, [p.slice_info(o.endpoint_slice("web", endpoints, {"http": 8080}))], {}
+    )
     assert len(outcome.members) == MAX_MEMBERS
     assert outcome.total == 5000 and outcome.ready == 5000 - 1667  # the pool's real counts
     assert sum(1 for m in outcome.members if m.ready) == 5000 - 1667  # every ready one listed
@@ -239,7 +267,9 @@ def test_a_pool_past_the_status_limit_lists_its_ready_members_first_and_says_so(
     assert len(status["members"]) == MAX_MEMBERS and status["readyOfTotal"] == "3333/5000"
     # the same members whatever order the slices list them in: no status churn
     random.Random(1).shuffle(endpoints)
-    again = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    again = p.evaluate_pool(
+        pool, [p.slice_info(o.endpoint_slice("web", endpoints, {"http": 8080}))], {}
+    )
     assert again.members == outcome.members
 
 
@@ -248,7 +278,9 @@ def test_a_pool_at_the_status_limit_lists_every_member() -> None:
 
     pool = parse(o.pool())
     endpoints = _many_endpoints(MAX_MEMBERS)
-    outcome = p.evaluate_pool(pool, [o.endpoint_slice("web", endpoints, {"http": 8080})], {})
+    outcome = p.evaluate_pool(
+        pool, [p.slice_info(o.endpoint_slice("web", endpoints, {"http": 8080}))], {}
+    )
     assert len(outcome.members) == outcome.total == MAX_MEMBERS
     assert outcome.conditions[0].reason == p.MEMBERS_READY
 
@@ -264,3 +296,17 @@ def test_an_index_keeps_a_copy_of_the_fields_asked_without_managed_fields() -> N
     kept["metadata"]["labels"]["app"] = "other"
     assert body["metadata"]["labels"] == {"app": "web"}  # a copy: the index owns it
     assert p.index_body(body, ("endpoints",)) == {}
+
+
+def test_an_index_keeps_the_status_as_text_and_gives_a_fresh_copy() -> None:
+    status = {"members": [{"address": "10.0.0.1", "ready": True}], "readyOfTotal": "1/1"}
+    body = o.pool("web", status=status)
+    kept = p.index_body(body, ("metadata", "spec", "status"))
+    assert set(kept) == {"metadata", "spec", "status"} and len(kept) == 3
+    assert kept == {k: body[k] for k in ("metadata", "spec", "status")}
+    assert kept["status"] == status and kept["status"] is not kept["status"]
+    kept["status"]["members"].clear()
+    assert kept.get("status") == status  # what a reader changes is its own copy
+    assert "status" not in p.index_body(o.pool("web"), ("metadata", "spec", "status"))
+    svc = p.index_body(body, ("metadata", "spec"), as_text="spec")
+    assert set(svc) == {"metadata", "spec"} and svc["spec"] == body["spec"]

@@ -15,7 +15,7 @@ from lvs_operator.api.contract import (
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.groups import DirectorPod
 from lvs_operator.controller.manifests import service_name
-from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.pools import PodInfo, slice_info
 from lvs_operator.controller.reconciler import GroupLabels, Plan, ServiceRejection, World, plan
 
 from . import objects as o
@@ -69,10 +69,15 @@ def base_world() -> World:
         pools=[o.pool("web")],
         slices={
             ("web", service_name("web")): [
-                o.endpoint_slice(
-                    "web",
-                    [o.endpoint("10.0.0.1", "web-1"), o.endpoint("10.0.0.2", "web-2", ready=False)],
-                    {"http": 8080},
+                slice_info(
+                    o.endpoint_slice(
+                        "web",
+                        [
+                            o.endpoint("10.0.0.1", "web-1"),
+                            o.endpoint("10.0.0.2", "web-2", ready=False),
+                        ],
+                        {"http": 8080},
+                    )
                 )
             ]
         },

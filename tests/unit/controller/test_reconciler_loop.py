@@ -13,7 +13,7 @@ from lightkube.models.meta_v1 import Status
 
 from lvs_operator.controller.config import ControllerConfig
 from lvs_operator.controller.manifests import service_name
-from lvs_operator.controller.pools import PodInfo
+from lvs_operator.controller.pools import PodInfo, index_body, slice_info
 from lvs_operator.controller.reconciler import Reconciler
 
 from . import objects as o
@@ -94,16 +94,20 @@ class FakeClient:
         return obj
 
 
+KEEP = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
 def reconciler(client: FakeClient) -> Reconciler:
     r = Reconciler(CONFIG, client)  # type: ignore[arg-type]
     vs = o.vs("site")
     vs["metadata"]["resourceVersion"] = "1"
     pool = o.pool("web")
     pool["metadata"]["resourceVersion"] = "2"
-    sl = o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080})
+    sl = slice_info(o.endpoint_slice("web", [o.endpoint("10.0.0.1", "web-1")], {"http": 8080}))
     r.indices = {
-        "lvs_virtualservers": {("web", "site"): [vs]},
-        "lvs_pools": {("web", "web"): [pool]},
+        # as the index handlers keep them (the status as text)
+        "lvs_virtualservers": {("web", "site"): [index_body(vs, KEEP)]},
+        "lvs_pools": {("web", "web"): [index_body(pool, KEEP)]},
         "lvs_slices": {("web", service_name("web")): [sl]},
         "lvs_services": {},
         "lvs_pods": {("web", "web-1"): [PodInfo({"app": "web"})]},
@@ -137,12 +141,18 @@ async def test_writes_in_order_then_nothing_while_the_watch_lags() -> None:
     failed, _ = await r.reconcile_once()
     assert (failed, client.calls) == (0, [])
 
-    # The watch delivers what was written: still nothing, and the overlay is dropped.
-    r.indices["lvs_services"] = {key[1:]: [obj] for key, obj in _returned(r, "service").items()}
-    r.indices["lvs_virtualservers"] = {
-        ("web", "site"): [_returned(r, "vs")[("vs", ("web", "site"))]]
+    # The watch delivers what was written (kept as the index handlers keep it): still
+    # nothing, and the overlay is dropped.
+    r.indices["lvs_services"] = {
+        key[1:]: [index_body(obj, ("metadata", "spec"), as_text="spec")]
+        for key, obj in _returned(r, "service").items()
     }
-    r.indices["lvs_pools"] = {("web", "web"): [_returned(r, "pool")[("pool", ("web", "web"))]]}
+    r.indices["lvs_virtualservers"] = {
+        ("web", "site"): [index_body(_returned(r, "vs")[("vs", ("web", "site"))], KEEP)]
+    }
+    r.indices["lvs_pools"] = {
+        ("web", "web"): [index_body(_returned(r, "pool")[("pool", ("web", "web"))], KEEP)]
+    }
     r.daemonsets.store = {k[1]: v for k, v in _returned(r, "daemonset").items()}
     failed, _ = await r.reconcile_once()
     assert (failed, client.calls) == (0, [])

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from lvs_operator.api.contract import group_name
 from lvs_operator.api.realserverpool import RealServerPool
 from lvs_operator.controller import virtualservers as v
-from lvs_operator.controller.pools import PoolOutcome, evaluate_pool
+from lvs_operator.controller.pools import PoolOutcome, evaluate_pool, slice_info
 
 from . import objects as o
 
@@ -192,7 +192,7 @@ def test_deleting_objects_are_left_out() -> None:
 def outcome(ready: int, total: int) -> PoolOutcome:
     pool = RealServerPool.from_object(o.pool())
     eps = [o.endpoint(f"10.0.0.{i + 1}", f"p{i}", ready=i < ready) for i in range(total)]
-    return evaluate_pool(pool, [o.endpoint_slice("web", eps)], {})
+    return evaluate_pool(pool, [slice_info(o.endpoint_slice("web", eps))], {})
 
 
 def conds(decision, pool, view) -> dict:
