@@ -99,3 +99,17 @@ def test_a_restart_keeps_the_vips_still_here_before_anything_slow(
     monkeypatch.setattr(vip, "VipManager", broken)
     assert main.keep_vips_through_restart(parse_args([], env)) is None  # no exception
     assert any("could not renew" in r.getMessage() for r in caplog.records)
+
+
+def test_the_agent_hands_the_gil_over_every_millisecond() -> None:
+    """The event loop waits less for the agent's threads running Python (bench/gil_convoy.py)."""
+    import sys
+
+    from lvs_operator.director.main import SWITCH_INTERVAL, prefer_the_loop
+
+    before = sys.getswitchinterval()
+    try:
+        prefer_the_loop()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL) == 0.001
+    finally:
+        sys.setswitchinterval(before)
