@@ -54,7 +54,7 @@ from ..api.contract import (
 from ..api.network import canonical_ip
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
-from .config import LIFETIME_RENEWALS, AgentConfig
+from .config import LIFETIME_RENEWALS, AgentConfig, renewal_due
 from .conn_restore import RestoreOutcome
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
@@ -221,6 +221,7 @@ class Agent:
         # on the VIP lane, where the lifetime renewals wait)
         self._vips_reconciled: tuple[object, ...] | None = None
         self._vips_reconciled_at = 0.0
+        self._vips_wanted = asyncio.Event()  # a converge asks for a VIP reconcile
         self.heartbeat = Heartbeat(
             cfg.node_name, cfg.peer_port, cfg.peer_interval, cfg.peer_timeout, cfg.peer_address,
             self.elector, self.metrics, node_address, key=peer_key, key_file=cfg.peer_key_file,
@@ -441,6 +442,18 @@ class Agent:
 
     async def _reconcile_loop(self) -> None:
         await self.watches.synced()
+        # the VIP reconcile after a converge runs beside this loop: at 1,000 VIPs it waits
+        # on the VIP lane (lifetime renewals, re-adds) for seconds, and a pod's next change
+        # must not wait behind it
+        vip_loop = asyncio.create_task(self._vip_reconcile_loop(), name="vip-reconcile")
+        try:
+            await self._converge_loop()
+        finally:
+            vip_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await vip_loop
+
+    async def _converge_loop(self) -> None:
         while True:
             timeout = DRAIN_RECHECK if self.ipvs.drain_pending else self.cfg.resync
             release = self.ipvs.brake.next_release()
@@ -463,22 +476,30 @@ class Agent:
             if self._converge_error:
                 log.info("converging IPVS works again", extra={"group": self.cfg.group})
                 self._converge_error = ""
-            seen = self._vip_state()
             if (
                 woken
-                and seen == self._vips_reconciled
+                and self._vip_state() == self._vips_reconciled
                 and not self.vips.problems
                 and not self.vips.arriving
                 and time.monotonic() - self._vips_reconciled_at < self.cfg.resync
             ):
                 continue  # a change of destinations only: the VIPs stand as reconciled
+            self._vips_wanted.set()
+
+    async def _vip_reconcile_loop(self) -> None:
+        """The VIP reconcile a converge asked for; requests made while one runs coalesce
+        into the next."""
+        while True:
+            await self._vips_wanted.wait()
+            self._vips_wanted.clear()
+            seen = self._vip_state()
             try:
                 await self.reconcile_vips()
             except Exception:
                 log.exception("VIP reconcile failed; retrying", extra={"group": self.cfg.group})
                 self._vips_reconciled = None
                 await asyncio.sleep(1.0)
-                self.dirty.set()
+                self._vips_wanted.set()
                 continue
             self._vips_reconciled, self._vips_reconciled_at = seen, time.monotonic()
             self.forget_unused_vips()
@@ -531,7 +552,7 @@ class Agent:
         if (leader and not known) or (not leader and not self.elector.not_holder):
             self.vips.renew_present_blocking(set(self.vips.owned) if known else None)
         else:
-            self.vips.renew_lifetimes_blocking()
+            self.vips.renew_lifetimes_blocking(renewal_due(self.cfg.vip_lifetime))
 
     async def _on_leader_change(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)

@@ -185,6 +185,7 @@ class IpvsSync:
         for reason in ReadReason:  # exported at 0 from the start
             metrics.kernel_reads.labels(group=group, reason=reason)
         self._reported: set[tuple[str, str, str]] = set()
+        self._want_seconds = 0.0  # the last want()'s build, counted in its converge's log line
         self._prepare_error = ""  # the last prepare failure logged ("" : none)
         # node settings: when last read (monotonic), with IPv6 or not, the wrong ones' values
         self._settings_read_at: float | None = None
@@ -205,6 +206,7 @@ class IpvsSync:
 
         The caches are copied on the loop (one consistent view: nothing else runs
         meanwhile), the table is built from the copy in a thread."""
+        started = time.monotonic()
         virtual_servers = list(self.watches.virtual_servers.values())
         staged = frozenset(self.watches.staged)
         pools = dict(self.watches.pools)
@@ -213,6 +215,7 @@ class IpvsSync:
             _build, self._builder, virtual_servers, pools, pool_checks, staged
         )
         self._checks = (want, checks)
+        self._want_seconds = time.monotonic() - started
         for problem in want.problems:
             key = (problem.namespace, problem.name, problem.message)
             if key not in self._reported:
@@ -266,10 +269,14 @@ class IpvsSync:
 
     async def _converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         t0 = time.monotonic()
+        # where a converge's time goes, in its log line (seconds per step)
+        phases = Phases(t0, want=self._want_seconds)
+        self._want_seconds = 0.0
         moved, self.watches.moved = self.watches.moved, set()
         want = self.brake.apply(want, self.desired, t0, moved)
         self.metrics.withdrawals_held.set(len(self.brake.held))
         want = await self._with_health(want)
+        phases.done("health")
         # unknown until this converge has applied its changes: a failure from here on
         # (a read, an apply partly done) leaves the next converge to read the kernel
         known, self._known = self._known, None
@@ -294,7 +301,9 @@ class IpvsSync:
         else:
             actual, connections = await self._read(why_read)
             read_at = now
+        phases.done("read")
         plan = await self.off_loop(_plan, want, actual, connections, frozenset(owned))
+        phases.done("plan")
         table, changes = plan.table, plan.changes
         ipv6 = any(k.family == 6 for k in table)
         if (
@@ -303,6 +312,7 @@ class IpvsSync:
             or t0 - self._settings_read_at >= node_settings.RECHECK_SECONDS
         ):
             await self.check_node_settings(ipv6, t0)
+            phases.done("settings")
         try:
             await self.work.run(self.kernel.prepare, table, self.masquerade_snat, want.vip_sourced)
             self._prepare_error = ""
@@ -316,17 +326,23 @@ class IpvsSync:
                           "retried on the next converge): %s", reason,
                           extra={"group": self.group})  # fmt: skip
             self._prepare_error = reason
+        phases.done("nft")
         if changes:
             if self._touched is not None:  # a resync read runs: it may not see these
                 self._touched.update(c.service.key for c in changes)
             await self.lane.run(self.kernel.apply, changes)
+            phases.done("apply")
             for op, count in plan.ops.items():
                 self.metrics.changes.labels(group=self.group, op=op).inc(count)
             log.info(
                 "IPVS converged: %d change(s)",
                 len(changes),
-                extra={"changes": [str(c) for c in changes[:50]], "group": self.group},
-            )
+                extra={"changes": [str(c) for c in changes[:50]], "group": self.group,
+                       "seconds": phases.total(), "phases": phases.seconds},
+            )  # fmt: skip
+        elif phases.total() >= SLOW_CONVERGE:
+            log.info("IPVS converge without changes took %.1f s", phases.total(),
+                     extra={"group": self.group, "phases": phases.seconds})  # fmt: skip
         self._known, self._known_before = KnownTable(plan.known, read_at), True
         self.desired = want
         if why_read is not None and why_read is not ReadReason.DRAIN:
@@ -442,6 +458,28 @@ class IpvsSync:
 
 
 _last_programmed: tuple[dict[str, int], str] = ({}, format_programmed({}))
+
+
+# a converge with nothing to change that takes this long (seconds) is logged with its steps
+SLOW_CONVERGE = 1.0
+
+
+class Phases:
+    """The seconds each step of a converge took, for its log line."""
+
+    def __init__(self, started: float, want: float = 0.0) -> None:
+        self.started = self._last = started
+        self.want = want
+        self.seconds: dict[str, float] = {"want": round(want, 3)} if want else {}
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.seconds[step] = round(now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        """From the desired table's build to now."""
+        return round(self.want + time.monotonic() - self.started, 3)
 
 
 def programmed(want: desired_mod.Desired) -> str:

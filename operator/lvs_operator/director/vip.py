@@ -71,6 +71,7 @@ CLAIM_PROBE = 0.06  # seconds a renewal without the Lease listens for another ho
 MAX_FRAMES = 256  # read per socket per look
 VIP_PROTO = 76  # IFA_PROTO of the addresses the agent adds ("L"; 0-3 are the kernel's)
 PROTO_KERNEL = (6, 1)  # first kernel release that keeps IFA_PROTO
+LATE_RENEWAL = 1  # a renewal with this many seconds (or fewer) left is logged
 
 
 def kernel_keeps_proto(release: str | None = None) -> bool:
@@ -341,9 +342,12 @@ class VipManager:
             log.info("VIP added", extra={"vip": vip, "interface": ifname})
         return errors
 
-    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
+    def renew(self, items: Iterable[tuple[str, str]], due_within: float | None = None) -> list[str]:
         """Restart the lifetime of the VIPs of ``items`` ((vip, interface) pairs) that an
         agent's address holds on that interface now; the VIPs that failed (each logged).
+        ``due_within``: only those with at most this many seconds of lifetime left (None:
+        all); the kernel's work per renewal grows with the number of addresses, so a
+        periodic round leaves out what the previous round renewed (config.renewal_due).
 
         Only present ones: the kernel's "replace" would add an address that is gone (a VIP
         just moved to lo, or one that lapsed while this process was stopped, which a standby
@@ -355,7 +359,12 @@ class VipManager:
         items = list(items)
         if not items:
             return failed
+        started = time.monotonic()
         here = self._present()
+        if due_within is not None:
+            items = [i for i in items if _remaining(here.get(canonical_ip(i[0]))) <= due_within]
+            if not items:
+                return failed
         # the shortest remaining lifetime first: a round of 1,000 took 2-5 s in the test VM
         # (the kernel's work per address grows with their number), and the last of a round
         # waited for all the others
@@ -394,6 +403,12 @@ class VipManager:
             log.warning("VIP lifetime not renewed: %s", errors[pos],
                         extra={"vip": vip, "interface": ifname})  # fmt: skip
             failed.append(vip)
+        if batch:
+            shortest = _remaining(here.get(canonical_ip(items[batch[0][0]][0])))
+            if shortest <= LATE_RENEWAL:  # close to a lapse: worth a line, with the round's cost
+                log.warning("VIP lifetimes renewed late",
+                            extra={"shortest_remaining_s": shortest, "renewed": len(batch),
+                                   "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
         return failed
 
     def renew_unclaimed(self, items: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:

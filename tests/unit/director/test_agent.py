@@ -1076,6 +1076,54 @@ async def test_a_converge_that_changes_only_destinations_reconciles_no_vip() -> 
             await loop_task
 
 
+async def test_a_pod_change_converges_while_a_vip_reconcile_is_still_running() -> None:
+    """The VIP reconcile a converge asks for runs beside the converge loop: at 1,000 VIPs it
+    can wait for seconds on the VIP lane, and a pod becoming Ready must not wait behind it.
+    Requests made meanwhile coalesce into one more reconcile."""
+    agent = make(vips=FakeVips(), store=FakeLeaseStore())
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def slow_reconcile(announce: bool = False) -> None:
+        started.append(len(started))
+        await release.wait()
+
+    agent.reconcile_vips = slow_reconcile  # type: ignore[method-assign]
+
+    def dests() -> set[str]:
+        entry = agent.kernel.table.get(K80)  # type: ignore[attr-defined]
+        return set() if entry is None else {d.address for d in entry.destinations}
+
+    async def until(done: Callable[[], bool]) -> bool:
+        for _ in range(250):
+            if done():
+                return True
+            await asyncio.sleep(0.02)
+        return done()
+
+    loop_task = asyncio.create_task(agent._reconcile_loop())
+    try:
+        agent.dirty.set()
+        assert await until(lambda: started == [0])  # the first converge's reconcile: held
+        agent.watches.reset_vs([vs_obj(), vs_obj("web2", vip="10.10.0.101")])  # wants one
+        agent.dirty.set()
+        await asyncio.sleep(0.1)
+        agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+        assert await until(lambda: dests() == {"10.20.0.21", "10.20.0.22"})
+        assert started == [0]  # still the first, not finished
+        release.set()
+        assert await until(lambda: len(started) == 2)  # the requests made meanwhile: one
+        await asyncio.sleep(0.3)
+        assert len(started) == 2
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+
+
 async def test_a_wrong_node_setting_is_reported_with_its_fix_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -316,3 +316,20 @@ def test_known_after_is_the_table_the_changes_make_sharing_the_desired_entries()
         assert list(known) == sorted(known)
         assert all(known[k] is want[k] for k in want)
         assert diff(want, known, owned_by_addresses(owned)) == []
+
+
+async def test_a_converge_logs_where_its_time_went(caplog: pytest.LogCaptureFixture) -> None:
+    """The converge's line has its seconds and each step's: a read only when it read."""
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        agent = await serving("10.20.0.21")
+        agent.watches.apply_pool("MODIFIED", pool_obj(m("10.20.0.21"), m("10.20.0.22")))
+        await agent.converge()
+    lines = [r.__dict__ for r in caplog.records if r.getMessage().startswith("IPVS converged")]
+    assert len(lines) == 2
+    steps = ["want", "health", "read", "plan", "settings", "nft", "apply"]
+    for line in lines:
+        assert list(line["phases"]) == [s for s in steps if s in line["phases"]]
+        assert {"want", "health", "plan", "nft", "apply"} <= line["phases"].keys()
+        assert all(v >= 0 for v in line["phases"].values())
+        assert line["seconds"] >= sum(line["phases"].values()) - 0.01
+    assert "settings" in lines[0]["phases"] and "settings" not in lines[1]["phases"]
