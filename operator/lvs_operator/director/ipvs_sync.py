@@ -81,6 +81,10 @@ class Kernel(Protocol):
 
     def read(self) -> tuple[IpvsTable, Connections | None]: ...
 
+    def read_services(self) -> list[IpvsService]:
+        """The services alone (one dump; ``read`` adds one more per service)."""
+        ...
+
     def read_destinations(
         self, services: Iterable[IpvsService]
     ) -> tuple[Mapping[ServiceKey, tuple[IpvsDestination, ...]], Connections]:

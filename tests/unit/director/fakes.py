@@ -61,6 +61,11 @@ class FakeKernel:
             raise self.read_error
         return self.table, dict(self.connections)
 
+    def read_services(self) -> list[IpvsService]:
+        if self.read_error is not None:
+            raise self.read_error
+        return [entry.service for entry in self.table.values()]
+
     def read_destinations(
         self, services: Iterable[IpvsService]
     ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], Connections]:

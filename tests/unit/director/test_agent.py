@@ -123,13 +123,14 @@ async def test_standby_programs_ipvs_but_drops_a_stale_vip_at_startup() -> None:
     standby = make("node-b", store, kernel, vips)
     standby.watches.reset_vs([vs_obj()])  # the informer's first list
     reads: list[dict[str, str]] = []  # the node's addresses when the kernel was read
-    read = kernel.read
-    kernel.read = lambda: (reads.append(dict(vips.addresses)), read())[1]  # type: ignore[method-assign]
+    read = kernel.read_services
+    kernel.read_services = lambda: (reads.append(dict(vips.addresses)), read())[1]  # type: ignore[method-assign]
     await standby.startup()
     assert not standby.elector.is_leader
     assert vips.addresses == {"10.10.0.11": "front"}
-    # before the slow read of the whole IPVS table
+    # before the kernel's IPVS table is read
     assert reads and reads[0] == {"10.10.0.11": "front"}
+    assert kernel.reads == 0  # the start-up reads the services only: the converge reads all
 
 
 async def test_other_ipvs_services_and_addresses_are_never_touched() -> None:

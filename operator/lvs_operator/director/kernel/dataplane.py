@@ -48,6 +48,10 @@ class DataPlane:
             table, counts = self._reader.read()
         return table, {k: c.active for k, c in counts.items()}
 
+    def read_services(self) -> list[IpvsService]:
+        with self._reader_lock:
+            return self._reader.read_services()
+
     def read_destinations(
         self, services: Iterable[IpvsService]
     ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], Mapping[tuple[ServiceKey, DestKey],

@@ -237,6 +237,11 @@ class IpvsKernel:
             entries.append(ServiceEntry(service, tuple(dests)))
         return IpvsTable.of(entries), counts
 
+    def read_services(self) -> list[IpvsService]:
+        """The services without their destinations: one dump."""
+        found = (_nl_service(attrs) for attrs in self._nl.dump_services())
+        return [s for s in found if s is not None]
+
     def read_destinations(
         self, services: Iterable[IpvsService]
     ) -> tuple[dict[ServiceKey, tuple[IpvsDestination, ...]], dict[tuple[ServiceKey, DestKey],
