@@ -13,6 +13,7 @@ from lvs_operator.director.table import (
     Forwarding,
     IpvsDestination,
     IpvsService,
+    IpvsTable,
     Op,
     Protocol,
 )
@@ -170,3 +171,246 @@ def test_the_table_read_back_compares_equal_to_the_one_wanted(
     sets = [i for i in listing["nftables"] if "rule" not in i][:4]
     listing["nftables"] = [*sets, {"rule": {}}, {"rule": {}}]
     assert nft.ensure_masquerade_snat(["10.0.0.1"], ["10.1.0.1"], None, []) is True
+
+
+def _rendered_sets(text: str) -> dict[str, set[str]]:
+    """The elements of each set declared in a rendered table."""
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("set "):
+            name = line.split()[1]
+            _, _, elements = line.partition("elements = { ")
+            out[name] = set(elements.removesuffix(" } }").split(", ")) if elements else set()
+    return out
+
+
+def test_the_sets_computed_are_the_ones_the_table_is_rendered_with() -> None:
+    vips = ["10.0.0.2", "10.0.0.1", "2001:DB8::5"]  # the v6 one not canonical
+    dests = ["10.1.0.10", "10.1.0.9", "10.1.0.9", "2001:db8:0::6"]
+    sourced = [("10.0.0.1", "tcp", 80), ("10.0.0.1", "udp", 53), ("2001:db8::5", "tcp", 443)]
+    sets = nft.snat_sets(vips, dests, sourced)
+    assert sets == nft.SnatSets(
+        vips4=frozenset({"10.0.0.1", "10.0.0.2"}),
+        vips6=frozenset({"2001:db8::5"}),
+        dests4=frozenset({"10.1.0.9", "10.1.0.10"}),
+        dests6=frozenset({"2001:db8::6"}),
+        vipsrc4=frozenset({"10.0.0.1 . tcp . 80", "10.0.0.1 . udp . 53"}),
+        vipsrc6=frozenset({"2001:db8::5 . tcp . 443"}),
+        vipaddr4=frozenset({"10.0.0.1"}),
+        vipaddr6=frozenset({"2001:db8::5"}),
+    )
+    assert _rendered_sets(nft.render_masquerade_snat(vips, dests, sourced)) == sets.by_name()
+    assert _rendered_sets(nft.render_masquerade_snat([], [])) == nft.SnatSets().by_name()
+    # in each set the addresses in numeric order, a VIP's services by protocol and port
+    text = nft.render_masquerade_snat(vips, dests, sourced)
+    assert "elements = { 10.1.0.9, 10.1.0.10 }" in text
+    assert "elements = { 10.0.0.1 . tcp . 80, 10.0.0.1 . udp . 53 }" in text
+
+
+OLD = nft.snat_sets(["10.0.0.1"], ["10.1.0.1", "10.1.0.2"], [("10.0.0.1", "tcp", 80)])
+
+
+def test_the_update_adds_only_the_new_elements() -> None:
+    new = nft.snat_sets(["10.0.0.1"], ["10.1.0.1", "10.1.0.2", "10.1.0.10", "10.1.0.3"],
+                        [("10.0.0.1", "tcp", 80)])  # fmt: skip
+    assert nft.render_snat_update(OLD, new) == (
+        "add element inet lvs_operator dests4 { 10.1.0.3, 10.1.0.10 }\n"
+    )
+
+
+def test_the_update_deletes_only_the_elements_gone() -> None:
+    new = nft.snat_sets(["10.0.0.1"], ["10.1.0.2"], [("10.0.0.1", "tcp", 80)])
+    assert nft.render_snat_update(OLD, new) == (
+        "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+    )
+
+
+def test_the_update_deletes_first_then_adds_in_one_script() -> None:
+    new = nft.snat_sets(["10.0.0.1", "10.0.0.3"], ["10.1.0.2", "10.1.0.4"],
+                        [("10.0.0.1", "tcp", 80)])  # fmt: skip
+    assert nft.render_snat_update(OLD, new) == (
+        "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+        "add element inet lvs_operator vips4 { 10.0.0.3 }\n"
+        "add element inet lvs_operator dests4 { 10.1.0.4 }\n"
+    )
+
+
+def test_the_update_of_ipv6_and_vip_sourced_services() -> None:
+    old = nft.snat_sets(["10.0.0.1", "2001:db8::5"], ["10.1.0.1", "2001:db8::6"],
+                        [("10.0.0.1", "tcp", 80)])  # fmt: skip
+    # the IPv4 service now masqueraded to the director, an IPv6 one sourced from its VIP,
+    # and an IPv6 real server replaced
+    new = nft.snat_sets(["10.0.0.1", "2001:db8::5"], ["10.1.0.1", "2001:db8::7"],
+                        [("2001:db8::5", "tcp", 443), ("2001:db8::5", "udp", 53)])  # fmt: skip
+    assert nft.render_snat_update(old, new) == (
+        "delete element inet lvs_operator dests6 { 2001:db8::6 }\n"
+        "delete element inet lvs_operator vipsrc4 { 10.0.0.1 . tcp . 80 }\n"
+        "delete element inet lvs_operator vipaddr4 { 10.0.0.1 }\n"
+        "add element inet lvs_operator dests6 { 2001:db8::7 }\n"
+        "add element inet lvs_operator vipsrc6 { 2001:db8::5 . tcp . 443, "
+        "2001:db8::5 . udp . 53 }\n"
+        "add element inet lvs_operator vipaddr6 { 2001:db8::5 }\n"
+    )
+
+
+def test_no_update_when_the_sets_are_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    same = nft.snat_sets(["10.0.0.1"], ["10.1.0.2", "10.1.0.1"], [("10.0.0.1", "tcp", 80)])
+    assert nft.render_snat_update(OLD, same) == ""
+    calls: list[str] = []
+    monkeypatch.setattr(nft, "nft", lambda commands, netns=None, **_: calls.append(commands))
+    assert nft.update_masquerade_snat(OLD, same) == nft.SnatChange(added=0, removed=0)
+    assert calls == []
+
+
+def test_the_update_runs_its_script_alone_without_listing_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    new = nft.snat_sets(["10.0.0.1"], ["10.1.0.2", "10.1.0.3"], [("10.0.0.1", "tcp", 80)])
+    calls: list[tuple[str, str | None, bool]] = []
+
+    def fake_nft(commands: str, netns: str | None = None, *, json_output: bool = False) -> str:
+        calls.append((commands, netns, json_output))
+        return ""
+
+    monkeypatch.setattr(nft, "nft", fake_nft)
+    assert nft.update_masquerade_snat(OLD, new, "ns1") == nft.SnatChange(added=1, removed=1)
+    assert calls == [(
+        "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+        "add element inet lvs_operator dests4 { 10.1.0.3 }\n",
+        "ns1",
+        False,
+    )]  # fmt: skip
+
+
+class _NoIpvs:
+    """DataPlane's IPVS sockets, unused by prepare."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeNft:
+    """The nft runner: the table never listable (a whole write always writes), and the
+    commands containing ``refuse`` refused."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.refuse: str | None = None
+
+    def __call__(
+        self, commands: str, netns: str | None = None, *, json_output: bool = False
+    ) -> str:
+        self.calls.append(commands)
+        if commands.startswith("list table") or (self.refuse and self.refuse in commands):
+            raise nft.NftError(f"refused: {commands}")
+        return ""
+
+    def take(self) -> list[str]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _masquerade_table(*dests: str) -> IpvsTable:
+    """A service at 10.0.0.1 masquerading to ``dests``."""
+    return IpvsTable.of([(IpvsService("10.0.0.1", 80), [IpvsDestination(d, 8080) for d in dests])])
+
+
+WHOLE_WRITE = "table inet lvs_operator {}\ndelete table inet lvs_operator\n"
+
+
+def test_prepare_writes_the_table_whole_first_then_only_what_changed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lvs_operator.director.kernel import dataplane
+
+    monkeypatch.setattr(dataplane, "IpvsKernel", _NoIpvs)
+    runner = _FakeNft()
+    monkeypatch.setattr(nft, "nft", runner)
+    caplog.set_level("INFO", logger="lvs_operator.director.kernel")
+    plane = dataplane.DataPlane()
+
+    def logged(*keys: str) -> list[list[object]]:
+        records = [vars(r) for r in caplog.records if r.msg == "nftables masquerade updated"]
+        caplog.clear()
+        return [[r.get(k) for k in keys] for r in records]
+
+    plane.prepare(_masquerade_table("10.1.0.1", "10.1.0.2"), True)
+    listed, written = runner.take()
+    assert listed == "list table inet lvs_operator"
+    assert written == WHOLE_WRITE + nft.render_masquerade_snat(
+        ["10.0.0.1"], ["10.1.0.1", "10.1.0.2"]
+    )
+    assert logged("rewritten", "vips", "real_servers") == [[True, 1, 2]]
+
+    plane.prepare(_masquerade_table("10.1.0.1", "10.1.0.2"), True)
+    assert runner.take() == []  # nothing changed: no nft at all
+
+    # a real server leaves and another comes: one transaction of those two, no list
+    plane.prepare(_masquerade_table("10.1.0.2", "10.1.0.3"), True)
+    assert runner.take() == [
+        "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+        "add element inet lvs_operator dests4 { 10.1.0.3 }\n"
+    ]
+    assert logged("added", "removed", "vips", "real_servers") == [[1, 1, 1, 2]]
+
+    # and the next change is against what that update wrote
+    plane.prepare(_masquerade_table("10.1.0.3"), True)
+    assert runner.take() == ["delete element inet lvs_operator dests4 { 10.1.0.2 }\n"]
+
+
+def test_a_refused_update_falls_back_to_the_whole_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvs_operator.director.kernel import dataplane
+
+    monkeypatch.setattr(dataplane, "IpvsKernel", _NoIpvs)
+    runner = _FakeNft()
+    monkeypatch.setattr(nft, "nft", runner)
+    plane = dataplane.DataPlane()
+    plane.prepare(_masquerade_table("10.1.0.1", "10.1.0.2"), True)
+    runner.take()
+
+    # the table deleted by hand, say: the update's delete of an element fails
+    runner.refuse = "delete element"
+    plane.prepare(_masquerade_table("10.1.0.2"), True)
+    update, listed, written = runner.take()
+    assert update == "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+    assert listed == "list table inet lvs_operator"
+    assert written == WHOLE_WRITE + nft.render_masquerade_snat(["10.0.0.1"], ["10.1.0.2"])
+
+    # what the whole write made is what the next update starts from
+    runner.refuse = None
+    plane.prepare(_masquerade_table("10.1.0.2", "10.1.0.5"), True)
+    assert runner.take() == ["add element inet lvs_operator dests4 { 10.1.0.5 }\n"]
+
+
+def test_when_the_whole_write_fails_too_the_next_converge_writes_whole_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lvs_operator.director.kernel import dataplane
+
+    monkeypatch.setattr(dataplane, "IpvsKernel", _NoIpvs)
+    runner = _FakeNft()
+    monkeypatch.setattr(nft, "nft", runner)
+    plane = dataplane.DataPlane()
+    plane.prepare(_masquerade_table("10.1.0.1", "10.1.0.2"), True)
+    runner.take()
+
+    runner.refuse = "lvs_operator"  # every command
+    with pytest.raises(nft.NftError):
+        plane.prepare(_masquerade_table("10.1.0.2"), True)
+    update, listed, written = runner.take()
+    assert update == "delete element inet lvs_operator dests4 { 10.1.0.1 }\n"
+    assert listed == "list table inet lvs_operator"
+    assert written == WHOLE_WRITE + nft.render_masquerade_snat(["10.0.0.1"], ["10.1.0.2"])
+
+    # back to the table last written: not skipped, nor an update from it: written whole
+    runner.refuse = None
+    plane.prepare(_masquerade_table("10.1.0.1", "10.1.0.2"), True)
+    listed, written = runner.take()
+    assert listed == "list table inet lvs_operator"
+    assert written == WHOLE_WRITE + nft.render_masquerade_snat(
+        ["10.0.0.1"], ["10.1.0.1", "10.1.0.2"]
+    )

@@ -3,7 +3,9 @@ destination's active connection count (draining needs it), apply, and ``prepare`
 
 ``prepare`` keeps the nftables masquerade table in step with the services that use
 masquerade forwarding (only when the set of VIPs / real servers changed, so a steady state
-runs no ``nft`` at all). ``check_node_settings`` reads the node's sysctls (node_settings.py)
+runs no ``nft`` at all): the first time, and after a failed update, the whole table is listed
+and written again where it differs; otherwise only the set elements that changed are added
+and deleted. ``check_node_settings`` reads the node's sysctls (node_settings.py)
 and corrects a wrong one where ``/proc/sys`` is writable (not in the shipped pod).
 """
 
@@ -29,6 +31,10 @@ from .ipvs_netlink import SyncDaemon
 
 log = logging.getLogger("lvs_operator.director.kernel")
 
+# (VIPs, real servers, VIP-sourced services) as strings: compared on each converge, where the
+# sets' elements (parsed addresses) would cost more
+_SnatKey = tuple[tuple[str, ...], ...]
+
 
 class DataPlane:
     def __init__(self, netns: str | None = None) -> None:
@@ -38,8 +44,10 @@ class DataPlane:
         # writes (ipvs_sync.py); the lock keeps the socket to one reader at a time
         self._reader = IpvsKernel(netns)
         self._reader_lock = threading.Lock()
-        # (VIPs, real servers, VIP-sourced services) last written to nftables
-        self._snat: tuple[tuple[str, ...], ...] | None = None
+        # what nftables holds since the last write: the cheap key of (VIPs, real servers,
+        # VIP-sourced services) it was made from, and the sets' elements; None until a whole
+        # write (ensure_masquerade_snat) has succeeded, and again after a failed one
+        self._snat: tuple[_SnatKey, nft.SnatSets] | None = None
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
         """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
@@ -79,15 +87,51 @@ class DataPlane:
             return
         vips, dests = nft.masquerade_targets(table)
         sourced = nft.vip_sourced_services(table, vip_sourced)
-        wanted = (tuple(vips), tuple(dests), tuple(f"{a} {p} {n}" for a, p, n in sourced))
-        if wanted != self._snat:
-            if nft.ensure_masquerade_snat(vips, dests, self.netns, sourced):
-                log.info(
-                    "nftables masquerade updated",
-                    extra={"vips": list(vips), "real_servers": len(dests),
-                           "vip_sourced": [f"{a}:{port}/{proto}" for a, proto, port in sourced]},
-                )  # fmt: skip
-            self._snat = wanted
+        key = (tuple(vips), tuple(dests), tuple(f"{a} {p} {n}" for a, p, n in sourced))
+        if self._snat is not None and key == self._snat[0]:
+            return  # nothing changed: no nft at all
+        sets = nft.snat_sets(vips, dests, sourced)
+        try:
+            self._write_snat(vips, dests, sourced, sets)
+        except BaseException:
+            self._snat = None  # the table is unknown now: the next converge writes it whole
+            raise
+        self._snat = (key, sets)
+
+    def _write_snat(
+        self, vips: list[str], dests: list[str], sourced: list[nft.VipService], sets: nft.SnatSets
+    ) -> None:
+        if self._snat is not None:
+            written = self._snat[1]
+            try:
+                change = nft.update_masquerade_snat(written, sets, self.netns)
+            except nft.NftError as exc:
+                # the table is not what was written (deleted, changed by hand): repaired below
+                log.warning(
+                    "nftables masquerade update failed, writing the table whole",
+                    extra={"error": str(exc)},
+                )
+            else:
+                if change.added or change.removed:
+                    log.info(
+                        "nftables masquerade updated",
+                        extra={"added": change.added, "removed": change.removed,
+                               **self._snat_counts(sets)},
+                    )  # fmt: skip
+                return
+        if nft.ensure_masquerade_snat(vips, dests, self.netns, sourced):
+            log.info(
+                "nftables masquerade updated", extra={"rewritten": True, **self._snat_counts(sets)}
+            )
+
+    @staticmethod
+    def _snat_counts(sets: nft.SnatSets) -> dict[str, int]:
+        """The sizes the log gives (10,000 real servers are not listed in it)."""
+        return {
+            "vips": len(sets.vips4) + len(sets.vips6),
+            "real_servers": len(sets.dests4) + len(sets.dests6),
+            "vip_sourced": len(sets.vipsrc4) + len(sets.vipsrc6),
+        }
 
     def check_node_settings(self, ipv6: bool) -> node_settings.Outcome:
         return sysctl.enforce_node_settings(self.netns, ipv6=ipv6, write=True)
