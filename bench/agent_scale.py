@@ -22,7 +22,9 @@ RealServerPools of ``--dests`` ready members each and one VirtualServer per pool
    converge, and the IPVS writes it made (``lvs_director_ipvs_changes``: 0 when it adopts
    the table as it is);
 6. each agent's longest event-loop stall, its kernel reads by reason, and the VIPs that
-   lapsed and were added again.
+   lapsed and were added again;
+7. from each agent's log (kept in ``--logs``): its converges' steps (the ``phases`` of each
+   ``IPVS converged`` line: median and max seconds per step) and its late lifetime renewals.
 
 Figures, not asserts: a 2-core host running TCG is slow and noisy; compare within a run.
 """
@@ -30,6 +32,7 @@ Figures, not asserts: a 2-core host running TCG is slow and noisy; compare withi
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import signal
 import statistics
@@ -141,6 +144,35 @@ def report_agent(lab: Lab, label: str) -> dict[str, float]:
     return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall}
 
 
+def log_summary(output: str, label: str, logs: Path) -> None:
+    """Keep the agent's log; print where its converges' time went and its late renewals."""
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"agent-{label}.log").write_text(output)
+    phases: dict[str, list[float]] = {}
+    totals: list[float] = []
+    late = 0
+    for line in output.splitlines():
+        try:
+            record = json.loads(line[line.index("{") :])
+        except ValueError:  # not a JSON line (or no "{" at all)
+            continue
+        msg = str(record.get("msg", ""))
+        if msg == "VIP lifetimes renewed late":
+            late += 1
+        if not msg.startswith("IPVS converged") or not isinstance(record.get("phases"), dict):
+            continue
+        totals.append(float(record.get("seconds", 0.0)))
+        for step, seconds in record["phases"].items():
+            phases.setdefault(step, []).append(float(seconds))
+    steps = ", ".join(f"{step} {statistics.median(v):.3f}/{max(v):.3f}"
+                      for step, v in phases.items())  # fmt: skip
+    if totals:
+        print(f"{label}: {len(totals)} converges with changes, seconds median "
+              f"{statistics.median(totals):.3f} max {max(totals):.3f}; per step (median/max "
+              f"s): {steps}")  # fmt: skip
+    print(f"{label}: late lifetime renewals logged: {late}; log: {logs}/agent-{label}.log")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--services", type=int, default=1000)
@@ -149,6 +181,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steady", type=float, default=60)
     p.add_argument("--resync", type=float, default=30, help="the agent's --resync-interval")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--logs", type=Path, default=Path("/tmp/agent_scale-logs"),
+                   help="where the agents' logs are kept")  # fmt: skip
     a = p.parse_args(argv)
     rng = random.Random(a.seed)
     n, m = a.services, a.dests
@@ -214,6 +248,7 @@ def main(argv: list[str]) -> int:
             print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB")
             # every add past the cold start's is a VIP that lapsed (its lifetime ran out
             # before a renewal) and was added again
+            log_summary(proc.output(), "first", a.logs)
             adds = proc.output().count('"msg": "VIP added"')
             print(f"VIPs added since the start: {adds} (the cold start's: {n}); lapsed and "
                   f"added again: {max(0, adds - n)}")  # fmt: skip
@@ -228,6 +263,7 @@ def main(argv: list[str]) -> int:
                   f"{restart['converge_seconds'] / restore_s:.2f}x ipvsadm-restore; "
                   f"IPVS writes {restart['changes']:.0f}; RSS "
                   f"{lab.call('rss_mib', pid=proc.pid)} MiB")  # fmt: skip
+            log_summary(proc.output(), "restart", a.logs)
             print(f"longest event-loop stall: cold {cold['stall']:.3f} s, through the samples "
                   f"{steady['stall']:.3f} s, restart {restart['stall']:.3f} s")  # fmt: skip
         finally:
