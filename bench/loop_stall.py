@@ -40,7 +40,7 @@ from tests.unit.director.fakes import FakeHandoverKernel, FakeKernel, FakeVips  
 
 from lvs_operator.director.agent import Agent  # noqa: E402
 from lvs_operator.director.config import AgentConfig  # noqa: E402
-from lvs_operator.director.ipvs_sync import on_loop  # noqa: E402
+from lvs_operator.director.ipvs_sync import freeze_survivors, on_loop  # noqa: E402
 from lvs_operator.director.loop_watch import LoopWatch  # noqa: E402
 from lvs_operator.director.main import freeze_startup, warm_up  # noqa: E402
 
@@ -119,6 +119,7 @@ def run(services: int, dests: int, mode: str) -> dict[str, float]:
         return asyncio.run(one(services, dests, before=mode == "before"))
     finally:
         gc.unfreeze()
+        freeze_survivors(False)
 
 
 def main(argv: list[str]) -> int:

@@ -281,8 +281,12 @@ def freeze_startup() -> None:
     collection holds the GIL, so stalls the event loop from any thread; the agent runs one
     after each big converge (ipvs_sync.trim_memory), and it then walks only what was made
     since: 18 ms -> 3 ms at 1,000 services x 10 destinations here (bench/loop_stall.py)."""
+    from .ipvs_sync import freeze_survivors
+
     gc.collect()
     gc.freeze()
+    # and what survives each big converge's collection from now on (ipvs_sync.trim_memory)
+    freeze_survivors()
 
 
 # The GIL's switch interval for the agent (CPython's default: 5 ms). The event loop runs the

@@ -333,3 +333,24 @@ async def test_a_converge_logs_where_its_time_went(caplog: pytest.LogCaptureFixt
         assert all(v >= 0 for v in line["phases"].values())
         assert line["seconds"] >= sum(line["phases"].values()) - 0.01
     assert "settings" in lines[0]["phases"] and "settings" not in lines[1]["phases"]
+
+
+def test_a_big_converges_collection_freezes_what_survives_only_in_the_agents_process() -> None:
+    """The agent (main.freeze_startup turns it on) freezes what survives trim_memory's
+    collection, so later full collections do not walk the tables again; a test run never."""
+    import gc
+
+    from lvs_operator.director.ipvs_sync import freeze_survivors, trim_memory
+
+    survivor = [object() for _ in range(10)]
+    before = gc.get_freeze_count()
+    trim_memory()
+    assert gc.get_freeze_count() == before
+    freeze_survivors()
+    try:
+        trim_memory()
+        assert gc.get_freeze_count() > before
+    finally:
+        freeze_survivors(False)
+        gc.unfreeze()
+    assert survivor
