@@ -40,7 +40,7 @@ def _weights(sock: nl.IpvsNetlink, vip: str, port: int) -> dict[str, int]:
 
 
 def flip(api_url: str, pool: dict[str, Any], address: str, ready: bool, vip: str, port: int,
-         within: float = 60, poll: float = 0.005) -> dict[str, Any]:  # fmt: skip
+         within: float = 60, poll: float = 0.02) -> dict[str, Any]:  # fmt: skip
     """Mark pool member ``address`` ready (or not) on the fake API server, then look at the
     kernel's service ``vip:port`` every ``poll`` s until the destination is there with its
     weight (ready) or gone (not ready; drained at once: it has no connections). Run in the

@@ -54,7 +54,7 @@ from ..api.contract import (
 from ..api.network import canonical_ip
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
-from .config import LIFETIME_RENEWALS, AgentConfig, renewal_due
+from .config import LIFETIME_RENEWALS, AgentConfig
 from .conn_restore import RestoreOutcome
 from .election import PROGRAMMED_ANNOTATION, Elector, KubeLeaseApi, LeaseApi
 from .endpoints import serve
@@ -552,7 +552,7 @@ class Agent:
         if (leader and not known) or (not leader and not self.elector.not_holder):
             self.vips.renew_present_blocking(set(self.vips.owned) if known else None)
         else:
-            self.vips.renew_lifetimes_blocking(renewal_due(self.cfg.vip_lifetime))
+            self.vips.renew_lifetimes_blocking()
 
     async def _on_leader_change(self, leader: bool) -> None:
         self.metrics.leader.set(1 if leader else 0)

@@ -32,21 +32,6 @@ DEFAULT_VIP_LIFETIME = 8
 LIFETIME_RENEWALS = 4
 
 
-def renewal_due(lifetime: int) -> float:
-    """The remaining lifetime (seconds) at or below which a periodic round renews a VIP.
-
-    Rounds run every ``lifetime / LIFETIME_RENEWALS``. From 8 s on, a round leaves out what
-    the previous round renewed (more than one round plus a second of slack left; the kernel
-    reports whole seconds), which halves the renewals: in the TCG test VM a round of 1,000
-    took about 1 s of the guest's kernel (bench/vip_renewal.py), every 2 s. A VIP is then
-    renewed with at least ``lifetime / 2 - 1`` seconds left, less the round's own duration.
-    Shorter lifetimes renew every VIP every round: their margin would be too thin."""
-    every = lifetime / LIFETIME_RENEWALS
-    if lifetime < 8:
-        return float(lifetime)
-    return lifetime - every - 1
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     node_name: str

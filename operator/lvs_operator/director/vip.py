@@ -342,12 +342,9 @@ class VipManager:
             log.info("VIP added", extra={"vip": vip, "interface": ifname})
         return errors
 
-    def renew(self, items: Iterable[tuple[str, str]], due_within: float | None = None) -> list[str]:
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
         """Restart the lifetime of the VIPs of ``items`` ((vip, interface) pairs) that an
         agent's address holds on that interface now; the VIPs that failed (each logged).
-        ``due_within``: only those with at most this many seconds of lifetime left (None:
-        all); the kernel's work per renewal grows with the number of addresses, so a
-        periodic round leaves out what the previous round renewed (config.renewal_due).
 
         Only present ones: the kernel's "replace" would add an address that is gone (a VIP
         just moved to lo, or one that lapsed while this process was stopped, which a standby
@@ -361,10 +358,6 @@ class VipManager:
             return failed
         started = time.monotonic()
         here = self._present()
-        if due_within is not None:
-            items = [i for i in items if _remaining(here.get(canonical_ip(i[0]))) <= due_within]
-            if not items:
-                return failed
         # the shortest remaining lifetime first: a round of 1,000 took 2-5 s in the test VM
         # (the kernel's work per address grows with their number), and the last of a round
         # waited for all the others

@@ -71,9 +71,7 @@ class VipNode(Protocol):
         interface; (now on ``to``, of those the ones off their interface)."""
         ...
 
-    def renew(
-        self, items: Iterable[tuple[str, str]], due_within: float | None = None
-    ) -> list[str]: ...
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]: ...
 
     def link_info(self, ifname: str) -> Link | None: ...
 
@@ -332,15 +330,14 @@ class VipOwner:
     async def renew_lifetimes(self) -> None:
         await asyncio.to_thread(self.renew_lifetimes_blocking)
 
-    def renew_lifetimes_blocking(self, due_within: float | None = None) -> None:
+    def renew_lifetimes_blocking(self) -> None:
         """Restart the lifetime of what this node holds: the VIPs while leader, and those
         retired to lo while a handover drains. A VIP no longer on its interface is left out
-        (vip.py's ``renew`` looks first), and so is one with more than ``due_within`` seconds
-        left (None: none is)."""
+        (vip.py's ``renew`` looks first)."""
         held, retired = dict(self.held), dict(self.retired)
         items = list(held.items()) + [(vip, LOOPBACK) for vip in retired]
         if items:
-            self.lane.call(lambda: self.node.renew(items, due_within))
+            self.lane.call(lambda: self.node.renew(items))
 
     async def renew_present(self, only: Iterable[str] | None) -> None:
         await asyncio.to_thread(self.renew_present_blocking, None if only is None else set(only))

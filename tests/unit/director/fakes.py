@@ -188,9 +188,8 @@ class FakeVips:
                 moved.append(vip)
         return on_target, moved
 
-    def renew(self, items: Iterable[tuple[str, str]], due_within: float | None = None) -> list[str]:
-        """Like VipManager's: only what is on that interface now is renewed (the fake's
-        addresses have no lifetime: ``due_within`` leaves none out)."""
+    def renew(self, items: Iterable[tuple[str, str]]) -> list[str]:
+        """Like VipManager's: only what is on that interface now is renewed."""
         for vip, ifname in items:
             if self.addresses.get(vip) == ifname:
                 self.events.append(("renew", vip))

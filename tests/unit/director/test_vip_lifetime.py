@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-import math
 import os
 import socket
 import struct
@@ -19,7 +18,6 @@ from dataclasses import replace
 
 import pytest
 
-from lvs_operator.director.config import LIFETIME_RENEWALS, renewal_due
 from lvs_operator.director.kernel import addresses as kaddr
 from lvs_operator.director.kernel.addresses import AddrEntry, Renewal, Rtnl
 from lvs_operator.director.kernel.netlink import (
@@ -252,23 +250,21 @@ def test_a_round_renews_the_shortest_remaining_lifetime_first() -> None:
     assert kernel.batches == [["192.0.2.11", "192.0.2.13", "192.0.2.12", "192.0.2.10"]]
 
 
-def test_a_periodic_round_renews_only_what_is_due_and_logs_a_close_call(
+def test_a_renewal_with_a_second_or_less_left_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A round leaves out the VIPs with more than ``due_within`` seconds left (the previous
-    round renewed them); one renewed with a second or less left is logged."""
-    left = {"192.0.2.10": 8, "192.0.2.11": 5, "192.0.2.12": 6, "192.0.2.13": 1}
+    """A round that renews a VIP with a second or less left (close to a lapse) says so, with
+    the round's size and duration; a round in time says nothing."""
+    left = {"192.0.2.10": 6, "192.0.2.11": 1, "192.0.2.12": 4}
     kernel = KernelAddresses([v4(a, proto=VIP_PROTO, lft=s) for a, s in left.items()])
     with caplog.at_level(logging.WARNING, logger="lvs_operator.director.vip"):
-        assert manager(kernel).renew([(a, "front") for a in left], due_within=5) == []
-    assert kernel.batches == [["192.0.2.13", "192.0.2.11"]]
+        assert manager(kernel).renew([(a, "front") for a in left]) == []
     late = [r for r in caplog.records if r.getMessage() == "VIP lifetimes renewed late"]
-    assert [(r.shortest_remaining_s, r.renewed) for r in late] == [(1.0, 2)]  # type: ignore[attr-defined]
-    kernel.batches.clear()
+    assert [(r.shortest_remaining_s, r.renewed) for r in late] == [(1.0, 3)]  # type: ignore[attr-defined]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lvs_operator.director.vip"):
-        assert manager(kernel).renew([(a, "front") for a in left], due_within=5) == []
-    assert kernel.batches == [] and caplog.records == []  # all renewed to 8 s: none due
+        assert manager(kernel).renew([(a, "front") for a in left]) == []  # all at 8 s now
+    assert caplog.records == []
 
 
 def test_no_lifetime_no_renewals() -> None:
@@ -525,33 +521,3 @@ def test_add_many_adds_in_one_batch_adopts_ours_and_names_each_failure() -> None
     assert kernel.batches[0] == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]  # one batch
     ours = {e.address: e.valid_lft for e in kernel.entries if e.proto == VIP_PROTO}
     assert ours == {"192.0.2.10": 8, "192.0.2.11": 8}  # added, and renewed (adopted)
-
-
-# -- the periodic rounds (config.renewal_due) --------------------------------------------------
-
-
-@pytest.mark.parametrize("lifetime", [2, 4, 7, 8, 9, 12, 30, 60])
-@pytest.mark.parametrize("phase", [0.0, 0.3, 0.7, 0.99])
-def test_periodic_rounds_renew_every_other_time_from_8_s_and_never_let_a_vip_run_thin(
-    lifetime: int, phase: float
-) -> None:
-    """Rounds every lifetime / LIFETIME_RENEWALS, on time, the kernel reporting whole seconds
-    left (as it does): from 8 s on each VIP is renewed in every other round with at least
-    half its lifetime less a second left; shorter lifetimes are renewed every round."""
-    every = lifetime / LIFETIME_RENEWALS
-    due = renewal_due(lifetime)
-    renewed_at = -phase  # the last renewal, on the rounds' clock
-    renewals, thinnest = 0, float(lifetime)
-    rounds = 40
-    for k in range(1, rounds + 1):
-        now = k * every
-        left = lifetime - math.floor(now - renewed_at + 1e-9)  # what a dump reports
-        assert left > 0, "lapsed"
-        if left <= due:
-            thinnest = min(thinnest, lifetime - (now - renewed_at))
-            renewed_at, renewals = now, renewals + 1
-    if lifetime >= 8:
-        assert renewals == pytest.approx(rounds / 2, abs=1)
-        assert thinnest >= lifetime / 2 - 1
-    else:
-        assert renewals == rounds
