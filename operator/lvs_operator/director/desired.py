@@ -24,7 +24,9 @@ namespace/name keeps it, the other is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import operator
 import threading
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
@@ -172,6 +174,7 @@ class DesiredBuilder:
         self._parts: dict[PoolKey, tuple[VirtualServer, tuple[PoolMember, ...], _Part]] = {}
         self._order: tuple[ServiceKey, ...] = ()  # the last table's keys, sorted
         self._order_set: frozenset[ServiceKey] = frozenset()
+        self._last: _LastBuild | None = None
 
     def _part(self, vs: VirtualServer, members: tuple[PoolMember, ...]) -> _Part:
         key = (vs.namespace, vs.name)
@@ -197,8 +200,57 @@ class DesiredBuilder:
     ) -> Desired:
         """``staged``: the VirtualServers (namespace, name) moving in: their services are in
         the table, their VIPs not in ``vips`` (in ``staged_vips``)."""
+        servers = list(virtual_servers)
         with self._lock:
-            return self._build(virtual_servers, pools, staged)
+            patched = self._patch(servers, pools, staged)
+            if patched is not None:
+                return patched
+            return self._build(servers, pools, staged)
+
+    def _patch(
+        self,
+        servers: list[VirtualServer],
+        pools: Mapping[PoolKey, Iterable[PoolMember]],
+        staged: Set[tuple[str, str]],
+    ) -> Desired | None:
+        """The last build with the parts of the VirtualServers whose members changed put in
+        place, when nothing else changed (the same VirtualServer objects, nothing staged
+        anew, each changed part with the same services and problems as before): a pod event
+        then costs its VirtualServers, not a pass over all of them. None: build anew."""
+        last = self._last
+        if last is None or last.staged != staged or len(servers) != len(last.servers):
+            return None
+        if not all(map(operator.is_, servers, last.servers)):
+            return None
+        changed: list[tuple[int, Iterable[PoolMember]]] = []
+        for i, vs in enumerate(servers):
+            raw = pools.get((vs.namespace, vs.spec.pool_name), ())
+            if raw is not last.members[i]:
+                changed.append((i, raw))
+        if not changed:
+            return last.desired
+        entries = dict(last.desired.table.entries)
+        quiesced = set(last.desired.quiesced)
+        members = list(last.members)
+        parts = list(last.parts)
+        for i, raw in changed:
+            vs, was = servers[i], parts[i]
+            part = self._part(vs, raw if isinstance(raw, tuple) else tuple(raw))
+            if part.keys != was.keys or part.problems != was.problems:
+                return None  # services or problems differ: the assembly's checks again
+            ref = f"{vs.namespace}/{vs.name}"
+            for key, entry in zip(part.keys, part.entries, strict=True):
+                if last.owner.get(key) == ref:
+                    entries[key] = entry
+            quiesced.difference_update(q for q in was.quiesced if last.owner.get(q[0]) == ref)
+            quiesced.update(q for q in part.quiesced if last.owner.get(q[0]) == ref)
+            members[i], parts[i] = raw, part
+        desired = dataclasses.replace(
+            last.desired, table=IpvsTable(entries), quiesced=frozenset(quiesced)
+        )
+        self._last = _LastBuild(last.servers, tuple(members), tuple(parts), last.owner,
+                                last.staged, desired)  # fmt: skip
+        return desired
 
     def _build(
         self,
@@ -216,12 +268,16 @@ class DesiredBuilder:
         vip_sourced: set[ServiceKey] = set()
         present: set[PoolKey] = set()
 
-        for vs in sorted(virtual_servers, key=lambda v: (v.namespace, v.name)):
+        servers = list(virtual_servers)
+        used: dict[int, tuple[Iterable[PoolMember], _Part]] = {}  # by id of the VirtualServer
+        for vs in sorted(servers, key=lambda v: (v.namespace, v.name)):
             spec = vs.spec
             ref = f"{vs.namespace}/{vs.name}"
             present.add((vs.namespace, vs.name))
             raw = pools.get((vs.namespace, spec.pool_name), ())
-            part = self._part(vs, raw if isinstance(raw, tuple) else tuple(raw))
+            members = raw if isinstance(raw, tuple) else tuple(raw)
+            part = self._part(vs, members)
+            used[id(vs)] = (raw, part)
             added = False
             for i, (key, entry) in enumerate(zip(part.keys, part.entries, strict=True)):
                 if key in entries:
@@ -253,7 +309,7 @@ class DesiredBuilder:
         else:
             table = IpvsTable.of(entries.values())
             self._order, self._order_set = tuple(table), frozenset(table)
-        return Desired(
+        desired = Desired(
             table=table,
             quiesced=frozenset(quiesced),
             generations=generations,
@@ -263,6 +319,29 @@ class DesiredBuilder:
             # a VIP one VirtualServer serves is served (the controller moves a VIP whole)
             staged_vips=frozenset(staged_vips - set(vips)),
         )
+        self._last = _LastBuild(
+            tuple(servers),
+            tuple(used[id(vs)][0] for vs in servers),
+            tuple(used[id(vs)][1] for vs in servers),
+            owner,
+            frozenset(staged),
+            desired,
+        )
+        return desired
+
+
+@dataclass(frozen=True)
+class _LastBuild:
+    """What ``DesiredBuilder._patch`` starts from: the last build's inputs (the
+    VirtualServers in the order given, each one's pool members as given: compared by
+    identity) and what it made of them."""
+
+    servers: tuple[VirtualServer, ...]
+    members: tuple[Iterable[PoolMember], ...]
+    parts: tuple[_Part, ...]
+    owner: Mapping[ServiceKey, str]  # service -> the "<ns>/<name>" that has it
+    staged: frozenset[tuple[str, str]]
+    desired: Desired
 
 
 def build(

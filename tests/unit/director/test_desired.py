@@ -327,3 +327,70 @@ def test_drain_rebuilds_only_the_services_with_a_quiesced_destination() -> None:
     assert [x.address for x in table[k1].destinations] == ["10.20.1.1"]
     assert list(table) == list(d.table)
     assert all(table[k] is d.table[k] for k in d.table if k != k1)
+
+
+def test_builder_after_pod_events_equals_a_fresh_build_and_patches_in_place() -> None:
+    """200 random pool changes (readiness, weights, members coming and going, a member
+    without the named port, a member of the wrong family), now and then a VirtualServer
+    changed or one claiming another's service: after each, the builder's table (patched in
+    place when only members changed) is what a fresh build says, every field."""
+    import dataclasses
+    import random
+
+    rng = random.Random(7)
+    servers = [
+        vs(f"web{i}", vip=f"10.10.0.{100 + i}", poolRef={"name": f"pool{i}"},
+           ports=[{"port": 80, "targetPort": "http"}, {"port": 443, "targetPort": 8443}])
+        for i in range(4)
+    ]  # fmt: skip
+    servers.append(vs("zz-twin", vip="10.10.0.101", poolRef={"name": "pool0"}))
+
+    def pool(i: int) -> tuple[PoolMember, ...]:
+        out = []
+        for j in rng.sample(range(1, 9), rng.randrange(0, 5)):
+            kind = rng.random()
+            if kind < 0.1:
+                out.append(member(f"10.20.{i}.{j}", ports={}))  # no port named http
+            elif kind < 0.15:
+                out.append(member(f"fd00::{i}:{j}", ports={"http": 8080}))  # not IPv4
+            else:
+                out.append(member(f"10.20.{i}.{j}", weight=rng.randrange(0, 4),
+                                  ready=rng.random() < 0.8, ports={"http": 8080}))  # fmt: skip
+        return tuple(out)
+
+    def roll_i(roll: float) -> int:
+        return int(roll * 1000) % 4
+
+    pools = {("demo", f"pool{i}"): pool(i) for i in range(4)}
+    builder = DesiredBuilder()
+    full = builder._build
+    whole: list[int] = []
+    builder._build = lambda *a: (whole.append(1), full(*a))[1]  # type: ignore[method-assign]
+    patched = 0
+    last = builder.build(servers, pools)
+    for step in range(200):
+        roll = rng.random()
+        if roll < 0.05:
+            i = rng.randrange(4)
+            servers[i] = vs(f"web{i}", generation=step, vip=f"10.10.0.{100 + i}",
+                            poolRef={"name": f"pool{i}"}, scheduler=rng.choice(["rr", "wlc"]),
+                            ports=[{"port": 80, "targetPort": "http"}])  # fmt: skip
+        elif roll < 0.35 or not pools[("demo", f"pool{roll_i(roll)}")]:
+            i = rng.randrange(4)
+            pools = {**pools, ("demo", f"pool{i}"): pool(i)}
+        else:  # a pod event: one member's readiness or weight
+            i = roll_i(roll)
+            members = list(pools[("demo", f"pool{i}")])
+            j = rng.randrange(len(members))
+            members[j] = dataclasses.replace(members[j], ready=not members[j].ready,
+                                             weight=rng.randrange(0, 4))  # fmt: skip
+            pools = {**pools, ("demo", f"pool{i}"): tuple(members)}
+        got = builder.build(servers, pools)
+        assert got == build(servers, pools), step
+        if roll >= 0.05 and got.table.keys() == last.table.keys():
+            # untouched services keep their very entries (the diff skips them)
+            kept = [k for k in got.table if k.address not in (f"10.10.0.{100 + i}",)]
+            patched += all(got.table[k] is last.table[k] for k in kept)
+        last = got
+    assert patched > 100  # untouched services kept their entries
+    assert 10 < len(whole) < 80  # most pod events were patched in, not built anew

@@ -414,3 +414,44 @@ def test_when_the_whole_write_fails_too_the_next_converge_writes_whole_again(
     assert written == WHOLE_WRITE + nft.render_masquerade_snat(
         ["10.0.0.1"], ["10.1.0.1", "10.1.0.2"]
     )
+
+
+def test_masquerade_targets_kept_per_service_equal_a_whole_pass() -> None:
+    """300 random tables in a row (services coming and going, destinations changing, a
+    forwarding method changed, services VIP-sourced or not, addresses shared by services):
+    the kept targets are what a pass over the whole table gives, and ``update`` says
+    "changed" exactly when they changed."""
+    import random
+
+    rng = random.Random(3)
+    services = {i: IpvsService(f"10.0.0.{i % 6}", 80 + i, Protocol.TCP, "rr") for i in range(10)}
+
+    methods = [Forwarding.MASQUERADE, Forwarding.MASQUERADE, Forwarding.DIRECT]
+
+    def entry(i: int) -> tuple[IpvsService, list[IpvsDestination]]:
+        dests = [
+            IpvsDestination(f"10.1.0.{rng.randrange(8)}", 8080 + k, forwarding=rng.choice(methods))
+            for k in range(rng.randrange(0, 4))
+        ]
+        return services[i], dests
+
+    entries = {i: entry(i) for i in rng.sample(range(10), 5)}
+    kept = nft.MasqueradeTargets()
+    before: tuple[object, ...] = ()
+    changes = 0
+    for _ in range(300):
+        roll = rng.random()
+        if roll < 0.6:
+            i = rng.randrange(10)
+            entries[i] = entry(i)
+        elif roll < 0.8 and entries:
+            entries.pop(rng.choice(list(entries)))
+        table = IpvsTable.of(entries.values())
+        sourced = {s.key for i, s in services.items() if i % 3 == 0 and rng.random() < 0.9}
+        changed = kept.update(table, sourced)
+        whole = (*nft.masquerade_targets(table), nft.vip_sourced_services(table, sourced))
+        assert kept.targets() == whole
+        assert changed == (whole != before)
+        changes += changed
+        before = whole
+    assert 50 < changes < 300  # both answers were given

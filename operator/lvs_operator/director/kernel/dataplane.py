@@ -31,10 +31,6 @@ from .ipvs_netlink import SyncDaemon
 
 log = logging.getLogger("lvs_operator.director.kernel")
 
-# (VIPs, real servers, VIP-sourced services) as strings: compared on each converge, where the
-# sets' elements (parsed addresses) would cost more
-_SnatKey = tuple[tuple[str, ...], ...]
-
 
 class DataPlane:
     def __init__(self, netns: str | None = None) -> None:
@@ -44,10 +40,11 @@ class DataPlane:
         # writes (ipvs_sync.py); the lock keeps the socket to one reader at a time
         self._reader = IpvsKernel(netns)
         self._reader_lock = threading.Lock()
-        # what nftables holds since the last write: the cheap key of (VIPs, real servers,
-        # VIP-sourced services) it was made from, and the sets' elements; None until a whole
+        # what nftables holds since the last write (the sets' elements); None until a whole
         # write (ensure_masquerade_snat) has succeeded, and again after a failed one
-        self._snat: tuple[_SnatKey, nft.SnatSets] | None = None
+        self._snat: nft.SnatSets | None = None
+        # the masquerade targets of the tables prepared, kept per service
+        self._targets = nft.MasqueradeTargets()
 
     def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
         """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
@@ -85,24 +82,20 @@ class DataPlane:
     ) -> None:
         if not masquerade_snat:
             return
-        vips, dests = nft.masquerade_targets(table)
-        sourced = nft.vip_sourced_services(table, vip_sourced)
-        key = (tuple(vips), tuple(dests), tuple(f"{a} {p} {n}" for a, p, n in sourced))
-        if self._snat is not None and key == self._snat[0]:
+        changed = self._targets.update(table, vip_sourced)
+        if self._snat is not None and not changed:
             return  # nothing changed: no nft at all
-        sets = nft.snat_sets(vips, dests, sourced)
+        sets = self._targets.snat_sets()
         try:
-            self._write_snat(vips, dests, sourced, sets)
+            self._write_snat(sets)
         except BaseException:
             self._snat = None  # the table is unknown now: the next converge writes it whole
             raise
-        self._snat = (key, sets)
+        self._snat = sets
 
-    def _write_snat(
-        self, vips: list[str], dests: list[str], sourced: list[nft.VipService], sets: nft.SnatSets
-    ) -> None:
+    def _write_snat(self, sets: nft.SnatSets) -> None:
         if self._snat is not None:
-            written = self._snat[1]
+            written = self._snat
             try:
                 change = nft.update_masquerade_snat(written, sets, self.netns)
             except nft.NftError as exc:
@@ -119,6 +112,7 @@ class DataPlane:
                                **self._snat_counts(sets)},
                     )  # fmt: skip
                 return
+        vips, dests, sourced = self._targets.targets()
         if nft.ensure_masquerade_snat(vips, dests, self.netns, sourced):
             log.info(
                 "nftables masquerade updated", extra={"rewritten": True, **self._snat_counts(sets)}
