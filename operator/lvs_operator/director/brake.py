@@ -70,7 +70,12 @@ class WithdrawalBrake:
         controller handed to another group (make-before-break: that group programmed them
         first), and services staged without their VIP (they carry no traffic here)."""
         cfg = self.config
-        gone = set(previous.table) - set(want.table) if previous is not None else set()
+        # the plain dicts' key views: a set difference in C, not two passes of 1,000 keys
+        gone: set[ServiceKey] = (
+            set(previous.table.entries.keys() - want.table.entries.keys())
+            if previous is not None
+            else set()
+        )
         if previous is not None:
             gone = {
                 k

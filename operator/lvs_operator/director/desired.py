@@ -222,11 +222,12 @@ class DesiredBuilder:
             return None
         if not all(map(operator.is_, servers, last.servers)):
             return None
-        changed: list[tuple[int, Iterable[PoolMember]]] = []
-        for i, vs in enumerate(servers):
-            raw = pools.get((vs.namespace, vs.spec.pool_name), ())
-            if raw is not last.members[i]:
-                changed.append((i, raw))
+        now = [pools.get(key, ()) for key in last.pool_keys]
+        changed = [
+            (i, raw)
+            for i, (raw, was) in enumerate(zip(now, last.members, strict=True))
+            if raw is not was
+        ]
         if not changed:
             return last.desired
         entries = dict(last.desired.table.entries)
@@ -248,8 +249,8 @@ class DesiredBuilder:
         desired = dataclasses.replace(
             last.desired, table=IpvsTable(entries), quiesced=frozenset(quiesced)
         )
-        self._last = _LastBuild(last.servers, tuple(members), tuple(parts), last.owner,
-                                last.staged, desired)  # fmt: skip
+        self._last = _LastBuild(last.servers, last.pool_keys, tuple(members), tuple(parts),
+                                last.owner, last.staged, desired)  # fmt: skip
         return desired
 
     def _build(
@@ -321,6 +322,7 @@ class DesiredBuilder:
         )
         self._last = _LastBuild(
             tuple(servers),
+            tuple((vs.namespace, vs.spec.pool_name) for vs in servers),
             tuple(used[id(vs)][0] for vs in servers),
             tuple(used[id(vs)][1] for vs in servers),
             owner,
@@ -337,6 +339,7 @@ class _LastBuild:
     identity) and what it made of them."""
 
     servers: tuple[VirtualServer, ...]
+    pool_keys: tuple[PoolKey, ...]  # each one's pool
     members: tuple[Iterable[PoolMember], ...]
     parts: tuple[_Part, ...]
     owner: Mapping[ServiceKey, str]  # service -> the "<ns>/<name>" that has it

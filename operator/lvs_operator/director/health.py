@@ -94,7 +94,9 @@ def targets_for(
     when several share a probe)."""
     decides: dict[DestRef, Probe] = {}
     timings: dict[Probe, HealthCheck] = {}
-    for key, entry in table.items():
+    if not checks:
+        return decides, timings  # the usual case: no pass over 1,000s of services
+    for key, entry in table.entries.items():
         check = checks.get(key)
         if check is None or not safe_http_fields(check):
             continue  # an unsafe check probes nothing (watches.py logged it)

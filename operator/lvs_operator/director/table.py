@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -327,9 +328,22 @@ def diff(desired: IpvsTable, actual: IpvsTable, owned: Ownership = None) -> list
     changes: list[Change] = []
     # the plain dicts: the Mapping methods cost a call each, for each of 1,000s of services
     want_entries, have_entries = desired.entries, actual.entries
-    new = [e for k, e in want_entries.items() if k not in have_entries]
-    kept = [(e, have_entries[k]) for k, e in want_entries.items() if k in have_entries]
-    gone = [e for k, e in have_entries.items() if k not in want_entries and owns(k)]
+    if len(want_entries) == len(have_entries) and all(
+        map(operator.is_, want_entries, have_entries)
+    ):
+        # the usual converge: the very keys, in the same order (the agent's copy of the
+        # kernel takes the desired table's: ipvs_sync.known_after), so no service comes or
+        # goes, and only the entries that are not the copy's own need a look
+        new, gone = [], []
+        kept = [
+            (e, h)
+            for e, h in zip(want_entries.values(), have_entries.values(), strict=True)
+            if e is not h
+        ]
+    else:
+        new = [e for k, e in want_entries.items() if k not in have_entries]
+        kept = [(e, have_entries[k]) for k, e in want_entries.items() if k in have_entries]
+        gone = [e for k, e in have_entries.items() if k not in want_entries and owns(k)]
 
     for entry in new:
         changes.append(Change(Op.ADD_SERVICE, entry.service))

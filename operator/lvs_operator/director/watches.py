@@ -68,6 +68,8 @@ def health_checks(
 ) -> dict[ServiceKey, HealthCheck]:
     """The health check of each service whose pool has one."""
     checks: dict[ServiceKey, HealthCheck] = {}
+    if not any(check is not None for check in pool_checks.values()):
+        return checks
     for vs in virtual_servers:
         check = pool_checks.get((vs.namespace, vs.spec.pool_name))
         if check is None:
