@@ -306,6 +306,12 @@ def setup_logging(level: str) -> None:
     logs.setup_logging(level, quiet=() if level == "debug" else QUIET_LOGGERS)
 
 
+# kopf's initial LIST of each kind (at start-up, and when a watch has to start over) in
+# pages of this many objects: unpaged, a restart on a full cluster parses every pod at once
+# (see docs/controller.md, bench/controller_memory.py --mode list).
+LIST_CHUNK_SIZE = 500
+
+
 def build_settings() -> Any:
     import kopf
 
@@ -314,6 +320,7 @@ def build_settings() -> Any:
     settings.scanning.disabled = True  # no CRD/namespace watching: less RBAC
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.networking.request_timeout = 60
     return settings
 

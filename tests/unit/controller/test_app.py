@@ -89,6 +89,7 @@ def test_registry_builds() -> None:
     assert registry is not None
     settings = app.build_settings()
     assert settings.posting.enabled is False and settings.scanning.disabled is True
+    assert settings.watching.chunk_size == app.LIST_CHUNK_SIZE  # the initial LISTs paged
 
 
 class _Listing:
