@@ -310,6 +310,12 @@ def setup_logging(level: str) -> None:
 # pages of this many objects: unpaged, a restart on a full cluster parses every pod at once
 # (see docs/controller.md, bench/controller_memory.py --mode list).
 LIST_CHUNK_SIZE = 500
+# How long kopf keeps an object's worker after the object's last event (kopf's default: 5 s).
+# The worker holds that event, the whole parsed body, until it exits: a LIST of 10,000 pods,
+# or pods created fast, had thousands of bodies alive at once, and the long-lived objects
+# made between them (index entries, kopf's per-object memories) kept that memory from being
+# reused or given back (docs/controller.md). A later event starts a new worker (cheap).
+WORKER_IDLE_SECONDS = 0.5
 
 
 def no_diff_base() -> Any:
@@ -347,6 +353,7 @@ def build_settings() -> Any:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.chunk_size = LIST_CHUNK_SIZE
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60
     return settings
 

@@ -90,6 +90,7 @@ def test_registry_builds() -> None:
     settings = app.build_settings()
     assert settings.posting.enabled is False and settings.scanning.disabled is True
     assert settings.watching.chunk_size == app.LIST_CHUNK_SIZE  # the initial LISTs paged
+    assert settings.queueing.idle_timeout == app.WORKER_IDLE_SECONDS < 5  # kopf's: 5 s
 
 
 def test_no_diff_base() -> None:
