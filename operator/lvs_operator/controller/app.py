@@ -315,7 +315,7 @@ LIST_CHUNK_SIZE = 500
 # or pods created fast, had thousands of bodies alive at once, and the long-lived objects
 # made between them (index entries, kopf's per-object memories) kept that memory from being
 # reused or given back (docs/controller.md). A later event starts a new worker (cheap).
-WORKER_IDLE_SECONDS = 0.5
+WORKER_IDLE_SECONDS = 0.2
 
 
 def no_diff_base() -> Any:
