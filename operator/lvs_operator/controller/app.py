@@ -325,9 +325,9 @@ def no_diff_base() -> Any:
     kopf builds one for every event (a deep copy of the whole body, managedFields
     included, then a copy of the rest) to diff it for the create/update/resume handlers
     and daemons; with none of those registered the essence and the diff are unused, but the
-    copies were made all the same: CPU, and short-lived objects among the long-lived ones.
-    It reads no annotation and writes none (kopf never stores a diff-base without change
-    handlers either)."""
+    copies were made all the same (~a fifth of the controller's CPU while the objects are
+    listed, in bench/controller_memory.py; no less memory). It reads no annotation and
+    writes none (kopf never stores a diff-base without change handlers either)."""
     import kopf
 
     class NoDiffBase(kopf.DiffBaseStorage):
