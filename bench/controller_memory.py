@@ -1,7 +1,8 @@
 """Where the controller's memory goes, in-process: no cluster, no VM.
 
     python bench/controller_memory.py [--virtualservers 1000] [--pods-per-pool 10]
-        [--runs 3] [--mode list|watch] [--chunk-size 0] [--no-trim] [--attribute]
+        [--runs 3] [--mode list|watch] [--chunk-size N] [--idle-timeout S] [--no-trim]
+        [--sizes] [--attribute]
 
 Bodies as the API server would send them (pods as kwok shows them: labels, managedFields of
 their creator and of kwok, the ServiceAccount volume, status with conditions; the pools'
@@ -13,12 +14,14 @@ directory by a separate process (``--phase prepare``). Each run is a fresh proce
   after ``gc.collect()``, after glibc ``malloc_trim(0)``), and the same LIST in chunks;
 - ``controller``: kopf's own watcher (``queueing.watcher``: one worker per object, its
   per-object memory, its indexes) fed the bodies — ``--mode list``: every kind as one
-  initial LIST (a controller restarted on a full cluster; ``--chunk-size``: kopf's
-  ``settings.watching.chunk_size``), ``--mode watch``: one parsed event per object, pools
+  initial LIST (a controller restarted on a full cluster) in pieces of kopf's
+  ``settings.watching.chunk_size``, ``--mode watch``: one parsed event per object, pools
   and their objects first, then the pods after a first pass (a controller started before
   the objects were created, as ``bench/controller_scale.py`` does) — with the controller's
   real registry (``app.build_registry``: its index and event handlers, and the reconciler's
-  ``kick``), then a full planning pass (``Reconciler._plan``) as after convergence.
+  ``kick``) and its kopf settings (``app.build_settings``: ``--chunk-size`` and
+  ``--idle-timeout`` override them, ``--chunk-size 0`` lists unchunked), then a full
+  planning pass (``Reconciler._plan``) as after convergence.
   VmRSS after each step; ``--attribute``: tracemalloc (top files, and by owner: the
   innermost frame in the controller, kopf or a client library) and the deep size of each
   structure (kopf's per-object memories, each index, ``PlanState``).
@@ -464,16 +467,21 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
     reconciler = Reconciler(config, NoClient(), trimmer=HeapTrimmer(timed_trim))  # type: ignore[arg-type]
     registry = app.build_registry(reconciler, config)
     settings = app.build_settings()
-    settings.queueing.idle_timeout = args.idle_timeout
-    if args.chunk_size:
-        settings.watching.chunk_size = args.chunk_size
+    if args.idle_timeout is not None:
+        settings.queueing.idle_timeout = args.idle_timeout
+    if args.chunk_size is not None:
+        settings.watching.chunk_size = args.chunk_size or None
     extra = json.loads((data / "informers.json").read_text())
     reconciler.leases.store = extra["leases"]
     reconciler.daemonsets.store = extra["daemonsets"]
     del extra
     gc.collect()
     malloc_trim()
-    out: dict[str, Any] = {"imports, registry": rss_mib()}
+    out: dict[str, Any] = {
+        "kopf settings": f"watching.chunk_size={settings.watching.chunk_size}, "
+        f"queueing.idle_timeout={settings.queueing.idle_timeout}",
+        "imports, registry": rss_mib(),
+    }
     if args.attribute:
         tracemalloc.start(args.frames)
 
@@ -505,8 +513,8 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
             chunk = settings.watching.chunk_size
             if chunk:
                 items = json.loads(raw)["items"]
-                pieces = [json.dumps({"items": items[i : i + chunk]}).encode()
-                          for i in range(0, len(items), chunk)]  # fmt: skip
+                pieces = [json.dumps({"items": items[i : i + chunk]}, separators=(",", ":"))
+                          .encode() for i in range(0, len(items), chunk)]  # fmt: skip
                 del items
             del raw
             for piece in pieces[:]:
@@ -680,9 +688,19 @@ def main() -> int:
     ap.add_argument("--pods-per-pool", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--mode", choices=("list", "watch"), default="list")
-    ap.add_argument("--chunk-size", type=int, default=0)
+    ap.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="kopf's settings.watching.chunk_size (default: the controller's; 0: unchunked)",
+    )
     ap.add_argument("--rate", type=int, default=2000, help="watch mode: events per second")
-    ap.add_argument("--idle-timeout", type=float, default=5.0, help="kopf's, for its workers")
+    ap.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="kopf's settings.queueing.idle_timeout, for its workers (default: the controller's)",
+    )
     ap.add_argument(
         "--indexed-wait",
         action="store_true",
@@ -701,7 +719,7 @@ def main() -> int:
         prepare(Path(args.data), args.virtualservers, args.pods_per_pool)
         return 0
     if args.phase == "json":
-        print(json.dumps(phase_json(Path(args.data), args.chunk_size)))
+        print(json.dumps(phase_json(Path(args.data), args.chunk_size or 0)))
         return 0
     if args.phase == "controller":
         print(json.dumps(asyncio.run(phase_controller(Path(args.data), args))))
@@ -713,12 +731,18 @@ def main() -> int:
                         "--pods-per-pool", str(args.pods_per_pool)], check=True)  # fmt: skip
         sizes = {p.stem: p.stat().st_size / 2**20 for p in sorted(data.glob("*.json"))}
         print("bodies (MiB of JSON): " + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()))
+        from lvs_operator.controller import app
+
+        shipped = app.build_settings()
+        if args.chunk_size is None:
+            args.chunk_size = shipped.watching.chunk_size or 0
         common = ["--chunk-size", str(args.chunk_size)]
         if not args.skip_json:
             show(f"LIST of every pod parsed and dropped (chunk size {args.chunk_size or 'none'})",
                  [run_phase(data, "json", args, common) for _ in range(args.runs)])  # fmt: skip
         ctl = [*common, "--frames", str(args.frames), "--mode", args.mode, "--rate",
-               str(args.rate), "--idle-timeout", str(args.idle_timeout)]  # fmt: skip
+               str(args.rate)]  # fmt: skip
+        ctl += [] if args.idle_timeout is None else ["--idle-timeout", str(args.idle_timeout)]
         ctl += ["--no-trim"] if args.no_trim else []
         ctl += ["--indexed-wait"] if args.indexed_wait else []
         ctl += ["--sizes"] if args.sizes else []

@@ -137,9 +137,11 @@ class RealServerPoolSpec:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolMember:
-    """One resolved real server, as the controller writes it to the pool's status."""
+    """One resolved real server, as the controller writes it to the pool's status (slots:
+    the controller keeps one per member of every pool, the agents one per member of the
+    pools they serve)."""
 
     address: str
     weight: int

@@ -306,14 +306,54 @@ def setup_logging(level: str) -> None:
     logs.setup_logging(level, quiet=() if level == "debug" else QUIET_LOGGERS)
 
 
+# kopf's initial LIST of each kind (at start-up, and when a watch has to start over) in
+# pages of this many objects: unpaged, a restart on a full cluster parses every pod at once
+# (see docs/controller.md, bench/controller_memory.py --mode list).
+LIST_CHUNK_SIZE = 500
+# How long kopf keeps an object's worker after the object's last event (kopf's default: 5 s).
+# The worker holds that event, the whole parsed body, until it exits: a LIST of 10,000 pods,
+# or pods created fast, had thousands of bodies alive at once, and the long-lived objects
+# made between them (index entries, kopf's per-object memories) kept that memory from being
+# reused or given back (docs/controller.md). A later event starts a new worker (cheap).
+WORKER_IDLE_SECONDS = 0.2
+
+
+def no_diff_base() -> Any:
+    """kopf's diff-base storage for an operator with no change handlers (the controller's
+    are index and event handlers only, see ``build_registry``): it builds no essence.
+
+    kopf builds one for every event (a deep copy of the whole body, managedFields
+    included, then a copy of the rest) to diff it for the create/update/resume handlers
+    and daemons; with none of those registered the essence and the diff are unused, but the
+    copies were made all the same (~a fifth of the controller's CPU while the objects are
+    listed, in bench/controller_memory.py; no less memory). It reads no annotation and
+    writes none (kopf never stores a diff-base without change handlers either)."""
+    import kopf
+
+    class NoDiffBase(kopf.DiffBaseStorage):
+        def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+            return kopf.BodyEssence()
+
+        def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+            return None
+
+        def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+            return None
+
+    return NoDiffBase()
+
+
 def build_settings() -> Any:
     import kopf
 
     settings = kopf.OperatorSettings()
+    settings.persistence.diffbase_storage = no_diff_base()
     settings.posting.enabled = False  # the reconciler posts its own Events
     settings.scanning.disabled = True  # no CRD/namespace watching: less RBAC
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.networking.request_timeout = 60
     return settings
 
@@ -327,6 +367,9 @@ def build_registry(reconciler: Any, config: ControllerConfig) -> Any:
     virtualservers.register(registry, reconciler.kick)
     pools.register(registry, reconciler.kick)
     groups.register(registry, config)
+    # build_settings' no_diff_base() is right only for an operator without these
+    if registry._changing.get_all_handlers() or registry._spawning.get_all_handlers():
+        raise RuntimeError("change handlers or daemons need kopf's diff-base storage")
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:

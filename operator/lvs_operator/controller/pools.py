@@ -199,7 +199,7 @@ def pod_members(
     merged: dict[str, PoolMember] = {}
     problems: list[str] = []
     for sl in slices:
-        ports = dict(sl.ports)
+        ports = dict(sl.ports)  # one for the slice's members (read, never changed)
         for ep in sl.endpoints:
             pod = ep.pod
             info = pods.get((pool.namespace, pod)) if pod else None
@@ -220,7 +220,7 @@ def pod_members(
                     ready=ready,
                     serving=serving,
                     terminating=terminating,
-                    ports=dict(ports),
+                    ports=ports,
                     pod=pod,
                     node=ep.node,
                     source="pod",

@@ -89,6 +89,51 @@ def test_registry_builds() -> None:
     assert registry is not None
     settings = app.build_settings()
     assert settings.posting.enabled is False and settings.scanning.disabled is True
+    assert settings.watching.chunk_size == app.LIST_CHUNK_SIZE  # the initial LISTs paged
+    assert settings.queueing.idle_timeout == app.WORKER_IDLE_SECONDS < 5  # kopf's: 5 s
+
+
+def test_no_diff_base() -> None:
+    """kopf builds no essence per event (the registry has no change handlers or daemons:
+    build_registry refuses them), and reads or writes no diff-base annotation."""
+    import kopf
+
+    storage = app.build_settings().persistence.diffbase_storage
+    body = kopf.Body(
+        {
+            "metadata": {
+                "name": "p",
+                "annotations": {"kopf.zalando.org/last-handled-configuration": '{"spec":{}}'},
+            },
+            "spec": {"a": 1},
+        }
+    )
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None
+    patch = kopf.Patch()
+    storage.store(body=body, patch=patch, essence={"spec": {"a": 1}})
+    assert not patch
+
+
+def test_registry_refuses_change_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from lvs_operator.controller import groups
+    from lvs_operator.controller.config import ControllerConfig
+
+    def register(registry: kopf.OperatorRegistry, config: object) -> None:
+        @kopf.on.update("", "v1", "pods", registry=registry)
+        async def on_update(**_: object) -> None:
+            return None
+
+    monkeypatch.setattr(groups, "register", register)
+
+    class Kick:
+        async def kick(self, **_: object) -> None:
+            return None
+
+    with pytest.raises(RuntimeError, match="diff-base"):
+        app.build_registry(Kick(), ControllerConfig())
 
 
 class _Listing:

@@ -158,3 +158,12 @@ def test_a_pass_at_a_lease_expiry_is_needed_only_if_it_was_not_renewed() -> None
     assert not r.expiry_passed([lease], T0 + timedelta(seconds=11), T0 + timedelta(seconds=12))
     assert r.expiry_passed([renewed], None, at_expiry)  # no pass yet
     assert r.next_expiry([lease], T0 + timedelta(seconds=11)) is None
+
+
+def test_pods_that_read_the_same_share_one_relevance() -> None:
+    a = r.pod_relevance(_pod("web-1", {"app": "web"}), SELECTORS, OPERATOR_NS)
+    b = r.pod_relevance(_pod("web-2", {"app": "web", "version": "2"}), SELECTORS, OPERATOR_NS)
+    assert a is b and a == r.PodRelevance(a.pools, None)
+    heavier = r.pod_relevance(_pod("web-3", {"app": "web"}, weight="5"), SELECTORS, OPERATOR_NS)
+    assert heavier is not a and heavier == r.PodRelevance(a.pools, "5")
+    assert r.shared_relevance((), None) == r.IRRELEVANT
