@@ -175,6 +175,10 @@ class IpvsDestination:
         return f"-> {self.key} {self.forwarding} w{self.weight}"
 
 
+def _endpoint(dest: IpvsDestination) -> tuple[str, int]:
+    return dest.address, dest.port
+
+
 @dataclass(frozen=True)
 class ServiceEntry:
     """A service and its destinations (kept sorted, so equal entries compare equal)."""
@@ -183,9 +187,10 @@ class ServiceEntry:
     destinations: tuple[IpvsDestination, ...] = ()
 
     def __post_init__(self) -> None:
-        dests = tuple(sorted(self.destinations, key=lambda d: d.key))
+        # by (address, port): DestKey's order, without a DestKey made for each destination
+        dests = tuple(sorted(self.destinations, key=_endpoint))
         for a, b in itertools.pairwise(dests):
-            if a.key == b.key:
+            if a.address == b.address and a.port == b.port:
                 raise ValueError(f"duplicate destination {a.key} in {self.service.key}")
         object.__setattr__(self, "destinations", dests)
 

@@ -229,11 +229,12 @@ class IpvsKernel:
             if service is None:
                 continue
             af = AF_INET if service.family == 4 else AF_INET6
+            key = service.key  # made once: a key is built anew at each ``.key``
             dests = []
             for dattrs in self._nl.dump_dests(_nl_service_key(service)):
                 dest, conns = _nl_dest(dattrs, af)
                 dests.append(dest)
-                counts[(service.key, dest.key)] = conns
+                counts[(key, DestKey(dest.address, dest.port))] = conns
             entries.append(ServiceEntry(service, tuple(dests)))
         return IpvsTable.of(entries), counts
 
