@@ -175,10 +175,13 @@ def log_summary(output: str, label: str, logs: Path) -> None:
     phases: dict[str, list[float]] = {}
     totals: list[float] = []
     late = 0
+    rounds: list[dict[str, object]] = []  # "VIP lifetime round late": where the time went
     for record in log_records(output):
         msg = str(record.get("msg", ""))
         if msg == "VIP lifetimes renewed late":
             late += 1
+        if msg == "VIP lifetime round late":
+            rounds.append(record)
         if not msg.startswith("IPVS converged") or not isinstance(record.get("phases"), dict):
             continue
         totals.append(float(record.get("seconds", 0.0)))
@@ -191,6 +194,12 @@ def log_summary(output: str, label: str, logs: Path) -> None:
               f"{statistics.median(totals):.3f} max {max(totals):.3f}; per step (median/max "
               f"s): {steps}")  # fmt: skip
     print(f"{label}: late lifetime renewals logged: {late}; log: {logs}/agent-{label}.log")
+    fields = ("since_last_round_seconds", "woke_late_seconds", "lane_wait_seconds",
+              "renewal_seconds", "behind")  # fmt: skip
+    print(
+        f"{label}: late lifetime rounds: {len(rounds)}"
+        + "".join(f"\n  {', '.join(f'{f} {r.get(f)}' for f in fields)}" for r in rounds[:10])
+    )
 
 
 def main(argv: list[str]) -> int:

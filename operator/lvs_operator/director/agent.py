@@ -86,7 +86,7 @@ from .sync import (
 from .table import Change, ServiceKey
 from .traffic import StatsReader, TrafficCollector, TrafficPoller
 from .vip import PROBE_ROUNDS, raw_sockets_allowed
-from .vip_owner import HAND_IN_PATIENCE, PROBE_TIMEOUT, VipNode, VipOwner, first_vip
+from .vip_owner import HAND_IN_PATIENCE, PROBE_TIMEOUT, LaneWait, VipNode, VipOwner, first_vip
 from .watches import Watches
 
 log = logging.getLogger("lvs_operator.director.agent")
@@ -116,6 +116,37 @@ class EarlyRenewal(Protocol):
     """The process's first-step VIP renewal (main.py), running until the agent's own."""
 
     def stop(self, timeout: float = 1.0) -> None: ...
+
+
+def late_round(
+    previous: float | None,
+    due: float,
+    started: float,
+    ended: float,
+    lifetime: float,
+    lane_wait: LaneWait | None,
+) -> dict[str, object] | None:
+    """The fields of a ``VIP lifetime round late`` line, or None when the round was in time:
+    it started at most half a lifetime after the one before and took less than half a
+    lifetime. Where the time went: the thread woke late (``woke_late_seconds``: the process
+    or the node starved), the round waited in line on the VIP lane (behind ``behind``, which
+    had run ``behind_seconds`` by then), or the renewal itself (the look and the batch)."""
+    gap = None if previous is None else started - previous
+    took = ended - started
+    if (gap is None or gap < lifetime / 2) and took < lifetime / 2:
+        return None
+    waited = lane_wait.seconds if lane_wait is not None else 0.0
+    behind = lane_wait.behind if lane_wait is not None else None
+    return {
+        "since_last_round_seconds": None if gap is None else round(gap, 3),
+        "woke_late_seconds": round(max(0.0, started - due), 3),
+        "round_seconds": round(took, 3),
+        "lane_wait_seconds": round(waited, 3),
+        "renewal_seconds": round(max(0.0, took - waited), 3),
+        "behind": behind[0] if behind else None,
+        "behind_seconds": round(behind[1], 3) if behind else None,
+        "lifetime_seconds": lifetime,
+    }
 
 
 class Agent:
@@ -533,11 +564,24 @@ class Agent:
         import or a big decode under load) cannot let a held VIP lapse. Runs until the
         handover has drained (the VIPs on lo lapse too)."""
         every = self.cfg.vip_lifetime / LIFETIME_RENEWALS
-        while not stop.wait(every):
+        # rounds start ``every`` apart (start to start): a round that took a second under
+        # load must not push every later one a second further from the lifetime's end
+        wait, due, previous = every, time.monotonic() + every, None
+        while not stop.wait(wait):
+            started = time.monotonic()
+            self.vips.renewal_wait = None
             try:
                 self.renew_vips_blocking()
             except Exception:
                 log.exception("renewing the VIPs' lifetime failed", extra={"group": self.cfg.group})
+            ended = time.monotonic()
+            late = late_round(previous, due, started, ended, self.cfg.vip_lifetime,
+                              self.vips.renewal_wait)  # fmt: skip
+            if late is not None:
+                log.warning("VIP lifetime round late", extra={"group": self.cfg.group, **late})
+            previous = started
+            wait = max(every / 4, every - (ended - started))
+            due = ended + wait
 
     async def renew_vips(self) -> None:
         await asyncio.to_thread(self.renew_vips_blocking)

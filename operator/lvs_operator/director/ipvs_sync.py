@@ -26,6 +26,12 @@ drift made behind the agent's back), a resync reads the whole table in the backg
 a lane (and a socket) of its own, and becomes the copy with the services the converges
 changed meanwhile kept from the copy (``merge_read``); drift found wakes a converge. Each
 read is counted in ``lvs_director_kernel_reads_total{reason}`` and logged with its reason.
+
+A whole read costs the node too: at 1,000 x 10 in the test VM (TCG) one took ~10 s of the
+guest's two CPUs, so a resync every 30 s kept a third of it busy: the converges that started
+one had plan steps of 5-9 s (0.07 s otherwise), and VIPs lapsed in those windows. So the
+period is stretched until a whole read takes at most 1/``RESYNC_DUTY`` of the time
+(``resync_period``); on a node where a read takes 0.3 s, 30 s stays 30 s.
 """
 
 from __future__ import annotations
@@ -123,6 +129,17 @@ class KnownTable:
     read_at: float  # monotonic
 
 
+# a whole read may take at most 1/RESYNC_DUTY of the time between resyncs (the period is
+# stretched to RESYNC_DUTY x the last whole read's seconds when that is longer)
+RESYNC_DUTY = 20
+
+
+def resync_period(configured: float, last_read_seconds: float) -> float:
+    """Seconds between whole reads: ``configured``, or longer where a read is slow enough
+    that it would keep the node busy more than 1/RESYNC_DUTY of the time."""
+    return max(configured, RESYNC_DUTY * last_read_seconds)
+
+
 def read_reason(
     known: KnownTable | None,
     known_before: bool,
@@ -170,6 +187,7 @@ class IpvsSync:
         self.brake = brake or WithdrawalBrake()
         # seconds after which a converge reads the whole kernel table again (drift repair)
         self.kernel_resync = kernel_resync
+        self._resync_period = kernel_resync  # stretched by slow reads (resync_period)
         self.desired: desired_mod.Desired | None = None  # of the last converge that succeeded
         self.ready = False  # converged once
         # active connections on the group's services at the last full read (None: unknown)
@@ -285,10 +303,10 @@ class IpvsSync:
         # (a read, an apply partly done) leaves the next converge to read the kernel
         known, self._known = self._known, None
         now = self.clock()
-        why_read = read_reason(known, self._known_before, want, now, self.kernel_resync)
+        why_read = read_reason(known, self._known_before, want, now, self._resync_period)
         if (
             known is not None
-            and now - known.read_at >= self.kernel_resync
+            and now - known.read_at >= self._resync_period
             and now >= self._resync_retry_at
         ):
             self._start_resync()
@@ -419,15 +437,26 @@ class IpvsSync:
         """The whole kernel table with its connection counts (seconds at scale: once per
         resync period, or when a converge cannot do without it)."""
         self.metrics.kernel_reads.labels(group=self.group, reason=reason).inc()
-        started = time.monotonic()
+        started = self.clock()
         table, connections = await self.read_lane.run(self.kernel.read)
         # the periodic and the draining reads are routine; the others are worth a line
         level = logging.DEBUG if reason in (ReadReason.RESYNC, ReadReason.DRAIN) else logging.INFO
-        seconds = round(time.monotonic() - started, 3)
+        seconds = round(self.clock() - started, 3)
         log.log(level, "kernel table read (%s)", reason,
                 extra={"reason": str(reason), "services": len(table), "seconds": seconds,
                        "group": self.group})  # fmt: skip
+        self._stretch_resync(seconds)
         return table, connections
+
+    def _stretch_resync(self, read_seconds: float) -> None:
+        """The resync period after a whole read of ``read_seconds`` (a change is logged)."""
+        period = resync_period(self.kernel_resync, read_seconds)
+        if abs(period - self._resync_period) >= max(1.0, 0.25 * self._resync_period):
+            log.info("kernel table resync every %.0f s: a whole read took %.1f s", period,
+                     read_seconds, extra={"group": self.group, "period_seconds": round(period, 1),
+                                          "configured_seconds": self.kernel_resync,
+                                          "read_seconds": read_seconds})  # fmt: skip
+            self._resync_period = period
 
     async def _read_draining(
         self, want: desired_mod.Desired, known: IpvsTable

@@ -26,7 +26,9 @@ import functools
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .handover import LOOPBACK
@@ -82,6 +84,15 @@ class VipNode(Protocol):
     def answered(self, items: list[Announcement], timeout: float) -> set[str]: ...
 
 
+@dataclass(frozen=True)
+class LaneWait:
+    """How long a lifetime renewal waited in line on the VIP lane, and behind which call
+    (its name and how long it had run when the renewal queued; None: the lane was idle)."""
+
+    seconds: float
+    behind: tuple[str, float] | None
+
+
 class VipOwner:
     def __init__(
         self,
@@ -113,6 +124,7 @@ class VipOwner:
         self._announcing: set[asyncio.Task[None]] = set()
         # the announcements sleep between their rounds: threads of their own (lanes.py)
         self._announcer = Lane("announce", threads=ANNOUNCE_THREADS)
+        self.renewal_wait: LaneWait | None = None  # the last lifetime renewal's wait in line
 
     def own(self, vips: Iterable[str]) -> None:
         self.owned.update(vips)
@@ -337,7 +349,19 @@ class VipOwner:
         held, retired = dict(self.held), dict(self.retired)
         items = list(held.items()) + [(vip, LOOPBACK) for vip in retired]
         if items:
-            self.lane.call(lambda: self.node.renew(items))
+            self._renew_on_lane(items)
+
+    def _renew_on_lane(self, items: list[tuple[str, str]]) -> None:
+        """``node.renew`` on the VIP lane, timing its wait in line (``renewal_wait``)."""
+        queued, behind = time.monotonic(), self.lane.running()
+        began: list[float] = []
+
+        def renew() -> None:
+            began.append(time.monotonic())
+            self.node.renew(items)
+
+        self.lane.call(renew)
+        self.renewal_wait = LaneWait(began[0] - queued, behind)
 
     async def renew_present(self, only: Iterable[str] | None) -> None:
         await asyncio.to_thread(self.renew_present_blocking, None if only is None else set(only))
@@ -363,7 +387,7 @@ class VipOwner:
         taken = self.node.answered(probe, PROBE_TIMEOUT) if probe else set()
         unclaimed = [(vip, ifname) for vip, ifname in items if vip not in taken]
         if unclaimed:
-            self.lane.call(lambda: self.node.renew(unclaimed))
+            self._renew_on_lane(unclaimed)
         for vip in taken:
             if vip not in self._left:
                 log.warning("VIP left to lapse: another node answers for it", extra={"vip": vip})

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lvs_operator.director.agent import PRECHECK_LEAD, PRECHECK_MAX_AGE, Agent
+from lvs_operator.director.agent import PRECHECK_LEAD, PRECHECK_MAX_AGE, Agent, late_round
 from lvs_operator.director.config import AgentConfig
 from lvs_operator.director.election import (
     MEMBERS_ANNOTATION,
@@ -32,7 +32,7 @@ from lvs_operator.director.table import (
     ServiceKey,
 )
 from lvs_operator.director.vip import PROBE_ROUNDS
-from lvs_operator.director.vip_owner import PROBE_TIMEOUT
+from lvs_operator.director.vip_owner import PROBE_TIMEOUT, LaneWait
 from tests.unit.director.fake_lease import FakeLeaseApi, FakeLeaseStore
 from tests.unit.director.fakes import (
     FakeConntrack,
@@ -981,6 +981,24 @@ async def test_a_stalled_event_loop_does_not_let_the_held_vip_lapse() -> None:
     stop.set()
     thread.join(2)
     assert vips.events.count(("renew", VIP)) >= 3, vips.events
+
+
+def test_a_lifetime_round_is_late_when_half_a_lifetime_went_since_the_last_or_in_it() -> None:
+    """The ``VIP lifetime round late`` line: none for a round in time; else where the time
+    went (the thread woke late, the wait on the VIP lane and behind what, the renewal)."""
+    in_line = LaneWait(0.5, ("VipManager.present", 1.25))
+    assert late_round(None, 2.0, 2.0, 3.0, 8, None) is None  # the first round, 1 s
+    assert late_round(100.0, 102.0, 102.0, 103.0, 8, in_line) is None
+    assert late_round(100.0, 102.0, 103.9, 104.0, 8, None) is None  # 3.9 s apart
+    late = late_round(100.0, 102.0, 106.5, 107.0, 8, in_line)  # the thread woke 4.5 s late
+    assert late == {
+        "since_last_round_seconds": 6.5, "woke_late_seconds": 4.5, "round_seconds": 0.5,
+        "lane_wait_seconds": 0.5, "renewal_seconds": 0.0, "behind": "VipManager.present",
+        "behind_seconds": 1.25, "lifetime_seconds": 8,
+    }  # fmt: skip
+    slow = late_round(100.0, 102.0, 102.0, 106.0, 8, None)  # the renewal itself took 4 s
+    assert slow is not None and slow["round_seconds"] == 4.0 == slow["renewal_seconds"]
+    assert slow["behind"] is None and slow["woke_late_seconds"] == 0.0
 
 
 async def test_the_vip_probe_starts_early_enough_to_be_done_by_the_judgement() -> None:

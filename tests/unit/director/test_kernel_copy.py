@@ -12,7 +12,13 @@ import pytest
 
 from lvs_operator.director.agent import Agent
 from lvs_operator.director.desired import Desired
-from lvs_operator.director.ipvs_sync import KnownTable, ReadReason, read_reason
+from lvs_operator.director.ipvs_sync import (
+    RESYNC_DUTY,
+    KnownTable,
+    ReadReason,
+    read_reason,
+    resync_period,
+)
 from lvs_operator.director.table import (
     Change,
     DestKey,
@@ -183,6 +189,49 @@ async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
     clock[0] += 30.0
     await agent.converge()
     assert kernel.reads == 2
+
+
+def test_the_resync_period_stretches_so_that_whole_reads_stay_a_small_share_of_the_time() -> None:
+    assert resync_period(30.0, 0.3) == 30.0  # a fast node: the configured period
+    assert resync_period(30.0, 1.5) == 30.0 == 1.5 * RESYNC_DUTY
+    assert resync_period(30.0, 10.0) == 10.0 * RESYNC_DUTY  # 1,000 x 10 under TCG
+    assert resync_period(0.0, 0.01) == 0.01 * RESYNC_DUTY
+
+
+async def test_a_slow_whole_read_stretches_the_resync_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A whole read that takes 5 s of the (fake) clock: the next resync comes 5 x RESYNC_DUTY
+    seconds after it, not the configured 60, and the stretch is logged once."""
+    kernel = FakeKernel()
+    clock = [1000.0]
+    read = kernel.read
+
+    def slow_read() -> object:
+        clock[0] += 5.0
+        return read()
+
+    kernel.read = slow_read  # type: ignore[method-assign]
+    agent = make(kernel=kernel, store=FakeLeaseStore(), kernel_resync=60.0)
+    agent.ipvs.clock = lambda: clock[0]
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+    assert kernel.reads == 1
+    stretched = [r for r in caplog.records
+                 if r.getMessage().startswith("kernel table resync every")]  # fmt: skip
+    assert len(stretched) == 1 and stretched[0].period_seconds == 5.0 * RESYNC_DUTY
+    clock[0] += 60.0  # the configured period is over, the stretched one is not
+    await agent.converge()
+    await agent.ipvs.resync_finished()
+    assert kernel.reads == 1
+    clock[0] += 5.0 * RESYNC_DUTY - 60.0 - 5.0  # the read itself took 5 s of the period
+    await agent.converge()
+    await agent.ipvs.resync_finished()
+    assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    assert len([r for r in caplog.records
+                if r.getMessage().startswith("kernel table resync every")]) == 1  # fmt: skip
 
 
 async def test_a_resync_read_keeps_the_changes_converges_made_while_it_ran() -> None:

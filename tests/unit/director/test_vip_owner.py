@@ -311,6 +311,36 @@ async def test_a_standby_renews_nothing_and_a_vip_gone_is_not_renewed() -> None:
     assert node.events == [("renew", A)]
 
 
+async def test_a_renewal_times_its_wait_in_line_and_names_what_the_lane_ran() -> None:
+    """The lifetime thread's late-round line says whether the round waited on the VIP lane
+    and behind what (a reconcile's dump, a batch of adds)."""
+    import threading
+
+    node = FakeVips()
+    vips = owner(node)
+    await vips.reconcile({A: None}, leader=True)
+    await settled(vips)
+    await vips.renew_lifetimes()
+    idle = vips.renewal_wait
+    assert idle is not None and idle.behind is None and idle.seconds < 1
+    started, release = threading.Event(), threading.Event()
+
+    def busy_present() -> dict[str, str]:
+        started.set()
+        release.wait(5)
+        return {}
+
+    blocker = threading.Thread(target=lambda: vips.lane.call(busy_present))
+    blocker.start()
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    await vips.renew_lifetimes()
+    blocker.join(5)
+    waited = vips.renewal_wait
+    assert waited is not None and waited.behind is not None
+    assert waited.behind[0].endswith("busy_present") and waited.seconds >= 0.15
+
+
 async def test_adopt_present_keeps_only_the_groups_vips() -> None:
     node = FakeVips({A: "front", C: "front"})
     vips = owner(node)
