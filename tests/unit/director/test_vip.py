@@ -198,3 +198,20 @@ def test_answers_that_queued_while_the_prober_slept_still_count() -> None:
         ours.close()
         holder.close()
     assert found == {"10.10.0.100"}
+
+
+def test_an_arp_probe_socket_does_not_queue_this_hosts_own_frames() -> None:
+    """A probe for 1,000 VIPs sends 3,000 frames per window: the kernel keeps them off the
+    probe's socket (PACKET_IGNORE_OUTGOING), rather than Python reading and dropping each."""
+    import socket
+
+    from lvs_operator.director.vip import PACKET_IGNORE_OUTGOING, SOL_PACKET, _ArpProbe
+
+    try:
+        probe = _ArpProbe("lo", socket.if_nametoindex("lo"), MAC, ["192.0.2.1"])
+    except PermissionError:
+        pytest.skip("needs CAP_NET_RAW (an AF_PACKET socket)")
+    try:
+        assert probe.sock.getsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING) == 1
+    finally:
+        probe.sock.close()
