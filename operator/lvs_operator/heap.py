@@ -4,6 +4,11 @@ A full planning pass over thousands of objects, or the events of thousands of po
 much of the C heap free but held by the process (glibc returns only the top of its heap by
 itself). ``malloc_trim(0)`` releases the free pages; it changes no live object. On C
 libraries without it (musl, macOS) trimming does nothing, said once in the log.
+
+``limit_arenas`` caps glibc's malloc arenas. By default each thread that allocates can get
+an arena of its own (up to 8 per CPU), and each keeps the memory freed in it; the agent's
+threads (its lanes, the announcements, the lifetime renewals) each parse netlink answers,
+so the freed heap was spread over a dozen arenas.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 from collections.abc import Callable
 
@@ -29,6 +35,35 @@ def load_malloc_trim() -> TrimFn | None:
     except (OSError, AttributeError):
         return None
     return fn
+
+
+M_ARENA_MAX = -8  # <malloc.h>'s mallopt parameter
+ARENA_ENV = "MALLOC_ARENA_MAX"  # glibc's own setting: when set, it wins
+
+
+def load_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None when the C library is not glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn: Callable[[int, int], int] = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def limit_arenas(
+    count: int,
+    load: Callable[[], Callable[[int, int], int] | None] = load_mallopt,
+    environ: dict[str, str] | None = None,
+) -> bool:
+    """Cap glibc's malloc arenas at ``count`` (call it before starting threads); False
+    where it was not done: not glibc, or ``MALLOC_ARENA_MAX`` set (the user's choice)."""
+    if ARENA_ENV in (os.environ if environ is None else environ):
+        return False
+    mallopt = load()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
 
 
 class HeapTrimmer:

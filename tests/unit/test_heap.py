@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from lvs_operator.heap import HeapTrimmer, load_malloc_trim
+from lvs_operator.heap import M_ARENA_MAX, HeapTrimmer, limit_arenas, load_malloc_trim
 
 
 def test_trims_with_the_loaded_function_and_counts() -> None:
@@ -23,6 +23,29 @@ def test_trims_with_the_loaded_function_and_counts() -> None:
     assert trimmer.trim() is True
     assert calls == [0, 0]  # malloc_trim(0): keep no padding
     assert trimmer.trims == 2
+
+
+def test_the_arenas_are_capped_unless_the_user_set_malloc_arena_max() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def fake_mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    assert limit_arenas(2, load=lambda: fake_mallopt, environ={}) is True
+    assert calls == [(M_ARENA_MAX, 2)]
+    assert limit_arenas(2, load=lambda: fake_mallopt, environ={"MALLOC_ARENA_MAX": "4"}) is False
+    assert calls == [(M_ARENA_MAX, 2)]  # the user's setting stands
+    assert limit_arenas(2, load=lambda: None, environ={}) is False  # not glibc
+    assert limit_arenas(2, load=lambda: lambda p, v: 0, environ={}) is False  # refused
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_accepts_the_arena_cap() -> None:
+    from lvs_operator.heap import load_mallopt
+
+    mallopt = load_mallopt()
+    assert mallopt is not None and mallopt(M_ARENA_MAX, 8) == 1  # 8: glibc's own ceiling here
 
 
 def test_nothing_released_is_false() -> None:

@@ -25,6 +25,7 @@ from lvs_operator.api.contract import lease_name
 
 from ..api import contract
 from ..api.network import parse_ranges
+from ..heap import limit_arenas
 from ..logs import setup_logging
 from . import brake as brake_mod
 from . import handover as handover_mod
@@ -296,6 +297,7 @@ def freeze_startup() -> None:
 # wake-ups were late by 8 ms (median) and 50 ms (worst) at 5 ms, 2.6 ms and 15 ms at 1 ms
 # (bench/gil_convoy.py on the 2-core host).
 SWITCH_INTERVAL = 0.001
+AGENT_ARENAS = 2  # glibc malloc arenas (heap.limit_arenas)
 
 
 def prefer_the_loop() -> None:
@@ -410,6 +412,8 @@ def run(argv: list[str]) -> int:
         "seconds_since_exec": process_age(),  # the interpreter, its site and the imports so far
     })  # fmt: skip
     t0 = time.monotonic()
+    # before the first thread: two malloc arenas for all of the agent's threads (heap.py)
+    limit_arenas(AGENT_ARENAS)
     early = keep_vips_through_restart(cfg)
     from .agent import Agent
     from .lanes import Lane
