@@ -167,6 +167,17 @@ class IpvsDestination:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
 
+    @classmethod
+    def trusted(cls, address: str, port: int, weight: int, forwarding: Forwarding,
+                upper_threshold: int, lower_threshold: int) -> IpvsDestination:  # fmt: skip
+        """One made without ``__post_init__``'s checks, for values known canonical and in
+        range: read back from the kernel, 10,000s per whole read."""
+        dest = object.__new__(cls)
+        dest.__dict__.update(address=address, port=port, weight=weight, forwarding=forwarding,
+                             upper_threshold=upper_threshold,
+                             lower_threshold=lower_threshold)  # fmt: skip
+        return dest
+
     @property
     def key(self) -> DestKey:
         return DestKey(self.address, self.port)

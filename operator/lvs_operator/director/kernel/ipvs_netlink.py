@@ -13,6 +13,7 @@ netlink.py (shared with rtnetlink).
 from __future__ import annotations
 
 import errno as errno_mod
+import operator
 import os
 import socket
 import struct
@@ -21,6 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .netlink import (
+    HEADER,
+    NLA_F_NESTED,
+    NLA_TYPE_MASK,
     NLM_F_ACK,
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -74,6 +78,96 @@ _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _BE16 = struct.Struct("!H")
 _FLAGS = struct.Struct("=II")
+
+# A destination as a whole read needs it: (address family (0: not sent, the service's),
+# address (16 bytes, nf_inet_addr), port, forwarding method, weight, upper threshold, lower
+# threshold, active, inactive and persistent connections)
+DestRow = tuple[int, bytes, int, int, int, int, int, int, int, int]
+ROW_TYPES = (DEST_ADDR_FAMILY, DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH,
+             DEST_L_THRESH, DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS)  # fmt: skip
+_ATTRS_AT = HEADER.size + 4  # a message's first attribute (after the generic netlink header)
+_NLA_HEADER = struct.Struct("=HH")  # nlattr: len, type
+_ERRNO = struct.Struct("=i")  # an NLMSG_ERROR's error field
+
+
+def dest_row(attrs: dict[int, bytes]) -> DestRow:
+    """A destination's row from its attributes (``parse_attrs``)."""
+    return (u16(attrs.get(DEST_ADDR_FAMILY)), attrs.get(DEST_ADDR) or b"",
+            be16(attrs.get(DEST_PORT)), u32(attrs.get(DEST_FWD_METHOD)),
+            u32(attrs.get(DEST_WEIGHT)), u32(attrs.get(DEST_U_THRESH)),
+            u32(attrs.get(DEST_L_THRESH)), u32(attrs.get(DEST_ACTIVE_CONNS)),
+            u32(attrs.get(DEST_INACT_CONNS)), u32(attrs.get(DEST_PERSIST_CONNS)))  # fmt: skip
+
+
+_SCALAR_FORMATS = {1: "B", 2: "H", 4: "I"}  # an attribute's value by its length
+
+
+class DestLayout:
+    """Where the kernel puts a destination message's values, learned from the first one.
+
+    The kernel writes every destination the same way (``ip_vs_genl_fill_dest``: the same
+    scalar attributes, in the same order, then the nested counters), so one ``Struct`` over
+    a message's start (netlink header, generic netlink header, the destination's nest header,
+    each scalar attribute's header and value) reads all of a message's values in one call. A
+    message whose headers are not the learned ones (another kernel's layout) returns None
+    and goes through ``parse_attrs``. A whole read parses 10,000s of these: through
+    ``parse_attrs`` and per-value calls it was ~5.7 s of a 6.9 s read at 1,000 x 10 in the
+    test VM (bench/ipvs_read.py), against 1.0 s for ``ipvsadm -Ln``."""
+
+    def __init__(self, family_id: int, nest_type: int, attrs: Sequence[tuple[int, int]]) -> None:
+        # attrs: (type as sent, value length) of the leading scalar attributes, in order
+        fmt = ["=IHHIIBBHHH"]  # nlmsghdr (5 values), genlmsghdr (3), the nest's header (2)
+        checks: list[tuple[int, int]] = [(1, family_id), (9, nest_type)]
+        at: dict[int, int] = {}
+        index = 10
+        for kind, length in attrs:
+            fmt.append("HH" + _SCALAR_FORMATS.get(length, f"{length}s") + "x" * (-length % 4))
+            checks += [(index, 4 + length), (index + 1, kind)]
+            at[kind & NLA_TYPE_MASK] = index + 2
+            index += 3
+        self.struct = struct.Struct("".join(fmt))
+        self._checks = operator.itemgetter(*(i for i, _ in checks))
+        self._expected = tuple(v for _, v in checks)
+        self._values = operator.itemgetter(*(at[kind] for kind in ROW_TYPES))
+
+    @classmethod
+    def learn(cls, family_id: int, data: bytes, offset: int, length: int) -> DestLayout | None:
+        """The layout of the message at ``data[offset:offset + length]``; None when its
+        leading scalar attributes do not hold every value of a row."""
+        end = offset + length
+        if length < _ATTRS_AT + 4:
+            return None
+        nest_len, nest_type = _NLA_HEADER.unpack_from(data, offset + _ATTRS_AT)
+        if nest_type & NLA_TYPE_MASK != ATTR_DEST:
+            return None
+        pos, stop = offset + _ATTRS_AT + 4, min(end, offset + _ATTRS_AT + nest_len)
+        attrs: list[tuple[int, int]] = []
+        while pos + 4 <= stop:
+            attr_len, kind = _NLA_HEADER.unpack_from(data, pos)
+            if attr_len < 4 or kind & NLA_F_NESTED or attr_len - 4 not in (1, 2, 4, 16):
+                break
+            attrs.append((kind, attr_len - 4))
+            pos += (attr_len + 3) & ~3
+        kinds = [kind & NLA_TYPE_MASK for kind, _ in attrs]
+        if len(set(kinds)) != len(kinds) or not set(ROW_TYPES) <= set(kinds):
+            return None
+        return cls(family_id, nest_type, attrs)
+
+    def row(self, data: bytes, offset: int) -> DestRow | None:
+        """The row of the message at ``offset`` (None: not this layout)."""
+        if offset + self.struct.size > len(data):
+            return None
+        values = self.struct.unpack_from(data, offset)
+        if self._checks(values) != self._expected:
+            return None
+        af, addr, port, *rest = self._values(values)
+        # the port is big-endian on the wire, read here in host order (little-endian hosts)
+        return (af, addr, _swap16(port), *rest)
+
+
+def _swap16(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8) if sys.byteorder == "little" else value
+
 
 # Requests per send. The kernel runs a whole send's messages inside that syscall. Only the
 # last request of a batch asks for an acknowledgement; failed ones are answered anyway (an
@@ -268,6 +362,10 @@ class IpvsNetlink(NetlinkSocket):
 
     def __init__(self) -> None:
         super().__init__(NETLINK_GENERIC)
+        # a destination message's layout (``dest_rows``), learned from the first one read
+        self.dest_layout: DestLayout | None = None
+        self._layout_tried = False
+        self.slow_rows = 0  # rows read through parse_attrs (not the learned layout)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.settimeout(TIMEOUT)
@@ -330,6 +428,44 @@ class IpvsNetlink(NetlinkSocket):
     def dump_services(self) -> list[dict[int, bytes]]:
         return [parse_attrs(a[ATTR_SERVICE]) for a in self.dump(CMD_GET_SERVICE)
                 if ATTR_SERVICE in a]  # fmt: skip
+
+    def dest_rows(self, service_key: bytes) -> list[DestRow]:
+        """A service's destinations as rows (``DestRow``), by one dump: a whole read's
+        hottest path (``DestLayout``)."""
+        seq = self.next_seq()
+        self.sock.send(self._header(self.family, NLM_F_REQUEST | NLM_F_DUMP, CMD_GET_DEST,
+                                    IPVS_GENL_VERSION, nested(ATTR_SERVICE, service_key),
+                                    seq))  # fmt: skip
+        rows: list[DestRow] = []
+        unpack_header = HEADER.unpack_from
+        while True:
+            data = self.recv_answers()
+            offset, size = 0, len(data)
+            while offset + HEADER.size <= size:
+                length, msg_type, _flags, msg_seq, _pid = unpack_header(data, offset)
+                if length < HEADER.size:
+                    break
+                if msg_seq == seq:
+                    if msg_type == NLMSG_DONE:
+                        return rows
+                    if msg_type == NLMSG_ERROR:
+                        code = -_ERRNO.unpack_from(data, offset + HEADER.size)[0]
+                        if code:
+                            raise NetlinkError(code, os.strerror(code))
+                    else:
+                        rows.append(self._dest_row(data, offset, length))
+                offset += (length + 3) & ~3
+
+    def _dest_row(self, data: bytes, offset: int, length: int) -> DestRow:
+        layout = self.dest_layout
+        if layout is None and not self._layout_tried:
+            self._layout_tried = True
+            layout = self.dest_layout = DestLayout.learn(self.family, data, offset, length)
+        if layout is not None and (row := layout.row(data, offset)) is not None:
+            return row
+        self.slow_rows += 1
+        top = parse_attrs(data, offset + _ATTRS_AT, offset + length)
+        return dest_row(parse_attrs(top.get(ATTR_DEST, b"")))
 
     def dump_dests(self, service_key: bytes) -> list[dict[int, bytes]]:
         body = nested(ATTR_SERVICE, service_key)
