@@ -73,6 +73,10 @@ PROBE_COUNT = 3  # probes per VIP, PROBE_GAP apart: one lost frame is no false "
 PROBE_GAP = 0.02
 PROBE_ROUNDS = 2  # a silent window is checked once more before "nobody answers"
 CLAIM_PROBE = 0.06  # seconds a renewal without the Lease listens for another holder
+# a renewal's probe: one frame per VIP in one window. It runs again every round (a lost frame
+# costs one round), and at 1,000 VIPs a takeover's 3 frames x 2 windows per VIP made each
+# round of a restarted leader take 6-8 s under TCG: its VIPs lapsed
+RENEWAL_PROBE_COUNT, RENEWAL_PROBE_WINDOWS = 1, 1
 MAX_FRAMES = 256  # read per socket per look
 VIP_PROTO = 76  # IFA_PROTO of the addresses the agent adds ("L"; 0-3 are the kernel's)
 PROTO_KERNEL = (6, 1)  # first kernel release that keeps IFA_PROTO
@@ -424,7 +428,11 @@ class VipManager:
             link = links[ifname]
             if link is not None:  # lo has no link-layer address: nobody else answers there
                 probe.append((vip, ifname, link))
-        taken = self.answered(probe, CLAIM_PROBE) if probe else set()
+        taken = (
+            self.answered(probe, CLAIM_PROBE, RENEWAL_PROBE_COUNT, RENEWAL_PROBE_WINDOWS)
+            if probe
+            else set()
+        )
         keep = [(vip, ifname) for vip, ifname in items if vip not in taken]
         failed = set(self.renew(keep))
         return [v for v, _ in keep if v not in failed], sorted(taken)
@@ -550,9 +558,16 @@ class VipManager:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
             s.sendto(unsolicited_na(vip, mac), (ALL_NODES, 0, 0, index))
 
-    def answered(self, items: list[tuple[str, str, tuple[int, str]]], timeout: float) -> set[str]:
+    def answered(
+        self,
+        items: list[tuple[str, str, tuple[int, str]]],
+        timeout: float,
+        count: int = PROBE_COUNT,
+        windows: int = PROBE_ROUNDS,
+    ) -> set[str]:
         """The VIPs of ``items`` (vip, interface, (index, our MAC)) another host answers for
-        on their link. Blocking, at most ``timeout`` seconds; never raises.
+        on their link. Blocking, at most ``timeout`` seconds per window (``windows``, each of
+        ``count`` frames per VIP); never raises.
 
         IPv4: an ARP probe (sender IP 0.0.0.0) to broadcast, ``PROBE_COUNT`` times
         ``PROBE_GAP`` apart; an ARP reply whose sender IP is the VIP, from a MAC not ours,
@@ -583,12 +598,12 @@ class VipManager:
             # "nobody answered" lets a takeover through, so it must not come from a window
             # this process (or its VM) slept through: answers are read from the socket even
             # after the deadline, and a silent window is followed by a second one
-            for _ in range(PROBE_ROUNDS):
+            for _ in range(windows):
                 deadline = time.monotonic() + timeout
-                for i in range(PROBE_COUNT):
+                for i in range(count):
                     for probe in probes:
                         probe.send()
-                    last = i + 1 == PROBE_COUNT
+                    last = i + 1 == count
                     gap = min(deadline, time.monotonic() + PROBE_GAP)
                     _collect(probes, deadline if last else gap, found)
                     if time.monotonic() >= deadline:

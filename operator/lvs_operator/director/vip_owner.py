@@ -34,7 +34,15 @@ from typing import Any, Protocol
 from .handover import LOOPBACK
 from .lanes import Lane
 from .metrics import Metrics
-from .vip import ForeignAddress, NoSuchInterface, Route, pick_interface, plan_vips
+from .vip import (
+    RENEWAL_PROBE_COUNT,
+    RENEWAL_PROBE_WINDOWS,
+    ForeignAddress,
+    NoSuchInterface,
+    Route,
+    pick_interface,
+    plan_vips,
+)
 
 log = logging.getLogger("lvs_operator.director.vip_owner")
 
@@ -81,7 +89,9 @@ class VipNode(Protocol):
         self, items: list[Announcement], count: int | None, stop: threading.Event
     ) -> None: ...
 
-    def answered(self, items: list[Announcement], timeout: float) -> set[str]: ...
+    def answered(
+        self, items: list[Announcement], timeout: float, count: int = ..., windows: int = ...
+    ) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -392,7 +402,11 @@ class VipOwner:
                 probe.append((vip, ifname, link))
         # the probe here (it listens), the renewal on the VIP lane (which orders every address
         # change: it never re-adds a VIP removed meanwhile)
-        taken = self.node.answered(probe, PROBE_TIMEOUT) if probe else set()
+        taken = (
+            self.node.answered(probe, PROBE_TIMEOUT, RENEWAL_PROBE_COUNT, RENEWAL_PROBE_WINDOWS)
+            if probe
+            else set()
+        )
         unclaimed = [(vip, ifname) for vip, ifname in items if vip not in taken]
         if unclaimed:
             self._renew_on_lane(unclaimed)

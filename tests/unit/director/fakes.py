@@ -134,6 +134,7 @@ class FakeVips:
         self.rounds = 3  # announcements with count None
         self.answering: set[str] = set()
         self.probed: list[tuple[list[Announcement], float]] = []
+        self.probe_frames: list[tuple[int, int]] = []  # (frames per VIP, windows) per probe
         self.add_batches: list[list[str]] = []  # the VIPs of each add_many call
         self.presents = 0  # the address dumps (present()) asked for
 
@@ -211,8 +212,11 @@ class FakeVips:
             if i + 1 < rounds and stop.wait(self.interval):
                 return
 
-    def answered(self, items: list[Announcement], timeout: float) -> set[str]:
+    def answered(
+        self, items: list[Announcement], timeout: float, count: int = 3, windows: int = 2
+    ) -> set[str]:
         self.probed.append((items, timeout))
+        self.probe_frames.append((count, windows))
         return {vip for vip, _, _ in items if vip in self.answering}
 
 

@@ -215,3 +215,38 @@ def test_an_arp_probe_socket_does_not_queue_this_hosts_own_frames() -> None:
         assert probe.sock.getsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING) == 1
     finally:
         probe.sock.close()
+
+
+def test_a_takeover_probes_three_frames_twice_and_a_renewal_one_frame_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each VIP's probe frames: a takeover's probe gates one decision (3 frames, and a silent
+    window checked once more); a renewal's repeats every round, so one frame in one window
+    (at 1,000 VIPs the takeover's 6,000 frames per round made a restarted leader's rounds
+    longer than a lifetime under TCG)."""
+    import socket
+
+    from lvs_operator.director import vip as vip_mod
+
+    sent: list[str] = []
+
+    class CountingProbe:
+        def __init__(self, ifname: str, index: int, mac: str, vips: list[str]) -> None:
+            self.vips = vips
+            self.sock, self._peer = socket.socketpair()
+
+        def send(self) -> None:
+            sent.extend(self.vips)
+
+        def receive(self, found: set[str]) -> None:
+            pass
+
+    monkeypatch.setattr(vip_mod, "_ArpProbe", CountingProbe)
+    manager = VipManager(rt=object())
+    items = [("10.10.0.100", "front", (2, MAC)), ("10.10.0.101", "front", (2, MAC))]
+    assert manager.answered(items, 0.1) == set()  # room for 3 frames PROBE_GAP apart
+    assert sorted(sent) == ["10.10.0.100"] * 6 + ["10.10.0.101"] * 6
+    sent.clear()
+    light = (vip_mod.RENEWAL_PROBE_COUNT, vip_mod.RENEWAL_PROBE_WINDOWS)
+    assert manager.answered(items, 0.1, *light) == set()
+    assert sorted(sent) == ["10.10.0.100", "10.10.0.101"]

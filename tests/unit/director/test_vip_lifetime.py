@@ -337,8 +337,10 @@ def test_renew_unclaimed_leaves_a_vip_another_node_answers_for(
         vips, "link_info", lambda i: None if i == "lo" else (2, "02:00:00:00:00:0a")
     )
 
-    def answered(items: list[tuple[str, str, tuple[int, str]]], timeout: float) -> set[str]:
+    def answered(items: list[tuple[str, str, tuple[int, str]]], timeout: float, count: int = 3,
+                 windows: int = 2) -> set[str]:  # fmt: skip
         probed.append([vip for vip, _, _ in items])
+        assert (count, windows) == (1, 1)  # a renewal's light probe: it repeats every round
         return {"192.0.2.11"}
 
     monkeypatch.setattr(vips, "answered", answered)

@@ -388,5 +388,6 @@ async def test_renew_present_leaves_a_vip_another_node_answers_for(
         await vips.renew_present(None)
         await vips.renew_present(None)
     assert node.events == [("renew", A), ("renew", A)]
+    assert node.probe_frames == [(1, 1), (1, 1)]  # a renewal's light probe, every round
     lines = [r for r in caplog.records if "left to lapse" in r.getMessage()]
     assert len(lines) == 1 and lines[0].__dict__["vip"] == B  # said once
