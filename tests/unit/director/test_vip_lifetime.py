@@ -242,6 +242,26 @@ def test_a_vip_whose_interface_is_gone_fails_alone(monkeypatch: pytest.MonkeyPat
     assert kernel.batches == [["192.0.2.10"]]
 
 
+def test_a_round_looks_up_each_interface_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round names one interface for each of its 1,000 VIPs: one lookup (a socket and an
+    ioctl each) per interface, not per VIP; a batch of adds and a move do the same."""
+    kernel = KernelAddresses([v4(f"192.0.2.{i}", proto=VIP_PROTO, lft=1) for i in range(1, 101)])
+    vips = manager(kernel)
+    looked: list[str] = []
+
+    def index_of(ifname: str) -> int | None:
+        looked.append(ifname)
+        return INDEX.get(ifname)
+
+    monkeypatch.setattr(kaddr, "index_of", index_of)
+    items = [(f"192.0.2.{i}", "front") for i in range(1, 101)]
+    assert vips.renew(items) == []
+    assert looked == ["front"] and len(kernel.batches[-1]) == 100
+    looked.clear()
+    vips.add_many([(f"198.51.100.{i}", "front") for i in range(1, 51)])
+    assert looked == ["front"]
+
+
 def test_a_round_renews_the_shortest_remaining_lifetime_first() -> None:
     """A round of 1,000 takes seconds in a slow VM: the ones closest to lapsing go first."""
     left = {"192.0.2.10": 6, "192.0.2.11": 2, "192.0.2.12": 4, "192.0.2.13": 3}
