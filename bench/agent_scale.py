@@ -309,6 +309,10 @@ def main(argv: list[str]) -> int:
             # that lapsed during the restart (watched a few lifetimes past ready)
             time.sleep(a.restart_watch)
             log_summary(proc.output(), "restart", a.logs)
+            for record in log_records(proc.output()):
+                if str(record.get("msg", "")).startswith("kernel table verified"):
+                    since = record.get("seconds_since_adoption")
+                    print(f"restart: {record['msg']}, {since} s after the adoption")
             readded = proc.output().count('"msg": "VIP added"')
             print(f"VIPs added by the restarted agent within {a.restart_watch:.0f} s of ready "
                   f"(each lapsed during the restart): {readded}")  # fmt: skip

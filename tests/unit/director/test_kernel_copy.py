@@ -16,6 +16,7 @@ from lvs_operator.director.ipvs_sync import (
     RESYNC_DUTY,
     KnownTable,
     ReadReason,
+    adopted_table,
     read_reason,
     resync_period,
 )
@@ -91,7 +92,9 @@ async def test_the_first_converge_reads_the_kernel_and_the_next_ones_use_the_cop
     kernel.applied.clear()
     await agent.converge()
     assert kernel.reads == 1 and kernel.applied == []
-    assert sum(reads(agent, r) for r in ReadReason) == 1
+    # the start tried to adopt the (empty) kernel's services first: one services read
+    assert reads(agent, ReadReason.ADOPT) == 1
+    assert sum(reads(agent, r) for r in ReadReason) == 2
     assert agent.ready
 
 
@@ -139,12 +142,13 @@ async def test_a_failed_read_makes_the_next_converge_read_again() -> None:
         await agent.converge()
     kernel.read_error = None
     await agent.converge()
-    # never known yet: still the start
-    assert kernel.reads == 2 and reads(agent, ReadReason.START) == 2
+    # never known yet: still the start (the failed one stopped at its services read)
+    assert reads(agent, ReadReason.ADOPT) == 2
+    assert kernel.reads == 1 and reads(agent, ReadReason.START) == 1
     assert weights(kernel) == {"10.20.0.21": 1}
     kernel.read_error = OSError("netlink: No buffer space available")
     await agent.converge()  # the copy serves: the kernel's trouble is not in the way
-    assert kernel.reads == 2
+    assert kernel.reads == 1
 
 
 async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
@@ -403,3 +407,92 @@ def test_a_big_converges_collection_freezes_what_survives_only_in_the_agents_pro
         freeze_survivors(False)
         gc.unfreeze()
     assert survivor
+
+
+# -- a restart adopts the kernel's table from its services -----------------------------------------
+
+
+async def restarted(kernel: FakeKernel, *members: str) -> Agent:
+    """A new agent on the kernel an earlier one programmed (the same VirtualServer)."""
+    agent = make(kernel=kernel, store=FakeLeaseStore())
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(*(m(a) for a in members))])
+    return agent
+
+
+async def test_a_restart_adopts_an_unchanged_table_without_reading_it_whole_then_verifies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The services are the desired ones: the first converge takes their destinations as
+    desired (no whole read before it, no write), and the whole read that follows at once
+    finds them as adopted."""
+    kernel = FakeKernel()
+    await serving("10.20.0.21", "10.20.0.22", kernel=kernel)
+    kernel.reads, kernel.applied = 0, []
+    agent = await restarted(kernel, "10.20.0.21", "10.20.0.22")
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge()
+        assert agent.ready and kernel.applied == []
+        assert reads(agent, ReadReason.ADOPT) == 1 and reads(agent, ReadReason.START) == 0
+        agent.dirty.clear()  # (set by the lists) only the verifying read may set it again
+        await agent.ipvs.resync_finished()
+    assert kernel.reads == 1 and reads(agent, ReadReason.RESYNC) == 1
+    assert not agent.dirty.is_set()  # nothing to repair
+    verified = [r for r in caplog.records if r.getMessage().startswith("kernel table verified")]
+    assert len(verified) == 1 and verified[0].__dict__["differs"] is False
+    await agent.converge()
+    assert kernel.applied == [] and kernel.reads == 1
+
+
+async def test_a_destination_changed_while_the_agent_was_down_is_repaired_after_adoption() -> None:
+    """Someone set a weight by hand while no agent ran: the services still match, so the
+    restart adopts; the verifying read sees the weight, and the converge it asks for puts
+    the desired one back."""
+    kernel = FakeKernel()
+    await serving("10.20.0.21", kernel=kernel)
+    svc = kernel.table[K80].service
+    kernel.table = apply_to_table(
+        kernel.table, [Change(Op.EDIT_DEST, svc, IpvsDestination("10.20.0.21", 8080, weight=9))]
+    )
+    kernel.applied = []
+    agent = await restarted(kernel, "10.20.0.21")
+    await agent.converge()
+    assert kernel.applied == [] and weights(kernel) == {"10.20.0.21": 9}  # adopted as desired
+    agent.dirty.clear()
+    await agent.ipvs.resync_finished()
+    assert agent.dirty.is_set()  # the read found the difference
+    await agent.converge()
+    assert weights(kernel) == {"10.20.0.21": 1}
+
+
+async def test_a_restart_whose_services_differ_reads_the_whole_table_first() -> None:
+    kernel = FakeKernel()
+    await serving("10.20.0.21", kernel=kernel)
+    svc = kernel.table[K80].service
+    changed = IpvsService(svc.address, svc.port, svc.protocol, "wlc")  # the scheduler by hand
+    kernel.table = apply_to_table(kernel.table, [Change(Op.EDIT_SERVICE, changed)])
+    kernel.reads, kernel.applied = 0, []
+    agent = await restarted(kernel, "10.20.0.21")
+    await agent.converge()
+    assert kernel.reads == 1 and reads(agent, ReadReason.START) == 1
+    assert [c.op for c in kernel.applied] == [Op.EDIT_SERVICE]
+    assert kernel.table[K80].service.scheduler == svc.scheduler
+
+
+def test_adopted_table_takes_the_desired_destinations_only_when_every_owned_service_matches() -> (
+    None
+):
+    mine = IpvsService("10.10.0.100", 80, Protocol.TCP, "rr")
+    other = IpvsService("192.0.2.1", 80, Protocol.TCP, "wlc")
+    dests = (IpvsDestination("10.20.0.21", 8080),)
+    want = IpvsTable.of([(mine, dests)])
+    owned = lambda key: key.address == "10.10.0.100"  # noqa: E731
+    theirs = {other.key: (IpvsDestination("192.0.2.9", 80),)}
+    adopted = adopted_table([mine, other], want, owned, theirs)
+    assert adopted == IpvsTable.of([(mine, dests), (other, theirs[other.key])])
+    assert adopted_table([mine], want, owned, {}) == want
+    edited = IpvsService("10.10.0.100", 80, Protocol.TCP, "wlc")
+    assert adopted_table([edited], want, owned, {}) is None  # a setting differs
+    extra = IpvsService("10.10.0.100", 443, Protocol.TCP, "rr")
+    assert adopted_table([mine, extra], want, owned, {}) is None  # one more of ours
+    assert adopted_table([], want, owned, {}) is None  # a cold start: nothing there
