@@ -374,6 +374,8 @@ async def test_renew_present_looks_up_each_interface_once_not_each_vip() -> None
     await vips.renew_present(None)
     assert sorted(looked) == ["front", "lo"]
     assert len([e for e in node.events if e[0] == "renew"]) == 201
+    await vips.renew_present(None)  # a round without the probe: no link looked up
+    assert sorted(looked) == ["front", "lo"]
     await vips.renew_present(None)  # the interface's link is kept; lo (none) is asked again
     assert sorted(looked) == ["front", "lo", "lo"]
 
@@ -385,9 +387,11 @@ async def test_renew_present_leaves_a_vip_another_node_answers_for(
     node.answering = {B}  # this node was cut off; its standby holds B now
     vips = owner(node)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        await vips.renew_present(None)
-        await vips.renew_present(None)
-    assert node.events == [("renew", A), ("renew", A)]
-    assert node.probe_frames == [(1, 1), (1, 1)]  # a renewal's light probe, every round
+        await vips.renew_present(None)  # renews both, then the probe finds B held elsewhere
+        await vips.renew_present(None)  # A only; no probe this round
+        await vips.renew_present(None)  # A only; probed again
+    assert node.events == [("renew", A), ("renew", B), ("renew", A), ("renew", A)]
+    # a renewal's light probe, every RENEWAL_PROBE_EVERY rounds
+    assert node.probe_frames == [(1, 1), (1, 1)]
     lines = [r for r in caplog.records if "left to lapse" in r.getMessage()]
     assert len(lines) == 1 and lines[0].__dict__["vip"] == B  # said once
