@@ -507,6 +507,10 @@ class Agent:
             if self._converge_error:
                 log.info("converging IPVS works again", extra={"group": self.cfg.group})
                 self._converge_error = ""
+            if self.traffic is not None and self.ready:
+                # after the first converge: a restart's whole read of the counters (seconds
+                # at 1,000 x 10 under TCG) would otherwise compete with its start-up
+                self.traffic.start()
             if (
                 woken
                 and self._vip_state() == self._vips_reconciled
@@ -730,8 +734,6 @@ class Agent:
         )  # fmt: skip
         if self.cfg.vip_lifetime > 0:
             lifetimes.start()
-        if self.traffic is not None:
-            self.traffic.start()
         if self.early_renewal is not None:
             # before any address change of this agent (the start-up drops stale VIPs): the
             # early renewal uses a socket of its own, outside the VIP lane's order

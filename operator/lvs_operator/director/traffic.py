@@ -188,11 +188,18 @@ class TrafficPoller:
         self.collector, self.make_reader, self.interval = collector, reader, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._started = False
         self._problem = ""
 
     def start(self) -> None:
-        if self.interval > 0:
+        """Start reading (once: later calls do nothing)."""
+        if self.interval > 0 and not self._thread.is_alive() and not self._started:
+            self._started = True
             self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -351,6 +351,28 @@ async def test_the_sync_daemons_follow_placement_and_leadership() -> None:
     assert set(daemons.slots) == {SYNC_BACKUP}
 
 
+async def test_the_traffic_poller_starts_after_the_first_converge() -> None:
+    """Its first read is a whole read of the counters (seconds at 1,000 x 10 under TCG): it
+    waits for the first converge rather than compete with a restart's start-up."""
+    agent = make("node-a", traffic=FakeStatsReader([]), traffic_interval=10.0)
+    assert agent.traffic is not None
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    assert not agent.traffic.started
+    loop = asyncio.create_task(agent._converge_loop())
+    try:
+        agent.dirty.set()
+        for _ in range(200):
+            if agent.traffic.started:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        loop.cancel()
+        agent.traffic.stop()
+    assert agent.ready and agent.traffic.started
+
+
 async def test_traffic_metrics_cover_the_groups_services_once_converged() -> None:
     """/metrics shows each of the group's services and real servers with the kernel's
     counters (traffic.py), read on the poller's own thread, not at the scrape."""
