@@ -32,12 +32,22 @@ LIST_CHUNK_SIZE = 500  # as kopf's LISTs (app.LIST_CHUNK_SIZE)
 BACKOFF = Backoff(first=1.0, most=30.0)  # as the namespace informers'
 
 
-def pod_resource() -> Any:
-    """core/v1 pods as lightkube's generic resource: each object stays the dict the API
-    server sent (lightkube's typed ``Pod`` builds a model of every field of every pod)."""
-    from lightkube.generic_resource import create_namespaced_resource
+_POD_RESOURCE: Any = None
 
-    return create_namespaced_resource("", "v1", "Pod", "pods")
+
+def pod_resource() -> Any:
+    """core/v1 pods as a lightkube generic resource: each object stays the dict the API
+    server sent (lightkube's typed ``Pod`` builds a model of every field of every pod). Not
+    put in lightkube's registry, where its typed ``Pod`` already is."""
+    global _POD_RESOURCE
+    if _POD_RESOURCE is None:
+        from lightkube.generic_resource import GenericNamespacedResource, create_api_info
+
+        class RawPod(GenericNamespacedResource):
+            _api_info = create_api_info("", "v1", "Pod", "pods")
+
+        _POD_RESOURCE = RawPod
+    return _POD_RESOURCE
 
 
 def _key(meta: Mapping[str, Any]) -> PodKey:
