@@ -2,10 +2,10 @@
 
 kopf runs the watches (cluster-wide: VirtualServers, RealServerPools, the pools'
 EndpointSlices and Services) and keeps them in indexes (the pods are the reconciler's own
-``PodCache``); its event handlers only wake
-the reconciler (reconciler.py), which computes and writes. kopf itself writes nothing on
-the watched objects: no finalizers, no progress or diff-base annotations (only index and
-event handlers are used), and it posts no Events of its own.
+``PodCache``, podcache.py); its event handlers only wake the reconciler (reconciler.py),
+which computes and writes. kopf itself writes nothing on the watched objects: no
+finalizers, no progress or diff-base annotations (only index and event handlers are used),
+and it posts no Events of its own.
 """
 
 from __future__ import annotations
