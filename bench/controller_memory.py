@@ -20,11 +20,13 @@ directory by a separate process (``--phase prepare``). Each run is a fresh proce
   the objects were created, as ``bench/controller_scale.py`` does) — with the controller's
   real registry (``app.build_registry``: its index and event handlers, and the reconciler's
   ``kick``) and its kopf settings (``app.build_settings``: ``--chunk-size`` and
-  ``--idle-timeout`` override them, ``--chunk-size 0`` lists unchunked), then a full
-  planning pass (``Reconciler._plan``) as after convergence.
+  ``--idle-timeout`` override them, ``--chunk-size 0`` lists unchunked), the pods going to
+  the reconciler's own ``PodCache`` instead (podcache.py, as in the controller: the same
+  pages, or one event each), then a full planning pass (``Reconciler._plan``) as after
+  convergence.
   VmRSS after each step; ``--attribute``: tracemalloc (top files, and by owner: the
   innermost frame in the controller, kopf or a client library) and the deep size of each
-  structure (kopf's per-object memories, each index, ``PlanState``).
+  structure (kopf's per-object memories, each index, the pod cache, ``PlanState``).
 
 Prints medians of ``--runs`` runs. In-process figures: not the controller's RSS against a
 real control plane (``bench/controller_scale.py`` measures that).
@@ -493,7 +495,6 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
         "services": references.Resource("", "v1", "services", kind="Service", namespaced=True),
         "endpointslices": references.Resource("discovery.k8s.io", "v1", "endpointslices",
                                               kind="EndpointSlice", namespaced=True),
-        "pods": references.Resource("", "v1", "pods", kind="Pod", namespaced=True),
     }  # fmt: skip
     indexers = indexing.OperatorIndexers()
     indexers.ensure(registry._indexing.get_all_handlers())
@@ -506,6 +507,12 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
 
     async def events(resource: references.Resource, **_: Any) -> AsyncIterator[Any]:
         kind = resource.plural
+        async for event in bodies(kind):
+            yield event
+        await asyncio.Event().wait()
+
+    async def bodies(kind: str) -> AsyncIterator[Any]:
+        """The events of a kind as the API server would send them (after ``go[kind]``)."""
         await go[kind].wait()
         raw = (data / f"{kind}.json").read_bytes()
         if args.mode == "list":
@@ -539,6 +546,13 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
                     await asyncio.sleep(1)
             del lines
         delivered[kind].set()
+
+    async def pod_cache() -> None:
+        """The pods go to the reconciler's own cache (podcache.py), as the controller's
+        watch of them does: the listed pods page by page, then one event each."""
+        async for event in bodies("pods"):
+            if isinstance(event, dict):
+                reconciler.pods.apply(event["type"], event["object"])
         await asyncio.Event().wait()
 
     watching.infinite_watch = events  # type: ignore[assignment]
@@ -557,6 +571,7 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
             operator_indexed=operator_indexed if args.indexed_wait else None,
             resource_indexed=toggle,
         )))  # fmt: skip
+    watchers.append(asyncio.create_task(pod_cache()))
 
     async def settle() -> None:
         """Until every worker of kopf's is gone (idle_timeout after its last event)."""
@@ -629,6 +644,7 @@ async def phase_controller(data: Path, args: argparse.Namespace) -> dict[str, An
         sizes = {"kopf memories": deep_size(memories._items, seen)}
         for k, v in indexers.items():
             sizes[f"index {k}"] = deep_size(v.index, seen)
+        sizes["pod cache"] = deep_size((reconciler.pods.pods, reconciler.pods.directors), seen)
         sizes["PlanState"] = deep_size(reconciler._state, seen)
         sizes["reconciler._pods_read"] = deep_size(reconciler._pods_read, seen)
         sizes["reconciler._world (rest)"] = deep_size(reconciler._world, seen)

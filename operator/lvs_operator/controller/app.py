@@ -1,10 +1,11 @@
 """``lvs-operator controller``: flags, kopf settings and start-up only.
 
 kopf runs the watches (cluster-wide: VirtualServers, RealServerPools, the pools'
-EndpointSlices and Services, pods) and keeps them in indexes; its event handlers only wake
-the reconciler (reconciler.py), which computes and writes. kopf itself writes nothing on
-the watched objects: no finalizers, no progress or diff-base annotations (only index and
-event handlers are used), and it posts no Events of its own.
+EndpointSlices and Services) and keeps them in indexes (the pods are the reconciler's own
+``PodCache``, podcache.py); its event handlers only wake the reconciler (reconciler.py),
+which computes and writes. kopf itself writes nothing on the watched objects: no
+finalizers, no progress or diff-base annotations (only index and event handlers are used),
+and it posts no Events of its own.
 """
 
 from __future__ import annotations
@@ -361,12 +362,11 @@ def build_settings() -> Any:
 def build_registry(reconciler: Any, config: ControllerConfig) -> Any:
     import kopf
 
-    from . import groups, pools, virtualservers
+    from . import pools, virtualservers
 
     registry = kopf.OperatorRegistry()
     virtualservers.register(registry, reconciler.kick)
     pools.register(registry, reconciler.kick)
-    groups.register(registry, config)
     # build_settings' no_diff_base() is right only for an operator without these
     if registry._changing.get_all_handlers() or registry._spawning.get_all_handlers():
         raise RuntimeError("change handlers or daemons need kopf's diff-base storage")

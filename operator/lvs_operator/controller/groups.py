@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import kopf
-
 from lvs_operator.api.contract import (
     COMPONENT_LABEL,
     GROUP_LABEL,
@@ -246,22 +244,4 @@ def busy_daemonsets(
     return busy
 
 
-# --- kopf wiring ----------------------------------------------------------------------------
-
 DIRECTOR_POD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: DIRECTOR_COMPONENT}
-
-
-def register(registry: kopf.OperatorRegistry, config: ControllerConfig) -> None:
-    """Index the director agents' pods (in the operator namespace). Their events reach the
-    reconciler through the pods handler of pools.register."""
-
-    @kopf.index(
-        "", "v1", "pods", registry=registry, id="lvs_director_pods", labels=DIRECTOR_POD_LABELS
-    )
-    async def index_director_pods(
-        body: kopf.Body, namespace: str | None, name: str, **_: Any
-    ) -> Any:
-        if namespace != config.namespace:
-            return {}
-        pod = director_pod(body)
-        return {} if pod is None else {name: pod}

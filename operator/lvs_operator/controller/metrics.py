@@ -4,8 +4,9 @@ What the reconciler did (passes, their duration and outcome, API writes by kind,
 outcome), what the objects' conditions say (how many VirtualServers and RealServerPools have
 each condition type, status and reason), which director groups it runs, and how often the
 watches it runs itself restarted (the Leases and DaemonSets of its namespace,
-``listwatch.Informer``). kopf's own watches (VirtualServers, pools, pods, EndpointSlices,
-Services) restart inside kopf, which offers no hook to count them: they are not counted.
+``listwatch.Informer``; the cluster's pods, ``podcache.PodCache``). kopf's own watches
+(VirtualServers, pools, EndpointSlices, Services) restart inside kopf, which offers no hook
+to count them: they are not counted.
 """
 
 from __future__ import annotations

@@ -477,8 +477,9 @@ def index_body(
 
 
 def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
-    """Indexes of pools, our EndpointSlices and Services, and pods' labels/weights; each
-    event wakes the reconciler (``kick(**kwargs)`` gets the indices kopf passes)."""
+    """Indexes of pools, our EndpointSlices and Services; each event wakes the reconciler
+    (``kick(**kwargs)`` gets the indices kopf passes). Pods are not kopf's: the
+    reconciler's ``PodCache`` (podcache.py) watches them."""
     owned = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: POOL_COMPONENT}
 
     @kopf.index(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="lvs_pools")
@@ -501,10 +502,6 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
     async def index_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         return {(namespace, name): index_body(body, ("metadata", "spec"), as_text="spec")}
 
-    @kopf.index("", "v1", "pods", registry=registry, id="lvs_pods")
-    async def index_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        return {(namespace, name): pod_info(body)}
-
     @kopf.on.event(f"{GROUP}/{VERSION}", rsp.PLURAL, registry=registry, id="pool_event")
     async def on_pool(**kwargs: Any) -> None:
         await kick(**kwargs)
@@ -523,7 +520,3 @@ def register(registry: kopf.OperatorRegistry, kick: Any) -> None:
     @kopf.on.event("", "v1", "services", registry=registry, id="service_event", labels=owned)
     async def on_service(**kwargs: Any) -> None:
         await kick(**kwargs)
-
-    @kopf.on.event("", "v1", "pods", registry=registry, id="pod_event")
-    async def on_pod(**kwargs: Any) -> None:
-        await kick(pod_event=True, **kwargs)

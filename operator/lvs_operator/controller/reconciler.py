@@ -85,6 +85,7 @@ from .metrics import (
     ControllerMetrics,
     ObjectCondition,
 )
+from .podcache import PodCache
 from .pools import (
     SERVICE_NAME_LABEL,
     PodInfo,
@@ -516,8 +517,6 @@ class Reconciler:
         "lvs_pools",
         "lvs_slices",
         "lvs_services",
-        "lvs_pods",
-        "lvs_director_pods",
     )
 
     def __init__(
@@ -570,6 +569,11 @@ class Reconciler:
             client, DaemonSet, config.namespace, self.wake, labels=owned, hint=rbac,
             on_restart=lambda reason: self.metrics.watch_restarted("DaemonSet", reason),
         )  # fmt: skip
+        # every pod's labels and weight, and the director agents' pods: not kopf's (podcache.py)
+        self.pods = PodCache(
+            client, config.namespace, self.pod_event,
+            on_restart=lambda reason: self.metrics.watch_restarted("Pod", reason),
+        )  # fmt: skip
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -588,6 +592,17 @@ class Reconciler:
         self.capture(kwargs)
         self.indexed.set()
         touched = self._pod_touches(kwargs) if pod_event else self._event_touches(kwargs)
+        self._touch(touched)
+
+    def pod_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        """Called by the ``PodCache`` for every pod listed (``kind`` None) or watched."""
+        meta = _meta(body)
+        event = {"type": kind, "body": body, "namespace": meta.get("namespace"),
+                 "name": meta.get("name")}  # fmt: skip
+        self._touch(self._pod_touches(event))
+
+    def _touch(self, touched: Touched | None) -> None:
+        """Note what an event touched (None: everything) and wake the loop."""
         if touched is None:
             self._full_due = True
         elif not touched.pools and not touched.virtualservers:
@@ -658,8 +673,8 @@ class Reconciler:
             pools=self._overlay_list("pool", values("lvs_pools")),
             slices=slices,
             services=self._overlay_map("service", firsts("lvs_services")),
-            pods=firsts("lvs_pods"),
-            director_pods=values("lvs_director_pods"),
+            pods=dict(self.pods.pods),
+            director_pods=list(self.pods.directors.values()),
             leases=dict(self.leases.store),
             daemonsets=self._overlay_map("daemonset", dict(self.daemonsets.store)),
             service_rejections=dict(self._service_rejections),
@@ -710,10 +725,12 @@ class Reconciler:
         tasks = [
             asyncio.create_task(self.leases.run(), name="lease informer"),
             asyncio.create_task(self.daemonsets.run(), name="daemonset informer"),
+            asyncio.create_task(self.pods.run(), name="pod cache"),
         ]
         try:
             await self.leases.synced.wait()
             await self.daemonsets.synced.wait()
+            await self.pods.synced.wait()
             try:
                 await asyncio.wait_for(self.indexed.wait(), timeout=startup_grace)
             except TimeoutError:

@@ -118,15 +118,19 @@ def test_no_diff_base() -> None:
 def test_registry_refuses_change_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from lvs_operator.controller import groups
+    from lvs_operator.controller import pools
     from lvs_operator.controller.config import ControllerConfig
 
-    def register(registry: kopf.OperatorRegistry, config: object) -> None:
+    register_pools = pools.register
+
+    def register(registry: kopf.OperatorRegistry, kick: object) -> None:
+        register_pools(registry, kick)
+
         @kopf.on.update("", "v1", "pods", registry=registry)
         async def on_update(**_: object) -> None:
             return None
 
-    monkeypatch.setattr(groups, "register", register)
+    monkeypatch.setattr(pools, "register", register)
 
     class Kick:
         async def kick(self, **_: object) -> None:
@@ -378,6 +382,9 @@ def test_handlers_run_on_the_event_loop_not_in_threads() -> None:
     registry = app.build_registry(Kick(), ControllerConfig())
     indexing = registry._indexing.get_all_handlers()
     watching = registry._watching.get_all_handlers()
-    assert {h.id for h in indexing} >= {"lvs_pods", "lvs_pools", "lvs_slices"}
+    assert {h.id for h in indexing} >= {"lvs_pools", "lvs_slices", "lvs_services"}
+    # pods are the reconciler's PodCache's, not kopf's: kopf would keep its own per-object
+    # memory and index entries for every pod in the cluster (podcache.py)
+    assert not [h for h in [*indexing, *watching] if h.selector.plural == "pods"]
     for handler in [*indexing, *watching]:
         assert inspect.iscoroutinefunction(handler.fn), handler.id

@@ -110,9 +110,8 @@ def reconciler(client: FakeClient) -> Reconciler:
         "lvs_pools": {("web", "web"): [index_body(pool, KEEP)]},
         "lvs_slices": {("web", service_name("web")): [sl]},
         "lvs_services": {},
-        "lvs_pods": {("web", "web-1"): [PodInfo({"app": "web"})]},
-        "lvs_director_pods": {},
     }
+    r.pods.pods[("web", "web-1")] = PodInfo({"app": "web"})
     r.indexed.set()
     client.objects[("VirtualServer", "web", "site")] = copy.deepcopy(vs)
     client.objects[("RealServerPool", "web", "web")] = copy.deepcopy(pool)
