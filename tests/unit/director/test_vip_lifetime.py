@@ -379,17 +379,39 @@ def answer(seq: int, err: int = 0) -> bytes:
     return header(NLMSG_ERROR, 0, seq, struct.pack("=i", -err) + b"\0" * 16)
 
 
+def kernel_answers(fs: list[Frame], failing: dict[int, int] | None = None) -> list[bytes]:
+    """What the kernel queues for a send's requests, one datagram each, in order: an error
+    for a failed one (``failing``: position -> errno), an acknowledgement for one that
+    succeeded and asked for it (NLM_F_ACK), nothing for one that succeeded without asking."""
+    failing = failing or {}
+    return [
+        answer(f.seq, failing.get(i, 0))
+        for i, f in enumerate(fs)
+        if i in failing or f.flags & NLM_F_ACK
+    ]
+
+
+def without_ack(data: bytes) -> bytes:
+    """``data``'s messages with NLM_F_ACK cleared (the length, type and body unchanged)."""
+    out = b""
+    for f in frames(data):
+        raw = f.data[f.start - 16 : f.end]
+        length, kind, flags, seq, pid = struct.unpack_from("=IHHII", raw)
+        out += struct.pack("=IHHII", length, kind, flags & ~NLM_F_ACK, seq, pid) + raw[16:]
+    return out
+
+
 class RouteSocket:
     """Plays the kernel's end of an rtnetlink socket: every send is recorded, and
     ``answers`` turns the frames of a send into the datagrams the kernel queues for it
-    (default: one acknowledgement each, in order). A recv with nothing queued raises what
+    (default: ``kernel_answers``, nothing failing). A recv with nothing queued raises what
     the real socket (with its timeout) would."""
 
     def __init__(self, answers: Callable[[list[Frame]], list[bytes]] | None = None,
                  rcvbuf: int = 1 << 20, empty: OSError | None = None) -> None:  # fmt: skip
         self.sent: list[bytes] = []
         self.queue: list[bytes] = []
-        self.answers = answers or (lambda fs: [answer(f.seq) for f in fs])
+        self.answers = answers or kernel_answers
         self.rcvbuf = rcvbuf
         self.empty = empty or TimeoutError("timed out")
 
@@ -431,7 +453,7 @@ RENEWALS = [
 ]
 
 
-def test_a_batch_is_the_single_renewals_byte_for_byte_in_one_send() -> None:
+def test_a_batch_is_the_single_renewals_in_one_send_only_the_last_asking_for_an_ack() -> None:
     one_by_one = RouteSocket()
     single = rtnl(one_by_one)
     for r in RENEWALS:
@@ -439,33 +461,49 @@ def test_a_batch_is_the_single_renewals_byte_for_byte_in_one_send() -> None:
     batched = RouteSocket()
     assert rtnl(batched).renew_addresses(RENEWALS) == [0, 0, 0]
     assert len(one_by_one.sent) == 3 and len(batched.sent) == 1
-    assert batched.sent[0] == b"".join(one_by_one.sent)
-    for f in frames(batched.sent[0]):  # each one asks for its own answer
-        assert f.type == kaddr.RTM_NEWADDR and f.flags & NLM_F_ACK and f.flags & NLM_F_REPLACE
+    # the same requests, byte for byte, but for the acknowledgement: a recv each cost ~0.6 s
+    # per 1,000-VIP round under TCG, and a failed request is answered without asking
+    assert without_ack(batched.sent[0]) == without_ack(b"".join(one_by_one.sent))
+    flags = [f.flags for f in frames(batched.sent[0])]
+    assert [bool(fl & NLM_F_ACK) for fl in flags] == [False, False, True]
+    for f in frames(batched.sent[0]):
+        assert f.type == kaddr.RTM_NEWADDR and f.flags & NLM_F_REPLACE
+    assert len(batched.queue) == 0  # one answer, read
 
 
 def test_answers_map_back_by_sequence_number_in_any_order() -> None:
     def kernel(fs: list[Frame]) -> list[bytes]:
         # the second one fails; the answers come back reversed, two in one datagram
-        out = [answer(f.seq, errno.EADDRNOTAVAIL if i == 1 else 0) for i, f in enumerate(fs)]
-        return [out[2] + out[1], out[0]]
+        out = kernel_answers(fs, {1: errno.EADDRNOTAVAIL})
+        return [out[1] + out[0]]
 
     assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [0, errno.EADDRNOTAVAIL, 0]
 
 
-def test_a_missing_answer_is_an_error_never_a_success() -> None:
+def test_every_failure_of_a_batch_is_reported() -> None:
     def kernel(fs: list[Frame]) -> list[bytes]:
-        return [answer(f.seq) for f in fs if f.seq != fs[1].seq]  # the second one's is lost
+        return kernel_answers(fs, {0: errno.ENODEV, 2: errno.EADDRNOTAVAIL})
 
-    assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [0, errno.ETIMEDOUT, 0]
+    assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [
+        errno.ENODEV, 0, errno.EADDRNOTAVAIL
+    ]  # fmt: skip
+
+
+def test_without_the_last_acknowledgement_no_request_counts_as_done() -> None:
+    def kernel(fs: list[Frame]) -> list[bytes]:
+        return kernel_answers(fs, {0: errno.ENODEV})[:1]  # the last one's ack never comes
+
+    assert rtnl(RouteSocket(kernel)).renew_addresses(RENEWALS) == [
+        errno.ENODEV, errno.ETIMEDOUT, errno.ETIMEDOUT
+    ]  # fmt: skip
 
 
 def test_answers_dropped_by_an_overrun_are_errors() -> None:
     def kernel(fs: list[Frame]) -> list[bytes]:
-        return [answer(fs[0].seq)]
+        return [answer(fs[0].seq, errno.ENODEV)]  # then the buffer overran
 
     sock = RouteSocket(kernel, empty=OSError(errno.ENOBUFS, "No buffer space available"))
-    assert rtnl(sock).renew_addresses(RENEWALS) == [0, errno.ENOBUFS, errno.ENOBUFS]
+    assert rtnl(sock).renew_addresses(RENEWALS) == [errno.ENODEV, errno.ENOBUFS, errno.ENOBUFS]
 
 
 def test_a_batch_is_as_long_as_the_receive_buffer_holds_its_answers() -> None:
@@ -473,6 +511,9 @@ def test_a_batch_is_as_long_as_the_receive_buffer_holds_its_answers() -> None:
     sock = RouteSocket(rcvbuf=4 * kaddr.ANSWER_COST)
     assert rtnl(sock).renew_addresses(many) == [0] * 10
     assert [len(list(frames(d))) for d in sock.sent] == [4, 4, 2]
+    for d in sock.sent:  # each send's last request asks for the acknowledgement
+        assert [bool(f.flags & NLM_F_ACK) for f in frames(d)][-1]
+        assert not any(f.flags & NLM_F_ACK for f in list(frames(d))[:-1])
     assert rtnl(RouteSocket()).renew_addresses([]) == []
 
 
@@ -523,7 +564,9 @@ def test_batched_adds_and_removals_are_the_single_requests_byte_for_byte() -> No
     assert rt.add_addresses(RENEWALS) == [0, 0, 0]
     assert rt.del_addresses([(r.ifindex, r.address, r.prefixlen) for r in RENEWALS]) == [0] * 3
     assert len(batched.sent) == 2
-    assert batched.sent == [b"".join(one_by_one.sent[:3]), b"".join(one_by_one.sent[3:])]
+    assert [without_ack(d) for d in batched.sent] == [
+        without_ack(b"".join(one_by_one.sent[:3])), without_ack(b"".join(one_by_one.sent[3:]))
+    ]  # fmt: skip
 
 
 # -- a takeover's batch of adds --------------------------------------------------------------------
