@@ -43,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entry is None:
         print(f"lvs-operator: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if args[0] == "director":
+        # first, before the agent's imports (seconds under emulation): the renewal of the
+        # VIPs a restarted agent left on this node, so they do not lapse meanwhile
+        from lvs_operator.director import early
+
+        early.begin(args[1:])
     try:
         module = importlib.import_module(entry[0])
     except ModuleNotFoundError as exc:

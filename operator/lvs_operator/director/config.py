@@ -11,6 +11,10 @@ from . import handover as handover_mod
 from . import peer as peer_mod
 from . import traffic as traffic_mod
 from .brake import BrakeConfig
+
+# the VIPs' lifetime (the dead-man switch) is defined in early.py, the agent's first step
+from .early import DEFAULT_VIP_LIFETIME
+from .early import LIFETIME_RENEWALS as LIFETIME_RENEWALS  # (tests read both here)
 from .election import (
     DEFAULT_LEASE_DURATION,
     DEFAULT_OUTAGE_HOLD,
@@ -25,11 +29,6 @@ DEFAULT_VIP_REFRESH = 10.0
 DEFAULT_RESYNC = 30.0
 DEFAULT_ANNOUNCE_COUNT = 3
 DEFAULT_STARTUP_GRACE = 1.0
-# Seconds a VIP outlives the last renewal by its agent (the kernel then removes it): an agent
-# that dies takes its VIPs with it within this, below the Lease duration. Renewed
-# LIFETIME_RENEWALS times per lifetime, so a renewal late by a few seconds costs nothing.
-DEFAULT_VIP_LIFETIME = 8
-LIFETIME_RENEWALS = 4
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from ..api.network import parse_ranges
 from ..heap import limit_arenas
 from ..logs import setup_logging
 from . import brake as brake_mod
+from . import early as early_mod
 from . import handover as handover_mod
 from . import peer as peer_mod
 from .config import (
@@ -38,7 +38,6 @@ from .config import (
     DEFAULT_STARTUP_GRACE,
     DEFAULT_VIP_LIFETIME,
     DEFAULT_VIP_REFRESH,
-    LIFETIME_RENEWALS,
     AgentConfig,
 )
 from .election import (
@@ -297,7 +296,7 @@ def freeze_startup() -> None:
 # wake-ups were late by 8 ms (median) and 50 ms (worst) at 5 ms, 2.6 ms and 15 ms at 1 ms
 # (bench/gil_convoy.py on the 2-core host).
 SWITCH_INTERVAL = 0.001
-AGENT_ARENAS = 2  # glibc malloc arenas (heap.limit_arenas)
+AGENT_ARENAS = early_mod.AGENT_ARENAS  # glibc malloc arenas (heap.limit_arenas)
 
 
 def prefer_the_loop() -> None:
@@ -339,71 +338,6 @@ def load_peer_key(cfg: AgentConfig) -> bytes | None:
     return peer_mod.load_key(cfg.peer_key_file, required=required)
 
 
-class EarlyRenewal:
-    """The renewal of a restarting agent's VIPs from its first step until the agent's own
-    renewal thread runs (agent.py hands over with ``stop``)."""
-
-    def __init__(self, thread: threading.Thread, stop: threading.Event) -> None:
-        self.thread, self._stop = thread, stop
-
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop and wait (briefly): no renewal of this thread runs after the agent's first
-        address change."""
-        self._stop.set()
-        self.thread.join(timeout)
-
-
-def keep_vips_through_restart(cfg: AgentConfig) -> EarlyRenewal | None:
-    """First thing, before the imports and the reads that take seconds: restart the
-    lifetime of the VIPs an agent added that are still on this node (vip.py), and keep doing
-    so every quarter lifetime, on a thread, until the agent's own renewal takes over.
-
-    A restarted leader's VIPs must not lapse while it starts (under emulation the imports
-    alone take longer than a lifetime); it confirms or drops them once it has read the
-    Lease. Only a VIP no other node answers ARP for is renewed: no standby takes a VIP this
-    node still answers for, so renewing it makes no second holder; one another node answers
-    for (this node was cut off, and its standby took over) is left to lapse, and one already
-    gone is not brought back. A crash loop extends them by one lifetime per start, and
-    kubelet's back-off (10 s, doubling) outlasts that."""
-    if cfg.vip_lifetime <= 0:
-        return None
-    try:
-        from .vip import VipManager
-
-        vips = VipManager(lifetime=cfg.vip_lifetime)
-    except Exception as exc:  # only a head start: the start-up does the real work
-        log.warning("could not renew the VIPs left on this node: %s", exc)
-        return None
-
-    def renew_once(first: bool) -> None:
-        try:
-            kept, taken = vips.renew_unclaimed(vips.present().items())
-        except Exception as exc:
-            log.warning("could not renew the VIPs left on this node: %s", exc)
-            return
-        if kept and first:
-            log.info("VIPs still on this node kept until the Lease is read",
-                     extra={"vips": sorted(kept), "seconds": cfg.vip_lifetime})  # fmt: skip
-        if taken and first:
-            log.warning("VIPs left on this node are answered by another node: left to lapse",
-                        extra={"vips": taken})  # fmt: skip
-
-    renew_once(True)
-    stop = threading.Event()
-    every = cfg.vip_lifetime / LIFETIME_RENEWALS
-
-    def loop() -> None:
-        try:
-            while not stop.wait(every):
-                renew_once(False)
-        finally:
-            vips.rt.close()
-
-    thread = threading.Thread(target=loop, name="vip-early-renewal", daemon=True)
-    thread.start()
-    return EarlyRenewal(thread, stop)
-
-
 def run(argv: list[str]) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level, quiet=QUIET_LOGGERS)
@@ -414,7 +348,8 @@ def run(argv: list[str]) -> int:
     t0 = time.monotonic()
     # before the first thread: two malloc arenas for all of the agent's threads (heap.py)
     limit_arenas(AGENT_ARENAS)
-    early = keep_vips_through_restart(cfg)
+    # the renewal ``lvs-operator director`` started before its imports (early.py)
+    early = early_mod.take(cfg.vip_lifetime)
     from .agent import Agent
     from .lanes import Lane
 
