@@ -71,7 +71,7 @@ from .health import HealthChecker, Probe
 from .heartbeat import Heartbeat
 from .ipvs_sync import Connections, IpvsSync, Kernel, programmed
 from .lanes import Lane
-from .loop_watch import GcWatch, LoopWatch
+from .loop_watch import GcWatch, LoopWatch, StallSampler
 from .metrics import Metrics
 from .peer import SyncReport
 from .sync import (
@@ -706,7 +706,8 @@ class Agent:
         gc_watch = GcWatch(self.metrics)
         gc_watch.install()
         loop_watch = asyncio.create_task(
-            LoopWatch(self.metrics, gc_watch=gc_watch).run(), name="loop-watch"
+            LoopWatch(self.metrics, gc_watch=gc_watch, sampler=StallSampler()).run(),
+            name="loop-watch",
         )
         servers = await serve(
             self.cfg.health_port,

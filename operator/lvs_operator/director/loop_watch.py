@@ -10,6 +10,12 @@ logged as a warning, at most once per ``warn_every`` seconds (the warning counts
 
 ``LoopWatch.tick`` is the arithmetic, on an injected clock (unit-tested); ``run`` the task.
 
+``StallSampler`` says where a stall came from: a thread of its own looks every ``interval``,
+and while the loop's last look is overdue by ``threshold`` it takes, once per stall, each
+thread's innermost frames (``sys._current_frames``). The stall's warning carries them:
+``loop_in`` (where the loop was) and ``threads`` (the others). A stall of the whole process
+(the guest descheduled) shows the loop where it always is, in its selector.
+
 ``GcWatch`` times the garbage collector (``gc.callbacks``): a collection holds the GIL, so it
 stalls the loop whatever thread triggered it, and a full one walks every tracked object (at
 1,000 services x 10 destinations, seconds under the test VM's emulation). Each pause goes to
@@ -22,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from .metrics import Metrics
@@ -85,6 +94,71 @@ class GcWatch:
             gc.callbacks.remove(self.callback)
 
 
+STACK_DEPTH = 4  # innermost frames kept per thread
+
+
+def stack_text(frame: FrameType | None, depth: int = STACK_DEPTH) -> str:
+    """``file:line function`` of the innermost ``depth`` frames, innermost first."""
+    parts: list[str] = []
+    while frame is not None and len(parts) < depth:
+        code = frame.f_code
+        parts.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(parts)
+
+
+class StallSampler:
+    """Each thread's innermost frames, taken while the loop is overdue (see the module)."""
+
+    def __init__(self, threshold: float = THRESHOLD, interval: float = INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.threshold, self.interval, self.clock = threshold, interval, clock
+        self.last = clock()  # the loop's last look
+        self.loop_thread: int | None = None
+        self._sample: dict[str, object] | None = None
+        self._stop = threading.Event()
+
+    def beat(self) -> None:
+        """The loop looked (LoopWatch.tick): a later stall is a new one."""
+        self.last = self.clock()
+
+    def look(self) -> None:
+        """One look: the frames, if the loop is overdue and this stall has none yet."""
+        if self._sample is None and self.clock() - self.last >= self.threshold:
+            self._sample = self.frames()
+
+    def frames(self) -> dict[str, object]:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        me = threading.get_ident()
+        loop_in, threads = "", {}
+        for ident, frame in sys._current_frames().items():
+            if ident == me:
+                continue
+            if ident == self.loop_thread:
+                loop_in = stack_text(frame)
+            else:
+                threads[names.get(ident, str(ident))] = stack_text(frame)
+        return {"loop_in": loop_in, "threads": threads}
+
+    def take(self) -> dict[str, object] | None:
+        """The last stall's frames (None: none taken), once."""
+        sample, self._sample = self._sample, None
+        return sample
+
+    def start(self) -> None:
+        """From the loop's thread: look every ``interval`` on a daemon thread until stop."""
+        self.loop_thread = threading.get_ident()
+        self.beat()
+        threading.Thread(target=self._run, name="stall-sampler", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.look()
+
+
 class LoopWatch:
     def __init__(
         self,
@@ -94,9 +168,11 @@ class LoopWatch:
         warn_every: float = WARN_EVERY,
         clock: Callable[[], float] = time.monotonic,
         gc_watch: GcWatch | None = None,
+        sampler: StallSampler | None = None,
     ) -> None:
         self.metrics = metrics
         self.gc_watch = gc_watch
+        self.sampler = sampler
         self.interval = interval
         self.threshold = threshold
         self.warn_every = warn_every
@@ -118,6 +194,10 @@ class LoopWatch:
         stall = max(0.0, now - due)
         self.ticks += 1
         collection = self.gc_watch.take() if self.gc_watch is not None else None
+        sample = None
+        if self.sampler is not None:
+            sample = self.sampler.take()
+            self.sampler.beat()
         if self.metrics is not None:
             self.metrics.loop_stall.observe(stall)
         if stall > self.longest:
@@ -127,14 +207,17 @@ class LoopWatch:
         if stall >= self.threshold:
             self.over += 1
             if self._last_warning is None or now - self._last_warning >= self.warn_every:
-                self._warn(stall, now, collection)
+                self._warn(stall, now, collection, sample)
             else:
                 self._unwarned += 1
                 self._unwarned_longest = max(self._unwarned_longest, stall)
         return stall
 
-    def _warn(self, stall: float, now: float, collection: tuple[float, int] | None) -> None:
+    def _warn(self, stall: float, now: float, collection: tuple[float, int] | None,
+              sample: dict[str, object] | None = None) -> None:  # fmt: skip
         extra: dict[str, object] = {"stall_seconds": round(stall, 3)}
+        if sample is not None:  # where the threads were during it (StallSampler)
+            extra.update(sample)
         if collection is not None:  # the longest garbage collection during this stall
             extra["gc_seconds"] = round(collection[0], 3)
             extra["gc_generation"] = collection[1]
@@ -151,8 +234,14 @@ class LoopWatch:
         self._unwarned_longest = 0.0
 
     async def run(self) -> None:
-        """Look every ``interval`` seconds until cancelled."""
-        while True:
-            due = self.due()
-            await asyncio.sleep(self.interval)
-            self.tick(due)
+        """Look every ``interval`` seconds until cancelled (the sampler with it)."""
+        if self.sampler is not None:
+            self.sampler.start()
+        try:
+            while True:
+                due = self.due()
+                await asyncio.sleep(self.interval)
+                self.tick(due)
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()

@@ -268,3 +268,74 @@ async def test_health_checks_come_from_the_same_snapshot_as_the_table() -> None:
 
 async def test_on_loop_runs_inline() -> None:
     assert await on_loop(sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+def test_a_stall_warning_says_where_the_loop_and_the_threads_were(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sampler takes each thread's frames while the loop is overdue, once per stall, and
+    the stall's warning carries them."""
+    import threading
+
+    from lvs_operator.director.loop_watch import StallSampler
+
+    clock = Clock()
+    release, parked = threading.Event(), threading.Event()
+
+    def busy_building_a_table() -> None:  # stands for the loop's thread, held somewhere
+        parked.set()
+        release.wait(10)
+
+    def renewing_lifetimes() -> None:  # another thread, also somewhere
+        release.wait(10)
+
+    loop_thread = threading.Thread(target=busy_building_a_table, name="loop")
+    other = threading.Thread(target=renewing_lifetimes, name="vip-lifetimes")
+    loop_thread.start()
+    other.start()
+    parked.wait(5)
+    try:
+        sampler = StallSampler(threshold=0.25, clock=clock)
+        sampler.loop_thread = loop_thread.ident
+        watch = LoopWatch(threshold=0.25, clock=clock, sampler=sampler)
+        due = watch.due()
+        clock.t += 0.2
+        sampler.look()  # not overdue yet: nothing taken
+        assert sampler.take() is None
+        clock.t += 0.3
+        sampler.look()
+        first = sampler._sample
+        clock.t += 0.3
+        sampler.look()  # the same stall: the first frames stand
+        assert sampler._sample is first
+        caplog.set_level(logging.WARNING, logger=LOGGER)
+        assert watch.tick(due) == pytest.approx(0.75)
+    finally:
+        release.set()
+        loop_thread.join(5)
+        other.join(5)
+    (record,) = [r for r in caplog.records if "stalled" in r.getMessage()]
+    assert "busy_building_a_table" in record.__dict__["loop_in"]
+    threads = record.__dict__["threads"]
+    assert isinstance(threads, dict) and "renewing_lifetimes" in threads["vip-lifetimes"]
+    assert "MainThread" not in threads  # the sampler's own (here the test's): left out
+    assert sampler.take() is None  # taken with the warning
+    sampler.look()  # right after the look: not overdue
+    assert sampler.take() is None
+
+
+def test_the_sampler_thread_stops_with_the_watch() -> None:
+    import threading
+
+    from lvs_operator.director.loop_watch import StallSampler
+
+    async def main() -> None:
+        task = asyncio.create_task(LoopWatch(sampler=StallSampler()).run())
+        await asyncio.sleep(0.12)
+        assert any(t.name == "stall-sampler" for t in threading.enumerate())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.12)
+        assert not any(t.name == "stall-sampler" for t in threading.enumerate())
+
+    asyncio.run(main())
