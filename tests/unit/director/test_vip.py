@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -12,6 +13,7 @@ import pytest
 from lvs_operator.director.vip import (
     Route,
     VipManager,
+    _AnnounceSockets,
     arp_probe_frame,
     garp_frame,
     host_prefix,
@@ -146,7 +148,7 @@ def test_an_announcement_sends_nothing_once_stopped(monkeypatch: pytest.MonkeyPa
     stop = threading.Event()
     sent: list[str] = []
 
-    def send(vip: str, ifname: str, mac: str, reply: bool) -> None:
+    def send(vip: str, ifname: str, mac: str, reply: bool, sockets: object) -> None:
         sent.append(vip)
         stop.set()  # a step-down right after the first frame
 
@@ -250,3 +252,54 @@ def test_a_takeover_probes_three_frames_twice_and_a_renewal_one_frame_once(
     light = (vip_mod.RENEWAL_PROBE_COUNT, vip_mod.RENEWAL_PROBE_WINDOWS)
     assert manager.answered(items, 0.1, *light) == set()
     assert sorted(sent) == ["10.10.0.100", "10.10.0.101"]
+
+
+def test_an_announcement_opens_one_socket_per_interface_and_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not one per frame (three more system calls each: 3,000 frames per takeover at 1,000
+    VIPs); a socket that failed is replaced; all are closed at the end."""
+    from lvs_operator.director import vip as vip_mod
+
+    opened: list[FakeSocket] = []
+    failing = ["back"]  # the first socket on "back" fails its first send
+
+    class FakeSocket:
+        def __init__(self, family: int, kind: int, proto: int) -> None:
+            self.family, self.frames, self.closed = family, 0, False
+            opened.append(self)
+
+        def bind(self, address: object) -> None:
+            self.ifname = address[0]  # type: ignore[index]
+
+        def setsockopt(self, *args: object) -> None:
+            pass
+
+        def send(self, frame: bytes) -> int:
+            if self.family == socket.AF_PACKET and self.ifname in failing:
+                failing.remove(self.ifname)
+                self.frames += 1
+                raise OSError(errno.ENETDOWN, "Network is down")
+            self.frames += 1
+            return len(frame)
+
+        def sendto(self, frame: bytes, address: object) -> int:
+            self.frames += 1
+            return len(frame)
+
+        def close(self) -> None:
+            self.closed = True
+
+    def sockets() -> _AnnounceSockets:
+        return _AnnounceSockets(make=FakeSocket)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vip_mod, "_AnnounceSockets", sockets)
+    manager = VipManager(rt=object(), announce_count=3, announce_interval=0.0)
+    items = [(f"10.10.0.{i}", "front", (2, MAC)) for i in range(100, 110)]
+    items += [("10.20.0.100", "back", (3, MAC)), ("2001:db8::100", "front", (2, MAC))]
+    manager.send_many(items, None, threading.Event())
+    arp = [s for s in opened if s.family == socket.AF_PACKET]
+    assert sorted((s.ifname, s.frames) for s in arp) == [("back", 1), ("back", 2), ("front", 30)]
+    nd = [s for s in opened if s.family == socket.AF_INET6]
+    assert [s.frames for s in nd] == [3]
+    assert all(s.closed for s in opened)

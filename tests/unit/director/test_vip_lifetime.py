@@ -586,3 +586,35 @@ def test_add_many_adds_in_one_batch_adopts_ours_and_names_each_failure() -> None
     assert kernel.batches[0] == ["192.0.2.10", "192.0.2.11", "192.0.2.12"]  # one batch
     ours = {e.address: e.valid_lft for e in kernel.entries if e.proto == VIP_PROTO}
     assert ours == {"192.0.2.10": 8, "192.0.2.11": 8}  # added, and renewed (adopted)
+
+
+def test_the_link_address_skips_the_vips_however_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's own address on a VIP's link (the heartbeat's): not a VIP (given in any
+    spelling), not link-local, a subnet address before a host one, of the asked family."""
+    entries = [
+        AddrEntry(socket.AF_INET, 32, 2, "192.0.2.10", VIP_PROTO, 8),  # a VIP
+        AddrEntry(socket.AF_INET, 32, 2, "192.0.2.5"),  # a host address of the node
+        AddrEntry(socket.AF_INET, 24, 2, "192.0.2.2"),  # the subnet's: preferred
+        AddrEntry(socket.AF_INET, 24, 3, "198.51.100.2"),  # another interface
+        AddrEntry(socket.AF_INET6, 64, 2, "fe80::1"),  # link-local
+        AddrEntry(socket.AF_INET6, 128, 2, "2001:db8::10", VIP_PROTO, 8),  # a VIP
+        AddrEntry(socket.AF_INET6, 64, 2, "2001:db8::2"),
+    ]
+
+    class Dump:
+        def addresses(self) -> list[AddrEntry]:
+            return entries
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kaddr, "Rtnl", Dump)
+    monkeypatch.setattr(kaddr, "index_of", lambda name: {"front": 2, "back": 3}.get(name))
+    assert kaddr.link_address("front", 4, ["192.0.2.10"]) == "192.0.2.2"
+    entries[2] = AddrEntry(socket.AF_INET, 24, 2, "192.0.2.10")  # the subnet's is a VIP now
+    assert kaddr.link_address("front", 4, ["192.0.2.10"]) == "192.0.2.5"
+    assert kaddr.link_address("front", 6, ["2001:DB8:0::10"]) == "2001:db8::2"
+    assert kaddr.link_address("front", 6, ["2001:db8::2", "2001:db8::10"]) is None
+    assert kaddr.link_address("back", 6, []) is None
+    assert kaddr.link_address("nosuch", 4, []) is None
+    assert kaddr.link_address("front", 4, ["not an address", "192.0.2.10"]) == "192.0.2.5"

@@ -358,6 +358,31 @@ def test_the_first_vip_of_a_dual_stack_group() -> None:
     assert first_vip({"2001:db8::10": "a", "2001:db8::1": "b"}) == ("2001:db8::1", "b")
 
 
+def test_the_first_vip_is_ipaddress_order_and_follows_every_change() -> None:
+    """The address order of ``ipaddress`` (not the strings': 10.0.0.9 before 10.0.0.10),
+    answered again from its last computation only while the placements are the same."""
+    import ipaddress
+    import random
+
+    from lvs_operator.director.vip_owner import first_vip
+
+    rng = random.Random(7)
+    for _ in range(50):
+        vips = {
+            f"10.{rng.randrange(3)}.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(9)
+        }
+        vips |= {f"2001:db8::{rng.randrange(1 << 16):x}" for _ in range(rng.randrange(3))}
+        placements = {v: rng.choice(["front", "back"]) for v in vips}
+        want = min(vips, key=lambda v: (ipaddress.ip_address(v).version, ipaddress.ip_address(v)))
+        assert first_vip(placements) == (want, placements[want])
+        assert first_vip(dict(placements)) == (want, placements[want])  # the same, reused
+    placements = {"10.0.0.9": "front", "10.0.0.10": "front"}
+    assert first_vip(placements) == ("10.0.0.9", "front")
+    assert first_vip({**placements, "10.0.0.9": "back"}) == ("10.0.0.9", "back")  # moved
+    assert first_vip({"10.0.0.10": "front"}) == ("10.0.0.10", "front")  # the first one gone
+    assert first_vip({}) is None
+
+
 async def test_renew_present_looks_up_each_interface_once_not_each_vip() -> None:
     """A restarted leader renews 1,000 VIPs on one interface: one link lookup (a lane call
     and two ioctls each took a 1,000-VIP round to 14 s under TCG, longer than a lifetime)."""

@@ -289,13 +289,26 @@ def mac_of(ifname: str) -> str:
     return ":".join(f"{b:02x}" for b in info[18:24])
 
 
+def _canonical(address: str) -> str:
+    """``address`` as inet_ntop writes it (as ``ipaddress`` does); unparsable: as it is."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, address))
+    except OSError:
+        return address
+
+
 def link_address(ifname: str, version: int, exclude: Iterable[str]) -> str | None:
     """This node's address on ``ifname`` of IP ``version``: not one of ``exclude`` (VIPs),
     not link-local; a subnet address before a host (/32, /128) one."""
     index = index_of(ifname)
     if index is None:
         return None
-    skip = {str(ipaddress.ip_address(a)) for a in exclude}
+    # asked after every VIP reconcile, with every VIP to skip: at 1,000 VIPs, parsing them
+    # all with ``ipaddress`` took seconds of the VIP lane under TCG. The dump's addresses
+    # are inet_ntop's, so canonical; the others are made so by the same C calls
+    skip = {_canonical(a) for a in exclude}
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
     rt = Rtnl()
     try:
         entries = rt.addresses()
@@ -303,9 +316,9 @@ def link_address(ifname: str, version: int, exclude: Iterable[str]) -> str | Non
         rt.close()
     best: tuple[bool, str] | None = None
     for entry in entries:
-        ip = ipaddress.ip_address(entry.address)
-        if entry.index != index or ip.version != version or str(ip) in skip:
+        if entry.index != index or entry.family != family or entry.address in skip:
             continue
+        ip = ipaddress.ip_address(entry.address)
         if ip.is_link_local or ip.is_loopback:
             continue
         host = entry.prefixlen == ip.max_prefixlen
