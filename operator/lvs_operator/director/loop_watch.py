@@ -98,11 +98,14 @@ STACK_DEPTH = 4  # innermost frames kept per thread
 
 
 def stack_text(frame: FrameType | None, depth: int = STACK_DEPTH) -> str:
-    """``file:line function`` of the innermost ``depth`` frames, innermost first."""
+    """``file:line function`` of the innermost ``depth`` frames, innermost first; the import
+    machinery's frames left out (an import shows as the module's own code and its importer)."""
     parts: list[str] = []
     while frame is not None and len(parts) < depth:
         code = frame.f_code
-        parts.append(f"{code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {code.co_name}")
+        if not code.co_filename.startswith("<frozen importlib"):
+            name = code.co_filename.rsplit("/", 1)[-1]
+            parts.append(f"{name}:{frame.f_lineno} {code.co_name}")
         frame = frame.f_back
     return " < ".join(parts)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import importlib
 import ipaddress
 import logging
 import os
@@ -273,6 +275,11 @@ def warm_up() -> None:
     for kind, res in resources().items():
         res.from_dict({"apiVersion": "lvs.io/v1alpha1", "kind": kind, "metadata": meta,
                        "spec": {}, "status": {}}).to_dict()  # fmt: skip
+    # the HTTP client's async backend, which it imports at its first request: on the event
+    # loop, 0.4-0.5 s under TCG (the stall sampler caught anyio's import there)
+    for backend in ("httpcore2._backends.anyio", "httpcore._backends.anyio"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(backend)
 
 
 def freeze_startup() -> None:

@@ -339,3 +339,30 @@ def test_the_sampler_thread_stops_with_the_watch() -> None:
         assert not any(t.name == "stall-sampler" for t in threading.enumerate())
 
     asyncio.run(main())
+
+
+def test_an_import_shows_as_the_module_and_its_importer(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import machinery's frames are left out: they filled the four frames kept when
+    the sampler caught a lazy import on the loop."""
+    import importlib
+    import sys
+
+    from lvs_operator.director import loop_watch
+
+    (tmp_path / "lazily_imported.py").write_text(
+        "import sys\nfrom lvs_operator.director.loop_watch import stack_text\n"
+        "SEEN = stack_text(sys._getframe())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def importer() -> str:
+        return str(importlib.import_module("lazily_imported").SEEN)
+
+    seen = importer()
+    sys.modules.pop("lazily_imported", None)
+    parts = seen.split(" < ")
+    assert parts[0] == "lazily_imported.py:3 <module>", seen
+    assert "frozen" not in seen and any("importer" in p for p in parts), seen
+    assert len(parts) == loop_watch.STACK_DEPTH
