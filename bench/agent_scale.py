@@ -139,11 +139,37 @@ def report_agent(lab: Lab, label: str) -> dict[str, float]:
     gc_pause = metric(text, "lvs_director_gc_longest_pause_seconds")
     gcs = {g: metric(text, "lvs_director_gc_pause_seconds_count", generation=g) for g in "012"}
     reads = samples_by_label(text, "lvs_director_kernel_reads_total", "reason")
+    buckets = samples_by_label(text, "lvs_director_event_loop_stall_seconds_bucket", "le")
     print(f"{label}: converges so far {count:.0f} taking {first:.2f} s in all; IPVS "
           f"writes {changes:.0f}; longest event-loop stall {stall:.3f} s; longest garbage "
           f"collection {gc_pause:.3f} s (collections by generation {gcs}); full kernel "
           f"reads {reads}")  # fmt: skip
-    return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall}
+    return {"converges": count, "converge_seconds": first, "changes": changes, "stall": stall,
+            **{f"le={le}": n for le, n in buckets.items()}}  # fmt: skip
+
+
+def phase_stalls(before: dict[str, float], after: dict[str, float]) -> str:
+    """The stalls between two reports, from the stall histogram's cumulative buckets: how
+    many exceeded 100 ms and 250 ms, and the bucket the phase's longest one falls in (the
+    longest-stall gauge counts from the start, the cold start's imports included)."""
+    bounds = sorted((float(k[3:]), k) for k in after if k.startswith("le=") and k != "le=+Inf")
+    total = after.get("le=+Inf", 0.0) - before.get("le=+Inf", 0.0)
+    if not bounds or total <= 0:
+        return "no looks recorded"
+    delta = {k: after[k] - before.get(k, 0.0) for _, k in bounds}
+    over = {b: total - delta[k] for b, k in bounds if b in (0.1, 0.25)}
+    lower = 0.0
+    for bound, key in bounds:
+        if delta[key] >= total:
+            longest = f"{lower:g}-{bound:g} s"
+            break
+        lower = bound
+    else:
+        longest = f"over {lower:g} s"
+    return (
+        f"{total:.0f} looks, {over.get(0.1, 0):.0f} late by over 100 ms, "
+        f"{over.get(0.25, 0):.0f} over 250 ms, the longest {longest}"
+    )
 
 
 def log_records(output: str) -> list[dict[str, Any]]:
@@ -318,6 +344,8 @@ def main(argv: list[str]) -> int:
                   f"(each lapsed during the restart): {readded}")  # fmt: skip
             print(f"longest event-loop stall: cold {cold['stall']:.3f} s, through the samples "
                   f"{steady['stall']:.3f} s, restart {restart['stall']:.3f} s")  # fmt: skip
+            print(f"event-loop stalls after the cold start (steady state and samples): "
+                  f"{phase_stalls(cold, steady)}")  # fmt: skip
         finally:
             lab.close()
     return 0

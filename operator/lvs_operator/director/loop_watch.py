@@ -94,7 +94,7 @@ class GcWatch:
             gc.callbacks.remove(self.callback)
 
 
-STACK_DEPTH = 4  # innermost frames kept per thread
+STACK_DEPTH = 8  # innermost frames kept per thread (a lazy import: its module and importer)
 
 
 def stack_text(frame: FrameType | None, depth: int = STACK_DEPTH) -> str:
