@@ -110,18 +110,37 @@ class Route:
 
 def pick_interface(vip: str, routes: Iterable[Route]) -> str | None:
     """The interface of the most specific route to ``vip`` (lowest metric on a tie)."""
-    address = ipaddress.ip_address(vip)
-    best: Route | None = None
-    for route in routes:
-        if route.network.version != address.version or address not in route.network:
-            continue
-        if (
-            best is None
-            or route.network.prefixlen > best.network.prefixlen
-            or (route.network.prefixlen == best.network.prefixlen and route.metric < best.metric)
-        ):
-            best = route
-    return best.ifname if best else None
+    return RouteIndex(routes).pick(vip)
+
+
+class RouteIndex:
+    """``pick_interface`` for many VIPs against one route dump: each route's network as
+    integers once, each VIP by one C call (inet_pton). A VIP reconcile places every VIP of
+    the group: at 1,000 VIPs, ``ipaddress`` (a parse and a containment test per route for
+    each) cost ~0.3 s of the VIP lane under TCG, every refresh."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        # (version, network, mask, prefix length, metric, interface), in the dump's order
+        self._routes = [
+            (r.network.version, int(r.network.network_address), int(r.network.netmask),
+             r.network.prefixlen, r.metric, r.ifname)
+            for r in routes
+        ]  # fmt: skip
+
+    def pick(self, vip: str) -> str | None:
+        version = 6 if ":" in vip else 4
+        try:
+            packed = socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, vip)
+        except OSError as exc:
+            raise ValueError(f"{vip!r} is not an IP address") from exc
+        address = int.from_bytes(packed, "big")
+        best: tuple[int, int, str] | None = None  # (prefix length, metric, interface)
+        for route_version, network, mask, prefixlen, metric, ifname in self._routes:
+            if route_version != version or address & mask != network:
+                continue
+            if best is None or prefixlen > best[0] or (prefixlen == best[0] and metric < best[1]):
+                best = (prefixlen, metric, ifname)
+        return best[2] if best else None
 
 
 def mac_bytes(mac: str) -> bytes:

@@ -40,7 +40,7 @@ from .vip import (
     ForeignAddress,
     NoSuchInterface,
     Route,
-    pick_interface,
+    RouteIndex,
     plan_vips,
 )
 
@@ -156,15 +156,15 @@ class VipOwner:
     def _place(self, vips: Mapping[str, str | None]) -> dict[str, str]:
         """Where each VIP goes (vip -> interface): the override, or the interface of its
         route (one route dump for all). A VIP without a route is left out."""
-        routes = None
+        routes: RouteIndex | None = None
         placed: dict[str, str] = {}
         for vip, override in vips.items():
             if override:
                 placed[vip] = override
                 continue
             if routes is None:
-                routes = self.node.routes()
-            name = pick_interface(vip, routes)
+                routes = RouteIndex(self.node.routes())
+            name = routes.pick(vip)
             if name is not None:
                 placed[vip] = name
         return placed

@@ -303,3 +303,50 @@ def test_an_announcement_opens_one_socket_per_interface_and_kind(
     nd = [s for s in opened if s.family == socket.AF_INET6]
     assert [s.frames for s in nd] == [3]
     assert all(s.closed for s in opened)
+
+
+def _pick_by_ipaddress(vip: str, routes: list[Route]) -> str | None:
+    """The rule as ``ipaddress`` states it (the implementation before RouteIndex)."""
+    address = ipaddress.ip_address(vip)
+    best: Route | None = None
+    for route in routes:
+        if route.network.version != address.version or address not in route.network:
+            continue
+        if (
+            best is None
+            or route.network.prefixlen > best.network.prefixlen
+            or (route.network.prefixlen == best.network.prefixlen and route.metric < best.metric)
+        ):
+            best = route
+    return best.ifname if best else None
+
+
+def test_the_route_index_picks_as_ipaddress_does() -> None:
+    """RouteIndex (integers, one C parse per VIP) against the ``ipaddress`` rule, over random
+    routes of both families with overlapping prefixes and tied metrics."""
+    import random
+
+    from lvs_operator.director.vip import RouteIndex
+
+    rng = random.Random(11)
+    for _ in range(200):
+        routes = []
+        for i in range(rng.randrange(0, 8)):
+            if rng.random() < 0.7:
+                net = ipaddress.ip_network(
+                    f"10.{rng.randrange(4)}.{rng.randrange(4)}.0/{rng.choice([0, 8, 16, 24])}",
+                    strict=False,
+                )
+            else:
+                prefix = rng.choice([0, 32, 64, 96])
+                net = ipaddress.ip_network(f"2001:db8::/{prefix}", strict=False)
+            routes.append(Route(net, f"if{i}", rng.choice([0, 0, 100, 200])))
+        index = RouteIndex(routes)
+        for _ in range(20):
+            if rng.random() < 0.8:
+                vip = f"10.{rng.randrange(5)}.{rng.randrange(5)}.{rng.randrange(256)}"
+            else:
+                vip = f"2001:db8::{rng.randrange(1 << 16):x}"
+            assert index.pick(vip) == _pick_by_ipaddress(vip, routes), (vip, routes)
+    with pytest.raises(ValueError):
+        RouteIndex([]).pick("not an address")
