@@ -275,9 +275,10 @@ def warm_up() -> None:
     for kind, res in resources().items():
         res.from_dict({"apiVersion": "lvs.io/v1alpha1", "kind": kind, "metadata": meta,
                        "spec": {}, "status": {}}).to_dict()  # fmt: skip
-    # the HTTP client's async backend, which it imports at its first request: on the event
-    # loop, 0.4-0.5 s under TCG (the stall sampler caught anyio's import there)
-    for backend in ("httpcore2._backends.anyio", "httpcore._backends.anyio"):
+    # the HTTP client's async backend and anyio's asyncio one, which it imports at its first
+    # request: on the event loop, 0.4-0.5 s under TCG (the stall sampler caught both there)
+    backends = ("httpcore2._backends.anyio", "httpcore._backends.anyio", "anyio._backends._asyncio")
+    for backend in backends:
         with contextlib.suppress(ImportError):
             importlib.import_module(backend)
 
