@@ -195,6 +195,28 @@ def first_converge(output: str) -> tuple[float, dict[str, float]] | None:
     return None
 
 
+def ready_path(output: str, flips: list[tuple[dict[str, Any], str, str]]) -> dict[str, list[float]]:
+    """Each pod-Ready sample split by the agent's log (guest and agent share the VM's clock):
+    ``api``: from the write to the agent's wake-up (the write through the VM's user network to
+    the fake API on the host, its watch event back, the agent's handling of it); ``queued``:
+    wake-up to the desired table's build (the converge loop); ``converge``: the converge's own
+    seconds; ``seen``: from its log line to the sample's poll seeing the change."""
+    converges = [r for r in log_records(output)
+                 if str(r.get("msg", "")).startswith("IPVS converged")]  # fmt: skip
+    path: dict[str, list[float]] = {"api": [], "queued": [], "converge": [], "seen": []}
+    for back, vip_, address in flips:
+        change = f"add-dest TCP/{vip_}:{PORT} -> {address}:"
+        for r in converges:
+            if r["ts"] >= back["at"] and any(c.startswith(change) for c in r["changes"]):
+                queued = r["phases"].get("queued", 0.0)
+                path["api"].append(r["ts"] - r["seconds"] - queued - back["at"])
+                path["queued"].append(queued)
+                path["converge"].append(r["seconds"])
+                path["seen"].append(back["at"] + back["seconds"] - r["ts"])
+                break
+    return path
+
+
 def log_summary(output: str, label: str, logs: Path) -> None:
     """Keep the agent's log; print where its converges' time went and its late renewals."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -285,6 +307,7 @@ def main(argv: list[str]) -> int:
             print(f"RSS every 15 s of steady state: {rss} MiB")
 
             latencies, removals, misses = [], [], 0
+            flips: list[tuple[dict[str, Any], str, str]] = []
             for _ in range(a.samples):
                 i = rng.randrange(n)
                 address = member(rng.randrange(m))
@@ -299,6 +322,7 @@ def main(argv: list[str]) -> int:
                     continue
                 removals.append(gone["seconds"])
                 latencies.append(back["seconds"])
+                flips.append((back, vip(i), address))
             if latencies:
                 ordered = sorted(latencies)
                 p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -307,6 +331,15 @@ def main(argv: list[str]) -> int:
                       f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms; "
                       f"not ready -> gone (a drain: reads the kernel): median "
                       f"{statistics.median(removals) * 1000:.0f} ms")  # fmt: skip
+                path = ready_path(proc.output(), flips)
+                if path["api"]:
+                    found = len(path["api"])
+                    slowest = max(range(found), key=lambda k: sum(v[k] for v in path.values()))
+                    medians = ", ".join(f"{step} {statistics.median(v) * 1000:.0f}"
+                                        for step, v in path.items())  # fmt: skip
+                    worst = ", ".join(f"{step} {v[slowest] * 1000:.0f}" for step, v in path.items())
+                    print(f"pod Ready -> kernel by step ({found} samples found in the log), "
+                          f"median ms: {medians}; the slowest sample's: {worst}")  # fmt: skip
             steady = report_agent(lab, "after the samples")
             print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB")
             # every add past the cold start's is a VIP that lapsed (its lifetime ran out

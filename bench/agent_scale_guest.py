@@ -45,22 +45,24 @@ def flip(api_url: str, pool: dict[str, Any], address: str, ready: bool, vip: str
     kernel's service ``vip:port`` every ``poll`` s until the destination is there with its
     weight (ready) or gone (not ready; drained at once: it has no connections). Run in the
     director's network namespace. Returns the seconds from the write to the kernel's change
-    (None: not within ``within``)."""
+    (None: not within ``within``), the write's own seconds (``put``: until the fake API
+    answered) and its wall-clock start (``at``: to find the agent's converge in its log)."""
     pool = copy.deepcopy(pool)
     for member in pool["status"]["members"]:
         if member["address"] == address:
             member["ready"] = ready
     sock = nl.IpvsNetlink()
     try:
-        t0 = time.monotonic()
+        at, t0 = time.time(), time.monotonic()  # wall clock: the agent's log lines' ``ts``
         api_put(api_url, pool)
         put = time.monotonic() - t0
         while time.monotonic() - t0 < within:
             weight = _weights(sock, vip, port).get(address)
             if (weight is not None and weight > 0) == ready:
-                return {"seconds": round(time.monotonic() - t0, 4), "put": round(put, 4)}
+                return {"seconds": round(time.monotonic() - t0, 4), "put": round(put, 4),
+                        "at": at}  # fmt: skip
             time.sleep(poll)
-        return {"seconds": None, "put": round(put, 4)}
+        return {"seconds": None, "put": round(put, 4), "at": at}
     finally:
         sock.close()
 

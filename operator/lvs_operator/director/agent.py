@@ -101,6 +101,15 @@ PRECHECK_MAX_AGE = 0.25  # a VIP probe this fresh stands for one at the takeover
 PRECHECK_LEAD = PROBE_ROUNDS * PROBE_TIMEOUT + 0.03
 PRECHECK_WAIT_LOGGED = 0.02
 HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answers for
+# a converge woken within COALESCE_WINDOW s of the last one's end (a burst of watch events:
+# a rollout, a resync of many pools) waits COALESCE s to gather the rest; one woken after a
+# quiet spell (one pod's Ready) starts at once
+COALESCE, COALESCE_WINDOW = 0.02, 0.1
+
+
+def coalesce_delay(since_last_converge: float) -> float:
+    """Seconds a woken converge waits for the rest of a burst (COALESCE_WINDOW's note)."""
+    return COALESCE if since_last_converge < COALESCE_WINDOW else 0.0
 # how often a director refreshes its sync state (a standby reads its table's received
 # connections, O(connections); the leader writes the group's states on the Lease)
 SYNC_REPORT_INTERVAL = 10.0
@@ -149,6 +158,26 @@ def late_round(
     }
 
 
+class Wake(asyncio.Event):
+    """The converge loop's wake-up, which remembers when the first request since the loop
+    last took it came (a converge's ``queued`` step: part of a pod's Ready -> kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.since: float | None = None
+
+    def set(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        super().set()
+
+    def take(self) -> float | None:
+        """Clear it; when the first request it held came (None: none came)."""
+        self.clear()
+        since, self.since = self.since, None
+        return since
+
+
 class Agent:
     """Lifecycle and wiring: the caches feed IPVS convergence, the election moves the VIPs."""
 
@@ -180,7 +209,8 @@ class Agent:
         self.client = client
         self._can_probe = raw_sockets_allowed()  # the ARP check a gated standby promises
         self.kernel = kernel
-        self.dirty = asyncio.Event()
+        self.dirty = Wake()
+        self._converged_at = float("-inf")  # when the last converge ended (monotonic)
         self.stopping = asyncio.Event()
         self.netlink = netlink or Lane("ipvs")
         self.vip_lane = vip_lane or Lane("vip")
@@ -441,8 +471,8 @@ class Agent:
 
     # -- convergence ---------------------------------------------------------------------------
 
-    async def converge(self) -> None:
-        want = await self.ipvs.want()
+    async def converge(self, woken_at: float | None = None) -> None:
+        want = await self.ipvs.want(woken_at)
         self.vips.own(want.vips)
         # staged VIPs (moving in): their services are this group's, their address not yet
         await self.ipvs.converge(want, self.vips.owned | want.staged_vips)
@@ -494,16 +524,19 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dirty.wait(), timeout)
                 woken = True
-            self.dirty.clear()
-            await asyncio.sleep(0.02)  # coalesce bursts of watch events
+            woken_at = self.dirty.take()
+            # at least one pass of the loop: the watch events already read go in this one
+            await asyncio.sleep(coalesce_delay(time.monotonic() - self._converged_at))
             try:
-                await self.converge()
+                await self.converge(woken_at)
             except Exception as exc:
+                self._converged_at = time.monotonic()
                 self.metrics.converge_errors.inc()
                 self._converge_failed(exc)
                 await asyncio.sleep(1.0)
                 self.dirty.set()
                 continue
+            self._converged_at = time.monotonic()
             if self._converge_error:
                 log.info("converging IPVS works again", extra={"group": self.cfg.group})
                 self._converge_error = ""

@@ -246,6 +246,7 @@ class IpvsSync:
             metrics.kernel_reads.labels(group=group, reason=reason)
         self._reported: set[tuple[str, str, str]] = set()
         self._want_seconds = 0.0  # the last want()'s build, counted in its converge's log line
+        self._queued_seconds = 0.0  # from the wake-up (a watch event) to that build
         self._prepare_error = ""  # the last prepare failure logged ("" : none)
         # node settings: when last read (monotonic), with IPv6 or not, the wrong ones' values
         self._settings_read_at: float | None = None
@@ -261,12 +262,14 @@ class IpvsSync:
         # each VirtualServer's part of the table, rebuilt only when it or its pool changed
         self._builder = desired_mod.DesiredBuilder()
 
-    async def want(self) -> desired_mod.Desired:
-        """The desired table from the caches (problems logged once each).
+    async def want(self, woken_at: float | None = None) -> desired_mod.Desired:
+        """The desired table from the caches (problems logged once each). ``woken_at``: when
+        the change that asked for it came (monotonic), for the converge's ``queued`` step.
 
         The caches are copied on the loop (one consistent view: nothing else runs
         meanwhile), the table is built from the copy in a thread."""
         started = time.monotonic()
+        self._queued_seconds = 0.0 if woken_at is None else max(0.0, started - woken_at)
         virtual_servers = list(self.watches.virtual_servers.values())
         staged = frozenset(self.watches.staged)
         pools = dict(self.watches.pools)
@@ -330,8 +333,8 @@ class IpvsSync:
     async def _converge(self, want: desired_mod.Desired, owned: Set[str]) -> None:
         t0 = time.monotonic()
         # where a converge's time goes, in its log line (seconds per step)
-        phases = Phases(t0, want=self._want_seconds)
-        self._want_seconds = 0.0
+        phases = Phases(t0, want=self._want_seconds, queued=self._queued_seconds)
+        self._want_seconds = self._queued_seconds = 0.0
         moved, self.watches.moved = self.watches.moved, set()
         want = self.brake.apply(want, self.desired, t0, moved)
         self.metrics.withdrawals_held.set(len(self.brake.held))
@@ -585,12 +588,16 @@ SLOW_CONVERGE = 1.0
 
 
 class Phases:
-    """The seconds each step of a converge took, for its log line."""
+    """The seconds each step of a converge took, for its log line. ``queued``: from the
+    wake-up (a watch event, a health change) to the desired table's build; not in the total
+    (the converge's own time), but part of a pod's Ready -> kernel."""
 
-    def __init__(self, started: float, want: float = 0.0) -> None:
+    def __init__(self, started: float, want: float = 0.0, queued: float = 0.0) -> None:
         self.started = self._last = started
         self.want = want
-        self.seconds: dict[str, float] = {"want": round(want, 3)} if want else {}
+        self.seconds: dict[str, float] = {"queued": round(queued, 3)} if queued else {}
+        if want:
+            self.seconds["want"] = round(want, 3)
 
     def done(self, step: str) -> None:
         now = time.monotonic()

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from lvs_operator.director.agent import PRECHECK_LEAD, PRECHECK_MAX_AGE, Agent, late_round
+from lvs_operator.director.agent import (
+    COALESCE,
+    PRECHECK_LEAD,
+    PRECHECK_MAX_AGE,
+    Agent,
+    Wake,
+    coalesce_delay,
+    late_round,
+)
 from lvs_operator.director.config import AgentConfig
 from lvs_operator.director.election import (
     MEMBERS_ANNOTATION,
@@ -1072,6 +1080,45 @@ async def test_a_change_the_kernel_refuses_is_logged_once_and_an_event_names_it(
     refused = [e for e in poster.posted if e["reason"] == "KernelRefused"]
     assert [(e["involvedObject"]["name"], e["type"]) for e in refused] == [("web", "Warning")]
     assert "Invalid argument" in refused[0]["message"]
+
+
+def test_a_wake_remembers_when_its_first_request_came() -> None:
+    wake = Wake()
+    assert wake.take() is None  # nothing asked
+    wake.set()
+    first = wake.since
+    assert first is not None
+    time.sleep(0.01)
+    wake.set()  # a second request before the loop took it: the first one's time stands
+    assert wake.since == first and wake.is_set()
+    assert wake.take() == first
+    assert not wake.is_set() and wake.since is None
+
+
+def test_only_a_converge_in_a_burst_waits_to_coalesce() -> None:
+    """One pod's Ready after a quiet spell converges at once; a wake-up right on the heels
+    of a converge (a burst of watch events) waits to gather the rest."""
+    assert coalesce_delay(float("inf")) == 0.0  # the first converge
+    assert coalesce_delay(0.5) == 0.0
+    assert coalesce_delay(0.01) == COALESCE > 0
+
+
+async def test_a_converge_logs_how_long_its_change_waited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ``queued`` step (wake-up to build) is in the converge's log line, outside its
+    total: with the converge's own steps, it is a pod's Ready -> kernel inside the agent."""
+    agent = make()
+    await agent.startup()
+    agent.watches.reset_vs([vs_obj()])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    with caplog.at_level(logging.INFO, logger="lvs_operator.director.ipvs_sync"):
+        await agent.converge(time.monotonic() - 0.5)
+    [line] = [r for r in caplog.records if r.getMessage().startswith("IPVS converged")]
+    phases = line.phases  # type: ignore[attr-defined]
+    assert 0.5 <= phases["queued"] < 5
+    assert line.seconds < 0.5  # its own time: the wait is not in it (a converge of one
+    # service takes milliseconds here)
 
 
 async def test_a_converge_that_changes_only_destinations_reconciles_no_vip() -> None:
