@@ -110,6 +110,8 @@ COALESCE, COALESCE_WINDOW = 0.02, 0.1
 def coalesce_delay(since_last_converge: float) -> float:
     """Seconds a woken converge waits for the rest of a burst (COALESCE_WINDOW's note)."""
     return COALESCE if since_last_converge < COALESCE_WINDOW else 0.0
+
+
 # how often a director refreshes its sync state (a standby reads its table's received
 # connections, O(connections); the leader writes the group's states on the Lease)
 SYNC_REPORT_INTERVAL = 10.0
