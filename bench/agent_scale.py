@@ -197,19 +197,22 @@ def first_converge(output: str) -> tuple[float, dict[str, float]] | None:
 
 def ready_path(output: str, flips: list[tuple[dict[str, Any], str, str]]) -> dict[str, list[float]]:
     """Each pod-Ready sample split by the agent's log (guest and agent share the VM's clock):
-    ``api``: from the write to the agent's wake-up (the write through the VM's user network to
-    the fake API on the host, its watch event back, the agent's handling of it); ``queued``:
+    ``write``: the write through the VM's user network to the fake API on the host, until it
+    answered; ``event``: from that answer to the agent's wake-up (the watch event back the same
+    way, the agent's handling of it); ``queued``:
     wake-up to the desired table's build (the converge loop); ``converge``: the converge's own
     seconds; ``seen``: from its log line to the sample's poll seeing the change."""
     converges = [r for r in log_records(output)
                  if str(r.get("msg", "")).startswith("IPVS converged")]  # fmt: skip
-    path: dict[str, list[float]] = {"api": [], "queued": [], "converge": [], "seen": []}
+    path: dict[str, list[float]] = {"write": [], "event": [], "queued": [], "converge": [],
+                                    "seen": []}  # fmt: skip
     for back, vip_, address in flips:
         change = f"add-dest TCP/{vip_}:{PORT} -> {address}:"
         for r in converges:
             if r["ts"] >= back["at"] and any(c.startswith(change) for c in r["changes"]):
                 queued = r["phases"].get("queued", 0.0)
-                path["api"].append(r["ts"] - r["seconds"] - queued - back["at"])
+                path["write"].append(back["put"])
+                path["event"].append(r["ts"] - r["seconds"] - queued - back["at"] - back["put"])
                 path["queued"].append(queued)
                 path["converge"].append(r["seconds"])
                 path["seen"].append(back["at"] + back["seconds"] - r["ts"])
@@ -332,8 +335,8 @@ def main(argv: list[str]) -> int:
                       f"not ready -> gone (a drain: reads the kernel): median "
                       f"{statistics.median(removals) * 1000:.0f} ms")  # fmt: skip
                 path = ready_path(proc.output(), flips)
-                if path["api"]:
-                    found = len(path["api"])
+                if path["write"]:
+                    found = len(path["write"])
                     slowest = max(range(found), key=lambda k: sum(v[k] for v in path.values()))
                     medians = ", ".join(f"{step} {statistics.median(v) * 1000:.0f}"
                                         for step, v in path.items())  # fmt: skip

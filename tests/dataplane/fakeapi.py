@@ -11,6 +11,8 @@ Just what the director agent uses, with the server behaviour its election depend
   ``fieldSelector=metadata.name=...``; as the real watch cache does, a change that makes an
   object leave a watch's selection is sent to it as DELETED with the object as it was, and
   one that makes it enter as ADDED;
+- lists in pages (``limit``, ``continue``: each page from the first page's snapshot, a
+  token used or unknown answered 410 Expired);
 - Leases (``coordination.k8s.io/v1``), VirtualServers and RealServerPools (``lvs.io/v1alpha1``),
   Events (accepted and kept).
 
@@ -99,6 +101,8 @@ class FakeApi:
         self.history: list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]] = []
         self.rv = 100
         self.conflicts = 0  # 409s answered (a test can assert the agents met them)
+        self.list_pages: list[tuple[str, int]] = []  # (resource, items) of each list answer
+        self._continued: dict[str, tuple[list[dict[str, Any]], str]] = {}  # token -> rest, rv
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cond: asyncio.Condition | None = None
@@ -283,18 +287,35 @@ class FakeApi:
         self, request: web.Request, resource: str, namespace: str | None, kind: str
     ) -> web.Response:
         prefix, plural = resource.rsplit("/", 1)
+        limit = int(request.query.get("limit") or 0)
+        token = request.query.get("continue")
         with self._lock:
-            items = [
-                copy.deepcopy(obj)
-                for (p, pl, _ns, _n), obj in sorted(self.objects.items())
-                if (p, pl) == (prefix, plural) and self._selected(request, resource, namespace, obj)
-            ]
-            rv = str(self.rv)
+            if token:
+                pending = self._continued.pop(token, None)
+                if pending is None:
+                    return _status(410, "Expired", "the provided continue parameter is too "
+                                   "old or malformed; list again without it")  # fmt: skip
+                items, rv = pending
+            else:
+                items = [
+                    copy.deepcopy(obj)
+                    for (p, pl, _ns, _n), obj in sorted(self.objects.items())
+                    if (p, pl) == (prefix, plural)
+                    and self._selected(request, resource, namespace, obj)
+                ]
+                rv = str(self.rv)
+            meta: dict[str, Any] = {"resourceVersion": rv}
+            if 0 < limit < len(items):
+                items, rest = items[:limit], items[limit:]
+                meta["continue"] = next_token = uuid.uuid4().hex
+                meta["remainingItemCount"] = len(rest)
+                self._continued[next_token] = (rest, rv)
+            self.list_pages.append((resource, len(items)))
         return _json(
             {
                 "kind": f"{kind}List",
                 "apiVersion": API_VERSION[prefix],
-                "metadata": {"resourceVersion": rv},
+                "metadata": meta,
                 "items": items,
             }
         )

@@ -175,7 +175,7 @@ class WatchClient:
         self.watches = 0
         self.done = asyncio.Event()
 
-    def list(self, res: Any, namespace: str, labels: Any = None) -> Any:
+    def list(self, res: Any, namespace: str, labels: Any = None, chunk_size: int = 0) -> Any:
         class Listing:
             resourceVersion = "1"
 
