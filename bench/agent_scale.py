@@ -18,7 +18,10 @@ RealServerPools of ``--dests`` ready members each and one VirtualServer per pool
    ready (its destination leaves the kernel), then ready again: the seconds from the API
    write until a netlink dump of that one service shows the destination with its weight
    (polled every 20 ms in the director's namespace by a Python loop in the guest, which
-   shares the emulated CPUs with the agent; 5 ms before today). Median, p99, max;
+   shares the emulated CPUs with the agent; 5 ms before 2026-12-07). Each write after 0.5 s
+   of quiet, all over one kept-alive connection (a controller's client keeps one; before
+   2026-12-07 each was a new connection and a guest call of its own). Median, p99, max, and
+   each sample split by the agent's log (``ready_path``);
 5. **restart**: the agent is killed (SIGKILL) and started again: spawn -> ready, its first
    converge, the IPVS writes it made (``lvs_director_ipvs_changes``: 0 when it adopts the
    table as it is), and the VIPs it had to add again within ``--restart-watch`` s of ready
@@ -311,15 +314,14 @@ def main(argv: list[str]) -> int:
 
             latencies, removals, misses = [], [], 0
             flips: list[tuple[dict[str, Any], str, str]] = []
-            for _ in range(a.samples):
-                i = rng.randrange(n)
-                address = member(rng.randrange(m))
-                kwargs = {"api_url": lab.api_url, "pool": pools[i], "address": address,
-                          "vip": vip(i), "port": PORT, "within": 120}  # fmt: skip
-                gone = vm.call(f"{GUEST}:flip", netns=DIRECTOR, ready=False, timeout=200,
-                               **kwargs)  # fmt: skip
-                back = vm.call(f"{GUEST}:flip", netns=DIRECTOR, ready=True, timeout=200,
-                               **kwargs)  # fmt: skip
+            chosen = [(rng.randrange(n), member(rng.randrange(m))) for _ in range(a.samples)]
+            samples = [{"pool": pools[i], "address": address, "vip": vip(i), "port": PORT}
+                       for i, address in chosen]  # fmt: skip
+            answers = vm.call(f"{GUEST}:flips", netns=DIRECTOR, api_url=lab.api_url,
+                              samples=samples, within=60,
+                              timeout=60 + 2 * a.samples * 62)  # fmt: skip
+            for (i, address), answer in zip(chosen, answers, strict=True):
+                gone, back = answer["gone"], answer["back"]
                 if back["seconds"] is None or gone["seconds"] is None:
                     misses += 1
                     continue

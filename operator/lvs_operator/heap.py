@@ -9,6 +9,12 @@ libraries without it (musl, macOS) trimming does nothing, said once in the log.
 an arena of its own (up to 8 per CPU), and each keeps the memory freed in it; the agent's
 threads (its lanes, the announcements, the lifetime renewals) each parse netlink answers,
 so the freed heap was spread over a dozen arenas.
+
+``fix_mmap_threshold`` keeps glibc's threshold for allocations that get pages of their own
+(``mmap``, unmapped when freed) where it starts. glibc raises it to the size of the largest
+such block freed so far (up to 32 MiB): after the agent's first big scrape (a /metrics
+family of MBs) every later one, and each 1 MiB netlink receive buffer, came from the heap
+instead, and the heap stayed fragmented (RSS grew through steady state).
 """
 
 from __future__ import annotations
@@ -64,6 +70,24 @@ def limit_arenas(
         return False
     mallopt = load()
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, count))
+
+
+M_MMAP_THRESHOLD = -3  # <malloc.h>'s mallopt parameter
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's own setting (trailing underscore)
+
+
+def fix_mmap_threshold(
+    size: int,
+    load: Callable[[], Callable[[int, int], int] | None] = load_mallopt,
+    environ: dict[str, str] | None = None,
+) -> bool:
+    """Blocks of ``size`` bytes or more always get pages of their own (setting it turns
+    glibc's raising of the threshold off); False where it was not done: not glibc, or
+    ``MALLOC_MMAP_THRESHOLD_`` set (the user's choice)."""
+    if MMAP_THRESHOLD_ENV in (os.environ if environ is None else environ):
+        return False
+    mallopt = load()
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, size))
 
 
 class HeapTrimmer:

@@ -7,7 +7,14 @@ import platform
 
 import pytest
 
-from lvs_operator.heap import M_ARENA_MAX, HeapTrimmer, limit_arenas, load_malloc_trim
+from lvs_operator.heap import (
+    M_ARENA_MAX,
+    M_MMAP_THRESHOLD,
+    HeapTrimmer,
+    fix_mmap_threshold,
+    limit_arenas,
+    load_malloc_trim,
+)
 
 
 def test_trims_with_the_loaded_function_and_counts() -> None:
@@ -40,12 +47,28 @@ def test_the_arenas_are_capped_unless_the_user_set_malloc_arena_max() -> None:
     assert limit_arenas(2, load=lambda: lambda p, v: 0, environ={}) is False  # refused
 
 
+def test_the_mmap_threshold_is_fixed_unless_the_user_set_glibcs() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def fake_mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    assert fix_mmap_threshold(1 << 17, load=lambda: fake_mallopt, environ={}) is True
+    assert calls == [(M_MMAP_THRESHOLD, 1 << 17)]
+    user = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    assert fix_mmap_threshold(1 << 17, load=lambda: fake_mallopt, environ=user) is False
+    assert calls == [(M_MMAP_THRESHOLD, 1 << 17)]  # the user's setting stands
+    assert fix_mmap_threshold(1 << 17, load=lambda: None, environ={}) is False  # not glibc
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_glibc_accepts_the_arena_cap() -> None:
     from lvs_operator.heap import load_mallopt
 
     mallopt = load_mallopt()
     assert mallopt is not None and mallopt(M_ARENA_MAX, 8) == 1  # 8: glibc's own ceiling here
+    assert mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1  # glibc's starting value
 
 
 def test_nothing_released_is_false() -> None:

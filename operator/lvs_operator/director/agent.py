@@ -52,6 +52,7 @@ from ..api.contract import (
     format_vip_problems,
 )
 from ..api.network import canonical_ip
+from ..heap import HeapTrimmer
 from ..listwatch import KubeClient
 from .brake import WithdrawalBrake
 from .config import LIFETIME_RENEWALS, AgentConfig
@@ -274,7 +275,8 @@ class Agent:
         if traffic is not None and cfg.traffic_interval > 0:
             collector = TrafficCollector(cfg.group, self._own_services)
             self.metrics.registry.register(collector)
-            self.traffic = TrafficPoller(collector, traffic, cfg.traffic_interval)
+            self.traffic = TrafficPoller(collector, traffic, cfg.traffic_interval,
+                                         after_read=HeapTrimmer().trim)  # fmt: skip
         self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None

@@ -35,6 +35,9 @@ ENV_VIP_LIFETIME_SECONDS = "LVS_VIP_LIFETIME_SECONDS"
 ENV_LOG_LEVEL = "LVS_LOG_LEVEL"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 AGENT_ARENAS = 2  # glibc malloc arenas (heap.limit_arenas): before the first thread
+# bytes from which a block gets pages of its own, for good (heap.fix_mmap_threshold):
+# glibc's starting value, which it otherwise raises after the first big block freed
+AGENT_MMAP_THRESHOLD = 128 * 1024
 
 
 class EarlyRenewal:
@@ -139,12 +142,13 @@ def begin(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         return
     env = os.environ if env is None else env
     try:
-        from ..heap import limit_arenas
+        from ..heap import fix_mmap_threshold, limit_arenas
         from ..logs import setup_logging
 
         level = option_value(argv, "--log-level", env, ENV_LOG_LEVEL, "INFO").upper()
         setup_logging(level if level in LOG_LEVELS else "INFO")
         limit_arenas(AGENT_ARENAS)
+        fix_mmap_threshold(AGENT_MMAP_THRESHOLD)
         raw = option_value(argv, "--vip-lifetime", env, ENV_VIP_LIFETIME_SECONDS,
                            str(DEFAULT_VIP_LIFETIME))  # fmt: skip
         lifetime = int(raw)

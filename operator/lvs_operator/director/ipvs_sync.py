@@ -697,9 +697,14 @@ def _not_mine(services: list[IpvsService], mine: Callable[[ServiceKey], bool]) -
 def _merged_resync(
     read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]
 ) -> tuple[IpvsTable, bool]:
-    """``merge_read``, and whether it differs from the copy (drift to repair)."""
+    """``merge_read``, and whether it differs from the copy (drift to repair). Without drift
+    the copy itself stands: its very entries are the desired table's, so the next diff skips
+    them by identity and the read's 11,000 objects (at 1,000 x 10) go at once; as the read,
+    the next converge's plan compared every entry (1.3 s under TCG) and the process kept both."""
     merged = merge_read(read, copy, touched)
-    return merged, merged != copy
+    if merged == copy:
+        return copy, False
+    return merged, True
 
 
 def merge_read(read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]) -> IpvsTable:

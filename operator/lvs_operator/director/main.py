@@ -26,7 +26,7 @@ from lvs_operator.api.contract import lease_name
 
 from ..api import contract
 from ..api.network import parse_ranges
-from ..heap import limit_arenas
+from ..heap import fix_mmap_threshold, limit_arenas
 from ..logs import setup_logging
 from . import brake as brake_mod
 from . import early as early_mod
@@ -356,6 +356,7 @@ def run(argv: list[str]) -> int:
     t0 = time.monotonic()
     # before the first thread: two malloc arenas for all of the agent's threads (heap.py)
     limit_arenas(AGENT_ARENAS)
+    fix_mmap_threshold(early_mod.AGENT_MMAP_THRESHOLD)
     # the renewal ``lvs-operator director`` started before its imports (early.py)
     early = early_mod.take(cfg.vip_lifetime)
     from .agent import Agent

@@ -195,6 +195,28 @@ async def test_a_due_resync_reads_the_kernel_and_repairs_drift(
     assert kernel.reads == 2
 
 
+async def test_a_resync_without_drift_keeps_the_copy_itself() -> None:
+    """The whole read equals the copy: the copy stands, its very entries (those of the desired
+    table: the next diff skips them by identity), and nothing asks for a converge."""
+    kernel = FakeKernel()
+    clock = [1000.0]
+    agent = make(kernel=kernel, store=FakeLeaseStore(), kernel_resync=60.0)
+    agent.ipvs.clock = lambda: clock[0]
+    agent.watches.reset_vs([vs_obj(), vs_obj("web2", vip="10.10.0.101")])
+    agent.watches.reset_pools([pool_obj(m("10.20.0.21"))])
+    await agent.converge()
+    assert kernel.reads == 1
+    clock[0] += 60.0
+    agent.dirty.clear()
+    await agent.converge()  # starts the resync
+    await agent.ipvs.resync_finished()
+    assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    known, desired = agent.ipvs._known, agent.ipvs.desired
+    assert known is not None and desired is not None and known.read_at == clock[0]
+    assert known.table is desired.table  # the copy (the desired table's very object) stands
+    assert not agent.dirty.is_set()
+
+
 def test_the_resync_period_stretches_so_that_whole_reads_stay_a_small_share_of_the_time() -> None:
     assert resync_period(30.0, 0.3) == 30.0  # a fast node: the configured period
     assert resync_period(30.0, 1.5) == 30.0 == 1.5 * RESYNC_DUTY

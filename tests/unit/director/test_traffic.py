@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 
 import pytest
@@ -119,6 +120,30 @@ def test_the_poller_reads_on_its_own_thread_and_closes_its_reader() -> None:
         poller.stop()
     assert collector.reading is not None
     assert reader.closed
+
+
+def test_after_each_read_the_poller_runs_its_hook_on_its_thread() -> None:
+    """The agent hands the freed heap back after each read (HeapTrimmer); a failing hook is
+    logged and the reads go on."""
+    collector = TrafficCollector("g1", lambda: {WEB})
+    reader = FakeStatsReader(list(reading().services))
+    ran: list[tuple[str, bool]] = []
+
+    def after_read() -> None:
+        ran.append((threading.current_thread().name, collector.reading is not None))
+        if len(ran) == 1:
+            raise OSError("no")
+
+    poller = TrafficPoller(collector, lambda: reader, interval=0.01, after_read=after_read)
+    poller.start()
+    try:
+        for _ in range(200):
+            if len(ran) >= 2:
+                break
+            time.sleep(0.01)
+    finally:
+        poller.stop()
+    assert len(ran) >= 2 and ran[0] == ("traffic", True)
 
 
 def test_the_poller_waits_longer_after_a_slow_read() -> None:
