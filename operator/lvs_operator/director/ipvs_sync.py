@@ -474,12 +474,14 @@ class IpvsSync:
                 return  # a converge failed meanwhile: the next one reads the kernel anyway
             # off the loop: at 1,000 x 10 the merge (a key per service) and the comparison
             # held it ~0.9 s under TCG (the stall sampler's finding)
-            merged, differs = await self.off_loop(_merged_resync, table, known.table, touched)
+            # (and the active connections' sum: 10,000 destinations, 0.26 s on the loop)
+            desired = None if self.desired is None else self.desired.table
+            merged, differs, active = await self.off_loop(
+                _merged_resync, table, known.table, touched, desired, connections
+            )
             self._known = KnownTable(merged, started)
-            if self.desired is not None and connections is not None:
-                self.active_connections = sum(
-                    n for (service, _), n in connections.items() if service in self.desired.table
-                )
+            if active is not None:
+                self.active_connections = active
         if self._verify_adoption:
             self._verify_adoption = False
             log.info("kernel table verified after the restart's adoption: %s",
@@ -695,16 +697,24 @@ def _not_mine(services: list[IpvsService], mine: Callable[[ServiceKey], bool]) -
 
 
 def _merged_resync(
-    read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]
-) -> tuple[IpvsTable, bool]:
-    """``merge_read``, and whether it differs from the copy (drift to repair). Without drift
+    read: IpvsTable,
+    copy: IpvsTable,
+    touched: Set[ServiceKey],
+    desired: IpvsTable | None = None,
+    connections: Connections | None = None,
+) -> tuple[IpvsTable, bool, int | None]:
+    """``merge_read``; whether it differs from the copy (drift to repair); the active
+    connections on the ``desired`` services (None: either unknown). Without drift
     the copy itself stands: its very entries are the desired table's, so the next diff skips
     them by identity and the read's 11,000 objects (at 1,000 x 10) go at once; as the read,
     the next converge's plan compared every entry (1.3 s under TCG) and the process kept both."""
+    active = None
+    if desired is not None and connections is not None:
+        active = sum(n for (service, _), n in connections.items() if service in desired)
     merged = merge_read(read, copy, touched)
     if merged == copy:
-        return copy, False
-    return merged, True
+        return copy, False, active
+    return merged, True, active
 
 
 def merge_read(read: IpvsTable, copy: IpvsTable, touched: Set[ServiceKey]) -> IpvsTable:

@@ -207,10 +207,13 @@ async def test_a_resync_without_drift_keeps_the_copy_itself() -> None:
     await agent.converge()
     assert kernel.reads == 1
     clock[0] += 60.0
+    dest = DestKey("10.20.0.21", 8080)
+    kernel.connections = {(K80, dest): 4, (IpvsService("192.0.2.1", 80).key, dest): 9}
     agent.dirty.clear()
     await agent.converge()  # starts the resync
     await agent.ipvs.resync_finished()
     assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    assert agent.ipvs.active_connections == 4  # on the group's services only
     known, desired = agent.ipvs._known, agent.ipvs.desired
     assert known is not None and desired is not None and known.read_at == clock[0]
     assert known.table is desired.table  # the copy (the desired table's very object) stands
