@@ -521,3 +521,14 @@ def test_adopted_table_takes_the_desired_destinations_only_when_every_owned_serv
     extra = IpvsService("10.10.0.100", 443, Protocol.TCP, "rr")
     assert adopted_table([mine, extra], want, owned, {}) is None  # one more of ours
     assert adopted_table([], want, owned, {}) is None  # a cold start: nothing there
+
+
+def test_the_ownership_rule_is_kept_while_the_vips_are_the_same() -> None:
+    from lvs_operator.director.ipvs_sync import _ownership
+
+    first = _ownership(frozenset({"10.0.0.1", "10.0.0.2"}))
+    assert _ownership(frozenset({"10.0.0.2", "10.0.0.1"})) is first
+    assert first(IpvsService("10.0.0.1", 80).key) and not first(IpvsService("10.0.0.3", 80).key)
+    other = _ownership(frozenset({"10.0.0.3"}))
+    assert other is not first and other(IpvsService("10.0.0.3", 80).key)
+    assert not other(IpvsService("10.0.0.1", 80).key)
