@@ -336,6 +336,8 @@ def main(argv: list[str]) -> int:
                       f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms; "
                       f"not ready -> gone (a drain: reads the kernel): median "
                       f"{statistics.median(removals) * 1000:.0f} ms")  # fmt: skip
+                print(f"pod Ready -> kernel, each sample (ms, sorted): "
+                      f"{[round(v * 1000) for v in ordered]}")  # fmt: skip
                 path = ready_path(proc.output(), flips)
                 if path["write"]:
                     found = len(path["write"])

@@ -106,6 +106,9 @@ HAND_IN_RECHECK = 0.05  # seconds between looks at a VIP another node still answ
 # a rollout, a resync of many pools) waits COALESCE s to gather the rest; one woken after a
 # quiet spell (one pod's Ready) starts at once
 COALESCE, COALESCE_WINDOW = 0.02, 0.1
+# the longest a background read (the traffic counters, the periodic whole read) waits for a
+# converge between two services: a burst of converges slows the read, never stops it
+STEP_ASIDE_LIMIT = 0.25
 
 
 def coalesce_delay(since_last_converge: float) -> float:
@@ -168,11 +171,26 @@ class Wake(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self.since: float | None = None
+        # set while no converge is asked for or running (``settled``); read by threads
+        self.idle = threading.Event()
 
     def set(self) -> None:
         if self.since is None:
             self.since = time.monotonic()
+        self.idle.clear()
         super().set()
+
+    def settled(self) -> None:
+        """A converge ended: idle, unless another was asked for meanwhile."""
+        if not self.is_set():
+            self.idle.set()
+
+    def step_aside(self) -> None:
+        """In a background read's thread, between two services: wait (at most
+        ``STEP_ASIDE_LIMIT``) while a converge is asked for or runs. On a node with two CPUs
+        the reads' parsing (seconds at 1,000 x 10) slowed a pod's converge threefold: its
+        steps wait for the GIL and the CPU."""
+        self.idle.wait(STEP_ASIDE_LIMIT)
 
     def take(self) -> float | None:
         """Clear it; when the first request it held came (None: none came)."""
@@ -241,7 +259,7 @@ class Agent:
         self.ipvs = IpvsSync(
             kernel, self.netlink, self.watches, self.health, self.metrics, cfg.group,
             cfg.masquerade_snat, WithdrawalBrake(cfg.brake), cfg.kernel_resync_period,
-            read_lane=Lane("ipvs-read"), wake=self.dirty.set,
+            read_lane=Lane("ipvs-read"), wake=self.dirty.set, step_aside=self.dirty.step_aside,
         )  # fmt: skip
         node = handover_node or HandoverKernel()
         self.handover = PlannedHandover(
@@ -276,7 +294,8 @@ class Agent:
             collector = TrafficCollector(cfg.group, self._own_services)
             self.metrics.registry.register(collector)
             self.traffic = TrafficPoller(collector, traffic, cfg.traffic_interval,
-                                         after_read=HeapTrimmer().trim)  # fmt: skip
+                                         after_read=HeapTrimmer().trim,
+                                         step_aside=self.dirty.step_aside)  # fmt: skip
         self._sync_again = False
         self._precheck: asyncio.Task[tuple[float, set[str]]] | None = None
         self._hand_in: asyncio.Task[None] | None = None
@@ -535,12 +554,14 @@ class Agent:
                 await self.converge(woken_at)
             except Exception as exc:
                 self._converged_at = time.monotonic()
+                self.dirty.settled()
                 self.metrics.converge_errors.inc()
                 self._converge_failed(exc)
                 await asyncio.sleep(1.0)
                 self.dirty.set()
                 continue
             self._converged_at = time.monotonic()
+            self.dirty.settled()
             if self._converge_error:
                 log.info("converging IPVS works again", extra={"group": self.cfg.group})
                 self._converge_error = ""

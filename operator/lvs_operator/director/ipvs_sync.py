@@ -90,7 +90,12 @@ async def on_loop(fn: Callable[..., T], /, *args: Any) -> T:
 class Kernel(Protocol):
     """What convergence needs from the kernel (kernel/); blocking calls, run on a lane."""
 
-    def read(self) -> tuple[IpvsTable, Connections | None]: ...
+    def read(
+        self, between: Callable[[], object] | None = None
+    ) -> tuple[IpvsTable, Connections | None]:
+        """The whole table and the active connections, one dump per service; ``between``
+        is called after each (a background read steps aside there: ``step_aside``)."""
+        ...
 
     def read_services(self) -> list[IpvsService]:
         """The services alone (one dump; ``read`` adds one more per service)."""
@@ -206,8 +211,12 @@ class IpvsSync:
         kernel_resync: float = DEFAULT_RESYNC,
         read_lane: Lane | None = None,
         wake: Callable[[], None] = lambda: None,
+        step_aside: Callable[[], object] | None = None,
     ) -> None:
         self.kernel = kernel
+        # called by the periodic whole read between two services, in its thread: returns
+        # once no converge is asked for or running (bounded; the agent's Wake.step_aside)
+        self.step_aside = step_aside
         self.lane = lane
         # the whole-table reads: a lane of their own, so a resync (seconds at scale) never
         # holds up the writes of a converge (``lane``)
@@ -522,7 +531,10 @@ class IpvsSync:
         resync period, or when a converge cannot do without it)."""
         self.metrics.kernel_reads.labels(group=self.group, reason=reason).inc()
         started = self.clock()
-        table, connections = await self.read_lane.run(self.kernel.read)
+        # the periodic read steps aside while a converge is asked for or runs (between two
+        # services): its parsing on a 2-CPU node tripled a pod's Ready -> kernel
+        between = self.step_aside if reason is ReadReason.RESYNC else None
+        table, connections = await self.read_lane.run(self.kernel.read, between)
         # the periodic and the draining reads are routine; the others are worth a line
         level = logging.DEBUG if reason in (ReadReason.RESYNC, ReadReason.DRAIN) else logging.INFO
         seconds = round(self.clock() - started, 3)

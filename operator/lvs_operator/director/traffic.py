@@ -38,7 +38,9 @@ BUSY_SHARE = 0.1  # the most of its time the poller spends reading
 class StatsReader(Protocol):
     """The kernel's counters (kernel/ipvs.IpvsKernel; a fake in the unit tests)."""
 
-    def read_stats(self) -> list[ServiceStats]: ...
+    def read_stats(self, between: Callable[[], object] | None = None) -> list[ServiceStats]:
+        """``between``: called after each service (the poller steps aside there)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -189,11 +191,14 @@ class TrafficPoller:
         reader: Callable[[], StatsReader],
         interval: float,
         after_read: Callable[[], object] | None = None,
+        step_aside: Callable[[], object] | None = None,
     ) -> None:
         self.collector, self.make_reader, self.interval = collector, reader, interval
         # after each read, in this thread (the agent: the freed heap back to the system; a
         # read at 1,000 x 10 makes and drops ~100,000 objects every interval)
         self.after_read = after_read
+        # between two services of a read (the agent: while a converge is asked for or runs)
+        self.step_aside = step_aside
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
         self._started = False
@@ -217,7 +222,7 @@ class TrafficPoller:
     def read_once(self, reader: StatsReader) -> None:
         t0 = time.monotonic()
         try:
-            services = reader.read_stats()
+            services = reader.read_stats(self.step_aside)
         except Exception as exc:
             problem = str(exc) or type(exc).__name__
             if problem != self._problem:

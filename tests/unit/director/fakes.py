@@ -11,7 +11,7 @@ import contextlib
 import errno
 import ipaddress
 import threading
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from typing import Any
 
@@ -54,12 +54,18 @@ class FakeKernel:
         self.reads = 0  # whole-table reads (each costs seconds at scale in a real kernel)
         self.partial_reads = 0  # reads of some services' destinations (a drain's)
         self.read_error: Exception | None = None  # what read() raises
+        self.read_between: list[Callable[[], object] | None] = []  # each read's ``between``
 
-    def read(self) -> tuple[IpvsTable, Connections]:
+    def read(self, between: Callable[[], object] | None = None) -> tuple[IpvsTable, Connections]:
         self.reads += 1
+        self.read_between.append(between)
         if self.read_error is not None:
             raise self.read_error
-        return self.table, dict(self.connections)
+        table, connections = self.table, dict(self.connections)
+        for _ in table:  # after each service, as the kernel's read
+            if between is not None:
+                between()
+        return table, connections
 
     def read_services(self) -> list[IpvsService]:
         if self.read_error is not None:
@@ -311,9 +317,12 @@ class FakeStatsReader:
         self.error: Exception | None = None
         self.closed = False
 
-    def read_stats(self) -> list[ServiceStats]:
+    def read_stats(self, between: Callable[[], object] | None = None) -> list[ServiceStats]:
         if self.error is not None:
             raise self.error
+        for _ in self.services:  # after each service, as the kernel's read
+            if between is not None:
+                between()
         return list(self.services)
 
     def close(self) -> None:

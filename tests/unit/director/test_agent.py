@@ -17,6 +17,7 @@ from lvs_operator.director.agent import (
     COALESCE,
     PRECHECK_LEAD,
     PRECHECK_MAX_AGE,
+    STEP_ASIDE_LIMIT,
     Agent,
     Wake,
     coalesce_delay,
@@ -1093,6 +1094,32 @@ def test_a_wake_remembers_when_its_first_request_came() -> None:
     assert wake.since == first and wake.is_set()
     assert wake.take() == first
     assert not wake.is_set() and wake.since is None
+
+
+def test_a_wake_is_idle_only_between_converges() -> None:
+    """Background reads step aside (``step_aside``, in their threads) from a converge's
+    request until it ended; at most STEP_ASIDE_LIMIT each time."""
+    wake = Wake()
+    assert not wake.idle.is_set()  # before the first converge
+    wake.take()
+    wake.settled()
+    assert wake.idle.is_set()
+    t0 = time.monotonic()
+    wake.step_aside()  # idle: at once
+    assert time.monotonic() - t0 < STEP_ASIDE_LIMIT / 2
+    wake.set()  # a watch event
+    assert not wake.idle.is_set()
+    wake.take()  # the converge starts
+    assert not wake.idle.is_set()
+    wake.set()  # another request while it runs
+    wake.settled()
+    assert not wake.idle.is_set()  # the next converge is due
+    t0 = time.monotonic()
+    wake.step_aside()
+    assert STEP_ASIDE_LIMIT * 0.9 <= time.monotonic() - t0 < 5  # bounded
+    wake.take()
+    wake.settled()
+    assert wake.idle.is_set()
 
 
 def test_only_a_converge_in_a_burst_waits_to_coalesce() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -213,6 +214,8 @@ async def test_a_resync_without_drift_keeps_the_copy_itself() -> None:
     await agent.converge()  # starts the resync
     await agent.ipvs.resync_finished()
     assert kernel.reads == 2 and reads(agent, ReadReason.RESYNC) == 1
+    # the periodic read steps aside for converges; the start's read is one
+    assert kernel.read_between == [None, agent.dirty.step_aside]
     assert agent.ipvs.active_connections == 4  # on the group's services only
     known, desired = agent.ipvs._known, agent.ipvs.desired
     assert known is not None and desired is not None and known.read_at == clock[0]
@@ -236,7 +239,7 @@ async def test_a_slow_whole_read_stretches_the_resync_period(
     clock = [1000.0]
     read = kernel.read
 
-    def slow_read() -> object:
+    def slow_read(between: Callable[[], object] | None = None) -> object:
         clock[0] += 5.0
         return read()
 
@@ -277,7 +280,9 @@ async def test_a_resync_read_keeps_the_changes_converges_made_while_it_ran() -> 
     before = kernel.table  # what the slow read will return: before the converge below
     gate = asyncio.Event()
 
-    def slow_read() -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], int]]:
+    def slow_read(
+        between: Callable[[], object] | None = None,
+    ) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], int]]:
         kernel.reads += 1
         while not gate.is_set():
             time.sleep(0.005)

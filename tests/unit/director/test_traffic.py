@@ -124,7 +124,7 @@ def test_the_poller_reads_on_its_own_thread_and_closes_its_reader() -> None:
 
 def test_after_each_read_the_poller_runs_its_hook_on_its_thread() -> None:
     """The agent hands the freed heap back after each read (HeapTrimmer); a failing hook is
-    logged and the reads go on."""
+    logged and the reads go on. Between services a read steps aside (for converges)."""
     collector = TrafficCollector("g1", lambda: {WEB})
     reader = FakeStatsReader(list(reading().services))
     ran: list[tuple[str, bool]] = []
@@ -134,7 +134,9 @@ def test_after_each_read_the_poller_runs_its_hook_on_its_thread() -> None:
         if len(ran) == 1:
             raise OSError("no")
 
-    poller = TrafficPoller(collector, lambda: reader, interval=0.01, after_read=after_read)
+    asides: list[int] = []
+    poller = TrafficPoller(collector, lambda: reader, interval=0.01, after_read=after_read,
+                           step_aside=lambda: asides.append(1))  # fmt: skip
     poller.start()
     try:
         for _ in range(200):
@@ -144,6 +146,7 @@ def test_after_each_read_the_poller_runs_its_hook_on_its_thread() -> None:
     finally:
         poller.stop()
     assert len(ran) >= 2 and ran[0] == ("traffic", True)
+    assert len(asides) >= 2 * len(reader.services)  # between each two services of a read
 
 
 def test_the_poller_waits_longer_after_a_slow_read() -> None:

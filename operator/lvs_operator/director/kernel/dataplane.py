@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 
 from lvs_operator.director import node_settings
 from lvs_operator.director.table import (
@@ -46,11 +46,13 @@ class DataPlane:
         # the masquerade targets of the tables prepared, kept per service
         self._targets = nft.MasqueradeTargets()
 
-    def read(self) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
+    def read(
+        self, between: Callable[[], object] | None = None
+    ) -> tuple[IpvsTable, Mapping[tuple[ServiceKey, DestKey], int]]:
         """Active connections only: closed ones linger as inactive (TIME_WAIT, minutes) and
         need no draining; with expire_nodest_conn their leftovers are dropped cleanly."""
         with self._reader_lock:
-            table, counts = self._reader.read()
+            table, counts = self._reader.read(between)
         return table, {k: c.active for k, c in counts.items()}
 
     def read_services(self) -> list[IpvsService]:

@@ -25,7 +25,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from lvs_operator.api.ipvs_catalog import FORWARDING_KERNEL_VALUES
@@ -244,9 +244,12 @@ class IpvsKernel:
     def stop_daemon(self, state: int) -> int:
         return self._nl.stop_daemon(state)
 
-    def read(self) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], ConnCounts]]:
+    def read(
+        self, between: Callable[[], object] | None = None
+    ) -> tuple[IpvsTable, dict[tuple[ServiceKey, DestKey], ConnCounts]]:
         """The kernel's table and every destination's connection counters: one service
-        dump, then one destination dump per service."""
+        dump, then one destination dump per service (``between`` called after each: a
+        background read steps aside there, ipvs_sync.py)."""
         entries = []
         counts: dict[tuple[ServiceKey, DestKey], ConnCounts] = {}
         for attrs in self._nl.dump_services():
@@ -261,6 +264,8 @@ class IpvsKernel:
                 dests.append(dest)
                 counts[(key, DestKey(dest.address, dest.port))] = conns
             entries.append(ServiceEntry(service, tuple(dests)))
+            if between is not None:
+                between()
         return IpvsTable.of(entries), counts
 
     def read_services(self) -> list[IpvsService]:
@@ -287,9 +292,9 @@ class IpvsKernel:
             dests[service.key] = tuple(found)
         return dests, counts
 
-    def read_stats(self) -> list[ServiceStats]:
+    def read_stats(self, between: Callable[[], object] | None = None) -> list[ServiceStats]:
         """Every service's and destination's traffic counters (the same dumps as ``read``;
-        the kernel sends the counters with every entry)."""
+        the kernel sends the counters with every entry; ``between`` as there)."""
         out = []
         for attrs in self._nl.dump_services():
             service = _nl_service(attrs)
@@ -302,6 +307,8 @@ class IpvsKernel:
                 dests.append(DestinationStats(dest.key, nl.parse_counters(dattrs),
                                               conns.active, conns.inactive))  # fmt: skip
             out.append(ServiceStats(service.key, nl.parse_counters(attrs), tuple(dests)))
+            if between is not None:
+                between()
         return out
 
     def read_table(self) -> IpvsTable:
