@@ -375,14 +375,16 @@ class VipOwner:
         self.lane.call(renew)
         self.renewal_wait = LaneWait(began[0] - queued, behind)
 
-    async def renew_present(self, only: Iterable[str] | None) -> None:
-        await asyncio.to_thread(self.renew_present_blocking, None if only is None else set(only))
+    async def renew_present(self, only: Iterable[str] | None, probe: bool = True) -> None:
+        only = None if only is None else set(only)
+        await asyncio.to_thread(self.renew_present_blocking, only, probe)
 
-    def renew_present_blocking(self, only: set[str] | None) -> None:
+    def renew_present_blocking(self, only: set[str] | None, probe: bool = True) -> None:
         """Restart the lifetime of the agent-added VIPs on this node that no other node
         answered for at the last probe: of those in ``only``, or of all (None: the group's
         VIPs not known yet). A VIP another node answers for is left to lapse (this node was
-        cut off and a standby took over), logged once."""
+        cut off and a standby took over), logged once. ``probe`` False: no probe (a leader:
+        no standby holds a VIP while this node holds the Lease)."""
         present = self.lane.call(self.node.present)
         items = [(v, i) for v, i in present.items() if only is None or v in only]
         if not items:
@@ -396,9 +398,9 @@ class VipOwner:
         if unclaimed:
             self._renew_on_lane(unclaimed)
         self._present_rounds += 1
-        if self._present_rounds % RENEWAL_PROBE_EVERY != 1:
+        if not probe or self._present_rounds % RENEWAL_PROBE_EVERY != 1:
             return
-        probe: list[Announcement] = []
+        probed: list[Announcement] = []
         # one look per interface, not per VIP: at 1,000 VIPs a look each (a lane call, two
         # ioctls) made a restarted leader's round take 14 s under TCG, and its VIPs lapsed
         links: dict[str, Link | None] = {}
@@ -412,12 +414,12 @@ class VipOwner:
                 links[ifname] = link
             link = links[ifname]
             if link is not None:  # lo: nobody else answers there
-                probe.append((vip, ifname, link))
+                probed.append((vip, ifname, link))
         # the probe here (it listens), the renewals on the VIP lane (which orders every
         # address change: it never re-adds a VIP removed meanwhile)
         taken = (
-            self.node.answered(probe, PROBE_TIMEOUT, RENEWAL_PROBE_COUNT, RENEWAL_PROBE_WINDOWS)
-            if probe
+            self.node.answered(probed, PROBE_TIMEOUT, RENEWAL_PROBE_COUNT, RENEWAL_PROBE_WINDOWS)
+            if probed
             else set()
         )
         for vip in taken:

@@ -861,7 +861,8 @@ async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:
 
 async def test_which_vips_a_renewal_keeps() -> None:
     """A restarted leader renews every agent-added VIP still on its node until it knows its
-    VIPs (first converge), then only those it holds; a restart that cannot read the Lease
+    VIPs (first converge), without probing for other holders, then only those it holds; a
+    restart that cannot read the Lease
     renews them too (they must not lapse under a leader that is coming back); a standby that
     has read a Lease naming another renews nothing (its stale VIPs lapse)."""
     store = FakeLeaseStore()
@@ -873,7 +874,10 @@ async def test_which_vips_a_renewal_keeps() -> None:
     assert restarted.elector.is_leader and restarted.ipvs.desired is None
     vips.events.clear()
     await restarted.renew_vips()
-    assert sorted(vips.events) == [("renew", VIP), ("renew", "10.10.0.77")]
+    await restarted.renew_vips()
+    assert sorted(vips.events) == [("renew", VIP), ("renew", VIP), ("renew", "10.10.0.77"),
+                                   ("renew", "10.10.0.77")]  # fmt: skip
+    assert vips.probed == []  # a leader does not probe: nobody else holds its VIPs
     restarted.watches.reset_vs([vs_obj()])
     restarted.watches.reset_pools([pool_obj(m("10.20.0.21"))])
     await restarted.converge()
@@ -890,6 +894,7 @@ async def test_which_vips_a_renewal_keeps() -> None:
     assert not blind_api_down.elector.is_leader and not blind_api_down.elector.not_holder
     await blind_api_down.renew_vips()
     assert blind_api_down.vips.node.events == [("renew", VIP)]  # type: ignore[attr-defined]
+    assert len(blind_api_down.vips.node.probed) == 1  # type: ignore[attr-defined]
 
     standby_vips = FakeVips({VIP: "front"})
     standby = make("node-b", store, vips=standby_vips)
