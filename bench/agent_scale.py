@@ -301,16 +301,18 @@ def main(argv: list[str]) -> int:
                   f"({cold['converges']:.0f} converges) {cold['converge_seconds']:.2f} s = "
                   f"{cold['converge_seconds'] / restore_s:.2f}x ipvsadm-restore")  # fmt: skip
 
-            rss = []
+            rss, parts = [], []
             for _ in range(max(1, int(a.steady // 15))):
                 time.sleep(15)
                 rss.append(lab.call("rss_mib", pid=proc.pid))
+                parts.append(vm.call(f"{GUEST}:rss_parts", pid=proc.pid))
             built = first_converge(proc.output())
             if built is not None:
                 seconds, steps = built
                 print(f"cold sync with the desired table's build (its log line): {seconds:.2f} s "
                       f"= {seconds / restore_s:.2f}x ipvsadm-restore; steps {steps}")  # fmt: skip
             print(f"RSS every 15 s of steady state: {rss} MiB")
+            print(f"RSS by kind (MiB), first and last: {parts[0]}; {parts[-1]}")
 
             latencies, removals, misses = [], [], 0
             flips: list[tuple[dict[str, Any], str, str]] = []
@@ -348,7 +350,8 @@ def main(argv: list[str]) -> int:
                     print(f"pod Ready -> kernel by step ({found} samples found in the log), "
                           f"median ms: {medians}; the slowest sample's: {worst}")  # fmt: skip
             steady = report_agent(lab, "after the samples")
-            print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB")
+            print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB "
+                  f"{vm.call(f'{GUEST}:rss_parts', pid=proc.pid)}")  # fmt: skip
             # every add past the cold start's is a VIP that lapsed (its lifetime ran out
             # before a renewal) and was added again
             log_summary(proc.output(), "first", a.logs)

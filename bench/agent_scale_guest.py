@@ -103,6 +103,25 @@ def _flip(conn: http.client.HTTPConnection, pool: dict[str, Any], address: str, 
         sock.close()
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """Where a process's RSS is (MiB), from /proc/PID/smaps: ``file`` (the interpreter, the
+    shared libraries), ``heap`` (glibc's main arena: blocks over 512 bytes the main thread
+    allocates, below the mmap threshold) and ``anon`` (the rest: pymalloc's arenas, i.e.
+    Python's small objects, glibc's thread arenas, the threads' stacks, big blocks mapped
+    alone; the kernel merges adjacent mappings, so these are not told apart here)."""
+    parts = dict.fromkeys(("file", "heap", "anon"), 0)
+    kind = "anon"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                name = head[5] if len(head) > 5 else ""
+                kind = "heap" if name == "[heap]" else "file" if name.startswith("/") else "anon"
+            elif head and head[0] == "Rss:":
+                parts[kind] += int(head[1])
+    return {k: round(v / 1024, 1) for k, v in parts.items()}
+
+
 def metrics(ns: str, port: int = 9642, timeout: float = 60) -> str:
     """The agent's /metrics (a scrape of a big group's agent takes a while under TCG)."""
     from tests.dataplane.scenarios_agent import _get

@@ -121,8 +121,10 @@ def option_value(argv: Sequence[str], flag: str, env: Mapping[str, str], var: st
 
 # Modules the agent never uses that a library imports only to look for them: the HTTP
 # client's async layer imports trio, if installed, to tell trio from asyncio (the agent runs
-# asyncio), and trio's import costs 4.7 MiB of the agent's RSS.
-UNUSED_MODULES = ("trio",)
+# asyncio), and trio's import costs 4.7 MiB of the agent's RSS; its connection layer imports
+# h2 (HTTP/2, with hpack and hyperframe: 2.7 MiB), if installed, for connections that
+# negotiate it, and the agent's client never offers HTTP/2.
+UNUSED_MODULES = ("trio", "h2")
 
 
 def block_unused_modules() -> None:

@@ -170,10 +170,11 @@ def test_the_director_command_begins_before_it_imports_the_agent() -> None:
     assert out.stdout.strip() == "first ['--vip-lifetime', '4']", out
 
 
-def test_the_agent_never_imports_trio() -> None:
-    """The HTTP client's async layer imports trio, if installed, only to tell it from asyncio:
-    4.7 MiB of the agent's RSS. After the first step its import fails, as if not installed,
-    and the client still works (on asyncio)."""
+def test_the_agent_never_imports_trio_or_h2() -> None:
+    """The HTTP client's async layer imports trio, if installed, only to tell it from asyncio
+    (4.7 MiB of the agent's RSS), and its connection layer h2 for HTTP/2, which the agent
+    never offers (2.7 MiB). After the first step their imports fail, as if not installed,
+    and the client still works (HTTP/1.1 on asyncio)."""
     code = textwrap.dedent("""
         import asyncio, http.server, sys, threading
         from lvs_operator.director import early
@@ -187,11 +188,12 @@ def test_the_agent_never_imports_trio() -> None:
             async with httpx.AsyncClient(timeout=10) as client:
                 return (await client.get(f"http://127.0.0.1:{server.server_port}/")).status_code
 
-        print(asyncio.run(request()), sys.modules.get("trio"))
+        print(asyncio.run(request()), sys.modules.get("trio"), sys.modules.get("h2"))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": ":".join(sys.path)})  # fmt: skip
     if "No module named 'httpx2'" in out.stderr:
         pytest.skip("the HTTP client here is not httpx2")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "501 None", out  # (the handler has no GET: a real answer)
+    # (the handler has no GET: a real answer)
+    assert out.stdout.strip() == "501 None None", out
