@@ -117,9 +117,25 @@ def samples_by_label(text: str, name: str, label: str) -> dict[str, float]:
     return out
 
 
-def start(lab: Lab, resync: float) -> tuple[Any, float, dict[str, float]]:
+def profile(lab: Lab, pid: int, seconds: float, name: str) -> Path:
+    """py-spy (pip) on the shared root filesystem samples the agent for ``seconds`` from now
+    (20 a second, without stopping it: under TCG a stopped process's stacks were often
+    unreadable); its raw profile goes to the returned path."""
+    out = lab.vm.shared / f"{name}.prof"
+    spy = Path(sys.prefix) / "bin" / "py-spy"
+    lab.vm.spawn([str(spy), "record", "--nonblocking", "--threads", "--rate", "20",
+                  "--duration", str(int(seconds)), "--format", "raw", "--output", str(out),
+                  "--pid", str(pid)], name="py-spy")  # fmt: skip
+    return out
+
+
+def start(
+    lab: Lab, resync: float, profile_seconds: float = 0
+) -> tuple[Any, float, dict[str, float]]:
     t0 = time.monotonic()
     proc = lab.start_agent(DIRECTOR, "--resync-interval", str(resync))
+    if profile_seconds > 0:
+        profile(lab, proc.pid, profile_seconds, "restart")
     ready = lab.call("wait_ready", namespaces=[DIRECTOR], within=1800)
     if DIRECTOR not in ready:
         raise SystemExit(f"agent not ready within 1800 s:\n{proc.output()[-3000:]}")
@@ -172,6 +188,37 @@ def phase_stalls(before: dict[str, float], after: dict[str, float]) -> str:
     return (
         f"{total:.0f} looks, {over.get(0.1, 0):.0f} late by over 100 ms, "
         f"{over.get(0.25, 0):.0f} over 250 ms, the longest {longest}"
+    )
+
+
+def profile_summary(path: Path, top: int = 12) -> str:
+    """py-spy's raw profile (a line per distinct stack: ``frame;frame;... count``, the
+    first frame its thread): samples per thread, and the functions of this repository or
+    the standard library seen in the most samples (anywhere on the stack)."""
+    if not path.exists():
+        return "no profile (py-spy failed or is not installed: pip install py-spy)"
+    threads: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = next((f for f in frames if f.startswith("thread ")), frames[0])
+        threads[thread] = threads.get(thread, 0) + n
+        total += n
+        # a function once per stack (its name and file), however many of its lines are on it
+        names = {f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0]
+                 for f in frames if "lvs_operator" in f}  # fmt: skip
+        for name in names:
+            inclusive[name] = inclusive.get(name, 0) + n
+    busiest = sorted(threads.items(), key=lambda kv: -kv[1])[:8]
+    functions = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+    return (
+        f"{total} samples; by thread {busiest}; the agent's functions in the most "
+        f"samples: " + "; ".join(f"{name} {n}" for name, n in functions)
     )
 
 
@@ -267,6 +314,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--restart-watch", type=float, default=30,
                    help="seconds the restarted agent is watched for lapsed VIPs")  # fmt: skip
+    p.add_argument(
+        "--profile",
+        choices=("restart", "samples"),
+        help="py-spy on the agent: the restart from its spawn, or the samples",
+    )
+    p.add_argument("--profile-seconds", type=float, default=40)
     p.add_argument("--logs", type=Path, default=Path("/tmp/agent_scale-logs"),
                    help="where the agents' logs are kept")  # fmt: skip
     a = p.parse_args(argv)
@@ -319,6 +372,8 @@ def main(argv: list[str]) -> int:
             chosen = [(rng.randrange(n), member(rng.randrange(m))) for _ in range(a.samples)]
             samples = [{"pool": pools[i], "address": address, "vip": vip(i), "port": PORT}
                        for i, address in chosen]  # fmt: skip
+            if a.profile == "samples":
+                profile(lab, proc.pid, a.profile_seconds, "samples")
             answers = vm.call(f"{GUEST}:flips", netns=DIRECTOR, api_url=lab.api_url,
                               samples=samples, within=60,
                               timeout=60 + 2 * a.samples * 62)  # fmt: skip
@@ -349,6 +404,10 @@ def main(argv: list[str]) -> int:
                     worst = ", ".join(f"{step} {v[slowest] * 1000:.0f}" for step, v in path.items())
                     print(f"pod Ready -> kernel by step ({found} samples found in the log), "
                           f"median ms: {medians}; the slowest sample's: {worst}")  # fmt: skip
+            if a.profile == "samples":
+                time.sleep(3)  # (py-spy writes its file when its time is up)
+                print(f"samples profile (py-spy, {a.profile_seconds:.0f} s): "
+                      f"{profile_summary(vm.shared / 'samples.prof')}")  # fmt: skip
             steady = report_agent(lab, "after the samples")
             print(f"RSS after the samples: {lab.call('rss_mib', pid=proc.pid)} MiB "
                   f"{vm.call(f'{GUEST}:rss_parts', pid=proc.pid)}")  # fmt: skip
@@ -362,7 +421,8 @@ def main(argv: list[str]) -> int:
             lab.agents.pop(DIRECTOR)
             proc.signal(signal.SIGKILL)
             proc.wait(30)
-            proc, spawn_ready, _ = start(lab, a.resync)
+            spied = a.profile_seconds if a.profile == "restart" else 0
+            proc, spawn_ready, _ = start(lab, a.resync, spied)
             restart = report_agent(lab, "restart")
             print(f"restart: spawn -> ready {spawn_ready:.1f} s; converging "
                   f"({restart['converges']:.0f} converges) {restart['converge_seconds']:.2f} s = "
@@ -376,7 +436,10 @@ def main(argv: list[str]) -> int:
                       f"= {seconds / restore_s:.2f}x ipvsadm-restore; steps {steps}")  # fmt: skip
             # every VIP was on the node at the kill: any add by the restarted agent is one
             # that lapsed during the restart (watched a few lifetimes past ready)
-            time.sleep(a.restart_watch)
+            time.sleep(max(a.restart_watch, spied - spawn_ready + 5))
+            if spied:
+                print(f"restart profile (py-spy, {spied:.0f} s from the spawn): "
+                      f"{profile_summary(lab.vm.shared / 'restart.prof')}")  # fmt: skip
             log_summary(proc.output(), "restart", a.logs)
             for record in log_records(proc.output()):
                 if str(record.get("msg", "")).startswith("kernel table verified"):
