@@ -117,29 +117,30 @@ def samples_by_label(text: str, name: str, label: str) -> dict[str, float]:
     return out
 
 
-def profile(lab: Lab, pid: int, seconds: float, name: str) -> Path:
+def profile(lab: Lab, pid: int, seconds: float, name: str) -> Any:
     """py-spy (pip) on the shared root filesystem samples the agent for ``seconds`` from now
-    (20 a second, without stopping it: under TCG a stopped process's stacks were often
-    unreadable); its raw profile goes to the returned path."""
+    (5 a second, without stopping it: under TCG a stopped process's stacks were often
+    unreadable, and at 20 a second it fell 20 s behind); its raw profile goes to
+    ``<shared>/<name>.prof`` when the returned process ends."""
     out = lab.vm.shared / f"{name}.prof"
     spy = Path(sys.prefix) / "bin" / "py-spy"
-    lab.vm.spawn([str(spy), "record", "--nonblocking", "--threads", "--rate", "20",
-                  "--duration", str(int(seconds)), "--format", "raw", "--output", str(out),
-                  "--pid", str(pid)], name="py-spy")  # fmt: skip
-    return out
+    return lab.vm.spawn([str(spy), "record", "--nonblocking", "--threads", "--rate", "5",
+                         "--duration", str(int(seconds)), "--format", "raw",
+                         "--output", str(out), "--pid", str(pid)], name="py-spy")  # fmt: skip
 
 
 def start(
     lab: Lab, resync: float, profile_seconds: float = 0
-) -> tuple[Any, float, dict[str, float]]:
+) -> tuple[Any, float, dict[str, float], Any]:
+    """The agent started and ready: its process, spawn -> ready, /readyz's answer, and the
+    py-spy process sampling it from its spawn (``profile_seconds`` > 0; else None)."""
     t0 = time.monotonic()
     proc = lab.start_agent(DIRECTOR, "--resync-interval", str(resync))
-    if profile_seconds > 0:
-        profile(lab, proc.pid, profile_seconds, "restart")
+    spy = profile(lab, proc.pid, profile_seconds, "restart") if profile_seconds > 0 else None
     ready = lab.call("wait_ready", namespaces=[DIRECTOR], within=1800)
     if DIRECTOR not in ready:
         raise SystemExit(f"agent not ready within 1800 s:\n{proc.output()[-3000:]}")
-    return proc, time.monotonic() - t0, ready
+    return proc, time.monotonic() - t0, ready, spy
 
 
 def report_agent(lab: Lab, label: str) -> dict[str, float]:
@@ -345,7 +346,7 @@ def main(argv: list[str]) -> int:
                                          scheduler="rr"))  # fmt: skip
             print(f"fake API: {2 * n} objects in {time.monotonic() - t0:.1f} s")
 
-            proc, spawn_ready, _ = start(lab, a.resync)
+            proc, spawn_ready, _, _ = start(lab, a.resync)
             cold = report_agent(lab, "cold start")
             table = lab.call("weights", ns=DIRECTOR)
             print(f"cold sync: spawn -> ready {spawn_ready:.1f} s (Python start-up under TCG "
@@ -373,7 +374,7 @@ def main(argv: list[str]) -> int:
             samples = [{"pool": pools[i], "address": address, "vip": vip(i), "port": PORT}
                        for i, address in chosen]  # fmt: skip
             if a.profile == "samples":
-                profile(lab, proc.pid, a.profile_seconds, "samples")
+                spy = profile(lab, proc.pid, a.profile_seconds, "samples")
             answers = vm.call(f"{GUEST}:flips", netns=DIRECTOR, api_url=lab.api_url,
                               samples=samples, within=60,
                               timeout=60 + 2 * a.samples * 62)  # fmt: skip
@@ -405,7 +406,7 @@ def main(argv: list[str]) -> int:
                     print(f"pod Ready -> kernel by step ({found} samples found in the log), "
                           f"median ms: {medians}; the slowest sample's: {worst}")  # fmt: skip
             if a.profile == "samples":
-                time.sleep(3)  # (py-spy writes its file when its time is up)
+                spy.wait(300)  # (py-spy writes its file when it is done)
                 print(f"samples profile (py-spy, {a.profile_seconds:.0f} s): "
                       f"{profile_summary(vm.shared / 'samples.prof')}")  # fmt: skip
             steady = report_agent(lab, "after the samples")
@@ -422,7 +423,7 @@ def main(argv: list[str]) -> int:
             proc.signal(signal.SIGKILL)
             proc.wait(30)
             spied = a.profile_seconds if a.profile == "restart" else 0
-            proc, spawn_ready, _ = start(lab, a.resync, spied)
+            proc, spawn_ready, _, restart_spy = start(lab, a.resync, spied)
             restart = report_agent(lab, "restart")
             print(f"restart: spawn -> ready {spawn_ready:.1f} s; converging "
                   f"({restart['converges']:.0f} converges) {restart['converge_seconds']:.2f} s = "
@@ -437,7 +438,8 @@ def main(argv: list[str]) -> int:
             # every VIP was on the node at the kill: any add by the restarted agent is one
             # that lapsed during the restart (watched a few lifetimes past ready)
             time.sleep(max(a.restart_watch, spied - spawn_ready + 5))
-            if spied:
+            if restart_spy is not None:
+                restart_spy.wait(300)  # (py-spy writes its file when it is done)
                 print(f"restart profile (py-spy, {spied:.0f} s from the spawn): "
                       f"{profile_summary(lab.vm.shared / 'restart.prof')}")  # fmt: skip
             log_summary(proc.output(), "restart", a.logs)
