@@ -81,7 +81,7 @@ class ServiceKey:
         return f"{self.protocol}/{_fmt_endpoint(self.address, self.port)}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class DestKey:
     address: str
     port: int

@@ -182,7 +182,9 @@ def _row_dest(row: nl.DestRow, service_af: int) -> tuple[IpvsDestination, ConnCo
 # -- the kernel ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# slots: a reading at 1,000 x 10 holds 10,000 of each (5.6 -> 3.9 MiB with the counters'
+# and keys' slots), and a read makes the next one while the last is still served
+@dataclass(frozen=True, slots=True)
 class DestinationStats:
     key: DestKey
     counters: nl.Counters
@@ -190,7 +192,7 @@ class DestinationStats:
     inactive: int  # in other states (e.g. TIME_WAIT)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceStats:
     key: ServiceKey
     counters: nl.Counters

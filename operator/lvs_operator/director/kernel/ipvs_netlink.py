@@ -294,7 +294,7 @@ def parse_daemon(attrs: dict[int, bytes]) -> SyncDaemon:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counters:
     """A service's or destination's traffic since it was added (what ``ipvsadm -Ln
     --stats`` shows): connections scheduled, packets and bytes in (client -> real server)
