@@ -859,6 +859,27 @@ async def test_the_agent_brakes_a_mass_withdrawal_and_keeps_the_vips() -> None:
     assert len(kernel.table) == 0 and vips.addresses == {}  # confirmed by time
 
 
+async def test_a_restarted_leader_that_adopted_its_vips_renews_those_alone() -> None:
+    """Its VirtualServers listed in time, a restarted leader adopts the group's VIPs still on
+    the node (start-up) and, until its first converge, renews those: one dump per round (in
+    the renewal itself), not a look at every present VIP first; another agent-added VIP on
+    the node that none of its VirtualServers has is left to lapse."""
+    store = FakeLeaseStore()
+    first = make("node-a", store)
+    await first.startup()
+    vips = FakeVips({VIP: "front", "10.10.0.77": "front"})
+    restarted = make("node-a", store, vips=vips)
+    restarted.watches.reset_vs([vs_obj()])  # listed before the start-up's deadline
+    await restarted.startup()
+    assert restarted.elector.is_leader and restarted.ipvs.desired is None
+    assert dict(restarted.vips.held) == {VIP: "front"}
+    dumps = vips.presents
+    vips.events.clear()
+    await restarted.renew_vips()
+    assert vips.events == [("renew", VIP)] and vips.presents == dumps
+    assert vips.probed == []
+
+
 async def test_which_vips_a_renewal_keeps() -> None:
     """A restarted leader renews every agent-added VIP still on its node until it knows its
     VIPs (first converge), without probing for other holders, then only those it holds; a
