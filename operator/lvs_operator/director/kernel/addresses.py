@@ -73,7 +73,9 @@ class RouteEntry:
     type: int
 
 
-@dataclass(frozen=True)
+# not frozen: a frozen dataclass's __init__ sets each field through a call, and a lifetime
+# round at 1,000 VIPs makes one per address of the node (0.77 -> 0.17 ms per 1,000 here)
+@dataclass(slots=True)
 class AddrEntry:
     family: int
     prefixlen: int
