@@ -314,10 +314,7 @@ class VipManager:
                 continue
             if a.index not in names:
                 names[a.index] = self._ifname(a.index)
-            # an IPv4 address's text from the dump (inet_ntop's) is canonical_ip's already:
-            # no second parse per VIP, 1,000 C calls of every lifetime round under TCG
-            address = a.address if a.family == socket.AF_INET else canonical_ip(a.address)
-            out[address] = (names[a.index], a.valid_lft)
+            out[canonical_ip(a.address)] = (names[a.index], a.valid_lft)
         return out
 
     # -- changes -------------------------------------------------------------------------------
@@ -408,9 +405,7 @@ class VipManager:
         # the shortest remaining lifetime first: a round of 1,000 took 2-5 s in the test VM
         # (the kernel's work per address grows with their number), and the last of a round
         # waited for all the others
-        entries = sorted(((_found(here, vip), vip, ifname) for vip, ifname in items),
-                         key=lambda entry: _remaining(entry[0]))  # fmt: skip
-        items = [(vip, ifname) for _, vip, ifname in entries]
+        items.sort(key=lambda item: _remaining(here.get(canonical_ip(item[0]))))
         from .kernel.addresses import Renewal
         from .kernel.netlink import NetlinkError
 
@@ -420,8 +415,8 @@ class VipManager:
         errors: dict[int, OSError | LookupError] = {}
         batch: list[tuple[int, Renewal]] = []  # (position in items, request)
         index_of = self._indexer()
-        for pos, (found, vip, ifname) in enumerate(entries):
-            if found is None or found[0] != ifname:
+        for pos, (vip, ifname) in enumerate(items):
+            if here.get(canonical_ip(vip), (None, None))[0] != ifname:
                 continue
             flags = (IFA_F_NODAD | IFA_F_NOPREFIXROUTE) if ":" in vip else 0
             try:
@@ -447,7 +442,7 @@ class VipManager:
                         extra={"vip": vip, "interface": ifname})  # fmt: skip
             failed.append(vip)
         if batch:
-            shortest = _remaining(entries[batch[0][0]][0])
+            shortest = _remaining(here.get(canonical_ip(items[batch[0][0]][0])))
             if shortest <= LATE_RENEWAL:  # close to a lapse: worth a line, with the round's cost
                 log.warning("VIP lifetimes renewed late",
                             extra={"shortest_remaining_s": shortest, "renewed": len(batch),
@@ -848,13 +843,6 @@ def plan_vips(
         if vip not in wanted and vip in present:
             remove[vip] = present[vip]
     return VipPlan(add=add, remove=remove)
-
-
-def _found(here: Mapping[str, tuple[str, int | None]], vip: str) -> tuple[str, int | None] | None:
-    """``here``'s entry (``_present``: canonical keys) for ``vip``: looked up as given first
-    (the agent's VIPs are canonical), canonicalised only when not found."""
-    found = here.get(vip)
-    return found if found is not None else here.get(canonical_ip(vip))
 
 
 def _remaining(found: tuple[str, int | None] | None) -> float:

@@ -270,17 +270,6 @@ def test_a_round_renews_the_shortest_remaining_lifetime_first() -> None:
     assert kernel.batches == [["192.0.2.11", "192.0.2.13", "192.0.2.12", "192.0.2.10"]]
 
 
-def test_a_vip_is_found_however_its_address_is_written() -> None:
-    """The dump's addresses are keyed canonically (IPv4: as the kernel's text is; IPv6:
-    canonicalised); a VIP given in another form is found too (looked up canonicalised)."""
-    six = AddrEntry(socket.AF_INET6, 128, 2, "2001:db8::1", VIP_PROTO, 3)
-    kernel = KernelAddresses([v4("192.0.2.10", proto=VIP_PROTO, lft=2), six])
-    vips = manager(kernel)
-    assert set(vips.present()) == {"192.0.2.10", "2001:db8::1"}
-    assert vips.renew([("2001:DB8:0::1", "front"), ("192.0.2.10", "front")]) == []
-    assert kernel.batches == [["192.0.2.10", "2001:DB8:0::1"]]  # shortest lifetime first
-
-
 def test_a_renewal_with_a_second_or_less_left_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
